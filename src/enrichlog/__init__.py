@@ -1,0 +1,58 @@
+"""enrichlog: structlog-compatible logging with asynchronous enrichers.
+
+Enrichers await a database row, an HTTP answer or a Redis key to add fields
+to each log event; enrichlog runs them in parallel dependency levels on one
+long-lived event loop, each guarded by a timeout, a cache, a circuit breaker,
+retries and a concurrency limit, and never loses an event.
+"""
+
+from __future__ import annotations
+
+from .breaker import CircuitBreaker, CircuitState
+from .cache import AsyncSmartCache, EnricherCache, cached_enricher
+from .chain import build_processor_chain
+from .container import LoggingContainer, configure_logging, get_logger
+from .enricher import AsyncEnricher, Enricher, SyncEnricher, register_enricher
+from .exceptions import (
+    CachedError,
+    CircuitBreakerOpenError,
+    EnricherConfigError,
+    EnricherDependencyError,
+    EnrichlogError,
+)
+from .factory import EnricherFactory
+from .lifecycle import EnricherLifecycleManager
+from .processor import AsyncEnricherProcessor
+from .registry import EnricherRegistry
+from .retry import RetryPolicy
+from .runtime import EnrichmentRuntime
+from .settings import EnricherOptions, LoggingSettings
+
+__all__ = [
+    "AsyncEnricher",
+    "AsyncEnricherProcessor",
+    "AsyncSmartCache",
+    "CachedError",
+    "CircuitBreaker",
+    "CircuitBreakerOpenError",
+    "CircuitState",
+    "Enricher",
+    "EnricherCache",
+    "EnricherConfigError",
+    "EnricherDependencyError",
+    "EnricherFactory",
+    "EnricherLifecycleManager",
+    "EnricherOptions",
+    "EnricherRegistry",
+    "EnrichlogError",
+    "EnrichmentRuntime",
+    "LoggingContainer",
+    "LoggingSettings",
+    "RetryPolicy",
+    "SyncEnricher",
+    "build_processor_chain",
+    "cached_enricher",
+    "configure_logging",
+    "get_logger",
+    "register_enricher",
+]

@@ -1,0 +1,347 @@
+"""Seeing the plan: what ``python -m enrichlog plan`` prints.
+
+:func:`describe_plan` turns resolved levels of enrichers into a JSON-able
+description, :func:`render_plan` writes it as a text table, JSON or a
+Mermaid flowchart. :func:`effective_options` is the one place that decides
+which timeout, cache, breaker and retry values an enricher runs with, so
+the runtime and the plan cannot disagree.
+
+URIs appear with their secrets masked; nothing here ever reads a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .enricher import AsyncEnricher, Enricher, SyncEnricher
+from .factory import EnricherFactory
+from .settings import LoggingSettings
+
+__all__ = [
+    "EffectiveOptions",
+    "PlanFormat",
+    "describe_plan",
+    "effective_options",
+    "enricher_kind",
+    "render_plan",
+]
+
+PlanFormat = Literal["text", "json", "mermaid"]
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveOptions:
+    """The resilience values an async enricher runs with.
+
+    Each is, in order of precedence: the per-enricher override in
+    ``settings.enricher_options[name]``, the enricher's own attribute (set
+    on its class, by its constructor or by a URI), the settings default.
+
+    Attributes:
+        timeout: seconds per event.
+        cache_enabled: the enricher defines ``cache_key``.
+        cache_ttl: seconds a cached result lives.
+        cache_max_size: entries in its cache.
+        max_concurrency: calls in flight at once; ``None`` is unbounded.
+        retry_attempts: attempts per event (1 = no retry).
+        failure_threshold: consecutive failures that open the circuit.
+        recovery_timeout: seconds an open circuit waits before a probe.
+    """
+
+    timeout: float
+    cache_enabled: bool
+    cache_ttl: float
+    cache_max_size: int
+    max_concurrency: int | None
+    retry_attempts: int
+    failure_threshold: int
+    recovery_timeout: float
+
+
+def _first(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+def effective_options(
+    enricher: AsyncEnricher, settings: LoggingSettings
+) -> EffectiveOptions:
+    """Resolve the values ``enricher`` runs with under ``settings``."""
+    override = settings.options_for(enricher.name)
+    return EffectiveOptions(
+        timeout=_first(override.timeout, enricher.timeout, settings.enricher_timeout),
+        cache_enabled=enricher.caches,
+        cache_ttl=_first(override.cache_ttl, enricher.cache_ttl, settings.cache_ttl),
+        cache_max_size=_first(
+            override.cache_max_size, enricher.cache_max_size, settings.cache_max_size
+        ),
+        max_concurrency=_first(override.max_concurrency, enricher.max_concurrency),
+        retry_attempts=_first(
+            override.retry_attempts, enricher.retry_attempts, settings.retry_attempts
+        ),
+        failure_threshold=_first(
+            override.failure_threshold,
+            enricher.failure_threshold,
+            settings.breaker_failure_threshold,
+        ),
+        recovery_timeout=_first(
+            override.recovery_timeout,
+            enricher.recovery_timeout,
+            settings.breaker_recovery_timeout,
+        ),
+    )
+
+
+def enricher_kind(enricher: Enricher) -> Literal["async", "blocking", "sync"]:
+    """How the runtime runs ``enricher``: awaited, in a worker thread, inline."""
+    if isinstance(enricher, AsyncEnricher):
+        return "async"
+    if isinstance(enricher, SyncEnricher) and enricher.blocking:
+        return "blocking"
+    return "sync"
+
+
+def _describe_enricher(enricher: Enricher, settings: LoggingSettings) -> dict[str, Any]:
+    spec = EnricherFactory.spec_of(enricher)
+    entry: dict[str, Any] = {
+        "name": enricher.name,
+        "kind": enricher_kind(enricher),
+        "source": enricher.source,
+        "uri": spec.uri if spec is not None else None,
+        "dependencies": list(enricher.dependencies),
+        "priority": enricher.priority,
+        "provides": list(enricher.provides),
+        # Sync enrichers run inline, unguarded: nothing below applies to them.
+        "timeout": None,
+        "cache": None,
+        "breaker": None,
+        "retry": None,
+        "max_concurrency": None,
+    }
+    if isinstance(enricher, AsyncEnricher):
+        options = effective_options(enricher, settings)
+        entry |= {
+            "timeout": options.timeout,
+            "cache": {
+                "enabled": options.cache_enabled,
+                "ttl": options.cache_ttl,
+                "max_size": options.cache_max_size,
+            },
+            "breaker": {
+                "failure_threshold": options.failure_threshold,
+                "recovery_timeout": options.recovery_timeout,
+                "half_open_max_calls": settings.breaker_half_open_max_calls,
+            },
+            "retry": {"attempts": options.retry_attempts},
+            "max_concurrency": options.max_concurrency,
+        }
+    return entry
+
+
+def describe_plan(
+    levels: Sequence[Sequence[Enricher]], settings: LoggingSettings
+) -> dict[str, Any]:
+    """Describe an execution plan as JSON-able data.
+
+    Args:
+        levels: the enrichers by dependency level, each level in run order.
+        settings: supply the defaults and per-enricher overrides.
+
+    Returns:
+        ``{"delivery", "effective_delivery", "level", "format", "output",
+        "error_field", "level_timeout", "levels": [{"level": i, "enrichers":
+        [...]}]}``; each enricher has ``name``, ``kind``, ``source``,
+        ``uri`` (masked, or ``None``), ``dependencies``, ``priority``,
+        ``provides``, ``timeout``, ``cache``, ``breaker``, ``retry`` and
+        ``max_concurrency`` (``None`` where it does not apply).
+    """
+    has_async = any(
+        isinstance(enricher, AsyncEnricher) for level in levels for enricher in level
+    )
+    effective_delivery = settings.delivery
+    if effective_delivery == "auto":
+        effective_delivery = "background" if has_async else "inline"
+    return {
+        "delivery": settings.delivery,
+        "effective_delivery": effective_delivery,
+        "level": settings.level,
+        "format": settings.format,
+        "output": settings.output,
+        "error_field": settings.error_field,
+        "level_timeout": settings.level_timeout,
+        "levels": [
+            {
+                "level": index,
+                "enrichers": [_describe_enricher(e, settings) for e in level],
+            }
+            for index, level in enumerate(levels)
+        ],
+    }
+
+
+def render_plan(description: Mapping[str, Any], fmt: PlanFormat = "text") -> str:
+    """Write a :func:`describe_plan` result as ``text``, ``json`` or
+    ``mermaid`` (a ``flowchart TD``).
+
+    Raises:
+        ValueError: ``fmt`` is none of those.
+    """
+    if fmt == "json":
+        return json.dumps(description, indent=2)
+    if fmt == "text":
+        return _render_text(description)
+    if fmt == "mermaid":
+        return _render_mermaid(description)
+    raise ValueError(f"unknown plan format {fmt!r}; expected text, json or mermaid")
+
+
+# -- text --------------------------------------------------------------------
+
+_COLUMNS = (
+    "name",
+    "kind",
+    "source",
+    "priority",
+    "timeout",
+    "cache",
+    "breaker",
+    "retry",
+    "concurrency",
+    "depends on",
+    "uri",
+)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _text_row(entry: Mapping[str, Any]) -> list[str]:
+    cache, breaker, retry = entry["cache"], entry["breaker"], entry["retry"]
+    if cache is None:
+        cache_text = "-"
+    elif cache["enabled"]:
+        cache_text = f"ttl {_seconds(cache['ttl'])}, max {cache['max_size']}"
+    else:
+        cache_text = "off"
+    return [
+        entry["name"],
+        entry["kind"],
+        entry["source"],
+        str(entry["priority"]),
+        "-" if entry["timeout"] is None else _seconds(entry["timeout"]),
+        cache_text,
+        "-"
+        if breaker is None
+        else f"{breaker['failure_threshold']} fails, "
+        f"{_seconds(breaker['recovery_timeout'])}",
+        "-" if retry is None else str(retry["attempts"]),
+        "-"
+        if entry["kind"] != "async"
+        else (
+            "unbounded"
+            if entry["max_concurrency"] is None
+            else str(entry["max_concurrency"])
+        ),
+        ", ".join(entry["dependencies"]) or "-",
+        entry["uri"] or "-",
+    ]
+
+
+def _render_text(description: Mapping[str, Any]) -> str:
+    delivery = description["delivery"]
+    if delivery != description["effective_delivery"]:
+        delivery = f"{delivery} ({description['effective_delivery']})"
+    lines = [
+        f"delivery {delivery}, level {description['level']}, "
+        f"format {description['format']}, output {description['output']}"
+    ]
+    levels = description["levels"]
+    if not levels:
+        lines.append("no enrichers configured")
+        return "\n".join(lines)
+    rows = [list(_COLUMNS)] + [
+        _text_row(entry) for level in levels for entry in level["enrichers"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) for c, w in zip(cells, widths, strict=True)
+        ).rstrip()
+
+    lines += ["", "  " + line(rows[0])]
+    row_iter = iter(rows[1:])
+    for level in levels:
+        count = len(level["enrichers"])
+        together = ", concurrently" if count > 1 else ""
+        lines.append(
+            f"level {level['level']} ({count} enricher{'s' * (count != 1)}{together})"
+        )
+        lines.extend("  " + line(next(row_iter)) for _ in level["enrichers"])
+    return "\n".join(lines)
+
+
+# -- mermaid -----------------------------------------------------------------
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_]")
+_MERMAID_ESCAPES = {'"': "#quot;", "<": "#lt;", ">": "#gt;"}
+
+
+def _mermaid_label(*lines: str) -> str:
+    text = "<br/>".join(
+        "".join(_MERMAID_ESCAPES.get(char, char) for char in line) for line in lines
+    )
+    return f'"{text}"'
+
+
+def _node_ids(names: Sequence[str]) -> dict[str, str]:
+    # Prefixed: Mermaid reserves words such as 'end' as node ids.
+    ids: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        base = "e_" + _UNSAFE_ID.sub("_", name)
+        node_id, suffix = base, 2
+        while node_id in taken:
+            node_id, suffix = f"{base}_{suffix}", suffix + 1
+        ids[name] = node_id
+        taken.add(node_id)
+    return ids
+
+
+def _mermaid_details(entry: Mapping[str, Any]) -> str:
+    details = [entry["kind"], entry["source"]]
+    if entry["timeout"] is not None:
+        details.append(f"timeout {_seconds(entry['timeout'])}")
+    if entry["cache"] is not None and entry["cache"]["enabled"]:
+        details.append(f"cache {_seconds(entry['cache']['ttl'])}")
+    return " · ".join(details)
+
+
+def _render_mermaid(description: Mapping[str, Any]) -> str:
+    levels = description["levels"]
+    entries = [entry for level in levels for entry in level["enrichers"]]
+    ids = _node_ids([entry["name"] for entry in entries])
+    lines = ["flowchart TD"]
+    for level in levels:
+        index = level["level"]
+        lines.append(f'  subgraph level_{index}["level {index}"]')
+        for entry in level["enrichers"]:
+            label_lines = [entry["name"], _mermaid_details(entry)]
+            if entry["uri"]:
+                label_lines.append(entry["uri"])
+            lines.append(f"    {ids[entry['name']]}[{_mermaid_label(*label_lines)}]")
+        lines.append("  end")
+    for entry in entries:
+        for dependency in entry["dependencies"]:
+            if dependency not in ids:
+                # Not in the plan (the plan was built by hand): show it anyway.
+                ids[dependency] = _node_ids([*ids, dependency])[dependency]
+                lines.append(
+                    f"  {ids[dependency]}[{_mermaid_label(dependency + ' (missing)')}]"
+                )
+            lines.append(f"  {ids[dependency]} --> {ids[entry['name']]}")
+    return "\n".join(lines)

@@ -1,0 +1,579 @@
+"""Enrichers: the components that add fields to log events.
+
+Three shapes are first-class and end up as the same kind of object:
+
+* subclasses of :class:`AsyncEnricher`, which await I/O in ``enrich_async``;
+* subclasses of :class:`SyncEnricher`, and plain structlog processors
+  (sync callables ``(logger, method_name, event_dict) -> event_dict``);
+* ``async def`` functions with the processor signature.
+
+:func:`register_enricher` gives any of them a name, dependencies and a
+priority; :func:`as_enricher` turns whatever a user passed to
+``configure_logging(enrichers=[...])`` into an :class:`Enricher`, or raises
+:class:`~enrichlog.exceptions.EnricherConfigError` naming the culprit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar, overload
+
+import anyio
+from structlog.typing import EventDict, WrappedLogger
+
+from .exceptions import EnricherConfigError
+
+__all__ = [
+    "AsyncEnricher",
+    "Enricher",
+    "SyncEnricher",
+    "as_enricher",
+    "register_enricher",
+]
+
+DEFAULT_PRIORITY = 100
+
+_E = TypeVar("_E", bound="Enricher")
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _default_name(cls: type) -> str:
+    """``UserLookupEnricher`` -> ``user_lookup``."""
+    base = cls.__name__.removesuffix("Enricher") or cls.__name__
+    return _CAMEL_BOUNDARY.sub("_", base).lower()
+
+
+def _as_names(value: str | Iterable[str], owner: str) -> tuple[str, ...]:
+    # A bare string is one name, not a sequence of one-letter names.
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for dep in names:
+        if not isinstance(dep, str) or not dep:
+            raise EnricherConfigError(
+                f"enricher {owner!r}: dependency names must be non-empty "
+                f"strings, got {dep!r}"
+            )
+    return names
+
+
+def _check_positive(owner: str, field: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EnricherConfigError(
+            f"enricher {owner!r}: {field} must be a number of seconds, "
+            f"got {value!r}"
+        )
+    if not value > 0 or math.isinf(value):
+        raise EnricherConfigError(
+            f"enricher {owner!r}: {field} must be a positive, finite "
+            f"number, got {value!r}"
+        )
+
+
+def _check_count(owner: str, field: str, value: int | None, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EnricherConfigError(
+            f"enricher {owner!r}: {field} must be an integer >= {minimum}, "
+            f"got {value!r}"
+        )
+
+
+class Enricher:
+    """What every enricher has: identity, ordering and a lifecycle.
+
+    Attributes may be set as class attributes or passed to the constructor;
+    ``None`` means "use the container's default from the settings".
+
+    Attributes:
+        name: unique within a container; defaults to the class name in snake
+            case without an ``Enricher`` suffix (``UserEnricher`` -> ``user``).
+        dependencies: names of enrichers whose output this one reads; it runs
+            in a later level than all of them.
+        priority: order within a level, lower first (default 100); ties keep
+            registration order.
+        provides: the event keys this enricher writes. Optional; two
+            enrichers of one level that provide the same key are a
+            configuration error.
+        source: where the enricher came from (``code``, ``uri``, ``plugin``);
+            shown by ``python -m enrichlog plan``.
+        scheme: the URI scheme that builds this class (class attribute),
+            registered with :class:`~enrichlog.factory.EnricherFactory` when
+            the class is defined.
+    """
+
+    name: str = ""
+    dependencies: tuple[str, ...] = ()
+    priority: int = DEFAULT_PRIORITY
+    provides: tuple[str, ...] = ()
+    source: str = "code"
+    scheme: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("scheme"):
+            from .factory import EnricherFactory  # noqa: PLC0415 - import cycle
+
+            EnricherFactory.register(cls.__dict__["scheme"], cls)
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        dependencies: str | Iterable[str] | None = None,
+        priority: int | None = None,
+        provides: str | Iterable[str] | None = None,
+    ) -> None:
+        resolved = name if name is not None else (self.name or _default_name(type(self)))
+        if not isinstance(resolved, str) or not resolved:
+            raise EnricherConfigError(
+                f"enricher of type {type(self).__name__}: name must be a "
+                f"non-empty string, got {resolved!r}"
+            )
+        self.name = resolved
+        self.dependencies = _as_names(
+            self.dependencies if dependencies is None else dependencies, resolved
+        )
+        if resolved in self.dependencies:
+            raise EnricherConfigError(f"enricher {resolved!r} depends on itself")
+        chosen_priority = self.priority if priority is None else priority
+        if isinstance(chosen_priority, bool) or not isinstance(chosen_priority, int):
+            raise EnricherConfigError(
+                f"enricher {resolved!r}: priority must be an integer, "
+                f"got {chosen_priority!r}"
+            )
+        self.priority = chosen_priority
+        self.provides = _as_names(self.provides if provides is None else provides, resolved)
+        self._started = False
+        self._healthy = True
+        self._lock: anyio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def is_started(self) -> bool:
+        """Whether :meth:`startup` completed and :meth:`shutdown` has not run."""
+        return self._started
+
+    @property
+    def is_healthy(self) -> bool:
+        """Started, and the last health check (if any) passed."""
+        return self._started and self._healthy
+
+    def _get_lock(self) -> anyio.Lock:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
+
+    async def startup(self) -> None:
+        """Run :meth:`_startup` once; later and concurrent calls wait for it.
+
+        Raises whatever ``_startup`` raises; the enricher then stays not
+        started and a later call tries again.
+        """
+        async with self._get_lock():
+            if self._started:
+                return
+            await self._startup()
+            self._started = True
+            self._healthy = True
+
+    async def shutdown(self) -> None:
+        """Run :meth:`_shutdown` once if the enricher was started; idempotent."""
+        async with self._get_lock():
+            if not self._started:
+                return
+            self._started = False
+            await self._shutdown()
+
+    async def health_check(self) -> bool:
+        """Ask :meth:`_health_check`; an exception counts as unhealthy."""
+        if not self._started:
+            return False
+        try:
+            healthy = bool(await self._health_check())
+        except Exception:
+            healthy = False
+        self._healthy = healthy
+        return healthy
+
+    def _forget_runtime_state(self) -> None:
+        """Mark the enricher not started (after ``fork()``: its pools belong
+        to the parent's event loop, so it starts afresh in the child)."""
+        self._started = False
+        self._healthy = True
+        self._lock = None
+
+    async def _startup(self) -> None:
+        """Open pools and clients here; runs on the enrichment runtime loop."""
+
+    async def _shutdown(self) -> None:
+        """Close what :meth:`_startup` opened; runs on the runtime loop."""
+
+    async def _health_check(self) -> bool:
+        """Return whether the backend is usable (default: always)."""
+        return True
+
+
+class AsyncEnricher(Enricher):
+    """Base class of enrichers that await I/O to add fields to events.
+
+    Override :meth:`enrich_async`; optionally ``_startup``, ``_shutdown`` and
+    ``_health_check``. Everything runs on the container's one long-lived
+    event loop, so pools opened in ``_startup`` stay valid.
+
+    Resilience attributes (class attributes or constructor keywords; ``None``
+    means the container's default):
+
+    Attributes:
+        timeout: seconds per event before the call is cancelled.
+        cache_ttl: seconds a cached result stays valid; caching is active
+            when the class defines :meth:`cache_key`.
+        cache_max_size: entries kept in this enricher's cache.
+        max_concurrency: calls in flight at once against the backend.
+        retry_attempts: total attempts per event (1 = no retry), within the
+            timeout budget; only exceptions :meth:`is_transient` accepts are
+            retried.
+        failure_threshold: consecutive failures that open the circuit.
+        recovery_timeout: seconds the circuit stays open before one probe.
+    """
+
+    timeout: float | None = None
+    cache_ttl: float | None = None
+    cache_max_size: int | None = None
+    max_concurrency: int | None = None
+    retry_attempts: int | None = None
+    failure_threshold: int | None = None
+    recovery_timeout: float | None = None
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        dependencies: str | Iterable[str] | None = None,
+        priority: int | None = None,
+        provides: str | Iterable[str] | None = None,
+        timeout: float | None = None,
+        cache_ttl: float | None = None,
+        cache_max_size: int | None = None,
+        max_concurrency: int | None = None,
+        retry_attempts: int | None = None,
+        failure_threshold: int | None = None,
+        recovery_timeout: float | None = None,
+    ) -> None:
+        super().__init__(
+            name=name, dependencies=dependencies, priority=priority, provides=provides
+        )
+        chosen = {
+            "timeout": self.timeout if timeout is None else timeout,
+            "cache_ttl": self.cache_ttl if cache_ttl is None else cache_ttl,
+            "recovery_timeout": (
+                self.recovery_timeout if recovery_timeout is None else recovery_timeout
+            ),
+        }
+        for field, value in chosen.items():
+            _check_positive(self.name, field, value)
+        counts = {
+            "cache_max_size": (
+                self.cache_max_size if cache_max_size is None else cache_max_size,
+                1,
+            ),
+            "max_concurrency": (
+                self.max_concurrency if max_concurrency is None else max_concurrency,
+                1,
+            ),
+            "retry_attempts": (
+                self.retry_attempts if retry_attempts is None else retry_attempts,
+                1,
+            ),
+            "failure_threshold": (
+                self.failure_threshold if failure_threshold is None else failure_threshold,
+                1,
+            ),
+        }
+        for field, (count, minimum) in counts.items():
+            _check_count(self.name, field, count, minimum)
+        self.timeout = chosen["timeout"]
+        self.cache_ttl = chosen["cache_ttl"]
+        self.recovery_timeout = chosen["recovery_timeout"]
+        self.cache_max_size = counts["cache_max_size"][0]
+        self.max_concurrency = counts["max_concurrency"][0]
+        self.retry_attempts = counts["retry_attempts"][0]
+        self.failure_threshold = counts["failure_threshold"][0]
+
+    @property
+    def caches(self) -> bool:
+        """Whether the class defines :meth:`cache_key` (so results are cached)."""
+        return type(self).cache_key is not AsyncEnricher.cache_key
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        """Return the key under which this enricher's changes are cached.
+
+        Override to enable caching; return ``None`` for events that must not
+        be cached. Called on the logging thread, so keep it cheap and pure.
+        """
+        return None
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a failure is worth retrying (default: OS and timeout errors)."""
+        return isinstance(exc, OSError | TimeoutError)
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict | None:
+        """Add fields to ``event_dict`` and return it (or ``None``).
+
+        The dict is this enricher's own copy of the event; return it mutated,
+        return a new mapping, or return ``None`` to mean "mutated in place".
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must override enrich_async()"
+        )
+
+
+class SyncEnricher(Enricher):
+    """Base class of enrichers that compute fields without awaiting.
+
+    They run inline (no thread, no hop) unless ``blocking`` is true, in which
+    case they run in a worker thread, concurrently with the rest of their
+    level, from a pool capped by the ``max_enricher_threads`` setting.
+    """
+
+    blocking: bool = False
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        dependencies: str | Iterable[str] | None = None,
+        priority: int | None = None,
+        provides: str | Iterable[str] | None = None,
+        blocking: bool | None = None,
+    ) -> None:
+        super().__init__(
+            name=name, dependencies=dependencies, priority=priority, provides=provides
+        )
+        self.blocking = self.blocking if blocking is None else bool(blocking)
+
+    def enrich(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict | None:
+        """Add fields to ``event_dict`` (a copy) and return it or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} must override enrich()")
+
+
+ProcessorFunction = Callable[[WrappedLogger, str, EventDict], Any]
+AsyncProcessorFunction = Callable[[WrappedLogger, str, EventDict], Awaitable[Any]]
+
+
+class _FunctionEnricher(SyncEnricher):
+    """A plain structlog processor used as an enricher."""
+
+    def __init__(self, fn: ProcessorFunction, **kwargs: Any) -> None:
+        self.function = fn
+        super().__init__(**kwargs)
+
+    def enrich(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict | None:
+        result: EventDict | None = self.function(logger, method_name, event_dict)
+        return result
+
+
+class _AsyncFunctionEnricher(AsyncEnricher):
+    """An ``async def`` processor used as an enricher."""
+
+    def __init__(self, fn: AsyncProcessorFunction, **kwargs: Any) -> None:
+        self.function = fn
+        super().__init__(**kwargs)
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict | None:
+        result: EventDict | None = await self.function(logger, method_name, event_dict)
+        return result
+
+
+def _callable_name(obj: Callable[..., Any]) -> str:
+    name = getattr(obj, "__name__", None)
+    return name if isinstance(name, str) else _default_name(type(obj))
+
+
+def _is_async_callable(obj: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(obj, "__call__", None)  # noqa: B004 - we want the method itself
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: trust them
+    try:
+        signature.bind(None, "info", {})
+    except TypeError:
+        raise EnricherConfigError(
+            f"enricher {name!r}: {obj!r} must accept (logger, method_name, "
+            f"event_dict) like a structlog processor; its signature is "
+            f"{name}{signature}"
+        ) from None
+
+
+def _function_enricher(
+    fn: Callable[..., Any], options: dict[str, Any], blocking: bool
+) -> Enricher:
+    options.setdefault("name", _callable_name(fn))
+    _check_processor_arity(fn, options["name"])
+    if _is_async_callable(fn):
+        if blocking:
+            raise EnricherConfigError(
+                f"enricher {options['name']!r}: blocking=True is for sync "
+                "functions that do blocking I/O; an async function is "
+                "awaited on the runtime loop"
+            )
+        return _AsyncFunctionEnricher(fn, **options)
+    return _FunctionEnricher(fn, blocking=blocking, **options)
+
+
+def as_enricher(obj: object) -> Enricher:
+    """Turn what a user passed as an enricher into an :class:`Enricher`.
+
+    Accepts enricher instances, sync structlog processors and ``async def``
+    processors. Raises :class:`EnricherConfigError` naming the culprit for
+    anything else: a class instead of an instance, a number, a function with
+    the wrong arity.
+    """
+    if isinstance(obj, Enricher):
+        return obj
+    if isinstance(obj, type):
+        if issubclass(obj, Enricher):
+            raise EnricherConfigError(
+                f"enricher class {obj.__name__} was passed where an instance "
+                f"is expected: use {obj.__name__}()"
+            )
+        raise EnricherConfigError(
+            f"{obj.__name__} is a class, not an enricher: pass an instance of "
+            "AsyncEnricher or SyncEnricher, or a processor function"
+        )
+    if callable(obj):
+        return _function_enricher(obj, {}, blocking=False)
+    raise EnricherConfigError(
+        f"{obj!r} (of type {type(obj).__name__}) is not an enricher: expected "
+        "an AsyncEnricher or SyncEnricher instance, a structlog processor "
+        "function or an async def processor"
+    )
+
+
+@overload
+def register_enricher(
+    obj: _E,
+    *,
+    name: str | None = ...,
+    dependencies: str | Iterable[str] = ...,
+    priority: int | None = ...,
+    blocking: bool = ...,
+) -> _E: ...
+
+
+@overload
+def register_enricher(
+    obj: Callable[..., Any],
+    *,
+    name: str | None = ...,
+    dependencies: str | Iterable[str] = ...,
+    priority: int | None = ...,
+    blocking: bool = ...,
+) -> Enricher: ...
+
+
+@overload
+def register_enricher(
+    obj: None = ...,
+    *,
+    name: str | None = ...,
+    dependencies: str | Iterable[str] = ...,
+    priority: int | None = ...,
+    blocking: bool = ...,
+) -> Callable[[Callable[..., Any]], Enricher]: ...
+
+
+def register_enricher(
+    obj: object = None,
+    *,
+    name: str | None = None,
+    dependencies: str | Iterable[str] = (),
+    priority: int | None = None,
+    blocking: bool = False,
+) -> Enricher | Callable[[Callable[..., Any]], Enricher]:
+    """Give a processor or an enricher a name, dependencies and a priority.
+
+    Works as a function (``register_enricher(add_user, name="user")``) and as
+    a decorator, with or without arguments. It registers nothing globally:
+    pass the returned enricher to ``configure_logging(enrichers=[...])``.
+
+    Args:
+        obj: a sync processor, an ``async def`` processor or an enricher.
+        name: defaults to the function's ``__name__`` or the enricher's name.
+        dependencies: names of enrichers that must run before this one.
+        priority: order within a level, lower first (default 100).
+        blocking: the sync function does blocking I/O; run it in a worker
+            thread instead of inline.
+
+    Raises:
+        EnricherConfigError: ``obj`` is not usable as an enricher.
+    """
+
+    def register(target: object) -> Enricher:
+        if isinstance(target, Enricher):
+            return _configure_instance(target, name, dependencies, priority, blocking)
+        if callable(target) and not isinstance(target, type):
+            options: dict[str, Any] = {"dependencies": dependencies}
+            if name is not None:
+                options["name"] = name
+            if priority is not None:
+                options["priority"] = priority
+            return _function_enricher(target, options, blocking)
+        return as_enricher(target)  # raises with the right message
+
+    if obj is None:
+        return register
+    return register(obj)
+
+
+def _configure_instance(
+    enricher: _E,
+    name: str | None,
+    dependencies: str | Iterable[str],
+    priority: int | None,
+    blocking: bool,
+) -> _E:
+    if name is not None:
+        enricher.name = name
+    deps = _as_names(dependencies, enricher.name)
+    if deps:
+        enricher.dependencies = deps
+    if priority is not None:
+        enricher.priority = priority
+    if blocking:
+        if not isinstance(enricher, SyncEnricher):
+            raise EnricherConfigError(
+                f"enricher {enricher.name!r}: blocking=True applies to sync "
+                "enrichers only"
+            )
+        enricher.blocking = True
+    return enricher
+
+
+def changes_of(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """What an enricher did to its copy of the event: (set keys, removed keys)."""
+    updated = {k: v for k, v in after.items() if k not in before or before[k] is not v}
+    removed = tuple(k for k in before if k not in after)
+    return updated, removed

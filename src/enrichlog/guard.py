@@ -1,0 +1,301 @@
+"""`EnricherGuard`: one async enricher behind its timeout, cache, circuit
+breaker, retry policy and concurrency limit.
+
+The guard turns everything an enricher can do into an :data:`Outcome`: the
+changes it made to its copy of the event, or the reason it made none. It
+never raises, except for the cancellation of its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from .breaker import CircuitBreaker, CircuitState
+from .cache import EnricherCache
+from .enricher import AsyncEnricher, changes_of
+from .exceptions import CachedError
+from .retry import RetryPolicy
+
+__all__ = ["EnricherGuard", "GuardOptions", "Outcome"]
+
+#: ``(updated keys, removed keys, None)`` on success, ``(None, (), reason)``
+#: on failure. A tuple, not a class: it is built for every enricher of every
+#: event, and cached outcomes are shared between events.
+Outcome = tuple[dict[str, Any] | None, tuple[str, ...], str | None]
+
+_report = logging.getLogger("enrichlog")
+
+UNAVAILABLE: Outcome = (None, (), "unavailable")
+CIRCUIT_OPEN: Outcome = (None, (), "circuit_open")
+TIMEOUT: Outcome = (None, (), "timeout")
+INVALID_RETURN: Outcome = (None, (), "invalid_return")
+#: The enricher raised structlog's ``DropEvent``: the event is filtered out
+#: on purpose. Compared by identity, never written to the error field.
+DROP_REASON = "dropped by enricher"
+DROPPED: Outcome = (None, (), DROP_REASON)
+_ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
+
+
+def error_outcome(exc: BaseException) -> Outcome:
+    """The outcome for an enricher that raised ``exc`` (``error: Type``)."""
+    kind = type(exc)
+    outcome = _ERROR_OUTCOMES.get(kind)
+    if outcome is None:
+        outcome = (None, (), f"error: {kind.__name__}")
+        if len(_ERROR_OUTCOMES) < 1024:  # bounded: exception types are few
+            _ERROR_OUTCOMES[kind] = outcome
+    return outcome
+
+
+class _Failed(Exception):
+    """Carries a failure outcome out of a shared (single-flight) computation."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome[2])
+        self.outcome = outcome
+
+
+@dataclass(frozen=True, slots=True)
+class GuardOptions:
+    """The effective resilience settings of one async enricher."""
+
+    timeout: float
+    cache_ttl: float
+    cache_max_size: int
+    cache_error_ttl: float | None
+    failure_threshold: int
+    recovery_timeout: float
+    half_open_max_calls: int
+    retry_attempts: int
+    retry_base_delay: float
+    retry_max_delay: float
+    max_concurrency: int | None
+
+
+class EnricherGuard:
+    """Runs one :class:`AsyncEnricher` for events, guarded.
+
+    Attributes:
+        available: false while the enricher failed to start or its last
+            health check failed; it is then skipped as ``unavailable``.
+        last_error: the most recent failure reason, for ``health()``.
+    """
+
+    def __init__(self, enricher: AsyncEnricher, options: GuardOptions) -> None:
+        self.enricher = enricher
+        self.name = enricher.name
+        self.options = options
+        self.timeout = options.timeout
+        self.cache: EnricherCache | None = (
+            EnricherCache(
+                options.cache_max_size, options.cache_ttl, error_ttl=options.cache_error_ttl
+            )
+            if enricher.caches
+            else None
+        )
+        self.breaker = CircuitBreaker(
+            options.failure_threshold,
+            options.recovery_timeout,
+            half_open_max_calls=options.half_open_max_calls,
+            name=enricher.name,
+        )
+        self.breaker.add_listener(_report_state_change)
+        self.retry: RetryPolicy | None = (
+            RetryPolicy(
+                options.retry_attempts,
+                options.retry_base_delay,
+                options.retry_max_delay,
+                is_transient=enricher.is_transient,
+            )
+            if options.retry_attempts > 1
+            else None
+        )
+        self._limiter = (
+            anyio.Semaphore(options.max_concurrency, fast_acquire=True)
+            if options.max_concurrency
+            else None
+        )
+        self.available = False
+        self.last_error: str | None = None
+        self.calls = 0
+        self.failures = 0
+        self.retries = 0
+        self.skipped_open = 0
+
+    # -- on the logging thread --------------------------------------------
+
+    def lookup(self, event_dict: EventDict) -> Outcome | None:
+        """Settle the enricher for this event without awaiting, if possible.
+
+        Returns the cached outcome on a cache hit, a skip outcome when the
+        enricher is unavailable or its circuit is open, and ``None`` when the
+        enricher has to run on the runtime loop.
+        """
+        if not self.available:
+            return UNAVAILABLE
+        cache = self.cache
+        if cache is not None:
+            try:
+                key = self.enricher.cache_key(event_dict)
+            except Exception as exc:
+                return error_outcome(exc)
+            if key is not None:
+                hit: Outcome | None = cache.get(key)
+                if hit is not None:
+                    return hit
+        if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
+            self.skipped_open += 1
+            return CIRCUIT_OPEN
+        return None
+
+    # -- on the runtime loop ----------------------------------------------
+
+    async def run(
+        self, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    ) -> Outcome:
+        """Run the enricher for one event; never raises but cancellation."""
+        if not self.available:
+            return UNAVAILABLE
+        cache = self.cache
+        if cache is None:
+            return await self._guarded(logger, method_name, snapshot)
+        try:
+            key = self.enricher.cache_key(snapshot)
+        except Exception as exc:
+            return self._failed(error_outcome(exc))
+        if key is None:
+            return await self._guarded(logger, method_name, snapshot)
+        return await self._shared(cache, key, logger, method_name, snapshot)
+
+    async def _shared(
+        self,
+        cache: EnricherCache,
+        key: Hashable,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+    ) -> Outcome:
+        async def compute() -> Outcome:
+            outcome = await self._guarded(logger, method_name, snapshot)
+            if outcome[2] is not None:
+                raise _Failed(outcome)
+            return outcome
+
+        # Events with one key share one lookup (single flight); this
+        # event's wait is bounded by its own timeout, which does not cancel
+        # the lookup the other events are waiting for.
+        with anyio.move_on_after(self.timeout):
+            try:
+                shared: Outcome = await cache.get_or_compute(key, compute)
+            except _Failed as failed:
+                return failed.outcome
+            except CachedError as cached:
+                cause = cached.__cause__
+                return cause.outcome if isinstance(cause, _Failed) else error_outcome(cached)
+            except Exception as exc:
+                return self._failed(error_outcome(exc))
+            return shared
+        return self._failed(TIMEOUT)
+
+    async def _guarded(
+        self, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    ) -> Outcome:
+        breaker = self.breaker
+        permit = breaker.acquire()
+        if permit is None:
+            self.skipped_open += 1
+            return CIRCUIT_OPEN
+        self.calls += 1
+        deadline = time.monotonic() + self.timeout
+        try:
+            with anyio.fail_after(self.timeout):
+                if self.retry is None:
+                    result = await self._attempt(logger, method_name, snapshot)
+                else:
+                    result = await self.retry.run(
+                        lambda: self._attempt(logger, method_name, snapshot),
+                        deadline=deadline,
+                        on_retry=self._on_retry,
+                    )
+        except TimeoutError:
+            breaker.record_failure(permit)
+            return self._failed(TIMEOUT)
+        except asyncio.CancelledError:
+            breaker.record_cancelled(permit)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # The enricher raised CancelledError of its own accord.
+            return self._failed(error_outcome(asyncio.CancelledError()))
+        except structlog.DropEvent:
+            breaker.record_success(permit)
+            return DROPPED
+        except BaseException as exc:  # noqa: BLE001 - an enricher may raise anything
+            breaker.record_failure(permit)
+            return self._failed(error_outcome(exc))
+        if not isinstance(result, Mapping):
+            breaker.record_failure(permit)
+            return self._failed(INVALID_RETURN)
+        breaker.record_success(permit)
+        updated, removed = changes_of(snapshot, result)
+        return (updated, removed, None)
+
+    async def _attempt(
+        self, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    ) -> object:
+        # A fresh copy per attempt: a failed attempt may have half-mutated it.
+        copy = dict(snapshot)
+        if self._limiter is None:
+            result = await self.enricher.enrich_async(logger, method_name, copy)
+        else:
+            async with self._limiter:
+                result = await self.enricher.enrich_async(logger, method_name, copy)
+        return copy if result is None else result
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.retries += 1
+        _report.info(
+            "enricher %r: attempt %d failed with %s; retrying in %.3fs",
+            self.name,
+            attempt,
+            type(exc).__name__,
+            delay,
+        )
+
+    def _failed(self, outcome: Outcome) -> Outcome:
+        self.failures += 1
+        self.last_error = outcome[2]
+        return outcome
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state of this guard, for ``container.metrics()``."""
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "retries": self.retries,
+            "skipped_circuit_open": self.skipped_open,
+            "breaker": self.breaker.state.value,
+            "cache": None if self.cache is None else self.cache.stats(),
+        }
+
+
+def _report_state_change(
+    breaker: CircuitBreaker, old: CircuitState, new: CircuitState
+) -> None:
+    level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+    _report.log(
+        level,
+        "enricher %r: circuit %s -> %s",
+        breaker.name,
+        old.value,
+        new.value,
+    )

@@ -1,0 +1,169 @@
+"""`EnricherLifecycleManager`: start-up, health and shutdown of enrichers.
+
+Start-ups run concurrently; one that fails marks its enricher unavailable,
+is reported once through the stdlib logger ``enrichlog``, and the others
+carry on. Shutdown runs in reverse dependency order. Periodic health checks
+(off by default) run on the runtime loop; an enricher that failed to start or
+failed its check is tried again on the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ._masking import mask_secrets
+from .enricher import Enricher
+from .runtime import EnrichmentRuntime
+
+__all__ = ["EnricherLifecycleManager"]
+
+_report = logging.getLogger("enrichlog")
+
+
+class EnricherLifecycleManager:
+    """Starts, checks and stops the enrichers of one container.
+
+    Args:
+        runtime: the loop lifecycle methods run on (a lifecycle call made
+            from elsewhere is sent there, so pools stay on one loop).
+        health_check_interval: seconds between health checks; ``None`` off.
+
+    Attributes:
+        on_availability: called with ``(name, available)`` whenever an
+            enricher becomes usable or stops being so.
+    """
+
+    def __init__(
+        self, runtime: EnrichmentRuntime, *, health_check_interval: float | None = None
+    ) -> None:
+        self._runtime = runtime
+        self._interval = health_check_interval
+        self._enrichers: list[Enricher] = []
+        self._last_error: dict[str, str | None] = {}
+        self._available: dict[str, bool] = {}
+        self._checker: asyncio.Task[None] | None = None
+        self.on_availability: Callable[[str, bool], None] | None = None
+
+    def register_enricher(self, enricher: Enricher) -> None:
+        """Manage ``enricher``; register in dependency order (dependencies
+        first), since shutdown runs in the reverse of this order."""
+        self._enrichers.append(enricher)
+        self._available.setdefault(enricher.name, False)
+        self._last_error.setdefault(enricher.name, None)
+
+    @property
+    def enrichers(self) -> tuple[Enricher, ...]:
+        """The managed enrichers in registration order."""
+        return tuple(self._enrichers)
+
+    async def startup_all(self) -> dict[str, bool]:
+        """Start every enricher concurrently; return which ones started."""
+        await asyncio.gather(*(self._start(e) for e in self._enrichers))
+        if self._interval is not None and self._checker is None:
+            self._checker = asyncio.get_running_loop().create_task(self._check_periodically())
+        return dict(self._available)
+
+    async def _start(self, enricher: Enricher) -> None:
+        try:
+            await enricher.startup()
+        except Exception as exc:
+            self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
+            _report.error(  # noqa: TRY400 - the traceback could carry secrets
+                "enricher %r failed to start (%s: %s); it is skipped as "
+                "'unavailable' until a health check passes",
+                enricher.name,
+                type(exc).__name__,
+                mask_secrets(str(exc)),
+            )
+            return
+        self._mark(enricher, True, None)
+
+    async def shutdown_all(self) -> None:
+        """Stop the health checks, then every enricher, dependants first."""
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
+        for enricher in reversed(self._enrichers):
+            try:
+                await enricher.shutdown()
+            except Exception as exc:
+                _report.warning(
+                    "enricher %r failed to shut down cleanly (%s: %s)",
+                    enricher.name,
+                    type(exc).__name__,
+                    mask_secrets(str(exc)),
+                )
+            self._mark(enricher, False, self._last_error.get(enricher.name))
+
+    async def health_check_all(self) -> dict[str, bool]:
+        """Check every enricher; restart those that are not started.
+
+        Returns the health of each enricher by name.
+        """
+        results = await asyncio.gather(*(self._check(e) for e in self._enrichers))
+        return {e.name: ok for e, ok in zip(self._enrichers, results, strict=True)}
+
+    async def _check(self, enricher: Enricher) -> bool:
+        if not enricher.is_started:
+            await self._start(enricher)
+            if not enricher.is_started:
+                return False
+        healthy = await enricher.health_check()
+        was = self._available.get(enricher.name)
+        self._mark(enricher, healthy, None if healthy else "health check failed")
+        if was and not healthy:
+            _report.warning("enricher %r failed its health check; skipping it", enricher.name)
+        elif healthy and was is False:
+            _report.info("enricher %r is healthy again", enricher.name)
+        return healthy
+
+    async def _check_periodically(self) -> None:
+        assert self._interval is not None  # noqa: S101 - only started with one
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.health_check_all()
+            except Exception:
+                _report.exception("enrichlog: health check round failed")
+
+    def _mark(self, enricher: Enricher, available: bool, error: str | None) -> None:
+        self._last_error[enricher.name] = error
+        if self._available.get(enricher.name) != available:
+            self._available[enricher.name] = available
+            if self.on_availability is not None:
+                self.on_availability(enricher.name, available)
+
+    @contextlib.asynccontextmanager
+    async def managed_enrichers(self) -> AsyncIterator[EnricherLifecycleManager]:
+        """``async with manager.managed_enrichers():`` starts all enrichers on
+        entry and shuts them down on exit, on the current loop."""
+        await self.startup_all()
+        try:
+            yield self
+        finally:
+            await self.shutdown_all()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per enricher: started, healthy, available and the last error."""
+        return {
+            e.name: {
+                "started": e.is_started,
+                "healthy": e.is_healthy,
+                "available": self._available.get(e.name, False),
+                "last_error": self._last_error.get(e.name),
+            }
+            for e in self._enrichers
+        }
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: every enricher starts afresh on the new loop."""
+        self._checker = None
+        for enricher in self._enrichers:
+            enricher._forget_runtime_state()  # noqa: SLF001 - our own contract
+            self._mark(enricher, False, None)

@@ -1,0 +1,123 @@
+"""Where rendered lines go: standard output, standard error or a file.
+
+`LineWriter` is the wrapped logger structlog calls with each rendered line.
+It is shared by the logging threads (events completed on the caller) and the
+runtime thread (events completed there), so one lock orders their writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import IO, Any
+
+from .exceptions import EnricherConfigError
+
+__all__ = ["LineWriter", "open_output"]
+
+
+class LineWriter:
+    """Writes one line per call to a binary stream, flushing each line.
+
+    Every structlog level method (``info``, ``error``...) is an alias of
+    :meth:`msg`, like structlog's ``BytesLogger``.
+    """
+
+    __slots__ = ("_closed", "_flush", "_lock", "_owns", "_stream", "_write", "name", "target")
+
+    def __init__(self, stream: IO[bytes], *, target: str, owns: bool) -> None:
+        self._stream = stream
+        self._write = stream.write
+        self._flush = stream.flush
+        self._lock = threading.Lock()
+        self._owns = owns
+        self._closed = False
+        self.target = target
+        self.name: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<LineWriter {self.target}>"
+
+    def msg(self, message: bytes | str) -> None:
+        """Write ``message`` and a newline, then flush."""
+        line = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
+        with self._lock:
+            if self._closed:
+                self._reopen()
+            self._write(line + b"\n")
+            self._flush()
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+    failure = msg
+
+    def close(self) -> None:
+        """Flush; close the file if this writer opened it."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._flush()
+            finally:
+                if self._owns:
+                    self._stream.close()
+                    self._closed = True
+
+    def _reopen(self) -> None:
+        # Loggers cached by the application before a reconfiguration still
+        # hold this writer: appending beats losing their lines.
+        stream = open(self.target, "ab")  # noqa: SIM115, PTH123 - held open on purpose
+        self._stream, self._write, self._flush = stream, stream.write, stream.flush
+        self._closed = False
+
+    def after_fork(self) -> None:
+        """Replace the lock: a lock held by another thread at fork time stays
+        held forever in the child."""
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> Any:
+        raise TypeError("LineWriter cannot be pickled")
+
+
+def open_output(target: str) -> LineWriter:
+    """A writer for ``stdout``, ``stderr`` or a file path (appended to).
+
+    Raises:
+        EnricherConfigError: the file cannot be opened for appending; the
+            message names the path and the reason.
+    """
+    if target == "stdout":
+        return LineWriter(_binary(sys.stdout), target="stdout", owns=False)
+    if target == "stderr":
+        return LineWriter(_binary(sys.stderr), target="stderr", owns=False)
+    path = os.path.expanduser(target)  # noqa: PTH111 - plain strings throughout
+    try:
+        stream = open(path, "ab")  # noqa: SIM115, PTH123 - closed by LineWriter.close
+    except OSError as exc:
+        raise EnricherConfigError(
+            f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
+        ) from None
+    return LineWriter(stream, target=path, owns=True)
+
+
+def _binary(stream: Any) -> IO[bytes]:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer  # type: ignore[no-any-return]
+    return _TextAsBinary(stream)  # type: ignore[return-value]
+
+
+class _TextAsBinary:
+    """Adapts a text-only stream (``io.StringIO`` in tests) to bytes writes."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        return self._stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()

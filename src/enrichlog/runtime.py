@@ -1,0 +1,169 @@
+"""`EnrichmentRuntime`: the one long-lived event loop enrichers run on.
+
+Enrichers start, run and stop on the same loop, so loop-bound resources
+(asyncpg pools, httpx clients) opened in ``_startup`` stay valid for every
+event. The loop runs in a daemon thread owned by the container; it is never
+created per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["EnrichmentRuntime"]
+
+_T = TypeVar("_T")
+
+
+class EnrichmentRuntime:
+    """An asyncio event loop in a daemon thread, plus a capped thread pool for
+    blocking sync enrichers.
+
+    Args:
+        name: the thread's name (shows up in thread dumps and py-spy).
+        max_threads: worker threads for blocking sync enrichers.
+    """
+
+    def __init__(self, name: str = "enrichlog-runtime", *, max_threads: int = 4) -> None:
+        self._name = name
+        self._max_threads = max_threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._start_lock = threading.Lock()
+
+    # -- life ------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The runtime's loop; starts the runtime on first use."""
+        loop = self._loop
+        if loop is None:
+            self.start()
+            loop = self._loop
+            assert loop is not None  # noqa: S101 - start() sets it or raises
+        return loop
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the loop thread is alive and serving."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._loop is not None
+
+    @property
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The pool blocking sync enrichers run in (created on first use)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_threads, thread_name_prefix=f"{self._name}-blocking"
+            )
+        return self._executor
+
+    def start(self) -> None:
+        """Start the loop thread; idempotent and thread-safe."""
+        with self._start_lock:
+            if self.is_running:
+                return
+            ready = threading.Event()
+            loop = asyncio.new_event_loop()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                try:
+                    loop.run_forever()
+                finally:
+                    _close_loop(loop)
+
+            thread = threading.Thread(target=serve, name=self._name, daemon=True)
+            thread.start()
+            ready.wait()
+            self._loop, self._thread = loop, thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop, stop it and join the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if thread is threading.current_thread():
+            raise RuntimeError("the enrichment runtime cannot stop itself from its own loop")
+        if thread.is_alive() and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closed meanwhile
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+        self._loop = self._thread = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def forget_after_fork(self) -> None:
+        """Drop the parent's loop and thread in a forked child.
+
+        The thread does not exist in the child and the loop's selector is
+        shared with the parent, so neither may be touched; a fresh runtime
+        starts on next use.
+        """
+        self._loop = None
+        self._thread = None
+        self._executor = None
+        self._start_lock = threading.Lock()
+
+    # -- calling in ------------------------------------------------------
+
+    def in_runtime_thread(self) -> bool:
+        """Whether the current thread is the runtime's loop thread."""
+        return self._thread is threading.current_thread()
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Schedule ``callback(*args)`` on the loop from any thread."""
+        self.loop.call_soon_threadsafe(callback, *args)
+
+    def submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        """Run ``coro`` on the loop; return a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait for its result (blocking).
+
+        Raises:
+            RuntimeError: called from the runtime's own thread, where waiting
+                would deadlock.
+            TimeoutError: ``timeout`` passed; the coroutine is cancelled.
+        """
+        if self.in_runtime_thread():
+            coro.close()
+            raise RuntimeError("EnrichmentRuntime.run() called on the runtime's own loop")
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"runtime call did not finish within {timeout}s") from None
+
+    async def arun(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Await ``coro`` on the runtime loop from another event loop."""
+        if self.in_runtime_thread():
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking callable in the capped pool, from the runtime loop."""
+        loop = asyncio.get_running_loop()
+        result: Awaitable[_T] = loop.run_in_executor(self.executor, fn, *args)
+        return await result
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()

@@ -1,0 +1,248 @@
+"""Tests for :mod:`enrichlog._plan`: describing and rendering the plan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict, SecretStr
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog._plan import describe_plan, effective_options, render_plan
+from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
+from enrichlog.enrichers import HostnameEnricher
+from enrichlog.factory import EnricherFactory
+from enrichlog.settings import LoggingSettings
+
+SECRET = "hunter2-Sesame"
+
+
+class TenantEnricher(AsyncEnricher):
+    timeout = 0.5
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        return event_dict
+
+
+class UserEnricher(AsyncEnricher):
+    dependencies = ("tenant",)
+    cache_ttl = 30.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict.get("user_id")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        return event_dict
+
+
+class DatabaseEnricher(AsyncEnricher):
+    scheme = "test-plan-db"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        host: str
+        user: str | None = None
+        password: SecretStr | None = None
+
+    def __init__(self, *, params: DatabaseEnricher.Params, **options: Any) -> None:
+        self.params = params
+        super().__init__(**options)
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        return event_dict
+
+
+def add_version(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    event_dict["version"] = "1.0"
+    return event_dict
+
+
+def make_settings(**values: Any) -> LoggingSettings:
+    return LoggingSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def levels() -> list[list[Enricher]]:
+    tenant = TenantEnricher()
+    database = EnricherFactory.build(
+        f"test-plan-db://app:{SECRET}@db.internal?name=db&ttl=60&dependencies=tenant"
+    )
+    blocking = register_enricher(add_version, blocking=True)
+    return [
+        [HostnameEnricher(), tenant, blocking],
+        [UserEnricher(), database],
+    ]
+
+
+def entries(description: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        entry["name"]: entry
+        for level in description["levels"]
+        for entry in level["enrichers"]
+    }
+
+
+def test_describe_plan_lists_levels_in_order(levels: list[list[Enricher]]) -> None:
+    description = describe_plan(levels, make_settings())
+
+    assert [
+        [entry["name"] for entry in level["enrichers"]]
+        for level in description["levels"]
+    ] == [["hostname", "tenant", "add_version"], ["user", "db"]]
+
+
+def test_describe_plan_gives_kind_source_and_dependencies(
+    levels: list[list[Enricher]],
+) -> None:
+    described = entries(describe_plan(levels, make_settings()))
+
+    assert [
+        (
+            name,
+            described[name]["kind"],
+            described[name]["source"],
+            described[name]["dependencies"],
+        )
+        for name in ("hostname", "add_version", "user", "db")
+    ] == [
+        ("hostname", "sync", "code", []),
+        ("add_version", "blocking", "code", []),
+        ("user", "async", "code", ["tenant"]),
+        ("db", "async", "uri", ["tenant"]),
+    ]
+
+
+def test_describe_plan_shows_the_uri_with_the_password_masked(
+    levels: list[list[Enricher]],
+) -> None:
+    described = entries(describe_plan(levels, make_settings()))
+
+    assert (
+        described["db"]["uri"]
+        == "test-plan-db://app:***@db.internal?name=db&ttl=60&dependencies=tenant"
+    )
+
+
+def test_describe_plan_resolves_effective_options(levels: list[list[Enricher]]) -> None:
+    settings = make_settings(
+        enricher_timeout=2.0,
+        enricher_options={"user": {"timeout": 0.2, "retry_attempts": 3}},
+    )
+
+    described = entries(describe_plan(levels, settings))
+
+    assert [described[n]["timeout"] for n in ("tenant", "user", "db")] == [
+        0.5,
+        0.2,
+        2.0,
+    ]
+    assert described["user"]["cache"] == {
+        "enabled": True,
+        "ttl": 30.0,
+        "max_size": 1000,
+    }
+    assert described["user"]["retry"] == {"attempts": 3}
+    assert described["db"]["cache"]["ttl"] == 60.0
+    assert described["hostname"]["breaker"] is None
+
+
+def test_effective_options_prefers_override_then_attribute_then_default() -> None:
+    enricher = TenantEnricher(timeout=0.5, failure_threshold=9)
+    settings = make_settings(
+        enricher_options={"tenant": {"timeout": 0.1}}, breaker_recovery_timeout=7.0
+    )
+
+    options = effective_options(enricher, settings)
+
+    assert (
+        options.timeout,
+        options.failure_threshold,
+        options.recovery_timeout,
+    ) == (0.1, 9, 7.0)
+
+
+def test_describe_plan_resolves_auto_delivery(levels: list[list[Enricher]]) -> None:
+    with_async = describe_plan(levels, make_settings(delivery="auto"))
+    sync_only = describe_plan([[HostnameEnricher()]], make_settings(delivery="auto"))
+
+    assert (
+        with_async["effective_delivery"],
+        sync_only["effective_delivery"],
+    ) == ("background", "inline")
+
+
+def test_render_json_parses_back_to_the_description(
+    levels: list[list[Enricher]],
+) -> None:
+    description = describe_plan(levels, make_settings())
+
+    rendered = render_plan(description, "json")
+
+    assert description == json.loads(rendered)
+
+
+def test_render_text_shows_each_level_and_enricher(
+    levels: list[list[Enricher]],
+) -> None:
+    rendered = render_plan(describe_plan(levels, make_settings()), "text")
+
+    lines = rendered.splitlines()
+    assert "level 0 (3 enrichers, concurrently)" in lines
+    assert "level 1 (2 enrichers, concurrently)" in lines
+    assert any(line.split()[:3] == ["tenant", "async", "code"] for line in lines)
+
+
+def test_render_text_of_an_empty_plan_says_so() -> None:
+    rendered = render_plan(describe_plan([], make_settings()), "text")
+
+    assert rendered.endswith("no enrichers configured")
+
+
+def test_render_mermaid_has_a_subgraph_per_level_and_an_edge_per_dependency(
+    levels: list[list[Enricher]],
+) -> None:
+    rendered = render_plan(describe_plan(levels, make_settings()), "mermaid")
+
+    lines = [line.strip() for line in rendered.splitlines()]
+    assert lines[0] == "flowchart TD"
+    assert [line for line in lines if line.startswith("subgraph")] == [
+        'subgraph level_0["level 0"]',
+        'subgraph level_1["level 1"]',
+    ]
+    assert [line for line in lines if "-->" in line] == [
+        "e_tenant --> e_user",
+        "e_tenant --> e_db",
+    ]
+
+
+def test_render_mermaid_gives_safe_node_ids() -> None:
+    enricher = TenantEnricher(name="end")
+    rendered = render_plan(describe_plan([[enricher]], make_settings()), "mermaid")
+
+    assert 'e_end["end<br/>async · code · timeout 0.5s"]' in rendered
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "mermaid"])
+def test_rendered_plan_never_shows_a_secret(
+    levels: list[list[Enricher]], fmt: Any
+) -> None:
+    rendered = render_plan(describe_plan(levels, make_settings()), fmt)
+
+    assert SECRET not in rendered
+    assert "***" in rendered
+
+
+def test_render_plan_refuses_an_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown plan format 'yaml'"):
+        render_plan({}, "yaml")  # type: ignore[arg-type]
