@@ -218,6 +218,25 @@ def test_cancelled_probe_returns_its_permit() -> None:
     )
 
 
+def test_probe_that_never_reports_back_is_presumed_lost_after_recovery_timeout() -> (
+    None
+):
+    clock = FakeClock()
+    breaker = open_breaker(clock)
+    clock.now = 10.0
+    lost = acquired(breaker)
+    clock.now = 19.999
+    still_rejected = breaker.acquire()
+    clock.now = 20.0
+    probe = acquired(breaker)
+    breaker.record_failure(lost)
+
+    breaker.record_success(probe)
+
+    expected = (None, CircuitState.CLOSED)
+    assert expected == (still_rejected, breaker.state)
+
+
 def test_probe_reported_twice_gives_back_only_one_permit() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock, half_open_max_calls=2)
@@ -548,7 +567,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
 
     permits = Bundle("permits")
 
-    @initialize(threshold=st.integers(1, 4), probes=st.integers(1, 3))
+    @initialize(threshold=st.integers(1, 3), probes=st.integers(1, 2))
     def build(self, threshold: int, probes: int) -> None:
         self.clock = FakeClock()
         self.threshold = threshold
@@ -565,6 +584,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
         self.failures = 0
         self.opened_at = 0.0
         self.probes_out = 0
+        self.last_probe_at = 0.0
         self.outstanding: list[Issued] = []
         self.expected_transitions: list[tuple[str, str]] = []
 
@@ -583,13 +603,21 @@ class BreakerAgainstModel(RuleBasedStateMachine):
 
     @rule(target=permits)
     def acquire(self) -> Any:
-        if self.state == "open" and self.clock.now - self.opened_at >= RECOVERY_TIMEOUT:
+        now = self.clock.now
+        if self.state == "open" and now - self.opened_at >= RECOVERY_TIMEOUT:
             self._move_to("half_open")
+        if (
+            self.state == "half_open"
+            and self.probes_out == self.max_probes
+            and now - self.last_probe_at >= RECOVERY_TIMEOUT
+        ):
+            self._move_to("half_open")  # the silent probes are presumed lost
         issued: Issued | None = None
         if self.state == "closed":
             issued = Issued(Permit(0, is_probe=False), is_probe=False)
         elif self.state == "half_open" and self.probes_out < self.max_probes:
             self.probes_out += 1
+            self.last_probe_at = now
             issued = Issued(Permit(0, is_probe=True), is_probe=True)
 
         actual = self.breaker.acquire()
@@ -667,6 +695,6 @@ class BreakerAgainstModel(RuleBasedStateMachine):
 
 
 BreakerAgainstModel.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None
+    max_examples=300, stateful_step_count=50, deadline=None
 )
 test_breaker_behaves_like_its_model = BreakerAgainstModel.TestCase

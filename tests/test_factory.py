@@ -315,6 +315,18 @@ def test_secrets_never_appear_in_errors(uri: str) -> None:
     assert "***" in str(caught.value)
 
 
+@pytest.mark.parametrize("separator", ["/", "?", "#"])
+def test_unescaped_password_is_masked_and_explained(separator: str) -> None:
+    uri = f"test-lookup://me:Xyzzy{separator}Qwerty-Sesame@db/"
+
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build(uri)
+
+    message = str(caught.value)
+    assert [part for part in ("Xyzzy", "Qwerty") if part in message] == []
+    assert "percent-encode" in message
+
+
 def test_secrets_never_appear_in_reprs() -> None:
     enricher = EnricherFactory.build(f"test-lookup://me:{SECRET}@db/?api_key={SECRET}")
 

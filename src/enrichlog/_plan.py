@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 PlanFormat = Literal["text", "json", "mermaid"]
+"""The formats :func:`render_plan` writes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,7 @@ class CircuitBreaker:
         self._failure_count = 0
         self._opened_at = 0.0
         self._probes_out = 0
+        self._last_probe_at = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -220,7 +221,9 @@ class CircuitBreaker:
 
         Rejected while OPEN, and while HALF_OPEN once every probe permit is
         taken. An OPEN circuit whose ``recovery_timeout`` has passed turns
-        HALF_OPEN here and hands out a probe permit.
+        HALF_OPEN here and hands out a probe permit. Probe permits that none
+        of their holders reported back within ``recovery_timeout`` of the
+        last one handed out are presumed lost and handed out again.
         """
         # Hot path, once per call: a single attribute read while CLOSED.
         permit = self._closed_permit
@@ -228,15 +231,13 @@ class CircuitBreaker:
             return permit
         change = None
         with self._lock:
+            now = self._clock()
             if self._state is CircuitState.OPEN:
-                now = self._clock()
                 if now - self._opened_at < self._recovery_timeout:
                     return None
                 change = self._enter_locked(CircuitState.HALF_OPEN, now)
             if self._state is CircuitState.HALF_OPEN:
-                if self._probes_out < self._half_open_max_calls:
-                    self._probes_out += 1
-                    permit = Permit(self._generation, is_probe=True)
+                permit = self._probe_locked(now)
             else:  # closed by another thread since the first read
                 permit = self._closed_permit
         self._notify(change)
@@ -346,6 +347,22 @@ class CircuitBreaker:
                 return False
             permit._settled = True
         return True
+
+    def _probe_locked(self, now: float) -> Permit | None:
+        if (
+            self._probes_out >= self._half_open_max_calls
+            and now - self._last_probe_at >= self._recovery_timeout
+        ):
+            # No probe has reported back for a whole recovery window: presume
+            # them lost (a caller that crashed without reporting), or the
+            # circuit would stay half open, rejecting everything, for good.
+            # A new generation makes their late reports, if any, stale.
+            pass
+        if self._probes_out >= self._half_open_max_calls:
+            return None
+        self._probes_out += 1
+        self._last_probe_at = now
+        return Permit(self._generation, is_probe=True)
 
     def _enter_locked(
         self, state: CircuitState, now: float

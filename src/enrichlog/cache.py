@@ -527,7 +527,7 @@ def cached_enricher(
             head_args = (*head, method_name)
             if key is None:
                 return dict(await run_on_copy(head_args, event_dict))
-            changes = await cache.get_or_compute(
+            changes: _EventChanges = await cache.get_or_compute(
                 key, lambda: changes_made(head_args, event_dict)
             )
             return changes.applied_to(event_dict)

@@ -93,12 +93,16 @@ ENTRY_POINT_GROUP: Final = "enrichlog.enrichers"
 """The entry-point group in which installed packages advertise enrichers."""
 
 MASK: Final = "***"
+"""What a secret shows as in URIs, messages and the plan."""
 
 URI_PARTS: Final = ("host", "port", "user", "password", "path")
 """``Params`` fields that are filled from the URI's parts, not its query."""
 
 ASYNC_ONLY_KEYS: Final = ("timeout", "ttl", "max_concurrency")
+"""Common query keys that only :class:`AsyncEnricher` subclasses accept."""
+
 COMMON_KEYS: Final = ("name", "dependencies", "priority", *ASYNC_ONLY_KEYS)
+"""Query keys every scheme accepts, passed to the constructor typed."""
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]*\Z")
 # Query keys whose values are masked even when no Params model says they are
@@ -129,7 +133,7 @@ CommaSeparated = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 Items are stripped of whitespace; empty items are dropped.
 """
 
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class NoParams(BaseModel):
@@ -150,8 +154,8 @@ class CommonParams(BaseModel):
     name: Annotated[str, Field(min_length=1)] | None = None
     dependencies: CommaSeparated = ()
     priority: int | None = None
-    timeout: PositiveSeconds | None = None
-    ttl: PositiveSeconds | None = None
+    timeout: _PositiveSeconds | None = None
+    ttl: _PositiveSeconds | None = None
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
 
     def constructor_kwargs(self) -> dict[str, Any]:
@@ -201,6 +205,17 @@ def _is_secret_key(key: str, secret_keys: Collection[str]) -> bool:
     return key in secret_keys or _SECRET_KEY.search(key) is not None
 
 
+def _password_cut_short(netloc: str, rest: str) -> bool:
+    port_text = netloc.partition(":")[2]
+    return (
+        "@" not in netloc
+        and not netloc.startswith("[")
+        and bool(port_text)
+        and not port_text.isdigit()
+        and "@" in rest
+    )
+
+
 def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
     """Return ``uri`` with its password, and the values of secret query keys,
     replaced by ``***``.
@@ -216,6 +231,11 @@ def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
         (i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail)
     )
     netloc, rest = tail[:netloc_end], tail[netloc_end:]
+    if _password_cut_short(netloc, rest):
+        # 'u:pa/ss@host': a password with an unescaped '/', '?' or '#' ends
+        # the authority early; what follows ':' is then no port, so hide it.
+        later_at = rest.find("@")
+        netloc, rest = netloc + rest[: later_at + 1], rest[later_at + 1 :]
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
@@ -271,6 +291,12 @@ def _parse_port(text: str, fail: _Fail) -> int:
 
 
 def _parse_netloc(netloc: str, fail: _Fail) -> dict[str, Any]:
+    if _password_cut_short(netloc, fail.rest):
+        # Do not echo what follows ':': it is likely the start of a password.
+        raise fail(
+            "the host part ends before the '@': percent-encode any '/', '?', "
+            "'#' or '@' in the user or password (e.g. '/' as %2F)"
+        )
     parts: dict[str, Any] = {}
     userinfo, at, hostport = netloc.rpartition("@")
     if at:
@@ -326,9 +352,10 @@ def _parse(uri: str) -> _ParsedURI:
         split = urlsplit(f"//{rest}")
     except ValueError as exc:
         raise fail(f"the host part is malformed: {exc}") from None
+    fail.rest = rest[len(split.netloc) :]
+    parts = _parse_netloc(split.netloc, fail)
     if split.fragment or rest.endswith("#"):
         raise fail("a fragment ('#...') is not accepted; write '#' as %23")
-    parts = _parse_netloc(split.netloc, fail)
     if split.path:
         parts["path"] = unquote(split.path)
     return _ParsedURI(normalised, parts, _parse_query(split.query, fail))
@@ -338,9 +365,12 @@ class _Fail:
     """Makes errors about one URI: prefixed with the masked URI, scrubbed of
     its secret values."""
 
-    def __init__(self, masked: str, secrets: Sequence[str] = ()) -> None:
+    def __init__(
+        self, masked: str, secrets: Sequence[str] = (), *, rest: str = ""
+    ) -> None:
         self.masked = masked
         self.secrets = secrets
+        self.rest = rest  # the URI after its authority, while parsing
 
     def __call__(self, detail: str) -> EnricherConfigError:
         return EnricherConfigError(

@@ -193,18 +193,19 @@ class EnricherGuard:
         # Events with one key share one lookup (single flight); this
         # event's wait is bounded by its own timeout, which does not cancel
         # the lookup the other events are waiting for.
-        with anyio.move_on_after(self.timeout):
-            try:
+        try:
+            async with asyncio.timeout(self.timeout):
                 shared: Outcome = await cache.get_or_compute(key, compute)
-            except _Failed as failed:
-                return failed.outcome
-            except CachedError as cached:
-                cause = cached.__cause__
-                return cause.outcome if isinstance(cause, _Failed) else error_outcome(cached)
-            except Exception as exc:
-                return self._failed(error_outcome(exc))
-            return shared
-        return self._failed(TIMEOUT)
+        except _Failed as failed:
+            return failed.outcome
+        except CachedError as cached:
+            cause = cached.__cause__
+            return cause.outcome if isinstance(cause, _Failed) else error_outcome(cached)
+        except TimeoutError:
+            return self._failed(TIMEOUT)
+        except Exception as exc:
+            return self._failed(error_outcome(exc))
+        return shared
 
     async def _guarded(
         self, logger: WrappedLogger, method_name: str, snapshot: EventDict
@@ -217,7 +218,9 @@ class EnricherGuard:
         self.calls += 1
         deadline = time.monotonic() + self.timeout
         try:
-            with anyio.fail_after(self.timeout):
+            # asyncio.timeout, not anyio.fail_after: ~1 us cheaper per call on
+            # the loop enrichlog owns (docs/architecture.md).
+            async with asyncio.timeout(self.timeout):
                 if self.retry is None:
                     result = await self._attempt(logger, method_name, snapshot)
                 else:

@@ -64,7 +64,7 @@ class HostnameEnricher(SyncEnricher):
         )
 
     def enrich(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
     ) -> EventDict:
         """Add the host name under ``params.field``."""
         event_dict.setdefault(self.params.field, self._hostname)
@@ -105,7 +105,7 @@ class ProcessEnricher(SyncEnricher):
         return self._process_name
 
     def enrich(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
     ) -> EventDict:
         """Add the pid, the process name and the current thread's name."""
         pid = os.getpid()
@@ -163,7 +163,7 @@ class StaticEnricher(SyncEnricher):
         )
 
     def enrich(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
     ) -> EventDict:
         """Add each constant field the event does not already have."""
         for key, value in self.fields.items():
@@ -215,7 +215,7 @@ class EnvEnricher(SyncEnricher):
         )
 
     def enrich(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
     ) -> EventDict:
         """Add each variable that was set, unless the event has the key."""
         for key, value in self.values.items():

@@ -1,0 +1,78 @@
+"""``python -m enrichlog plan`` and ``check``: the plan the environment
+configures, and whether the settings are valid."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from ._plan import PlanFormat, describe_plan, render_plan
+from .container import resolve_settings
+from .enricher import Enricher
+from .exceptions import EnrichlogError
+from .factory import EnricherFactory
+from .registry import EnricherRegistry
+from .settings import LoggingSettings
+
+__all__ = ["check", "show_plan"]
+
+
+def _problems_and_enrichers(
+    settings: LoggingSettings,
+) -> tuple[list[str], list[Enricher]]:
+    problems: list[str] = []
+    enrichers: list[Enricher] = []
+    for uri in settings.enrichers:
+        try:
+            enrichers.append(EnricherFactory.build(uri))
+        except EnrichlogError as exc:
+            problems.append(str(exc))
+    if not problems:
+        try:
+            EnricherRegistry(enrichers).levels()
+        except EnrichlogError as exc:
+            problems.append(str(exc))
+    return problems, enrichers
+
+
+def show_plan(fmt: PlanFormat, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Print the execution plan of the environment's settings; 1 on errors."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        settings = resolve_settings(None, {})
+    except EnrichlogError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+    problems, enrichers = _problems_and_enrichers(settings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=err)
+        return 1
+    levels = EnricherRegistry(enrichers).levels()
+    print(render_plan(describe_plan(levels, settings), fmt), file=out)
+    return 0
+
+
+def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Validate the environment's settings and enricher URIs.
+
+    Prints every problem found and returns 1, or a one-line summary and 0.
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        settings = resolve_settings(None, {})
+    except EnrichlogError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+    problems, enrichers = _problems_and_enrichers(settings)
+    for problem in problems:
+        print(f"error: {problem}", file=err)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=err)
+        return 1
+    print(
+        f"ok: {len(enrichers)} enricher(s) from URIs, level={settings.level}, "
+        f"format={settings.format}, delivery={settings.delivery}, output={settings.output}",
+        file=out,
+    )
+    return 0

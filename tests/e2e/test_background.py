@@ -1,0 +1,342 @@
+"""Background delivery end to end: nothing lost, nothing reordered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from enrichlog.container import configure_logging, get_logger
+from enrichlog.enricher import AsyncEnricher
+from tests.helpers import read_lines
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class Tag(AsyncEnricher):
+    """Adds ``tag`` after yielding once to the loop."""
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0)
+        event_dict["tag"] = "seen"
+        return event_dict
+
+
+class Gate(AsyncEnricher):
+    """Holds every event until ``opened`` is set (from any thread)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.opened = threading.Event()
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        while not self.opened.is_set():
+            await asyncio.sleep(0.001)
+        event_dict["gate"] = "passed"
+        return event_dict
+
+
+class RequestIdCopier(AsyncEnricher):
+    """Copies the caller's request id contextvar into the event."""
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0)
+        event_dict["seen_request_id"] = REQUEST_ID.get()
+        return event_dict
+
+
+def test_background_log_call_returns_before_enrichment(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=5.0)
+    container = configure_logging(enrichers=[gate], output=str(log_file), delivery="background")
+    log = get_logger()
+
+    log.info("queued")
+    written_before_gate = read_lines(log_file)
+    gate.opened.set()
+    container.flush(5.0)
+
+    assert [] == written_before_gate
+    assert ["passed"] == [line["gate"] for line in read_lines(log_file)]
+
+
+def test_auto_delivery_is_background_with_an_async_enricher(log_file: Path) -> None:
+    container = configure_logging(enrichers=[Tag()], output=str(log_file))
+
+    delivery = container.metrics()["delivery"]
+
+    assert "background" == delivery
+
+
+def test_hundred_thousand_events_from_eight_threads_all_written_once_in_order(
+    log_file: Path,
+) -> None:
+    container = configure_logging(
+        enrichers=[Tag()],
+        output=str(log_file),
+        delivery="background",
+        overflow="block",
+        queue_size=2_000,
+        overflow_block_timeout=60.0,
+    )
+    log = get_logger()
+    per_thread = 12_500
+
+    def produce(thread_no: int) -> None:
+        for i in range(per_thread):
+            log.info("e", t=thread_no, i=i)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    report = container.shutdown(timeout=120)
+
+    seen: dict[int, list[int]] = defaultdict(list)
+    for line in read_lines(log_file):
+        seen[line["t"]].append(line["i"])
+    assert {"written": 100_000, "dropped": 0, "pending": 0} == dict(report)
+    assert {n: list(range(per_thread)) for n in range(8)} == dict(seen)
+
+
+def test_drop_new_counts_every_event_and_keeps_errors(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=30.0)
+    container = configure_logging(
+        enrichers=[gate],
+        output=str(log_file),
+        delivery="background",
+        overflow="drop_new",
+        queue_size=10,
+        max_in_flight=1,
+    )
+    log = get_logger()
+
+    for i in range(200):
+        log.info("info", i=i)
+    for i in range(5):
+        log.error("error", i=i)
+    dropped_while_stalled = container.metrics()["dropped"]
+    gate.opened.set()
+    report = container.shutdown(timeout=30)
+
+    lines = read_lines(log_file)
+    assert 205 == report["written"] + report["dropped"]
+    assert report["written"] == len(lines)
+    assert dropped_while_stalled > 0
+    assert [0, 1, 2, 3, 4] == [line["i"] for line in lines if line["level"] == "error"]
+
+
+def test_drop_old_evicts_oldest_low_level_events(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=30.0)
+    container = configure_logging(
+        enrichers=[gate],
+        output=str(log_file),
+        delivery="background",
+        overflow="drop_old",
+        queue_size=5,
+        max_in_flight=1,
+    )
+    log = get_logger()
+
+    log.info("first")  # taken into flight, held at the gate
+    container.flush(0.2)
+    log.error("urgent")
+    for i in range(20):
+        log.info("later", i=i)
+    gate.opened.set()
+    report = container.shutdown(timeout=30)
+
+    lines = read_lines(log_file)
+    assert 22 == report["written"] + report["dropped"]
+    assert "urgent" in [line["event"] for line in lines]
+    assert [16, 17, 18, 19] == [line["i"] for line in lines if line["event"] == "later"]
+
+
+def test_flush_waits_for_everything_logged_before(log_file: Path) -> None:
+    container = configure_logging(enrichers=[Tag()], output=str(log_file), delivery="background")
+    log = get_logger()
+
+    for i in range(500):
+        log.info("e", i=i)
+    flushed = container.flush(10)
+
+    assert flushed
+    assert list(range(500)) == [line["i"] for line in read_lines(log_file)]
+
+
+async def test_aflush_waits_without_blocking_the_loop(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=5.0)
+    container = configure_logging(enrichers=[gate], output=str(log_file), delivery="background")
+    log = get_logger()
+    log.info("held")
+
+    async def open_gate_later() -> None:
+        await asyncio.sleep(0.01)
+        gate.opened.set()
+
+    opener = asyncio.create_task(open_gate_later())
+    flushed = await container.aflush(5)
+    await opener
+
+    assert flushed
+    assert ["held"] == [line["event"] for line in read_lines(log_file)]
+
+
+async def test_contextvars_reach_the_right_events_across_concurrent_tasks(
+    log_file: Path,
+) -> None:
+    container = configure_logging(
+        enrichers=[RequestIdCopier(name="rid")], output=str(log_file), delivery="background"
+    )
+    log = get_logger()
+
+    async def handle(n: int) -> None:
+        REQUEST_ID.set(f"req-{n}")
+        structlog.contextvars.bind_contextvars(bound=f"req-{n}")
+        for step in range(3):
+            log.info("step", n=n, step=step)
+            await asyncio.sleep(0)
+            await log.ainfo("astep", n=n, step=step)
+
+    await asyncio.gather(*(handle(n) for n in range(100)))
+    await container.aflush(10)
+
+    lines = read_lines(log_file)
+    assert 600 == len(lines)
+    assert all(line["seen_request_id"] == f"req-{line['n']}" for line in lines)
+    assert all(line["bound"] == f"req-{line['n']}" for line in lines)
+
+
+def test_shutdown_reports_pending_when_its_timeout_hits(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=30.0)
+    container = configure_logging(enrichers=[gate], output=str(log_file), delivery="background")
+    log = get_logger()
+    for i in range(3):
+        log.info("stuck", i=i)
+
+    report = container.shutdown(timeout=0.2)
+
+    assert 3 == report["pending"]
+    assert 0 == report["dropped"]
+
+
+def _run_script(tmp_path: Path, body: str, *, wait_for_ready: bool = False) -> Path:
+    out = tmp_path / "child.log"
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, sys, time
+            from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+            class Slowish(AsyncEnricher):
+                async def enrich_async(self, logger, method_name, event_dict):
+                    await asyncio.sleep(0.002)
+                    event_dict["pid_seen"] = os.getpid()
+                    return event_dict
+
+            OUT = sys.argv[1]
+            """
+        )
+        + textwrap.dedent(body)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHLOG_")}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    if wait_for_ready:
+        assert process.stdout is not None
+        assert "ready" == process.stdout.readline().strip()
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    return out
+
+
+def test_process_exit_without_shutdown_drains_every_event(tmp_path: Path) -> None:
+    out = _run_script(
+        tmp_path,
+        """
+        configure_logging(enrichers=[Slowish()], output=OUT, delivery="background",
+                          queue_size=100_000)
+        log = get_logger()
+        for i in range(10_000):
+            log.info("e", i=i)
+        """,
+    )
+
+    lines = read_lines(out)
+
+    assert list(range(10_000)) == [line["i"] for line in lines]
+
+
+def test_sigterm_drains_every_event(tmp_path: Path) -> None:
+    out = _run_script(
+        tmp_path,
+        """
+        configure_logging(enrichers=[Slowish()], output=OUT, delivery="background",
+                          queue_size=100_000)
+        log = get_logger()
+        for i in range(10_000):
+            log.info("e", i=i)
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+        wait_for_ready=True,
+    )
+
+    lines = read_lines(out)
+
+    assert list(range(10_000)) == [line["i"] for line in lines]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_a_fresh_runtime_and_no_parent_events(tmp_path: Path) -> None:
+    out = _run_script(
+        tmp_path,
+        """
+        container = configure_logging(enrichers=[Slowish()], output=OUT,
+                                      delivery="background")
+        log = get_logger()
+        for i in range(200):
+            log.info("before-fork", i=i)
+        pid = os.fork()
+        who = "child" if pid == 0 else "parent"
+        for i in range(200):
+            log.info("after-fork", who=who, i=i)
+        if pid == 0:
+            container.shutdown()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """,
+    )
+
+    lines = read_lines(out)
+    before = [line["i"] for line in lines if line["event"] == "before-fork"]
+    after = defaultdict(list)
+    for line in lines:
+        if line["event"] == "after-fork":
+            after[line["who"]].append(line)
+    pids = {who: {line["pid_seen"] for line in got} for who, got in after.items()}
+    assert list(range(200)) == sorted(before)
+    assert len(before) == len(set(before))
+    assert list(range(200)) == [line["i"] for line in after["parent"]]
+    assert list(range(200)) == [line["i"] for line in after["child"]]
+    assert 1 == len(pids["parent"])
+    assert 1 == len(pids["child"])
+    assert pids["parent"] != pids["child"]
