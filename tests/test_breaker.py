@@ -666,7 +666,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
 
         self.breaker.reset()
 
-    @rule(seconds=st.sampled_from([1.0, 4.0, 10.0]))
+    @rule(seconds=st.sampled_from([1.0, 5.0, 10.0]))
     def advance_clock(self, seconds: float) -> None:
         self.clock.now += seconds
 
@@ -695,6 +695,6 @@ class BreakerAgainstModel(RuleBasedStateMachine):
 
 
 BreakerAgainstModel.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=50, deadline=None
+    max_examples=200, stateful_step_count=100, deadline=None
 )
 test_breaker_behaves_like_its_model = BreakerAgainstModel.TestCase

@@ -18,9 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="log a few enriched events with simulated lookups")
     demo.add_argument("--events", type=int, default=5, help="events to log (default 5)")
-    plan = commands.add_parser(
-        "plan", help="print the execution plan the environment configures"
-    )
+    plan = commands.add_parser("plan", help="print the execution plan the environment configures")
     plan.add_argument("--format", choices=("text", "json", "mermaid"), default="text")
     commands.add_parser("check", help="validate the settings; exit 1 listing the errors")
     args = parser.parse_args(argv)

@@ -52,9 +52,12 @@ def _printable(event_dict: EventDict, exc: Exception) -> dict[str, Any]:
     safe: dict[str, Any] = {}
     for key, value in event_dict.items():
         name = key if isinstance(key, str) else _repr(key)
-        safe[name] = value if isinstance(value, str | bool | float | type(None)) or (
-            type(value) is int and -(2**63) <= value < 2**64
-        ) else _repr(value)
+        safe[name] = (
+            value
+            if isinstance(value, str | bool | float | type(None))
+            or (type(value) is int and -(2**63) <= value < 2**64)
+            else _repr(value)
+        )
     safe["render_error"] = f"{type(exc).__name__}: {exc}"
     return safe
 

@@ -54,7 +54,9 @@ def get_logger(*args: Any, **initial_values: Any) -> Any:
     return structlog.get_logger(*args, **initial_values)
 
 
-def resolve_settings(settings: LoggingSettings | None, overrides: dict[str, Any]) -> LoggingSettings:
+def resolve_settings(
+    settings: LoggingSettings | None, overrides: dict[str, Any]
+) -> LoggingSettings:
     """``settings`` (or the environment) with ``overrides`` applied.
 
     Raises:
@@ -359,7 +361,7 @@ def configure_logging(
 
 def _after_fork_in_child() -> None:
     for container in list(_live):
-        container._after_fork_in_child()  # noqa: SLF001 - module-private protocol
+        container._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):

@@ -44,6 +44,7 @@ class PendingEvent:
         "context",
         "done",
         "event",
+        "filtered",
         "level_index",
         "logger",
         "method_name",
@@ -73,6 +74,7 @@ class PendingEvent:
         self.urgent = method_name in URGENT_METHODS
         self.seq = 0
         self.done = False
+        self.filtered = False  # an enricher raised DropEvent
 
 
 class DrainReport(dict[str, int]):
@@ -175,15 +177,16 @@ class EventPipeline:
         with self._lock:
             if self._closed:
                 return False
-            if len(self._normal) + len(self._urgent) >= self._queue_size and not self._make_room(item):
+            if len(self._normal) + len(self._urgent) >= self._queue_size and not self._make_room(
+                item
+            ):
                 self._count_drop("overflow", item)
                 return False
             item.seq = self._next_seq
             self._next_seq += 1
             (self._urgent if item.urgent else self._normal).append(item)
             depth = len(self._normal) + len(self._urgent)
-            if depth > self._high_water:
-                self._high_water = depth
+            self._high_water = max(self._high_water, depth)
             wake = self._sleeping
             self._sleeping = False
         if wake:
@@ -264,7 +267,7 @@ class EventPipeline:
         for item in started:
             try:
                 complete_now = item.context.run(self._advance, item)
-            except BaseException:  # noqa: BLE001 - advance must never stall the queue
+            except BaseException:
                 _report.exception("enrichlog: an event failed to advance; writing it as is")
                 complete_now = True
             if complete_now:

@@ -52,8 +52,7 @@ def _as_names(value: str | Iterable[str], owner: str) -> tuple[str, ...]:
     for dep in names:
         if not isinstance(dep, str) or not dep:
             raise EnricherConfigError(
-                f"enricher {owner!r}: dependency names must be non-empty "
-                f"strings, got {dep!r}"
+                f"enricher {owner!r}: dependency names must be non-empty strings, got {dep!r}"
             )
     return names
 
@@ -63,13 +62,11 @@ def _check_positive(owner: str, field: str, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be a number of seconds, "
-            f"got {value!r}"
+            f"enricher {owner!r}: {field} must be a number of seconds, got {value!r}"
         )
     if not value > 0 or math.isinf(value):
         raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be a positive, finite "
-            f"number, got {value!r}"
+            f"enricher {owner!r}: {field} must be a positive, finite number, got {value!r}"
         )
 
 
@@ -78,8 +75,7 @@ def _check_count(owner: str, field: str, value: int | None, minimum: int) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be an integer >= {minimum}, "
-            f"got {value!r}"
+            f"enricher {owner!r}: {field} must be an integer >= {minimum}, got {value!r}"
         )
 
 
@@ -143,8 +139,7 @@ class Enricher:
         chosen_priority = self.priority if priority is None else priority
         if isinstance(chosen_priority, bool) or not isinstance(chosen_priority, int):
             raise EnricherConfigError(
-                f"enricher {resolved!r}: priority must be an integer, "
-                f"got {chosen_priority!r}"
+                f"enricher {resolved!r}: priority must be an integer, got {chosen_priority!r}"
             )
         self.priority = chosen_priority
         self.provides = _as_names(self.provides if provides is None else provides, resolved)
@@ -252,6 +247,7 @@ class AsyncEnricher(Enricher):
     retry_attempts: int | None = None
     failure_threshold: int | None = None
     recovery_timeout: float | None = None
+
     def __init__(
         self,
         *,
@@ -267,9 +263,7 @@ class AsyncEnricher(Enricher):
         failure_threshold: int | None = None,
         recovery_timeout: float | None = None,
     ) -> None:
-        super().__init__(
-            name=name, dependencies=dependencies, priority=priority, provides=provides
-        )
+        super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
         chosen = {
             "timeout": self.timeout if timeout is None else timeout,
             "cache_ttl": self.cache_ttl if cache_ttl is None else cache_ttl,
@@ -332,9 +326,7 @@ class AsyncEnricher(Enricher):
         The dict is this enricher's own copy of the event; return it mutated,
         return a new mapping, or return ``None`` to mean "mutated in place".
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} must override enrich_async()"
-        )
+        raise NotImplementedError(f"{type(self).__name__} must override enrich_async()")
 
 
 class SyncEnricher(Enricher):
@@ -356,9 +348,7 @@ class SyncEnricher(Enricher):
         provides: str | Iterable[str] | None = None,
         blocking: bool | None = None,
     ) -> None:
-        super().__init__(
-            name=name, dependencies=dependencies, priority=priority, provides=provides
-        )
+        super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
         self.blocking = self.blocking if blocking is None else bool(blocking)
 
     def enrich(
@@ -427,9 +417,7 @@ def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
         ) from None
 
 
-def _function_enricher(
-    fn: Callable[..., Any], options: dict[str, Any], blocking: bool
-) -> Enricher:
+def _function_enricher(fn: Callable[..., Any], options: dict[str, Any], blocking: bool) -> Enricher:
     options.setdefault("name", _callable_name(fn))
     _check_processor_arity(fn, options["name"])
     if _is_async_callable(fn):
@@ -565,14 +553,15 @@ def _configure_instance(
     if blocking:
         if not isinstance(enricher, SyncEnricher):
             raise EnricherConfigError(
-                f"enricher {enricher.name!r}: blocking=True applies to sync "
-                "enrichers only"
+                f"enricher {enricher.name!r}: blocking=True applies to sync enrichers only"
             )
         enricher.blocking = True
     return enricher
 
 
-def changes_of(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+def changes_of(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
     """What an enricher did to its copy of the event: (set keys, removed keys)."""
     updated = {k: v for k, v in after.items() if k not in before or before[k] is not v}
     removed = tuple(k for k in before if k not in after)

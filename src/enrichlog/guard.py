@@ -56,7 +56,7 @@ def error_outcome(exc: BaseException) -> Outcome:
     return outcome
 
 
-class _Failed(Exception):
+class _EnrichmentFailedError(Exception):
     """Carries a failure outcome out of a shared (single-flight) computation."""
 
     def __init__(self, outcome: Outcome) -> None:
@@ -159,9 +159,7 @@ class EnricherGuard:
 
     # -- on the runtime loop ----------------------------------------------
 
-    async def run(
-        self, logger: WrappedLogger, method_name: str, snapshot: EventDict
-    ) -> Outcome:
+    async def run(self, logger: WrappedLogger, method_name: str, snapshot: EventDict) -> Outcome:
         """Run the enricher for one event; never raises but cancellation."""
         if not self.available:
             return UNAVAILABLE
@@ -187,7 +185,7 @@ class EnricherGuard:
         async def compute() -> Outcome:
             outcome = await self._guarded(logger, method_name, snapshot)
             if outcome[2] is not None:
-                raise _Failed(outcome)
+                raise _EnrichmentFailedError(outcome)
             return outcome
 
         # Events with one key share one lookup (single flight); this
@@ -196,11 +194,13 @@ class EnricherGuard:
         try:
             async with asyncio.timeout(self.timeout):
                 shared: Outcome = await cache.get_or_compute(key, compute)
-        except _Failed as failed:
+        except _EnrichmentFailedError as failed:
             return failed.outcome
         except CachedError as cached:
             cause = cached.__cause__
-            return cause.outcome if isinstance(cause, _Failed) else error_outcome(cached)
+            if isinstance(cause, _EnrichmentFailedError):
+                return cause.outcome
+            return error_outcome(cached)
         except TimeoutError:
             return self._failed(TIMEOUT)
         except Exception as exc:
@@ -242,7 +242,7 @@ class EnricherGuard:
         except structlog.DropEvent:
             breaker.record_success(permit)
             return DROPPED
-        except BaseException as exc:  # noqa: BLE001 - an enricher may raise anything
+        except BaseException as exc:
             breaker.record_failure(permit)
             return self._failed(error_outcome(exc))
         if not isinstance(result, Mapping):
@@ -291,9 +291,7 @@ class EnricherGuard:
         }
 
 
-def _report_state_change(
-    breaker: CircuitBreaker, old: CircuitState, new: CircuitState
-) -> None:
+def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
     level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
     _report.log(
         level,

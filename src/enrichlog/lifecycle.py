@@ -72,7 +72,7 @@ class EnricherLifecycleManager:
             await enricher.startup()
         except Exception as exc:
             self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
-            _report.error(  # noqa: TRY400 - the traceback could carry secrets
+            _report.error(
                 "enricher %r failed to start (%s: %s); it is skipped as "
                 "'unavailable' until a health check passes",
                 enricher.name,
@@ -124,7 +124,7 @@ class EnricherLifecycleManager:
         return healthy
 
     async def _check_periodically(self) -> None:
-        assert self._interval is not None  # noqa: S101 - only started with one
+        assert self._interval is not None
         while True:
             await asyncio.sleep(self._interval)
             try:
@@ -165,5 +165,5 @@ class EnricherLifecycleManager:
         """In a forked child: every enricher starts afresh on the new loop."""
         self._checker = None
         for enricher in self._enrichers:
-            enricher._forget_runtime_state()  # noqa: SLF001 - our own contract
+            enricher._forget_runtime_state()
             self._mark(enricher, False, None)

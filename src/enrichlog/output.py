@@ -66,7 +66,7 @@ class LineWriter:
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
         # hold this writer: appending beats losing their lines.
-        stream = open(self.target, "ab")  # noqa: SIM115, PTH123 - held open on purpose
+        stream = open(self.target, "ab")  # noqa: SIM115 - held open on purpose
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._closed = False
 
@@ -90,9 +90,9 @@ def open_output(target: str) -> LineWriter:
         return LineWriter(_binary(sys.stdout), target="stdout", owns=False)
     if target == "stderr":
         return LineWriter(_binary(sys.stderr), target="stderr", owns=False)
-    path = os.path.expanduser(target)  # noqa: PTH111 - plain strings throughout
+    path = os.path.expanduser(target)
     try:
-        stream = open(path, "ab")  # noqa: SIM115, PTH123 - closed by LineWriter.close
+        stream = open(path, "ab")  # noqa: SIM115 - closed by LineWriter.close
     except OSError as exc:
         raise EnricherConfigError(
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"

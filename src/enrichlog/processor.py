@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import contextvars
 import logging
 import sys
@@ -47,8 +48,8 @@ _report = logging.getLogger("enrichlog")
 
 #: Set by the ``a*`` logger methods: a list the processor appends the
 #: event's completion future to, so the caller can await it.
-ASYNC_WAITER: contextvars.ContextVar[list[asyncio.Future[None]] | None] = (
-    contextvars.ContextVar("enrichlog_async_waiter", default=None)
+ASYNC_WAITER: contextvars.ContextVar[list[asyncio.Future[None]] | None] = contextvars.ContextVar(
+    "enrichlog_async_waiter", default=None
 )
 
 _SYNC, _BLOCKING, _ASYNC = 0, 1, 2
@@ -228,9 +229,7 @@ class AsyncEnricherProcessor:
 
     # -- structlog processor: the logging thread ----------------------------
 
-    def __call__(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         runtime = self.runtime
         if runtime.in_runtime_thread():
             # An event logged by an enricher (or by enrichlog's own reports
@@ -328,25 +327,40 @@ class AsyncEnricherProcessor:
             waiters.append(future)
             done = _resolver(loop, future)
             item = PendingEvent(
-                logger, method_name, event_dict, index, pending_outcomes,
-                contextvars.copy_context(), done,
+                logger,
+                method_name,
+                event_dict,
+                index,
+                pending_outcomes,
+                contextvars.copy_context(),
+                done,
             )
             if not self.pipeline.submit(item):
                 future.set_result(None)
             return
-        if self.background or asyncio._get_running_loop() is not None:  # noqa: SLF001 - C fast path, 30 ns
+        if self.background or asyncio._get_running_loop() is not None:
             # Never wait on a thread that runs an event loop: hand off and go.
             item = PendingEvent(
-                logger, method_name, event_dict, index, pending_outcomes,
-                contextvars.copy_context(), None,
+                logger,
+                method_name,
+                event_dict,
+                index,
+                pending_outcomes,
+                contextvars.copy_context(),
+                None,
             )
             self.pipeline.submit(item)
             return
         written = _thread.allocate_lock()
         written.acquire()
         item = PendingEvent(
-            logger, method_name, event_dict, index, pending_outcomes,
-            contextvars.copy_context(), written.release,
+            logger,
+            method_name,
+            event_dict,
+            index,
+            pending_outcomes,
+            contextvars.copy_context(),
+            written.release,
         )
         if self.pipeline.submit(item) and not written.acquire(timeout=self._inline_wait):
             _report.warning(
@@ -375,7 +389,7 @@ class AsyncEnricherProcessor:
         try:
             return self._settle_item(item)
         except structlog.DropEvent:
-            item.event = None
+            item.filtered = True
             return True
 
     def _settle_item(self, item: PendingEvent) -> bool:
@@ -401,20 +415,18 @@ class AsyncEnricherProcessor:
             while True:
                 level = self._levels[item.level_index]
                 outcomes = item.outcomes
-                assert outcomes is not None  # noqa: S101 - _advance stopped on a gap
+                assert outcomes is not None
                 await self._run_pending(level, item, outcomes)
-                self._merge(item.event, level, outcomes)  # type: ignore[arg-type]
+                self._merge(item.event, level, outcomes)
                 item.level_index += 1
                 item.outcomes = None
                 if self._settle_item(item):
                     return
         except structlog.DropEvent:
-            item.event = None
+            item.filtered = True
         except asyncio.CancelledError:
             # Shutdown gave up waiting: write the event with what it has.
-            self._settle_rest_as_unavailable(
-                item.event, item.level_index, item.outcomes or []
-            )
+            self._settle_rest_as_unavailable(item.event, item.level_index, item.outcomes or [])
 
     async def _run_pending(
         self, level: tuple[_Step, ...], item: PendingEvent, outcomes: list[Outcome | None]
@@ -472,9 +484,9 @@ class AsyncEnricherProcessor:
 
         Returns whether a line was written (an enricher may have dropped the
         event on purpose)."""
-        event: Any = item.event
-        if event is None:
+        if item.filtered:
             return False
+        event: Any = item.event
         logger, method_name = item.logger, item.method_name
         try:
             for processor in self._tail:
@@ -540,7 +552,7 @@ def _call_sync(
         result = enricher.enrich(logger, method_name, copy)
     except structlog.DropEvent:
         return DROPPED
-    except BaseException as exc:  # noqa: BLE001 - an enricher may raise anything
+    except BaseException as exc:
         return error_outcome(exc)
     if result is None:
         result = copy
@@ -555,10 +567,8 @@ def _call_sync(
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Any:
     def resolve() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone
             loop.call_soon_threadsafe(_set_done, future)
-        except RuntimeError:  # the caller's loop is gone
-            pass
 
     return resolve
 

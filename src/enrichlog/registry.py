@@ -52,9 +52,7 @@ class EnricherRegistry:
         existing = self._enrichers.get(candidate.name)
         if existing is not None:
             if existing is candidate:
-                raise EnricherDependencyError(
-                    f"enricher {candidate.name!r} was given twice"
-                )
+                raise EnricherDependencyError(f"enricher {candidate.name!r} was given twice")
             raise EnricherDependencyError(
                 f"two enrichers are named {candidate.name!r}: {existing!r} and "
                 f"{candidate!r}; give one of them another name"

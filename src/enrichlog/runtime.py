@@ -46,7 +46,7 @@ class EnrichmentRuntime:
         if loop is None:
             self.start()
             loop = self._loop
-            assert loop is not None  # noqa: S101 - start() sets it or raises
+            assert loop is not None
         return loop
 
     @property

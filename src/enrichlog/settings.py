@@ -73,9 +73,7 @@ class LoggingSettings(BaseSettings):
     format: Literal["json", "console", "logfmt"] = Field(
         "json", description="renderer of each line"
     )
-    output: str = Field(
-        "stdout", min_length=1, description="'stdout', 'stderr' or a file path"
-    )
+    output: str = Field("stdout", min_length=1, description="'stdout', 'stderr' or a file path")
 
     # -- enrichers -----------------------------------------------------------
     enrichers: Annotated[list[str], NoDecode] = Field(
@@ -166,9 +164,7 @@ class LoggingSettings(BaseSettings):
         name = value.strip().lower()
         name = _LEVEL_ALIASES.get(name, name)
         if name not in LEVELS:
-            raise ValueError(
-                f"unknown level {value!r}; expected one of {', '.join(LEVELS)}"
-            )
+            raise ValueError(f"unknown level {value!r}; expected one of {', '.join(LEVELS)}")
         return name
 
     @field_validator("enrichers", mode="before")
