@@ -37,9 +37,7 @@ class FakeClock:
 
 def open_breaker(clock: FakeClock, **kwargs: Any) -> CircuitBreaker:
     """A breaker opened by one failure at ``clock.now``."""
-    breaker = CircuitBreaker(
-        failure_threshold=1, recovery_timeout=10.0, clock=clock, **kwargs
-    )
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10.0, clock=clock, **kwargs)
     permit = breaker.acquire()
     assert permit is not None
     breaker.record_failure(permit)
@@ -58,9 +56,7 @@ class Transitions:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def __call__(
-        self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState
-    ) -> None:
+    def __call__(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         self.seen.append((old.value, new.value))
 
 
@@ -218,9 +214,7 @@ def test_cancelled_probe_returns_its_permit() -> None:
     )
 
 
-def test_probe_that_never_reports_back_is_presumed_lost_after_recovery_timeout() -> (
-    None
-):
+def test_probe_that_never_reports_back_is_presumed_lost_after_recovery_timeout() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
     clock.now = 10.0

@@ -483,9 +483,7 @@ async def test_thousand_concurrent_callers_of_one_key_share_one_computation() ->
         await release.wait()
         return "shared"
 
-    callers = [
-        asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(1000)
-    ]
+    callers = [asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(1000)]
     await until(lambda: cache.stats()["hits"] + cache.stats()["misses"] == 1000)
     release.set()
     results = await asyncio.gather(*callers)
@@ -502,9 +500,7 @@ async def test_starter_of_a_computation_is_a_miss_and_joiners_are_hits() -> None
         await release.wait()
         return "v"
 
-    callers = [
-        asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(3)
-    ]
+    callers = [asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(3)]
     await until(lambda: cache.stats()["hits"] == 2)
     in_flight = cache.stats()["in_flight"]
     release.set()
@@ -612,9 +608,7 @@ async def test_failure_with_every_waiter_gone_is_not_reported_unretrieved() -> N
     assert not reported
 
 
-async def test_callers_sharing_a_failed_computation_get_the_original_exception() -> (
-    None
-):
+async def test_callers_sharing_a_failed_computation_get_the_original_exception() -> None:
     cache = EnricherCache(error_ttl=30.0)
     release = asyncio.Event()
     original = ValueError("backend down")
@@ -623,9 +617,7 @@ async def test_callers_sharing_a_failed_computation_get_the_original_exception()
         await release.wait()
         raise original
 
-    callers = [
-        asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(2)
-    ]
+    callers = [asyncio.create_task(cache.get_or_compute("k", compute)) for _ in range(2)]
     await until(lambda: cache.stats()["hits"] == 1)
     release.set()
     outcomes = await asyncio.gather(*callers, return_exceptions=True)
@@ -917,9 +909,7 @@ async def test_cached_enricher_replays_removed_keys() -> None:
     cache = EnricherCache()
 
     @cached_enricher(cache, lambda event_dict: "one key")
-    async def scrub(
-        logger: object, method_name: str, event_dict: dict[str, Any]
-    ) -> None:
+    async def scrub(logger: object, method_name: str, event_dict: dict[str, Any]) -> None:
         event_dict.pop("password", None)
         event_dict["scrubbed"] = True
 
@@ -972,9 +962,7 @@ async def test_cached_enricher_works_with_async_smart_cache() -> None:
 
 async def test_cached_enricher_rejects_a_non_mapping_return() -> None:
     @cached_enricher(EnricherCache())
-    async def broken(
-        logger: object, method_name: str, event_dict: dict[str, Any]
-    ) -> Any:
+    async def broken(logger: object, method_name: str, event_dict: dict[str, Any]) -> Any:
         return "not a mapping"
 
     with pytest.raises(TypeError, match="expected the event dict"):
@@ -984,7 +972,5 @@ async def test_cached_enricher_rejects_a_non_mapping_return() -> None:
 async def test_cached_enricher_rejects_wrong_argument_count() -> None:
     add_user, _ = make_user_enricher(EnricherCache())
 
-    with pytest.raises(
-        TypeError, match="takes \\(logger, method_name, event_dict\\) positionally"
-    ):
+    with pytest.raises(TypeError, match="takes \\(logger, method_name, event_dict\\) positionally"):
         await add_user({"event": "e"})

@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 from structlog.typing import EventDict, WrappedLogger
 
-from enrichlog._plan import describe_plan, effective_options, render_plan
+from enrichlog._plan import describe_plan, render_plan
+from enrichlog.guard import GuardOptions
 from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
 from enrichlog.enrichers import HostnameEnricher
 from enrichlog.factory import EnricherFactory
@@ -163,7 +164,7 @@ def test_effective_options_prefers_override_then_attribute_then_default() -> Non
         enricher_options={"tenant": {"timeout": 0.1}}, breaker_recovery_timeout=7.0
     )
 
-    options = effective_options(enricher, settings)
+    options = GuardOptions.for_enricher(enricher, settings)
 
     assert (
         options.timeout,

@@ -117,9 +117,7 @@ async def test_sleep_that_would_end_past_the_deadline_is_not_started(
     assert expected == (slept, clock.now)
 
 
-async def test_deadline_already_passed_stops_retries(
-    clock: FakeClock, slept: list[float]
-) -> None:
+async def test_deadline_already_passed_stops_retries(clock: FakeClock, slept: list[float]) -> None:
     policy = RetryPolicy(attempts=5)
     clock.now = 10.0
 

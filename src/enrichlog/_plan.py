@@ -2,9 +2,9 @@
 
 :func:`describe_plan` turns resolved levels of enrichers into a JSON-able
 description, :func:`render_plan` writes it as a text table, JSON or a
-Mermaid flowchart. :func:`effective_options` is the one place that decides
-which timeout, cache, breaker and retry values an enricher runs with, so
-the runtime and the plan cannot disagree.
+Mermaid flowchart. The values shown come from
+:meth:`~enrichlog.guard.GuardOptions.for_enricher`, the same place the
+runtime reads them, so the plan and the runtime cannot disagree.
 
 URIs appear with their secrets masked; nothing here ever reads a secret.
 """
@@ -14,86 +14,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from .enricher import AsyncEnricher, Enricher, SyncEnricher
 from .factory import EnricherFactory
+from .guard import GuardOptions
 from .settings import LoggingSettings
 
 __all__ = [
-    "EffectiveOptions",
     "PlanFormat",
     "describe_plan",
-    "effective_options",
     "enricher_kind",
     "render_plan",
 ]
 
 PlanFormat = Literal["text", "json", "mermaid"]
 """The formats :func:`render_plan` writes."""
-
-
-@dataclass(frozen=True, slots=True)
-class EffectiveOptions:
-    """The resilience values an async enricher runs with.
-
-    Each is, in order of precedence: the per-enricher override in
-    ``settings.enricher_options[name]``, the enricher's own attribute (set
-    on its class, by its constructor or by a URI), the settings default.
-
-    Attributes:
-        timeout: seconds per event.
-        cache_enabled: the enricher defines ``cache_key``.
-        cache_ttl: seconds a cached result lives.
-        cache_max_size: entries in its cache.
-        max_concurrency: calls in flight at once; ``None`` is unbounded.
-        retry_attempts: attempts per event (1 = no retry).
-        failure_threshold: consecutive failures that open the circuit.
-        recovery_timeout: seconds an open circuit waits before a probe.
-    """
-
-    timeout: float
-    cache_enabled: bool
-    cache_ttl: float
-    cache_max_size: int
-    max_concurrency: int | None
-    retry_attempts: int
-    failure_threshold: int
-    recovery_timeout: float
-
-
-def _first(*values: Any) -> Any:
-    return next((value for value in values if value is not None), None)
-
-
-def effective_options(
-    enricher: AsyncEnricher, settings: LoggingSettings
-) -> EffectiveOptions:
-    """Resolve the values ``enricher`` runs with under ``settings``."""
-    override = settings.options_for(enricher.name)
-    return EffectiveOptions(
-        timeout=_first(override.timeout, enricher.timeout, settings.enricher_timeout),
-        cache_enabled=enricher.caches,
-        cache_ttl=_first(override.cache_ttl, enricher.cache_ttl, settings.cache_ttl),
-        cache_max_size=_first(
-            override.cache_max_size, enricher.cache_max_size, settings.cache_max_size
-        ),
-        max_concurrency=_first(override.max_concurrency, enricher.max_concurrency),
-        retry_attempts=_first(
-            override.retry_attempts, enricher.retry_attempts, settings.retry_attempts
-        ),
-        failure_threshold=_first(
-            override.failure_threshold,
-            enricher.failure_threshold,
-            settings.breaker_failure_threshold,
-        ),
-        recovery_timeout=_first(
-            override.recovery_timeout,
-            enricher.recovery_timeout,
-            settings.breaker_recovery_timeout,
-        ),
-    )
 
 
 def enricher_kind(enricher: Enricher) -> Literal["async", "blocking", "sync"]:
@@ -123,18 +59,18 @@ def _describe_enricher(enricher: Enricher, settings: LoggingSettings) -> dict[st
         "max_concurrency": None,
     }
     if isinstance(enricher, AsyncEnricher):
-        options = effective_options(enricher, settings)
+        options = GuardOptions.for_enricher(enricher, settings)
         entry |= {
             "timeout": options.timeout,
             "cache": {
-                "enabled": options.cache_enabled,
+                "enabled": enricher.caches,
                 "ttl": options.cache_ttl,
                 "max_size": options.cache_max_size,
             },
             "breaker": {
                 "failure_threshold": options.failure_threshold,
                 "recovery_timeout": options.recovery_timeout,
-                "half_open_max_calls": settings.breaker_half_open_max_calls,
+                "half_open_max_calls": options.half_open_max_calls,
             },
             "retry": {"attempts": options.retry_attempts},
             "max_concurrency": options.max_concurrency,

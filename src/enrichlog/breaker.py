@@ -39,7 +39,13 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 from .exceptions import CircuitBreakerOpenError
 
-__all__ = ["CircuitBreaker", "CircuitState", "Permit", "StateListener"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitState",
+    "ExceptionTypes",
+    "Permit",
+    "StateListener",
+]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -55,9 +61,10 @@ class CircuitState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-StateListener: TypeAlias = Callable[
-    ["CircuitBreaker", CircuitState, CircuitState], None
-]
+ExceptionTypes: TypeAlias = type[BaseException] | tuple[type[BaseException], ...]
+"""What ``except`` accepts: one exception class or a tuple of them."""
+
+StateListener: TypeAlias = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
 """Called as ``listener(breaker, old_state, new_state)`` on every state change."""
 
 
@@ -118,8 +125,7 @@ class CircuitBreaker:
         self,
         failure_threshold: int = 5,
         recovery_timeout: float = 60.0,
-        expected_exception: type[BaseException]
-        | tuple[type[BaseException], ...] = Exception,
+        expected_exception: ExceptionTypes = Exception,
         half_open_max_calls: int = 1,
         *,
         name: str = "",
@@ -129,8 +135,7 @@ class CircuitBreaker:
         _check_count("half_open_max_calls", half_open_max_calls)
         if isinstance(recovery_timeout, bool) or not recovery_timeout >= 0:
             raise ValueError(
-                f"recovery_timeout must be a number of seconds >= 0, "
-                f"got {recovery_timeout!r}"
+                f"recovery_timeout must be a number of seconds >= 0, got {recovery_timeout!r}"
             )
         self._failure_threshold = failure_threshold
         self._recovery_timeout = float(recovery_timeout)
@@ -151,10 +156,7 @@ class CircuitBreaker:
         self._last_probe_at = 0.0
 
     def __repr__(self) -> str:
-        return (
-            f"<CircuitBreaker {self._name!r} {self._state.value} "
-            f"failures={self._failure_count}>"
-        )
+        return f"<CircuitBreaker {self._name!r} {self._state.value} failures={self._failure_count}>"
 
     @property
     def name(self) -> str:
@@ -210,9 +212,7 @@ class CircuitBreaker:
     def remove_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``; a listener not added is ignored."""
         with self._lock:
-            self._listeners = tuple(
-                known for known in self._listeners if known != listener
-            )
+            self._listeners = tuple(known for known in self._listeners if known != listener)
 
     # -- permits -------------------------------------------------------------
 
@@ -303,9 +303,7 @@ class CircuitBreaker:
         self, fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs
     ) -> _T: ...
     @overload
-    async def call(
-        self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T: ...
+    async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T: ...
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)`` (awaiting it if it is async), guarded.
 
@@ -357,7 +355,7 @@ class CircuitBreaker:
             # them lost (a caller that crashed without reporting), or the
             # circuit would stay half open, rejecting everything, for good.
             # A new generation makes their late reports, if any, stale.
-            pass
+            self._enter_locked(CircuitState.HALF_OPEN, now)
         if self._probes_out >= self._half_open_max_calls:
             return None
         self._probes_out += 1

@@ -104,9 +104,7 @@ class EnricherCache:
             raise ValueError(f"max_size must be a positive integer, got {max_size!r}")
         self._max_size = max_size
         self._ttl = _positive("ttl", ttl)
-        self._error_ttl = (
-            None if error_ttl is None else _positive("error_ttl", error_ttl)
-        )
+        self._error_ttl = None if error_ttl is None else _positive("error_ttl", error_ttl)
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._in_flight: dict[Hashable, _Flight] = {}
@@ -118,10 +116,7 @@ class EnricherCache:
         self._errors = 0
 
     def __repr__(self) -> str:
-        return (
-            f"<EnricherCache size={len(self._entries)}/{self._max_size} "
-            f"ttl={self._ttl}s>"
-        )
+        return f"<EnricherCache size={len(self._entries)}/{self._max_size} ttl={self._ttl}s>"
 
     def __len__(self) -> int:
         """Entries held, remembered failures and not-yet-read expired ones included."""
@@ -130,11 +125,7 @@ class EnricherCache:
     def __contains__(self, key: object) -> bool:
         """Whether :meth:`get` would hit; changes neither stats nor recency."""
         entry = self._entries.get(key)
-        return (
-            entry is not None
-            and entry.error is None
-            and self._clock() < entry.expires_at
-        )
+        return entry is not None and entry.error is None and self._clock() < entry.expires_at
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """Return the value cached for ``key``, or ``default``.
@@ -153,7 +144,8 @@ class EnricherCache:
         wrong by more than that.
         """
         # Hot path, once per event on the logging thread: one lookup, one
-        # clock read, one comparison; ~0.2 us per hit (see the report).
+        # clock read, one comparison. ~0.2 us per hit on CPython 3.11; a
+        # ``with lock:`` alone would add ~0.15 us, hence no lock here.
         entry = self._entries.get(key)
         if entry is not None:
             value, expires_at, error = entry
@@ -235,9 +227,7 @@ class EnricherCache:
     # Two overloads so that an ``async def`` function gives its awaited type
     # and a plain one its return type.
     @overload
-    async def get_or_compute(
-        self, key: Hashable, fn: Callable[[], Awaitable[_T]]
-    ) -> _T: ...
+    async def get_or_compute(self, key: Hashable, fn: Callable[[], Awaitable[_T]]) -> _T: ...
     @overload
     async def get_or_compute(self, key: Hashable, fn: Callable[[], _T]) -> _T: ...
     async def get_or_compute(self, key: Hashable, fn: Callable[[], Any]) -> Any:
@@ -288,9 +278,7 @@ class EnricherCache:
         # The shield keeps this caller's cancellation from reaching the task.
         return await asyncio.shield(flight.task)
 
-    async def _compute(
-        self, key: Hashable, fn: Callable[[], Any], flight: _Flight
-    ) -> Any:
+    async def _compute(self, key: Hashable, fn: Callable[[], Any], flight: _Flight) -> Any:
         try:
             value = fn()
             if inspect.isawaitable(value):
@@ -382,9 +370,7 @@ class AsyncSmartCache:
         return f"<AsyncSmartCache {self._cache!r}>"
 
     @overload
-    async def get_or_compute(
-        self, key: Hashable, fn: Callable[[], Awaitable[_T]]
-    ) -> _T: ...
+    async def get_or_compute(self, key: Hashable, fn: Callable[[], Awaitable[_T]]) -> _T: ...
     @overload
     async def get_or_compute(self, key: Hashable, fn: Callable[[], _T]) -> _T: ...
     async def get_or_compute(self, key: Hashable, fn: Callable[[], Any]) -> Any:
@@ -428,9 +414,7 @@ class _EventChanges(NamedTuple):
     removed: tuple[str, ...]
 
     @classmethod
-    def between(
-        cls, before: Mapping[str, Any], after: Mapping[str, Any]
-    ) -> _EventChanges:
+    def between(cls, before: Mapping[str, Any], after: Mapping[str, Any]) -> _EventChanges:
         # Identity, not equality: it is cheap, cannot raise, and a value
         # replaced by an equal one is merely recorded once more.
         updated = {
@@ -520,9 +504,7 @@ def cached_enricher(
             positional: tuple[Any, ...] = args
             *head, method_name, event_dict = positional
             key = (
-                (method_name, event_dict.get("event"))
-                if key_func is None
-                else key_func(event_dict)
+                (method_name, event_dict.get("event")) if key_func is None else key_func(event_dict)
             )
             head_args = (*head, method_name)
             if key is None:

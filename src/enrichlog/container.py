@@ -135,7 +135,8 @@ class LoggingContainer:
         with self._lock:
             if self._running:
                 return self
-            self.output = open_output(self.settings.output)
+            if self.output is None:
+                self.output = open_output(self.settings.output)
             chain = build_processor_chain(self.settings, processor=self.processor)
             if self.processor is not None:
                 try:
@@ -350,6 +351,9 @@ def configure_logging(
     global _current  # noqa: PLW0603 - mirrors structlog.configure's global
     resolved = resolve_settings(settings, overrides)
     container = LoggingContainer(resolved, enrichers or ())
+    # The output is the last thing that can fail: open it before the
+    # previous configuration is taken down.
+    container.output = open_output(resolved.output)
     with _current_lock:
         previous, _current = _current, None
         if previous is not None:

@@ -15,6 +15,7 @@ priority; :func:`as_enricher` turns whatever a user passed to
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import re
@@ -194,7 +195,9 @@ class Enricher:
             return False
         try:
             healthy = bool(await self._health_check())
-        except Exception:
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # any failure means unhealthy
             healthy = False
         self._healthy = healthy
         return healthy

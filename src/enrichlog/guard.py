@@ -24,6 +24,7 @@ from .cache import EnricherCache
 from .enricher import AsyncEnricher, changes_of
 from .exceptions import CachedError
 from .retry import RetryPolicy
+from .settings import LoggingSettings
 
 __all__ = ["EnricherGuard", "GuardOptions", "Outcome"]
 
@@ -79,6 +80,39 @@ class GuardOptions:
     retry_base_delay: float
     retry_max_delay: float
     max_concurrency: int | None
+
+    @classmethod
+    def for_enricher(cls, enricher: AsyncEnricher, settings: LoggingSettings) -> GuardOptions:
+        """The values ``enricher`` runs with under ``settings``.
+
+        Each is, in order of precedence: the per-enricher override in
+        ``settings.enricher_options[name]``, the enricher's own attribute (set
+        on its class, by its constructor or by a URI), the settings default.
+        The runtime and ``python -m enrichlog plan`` both read them here, so
+        they cannot disagree.
+        """
+        options = settings.options_for(enricher.name)
+
+        def pick(field: str, default: Any) -> Any:
+            override = getattr(options, field)
+            if override is not None:
+                return override
+            own = getattr(enricher, field)
+            return default if own is None else own
+
+        return cls(
+            timeout=pick("timeout", settings.enricher_timeout),
+            cache_ttl=pick("cache_ttl", settings.cache_ttl),
+            cache_max_size=pick("cache_max_size", settings.cache_max_size),
+            cache_error_ttl=settings.cache_error_ttl,
+            failure_threshold=pick("failure_threshold", settings.breaker_failure_threshold),
+            recovery_timeout=pick("recovery_timeout", settings.breaker_recovery_timeout),
+            half_open_max_calls=settings.breaker_half_open_max_calls,
+            retry_attempts=pick("retry_attempts", settings.retry_attempts),
+            retry_base_delay=settings.retry_base_delay,
+            retry_max_delay=settings.retry_max_delay,
+            max_concurrency=pick("max_concurrency", None),
+        )
 
 
 class EnricherGuard:

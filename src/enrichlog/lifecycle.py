@@ -70,7 +70,9 @@ class EnricherLifecycleManager:
     async def _start(self, enricher: Enricher) -> None:
         try:
             await enricher.startup()
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
             self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
             _report.error(
                 "enricher %r failed to start (%s: %s); it is skipped as "
@@ -92,7 +94,9 @@ class EnricherLifecycleManager:
         for enricher in reversed(self._enrichers):
             try:
                 await enricher.shutdown()
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # one enricher must not stop the others
                 _report.warning(
                     "enricher %r failed to shut down cleanly (%s: %s)",
                     enricher.name,

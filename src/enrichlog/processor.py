@@ -42,7 +42,7 @@ from .registry import EnricherRegistry
 from .runtime import EnrichmentRuntime
 from .settings import LoggingSettings
 
-__all__ = ["AsyncEnricherProcessor", "guard_options"]
+__all__ = ["AsyncEnricherProcessor"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -70,33 +70,6 @@ class _Step:
             self.kind = _BLOCKING
         else:
             self.kind = _SYNC
-
-
-def guard_options(enricher: AsyncEnricher, settings: LoggingSettings) -> GuardOptions:
-    """Effective resilience settings: per-enricher overrides in the settings,
-    then the enricher's own attributes, then the settings' defaults."""
-    options = settings.options_for(enricher.name)
-
-    def pick(field: str, default: Any) -> Any:
-        override = getattr(options, field)
-        if override is not None:
-            return override
-        own = getattr(enricher, field)
-        return default if own is None else own
-
-    return GuardOptions(
-        timeout=pick("timeout", settings.enricher_timeout),
-        cache_ttl=pick("cache_ttl", settings.cache_ttl),
-        cache_max_size=pick("cache_max_size", settings.cache_max_size),
-        cache_error_ttl=settings.cache_error_ttl,
-        failure_threshold=pick("failure_threshold", settings.breaker_failure_threshold),
-        recovery_timeout=pick("recovery_timeout", settings.breaker_recovery_timeout),
-        half_open_max_calls=settings.breaker_half_open_max_calls,
-        retry_attempts=pick("retry_attempts", settings.retry_attempts),
-        retry_base_delay=settings.retry_base_delay,
-        retry_max_delay=settings.retry_max_delay,
-        max_concurrency=pick("max_concurrency", None),
-    )
 
 
 class AsyncEnricherProcessor:
@@ -130,7 +103,7 @@ class AsyncEnricherProcessor:
             for enricher in level:
                 guard = None
                 if isinstance(enricher, AsyncEnricher):
-                    guard = EnricherGuard(enricher, guard_options(enricher, settings))
+                    guard = EnricherGuard(enricher, GuardOptions.for_enricher(enricher, settings))
                     self.guards[enricher.name] = guard
                 steps.append(_Step(enricher, guard))
             levels.append(tuple(steps))

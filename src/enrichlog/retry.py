@@ -55,9 +55,7 @@ class RetryPolicy:
     is_transient: Callable[[BaseException], bool] = field(
         default=is_transient_error, kw_only=True, compare=False
     )
-    rng: random.Random | None = field(
-        default=None, kw_only=True, compare=False, repr=False
-    )
+    rng: random.Random | None = field(default=None, kw_only=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (

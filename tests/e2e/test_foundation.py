@@ -1167,11 +1167,6 @@ def test_bad_reconfigure_leaves_the_previous_configuration_working(
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: configure_logging shuts the previous container down before "
-    "the new one opens its output (container.py configure_logging/start)",
-    strict=True,
-)
 def test_reconfigure_with_unopenable_output_leaves_the_previous_one_working(
     log_file: Path, tmp_path: Path
 ) -> None:

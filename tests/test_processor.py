@@ -1,0 +1,295 @@
+"""Tests for :mod:`enrichlog.processor`: ``AsyncEnricherProcessor`` used
+directly as a structlog processor, without a container."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog.enricher import AsyncEnricher, register_enricher
+from enrichlog.exceptions import EnricherDependencyError
+from enrichlog.processor import AsyncEnricherProcessor, guard_options
+from enrichlog.settings import LoggingSettings
+
+
+class Lines:
+    """A wrapped logger that keeps what it is given to write."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def info(self, line: str) -> None:
+        self.lines.append(json.loads(line))
+
+    warning = error = info
+
+
+def render(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+    return json.dumps(event_dict, sort_keys=True)
+
+
+class Tenant(AsyncEnricher):
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0)
+        event_dict["tenant"] = "acme"
+        return event_dict
+
+
+class Plan(AsyncEnricher):
+    dependencies = ("tenant",)
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict["plan"] = {"acme": "gold"}.get(event_dict.get("tenant"), "none")
+        return event_dict
+
+
+def add_host(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    event_dict["host"] = "web-1"
+    return event_dict
+
+
+@pytest.fixture
+def make_processor() -> Iterator[Any]:
+    """Builds started processors (inline delivery, JSON tail) and shuts them
+    down after the test."""
+    built: list[AsyncEnricherProcessor] = []
+
+    def make(enrichers: Iterable[object], **settings: Any) -> AsyncEnricherProcessor:
+        settings.setdefault("delivery", "inline")
+        processor = AsyncEnricherProcessor.from_enrichers(
+            list(enrichers), LoggingSettings(**settings)
+        )
+        processor.set_tail([render])
+        processor.startup(timeout=10)
+        built.append(processor)
+        return processor
+
+    yield make
+    for processor in built:
+        processor.shutdown(timeout=5)
+
+
+def call(
+    processor: AsyncEnricherProcessor, logger: Lines, event_dict: EventDict
+) -> EventDict | None:
+    """Call the processor as structlog would: ``None`` when it took the event
+    over (``DropEvent``) to write it itself."""
+    try:
+        return processor(logger, "info", event_dict)
+    except structlog.DropEvent:
+        return None
+
+
+def test_sync_only_plan_returns_the_enriched_event_to_the_chain(
+    make_processor: Any,
+) -> None:
+    processor = make_processor([add_host])
+    logger = Lines()
+
+    result = call(processor, logger, {"event": "hello"})
+
+    assert ({"event": "hello", "host": "web-1"}, []) == (result, logger.lines)
+
+
+def test_async_plan_takes_the_event_over_and_writes_it_before_returning(
+    make_processor: Any,
+) -> None:
+    processor = make_processor([Tenant(), Plan()])
+    logger = Lines()
+
+    result = call(processor, logger, {"event": "hello"})
+
+    assert (None, [{"event": "hello", "tenant": "acme", "plan": "gold"}]) == (
+        result,
+        logger.lines,
+    )
+
+
+def test_levels_follow_the_dependencies(make_processor: Any) -> None:
+    processor = make_processor([Plan(), add_host, Tenant()])
+
+    assert [["add_host", "tenant"], ["plan"]] == [
+        [e.name for e in level] for level in processor.levels
+    ]
+
+
+def test_from_enrichers_rejects_a_cycle_before_starting_anything() -> None:
+    with pytest.raises(EnricherDependencyError, match="tenant -> plan -> tenant"):
+        AsyncEnricherProcessor.from_enrichers([Tenant(dependencies=["plan"]), Plan()])
+
+
+def test_startup_reports_which_enrichers_started() -> None:
+    class Broken(Tenant):
+        async def _startup(self) -> None:
+            raise OSError("down")
+
+    processor = AsyncEnricherProcessor.from_enrichers(
+        [Broken(name="broken"), Plan(dependencies=())],
+        LoggingSettings(delivery="inline"),
+    )
+    try:
+        started = processor.startup(timeout=10)
+    finally:
+        processor.shutdown(timeout=5)
+
+    assert {"broken": False, "plan": True} == started
+
+
+def test_event_logged_from_an_enricher_is_not_enriched_again(
+    make_processor: Any,
+) -> None:
+    inner = Lines()
+    seen: list[EventDict | None] = []
+
+    class LogsItself(AsyncEnricher):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            seen.append(call(processor, inner, {"event": "from inside"}))
+            return event_dict
+
+    processor = make_processor([LogsItself()])
+
+    call(processor, Lines(), {"event": "outer"})
+
+    assert [{"event": "from inside"}] == seen
+
+
+def test_after_shutdown_events_are_written_with_async_enrichers_unavailable(
+    make_processor: Any,
+) -> None:
+    processor = make_processor([add_host, Tenant()])
+    processor.shutdown(timeout=5)
+    logger = Lines()
+
+    result = call(processor, logger, {"event": "late"})
+
+    assert {
+        "event": "late",
+        "host": "web-1",
+        "enrichment_errors": {"tenant": "unavailable"},
+    } == result
+
+
+def test_shutdown_reports_written_events(make_processor: Any) -> None:
+    processor = make_processor([Tenant()])
+    logger = Lines()
+    for n in range(4):
+        call(processor, logger, {"event": "e", "n": n})
+
+    report = processor.shutdown(timeout=5)
+
+    assert {"written": 4, "dropped": 0, "pending": 0} == dict(report)
+
+
+def test_inline_call_from_many_threads_keeps_each_event_whole(
+    make_processor: Any,
+) -> None:
+    processor = make_processor([Tenant(), Plan()])
+    logger = Lines()
+    lock = threading.Lock()
+
+    def info(line: str) -> None:
+        with lock:
+            logger.lines.append(json.loads(line))
+
+    logger.info = info  # type: ignore[method-assign]
+
+    def work(n: int) -> None:
+        for i in range(20):
+            call(processor, logger, {"event": "e", "thread_no": n, "i": i})
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+
+    assert (160, {("acme", "gold")}) == (
+        len(logger.lines),
+        {(ln["tenant"], ln["plan"]) for ln in logger.lines},
+    )
+
+
+def test_metrics_count_calls_and_failures_per_enricher(make_processor: Any) -> None:
+    class FailsOnce(Tenant):
+        calls = 0
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise ValueError("first")
+            return event_dict
+
+    processor = make_processor([FailsOnce(name="flaky")])
+    call(processor, Lines(), {"event": "one"})
+    call(processor, Lines(), {"event": "two"})
+
+    stats = processor.metrics()["enrichers"]["flaky"]
+
+    assert (2, 1, "closed") == (stats["calls"], stats["failures"], stats["breaker"])
+
+
+def test_blocking_sync_enricher_is_bounded_by_the_enricher_timeout(
+    make_processor: Any,
+) -> None:
+    release = threading.Event()
+
+    @register_enricher(blocking=True)
+    def stuck(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> None:
+        release.wait(5)
+
+    processor = make_processor([stuck], enricher_timeout=0.05)
+    logger = Lines()
+    try:
+        call(processor, logger, {"event": "hello"})
+    finally:
+        release.set()
+
+    assert [{"event": "hello", "enrichment_errors": {"stuck": "timeout"}}] == (
+        logger.lines
+    )
+
+
+# -- guard_options: where each resilience value comes from ----------------------------
+
+
+def test_guard_options_default_comes_from_settings() -> None:
+    options = guard_options(Tenant(), LoggingSettings(enricher_timeout=0.7))
+
+    assert 0.7 == options.timeout
+
+
+def test_guard_options_enricher_attribute_beats_settings_default() -> None:
+    options = guard_options(Tenant(timeout=0.2), LoggingSettings(enricher_timeout=0.7))
+
+    assert 0.2 == options.timeout
+
+
+def test_guard_options_per_enricher_override_beats_the_enricher() -> None:
+    settings = LoggingSettings(enricher_options={"tenant": {"timeout": 0.1}})
+
+    options = guard_options(Tenant(timeout=0.2), settings)
+
+    assert 0.1 == options.timeout
+
+
+def test_guard_options_override_for_another_enricher_does_not_apply() -> None:
+    settings = LoggingSettings(enricher_options={"other": {"timeout": 0.1}})
+
+    options = guard_options(Tenant(timeout=0.2), settings)
+
+    assert 0.2 == options.timeout

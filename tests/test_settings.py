@@ -1,0 +1,231 @@
+"""Tests for :mod:`enrichlog.settings`: ``LoggingSettings`` from code and
+from ``ENRICHLOG_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from enrichlog.container import configure_logging, get_logger
+from enrichlog.exceptions import EnricherConfigError
+from enrichlog.settings import EnricherOptions, LoggingSettings
+from tests.helpers import read_lines
+
+
+@pytest.fixture(autouse=True)
+def _no_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run where no ``.env`` file can leak settings in."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults() -> None:
+    settings = LoggingSettings()
+
+    assert (
+        "info",
+        "json",
+        "stdout",
+        "auto",
+        1.0,
+        5.0,
+        "enrichment_errors",
+        [],
+    ) == (
+        settings.level,
+        settings.format,
+        settings.output,
+        settings.delivery,
+        settings.enricher_timeout,
+        settings.level_timeout,
+        settings.error_field,
+        settings.enrichers,
+    )
+
+
+def test_level_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_LEVEL", "debug")
+
+    assert "debug" == LoggingSettings().level
+
+
+def test_enricher_timeout_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_TIMEOUT", "0.25")
+
+    assert 0.25 == LoggingSettings().enricher_timeout
+
+
+def test_keyword_argument_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_LEVEL", "debug")
+
+    assert "error" == LoggingSettings(level="error").level
+
+
+def test_dotenv_file_in_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ENRICHLOG_LEVEL=warning\n")
+
+    assert "warning" == LoggingSettings().level
+
+
+def test_environment_beats_dotenv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("ENRICHLOG_LEVEL=warning\n")
+    monkeypatch.setenv("ENRICHLOG_LEVEL", "error")
+
+    assert "error" == LoggingSettings().level
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("DEBUG", "debug"), (" Info ", "info"), ("warn", "warning"), ("fatal", "critical")],
+)
+def test_level_is_normalised(given: str, expected: str) -> None:
+    assert expected == LoggingSettings(level=given).level
+
+
+def test_level_number_is_the_stdlib_number() -> None:
+    assert 30 == LoggingSettings(level="warning").level_number
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ENRICHLOG_LEVEL", "loud"),
+        ("ENRICHLOG_FORMAT", "xml"),
+        ("ENRICHLOG_DELIVERY", "sometimes"),
+        ("ENRICHLOG_ENRICHER_TIMEOUT", "0"),
+        ("ENRICHLOG_ENRICHER_TIMEOUT", "-1"),
+        ("ENRICHLOG_ENRICHER_TIMEOUT", "inf"),
+        ("ENRICHLOG_ENRICHER_TIMEOUT", "soon"),
+        ("ENRICHLOG_LEVEL_TIMEOUT", "-0.5"),
+        ("ENRICHLOG_OUTPUT", ""),
+    ],
+)
+def test_invalid_environment_value_is_rejected_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    field = variable.removeprefix("ENRICHLOG_").lower()
+
+    with pytest.raises(ValidationError, match=field):
+        LoggingSettings()
+
+
+def test_unknown_keyword_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="levle"):
+        LoggingSettings(levle="info")  # type: ignore[call-arg]
+
+
+def test_comma_separated_enrichers_keep_a_comma_inside_a_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "ENRICHLOG_ENRICHERS", "env://?fields=A,B, hostname://,process://"
+    )
+
+    assert ["env://?fields=A,B", "hostname://", "process://"] == (
+        LoggingSettings().enrichers
+    )
+
+
+def test_single_enricher_uri_with_commas_stays_one_element(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHERS", "env://?fields=GIT_SHA,REGION,ZONE")
+
+    assert ["env://?fields=GIT_SHA,REGION,ZONE"] == LoggingSettings().enrichers
+
+
+def test_json_list_of_enrichers_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHERS", '["env://?fields=A,B", "hostname://"]')
+
+    assert ["env://?fields=A,B", "hostname://"] == LoggingSettings().enrichers
+
+
+def test_empty_enrichers_variable_is_an_empty_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHERS", "")
+
+    assert [] == LoggingSettings().enrichers
+
+
+def test_nested_enricher_options_from_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS__USER__TIMEOUT", "0.2")
+
+    settings = LoggingSettings()
+
+    assert (0.2, None, None) == (
+        settings.options_for("user").timeout,
+        settings.options_for("user").cache_ttl,
+        settings.options_for("other").timeout,
+    )
+
+
+def test_unknown_enricher_option_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS__USER__TIMEOTU", "0.2")
+
+    with pytest.raises(ValidationError, match="timeotu"):
+        LoggingSettings()
+
+
+def test_enricher_options_from_code() -> None:
+    settings = LoggingSettings(enricher_options={"user": {"timeout": 0.3}})
+
+    assert EnricherOptions(timeout=0.3) == settings.options_for("user")
+
+
+@pytest.mark.parametrize("value", ["", "none", "None", "null"])
+def test_error_field_can_be_disabled_from_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ERROR_FIELD", value)
+
+    assert None is LoggingSettings().error_field
+
+
+def test_error_field_none_from_code() -> None:
+    assert None is LoggingSettings(error_field=None).error_field
+
+
+def test_level_timeout_can_be_switched_off() -> None:
+    assert None is LoggingSettings(level_timeout=None).level_timeout
+
+
+# -- through configure_logging -----------------------------------------------------
+
+
+def test_configure_logging_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, log_file: Path
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_LEVEL", "warning")
+    monkeypatch.setenv("ENRICHLOG_OUTPUT", str(log_file))
+    configure_logging()
+    log = get_logger()
+
+    log.info("hidden")
+    log.warning("shown")
+
+    assert ["shown"] == [line["event"] for line in read_lines(log_file)]
+
+
+def test_configure_logging_override_beats_given_settings(log_file: Path) -> None:
+    settings = LoggingSettings(level="error", output=str(log_file))
+
+    container = configure_logging(settings=settings, level="debug")
+
+    assert ("debug", "error") == (container.settings.level, settings.level)
+
+
+def test_configure_logging_rejects_invalid_environment_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_TIMEOUT", "-1")
+
+    with pytest.raises(EnricherConfigError, match="enricher_timeout"):
+        configure_logging()
+
