@@ -45,9 +45,7 @@ def add_host(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> 
     return event_dict
 
 
-async def add_region(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+async def add_region(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     event_dict["region"] = "eu"
     return event_dict
 
@@ -100,12 +98,12 @@ def test_invalid_name_is_rejected(name: Any) -> None:
 
 
 def test_empty_dependency_name_is_rejected_naming_the_enricher() -> None:
-    with pytest.raises(EnricherConfigError, match="'user_lookup'.*dependency"):
+    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*dependency"):
         UserLookupEnricher(dependencies=["tenant", ""])
 
 
 def test_non_integer_priority_is_rejected_naming_the_enricher() -> None:
-    with pytest.raises(EnricherConfigError, match="'user_lookup'.*priority"):
+    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*priority"):
         UserLookupEnricher(priority="high")  # type: ignore[arg-type]
 
 
@@ -113,7 +111,7 @@ def test_non_integer_priority_is_rejected_naming_the_enricher() -> None:
 def test_invalid_timeout_argument_is_rejected_naming_the_enricher(
     timeout: Any,
 ) -> None:
-    with pytest.raises(EnricherConfigError, match="'user_lookup'.*timeout"):
+    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*timeout"):
         UserLookupEnricher(timeout=timeout)
 
 
@@ -121,13 +119,11 @@ def test_negative_timeout_class_attribute_is_rejected_at_construction() -> None:
     class Negative(UserLookupEnricher):
         timeout = -1.0
 
-    with pytest.raises(EnricherConfigError, match="'negative'.*timeout"):
+    with pytest.raises(EnricherConfigError, match=r"'negative'.*timeout"):
         Negative()
 
 
-@pytest.mark.parametrize(
-    "option", ["max_concurrency", "retry_attempts", "failure_threshold"]
-)
+@pytest.mark.parametrize("option", ["max_concurrency", "retry_attempts", "failure_threshold"])
 def test_counts_below_one_are_rejected_naming_the_option(option: str) -> None:
     with pytest.raises(EnricherConfigError, match=option):
         UserLookupEnricher(**{option: 0})
@@ -255,7 +251,7 @@ def test_as_enricher_rejects_functions_with_the_wrong_arity(arity: int) -> None:
     namespace: dict[str, Any] = {}
     exec(f"def wrong_arity({params}):\n    return {{}}", namespace)
 
-    with pytest.raises(EnricherConfigError, match="'wrong_arity'.*logger, method_name"):
+    with pytest.raises(EnricherConfigError, match=r"'wrong_arity'.*logger, method_name"):
         as_enricher(namespace["wrong_arity"])
 
 
@@ -271,18 +267,14 @@ def test_as_enricher_rejects_async_function_with_the_wrong_arity() -> None:
 
 
 def test_register_enricher_function_form_applies_options() -> None:
-    enricher = register_enricher(
-        add_host, name="host", dependencies=["tenant"], priority=3
-    )
+    enricher = register_enricher(add_host, name="host", dependencies=["tenant"], priority=3)
 
     assert ("host", ("tenant",), 3) == identity(enricher)
 
 
 def test_register_enricher_decorator_without_arguments() -> None:
     @register_enricher
-    def add_pid(
-        logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def add_pid(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         return event_dict
 
     assert ("add_pid", (), 100, True) == (
@@ -293,9 +285,7 @@ def test_register_enricher_decorator_without_arguments() -> None:
 
 def test_register_enricher_decorator_with_arguments() -> None:
     @register_enricher(name="pid", dependencies="host", priority=2)
-    def add_pid(
-        logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def add_pid(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         return event_dict
 
     assert ("pid", ("host",), 2) == identity(add_pid)
@@ -334,7 +324,7 @@ def test_register_enricher_blocking_makes_a_blocking_sync_enricher() -> None:
 
 
 def test_register_enricher_rejects_blocking_for_async_def() -> None:
-    with pytest.raises(EnricherConfigError, match="'add_region'.*blocking"):
+    with pytest.raises(EnricherConfigError, match=r"'add_region'.*blocking"):
         register_enricher(add_region, blocking=True)
 
 
@@ -347,7 +337,7 @@ def test_register_enricher_on_an_instance_returns_it_with_options() -> None:
 
 
 def test_register_enricher_rejects_blocking_for_an_async_enricher_instance() -> None:
-    with pytest.raises(EnricherConfigError, match="'user_lookup'.*blocking"):
+    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*blocking"):
         register_enricher(UserLookupEnricher(), blocking=True)
 
 

@@ -282,9 +282,7 @@ def test_class_with_params_but_no_params_argument_is_a_clear_error() -> None:
         ("test-lookup://db/?name=db&dependencies=db", ["'db' depends on itself"]),
     ],
 )
-def test_bad_uri_is_reported_with_the_part_at_fault(
-    uri: str, fragments: list[str]
-) -> None:
+def test_bad_uri_is_reported_with_the_part_at_fault(uri: str, fragments: list[str]) -> None:
     with pytest.raises(EnricherConfigError) as caught:
         EnricherFactory.build(uri)
 
@@ -376,9 +374,7 @@ def _optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.none() | strategy
 
 
-_hosts = st.from_regex(
-    r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,5}){0,2}", fullmatch=True
-)
+_hosts = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,5}){0,2}", fullmatch=True)
 _names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 _seconds = st.floats(min_value=1e-3, max_value=1e5, allow_nan=False)
 

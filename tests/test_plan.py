@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from structlog.typing import EventDict, WrappedLogger
 
 from enrichlog._plan import describe_plan, render_plan
-from enrichlog.guard import GuardOptions
 from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
 from enrichlog.enrichers import HostnameEnricher
 from enrichlog.factory import EnricherFactory
+from enrichlog.guard import GuardOptions
 from enrichlog.settings import LoggingSettings
 
 SECRET = "hunter2-Sesame"
@@ -62,9 +62,7 @@ class DatabaseEnricher(AsyncEnricher):
         return event_dict
 
 
-def add_version(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+def add_version(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     event_dict["version"] = "1.0"
     return event_dict
 
@@ -87,20 +85,16 @@ def levels() -> list[list[Enricher]]:
 
 
 def entries(description: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        entry["name"]: entry
-        for level in description["levels"]
-        for entry in level["enrichers"]
-    }
+    return {entry["name"]: entry for level in description["levels"] for entry in level["enrichers"]}
 
 
 def test_describe_plan_lists_levels_in_order(levels: list[list[Enricher]]) -> None:
     description = describe_plan(levels, make_settings())
 
-    assert [
-        [entry["name"] for entry in level["enrichers"]]
-        for level in description["levels"]
-    ] == [["hostname", "tenant", "add_version"], ["user", "db"]]
+    assert [[entry["name"] for entry in level["enrichers"]] for level in description["levels"]] == [
+        ["hostname", "tenant", "add_version"],
+        ["user", "db"],
+    ]
 
 
 def test_describe_plan_gives_kind_source_and_dependencies(
@@ -235,9 +229,7 @@ def test_render_mermaid_gives_safe_node_ids() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "mermaid"])
-def test_rendered_plan_never_shows_a_secret(
-    levels: list[list[Enricher]], fmt: Any
-) -> None:
+def test_rendered_plan_never_shows_a_secret(levels: list[list[Enricher]], fmt: Any) -> None:
     rendered = render_plan(describe_plan(levels, make_settings()), fmt)
 
     assert SECRET not in rendered

@@ -15,7 +15,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 from enrichlog.enricher import AsyncEnricher, register_enricher
 from enrichlog.exceptions import EnricherDependencyError
-from enrichlog.processor import AsyncEnricherProcessor, guard_options
+from enrichlog.processor import AsyncEnricherProcessor
 from enrichlog.settings import LoggingSettings
 
 
@@ -259,37 +259,4 @@ def test_blocking_sync_enricher_is_bounded_by_the_enricher_timeout(
     finally:
         release.set()
 
-    assert [{"event": "hello", "enrichment_errors": {"stuck": "timeout"}}] == (
-        logger.lines
-    )
-
-
-# -- guard_options: where each resilience value comes from ----------------------------
-
-
-def test_guard_options_default_comes_from_settings() -> None:
-    options = guard_options(Tenant(), LoggingSettings(enricher_timeout=0.7))
-
-    assert 0.7 == options.timeout
-
-
-def test_guard_options_enricher_attribute_beats_settings_default() -> None:
-    options = guard_options(Tenant(timeout=0.2), LoggingSettings(enricher_timeout=0.7))
-
-    assert 0.2 == options.timeout
-
-
-def test_guard_options_per_enricher_override_beats_the_enricher() -> None:
-    settings = LoggingSettings(enricher_options={"tenant": {"timeout": 0.1}})
-
-    options = guard_options(Tenant(timeout=0.2), settings)
-
-    assert 0.1 == options.timeout
-
-
-def test_guard_options_override_for_another_enricher_does_not_apply() -> None:
-    settings = LoggingSettings(enricher_options={"other": {"timeout": 0.1}})
-
-    options = guard_options(Tenant(timeout=0.2), settings)
-
-    assert 0.2 == options.timeout
+    assert [{"event": "hello", "enrichment_errors": {"stuck": "timeout"}}] == (logger.lines)

@@ -3,6 +3,7 @@ execution levels."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -79,9 +80,7 @@ def test_empty_registry_has_no_levels() -> None:
 
 
 def test_register_accepts_processor_functions() -> None:
-    def add_host(
-        logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def add_host(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         return event_dict
 
     registry = EnricherRegistry()
@@ -149,7 +148,7 @@ def test_unregistering_a_dependency_makes_the_dependant_unresolvable() -> None:
     registry.resolve_dependencies()
     registry.unregister("tenant")
 
-    with pytest.raises(EnricherConfigError, match="'user'.*'tenant'"):
+    with pytest.raises(EnricherConfigError, match=r"'user'.*'tenant'"):
         registry.resolve_dependencies()
 
 
@@ -170,16 +169,14 @@ def test_longer_cycle_is_named_in_dependency_order() -> None:
 
 
 def test_self_dependency_is_rejected_naming_the_enricher() -> None:
-    with pytest.raises(EnricherConfigError, match="'loop'.*itself"):
+    with pytest.raises(EnricherConfigError, match=r"'loop'.*itself"):
         enricher("loop", "loop")
 
 
 def test_same_level_enrichers_providing_one_key_are_rejected() -> None:
-    registry = EnricherRegistry(
-        [enricher("a", provides="user"), enricher("b", provides="user")]
-    )
+    registry = EnricherRegistry([enricher("a", provides="user"), enricher("b", provides="user")])
 
-    with pytest.raises(EnricherConfigError, match="'a' and 'b'.*'user'"):
+    with pytest.raises(EnricherConfigError, match=r"'a' and 'b'.*'user'"):
         registry.resolve_dependencies()
 
 
@@ -240,9 +237,7 @@ def dags(draw: st.DrawFn) -> tuple[list[Enricher], dict[str, set[str]]]:
         chosen = draw(st.lists(st.booleans(), min_size=j, max_size=j))
         deps[names[j]] = {names[i] for i, take in enumerate(chosen) if take}
     order = draw(st.permutations(names))
-    priorities = draw(
-        st.lists(st.integers(min_value=0, max_value=3), min_size=size, max_size=size)
-    )
+    priorities = draw(st.lists(st.integers(min_value=0, max_value=3), min_size=size, max_size=size))
     enrichers: list[Enricher] = [
         enricher(name, *sorted(deps[name]), priority=priority)
         for name, priority in zip(order, priorities, strict=True)
@@ -305,9 +300,7 @@ def test_each_level_is_sorted_by_priority_then_registration(
 
     levels = EnricherRegistry(enrichers).resolve_dependencies()
 
-    assert [
-        sorted(level, key=lambda n: (priority[n], position[n])) for level in levels
-    ] == levels
+    assert [sorted(level, key=lambda n: (priority[n], position[n])) for level in levels] == levels
 
 
 @given(dags())
@@ -334,9 +327,7 @@ def test_a_back_edge_raises_naming_a_real_cycle(
     # ``ancestor`` depend on ``node`` as well.
     cyclic = {name: set(names) for name, names in deps.items()}
     cyclic[ancestor].add(node)
-    registry = EnricherRegistry(
-        [enricher(name, *sorted(names)) for name, names in cyclic.items()]
-    )
+    registry = EnricherRegistry([enricher(name, *sorted(names)) for name, names in cyclic.items()])
 
     with pytest.raises(EnricherDependencyError) as raised:
         registry.resolve_dependencies()
@@ -345,7 +336,7 @@ def test_a_back_edge_raises_naming_a_real_cycle(
 
     assert (True, True) == (
         len(cycle) > 2 and cycle[0] == cycle[-1],
-        all(b in cyclic[a] for a, b in zip(cycle, cycle[1:], strict=False)),
+        all(b in cyclic[a] for a, b in itertools.pairwise(cycle)),
     )
 
 

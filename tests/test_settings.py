@@ -68,9 +68,7 @@ def test_dotenv_file_in_working_directory_is_read(tmp_path: Path) -> None:
     assert "warning" == LoggingSettings().level
 
 
-def test_environment_beats_dotenv_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_beats_dotenv_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / ".env").write_text("ENRICHLOG_LEVEL=warning\n")
     monkeypatch.setenv("ENRICHLOG_LEVEL", "error")
 
@@ -121,13 +119,9 @@ def test_unknown_keyword_is_rejected() -> None:
 def test_comma_separated_enrichers_keep_a_comma_inside_a_query(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(
-        "ENRICHLOG_ENRICHERS", "env://?fields=A,B, hostname://,process://"
-    )
+    monkeypatch.setenv("ENRICHLOG_ENRICHERS", "env://?fields=A,B, hostname://,process://")
 
-    assert ["env://?fields=A,B", "hostname://", "process://"] == (
-        LoggingSettings().enrichers
-    )
+    assert ["env://?fields=A,B", "hostname://", "process://"] == (LoggingSettings().enrichers)
 
 
 def test_single_enricher_uri_with_commas_stays_one_element(
@@ -228,4 +222,3 @@ def test_configure_logging_rejects_invalid_environment_naming_the_field(
 
     with pytest.raises(EnricherConfigError, match="enricher_timeout"):
         configure_logging()
-

@@ -95,9 +95,7 @@ def describe_plan(
         ``provides``, ``timeout``, ``cache``, ``breaker``, ``retry`` and
         ``max_concurrency`` (``None`` where it does not apply).
     """
-    has_async = any(
-        isinstance(enricher, AsyncEnricher) for level in levels for enricher in level
-    )
+    has_async = any(isinstance(enricher, AsyncEnricher) for level in levels for enricher in level)
     effective_delivery = settings.delivery
     if effective_delivery == "auto":
         effective_delivery = "background" if has_async else "inline"
@@ -173,16 +171,11 @@ def _text_row(entry: Mapping[str, Any]) -> list[str]:
         cache_text,
         "-"
         if breaker is None
-        else f"{breaker['failure_threshold']} fails, "
-        f"{_seconds(breaker['recovery_timeout'])}",
+        else f"{breaker['failure_threshold']} fails, {_seconds(breaker['recovery_timeout'])}",
         "-" if retry is None else str(retry["attempts"]),
         "-"
         if entry["kind"] != "async"
-        else (
-            "unbounded"
-            if entry["max_concurrency"] is None
-            else str(entry["max_concurrency"])
-        ),
+        else ("unbounded" if entry["max_concurrency"] is None else str(entry["max_concurrency"])),
         ", ".join(entry["dependencies"]) or "-",
         entry["uri"] or "-",
     ]
@@ -200,24 +193,18 @@ def _render_text(description: Mapping[str, Any]) -> str:
     if not levels:
         lines.append("no enrichers configured")
         return "\n".join(lines)
-    rows = [list(_COLUMNS)] + [
-        _text_row(entry) for level in levels for entry in level["enrichers"]
-    ]
+    rows = [list(_COLUMNS)] + [_text_row(entry) for level in levels for entry in level["enrichers"]]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) for c, w in zip(cells, widths, strict=True)
-        ).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     lines += ["", "  " + line(rows[0])]
     row_iter = iter(rows[1:])
     for level in levels:
         count = len(level["enrichers"])
         together = ", concurrently" if count > 1 else ""
-        lines.append(
-            f"level {level['level']} ({count} enricher{'s' * (count != 1)}{together})"
-        )
+        lines.append(f"level {level['level']} ({count} enricher{'s' * (count != 1)}{together})")
         lines.extend("  " + line(next(row_iter)) for _ in level["enrichers"])
     return "\n".join(lines)
 
@@ -277,8 +264,6 @@ def _render_mermaid(description: Mapping[str, Any]) -> str:
             if dependency not in ids:
                 # Not in the plan (the plan was built by hand): show it anyway.
                 ids[dependency] = _node_ids([*ids, dependency])[dependency]
-                lines.append(
-                    f"  {ids[dependency]}[{_mermaid_label(dependency + ' (missing)')}]"
-                )
+                lines.append(f"  {ids[dependency]}[{_mermaid_label(dependency + ' (missing)')}]")
             lines.append(f"  {ids[dependency]} --> {ids[entry['name']]}")
     return "\n".join(lines)

@@ -173,7 +173,7 @@ class LoggingContainer:
         except (ValueError, OSError):  # no signals here (embedded interpreter)
             return
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+    def _on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
         # Runs on the main thread, possibly inside a log call holding a lock:
         # drain from another thread, then die the way SIGTERM would have.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -301,9 +301,9 @@ class LoggingContainer:
 
     def __exit__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
     ) -> None:
         self.shutdown()
 
@@ -312,9 +312,9 @@ class LoggingContainer:
 
     async def __aexit__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
 

@@ -121,9 +121,7 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(
-            item.strip() for text in value for item in text.split(",") if item.strip()
-        )
+        return tuple(item.strip() for text in value for item in text.split(",") if item.strip())
     return value
 
 
@@ -161,9 +159,7 @@ class CommonParams(BaseModel):
     def constructor_kwargs(self) -> dict[str, Any]:
         """The keyword arguments these keys mean to an enricher constructor."""
         renamed = {"ttl": "cache_ttl"}
-        return {
-            renamed.get(key, key): getattr(self, key) for key in self.model_fields_set
-        }
+        return {renamed.get(key, key): getattr(self, key) for key in self.model_fields_set}
 
 
 @dataclass(frozen=True, repr=False)
@@ -227,9 +223,7 @@ def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
     head, sep, tail = uri.partition("://")
     if not sep:
         head, tail = "", uri
-    netloc_end = min(
-        (i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail)
-    )
+    netloc_end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
     netloc, rest = tail[:netloc_end], tail[netloc_end:]
     if _password_cut_short(netloc, rest):
         # 'u:pa/ss@host': a password with an unescaped '/', '?' or '#' ends
@@ -340,9 +334,7 @@ def _parse(uri: str) -> _ParsedURI:
         )
     scheme, sep, rest = text.partition("://")
     if not sep:
-        raise fail(
-            "missing '://' after the scheme; expected scheme://..., e.g. 'hostname://'"
-        )
+        raise fail("missing '://' after the scheme; expected scheme://..., e.g. 'hostname://'")
     try:
         normalised = _check_scheme(scheme)
     except EnricherConfigError as exc:
@@ -365,17 +357,13 @@ class _Fail:
     """Makes errors about one URI: prefixed with the masked URI, scrubbed of
     its secret values."""
 
-    def __init__(
-        self, masked: str, secrets: Sequence[str] = (), *, rest: str = ""
-    ) -> None:
+    def __init__(self, masked: str, secrets: Sequence[str] = (), *, rest: str = "") -> None:
         self.masked = masked
         self.secrets = secrets
         self.rest = rest  # the URI after its authority, while parsing
 
     def __call__(self, detail: str) -> EnricherConfigError:
-        return EnricherConfigError(
-            f"enricher URI {self.masked!r}: {_scrub(detail, self.secrets)}"
-        )
+        return EnricherConfigError(f"enricher URI {self.masked!r}: {_scrub(detail, self.secrets)}")
 
 
 # -- Params models -----------------------------------------------------------
@@ -414,9 +402,7 @@ def _params_model(cls: type[Enricher]) -> type[BaseModel]:
 
 def _secret_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(
-        name
-        for name, info in model.model_fields.items()
-        if _is_secret_annotation(info.annotation)
+        name for name, info in model.model_fields.items() if _is_secret_annotation(info.annotation)
     )
 
 
@@ -437,9 +423,7 @@ def _validation_detail(exc: ValidationError) -> str:
     # may be the secret.
     return "; ".join(
         f"{_describe_loc(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
-        for error in exc.errors(
-            include_url=False, include_input=False, include_context=False
-        )
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
     )
 
 
@@ -466,9 +450,7 @@ def _distribution_of(ep: EntryPoint) -> str:
 
 def _load_plugin(scheme: str, candidates: list[EntryPoint]) -> type[Enricher]:
     if len(candidates) > 1:
-        owners = ", ".join(
-            f"{ep.value} from {_distribution_of(ep)}" for ep in candidates
-        )
+        owners = ", ".join(f"{ep.value} from {_distribution_of(ep)}" for ep in candidates)
         raise EnricherConfigError(
             f"enricher scheme {scheme!r} is advertised by several installed "
             f"packages: {owners}; uninstall all but one"
@@ -532,8 +514,7 @@ class EnricherFactory:
             raise EnricherConfigError(f"{where}: {exc}") from None
         if not (isinstance(enricher_cls, type) and issubclass(enricher_cls, Enricher)):
             raise EnricherConfigError(
-                f"{where}: {enricher_cls!r} is not an AsyncEnricher or "
-                "SyncEnricher subclass"
+                f"{where}: {enricher_cls!r} is not an AsyncEnricher or SyncEnricher subclass"
             )
         reserved = set(_params_model(enricher_cls).model_fields) & set(COMMON_KEYS)
         if reserved:
@@ -596,8 +577,7 @@ class EnricherFactory:
         close = difflib.get_close_matches(normalised, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise EnricherConfigError(
-            f"unknown scheme {normalised!r}{hint} Known schemes: "
-            f"{', '.join(known) or '(none)'}"
+            f"unknown scheme {normalised!r}{hint} Known schemes: {', '.join(known) or '(none)'}"
         )
 
     @classmethod
@@ -611,9 +591,7 @@ class EnricherFactory:
                 the URI with its secrets masked and names the part at fault.
         """
         if not isinstance(uri, str):
-            raise EnricherConfigError(
-                f"an enricher URI must be a string, got {type(uri).__name__}"
-            )
+            raise EnricherConfigError(f"an enricher URI must be a string, got {type(uri).__name__}")
         parsed = _parse(uri)
         try:
             enricher_cls, source = cls.lookup(parsed.scheme)
@@ -625,8 +603,7 @@ class EnricherFactory:
         secrets = [
             value
             for key, value in (*parsed.parts.items(), *parsed.query)
-            if isinstance(value, str)
-            and (key == "password" or _is_secret_key(key, secret_keys))
+            if isinstance(value, str) and (key == "password" or _is_secret_key(key, secret_keys))
         ]
         fail = _Fail(mask_uri(uri, secret_keys), secrets)
         common, rest = _split_common(parsed.query, enricher_cls, fail)
@@ -666,8 +643,7 @@ class EnricherFactory:
         spec = cls.spec_of(enricher)
         if spec is None:
             raise EnricherConfigError(
-                f"enricher {enricher.name!r} was not built from a URI, so it "
-                "has none to write"
+                f"enricher {enricher.name!r} was not built from a URI, so it has none to write"
             )
         return _write_uri(spec, reveal_secrets=reveal_secrets)
 
@@ -750,9 +726,7 @@ def _accepted_parts(fields: Mapping[str, Any]) -> str:
     return f" (it takes: {', '.join(parts)})" if parts else " (it takes none)"
 
 
-def _construct(
-    enricher_cls: type[Enricher], kwargs: dict[str, Any], fail: _Fail
-) -> Enricher:
+def _construct(enricher_cls: type[Enricher], kwargs: dict[str, Any], fail: _Fail) -> Enricher:
     try:
         inspect.signature(enricher_cls).bind(**kwargs)
     except TypeError as exc:
@@ -779,9 +753,7 @@ def _uri_value(key: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str | int | float):
         return str(value)
-    raise EnricherConfigError(
-        f"parameter {key!r} has no URI form (a {type(value).__name__})"
-    )
+    raise EnricherConfigError(f"parameter {key!r} has no URI form (a {type(value).__name__})")
 
 
 def _param_items(params: BaseModel, reveal_secrets: bool) -> dict[str, list[str]]:

@@ -28,9 +28,7 @@ def configure(
 ) -> LoggingContainer:
     """``configure_logging`` writing JSON lines to ``log_file``, inline."""
     overrides.setdefault("delivery", "inline")
-    return configure_logging(
-        enrichers=list(enrichers), output=str(log_file), **overrides
-    )
+    return configure_logging(enrichers=list(enrichers), output=str(log_file), **overrides)
 
 
 class Counting(AsyncEnricher):
@@ -100,9 +98,7 @@ def test_shutdown_stops_each_enricher_once_even_when_called_twice(
     assert (1, 1) == counts(enricher)
 
 
-def test_reconfigure_shuts_the_previous_enrichers_down_once(
-    log_file: Path, tmp_path: Path
-) -> None:
+def test_reconfigure_shuts_the_previous_enrichers_down_once(log_file: Path, tmp_path: Path) -> None:
     first = [Counting(name="a"), Counting(name="b", dependencies=["a"])]
     second = [Counting(name="a"), Counting(name="b", dependencies=["a"])]
     configure(log_file, first)
@@ -128,10 +124,7 @@ def test_reconfigure_with_the_same_instance_restarts_it_once_per_container(
 
     assert ((2, 1), [("after restart", "ok", None)]) == (
         counts(enricher),
-        [
-            (ln["event"], ln["user"], ln.get(ERRORS))
-            for ln in read_lines(tmp_path / "second.log")
-        ],
+        [(ln["event"], ln["user"], ln.get(ERRORS)) for ln in read_lines(tmp_path / "second.log")],
     )
 
 
@@ -264,11 +257,7 @@ def test_startup_failure_is_reported_once_through_the_enrichlog_logger(
 
     log.info("one")
     log.info("two")
-    reports = [
-        r
-        for r in caplog.records
-        if r.name == "enrichlog" and "broken" in r.getMessage()
-    ]
+    reports = [r for r in caplog.records if r.name == "enrichlog" and "broken" in r.getMessage()]
 
     assert (1, logging.ERROR, True) == (
         len(reports),

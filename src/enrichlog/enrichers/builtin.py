@@ -63,9 +63,7 @@ class HostnameEnricher(SyncEnricher):
             provides=(self.params.field,),
         )
 
-    def enrich(
-        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def enrich(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
         """Add the host name under ``params.field``."""
         event_dict.setdefault(self.params.field, self._hostname)
         return event_dict
@@ -104,9 +102,7 @@ class ProcessEnricher(SyncEnricher):
             self._pid = pid
         return self._process_name
 
-    def enrich(
-        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def enrich(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
         """Add the pid, the process name and the current thread's name."""
         pid = os.getpid()
         event_dict.setdefault("pid", pid)
@@ -162,9 +158,7 @@ class StaticEnricher(SyncEnricher):
             provides=tuple(self.fields),
         )
 
-    def enrich(
-        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def enrich(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
         """Add each constant field the event does not already have."""
         for key, value in self.fields.items():
             event_dict.setdefault(key, value)
@@ -199,13 +193,10 @@ class EnvEnricher(SyncEnricher):
     ) -> None:
         self.params = params
         keys = {
-            variable: variable.lower() if params.lower else variable
-            for variable in params.fields
+            variable: variable.lower() if params.lower else variable for variable in params.fields
         }
         self.values = {
-            key: os.environ[variable]
-            for variable, key in keys.items()
-            if variable in os.environ
+            key: os.environ[variable] for variable, key in keys.items() if variable in os.environ
         }
         super().__init__(
             name=name,
@@ -214,9 +205,7 @@ class EnvEnricher(SyncEnricher):
             provides=tuple(keys.values()),
         )
 
-    def enrich(
-        self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def enrich(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
         """Add each variable that was set, unless the event has the key."""
         for key, value in self.values.items():
             event_dict.setdefault(key, value)
