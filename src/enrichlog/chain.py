@@ -69,7 +69,7 @@ def _repr(value: object) -> str:
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
-def make_renderer(fmt: str) -> Processor:
+def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
     """The renderer for ``json``, ``console`` or ``logfmt``, made safe."""
     renderer: Callable[[WrappedLogger, str, EventDict], Any]
     if fmt == "json":
@@ -78,7 +78,7 @@ def make_renderer(fmt: str) -> Processor:
         else:  # pragma: no cover - exercised without the extra
             renderer = structlog.processors.JSONRenderer(serializer=json.dumps)
     elif fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=_stdout_is_tty())
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
     elif fmt == "logfmt":
         renderer = structlog.processors.LogfmtRenderer()
     else:
@@ -103,13 +103,18 @@ def pre_processors() -> list[Processor]:
 def post_processors(settings: LoggingSettings) -> list[Processor]:
     """What runs after enrichment: exception formatting and the renderer."""
     exceptions: Processor = (
-        structlog.processors.dict_tracebacks
+        # Structured tracebacks without local variables: locals are where
+        # passwords and tokens live.
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
         if settings.format == "json"
         else structlog.processors.format_exc_info
     )
     if settings.format == "console":
         # ConsoleRenderer formats exceptions itself, prettier than a string.
-        return [make_renderer(settings.format)]
+        colors = settings.output == "stdout" and _stdout_is_tty()
+        return [make_renderer(settings.format, colors=colors)]
     return [exceptions, make_renderer(settings.format)]
 
 
