@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import structlog
 from pydantic import ValidationError
+from structlog.typing import Processor
 
 from ._logger import make_bound_logger_class
 from ._masking import mask_secrets
@@ -46,6 +47,12 @@ _STARTUP_TIMEOUT = 30.0
 _current: LoggingContainer | None = None
 _current_lock = threading.Lock()
 _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
+# The processor list and the writer handed to structlog, reused across
+# reconfigurations and changed in place: structlog's cached loggers keep
+# references to both, so a module-level logger used before a reconfigure
+# follows the new configuration instead of a shut-down container.
+_installed_chain: list[Processor] = []
+_installed_writer: LineWriter | None = None
 
 
 def get_logger(*args: Any, **initial_values: Any) -> Any:
@@ -147,14 +154,7 @@ class LoggingContainer:
                         "skipped as 'unavailable' until they are up",
                         _STARTUP_TIMEOUT,
                     )
-            output = self.output
-            structlog.configure(
-                processors=chain,
-                wrapper_class=make_bound_logger_class(self.settings.level_number),
-                logger_factory=lambda *args: output,
-                context_class=dict,
-                cache_logger_on_first_use=True,
-            )
+            _install(chain, self.output, self.settings.level_number)
             self._running = True
             _live.add(self)
             atexit.register(self._at_exit)
@@ -227,6 +227,8 @@ class LoggingContainer:
             else:
                 self._report = DrainReport(written=0, dropped=0, pending=0)
             if self.output is not None:
+                if _installed_writer is not None:
+                    _installed_writer.release(self.output)
                 self.output.close()
             atexit.unregister(self._at_exit)
             self._restore_sigterm_handler()
@@ -319,6 +321,24 @@ class LoggingContainer:
         await self.ashutdown()
 
 
+def _install(chain: list[Processor], output: LineWriter, level: int) -> None:
+    """``structlog.configure`` with the shared chain list and writer."""
+    global _installed_writer  # noqa: PLW0603 - see the module globals above
+    _installed_chain[:] = chain
+    if _installed_writer is None:
+        _installed_writer = output
+    elif _installed_writer is not output:
+        _installed_writer.retarget(output)
+    writer = _installed_writer
+    structlog.configure(
+        processors=_installed_chain,
+        wrapper_class=make_bound_logger_class(level),
+        logger_factory=lambda *args: writer,
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
+
+
 def structlog_report() -> Any:
     """The stdlib logger enrichlog reports through (never itself)."""
     import logging  # noqa: PLC0415 - keep the module namespace small
@@ -364,6 +384,8 @@ def configure_logging(
 
 
 def _after_fork_in_child() -> None:
+    if _installed_writer is not None:
+        _installed_writer.after_fork()
     for container in list(_live):
         container._after_fork_in_child()
 

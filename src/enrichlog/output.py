@@ -63,6 +63,23 @@ class LineWriter:
                     self._stream.close()
                     self._closed = True
 
+    def retarget(self, other: LineWriter) -> None:
+        """Write where ``other`` writes from now on.
+
+        The writer structlog's cached loggers hold is retargeted on every
+        reconfiguration, so loggers bound before it follow the new output.
+        """
+        with self._lock:
+            self._stream, self._write, self._flush = other._stream, other._write, other._flush
+            self._owns, self.target, self._closed = other._owns, other.target, False
+
+    def release(self, other: LineWriter) -> None:
+        """Stop writing to ``other``'s stream (it is being closed); a later
+        line reopens the file by path."""
+        with self._lock:
+            if self._stream is other._stream and self is not other:
+                self._closed = self._owns
+
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
         # hold this writer: appending beats losing their lines.

@@ -1249,12 +1249,6 @@ def test_bound_values_and_timestamp_reach_the_line(log_file: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: loggers used before a reconfigure stay cached on the old "
-    "container (cache_logger_on_first_use=True): old file, enrichers "
-    "'unavailable'",
-    strict=True,
-)
 def test_logger_obtained_before_reconfigure_follows_the_new_configuration(
     log_file: Path, tmp_path: Path
 ) -> None:
