@@ -48,6 +48,22 @@ class SafeRenderer:
             return self._render(logger, method_name, _printable(event_dict, exc))
 
 
+class _SafeJSONRenderer(structlog.processors.JSONRenderer):
+    """structlog's ``JSONRenderer`` that falls back instead of raising.
+
+    A subclass rather than a :class:`SafeRenderer` around it: one Python
+    frame less per event, which is most of what separates enrichlog without
+    enrichers from plain structlog (about 1,000 of 4,300 extra instructions
+    per event under callgrind).
+    """
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str | bytes:
+        try:
+            return self._dumps(event_dict, **self._dumps_kw)
+        except Exception as exc:
+            return self._dumps(_printable(event_dict, exc), **self._dumps_kw)
+
+
 def _printable(event_dict: EventDict, exc: Exception) -> dict[str, Any]:
     safe: dict[str, Any] = {}
     for key, value in event_dict.items():
@@ -73,11 +89,8 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
     """The renderer for ``json``, ``console`` or ``logfmt``, made safe."""
     renderer: Callable[[WrappedLogger, str, EventDict], Any]
     if fmt == "json":
-        if orjson is not None:
-            renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        else:  # pragma: no cover - exercised without the extra
-            renderer = structlog.processors.JSONRenderer(serializer=json.dumps)
-    elif fmt == "console":
+        return _SafeJSONRenderer(serializer=orjson.dumps if orjson is not None else json.dumps)
+    if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
     elif fmt == "logfmt":
         renderer = structlog.processors.LogfmtRenderer()

@@ -167,7 +167,9 @@ class EnricherGuard:
 
     # -- on the logging thread --------------------------------------------
 
-    def lookup(self, event_dict: EventDict) -> Outcome | None:
+    def lookup(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> Outcome | None:
         """Settle the enricher for this event without awaiting, if possible.
 
         Returns the cached outcome on a cache hit, a skip outcome when the

@@ -16,6 +16,7 @@ import _thread
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -56,20 +57,33 @@ _SYNC, _BLOCKING, _ASYNC = 0, 1, 2
 
 
 class _Step:
-    """One enricher of a compiled plan."""
+    """One enricher of a compiled plan.
 
-    __slots__ = ("enricher", "guard", "kind", "name")
+    ``settle(logger, method_name, snapshot)`` settles it without awaiting
+    when it can: a sync enricher runs, a cached one answers from its cache;
+    ``None`` means it must run on the runtime loop.
+    """
+
+    __slots__ = ("enricher", "guard", "kind", "name", "settle")
 
     def __init__(self, enricher: Enricher, guard: EnricherGuard | None) -> None:
         self.enricher = enricher
         self.name = enricher.name
         self.guard = guard
+        self.settle: Callable[[WrappedLogger, str, EventDict], Outcome | None]
         if guard is not None:
             self.kind = _ASYNC
+            self.settle = guard.lookup
         elif isinstance(enricher, SyncEnricher) and enricher.blocking:
             self.kind = _BLOCKING
+            self.settle = _not_settled
         else:
             self.kind = _SYNC
+            self.settle = functools.partial(_call_sync, enricher)  # type: ignore[arg-type]
+
+
+def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:
+    """Blocking sync enrichers always run in a worker thread."""
 
 
 class AsyncEnricherProcessor:
@@ -229,22 +243,16 @@ class AsyncEnricherProcessor:
         self._hand_off(logger, method_name, event_dict, index, outcomes)
         raise structlog.DropEvent
 
+    @staticmethod
     def _settle(
-        self,
         level: tuple[_Step, ...],
         logger: WrappedLogger,
         method_name: str,
         snapshot: EventDict,
     ) -> list[Outcome | None]:
-        outcomes: list[Outcome | None] = []
-        for step in level:
-            if step.kind == _ASYNC:
-                outcomes.append(step.guard.lookup(snapshot))  # type: ignore[union-attr]
-            elif step.kind == _SYNC:
-                outcomes.append(_call_sync(step.enricher, logger, method_name, snapshot))  # type: ignore[arg-type]
-            else:
-                outcomes.append(None)
-        return outcomes
+        # A comprehension over prepared callables: this runs for every
+        # enricher of every event on the logging thread.
+        return [step.settle(logger, method_name, snapshot) for step in level]
 
     def _merge(
         self, event_dict: EventDict, level: tuple[_Step, ...], outcomes: Sequence[Outcome]

@@ -179,8 +179,9 @@ def test_cache_hit_line_carries_the_cached_fields(log_file: Path) -> None:
     warm_up(container)
 
     get_logger().info("hit", user_id=7)
+    line = read_lines(log_file)[-1]
 
-    assert ("name-7", None) == (read_lines(log_file)[-1]["user_name"], read_lines(log_file)[-1].get(ERRORS))
+    assert ("hit", "name-7", None) == (line["event"], line["user_name"], line.get(ERRORS))
 
 
 def test_two_level_cache_hits_call_neither_enricher_again(log_file: Path) -> None:
@@ -354,6 +355,24 @@ def test_failed_lookup_is_tried_again_after_cache_error_ttl(log_file: Path) -> N
     assert 2 == user.calls
 
 
+@pytest.mark.xfail(
+    reason="BUG: a missed event is counted as two cache misses: guard.py lookup() "
+    "counts one on the logging thread (cache.get) and _shared() another for the same "
+    "event (cache.get_or_compute), so hit_rate in metrics() is understated",
+    strict=True,
+)
+def test_cache_stats_in_metrics_count_one_miss_per_missed_event(log_file: Path) -> None:
+    container = configure(log_file, [UserLookup()])
+    warm_up(container)
+    log = get_logger()
+
+    for _ in range(3):
+        log.info("hit", user_id=7)
+    stats = container.metrics()["enrichers"]["user"]["cache"]
+
+    assert (3, 1, 0.75) == (stats["hits"], stats["misses"], stats["hit_rate"])
+
+
 # -- circuit breaker -------------------------------------------------------------------
 
 
@@ -457,12 +476,13 @@ def test_open_circuit_closes_when_the_backend_recovers(log_file: Path) -> None:
 
     recovered, _ = open_then_recover(log_file, container, backend)
     get_logger().info("after recovery")
+    line = read_lines(log_file)[-1]
 
     assert (True, "closed", "eu-west", None) == (
         recovered,
         container.health()["geo"]["breaker"],
-        read_lines(log_file)[-1].get("region"),
-        read_lines(log_file)[-1].get(ERRORS),
+        line.get("region"),
+        line.get(ERRORS),
     )
 
 
@@ -593,6 +613,52 @@ def test_drop_event_from_an_enricher_drops_the_event_and_is_not_a_failure(
     )
 
 
+def test_circuit_state_changes_are_reported_through_the_enrichlog_logger(
+    log_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="enrichlog")
+    container = configure(log_file, [GeoLookup(Backend(up=False))], **breaker_settings())
+    log = get_logger()
+
+    for i in range(3):
+        log.info("request", i=i)
+    container.flush(5.0)
+    reports = [r for r in caplog.records if r.name == "enrichlog" and "circuit" in r.getMessage()]
+
+    assert (
+        [(logging.WARNING, "enricher 'geo': circuit closed -> open")],
+        ["request"] * 3,
+    ) == (
+        [(r.levelno, r.getMessage()) for r in reports],
+        [line["event"] for line in read_lines(log_file)],
+    )
+
+
+@pytest.mark.xfail(
+    reason="BUG: a cached enricher's timeout is counted twice in metrics()['failures']: "
+    "once by the waiter in guard.py _shared() (except TimeoutError) and once by the "
+    "shared call in _guarded() (except TimeoutError)",
+    strict=True,
+)
+def test_timed_out_cached_lookup_counts_one_failure(log_file: Path) -> None:
+    class HangingUserLookup(UserLookup):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            self.calls += 1
+            await asyncio.sleep(10)
+            return event_dict
+
+    container = configure(log_file, [HangingUserLookup(timeout=0.05)])
+
+    get_logger().info("request", user_id=1)
+    wait_until(lambda: container.metrics()["enrichers"]["user"]["failures"] >= 1)
+    time.sleep(0.05)  # let the shared call report its own timeout, if it does
+    stats = container.metrics()["enrichers"]["user"]
+
+    assert (1, 1) == (stats["calls"], stats["failures"])
+
+
 # -- retry -------------------------------------------------------------------------------
 
 
@@ -625,6 +691,16 @@ def test_transient_errors_are_retried_until_the_call_succeeds(log_file: Path) ->
     line = read_lines(log_file)[-1]
 
     assert (3, 42, None) == (flaky.calls, line.get("answer"), line.get(ERRORS))
+
+
+def test_retries_are_counted_in_metrics(log_file: Path) -> None:
+    flaky = FailsFirst(ConnectionError, failures=2)
+    container = configure(log_file, [flaky], retry_attempts=3, retry_base_delay=0.001)
+
+    get_logger().info("request")
+    stats = container.metrics()["enrichers"]["flaky"]
+
+    assert (1, 2, 0) == (stats["calls"], stats["retries"], stats["failures"])
 
 
 def test_non_transient_error_is_not_retried(log_file: Path) -> None:
@@ -799,13 +875,46 @@ def test_startup_failure_is_reported_once_through_the_enrichlog_logger(
     wait_until(lambda: container.health()["db"]["available"])
     container.shutdown()
 
-    reports = [r for r in caplog.records if r.name == "enrichlog" and "failed to start" in r.getMessage()]
+    reports = [
+        r for r in caplog.records if r.name == "enrichlog" and "failed to start" in r.getMessage()
+    ]
 
     assert (1, logging.ERROR, True) == (
         len(reports),
         reports[0].levelno,
         "ConnectionRefusedError" in reports[0].getMessage(),
     )
+
+
+@pytest.mark.xfail(
+    reason="BUG: a startup that keeps failing is reported at ERROR on every health "
+    "check round (lifecycle.py _check() calls _start(), which logs each failure), "
+    "although lifecycle.py's docstring and the foundation issue say 'reported once'",
+    strict=True,
+)
+def test_startup_that_keeps_failing_is_reported_once_across_health_checks(
+    log_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class NeverStarts(Switchable):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.startups = 0
+
+        async def _startup(self) -> None:
+            self.startups += 1
+            raise ConnectionRefusedError("database at db:5432 refused")
+
+    caplog.set_level(logging.INFO, logger="enrichlog")
+    db = NeverStarts()
+    container = configure(log_file, [db], health_check_interval=0.05)
+    retried = wait_until(lambda: db.startups >= 3)
+    container.shutdown()
+
+    reports = [
+        r for r in caplog.records if r.name == "enrichlog" and "failed to start" in r.getMessage()
+    ]
+
+    assert (True, 1) == (retried, len(reports))
 
 
 def test_health_shows_an_enricher_that_failed_to_start(log_file: Path) -> None:
@@ -874,7 +983,7 @@ def test_every_event_is_written_with_its_field_or_an_error_reason(
             breaker_recovery_timeout=0.01,
         )
         log = get_logger()
-        logged = []
+        logged: list[int] = []
         for step in steps:
             if step == "flip":
                 backend.up = not backend.up
