@@ -1,4 +1,5 @@
-"""Every example in ``examples/`` runs as-is and exits 0."""
+"""Every example in ``examples/`` runs as-is and exits 0; the settings
+reference in ``docs/configuration.md`` lists every setting."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic_core import PydanticUndefined
+
+from enrichlog.enrichers import EnvEnricher, HostnameEnricher, ProcessEnricher, StaticEnricher
+from enrichlog.settings import EnricherOptions, LoggingSettings
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+CONFIGURATION_DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
 PYTHON_EXAMPLES = sorted(EXAMPLES.glob("*.py"))
 
 
@@ -77,3 +83,39 @@ def test_env_config_shell_example_exits_0(tmp_path: Path) -> None:
     assert result.stdout.startswith("ok: 5 enricher(s) from URIs")
     (line,) = json_lines(result.stdout)
     assert ("gold", "3f2c1d9") == (line["tier"], line["GIT_SHA"])
+
+
+# -- docs/configuration.md ---------------------------------------------------------
+
+
+def documented_default(name: str) -> str:
+    field = LoggingSettings.model_fields[name]
+    default = field.default_factory() if field.default_factory is not None else field.default
+    assert default is not PydanticUndefined
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
+
+
+@pytest.mark.parametrize("name", list(LoggingSettings.model_fields))
+def test_configuration_doc_lists_setting_with_its_variable_and_default(name: str) -> None:
+    rows = CONFIGURATION_DOC.read_text().splitlines()
+
+    row = f"| `{name}` | `ENRICHLOG_{name.upper()}` | `{documented_default(name)}` |"
+    assert any(line.startswith(row) for line in rows), row
+
+
+def test_configuration_doc_lists_every_per_enricher_option() -> None:
+    text = CONFIGURATION_DOC.read_text()
+
+    missing = [name for name in EnricherOptions.model_fields if f"| `{name}` |" not in text]
+    assert [] == missing
+
+
+@pytest.mark.parametrize(
+    "enricher_cls", [EnvEnricher, HostnameEnricher, ProcessEnricher, StaticEnricher]
+)
+def test_configuration_doc_describes_every_builtin_scheme(enricher_cls: type) -> None:
+    text = CONFIGURATION_DOC.read_text()
+
+    assert f"| `{enricher_cls.scheme}://" in text

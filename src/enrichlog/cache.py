@@ -227,10 +227,16 @@ class EnricherCache:
     # Two overloads so that an ``async def`` function gives its awaited type
     # and a plain one its return type.
     @overload
-    async def get_or_compute(self, key: Hashable, fn: Callable[[], Awaitable[_T]]) -> _T: ...
+    async def get_or_compute(
+        self, key: Hashable, fn: Callable[[], Awaitable[_T]], *, count: bool = True
+    ) -> _T: ...
     @overload
-    async def get_or_compute(self, key: Hashable, fn: Callable[[], _T]) -> _T: ...
-    async def get_or_compute(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+    async def get_or_compute(
+        self, key: Hashable, fn: Callable[[], _T], *, count: bool = True
+    ) -> _T: ...
+    async def get_or_compute(
+        self, key: Hashable, fn: Callable[[], Any], *, count: bool = True
+    ) -> Any:
         """Return the cached value for ``key``, computing it with ``fn`` on a miss.
 
         ``fn`` takes no arguments and returns the value or an awaitable of
@@ -242,7 +248,9 @@ class EnricherCache:
         Counting: a caller served from the cache (a value or a remembered
         failure) is a hit, and so is one that joins a computation already in
         progress, since it causes no extra call of ``fn``; only the caller
-        that starts the computation is a miss.
+        that starts the computation is a miss. ``count=False`` leaves the
+        counters alone, for a caller that already counted this lookup with
+        :meth:`get`.
 
         Raises:
             Exception: whatever ``fn`` raised, to the callers that shared
@@ -253,7 +261,7 @@ class EnricherCache:
         entry = self._entries.get(key)
         if entry is not None:
             if self._clock() < entry.expires_at:
-                self._hits += 1
+                self._hits += count
                 # The key may have been removed by another thread since.
                 with contextlib.suppress(KeyError):
                     self._entries.move_to_end(key)
@@ -265,7 +273,7 @@ class EnricherCache:
             self._drop_expired(key, entry)
         flight = self._in_flight.get(key)
         if flight is None:
-            self._misses += 1
+            self._misses += count
             # Registered before the task exists, so that even an eagerly
             # started task finds itself in charge of the key.
             flight = self._in_flight[key] = _Flight()
@@ -274,7 +282,7 @@ class EnricherCache:
             )
             flight.task.add_done_callback(_retrieve_exception)
         else:
-            self._hits += 1
+            self._hits += count
         # The shield keeps this caller's cancellation from reaching the task.
         return await asyncio.shield(flight.task)
 

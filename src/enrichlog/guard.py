@@ -43,6 +43,7 @@ INVALID_RETURN: Outcome = (None, (), "invalid_return")
 #: on purpose. Compared by identity, never written to the error field.
 DROP_REASON = "dropped by enricher"
 DROPPED: Outcome = (None, (), DROP_REASON)
+_NOT_CACHED = (CIRCUIT_OPEN, DROPPED, UNAVAILABLE)
 _ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
 
 
@@ -229,8 +230,13 @@ class EnricherGuard:
         # the lookup the other events are waiting for.
         try:
             async with asyncio.timeout(self.timeout):
-                shared: Outcome = await cache.get_or_compute(key, compute)
+                # count=False: lookup() already counted this event's hit or miss.
+                shared: Outcome = await cache.get_or_compute(key, compute, count=False)
         except _EnrichmentFailedError as failed:
+            if failed.outcome in _NOT_CACHED:
+                # Skipped, not failed: the backend was not asked, so there is
+                # no failure to remember for this key.
+                cache.delete(key)
             return failed.outcome
         except CachedError as cached:
             cause = cached.__cause__
@@ -238,7 +244,9 @@ class EnricherGuard:
                 return cause.outcome
             return error_outcome(cached)
         except TimeoutError:
-            return self._failed(TIMEOUT)
+            # This event stopped waiting; the shared call counts its own
+            # failure if it overruns too.
+            return TIMEOUT
         except Exception as exc:
             return self._failed(error_outcome(exc))
         return shared
@@ -253,20 +261,26 @@ class EnricherGuard:
             return CIRCUIT_OPEN
         self.calls += 1
         deadline = time.monotonic() + self.timeout
+        called = [False]  # set once an attempt got past the concurrency limit
         try:
             # asyncio.timeout, not anyio.fail_after: ~1 us cheaper per call on
             # the loop enrichlog owns (docs/architecture.md).
             async with asyncio.timeout(self.timeout):
                 if self.retry is None:
-                    result = await self._attempt(logger, method_name, snapshot)
+                    result = await self._attempt(logger, method_name, snapshot, called)
                 else:
                     result = await self.retry.run(
-                        lambda: self._attempt(logger, method_name, snapshot),
+                        lambda: self._attempt(logger, method_name, snapshot, called),
                         deadline=deadline,
                         on_retry=self._on_retry,
                     )
         except TimeoutError:
-            breaker.record_failure(permit)
+            if called[0]:
+                breaker.record_failure(permit)
+            else:
+                # Timed out queueing for a max_concurrency slot: a burst of
+                # our own events, not a failing backend.
+                breaker.record_cancelled(permit)
             return self._failed(TIMEOUT)
         except asyncio.CancelledError:
             breaker.record_cancelled(permit)
@@ -289,14 +303,16 @@ class EnricherGuard:
         return (updated, removed, None)
 
     async def _attempt(
-        self, logger: WrappedLogger, method_name: str, snapshot: EventDict
+        self, logger: WrappedLogger, method_name: str, snapshot: EventDict, called: list[bool]
     ) -> object:
         # A fresh copy per attempt: a failed attempt may have half-mutated it.
         copy = dict(snapshot)
         if self._limiter is None:
+            called[0] = True
             result = await self.enricher.enrich_async(logger, method_name, copy)
         else:
             async with self._limiter:
+                called[0] = True
                 result = await self.enricher.enrich_async(logger, method_name, copy)
         return copy if result is None else result
 

@@ -46,6 +46,7 @@ class EnricherLifecycleManager:
         self._last_error: dict[str, str | None] = {}
         self._available: dict[str, bool] = {}
         self._checker: asyncio.Task[None] | None = None
+        self._reported: set[str] = set()  # start-up failures already reported
         self.on_availability: Callable[[str, bool], None] | None = None
 
     def register_enricher(self, enricher: Enricher) -> None:
@@ -74,6 +75,9 @@ class EnricherLifecycleManager:
             raise
         except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
             self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
+            if enricher.name in self._reported:
+                return  # once until it starts: health checks retry it quietly
+            self._reported.add(enricher.name)
             _report.error(
                 "enricher %r failed to start (%s: %s); it is skipped as "
                 "'unavailable' until a health check passes",
@@ -82,6 +86,7 @@ class EnricherLifecycleManager:
                 mask_secrets(str(exc)),
             )
             return
+        self._reported.discard(enricher.name)
         self._mark(enricher, True, None)
 
     async def shutdown_all(self) -> None:

@@ -355,12 +355,6 @@ def test_failed_lookup_is_tried_again_after_cache_error_ttl(log_file: Path) -> N
     assert 2 == user.calls
 
 
-@pytest.mark.xfail(
-    reason="BUG: a missed event is counted as two cache misses: guard.py lookup() "
-    "counts one on the logging thread (cache.get) and _shared() another for the same "
-    "event (cache.get_or_compute), so hit_rate in metrics() is understated",
-    strict=True,
-)
 def test_cache_stats_in_metrics_count_one_miss_per_missed_event(log_file: Path) -> None:
     container = configure(log_file, [UserLookup()])
     warm_up(container)
@@ -510,12 +504,6 @@ def test_no_event_is_lost_while_the_circuit_opens_and_closes(log_file: Path) -> 
     assert logged == len(read_lines(log_file))
 
 
-@pytest.mark.xfail(
-    reason="BUG: a circuit_open rejection is cached under the event's cache key as a "
-    "failure (guard.py _shared/compute), so that key reads circuit_open for "
-    "cache_error_ttl after the circuit has closed",
-    strict=True,
-)
 def test_cached_enricher_rejected_while_half_open_is_used_once_the_circuit_closes(
     log_file: Path,
 ) -> None:
@@ -634,12 +622,6 @@ def test_circuit_state_changes_are_reported_through_the_enrichlog_logger(
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: a cached enricher's timeout is counted twice in metrics()['failures']: "
-    "once by the waiter in guard.py _shared() (except TimeoutError) and once by the "
-    "shared call in _guarded() (except TimeoutError)",
-    strict=True,
-)
 def test_timed_out_cached_lookup_counts_one_failure(log_file: Path) -> None:
     class HangingUserLookup(UserLookup):
         async def enrich_async(
@@ -886,12 +868,6 @@ def test_startup_failure_is_reported_once_through_the_enrichlog_logger(
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: a startup that keeps failing is reported at ERROR on every health "
-    "check round (lifecycle.py _check() calls _start(), which logs each failure), "
-    "although lifecycle.py's docstring and the foundation issue say 'reported once'",
-    strict=True,
-)
 def test_startup_that_keeps_failing_is_reported_once_across_health_checks(
     log_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
