@@ -51,8 +51,10 @@ def _describe_enricher(enricher: Enricher, settings: LoggingSettings) -> dict[st
         "dependencies": list(enricher.dependencies),
         "priority": enricher.priority,
         "provides": list(enricher.provides),
-        # Sync enrichers run inline, unguarded: nothing below applies to them.
-        "timeout": None,
+        # Sync enrichers run inline, unguarded: nothing below applies to
+        # them, but a blocking one's worker thread is waited for only up to
+        # the default timeout.
+        "timeout": settings.enricher_timeout if enricher_kind(enricher) == "blocking" else None,
         "cache": None,
         "breaker": None,
         "retry": None,

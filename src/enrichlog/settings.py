@@ -169,7 +169,8 @@ class LoggingSettings(BaseSettings):
 
     @field_validator("enrichers", mode="before")
     @classmethod
-    def _split_uri_list(cls, value: Any) -> Any:
+    def split_uri_list(cls, value: Any) -> Any:
+        """A JSON list or a comma-separated string of URIs, as a list."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
