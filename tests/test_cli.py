@@ -178,13 +178,6 @@ def test_plan_json_shows_async_plugin_guard_settings_with_overrides(
     assert "background" == plan["effective_delivery"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: the plan counts only AsyncEnricher instances when it resolves "
-    "delivery 'auto' (src/enrichlog/_plan.py:98), the runtime also counts blocking "
-    "sync enrichers (src/enrichlog/processor.py:129-133): the plan says inline, the "
-    "runtime runs background",
-    strict=True,
-)
 def test_plan_effective_delivery_matches_the_runtime_for_a_blocking_enricher(
     tmp_path: Path, vault_dist: Path
 ) -> None:
@@ -209,12 +202,6 @@ def test_plan_effective_delivery_matches_the_runtime_for_a_blocking_enricher(
     assert runtime.stdout.strip() == json.loads(result.stdout)["effective_delivery"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: the plan shows no timeout for a blocking sync enricher "
-    "(src/enrichlog/_plan.py:54-55), but the runtime cancels its wait after "
-    "enricher_timeout (src/enrichlog/processor.py:456)",
-    strict=True,
-)
 def test_plan_shows_the_timeout_a_blocking_enricher_runs_with(
     tmp_path: Path, vault_dist: Path
 ) -> None:
@@ -374,12 +361,6 @@ def test_check_lists_every_bad_uri(tmp_path: Path) -> None:
     assert "2 problem(s) found" == errors[2]
 
 
-@pytest.mark.xfail(
-    reason="BUG: check() returns at the first invalid setting "
-    "(src/enrichlog/_cli.py:62-66) and never validates the enricher URIs, so a "
-    "pipeline sees one error per run instead of all of them",
-    strict=True,
-)
 def test_check_lists_setting_and_uri_errors_together(tmp_path: Path) -> None:
     env = {
         "ENRICHLOG_ENRICHER_TIMEOUT": "-1",

@@ -111,9 +111,18 @@ def test_invalid_environment_value_is_rejected_naming_the_field(
         LoggingSettings()
 
 
-def test_unknown_keyword_is_rejected() -> None:
-    with pytest.raises(ValidationError, match="levle"):
+def test_unknown_keyword_is_rejected_with_a_suggestion() -> None:
+    with pytest.raises(EnricherConfigError, match="'levle' \\(did you mean 'level'\\?\\)"):
         LoggingSettings(levle="info")  # type: ignore[call-arg]
+
+
+def test_other_variables_in_the_dotenv_file_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://x\nENRICHLOG_LEVEL=debug\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert "debug" == LoggingSettings().level
 
 
 def test_comma_separated_enrichers_keep_a_comma_inside_a_query(

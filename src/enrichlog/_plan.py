@@ -97,10 +97,10 @@ def describe_plan(
         ``provides``, ``timeout``, ``cache``, ``breaker``, ``retry`` and
         ``max_concurrency`` (``None`` where it does not apply).
     """
-    has_async = any(isinstance(enricher, AsyncEnricher) for level in levels for enricher in level)
-    effective_delivery = settings.delivery
-    if effective_delivery == "auto":
-        effective_delivery = "background" if has_async else "inline"
+    runtime_enrichers = any(
+        enricher_kind(enricher) != "sync" for level in levels for enricher in level
+    )
+    effective_delivery = settings.effective_delivery(runtime_enrichers=runtime_enrichers)
     return {
         "delivery": settings.delivery,
         "effective_delivery": effective_delivery,

@@ -35,7 +35,7 @@ from .output import LineWriter, open_output
 from .processor import AsyncEnricherProcessor
 from .registry import EnricherRegistry
 from .runtime import EnrichmentRuntime
-from .settings import LoggingSettings
+from .settings import LoggingSettings, unknown_settings
 
 __all__ = ["LoggingContainer", "configure_logging", "get_logger"]
 
@@ -75,6 +75,7 @@ def resolve_settings(
             return LoggingSettings(**overrides)
         if not overrides:
             return settings
+        unknown_settings(overrides)
         return LoggingSettings.model_validate({**settings.model_dump(), **overrides})
     except ValidationError as exc:
         problems = "; ".join(

@@ -126,11 +126,11 @@ class AsyncEnricherProcessor:
         self._level_timeout = settings.level_timeout
         self._sync_timeout = settings.enricher_timeout
         self._tail: list[Processor] = []
+        self._filtered_here = 0  # DropEvent from an enricher on a logging thread
         has_async = bool(self.guards) or any(
             step.kind == _BLOCKING for level in self._levels for step in level
         )
-        delivery = settings.delivery
-        self.background = delivery == "background" or (delivery == "auto" and has_async)
+        self.background = settings.effective_delivery(runtime_enrichers=has_async) == "background"
         self._inline_wait = self._wait_bound()
         self.pipeline = EventPipeline(
             runtime,
@@ -225,13 +225,18 @@ class AsyncEnricherProcessor:
         levels = self._levels
         index = 0
         outcomes: list[Outcome | None] = []
-        for index, level in enumerate(levels):  # noqa: B007 - index is used after
-            outcomes = self._settle(level, logger, method_name, event_dict)
-            if None in outcomes:
-                break
-            self._merge(event_dict, level, outcomes)  # type: ignore[arg-type]
-        else:
-            index = len(levels)
+        try:
+            for index, level in enumerate(levels):  # noqa: B007 - index is used after
+                outcomes = self._settle(level, logger, method_name, event_dict)
+                if None in outcomes:
+                    break
+                self._merge(event_dict, level, outcomes)  # type: ignore[arg-type]
+            else:
+                index = len(levels)
+        except structlog.DropEvent:
+            self._filtered_here += 1  # an enricher filtered it out on purpose
+            raise
+        if index == len(levels):
             pipeline = self.pipeline
             if pipeline.idle or pipeline.closed:
                 # Everything settled here and nothing of ours is waiting to
@@ -495,8 +500,10 @@ class AsyncEnricherProcessor:
 
     def metrics(self) -> dict[str, Any]:
         """Pipeline counters and per-enricher counters."""
+        metrics = self.pipeline.metrics()
+        metrics["filtered"] += self._filtered_here
         return {
-            **self.pipeline.metrics(),
+            **metrics,
             "delivery": "background" if self.background else "inline",
             "enrichers": {name: guard.stats() for name, guard in self.guards.items()},
         }

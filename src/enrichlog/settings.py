@@ -8,14 +8,18 @@ working directory, and the defaults below.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["EnricherOptions", "LoggingSettings"]
+from .exceptions import EnricherConfigError
+
+__all__ = ["EnricherOptions", "LoggingSettings", "unknown_settings"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -64,7 +68,9 @@ class LoggingSettings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # "ignore", not "forbid": an application's .env holds its own
+        # variables too. Unknown keyword arguments are rejected in __init__.
+        extra="ignore",
         validate_default=True,
     )
 
@@ -180,9 +186,15 @@ class LoggingSettings(BaseSettings):
             return [part for part in _URI_LIST_SPLIT.split(text) if part]
         return value
 
-    @field_validator("error_field", mode="before")
+    def __init__(self, **values: Any) -> None:
+        # Underscored keywords are pydantic-settings' own (``_env_file``...).
+        unknown_settings({k: v for k, v in values.items() if not k.startswith("_")})
+        super().__init__(**values)
+
+    @field_validator("error_field", "level_timeout", "health_check_interval", mode="before")
     @classmethod
-    def _empty_disables(cls, value: Any) -> Any:
+    def _none_from_text(cls, value: Any) -> Any:
+        """``none``, ``null`` or an empty value turns these off (environment)."""
         if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
             return None
         return value
@@ -192,9 +204,32 @@ class LoggingSettings(BaseSettings):
         """The stdlib number of :attr:`level`."""
         return LEVELS[self.level]
 
+    def effective_delivery(self, *, runtime_enrichers: bool) -> str:
+        """``inline`` or ``background``: what ``auto`` means for a plan that
+        does (or does not) have enrichers that run on the runtime loop
+        (async or blocking ones)."""
+        if self.delivery == "auto":
+            return "background" if runtime_enrichers else "inline"
+        return self.delivery
+
     def options_for(self, name: str) -> EnricherOptions:
         """The overrides configured for the enricher ``name`` (maybe empty)."""
         return self.enricher_options.get(name) or _NO_OPTIONS
 
 
 _NO_OPTIONS = EnricherOptions()
+
+
+def unknown_settings(values: Mapping[str, Any]) -> None:
+    """Raise :class:`EnricherConfigError` naming keys that are not settings."""
+    unknown = sorted(set(values) - set(LoggingSettings.model_fields))
+    if unknown:
+        close = {
+            name: difflib.get_close_matches(name, LoggingSettings.model_fields, n=1)
+            for name in unknown
+        }
+        hints = ", ".join(
+            f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "")
+            for name in unknown
+        )
+        raise EnricherConfigError(f"unknown logging setting(s): {hints}")

@@ -229,12 +229,6 @@ def test_environment_variable_wins_over_dotenv_file(tmp_path: Path) -> None:
     assert "from-environment" == line["service"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: LoggingSettings has extra='forbid' and reads .env, so any other "
-    "variable in the application's .env (DATABASE_URL=...) is an 'extra input' and "
-    "configure_logging() raises (src/enrichlog/settings.py:67)",
-    strict=True,
-)
 def test_dotenv_file_shared_with_the_application_is_accepted(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(
         "DATABASE_URL=postgresql://db.internal/app\n"
@@ -298,13 +292,6 @@ def test_per_enricher_timeout_override_shows_in_the_plan(tmp_path: Path) -> None
     assert ("demo", 0.7) == (entry["name"], entry["timeout"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: level_timeout is documented as disabled by None, but from the "
-    "environment no value parses as None ('none', 'null', '' all fail float "
-    "parsing); error_field has a validator for this (settings.py:184), level_timeout "
-    "and health_check_interval do not (src/enrichlog/settings.py:89, 153)",
-    strict=True,
-)
 def test_level_timeout_none_from_environment_disables_it(tmp_path: Path) -> None:
     env = {"ENRICHLOG_LEVEL_TIMEOUT": "none"}
 
