@@ -382,11 +382,26 @@ class EventPipeline:
             written=self._written, dropped=sum(self._dropped.values()), pending=pending
         )
 
-    def cancel_in_flight(self) -> None:
-        """Cancel enrichment still running (at shutdown, after the drain timed
-        out); the events are written with what they have. Runs on the loop."""
+    def abandon_enrichment(self, finish: Callable[[PendingEvent], None]) -> None:
+        """Give up enriching, not writing (shutdown, after the drain timed
+        out). Runs on the loop.
+
+        Enrichment still running is cancelled (those events are written with
+        what they have); events still queued are completed by ``finish``
+        without awaiting anything, and everything is written in order.
+        """
         for task in list(self._tasks):
             task.cancel()
+        with self._lock:
+            queued = sorted([*self._normal, *self._urgent], key=lambda item: item.seq)
+            self._normal.clear()
+            self._urgent.clear()
+            self._sleeping = True
+        for item in queued:
+            finish(item)
+            item.done = True
+        self._order.extend(queued)
+        self._write_ready()
 
     def forget_after_fork(self) -> None:
         """Start empty in a forked child: the parent writes its own events."""

@@ -204,7 +204,7 @@ class AsyncEnricherProcessor:
             if report["pending"]:
                 # Give up on their enrichment, not on the events: they are
                 # written with what they have (``salvaged`` in the report).
-                self.runtime.call_soon(self.pipeline.cancel_in_flight)
+                self.runtime.call_soon(self.pipeline.abandon_enrichment, self._finish_unenriched)
                 self.pipeline.flush(1.0)
                 report["salvaged"] = self.pipeline.report()["written"] - report["written"]
             try:
@@ -290,8 +290,13 @@ class AsyncEnricherProcessor:
         levels = self._levels
         for position in range(index, len(levels)):
             level = levels[position]
-            current = outcomes if position == index else [None] * len(level)
+            current = outcomes if position == index and outcomes else [None] * len(level)
             self._merge(event_dict, level, [o or UNAVAILABLE for o in current])
+
+    def _finish_unenriched(self, item: PendingEvent) -> None:
+        """Complete a queued event at shutdown with what it has."""
+        self._settle_rest_as_unavailable(item.event, item.level_index, item.outcomes or [])
+        item.level_index = len(self._levels)
 
     def _hand_off(
         self,

@@ -231,6 +231,23 @@ def test_shutdown_reports_pending_when_its_timeout_hits(log_file: Path) -> None:
     assert 0 == report["dropped"]
 
 
+def test_shutdown_writes_events_it_gave_up_enriching(log_file: Path) -> None:
+    gate = Gate(name="gate", timeout=30.0)
+    container = configure_logging(
+        enrichers=[gate], output=str(log_file), delivery="background", max_in_flight=1
+    )
+    log = get_logger()
+    for i in range(3):
+        log.info("stuck", i=i)
+
+    report = container.shutdown(timeout=0.2)
+
+    lines = read_lines(log_file)
+    assert (3, 3) == (report["pending"], report["salvaged"])
+    assert [0, 1, 2] == [line["i"] for line in lines]
+    assert all(line["enrichment_errors"] == {"gate": "unavailable"} for line in lines)
+
+
 def _run_script(tmp_path: Path, body: str, *, wait_for_ready: bool = False) -> Path:
     out = tmp_path / "child.log"
     script = tmp_path / "child.py"
