@@ -13,20 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from structlog.typing import EventDict, WrappedLogger
 
 from .runtime import EnrichmentRuntime
 
-__all__ = ["DrainReport", "EventPipeline", "PendingEvent"]
+__all__ = ["CLOSED", "DROPPED", "SUBMITTED", "DrainReport", "EventPipeline", "PendingEvent"]
 
 _report = logging.getLogger("enrichlog")
+
+#: Seconds shutdown waits for events it gave up enriching to be written.
+_SALVAGE_SECONDS = 1.0
+
+#: What :meth:`EventPipeline.submit` did with an event.
+SUBMITTED, DROPPED, CLOSED = 0, 1, 2
 
 #: Methods whose events take the priority lane: never dropped while
 #: lower-level events remain in the queue to drop instead.
@@ -106,6 +113,8 @@ class EventPipeline:
         complete: awaits the rest of the event's enrichment; never raises
             but cancellation.
         write: renders and writes a complete event; never raises.
+        abandon: completes an event without awaiting (at shutdown, or when
+            its enrichment task was cancelled before it ran); never raises.
         queue_size, overflow, block_timeout, max_in_flight,
         report_interval: see :class:`~enrichlog.settings.LoggingSettings`.
     """
@@ -115,8 +124,9 @@ class EventPipeline:
         runtime: EnrichmentRuntime,
         *,
         advance: Callable[[PendingEvent], bool],
-        complete: Callable[[PendingEvent], Awaitable[None]],
+        complete: Callable[[PendingEvent], Coroutine[Any, Any, None]],
         write: Callable[[PendingEvent], bool],
+        abandon: Callable[[PendingEvent], None],
         queue_size: int,
         overflow: str,
         block_timeout: float,
@@ -127,6 +137,7 @@ class EventPipeline:
         self._advance = advance
         self._complete = complete
         self._write = write
+        self._abandon = abandon
         self._queue_size = queue_size
         self._overflow = overflow
         self._block_timeout = block_timeout
@@ -144,9 +155,13 @@ class EventPipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_waiters: list[tuple[int, Callable[[], object]]] = []
         self._sleeping = True
-        self._closed = False
+        self._closing = False  # draining: events still accepted, unenriched
+        self._closed = False  # drained: callers write their own events once idle
+        self._stopped = False  # the runtime is gone: callers write their own events
+        self._leftovers_written = threading.Event()
         self._blocked = 0
         self._next_seq = 0
+        self._pending = 0  # submitted and not yet written or dropped
         self._in_flight = 0
         self._high_water = 0
         self._written = 0
@@ -159,31 +174,42 @@ class EventPipeline:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, in flight or waiting to be written."""
-        return not (self._normal or self._urgent or self._order)
+        """Every event submitted so far is written or dropped."""
+        return self._pending == 0
+
+    @property
+    def closing(self) -> bool:
+        """Whether shutdown began: events are still accepted, so that each
+        thread's lines keep their order, but no longer enriched."""
+        return self._closing
 
     @property
     def closed(self) -> bool:
         """Whether the pipeline stopped accepting events."""
         return self._closed
 
-    def submit(self, item: PendingEvent) -> bool:
-        """Queue ``item``; return ``False`` if the overflow policy dropped it.
+    def submit(self, item: PendingEvent, *, may_block: bool = True) -> int:
+        """Queue ``item``; return :data:`SUBMITTED`, :data:`DROPPED` (by the
+        overflow policy, counted) or :data:`CLOSED` (the caller writes it).
 
         Never raises. With ``overflow="block"`` a full queue makes the caller
         wait up to ``block_timeout``, then the new event is dropped and
-        counted.
+        counted; ``may_block=False`` (a thread that runs an event loop) skips
+        the wait.
         """
         with self._lock:
-            if self._closed:
-                return False
-            if len(self._normal) + len(self._urgent) >= self._queue_size and not self._make_room(
-                item
-            ):
-                self._count_drop("overflow", item)
-                return False
+            if self._refuses():
+                return CLOSED
+            if len(self._normal) + len(self._urgent) >= self._queue_size:
+                room = self._make_room(item, may_block)
+                if self._refuses():
+                    return CLOSED
+                if not room:
+                    self._count_drop("overflow", item)
+                    return DROPPED
             item.seq = self._next_seq
             self._next_seq += 1
+            self._pending += 1
             (self._urgent if item.urgent else self._normal).append(item)
             depth = len(self._normal) + len(self._urgent)
             self._high_water = max(self._high_water, depth)
@@ -194,17 +220,25 @@ class EventPipeline:
                 self._runtime.call_soon(self._pump)
             except RuntimeError:  # the loop closed under us: shutdown raced us
                 self._sleeping = True
-        return True
+        return SUBMITTED
 
-    def _make_room(self, item: PendingEvent) -> bool:
+    def _refuses(self) -> bool:
+        """With the lock held: whether a caller must write its event itself.
+
+        After the drain, only once nothing is pending: an event written by
+        its caller must not overtake the same thread's queued ones.
+        """
+        return self._stopped or (self._closed and self._pending == 0)
+
+    def _make_room(self, item: PendingEvent, may_block: bool) -> bool:
         """With the lock held and the queue full: free a slot or refuse."""
-        if self._overflow == "block":
+        if self._overflow == "block" and may_block:
             deadline = time.monotonic() + self._block_timeout
             self._blocked += 1
             try:
                 while len(self._normal) + len(self._urgent) >= self._queue_size:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._closed:
+                    if remaining <= 0 or self._refuses():
                         break
                     self._space.wait(remaining)
             finally:
@@ -215,15 +249,19 @@ class EventPipeline:
         if self._overflow == "drop_old":
             victim_lane = self._normal or (self._urgent if item.urgent else None)
             if victim_lane:
-                self._count_drop("evicted", victim_lane.popleft())
+                self._evict(victim_lane.popleft())
                 return True
             return False
         # drop_new (and block after its wait): only an urgent event may push
         # out the newest lower-level one.
         if item.urgent and self._normal:
-            self._count_drop("evicted", self._normal.pop())
+            self._evict(self._normal.pop())
             return True
         return False
+
+    def _evict(self, item: PendingEvent) -> None:
+        self._pending -= 1
+        self._count_drop("evicted", item)
 
     def _count_drop(self, kind: str, item: PendingEvent) -> None:
         self._dropped[kind] += 1
@@ -246,59 +284,88 @@ class EventPipeline:
     # -- runtime loop ----------------------------------------------------------
 
     def _pump(self) -> None:
-        """Move queued events into flight, as many as capacity allows."""
-        started: list[PendingEvent] = []
-        with self._lock:
-            room = self._max_in_flight - self._in_flight
-            normal, urgent = self._normal, self._urgent
-            while room > 0 and (normal or urgent):
-                if not urgent or (normal and normal[0].seq < urgent[0].seq):
-                    started.append(normal.popleft())
-                else:
-                    started.append(urgent.popleft())
-                room -= 1
-            self._in_flight += len(started)
-            if not (normal or urgent):
-                self._sleeping = True
-            if self._blocked:
-                self._space.notify_all()
-        self._order.extend(started)
-        loop = self._runtime.loop
-        for item in started:
-            try:
-                complete_now = item.context.run(self._advance, item)
-            except BaseException:
-                _report.exception("enrichlog: an event failed to advance; writing it as is")
-                complete_now = True
-            if complete_now:
-                item.done = True
-                self._in_flight -= 1
-            else:
-                task = loop.create_task(self._enrich(item), context=item.context)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        self._write_ready()
+        """Move queued events into flight while there is room.
 
-    async def _enrich(self, item: PendingEvent) -> None:
-        try:
-            await self._complete(item)
-        finally:
-            item.done = True
-            self._in_flight -= 1
+        Events that complete without awaiting (cache hits, skips) take no
+        slot, so a burst of them never stalls the queue.
+        """
+        loop = self._runtime.loop
+        while self._in_flight < self._max_in_flight:
+            batch: list[PendingEvent] = []
+            with self._lock:
+                room = self._max_in_flight - self._in_flight
+                normal, urgent = self._normal, self._urgent
+                while room > 0 and (normal or urgent):
+                    if not urgent or (normal and normal[0].seq < urgent[0].seq):
+                        batch.append(normal.popleft())
+                    else:
+                        batch.append(urgent.popleft())
+                    room -= 1
+                empty = not (normal or urgent)
+                if empty:
+                    self._sleeping = True
+                if self._blocked:
+                    self._space.notify_all()
+            self._order.extend(batch)
+            for item in batch:
+                if self._start(item, loop):
+                    self._in_flight += 1
             self._write_ready()
-            if not self._sleeping:
-                self._pump()
+            if empty:
+                return
+
+    def _start(self, item: PendingEvent, loop: asyncio.AbstractEventLoop) -> bool:
+        """Advance ``item``; start a task for the rest. True if a task runs."""
+        try:
+            complete_now = item.context.run(self._advance, item)
+        except BaseException:  # advance must never stall the queue
+            _report.exception("enrichlog: an event failed to advance; writing it as is")
+            complete_now = True
+        if complete_now:
+            item.done = True
+            return False
+        task = loop.create_task(self._complete(item), context=item.context)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, item))
+        return True
+
+    def _finished(self, item: PendingEvent, task: asyncio.Task[None]) -> None:
+        # A done callback, not a ``finally``: it also runs for a task that was
+        # cancelled before it started, whose coroutine never ran at all.
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                _report.error(
+                    "enrichlog: enriching an event failed; writing it as is",
+                    exc_info=task.exception(),
+                )
+            self._abandon(item)
+        item.done = True
+        self._in_flight -= 1
+        self._write_ready()
+        if not self._sleeping:
+            self._pump()
 
     def _write_ready(self) -> None:
         order = self._order
+        finished = 0
         while order and order[0].done:
-            item = order.popleft()
+            item = order[0]
             if self._write(item):
                 self._written += 1
             else:
                 self._filtered += 1
+            # Popped only once written: until then the event still counts
+            # as pending, and a caller's next event must queue behind it.
+            order.popleft()
+            finished += 1
             if item.on_written is not None:
                 item.on_written()
+        if finished:
+            with self._lock:
+                self._pending -= finished
+                if self._blocked:
+                    self._space.notify_all()
         if self._flush_waiters:
             self._release_flush_waiters()
 
@@ -365,30 +432,50 @@ class EventPipeline:
         return True
 
     def close(self, timeout: float) -> DrainReport:
-        """Stop accepting events, wait up to ``timeout`` for the pending ones
-        and report what happened to them."""
-        flushed = self.flush(timeout)
+        """Drain: wait up to ``timeout`` for the pending events, then stop
+        accepting events, and report what happened.
+
+        While draining, events are still accepted (their callers complete
+        them unenriched first), so every thread's lines keep their order.
+        Events still pending when the timeout hits (``pending`` in the
+        report) are not abandoned: their enrichment is given up and they are
+        written with what they have (``salvaged``).
+        """
+        with self._lock:
+            self._closing = True
+        self.flush(timeout)
+        report = self.report()
+        if report["pending"] and self._runtime.is_running:
+            written = self._written
+            self._runtime.call_soon(self.abandon_enrichment)
+            self.flush(_SALVAGE_SECONDS)
+            report["salvaged"] = self._written - written
         with self._lock:
             self._closed = True
-            self._space.notify_all()
-        if not flushed:
-            flushed = self.flush(0.05)  # events that raced the close
-        return self.report()
+            self._space.notify_all()  # blocked callers write their own events
+        self.flush(_SALVAGE_SECONDS)  # events that raced the close
+        if self._unreported_drops:
+            _report.warning(
+                "enrichlog dropped %d event(s) since its last report (overflow=%s)",
+                self._unreported_drops,
+                self._overflow,
+            )
+            self._unreported_drops = 0
+        return report
 
     def report(self) -> DrainReport:
         """The counts a drain reports."""
-        pending = len(self._normal) + len(self._urgent) + len(self._order)
         return DrainReport(
-            written=self._written, dropped=sum(self._dropped.values()), pending=pending
+            written=self._written, dropped=sum(self._dropped.values()), pending=self._pending
         )
 
-    def abandon_enrichment(self, finish: Callable[[PendingEvent], None]) -> None:
+    def abandon_enrichment(self) -> None:
         """Give up enriching, not writing (shutdown, after the drain timed
         out). Runs on the loop.
 
         Enrichment still running is cancelled (those events are written with
-        what they have); events still queued are completed by ``finish``
-        without awaiting anything, and everything is written in order.
+        what they have); events still queued are completed without awaiting
+        anything; everything is written in order.
         """
         for task in list(self._tasks):
             task.cancel()
@@ -398,10 +485,38 @@ class EventPipeline:
             self._urgent.clear()
             self._sleeping = True
         for item in queued:
-            finish(item)
+            self._abandon(item)
             item.done = True
         self._order.extend(queued)
         self._write_ready()
+
+    def write_leftovers(self) -> int:
+        """After the runtime stopped: refuse new events and write, here and
+        in order, any that raced the drain. Returns how many were written."""
+        with self._lock:
+            self._stopped = True
+            leftovers = sorted(
+                [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
+            )
+            self._order.clear()
+            self._normal.clear()
+            self._urgent.clear()
+            self._space.notify_all()
+        for item in leftovers:
+            if not item.done:
+                self._abandon(item)
+                item.done = True
+        self._order.extend(leftovers)
+        self._write_ready()
+        self._leftovers_written.set()
+        return len(leftovers)
+
+    def wait_for_leftovers(self) -> None:
+        """For a caller refused after the runtime stopped: wait (briefly)
+        until the events that raced the drain are written, so that its own
+        line does not overtake them."""
+        if self._stopped:
+            self._leftovers_written.wait(_SALVAGE_SECONDS)
 
     def forget_after_fork(self) -> None:
         """Start empty in a forked child: the parent writes its own events."""
@@ -420,7 +535,7 @@ class EventPipeline:
             "queue_high_water": self._high_water,
             "queue_size": self._queue_size,
             "in_flight": self._in_flight,
-            "pending": depth + len(self._order),
+            "pending": self._pending,
         }
 
 

@@ -183,12 +183,12 @@ class EnricherGuard:
         if cache is not None:
             try:
                 key = self.enricher.cache_key(event_dict)
+                # Inside the try: an unhashable key raises here.
+                hit: Outcome | None = None if key is None else cache.get(key)
             except Exception as exc:
                 return error_outcome(exc)
-            if key is not None:
-                hit: Outcome | None = cache.get(key)
-                if hit is not None:
-                    return hit
+            if hit is not None:
+                return hit
         if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
             self.skipped_open += 1
             return CIRCUIT_OPEN
@@ -265,7 +265,7 @@ class EnricherGuard:
         try:
             # asyncio.timeout, not anyio.fail_after: ~1 us cheaper per call on
             # the loop enrichlog owns (docs/architecture.md).
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout) as scope:
                 if self.retry is None:
                     result = await self._attempt(logger, method_name, snapshot, called)
                 else:
@@ -274,6 +274,14 @@ class EnricherGuard:
                         deadline=deadline,
                         on_retry=self._on_retry,
                     )
+            if scope.expired():
+                # The enricher swallowed our cancellation and finished late:
+                # its answer is still a timeout.
+                raise TimeoutError  # noqa: TRY301 - handled just below, with the others
+            if not isinstance(result, Mapping):
+                breaker.record_failure(permit)
+                return self._failed(INVALID_RETURN)
+            updated, removed = changes_of(snapshot, result)
         except TimeoutError:
             if called[0]:
                 breaker.record_failure(permit)
@@ -295,11 +303,7 @@ class EnricherGuard:
         except BaseException as exc:
             breaker.record_failure(permit)
             return self._failed(error_outcome(exc))
-        if not isinstance(result, Mapping):
-            breaker.record_failure(permit)
-            return self._failed(INVALID_RETURN)
         breaker.record_success(permit)
-        updated, removed = changes_of(snapshot, result)
         return (updated, removed, None)
 
     async def _attempt(

@@ -2,9 +2,11 @@
 
 Start-ups run concurrently; one that fails marks its enricher unavailable,
 is reported once through the stdlib logger ``enrichlog``, and the others
-carry on. Shutdown runs in reverse dependency order. Periodic health checks
-(off by default) run on the runtime loop; an enricher that failed to start or
-failed its check is tried again on the next round.
+carry on, and it is started again later: on the next periodic health check
+when those are on, else with a doubling backoff (1 s up to 60 s). Shutdown
+runs in reverse dependency order. Periodic health checks (off by default) run
+on the runtime loop; an enricher that failed its check is tried again on the
+next round.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from .runtime import EnrichmentRuntime
 __all__ = ["EnricherLifecycleManager"]
 
 _report = logging.getLogger("enrichlog")
+
+#: Seconds before the first retry of a failed start-up, and the cap of its
+#: doubling backoff (when periodic health checks are off).
+_FIRST_RETRY = 1.0
+_LAST_RETRY = 60.0
 
 
 class EnricherLifecycleManager:
@@ -47,6 +54,7 @@ class EnricherLifecycleManager:
         self._available: dict[str, bool] = {}
         self._checker: asyncio.Task[None] | None = None
         self._reported: set[str] = set()  # start-up failures already reported
+        self._retries: dict[str, asyncio.Task[None]] = {}
         self.on_availability: Callable[[str, bool], None] | None = None
 
     def register_enricher(self, enricher: Enricher) -> None:
@@ -69,6 +77,29 @@ class EnricherLifecycleManager:
         return dict(self._available)
 
     async def _start(self, enricher: Enricher) -> None:
+        if not await self._try_start(enricher):
+            self._retry_later(enricher)
+
+    def _retry_later(self, enricher: Enricher) -> None:
+        """Without periodic health checks, a failed start-up is retried with
+        backoff on its own, so that one failure never disables an enricher
+        for good."""
+        if self._interval is not None or enricher.name in self._retries:
+            return  # the health checks retry it
+        task = asyncio.get_running_loop().create_task(self._start_with_backoff(enricher))
+        self._retries[enricher.name] = task
+        task.add_done_callback(lambda _: self._retries.pop(enricher.name, None))
+
+    async def _start_with_backoff(self, enricher: Enricher) -> None:
+        delay = _FIRST_RETRY
+        while not await self._try_start_after(enricher, delay):
+            delay = min(delay * 2, _LAST_RETRY)
+
+    async def _try_start_after(self, enricher: Enricher, delay: float) -> bool:
+        await asyncio.sleep(delay)
+        return await self._try_start(enricher)
+
+    async def _try_start(self, enricher: Enricher) -> bool:
         try:
             await enricher.startup()
         except asyncio.CancelledError:
@@ -76,7 +107,7 @@ class EnricherLifecycleManager:
         except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
             self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
             if enricher.name in self._reported:
-                return  # once until it starts: health checks retry it quietly
+                return False  # reported once until it starts: retried quietly
             self._reported.add(enricher.name)
             _report.error(
                 "enricher %r failed to start (%s: %s); it is skipped as "
@@ -85,17 +116,19 @@ class EnricherLifecycleManager:
                 type(exc).__name__,
                 mask_secrets(str(exc)),
             )
-            return
+            return False
         self._reported.discard(enricher.name)
         self._mark(enricher, True, None)
+        return True
 
     async def shutdown_all(self) -> None:
         """Stop the health checks, then every enricher, dependants first."""
-        if self._checker is not None:
-            self._checker.cancel()
+        for task in [*self._retries.values(), *([self._checker] if self._checker else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
-            self._checker = None
+                await task
+        self._checker = None
+        self._retries.clear()
         for enricher in reversed(self._enrichers):
             try:
                 await enricher.shutdown()
@@ -119,10 +152,8 @@ class EnricherLifecycleManager:
         return {e.name: ok for e, ok in zip(self._enrichers, results, strict=True)}
 
     async def _check(self, enricher: Enricher) -> bool:
-        if not enricher.is_started:
-            await self._start(enricher)
-            if not enricher.is_started:
-                return False
+        if not enricher.is_started and not await self._try_start(enricher):
+            return False
         healthy = await enricher.health_check()
         was = self._available.get(enricher.name)
         self._mark(enricher, healthy, None if healthy else "health check failed")
@@ -173,6 +204,7 @@ class EnricherLifecycleManager:
     def forget_after_fork(self) -> None:
         """In a forked child: every enricher starts afresh on the new loop."""
         self._checker = None
+        self._retries = {}
         for enricher in self._enrichers:
             enricher._forget_runtime_state()
             self._mark(enricher, False, None)

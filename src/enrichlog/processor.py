@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .delivery import EventPipeline, PendingEvent
+from .delivery import CLOSED, SUBMITTED, EventPipeline, PendingEvent
 from .enricher import AsyncEnricher, Enricher, SyncEnricher, changes_of
 from .guard import (
     DROP_REASON,
@@ -137,6 +137,7 @@ class AsyncEnricherProcessor:
             advance=self._advance,
             complete=self._complete,
             write=self._write,
+            abandon=self._finish_unenriched,
             queue_size=settings.queue_size,
             overflow=settings.overflow,
             block_timeout=settings.overflow_block_timeout,
@@ -201,26 +202,21 @@ class AsyncEnricherProcessor:
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         report = self.pipeline.close(timeout)
         if self.runtime.is_running and not self.runtime.in_runtime_thread():
-            if report["pending"]:
-                # Give up on their enrichment, not on the events: they are
-                # written with what they have (``salvaged`` in the report).
-                self.runtime.call_soon(self.pipeline.abandon_enrichment, self._finish_unenriched)
-                self.pipeline.flush(1.0)
-                report["salvaged"] = self.pipeline.report()["written"] - report["written"]
             try:
                 self.runtime.run(self.lifecycle.shutdown_all(), timeout)
             except TimeoutError:
                 _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
             self.runtime.stop()
+        self.pipeline.write_leftovers()
         return report
 
     # -- structlog processor: the logging thread ----------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        runtime = self.runtime
-        if runtime.in_runtime_thread():
-            # An event logged by an enricher (or by enrichlog's own reports
-            # routed back here): enriching it could recurse without end.
+        if self.runtime.owns_current_thread():
+            # An event logged by an enricher (on the loop or in a worker
+            # thread), or by enrichlog's own reports routed back here:
+            # enriching it could recurse without end, or wait on itself.
             return event_dict
         levels = self._levels
         index = 0
@@ -236,16 +232,21 @@ class AsyncEnricherProcessor:
         except structlog.DropEvent:
             self._filtered_here += 1  # an enricher filtered it out on purpose
             raise
-        if index == len(levels):
-            pipeline = self.pipeline
-            if pipeline.idle or pipeline.closed:
-                # Everything settled here and nothing of ours is waiting to
-                # be written before it: a cache hit costs no hop.
-                return event_dict
-        if self.pipeline.closed:
+        pipeline = self.pipeline
+        if pipeline.closing and index < len(levels):
+            # Shutting down: no more enrichment, but the event still queues
+            # behind this thread's earlier ones, to keep their order.
             self._settle_rest_as_unavailable(event_dict, index, outcomes)
+            index = len(levels)
+        if index == len(levels) and pipeline.idle:
+            # Everything settled here and nothing of ours is waiting to be
+            # written before it: a cache hit costs no hop.
             return event_dict
-        self._hand_off(logger, method_name, event_dict, index, outcomes)
+        if not self._hand_off(logger, method_name, event_dict, index, outcomes):
+            # Shut down and drained: written here and now.
+            self._settle_rest_as_unavailable(event_dict, index, outcomes)
+            pipeline.wait_for_leftovers()
+            return event_dict
         raise structlog.DropEvent
 
     @staticmethod
@@ -283,7 +284,7 @@ class AsyncEnricherProcessor:
                 event_dict[self._error_field] = errors
 
     def _settle_rest_as_unavailable(
-        self, event_dict: EventDict, index: int, outcomes: list[Outcome | None]
+        self, event_dict: EventDict, index: int, outcomes: list[Outcome | None] | None
     ) -> None:
         """After shutdown: write the event with what the logging thread
         could settle, the rest marked unavailable."""
@@ -294,8 +295,12 @@ class AsyncEnricherProcessor:
             self._merge(event_dict, level, [o or UNAVAILABLE for o in current])
 
     def _finish_unenriched(self, item: PendingEvent) -> None:
-        """Complete a queued event at shutdown with what it has."""
-        self._settle_rest_as_unavailable(item.event, item.level_index, item.outcomes or [])
+        """Complete an event without awaiting: what it has, the rest marked
+        unavailable (shutdown gave up on it, or its task never ran)."""
+        try:
+            self._settle_rest_as_unavailable(item.event, item.level_index, item.outcomes)
+        except structlog.DropEvent:
+            item.filtered = True
         item.level_index = len(self._levels)
 
     def _hand_off(
@@ -305,7 +310,9 @@ class AsyncEnricherProcessor:
         event_dict: EventDict,
         index: int,
         outcomes: list[Outcome | None],
-    ) -> None:
+    ) -> bool:
+        """Queue the event for the runtime and wait as the caller must;
+        False if the pipeline closed (the caller writes the event itself)."""
         exc_info = event_dict.get("exc_info")
         if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
             # The exception is only current on this thread, now.
@@ -314,13 +321,15 @@ class AsyncEnricherProcessor:
         future: asyncio.Future[None] | None = None
         written: _thread.LockType | None = None
         on_written: Callable[[], object] | None = None
+        # A thread that runs an event loop must not block on a full queue.
+        on_loop = asyncio._get_running_loop() is not None  # the C fast path, 30 ns
         if waiters is not None:
             # ainfo() and friends: the caller awaits this future on its loop.
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             waiters.append(future)
             on_written = _resolver(loop, future)
-        elif not self.background and asyncio._get_running_loop() is None:  # the C fast path, 30 ns
+        elif not self.background and not on_loop:
             # Inline delivery on a thread without a loop: wait for the line.
             # (A thread that runs a loop never waits: it hands off and goes.)
             written = _thread.allocate_lock()
@@ -335,14 +344,17 @@ class AsyncEnricherProcessor:
             contextvars.copy_context(),
             on_written,
         )
-        accepted = self.pipeline.submit(item)
-        if future is not None and not accepted and not future.done():
-            future.set_result(None)
-        elif written is not None and accepted and not written.acquire(timeout=self._inline_wait):
+        result = self.pipeline.submit(item, may_block=not on_loop)
+        if result != SUBMITTED:
+            if future is not None and not future.done():
+                future.set_result(None)
+            return result != CLOSED
+        if written is not None and not written.acquire(timeout=self._inline_wait):
             _report.warning(
                 "enrichlog: an event was not written within %.1fs; it stays queued",
                 self._inline_wait,
             )
+        return True
 
     def _wait_bound(self) -> float:
         """How long an inline caller waits for its event before moving on
@@ -402,7 +414,7 @@ class AsyncEnricherProcessor:
             item.filtered = True
         except asyncio.CancelledError:
             # Shutdown gave up waiting: write the event with what it has.
-            self._settle_rest_as_unavailable(item.event, item.level_index, item.outcomes or [])
+            self._finish_unenriched(item)
 
     async def _run_pending(
         self, level: tuple[_Step, ...], item: PendingEvent, outcomes: list[Outcome | None]
@@ -534,12 +546,10 @@ def _call_sync(
         return error_outcome(exc)
     if result is None:
         result = copy
-    elif not isinstance(result, dict):
-        try:
-            result = dict(result)
-        except Exception:
-            return INVALID_RETURN
-    updated, removed = changes_of(snapshot, result)
+    try:
+        updated, removed = changes_of(snapshot, result)
+    except Exception:  # not a mapping, or one that fails when read
+        return INVALID_RETURN
     return (updated, removed, None)
 
 

@@ -36,6 +36,10 @@ class EnrichmentRuntime:
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._start_lock = threading.Lock()
+        self._owned: set[int] = set()  # idents of the loop thread and workers
+
+    def _own_this_thread(self) -> None:
+        self._owned.add(threading.get_ident())
 
     # -- life ------------------------------------------------------------
 
@@ -60,7 +64,9 @@ class EnrichmentRuntime:
         """The pool blocking sync enrichers run in (created on first use)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._max_threads, thread_name_prefix=f"{self._name}-blocking"
+                max_workers=self._max_threads,
+                thread_name_prefix=f"{self._name}-blocking",
+                initializer=self._own_this_thread,
             )
         return self._executor
 
@@ -83,6 +89,7 @@ class EnrichmentRuntime:
             thread = threading.Thread(target=serve, name=self._name, daemon=True)
             thread.start()
             ready.wait()
+            self._owned.add(thread.ident or 0)
             self._loop, self._thread = loop, thread
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -97,6 +104,7 @@ class EnrichmentRuntime:
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
         self._loop = self._thread = None
+        self._owned = set()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -111,6 +119,7 @@ class EnrichmentRuntime:
         self._loop = None
         self._thread = None
         self._executor = None
+        self._owned = set()
         self._start_lock = threading.Lock()
 
     # -- calling in ------------------------------------------------------
@@ -118,6 +127,11 @@ class EnrichmentRuntime:
     def in_runtime_thread(self) -> bool:
         """Whether the current thread is the runtime's loop thread."""
         return self._thread is threading.current_thread()
+
+    def owns_current_thread(self) -> bool:
+        """Whether the current thread is the loop thread or one of the
+        worker threads blocking sync enrichers run in."""
+        return threading.get_ident() in self._owned
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """Schedule ``callback(*args)`` on the loop from any thread."""
