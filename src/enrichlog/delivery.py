@@ -32,6 +32,9 @@ _report = logging.getLogger("enrichlog")
 #: Seconds shutdown waits for events it gave up enriching to be written.
 _SALVAGE_SECONDS = 1.0
 
+#: Events one turn of the pump handles before it yields to the loop.
+_PUMP_BUDGET = 1024
+
 #: What :meth:`EventPipeline.submit` did with an event.
 SUBMITTED, DROPPED, CLOSED = 0, 1, 2
 
@@ -290,7 +293,13 @@ class EventPipeline:
         slot, so a burst of them never stalls the queue.
         """
         loop = self._runtime.loop
+        budget = _PUMP_BUDGET
         while self._in_flight < self._max_in_flight:
+            if budget <= 0:
+                # Yield to the loop: enrichment tasks, timers and stop()
+                # must not starve behind a stream of complete events.
+                loop.call_soon(self._pump)
+                return
             batch: list[PendingEvent] = []
             with self._lock:
                 room = self._max_in_flight - self._in_flight
@@ -307,6 +316,7 @@ class EventPipeline:
                 if self._blocked:
                     self._space.notify_all()
             self._order.extend(batch)
+            budget -= len(batch)
             for item in batch:
                 if self._start(item, loop):
                     self._in_flight += 1
@@ -495,6 +505,16 @@ class EventPipeline:
         in order, any that raced the drain. Returns how many were written."""
         with self._lock:
             self._stopped = True
+            self._space.notify_all()
+            if self._runtime.is_running or self._runtime.lingering:
+                # Its thread outlived stop(): its state is not ours to touch.
+                self._leftovers_written.set()
+                if self._pending:
+                    _report.warning(
+                        "enrichlog: the runtime did not stop; %d event(s) not written",
+                        self._pending,
+                    )
+                return 0
             leftovers = sorted(
                 [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
             )

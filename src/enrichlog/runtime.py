@@ -37,6 +37,9 @@ class EnrichmentRuntime:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._start_lock = threading.Lock()
         self._owned: set[int] = set()  # idents of the loop thread and workers
+        #: stop() gave up joining the loop thread (something on it would not
+        #: stop); that thread may still touch what it owned.
+        self.lingering = False
 
     def _own_this_thread(self) -> None:
         self._owned.add(threading.get_ident())
@@ -103,6 +106,7 @@ class EnrichmentRuntime:
             with contextlib.suppress(RuntimeError):  # loop closed meanwhile
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
+        self.lingering = thread.is_alive()
         self._loop = self._thread = None
         self._owned = set()
         if self._executor is not None:
