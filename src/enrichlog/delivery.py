@@ -164,7 +164,9 @@ class EventPipeline:
         self._leftovers_written = threading.Event()
         self._blocked = 0
         self._next_seq = 0
-        self._pending = 0  # submitted and not yet written or dropped
+        #: Events submitted and not yet written or dropped (read without the
+        #: lock on the logging threads' hot path; changed under it).
+        self.pending = 0
         self._in_flight = 0
         self._high_water = 0
         self._written = 0
@@ -178,7 +180,7 @@ class EventPipeline:
     @property
     def idle(self) -> bool:
         """Every event submitted so far is written or dropped."""
-        return self._pending == 0
+        return self.pending == 0
 
     @property
     def closing(self) -> bool:
@@ -212,7 +214,7 @@ class EventPipeline:
                     return DROPPED
             item.seq = self._next_seq
             self._next_seq += 1
-            self._pending += 1
+            self.pending += 1
             (self._urgent if item.urgent else self._normal).append(item)
             depth = len(self._normal) + len(self._urgent)
             self._high_water = max(self._high_water, depth)
@@ -231,7 +233,7 @@ class EventPipeline:
         After the drain, only once nothing is pending: an event written by
         its caller must not overtake the same thread's queued ones.
         """
-        return self._stopped or (self._closed and self._pending == 0)
+        return self._stopped or (self._closed and self.pending == 0)
 
     def _make_room(self, item: PendingEvent, may_block: bool) -> bool:
         """With the lock held and the queue full: free a slot or refuse."""
@@ -263,7 +265,7 @@ class EventPipeline:
         return False
 
     def _evict(self, item: PendingEvent) -> None:
-        self._pending -= 1
+        self.pending -= 1
         self._count_drop("evicted", item)
 
     def _count_drop(self, kind: str, item: PendingEvent) -> None:
@@ -373,7 +375,7 @@ class EventPipeline:
                 item.on_written()
         if finished:
             with self._lock:
-                self._pending -= finished
+                self.pending -= finished
                 if self._blocked:
                     self._space.notify_all()
         if self._flush_waiters:
@@ -476,7 +478,7 @@ class EventPipeline:
     def report(self) -> DrainReport:
         """The counts a drain reports."""
         return DrainReport(
-            written=self._written, dropped=sum(self._dropped.values()), pending=self._pending
+            written=self._written, dropped=sum(self._dropped.values()), pending=self.pending
         )
 
     def abandon_enrichment(self) -> None:
@@ -509,10 +511,10 @@ class EventPipeline:
             if self._runtime.is_running or self._runtime.lingering:
                 # Its thread outlived stop(): its state is not ours to touch.
                 self._leftovers_written.set()
-                if self._pending:
+                if self.pending:
                     _report.warning(
                         "enrichlog: the runtime did not stop; %d event(s) not written",
-                        self._pending,
+                        self.pending,
                     )
                 return 0
             leftovers = sorted(
@@ -555,7 +557,7 @@ class EventPipeline:
             "queue_high_water": self._high_water,
             "queue_size": self._queue_size,
             "in_flight": self._in_flight,
-            "pending": self._pending,
+            "pending": self.pending,
         }
 
 

@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 import sys
+from threading import get_ident
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -122,6 +123,8 @@ class AsyncEnricherProcessor:
                 steps.append(_Step(enricher, guard))
             levels.append(tuple(steps))
         self._levels = tuple(levels)
+        self._settlers = tuple(tuple(step.settle for step in level) for level in self._levels)
+        self._owned_threads = runtime.owned_thread_ids
         self._error_field = settings.error_field
         self._level_timeout = settings.level_timeout
         self._sync_timeout = settings.enricher_timeout
@@ -213,7 +216,10 @@ class AsyncEnricherProcessor:
     # -- structlog processor: the logging thread ----------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        if self.runtime.owns_current_thread():
+        # The logging thread's hot path: locals and prepared tuples over
+        # attribute lookups and helper calls (each is ~2% of a cache-hit
+        # event under callgrind).
+        if get_ident() in self._owned_threads:
             # An event logged by an enricher (on the loop or in a worker
             # thread), or by enrichlog's own reports routed back here:
             # enriching it could recurse without end, or wait on itself.
@@ -222,11 +228,11 @@ class AsyncEnricherProcessor:
         index = 0
         outcomes: list[Outcome | None] = []
         try:
-            for index, level in enumerate(levels):  # noqa: B007 - index is used after
-                outcomes = self._settle(level, logger, method_name, event_dict)
+            for index, settlers in enumerate(self._settlers):  # noqa: B007 - used after
+                outcomes = [settle(logger, method_name, event_dict) for settle in settlers]
                 if None in outcomes:
                     break
-                self._merge(event_dict, level, outcomes)  # type: ignore[arg-type]
+                self._merge(event_dict, levels[index], outcomes)  # type: ignore[arg-type]
             else:
                 index = len(levels)
         except structlog.DropEvent:
@@ -238,7 +244,7 @@ class AsyncEnricherProcessor:
             # behind this thread's earlier ones, to keep their order.
             self._settle_rest_as_unavailable(event_dict, index, outcomes)
             index = len(levels)
-        if index == len(levels) and pipeline.idle:
+        if index == len(levels) and pipeline.pending == 0:
             # Everything settled here and nothing of ours is waiting to be
             # written before it: a cache hit costs no hop.
             return event_dict

@@ -108,7 +108,7 @@ class EnrichmentRuntime:
             thread.join(timeout)
         self.lingering = thread.is_alive()
         self._loop = self._thread = None
-        self._owned = set()
+        self._owned.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -123,7 +123,7 @@ class EnrichmentRuntime:
         self._loop = None
         self._thread = None
         self._executor = None
-        self._owned = set()
+        self._owned.clear()
         self._start_lock = threading.Lock()
 
     # -- calling in ------------------------------------------------------
@@ -136,6 +136,12 @@ class EnrichmentRuntime:
         """Whether the current thread is the loop thread or one of the
         worker threads blocking sync enrichers run in."""
         return threading.get_ident() in self._owned
+
+    @property
+    def owned_thread_ids(self) -> set[int]:
+        """The idents :meth:`owns_current_thread` checks; the set object
+        stays the same for the runtime's life (hot paths keep it)."""
+        return self._owned
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """Schedule ``callback(*args)`` on the loop from any thread."""
