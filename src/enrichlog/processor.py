@@ -19,8 +19,8 @@ import contextvars
 import functools
 import logging
 import sys
-from threading import get_ident
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from threading import get_ident
 from typing import Any
 
 import structlog
@@ -228,7 +228,7 @@ class AsyncEnricherProcessor:
         index = 0
         outcomes: list[Outcome | None] = []
         try:
-            for index, settlers in enumerate(self._settlers):  # noqa: B007 - used after
+            for index, settlers in enumerate(self._settlers):
                 outcomes = [settle(logger, method_name, event_dict) for settle in settlers]
                 if None in outcomes:
                     break
