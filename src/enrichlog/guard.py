@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,62 @@ def error_outcome(exc: BaseException) -> Outcome:
         if len(_ERROR_OUTCOMES) < 1024:  # bounded: exception types are few
             _ERROR_OUTCOMES[kind] = outcome
     return outcome
+
+
+_AT, _TASK, _FINISHED, _EXPIRED = 0, 1, 2, 3
+
+
+class _Deadlines:
+    """The timeouts of one enricher's calls, kept with a single loop timer.
+
+    Every call of an enricher has the same timeout, so deadlines arrive in
+    order: a FIFO and one timer replace an ``asyncio.timeout`` (a timer in
+    the loop's heap, created and cancelled) per call. On the runtime loop
+    that was about a fifth of the per-event cost with three enrichers.
+    Semantics are ``asyncio.timeout``'s: the task is cancelled at the
+    deadline and the caller turns that cancellation back into a timeout.
+    """
+
+    __slots__ = ("_entries", "_handle", "_loop", "_timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._entries: deque[list[Any]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def clock(self) -> float:
+        """The clock deadlines are read on (the loop's)."""
+        loop = self._loop
+        return loop.time() if loop is not None else time.monotonic()
+
+    def start(self, task: asyncio.Task[Any]) -> list[Any]:
+        """Register a call; returns ``[deadline, task, finished, expired]``,
+        whose ``finished`` the caller sets when the call returns."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new runtime (after fork or restart)
+            self._loop, self._handle, self._entries = loop, None, deque()
+        entry: list[Any] = [loop.time() + self._timeout, task, False, False]
+        self._entries.append(entry)
+        if self._handle is None:
+            self._handle = loop.call_at(entry[_AT], self._expire)
+        return entry
+
+    def _expire(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._handle = None
+        now = loop.time()
+        entries = self._entries
+        while entries:
+            entry = entries[0]
+            if not entry[_FINISHED]:
+                if entry[_AT] > now:
+                    self._handle = loop.call_at(entry[_AT], self._expire)
+                    return
+                entry[_EXPIRED] = True
+                entry[_TASK].cancel()
+            entries.popleft()
 
 
 class _EnrichmentFailedError(Exception):
@@ -154,6 +211,7 @@ class EnricherGuard:
             if options.retry_attempts > 1
             else None
         )
+        self._deadlines = _Deadlines(options.timeout)
         self._limiter = (
             anyio.Semaphore(options.max_concurrency, fast_acquire=True)
             if options.max_concurrency
@@ -260,24 +318,11 @@ class EnricherGuard:
             self.skipped_open += 1
             return CIRCUIT_OPEN
         self.calls += 1
-        deadline = time.monotonic() + self.timeout
         called = [False]  # set once an attempt got past the concurrency limit
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            # asyncio.timeout, not anyio.fail_after: ~1 us cheaper per call on
-            # the loop enrichlog owns (docs/architecture.md).
-            async with asyncio.timeout(self.timeout) as scope:
-                if self.retry is None:
-                    result = await self._attempt(logger, method_name, snapshot, called)
-                else:
-                    result = await self.retry.run(
-                        lambda: self._attempt(logger, method_name, snapshot, called),
-                        deadline=deadline,
-                        on_retry=self._on_retry,
-                    )
-            if scope.expired():
-                # The enricher swallowed our cancellation and finished late:
-                # its answer is still a timeout.
-                raise TimeoutError  # noqa: TRY301 - handled just below, with the others
+            result = await self._call_in_time(task, logger, method_name, snapshot, called)
             if not isinstance(result, Mapping):
                 breaker.record_failure(permit)
                 return self._failed(INVALID_RETURN)
@@ -292,8 +337,7 @@ class EnricherGuard:
             return self._failed(TIMEOUT)
         except asyncio.CancelledError:
             breaker.record_cancelled(permit)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if task.cancelling():
                 raise
             # The enricher raised CancelledError of its own accord.
             return self._failed(error_outcome(asyncio.CancelledError()))
@@ -305,6 +349,41 @@ class EnricherGuard:
             return self._failed(error_outcome(exc))
         breaker.record_success(permit)
         return (updated, removed, None)
+
+    async def _call_in_time(
+        self,
+        task: asyncio.Task[Any],
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        called: list[bool],
+    ) -> object:
+        """The attempts (with retries) within the timeout; ``TimeoutError``
+        when it expires, as ``asyncio.timeout`` would raise."""
+        cancelling = task.cancelling()
+        deadline = self._deadlines.start(task)
+        try:
+            if self.retry is None:
+                result = await self._attempt(logger, method_name, snapshot, called)
+            else:
+                result = await self.retry.run(
+                    lambda: self._attempt(logger, method_name, snapshot, called),
+                    deadline=deadline[_AT],
+                    clock=self._deadlines.clock,
+                    on_retry=self._on_retry,
+                )
+        except asyncio.CancelledError:
+            if deadline[_EXPIRED] and task.uncancel() <= cancelling:
+                raise TimeoutError from None  # our own timeout, not the caller's
+            raise
+        finally:
+            deadline[_FINISHED] = True
+        if deadline[_EXPIRED]:
+            # The enricher swallowed our cancellation and finished late: its
+            # answer is still a timeout.
+            task.uncancel()
+            raise TimeoutError
+        return result
 
     async def _attempt(
         self, logger: WrappedLogger, method_name: str, snapshot: EventDict, called: list[bool]

@@ -219,3 +219,32 @@ def test_an_enricher_that_swallows_its_cancellation_still_times_out(log_file: Pa
 
     (line,) = read_lines(log_file)
     assert ({"stubborn": "timeout"}, None) == (line["enrichment_errors"], line.get("late"))
+
+
+def test_timeouts_of_interleaved_fast_and_hanging_calls_each_fire(log_file: Path) -> None:
+    class HangsOnEven(AsyncEnricher):
+        name = "maybe"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            if event_dict["i"] % 2 == 0:
+                await asyncio.sleep(30)
+            event_dict["fast"] = True
+            return event_dict
+
+    container = configure_logging(
+        enrichers=[HangsOnEven(timeout=0.05)], output=str(log_file), delivery="background"
+    )
+    log = get_logger()
+
+    for i in range(20):
+        log.info("e", i=i)
+        if i == 10:
+            time.sleep(0.08)  # later calls start after earlier deadlines fired
+    container.flush(10.0)
+
+    lines = read_lines(log_file)
+    assert list(range(20)) == [line["i"] for line in lines]
+    assert all(
+        (line.get("enrichment_errors") == {"maybe": "timeout"}) == (line["i"] % 2 == 0)
+        for line in lines
+    )
