@@ -232,7 +232,9 @@ def test_timeouts_of_interleaved_fast_and_hanging_calls_each_fire(log_file: Path
             return event_dict
 
     container = configure_logging(
-        enrichers=[HangsOnEven(timeout=0.05)], output=str(log_file), delivery="background"
+        enrichers=[HangsOnEven(timeout=0.05, failure_threshold=100)],
+        output=str(log_file),
+        delivery="background",
     )
     log = get_logger()
 
