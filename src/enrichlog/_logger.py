@@ -9,6 +9,7 @@ blocking the caller's loop. Filtered-out levels stay a bare ``return None``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,14 +31,18 @@ def _interpolate(event: str, args: tuple[Any, ...]) -> str:
 
 
 async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, Any]) -> None:
-    waiters: list[asyncio.Future[None]] = []
+    waiters: list[tuple[asyncio.Future[None], float]] = []
     token = ASYNC_WAITER.set(waiters)
     try:
         self._proxy_to_logger(name, event, **kw)
     finally:
         ASYNC_WAITER.reset(token)
     if waiters:
-        await waiters[0]
+        future, bound = waiters[0]
+        # Bounded like an inline caller's wait; past it the event stays
+        # queued and is written later, and the caller moves on.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), bound)
 
 
 def _make_async_method(name: str) -> Callable[..., Coroutine[Any, Any, None]]:

@@ -288,6 +288,11 @@ class CircuitBreaker:
             if self._is_current_locked(permit):
                 self._probes_out -= 1
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held the
+        parent's at fork time)."""
+        self._lock = threading.Lock()
+
     def reset(self) -> None:
         """Close the circuit and forget failures; outstanding permits go stale."""
         with self._lock:

@@ -200,6 +200,12 @@ class EnricherCache:
             self._entries.clear()
             self._errors = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock, and no computations in flight (their
+        tasks belonged to the parent's event loop)."""
+        self._lock = threading.Lock()
+        self._in_flight.clear()
+
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, for metrics.
 

@@ -201,13 +201,13 @@ class LoggingContainer:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything logged before the call is written (or
         dropped); return whether that happened within ``timeout``."""
-        if self.processor is None or not self._running:
+        if self.processor is None:
             return True
         return self.processor.pipeline.flush(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` without blocking the caller's event loop."""
-        if self.processor is None or not self._running:
+        if self.processor is None:
             return True
         return await self.processor.pipeline.aflush(timeout)
 
@@ -254,6 +254,8 @@ class LoggingContainer:
         if self.processor is None:
             return
         self.processor.pipeline.forget_after_fork()
+        for guard in self.processor.guards.values():
+            guard.after_fork()
         try:
             self.processor.startup(timeout=_STARTUP_TIMEOUT)
         except TimeoutError:

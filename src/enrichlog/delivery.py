@@ -143,6 +143,7 @@ class EventPipeline:
         self._complete = complete
         self._write = write
         self._abandon = abandon
+        runtime.add_exit_hook(self._write_leftovers)
         self._queue_size = queue_size
         self._overflow = overflow
         self._block_timeout = block_timeout
@@ -175,6 +176,7 @@ class EventPipeline:
         self._filtered = 0
         self._dropped: dict[str, int] = {"overflow": 0, "evicted": 0}
         self._unreported_drops = 0
+        self._dropped_items: list[PendingEvent] = []
         self._last_report = 0.0
 
     # -- logging threads ----------------------------------------------------
@@ -205,28 +207,35 @@ class EventPipeline:
         the wait.
         """
         with self._lock:
-            if self._refuses():
-                return CLOSED
-            if len(self._normal) + len(self._urgent) >= self._queue_size:
-                room = self._make_room(item, may_block)
-                if self._refuses():
-                    return CLOSED
-                if not room:
-                    self._count_drop("overflow", item)
-                    return DROPPED
-            item.seq = self._next_seq
-            self._next_seq += 1
-            self.pending += 1
-            (self._urgent if item.urgent else self._normal).append(item)
-            depth = len(self._normal) + len(self._urgent)
-            self._high_water = max(self._high_water, depth)
-            wake = self._sleeping
-            self._sleeping = False
+            result = self._enqueue(item, may_block)
+            wake = result == SUBMITTED and self._sleeping
+            if wake:
+                self._sleeping = False
+        if self._dropped_items:
+            self._after_drops()
         if wake:
             try:
                 self._runtime.call_soon(self._pump)
-            except RuntimeError:  # the loop closed under us: shutdown raced us
+            except RuntimeError:  # stopped under us: its exit hook writes the queue
                 self._sleeping = True
+        return result
+
+    def _enqueue(self, item: PendingEvent, may_block: bool) -> int:
+        """With the lock held: the body of :meth:`submit`."""
+        if self._refuses():
+            return CLOSED
+        if len(self._normal) + len(self._urgent) >= self._queue_size:
+            room = self._make_room(item, may_block)
+            if self._refuses():
+                return CLOSED
+            if not room:
+                self._count_drop("overflow", item)
+                return DROPPED
+        item.seq = self._next_seq
+        self._next_seq += 1
+        self.pending += 1
+        (self._urgent if item.urgent else self._normal).append(item)
+        self._high_water = max(self._high_water, len(self._normal) + len(self._urgent))
         return SUBMITTED
 
     def _refuses(self) -> bool:
@@ -271,14 +280,25 @@ class EventPipeline:
         self._count_drop("evicted", item)
 
     def _count_drop(self, kind: str, item: PendingEvent) -> None:
+        """With the lock held: count a drop; its caller is released, and the
+        report made, by :meth:`_after_drops` once the lock is let go (a
+        report routed back into logging must not find the lock held)."""
         self._dropped[kind] += 1
         self._unreported_drops += 1
-        if item.on_written is not None:
-            item.on_written()
-        now = time.monotonic()
-        if now - self._last_report >= self._report_interval:
-            self._last_report = now
-            count, self._unreported_drops = self._unreported_drops, 0
+        self._dropped_items.append(item)
+
+    def _after_drops(self) -> None:
+        with self._lock:
+            items, self._dropped_items = self._dropped_items, []
+            now = time.monotonic()
+            due = self._unreported_drops and now - self._last_report >= self._report_interval
+            if due:
+                self._last_report = now
+                count, self._unreported_drops = self._unreported_drops, 0
+        for item in items:
+            if item.on_written is not None:
+                item.on_written()
+        if due:
             # Through the stdlib logger, never through this pipeline.
             _report.warning(
                 "enrichlog dropped %d event(s): the queue of %d is full "
@@ -438,7 +458,10 @@ class EventPipeline:
         if self._runtime.in_runtime_thread():
             self._add_flush_waiter(target, lambda: _set_result(future))
         else:
-            self._runtime.call_soon(self._add_flush_waiter, target, resolve)
+            try:
+                self._runtime.call_soon(self._add_flush_waiter, target, resolve)
+            except RuntimeError:  # the runtime is stopped
+                return self.idle
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -457,9 +480,9 @@ class EventPipeline:
         """
         with self._lock:
             self._closing = True
-        self.flush(timeout)
+        flushed = self.flush(timeout)
         report = self.report()
-        if report["pending"] and self._runtime.is_running:
+        if not flushed and report["pending"] and self._runtime.is_running:
             written = self._written
             self._runtime.call_soon(self.abandon_enrichment)
             self.flush(_SALVAGE_SECONDS)
@@ -504,21 +527,20 @@ class EventPipeline:
         self._order.extend(queued)
         self._write_ready()
 
-    def write_leftovers(self) -> int:
-        """After the runtime stopped: refuse new events and write, here and
-        in order, any that raced the drain. Returns how many were written."""
+    def stop_accepting(self) -> None:
+        """Refuse every new event (callers write their own): the runtime is
+        about to stop. Called before it stops, so that no log call can find
+        the runtime gone with its event queued."""
         with self._lock:
             self._stopped = True
             self._space.notify_all()
-            if self._runtime.is_running or self._runtime.lingering:
-                # Its thread outlived stop(): its state is not ours to touch.
-                self._leftovers_written.set()
-                if self.pending:
-                    _report.warning(
-                        "enrichlog: the runtime did not stop; %d event(s) not written",
-                        self.pending,
-                    )
-                return 0
+
+    def _write_leftovers(self) -> None:
+        """Runtime exit hook, on the loop thread after its last task: write,
+        in order, the events that raced the drain. However late the thread
+        ends, it is the only one that touches this state."""
+        with self._lock:
+            self._stopped = True
             leftovers = sorted(
                 [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
             )
@@ -533,7 +555,6 @@ class EventPipeline:
         self._order.extend(leftovers)
         self._write_ready()
         self._leftovers_written.set()
-        return len(leftovers)
 
     def wait_for_leftovers(self) -> None:
         """For a caller refused after the runtime stopped: wait (briefly)

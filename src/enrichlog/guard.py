@@ -414,6 +414,16 @@ class EnricherGuard:
         self.last_error = outcome[2]
         return outcome
 
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks, timers and concurrency slots; the
+        parent's belonged to its threads and its event loop."""
+        self.breaker.after_fork()
+        if self.cache is not None:
+            self.cache.after_fork()
+        self._deadlines = _Deadlines(self.timeout)
+        if self._limiter is not None:
+            self._limiter = anyio.Semaphore(self.options.max_concurrency or 1, fast_acquire=True)
+
     def stats(self) -> dict[str, Any]:
         """Counters and state of this guard, for ``container.metrics()``."""
         return {

@@ -24,7 +24,17 @@ class LineWriter:
     :meth:`msg`, like structlog's ``BytesLogger``.
     """
 
-    __slots__ = ("_closed", "_flush", "_lock", "_owns", "_stream", "_write", "name", "target")
+    __slots__ = (
+        "_closed",
+        "_flush",
+        "_lock",
+        "_owns",
+        "_pid",
+        "_stream",
+        "_write",
+        "name",
+        "target",
+    )
 
     def __init__(self, stream: IO[bytes], *, target: str, owns: bool) -> None:
         self._stream = stream
@@ -33,6 +43,7 @@ class LineWriter:
         self._lock = threading.Lock()
         self._owns = owns
         self._closed = False
+        self._pid = os.getpid()
         self.target = target
         self.name: str | None = None
 
@@ -88,9 +99,24 @@ class LineWriter:
         self._closed = False
 
     def after_fork(self) -> None:
-        """Replace the lock: a lock held by another thread at fork time stays
-        held forever in the child."""
+        """Start afresh in a forked child: a new lock and a new stream.
+
+        A lock held by another of the parent's threads at fork time (ours,
+        or the buffered file's own) stays held forever in the child, so
+        neither is used again: files are reopened by path, standard output
+        and error through a duplicate of their descriptor.
+        """
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
         self._lock = threading.Lock()
+        if self._owns:
+            stream: IO[bytes] = open(self.target, "ab")  # noqa: SIM115 - closed by close()
+        else:
+            stream = open(os.dup(self._stream.fileno()), "wb", buffering=0)  # noqa: SIM115
+            self._owns = True  # the duplicate is ours to close
+        self._stream, self._write, self._flush = stream, stream.write, stream.flush
+        self._closed = False
 
     def __getstate__(self) -> Any:
         raise TypeError("LineWriter cannot be pickled")

@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from threading import get_ident
 from typing import Any
@@ -49,12 +50,22 @@ __all__ = ["AsyncEnricherProcessor"]
 _report = logging.getLogger("enrichlog")
 
 #: Set by the ``a*`` logger methods: a list the processor appends the
-#: event's completion future to, so the caller can await it.
-ASYNC_WAITER: contextvars.ContextVar[list[asyncio.Future[None]] | None] = contextvars.ContextVar(
-    "enrichlog_async_waiter", default=None
+#: event's completion future (and how long to wait for it) to, so the caller
+#: can await it.
+ASYNC_WAITER: contextvars.ContextVar[list[tuple[asyncio.Future[None], float]] | None] = (
+    contextvars.ContextVar("enrichlog_async_waiter", default=None)
 )
 
 _SYNC, _BLOCKING, _ASYNC = 0, 1, 2
+
+
+class _Submitting(threading.local):
+    """Per thread: inside a hand-off to the pipeline."""
+
+    active = False
+
+
+_submitting = _Submitting()
 
 
 class _Step:
@@ -209,8 +220,18 @@ class AsyncEnricherProcessor:
                 self.runtime.run(self.lifecycle.shutdown_all(), timeout)
             except TimeoutError:
                 _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
-            self.runtime.stop()
-        self.pipeline.write_leftovers()
+        # From here log calls write their own events; the runtime's exit hook
+        # writes whatever raced the drain, on its own thread.
+        self.pipeline.stop_accepting()
+        if not self.runtime.in_runtime_thread():
+            self.runtime.stop(max(timeout, 1.0))
+            if self.runtime.lingering:
+                _report.warning(
+                    "enrichlog: the runtime did not stop within %.1fs (an enricher blocks "
+                    "its loop); %d event(s) will be written when it does",
+                    max(timeout, 1.0),
+                    self.pipeline.pending,
+                )
         return report
 
     # -- structlog processor: the logging thread ----------------------------
@@ -323,6 +344,10 @@ class AsyncEnricherProcessor:
         if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
             # The exception is only current on this thread, now.
             event_dict["exc_info"] = sys.exc_info()
+        if _submitting.active:
+            # Logged from inside a hand-off (a report routed back into
+            # structlog by a logging handler): written as is, never queued.
+            return False
         waiters = ASYNC_WAITER.get()
         future: asyncio.Future[None] | None = None
         written: _thread.LockType | None = None
@@ -333,7 +358,7 @@ class AsyncEnricherProcessor:
             # ainfo() and friends: the caller awaits this future on its loop.
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            waiters.append(future)
+            waiters.append((future, self._inline_wait))
             on_written = _resolver(loop, future)
         elif not self.background and not on_loop:
             # Inline delivery on a thread without a loop: wait for the line.
@@ -350,17 +375,21 @@ class AsyncEnricherProcessor:
             contextvars.copy_context(),
             on_written,
         )
-        result = self.pipeline.submit(item, may_block=not on_loop)
-        if result != SUBMITTED:
-            if future is not None and not future.done():
-                future.set_result(None)
-            return result != CLOSED
-        if written is not None and not written.acquire(timeout=self._inline_wait):
-            _report.warning(
-                "enrichlog: an event was not written within %.1fs; it stays queued",
-                self._inline_wait,
-            )
-        return True
+        _submitting.active = True
+        try:
+            result = self.pipeline.submit(item, may_block=not on_loop)
+            if result != SUBMITTED:
+                if future is not None and not future.done():
+                    future.set_result(None)
+                return result != CLOSED
+            if written is not None and not written.acquire(timeout=self._inline_wait):
+                _report.warning(
+                    "enrichlog: an event was not written within %.1fs; it stays queued",
+                    self._inline_wait,
+                )
+            return True
+        finally:
+            _submitting.active = False
 
     def _wait_bound(self) -> float:
         """How long an inline caller waits for its event before moving on

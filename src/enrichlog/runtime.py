@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 __all__ = ["EnrichmentRuntime"]
 
 _T = TypeVar("_T")
+
+_report = logging.getLogger("enrichlog")
 
 
 class EnrichmentRuntime:
@@ -37,6 +40,7 @@ class EnrichmentRuntime:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._start_lock = threading.Lock()
         self._owned: set[int] = set()  # idents of the loop thread and workers
+        self._exit_hooks: list[Callable[[], object]] = []
         #: stop() gave up joining the loop thread (something on it would not
         #: stop); that thread may still touch what it owned.
         self.lingering = False
@@ -48,13 +52,23 @@ class EnrichmentRuntime:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The runtime's loop; starts the runtime on first use."""
+        """The runtime's loop.
+
+        Raises:
+            RuntimeError: the runtime is not started (or was stopped). It is
+                never restarted behind the caller's back: only :meth:`start`
+                starts it.
+        """
         loop = self._loop
         if loop is None:
-            self.start()
-            loop = self._loop
-            assert loop is not None
+            raise RuntimeError("the enrichment runtime is not running")
         return loop
+
+    def add_exit_hook(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` on the loop thread when it ends, after the loop's
+        remaining tasks were cancelled and ran to completion: the last
+        moment that thread owns its state, however late it stops."""
+        self._exit_hooks.append(hook)
 
     @property
     def is_running(self) -> bool:
@@ -88,6 +102,11 @@ class EnrichmentRuntime:
                     loop.run_forever()
                 finally:
                     _close_loop(loop)
+                    for hook in self._exit_hooks:
+                        try:
+                            hook()
+                        except Exception:
+                            _report.exception("enrichlog: runtime exit hook failed")
 
             thread = threading.Thread(target=serve, name=self._name, daemon=True)
             thread.start()

@@ -4,11 +4,16 @@ only show under bursts, shutdown races and hostile enrichers."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from enrichlog.container import configure_logging, get_logger
@@ -250,3 +255,93 @@ def test_timeouts_of_interleaved_fast_and_hanging_calls_each_fire(log_file: Path
         (line.get("enrichment_errors") == {"maybe": "timeout"}) == (line["i"] % 2 == 0)
         for line in lines
     )
+
+
+FORK_WHILE_LOGGING = """
+import os, sys, threading, time
+from enrichlog import configure_logging, get_logger
+sys.path.insert(0, sys.argv[2])
+from tests.e2e.test_robustness import Sleepy
+
+configure_logging(enrichers=[Sleepy()], output=sys.argv[1], delivery="background")
+log = get_logger()
+stop = threading.Event()
+
+def chatter(n):
+    while not stop.is_set():
+        log.info("parent", t=n)
+
+threads = [threading.Thread(target=chatter, args=(n,)) for n in range(3)]
+for thread in threads:
+    thread.start()
+children = []
+for round_ in range(5):
+    time.sleep(0.02)
+    pid = os.fork()
+    if pid == 0:
+        for i in range(20):
+            log.info("child", round=round_, i=i)
+        from enrichlog.container import _current
+        _current.shutdown()
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+stop.set()
+for thread in threads:
+    thread.join()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_children_forked_while_threads_log_do_not_hang(tmp_path: Path) -> None:
+    out = tmp_path / "fork.log"
+    script = tmp_path / "fork_while_logging.py"
+    script.write_text(FORK_WHILE_LOGGING)
+    root = Path(__file__).resolve().parents[2]
+
+    subprocess.run(
+        [sys.executable, str(script), str(out), str(root)], timeout=60, check=True
+    )
+
+    child_lines = [line for line in read_lines(out) if line["event"] == "child"]
+    assert 100 == len(child_lines)
+
+
+def test_drop_reports_routed_back_into_structlog_do_not_deadlock(log_file: Path) -> None:
+    lookup = SlowFirstLookup(timeout=10.0)
+    container = configure_logging(
+        enrichers=[lookup],
+        output=str(log_file),
+        delivery="inline",
+        overflow="drop_old",
+        queue_size=2,
+        max_in_flight=1,
+        drop_report_interval=0.001,
+    )
+    handler = _StructlogHandler()
+    report_logger = logging.getLogger("enrichlog")
+    report_logger.addHandler(handler)
+    try:
+        threads = [
+            threading.Thread(target=lambda: get_logger().info("e", user=0)) for _ in range(10)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        lookup.release.set()
+        for thread in threads:
+            thread.join(timeout=20)
+        alive = [thread for thread in threads if thread.is_alive()]
+    finally:
+        report_logger.removeHandler(handler)
+    container.flush(5.0)
+
+    assert [] == alive
+
+
+class _StructlogHandler(logging.Handler):
+    """Routes stdlib records into structlog, as applications often do."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger().warning(record.getMessage())
