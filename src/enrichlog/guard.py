@@ -92,8 +92,11 @@ class _Deadlines:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new runtime (after fork or restart)
             self._loop, self._handle, self._entries = loop, None, deque()
+        entries = self._entries
+        while entries and entries[0][_FINISHED]:  # keep the FIFO short
+            entries.popleft()
         entry: list[Any] = [loop.time() + self._timeout, task, False, False]
-        self._entries.append(entry)
+        entries.append(entry)
         if self._handle is None:
             self._handle = loop.call_at(entry[_AT], self._expire)
         return entry
@@ -378,6 +381,7 @@ class EnricherGuard:
             raise
         finally:
             deadline[_FINISHED] = True
+            deadline[_TASK] = None  # a finished call must not keep its task alive
         if deadline[_EXPIRED]:
             # The enricher swallowed our cancellation and finished late: its
             # answer is still a timeout.
