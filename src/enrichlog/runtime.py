@@ -41,6 +41,7 @@ class EnrichmentRuntime:
         self._start_lock = threading.Lock()
         self._owned: set[int] = set()  # idents of the loop thread and workers
         self._exit_hooks: list[Callable[[], object]] = []
+        self._stopped = False
         #: stop() gave up joining the loop thread (something on it would not
         #: stop); that thread may still touch what it owned.
         self.lingering = False
@@ -52,16 +53,19 @@ class EnrichmentRuntime:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The runtime's loop.
+        """The runtime's loop, started on first use.
 
         Raises:
-            RuntimeError: the runtime is not started (or was stopped). It is
-                never restarted behind the caller's back: only :meth:`start`
-                starts it.
+            RuntimeError: the runtime was stopped. A stopped runtime is never
+                restarted behind the caller's back: only :meth:`start` does.
         """
         loop = self._loop
         if loop is None:
-            raise RuntimeError("the enrichment runtime is not running")
+            if self._stopped:
+                raise RuntimeError("the enrichment runtime was stopped")
+            self.start()  # first use of a runtime nobody started explicitly
+            loop = self._loop
+            assert loop is not None
         return loop
 
     def add_exit_hook(self, hook: Callable[[], object]) -> None:
@@ -92,6 +96,7 @@ class EnrichmentRuntime:
         with self._start_lock:
             if self.is_running:
                 return
+            self._stopped = False
             ready = threading.Event()
             loop = asyncio.new_event_loop()
 
@@ -118,6 +123,7 @@ class EnrichmentRuntime:
         """Cancel what still runs on the loop, stop it and join the thread."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
+            self._stopped = True
             return
         if thread is threading.current_thread():
             raise RuntimeError("the enrichment runtime cannot stop itself from its own loop")
@@ -126,6 +132,7 @@ class EnrichmentRuntime:
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
         self.lingering = thread.is_alive()
+        self._stopped = True
         self._loop = self._thread = None
         self._owned.clear()
         if self._executor is not None:
