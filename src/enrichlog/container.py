@@ -102,18 +102,16 @@ class LoggingContainer:
     ) -> None:
         self.settings = settings or LoggingSettings()
         self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
-        levels = self.registry.levels()
-        self.runtime = EnrichmentRuntime(max_threads=self.settings.max_enricher_threads)
-        self.lifecycle = EnricherLifecycleManager(
-            self.runtime, health_check_interval=self.settings.health_check_interval
-        )
-        for level in levels:
-            for enricher in level:
-                self.lifecycle.register_enricher(enricher)
         self.processor: AsyncEnricherProcessor | None = (
-            AsyncEnricherProcessor(self.registry, self.settings, self.runtime, self.lifecycle)
-            if levels
+            AsyncEnricherProcessor.from_registry(self.registry, self.settings)
+            if self.registry.levels()
             else None
+        )
+        self.runtime: EnrichmentRuntime = (
+            self.processor.runtime if self.processor else EnrichmentRuntime()
+        )
+        self.lifecycle: EnricherLifecycleManager = (
+            self.processor.lifecycle if self.processor else EnricherLifecycleManager(self.runtime)
         )
         self.output: LineWriter | None = None
         self._lock = threading.RLock()

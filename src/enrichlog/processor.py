@@ -171,8 +171,19 @@ class AsyncEnricherProcessor:
             EnricherDependencyError: a cycle, a missing dependency or a
                 duplicate name.
         """
-        settings = settings or LoggingSettings()
-        registry = EnricherRegistry(enrichers)
+        return cls.from_registry(EnricherRegistry(enrichers), settings or LoggingSettings())
+
+    @classmethod
+    def from_registry(
+        cls, registry: EnricherRegistry, settings: LoggingSettings
+    ) -> AsyncEnricherProcessor:
+        """A processor for ``registry``'s enrichers, with its own runtime and
+        lifecycle manager (which registers the enrichers in level order, so
+        that shutdown runs in reverse dependency order).
+
+        Raises:
+            EnricherDependencyError: a cycle or a missing dependency.
+        """
         registry.levels()  # resolve now: configuration errors belong here
         runtime = EnrichmentRuntime(max_threads=settings.max_enricher_threads)
         lifecycle = EnricherLifecycleManager(

@@ -7,7 +7,7 @@ per event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .enricher import Enricher, as_enricher
 from .exceptions import EnricherConfigError, EnricherDependencyError
@@ -21,10 +21,10 @@ class EnricherRegistry:
     Each container owns one; there is no process-wide registry.
     """
 
-    def __init__(self, enrichers: object = ()) -> None:
+    def __init__(self, enrichers: Iterable[object] = ()) -> None:
         self._enrichers: dict[str, Enricher] = {}
         self._levels: tuple[tuple[Enricher, ...], ...] | None = None
-        for enricher in enrichers:  # type: ignore[attr-defined]
+        for enricher in enrichers:
             self.register(enricher)
 
     def __len__(self) -> int:
