@@ -300,9 +300,7 @@ def test_children_forked_while_threads_log_do_not_hang(tmp_path: Path) -> None:
     script.write_text(FORK_WHILE_LOGGING)
     root = Path(__file__).resolve().parents[2]
 
-    subprocess.run(
-        [sys.executable, str(script), str(out), str(root)], timeout=60, check=True
-    )
+    subprocess.run([sys.executable, str(script), str(out), str(root)], timeout=60, check=True)
 
     child_lines = [line for line in read_lines(out) if line["event"] == "child"]
     assert 100 == len(child_lines)
