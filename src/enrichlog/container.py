@@ -10,6 +10,7 @@ the enrichers.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import sys
@@ -40,6 +41,8 @@ from .settings import LoggingSettings, unknown_settings
 __all__ = ["LoggingContainer", "configure_logging", "get_logger"]
 
 _STARTUP_TIMEOUT = 30.0
+
+_report = logging.getLogger("enrichlog")
 
 # The container structlog is configured with, and every container that may
 # need a fresh runtime after fork(). Both mirror structlog's own global
@@ -116,7 +119,7 @@ class LoggingContainer:
         self.output: LineWriter | None = None
         self._lock = threading.RLock()
         self._running = False
-        self._report: DrainReport | None = None
+        self._drain_report: DrainReport | None = None
         self._previous_sigterm: Any = None
 
     def _uri_enrichers(self) -> list[Enricher]:
@@ -148,7 +151,7 @@ class LoggingContainer:
                 try:
                     self.processor.startup(timeout=_STARTUP_TIMEOUT)
                 except TimeoutError:
-                    structlog_report().warning(
+                    _report.warning(
                         "enrichlog: enrichers still starting after %ss; they are "
                         "skipped as 'unavailable' until they are up",
                         _STARTUP_TIMEOUT,
@@ -219,12 +222,12 @@ class LoggingContainer:
         """
         with self._lock:
             if not self._running:
-                return self._report or DrainReport(written=0, dropped=0, pending=0)
+                return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
             self._running = False
             if self.processor is not None:
-                self._report = DrainReport(self.processor.shutdown(timeout))
+                self._drain_report = DrainReport(self.processor.shutdown(timeout))
             else:
-                self._report = DrainReport(written=0, dropped=0, pending=0)
+                self._drain_report = DrainReport(written=0, dropped=0, pending=0)
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -232,7 +235,7 @@ class LoggingContainer:
             atexit.unregister(self._at_exit)
             self._restore_sigterm_handler()
             _live.discard(self)
-            return self._report
+            return self._drain_report
 
     async def ashutdown(self, timeout: float | None = None) -> DrainReport:
         """:meth:`shutdown` without blocking the caller's event loop."""
@@ -257,7 +260,7 @@ class LoggingContainer:
         try:
             self.processor.startup(timeout=_STARTUP_TIMEOUT)
         except TimeoutError:
-            structlog_report().warning("enrichlog: enrichers slow to restart after fork")
+            _report.warning("enrichlog: enrichers slow to restart after fork")
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
             # multiprocessing children leave through os._exit, skipping atexit.
@@ -338,13 +341,6 @@ def _install(chain: list[Processor], output: LineWriter, level: int) -> None:
         context_class=dict,
         cache_logger_on_first_use=True,
     )
-
-
-def structlog_report() -> Any:
-    """The stdlib logger enrichlog reports through (never itself)."""
-    import logging  # noqa: PLC0415 - keep the module namespace small
-
-    return logging.getLogger("enrichlog")
 
 
 def configure_logging(

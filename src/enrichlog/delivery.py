@@ -193,11 +193,6 @@ class EventPipeline:
         thread's lines keep their order, but no longer enriched."""
         return self._closing
 
-    @property
-    def closed(self) -> bool:
-        """Whether the pipeline stopped accepting events."""
-        return self._closed
-
     def submit(self, item: PendingEvent, *, may_block: bool = True) -> int:
         """Queue ``item``; return :data:`SUBMITTED`, :data:`DROPPED` (by the
         overflow policy, counted) or :data:`CLOSED` (the caller writes it).

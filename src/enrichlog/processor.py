@@ -291,14 +291,14 @@ class AsyncEnricherProcessor:
 
     @staticmethod
     def _settle(
-        level: tuple[_Step, ...],
+        settlers: tuple[Callable[[WrappedLogger, str, EventDict], Outcome | None], ...],
         logger: WrappedLogger,
         method_name: str,
         snapshot: EventDict,
     ) -> list[Outcome | None]:
-        # A comprehension over prepared callables: this runs for every
-        # enricher of every event on the logging thread.
-        return [step.settle(logger, method_name, snapshot) for step in level]
+        """Settle one level without awaiting; ``None`` where a step must
+        run on the runtime loop. (``__call__`` inlines this loop.)"""
+        return [settle(logger, method_name, snapshot) for settle in settlers]
 
     def _merge(
         self, event_dict: EventDict, level: tuple[_Step, ...], outcomes: Sequence[Outcome]
@@ -447,7 +447,9 @@ class AsyncEnricherProcessor:
             level = levels[index]
             outcomes = item.outcomes
             if outcomes is None:
-                outcomes = self._settle(level, item.logger, item.method_name, item.event)
+                outcomes = self._settle(
+                    self._settlers[index], item.logger, item.method_name, item.event
+                )
             if None in outcomes:
                 item.level_index, item.outcomes = index, outcomes
                 return False

@@ -158,15 +158,11 @@ class EnrichmentRuntime:
         """Whether the current thread is the runtime's loop thread."""
         return self._thread is threading.current_thread()
 
-    def owns_current_thread(self) -> bool:
-        """Whether the current thread is the loop thread or one of the
-        worker threads blocking sync enrichers run in."""
-        return threading.get_ident() in self._owned
-
     @property
     def owned_thread_ids(self) -> set[int]:
-        """The idents :meth:`owns_current_thread` checks; the set object
-        stays the same for the runtime's life (hot paths keep it)."""
+        """Idents of the loop thread and of the worker threads blocking sync
+        enrichers run in; the set object stays the same for the runtime's
+        life, so hot paths keep a reference to it."""
         return self._owned
 
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
