@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.breaker`."""
+"""Tests for :mod:`enrichlog.resilience.breaker`."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from enrichlog.breaker import CircuitBreaker, CircuitState, Permit
 from enrichlog.exceptions import CircuitBreakerOpenError
+from enrichlog.resilience.breaker import CircuitBreaker, CircuitState, Permit
 
 
 class FakeClock:

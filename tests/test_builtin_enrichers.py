@@ -11,7 +11,7 @@ import pytest
 
 from enrichlog.enricher import SyncEnricher
 from enrichlog.enrichers import ProcessEnricher
-from enrichlog.factory import EnricherFactory
+from enrichlog.uri.factory import EnricherFactory
 
 
 def enrich(uri: str, event: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.cache`."""
+"""Tests for :mod:`enrichlog.resilience.cache`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from enrichlog.cache import AsyncSmartCache, EnricherCache, cached_enricher
 from enrichlog.exceptions import CachedError
+from enrichlog.resilience.cache import AsyncSmartCache, EnricherCache, cached_enricher
 
 
 class FakeClock:

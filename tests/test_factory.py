@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.factory`: enrichers built from URIs."""
+"""Tests for :mod:`enrichlog.uri.factory`: enrichers built from URIs."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from enrichlog.enrichers import (
     StaticEnricher,
 )
 from enrichlog.exceptions import EnricherConfigError
-from enrichlog.factory import EnricherFactory, EnricherSpec, mask_uri
+from enrichlog.uri.factory import EnricherFactory, EnricherSpec, mask_uri
 
 PLUGIN_DIST = Path(__file__).parent / "fixtures" / "plugin_dist"
 SECRET = "hunter2-Sesame"

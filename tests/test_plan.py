@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog._plan`: describing and rendering the plan."""
+"""Tests for :mod:`enrichlog.cli.plan`: describing and rendering the plan."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 from structlog.typing import EventDict, WrappedLogger
 
-from enrichlog._plan import describe_plan, render_plan
+from enrichlog.cli.plan import describe_plan, render_plan
 from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
 from enrichlog.enrichers import HostnameEnricher
-from enrichlog.factory import EnricherFactory
-from enrichlog.guard import GuardOptions
+from enrichlog.resilience.guard import GuardOptions
 from enrichlog.settings import LoggingSettings
+from enrichlog.uri.factory import EnricherFactory
 
 SECRET = "hunter2-Sesame"
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.processor`: ``AsyncEnricherProcessor`` used
+"""Tests for :mod:`enrichlog.engine.processor`: ``AsyncEnricherProcessor`` used
 directly as a structlog processor, without a container."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from enrichlog.engine.processor import AsyncEnricherProcessor
 from enrichlog.enricher import AsyncEnricher, register_enricher
 from enrichlog.exceptions import EnricherDependencyError
-from enrichlog.processor import AsyncEnricherProcessor
 from enrichlog.settings import LoggingSettings
 
 

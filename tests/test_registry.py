@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.registry`: enrichers of a container and their
+"""Tests for :mod:`enrichlog.engine.registry`: enrichers of a container and their
 execution levels."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from structlog.typing import EventDict, WrappedLogger
 
+from enrichlog.engine.registry import EnricherRegistry
 from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
 from enrichlog.exceptions import EnricherConfigError, EnricherDependencyError
-from enrichlog.registry import EnricherRegistry
 
 
 class Named(AsyncEnricher):

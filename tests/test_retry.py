@@ -1,4 +1,4 @@
-"""Tests for :mod:`enrichlog.retry`."""
+"""Tests for :mod:`enrichlog.resilience.retry`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enrichlog.retry import RetryPolicy, is_transient_error
+from enrichlog.resilience.retry import RetryPolicy, is_transient_error
 
 
 class FakeClock:

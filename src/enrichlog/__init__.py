@@ -8,10 +8,12 @@ retries and a concurrency limit, and never loses an event.
 
 from __future__ import annotations
 
-from .breaker import CircuitBreaker, CircuitState
-from .cache import AsyncSmartCache, EnricherCache, cached_enricher
-from .chain import build_processor_chain
 from .container import LoggingContainer, configure_logging, get_logger
+from .engine.chain import build_processor_chain
+from .engine.lifecycle import EnricherLifecycleManager
+from .engine.processor import AsyncEnricherProcessor
+from .engine.registry import EnricherRegistry
+from .engine.runtime import EnrichmentRuntime
 from .enricher import AsyncEnricher, Enricher, SyncEnricher, register_enricher
 from .exceptions import (
     CachedError,
@@ -20,13 +22,11 @@ from .exceptions import (
     EnricherDependencyError,
     EnrichlogError,
 )
-from .factory import EnricherFactory
-from .lifecycle import EnricherLifecycleManager
-from .processor import AsyncEnricherProcessor
-from .registry import EnricherRegistry
-from .retry import RetryPolicy
-from .runtime import EnrichmentRuntime
+from .resilience.breaker import CircuitBreaker, CircuitState
+from .resilience.cache import AsyncSmartCache, EnricherCache, cached_enricher
+from .resilience.retry import RetryPolicy
 from .settings import EnricherOptions, LoggingSettings
+from .uri.factory import EnricherFactory
 
 __all__ = [
     "AsyncEnricher",

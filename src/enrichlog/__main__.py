@@ -24,11 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from ._demo import run_demo  # noqa: PLC0415 - each command imports what it needs
+        from .cli.demo import run_demo  # noqa: PLC0415 - each command imports what it needs
 
         run_demo(args.events)
         return 0
-    from ._cli import check, show_plan  # noqa: PLC0415
+    from .cli.check import check, show_plan  # noqa: PLC0415
 
     if args.command == "plan":
         return show_plan(args.format)

@@ -25,18 +25,18 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import Processor
 
-from ._logger import make_bound_logger_class
-from ._masking import mask_secrets
-from .chain import build_processor_chain
-from .delivery import DrainReport
+from .engine.chain import build_processor_chain
+from .engine.lifecycle import EnricherLifecycleManager
+from .engine.logger import make_bound_logger_class
+from .engine.output import LineWriter, open_output
+from .engine.pipeline import DrainReport
+from .engine.processor import AsyncEnricherProcessor
+from .engine.registry import EnricherRegistry
+from .engine.runtime import EnrichmentRuntime
 from .enricher import Enricher
 from .exceptions import EnricherConfigError
-from .lifecycle import EnricherLifecycleManager
-from .output import LineWriter, open_output
-from .processor import AsyncEnricherProcessor
-from .registry import EnricherRegistry
-from .runtime import EnrichmentRuntime
 from .settings import LoggingSettings, unknown_settings
+from .uri.masking import mask_secrets
 
 __all__ = ["LoggingContainer", "configure_logging", "get_logger"]
 
@@ -125,7 +125,7 @@ class LoggingContainer:
     def _uri_enrichers(self) -> list[Enricher]:
         if not self.settings.enrichers:
             return []
-        from .factory import EnricherFactory  # noqa: PLC0415 - only when URIs are used
+        from .uri.factory import EnricherFactory  # noqa: PLC0415 - only when URIs are used
 
         return [EnricherFactory.build(uri) for uri in self.settings.enrichers]
 

@@ -113,7 +113,7 @@ class Enricher:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("scheme"):
-            from .factory import EnricherFactory  # noqa: PLC0415 - import cycle
+            from .uri.factory import EnricherFactory  # noqa: PLC0415 - import cycle
 
             EnricherFactory.register(cls.__dict__["scheme"], cls)
 

@@ -9,14 +9,14 @@ from typing import Annotated, Any, TextIO
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ._masking import mask_secrets
-from ._plan import PlanFormat, describe_plan, render_plan
-from .container import resolve_settings
-from .enricher import Enricher
-from .exceptions import EnrichlogError
-from .factory import EnricherFactory
-from .registry import EnricherRegistry
-from .settings import LoggingSettings
+from ..container import resolve_settings
+from ..engine.registry import EnricherRegistry
+from ..enricher import Enricher
+from ..exceptions import EnrichlogError
+from ..settings import LoggingSettings
+from ..uri.factory import EnricherFactory
+from ..uri.masking import mask_secrets
+from .plan import PlanFormat, describe_plan, render_plan
 
 __all__ = ["check", "show_plan"]
 

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from ..settings import LoggingSettings
 from .processor import AsyncEnricherProcessor
-from .settings import LoggingSettings
 
 __all__ = ["SafeRenderer", "build_processor_chain", "make_renderer", "pre_processors"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from .enricher import Enricher, as_enricher
-from .exceptions import EnricherConfigError, EnricherDependencyError
+from ..enricher import Enricher, as_enricher
+from ..exceptions import EnricherConfigError, EnricherDependencyError
 
 __all__ = ["EnricherRegistry"]
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple, ParamSpec, TypeVar, cast, overload
 
-from .exceptions import CachedError
+from ..exceptions import CachedError
 
 __all__ = ["AsyncSmartCache", "EnricherCache", "cached_enricher"]
 

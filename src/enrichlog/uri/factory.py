@@ -76,8 +76,8 @@ from pydantic import (
     ValidationError,
 )
 
-from .enricher import AsyncEnricher, Enricher
-from .exceptions import EnricherConfigError
+from ..enricher import AsyncEnricher, Enricher
+from ..exceptions import EnricherConfigError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -493,7 +493,7 @@ class EnricherFactory:
         cls._builtins_loaded = True
         # Lazily, because enrichers.builtin imports enricher.py, which imports
         # this module from Enricher.__init_subclass__.
-        importlib.import_module(f"{__package__}.enrichers.builtin")
+        importlib.import_module("enrichlog.enrichers.builtin")
 
     @classmethod
     def register(cls, scheme: str, enricher_cls: type[Enricher]) -> None:

@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from structlog.typing import EventDict, WrappedLogger
 
-from .container import configure_logging, get_logger
-from .enricher import AsyncEnricher, register_enricher
+from ..container import configure_logging, get_logger
+from ..enricher import AsyncEnricher, register_enricher
 
 
 class SimulatedLookup(AsyncEnricher):

@@ -20,12 +20,12 @@ import anyio
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from ..enricher import AsyncEnricher, changes_of
+from ..exceptions import CachedError
+from ..settings import LoggingSettings
 from .breaker import CircuitBreaker, CircuitState
 from .cache import EnricherCache
-from .enricher import AsyncEnricher, changes_of
-from .exceptions import CachedError
 from .retry import RetryPolicy
-from .settings import LoggingSettings
 
 __all__ = ["EnricherGuard", "GuardOptions", "Outcome"]
 

@@ -16,10 +16,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from .enricher import AsyncEnricher, Enricher, SyncEnricher
-from .factory import EnricherFactory
-from .guard import GuardOptions
-from .settings import LoggingSettings
+from ..enricher import AsyncEnricher, Enricher, SyncEnricher
+from ..resilience.guard import GuardOptions
+from ..settings import LoggingSettings
+from ..uri.factory import EnricherFactory
 
 __all__ = [
     "PlanFormat",

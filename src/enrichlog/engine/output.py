@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import IO, Any
 
-from .exceptions import EnricherConfigError
+from ..exceptions import EnricherConfigError
 
 __all__ = ["LineWriter", "open_output"]
 

@@ -17,8 +17,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ._masking import mask_secrets
-from .enricher import Enricher
+from ..enricher import Enricher
+from ..uri.masking import mask_secrets
 from .runtime import EnrichmentRuntime
 
 __all__ = ["EnricherLifecycleManager"]

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
-from .exceptions import CircuitBreakerOpenError
+from ..exceptions import CircuitBreakerOpenError
 
 __all__ = [
     "CircuitBreaker",

@@ -27,9 +27,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .delivery import CLOSED, SUBMITTED, EventPipeline, PendingEvent
-from .enricher import AsyncEnricher, Enricher, SyncEnricher, changes_of
-from .guard import (
+from ..enricher import AsyncEnricher, Enricher, SyncEnricher, changes_of
+from ..resilience.guard import (
     DROP_REASON,
     DROPPED,
     INVALID_RETURN,
@@ -40,10 +39,11 @@ from .guard import (
     Outcome,
     error_outcome,
 )
+from ..settings import LoggingSettings
 from .lifecycle import EnricherLifecycleManager
+from .pipeline import CLOSED, SUBMITTED, EventPipeline, PendingEvent
 from .registry import EnricherRegistry
 from .runtime import EnrichmentRuntime
-from .settings import LoggingSettings
 
 __all__ = ["AsyncEnricherProcessor"]
 
