@@ -19,7 +19,7 @@ import asyncio
 import inspect
 import math
 import re
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, overload
 
 import anyio
@@ -303,6 +303,12 @@ class AsyncEnricher(Enricher):
         self.max_concurrency = counts["max_concurrency"][0]
         self.retry_attempts = counts["retry_attempts"][0]
         self.failure_threshold = counts["failure_threshold"][0]
+        if self.batches and not (self.caches and type(self).apply is not AsyncEnricher.apply):
+            raise EnricherConfigError(
+                f"enricher {self.name!r}: a class that defines enrich_many() must also "
+                "define cache_key() (the key of each event) and apply() (how a value "
+                "goes into the event)"
+            )
 
     @property
     def caches(self) -> bool:
@@ -328,8 +334,43 @@ class AsyncEnricher(Enricher):
 
         The dict is this enricher's own copy of the event; return it mutated,
         return a new mapping, or return ``None`` to mean "mutated in place".
+
+        A batching enricher (one that defines :meth:`enrich_many`) need not
+        override it: by default one event is a batch of its one key.
         """
-        raise NotImplementedError(f"{type(self).__name__} must override enrich_async()")
+        if not self.batches:
+            raise NotImplementedError(f"{type(self).__name__} must override enrich_async()")
+        key = self.cache_key(event_dict)
+        if key is None:
+            return event_dict
+        values = await self.enrich_many((key,))
+        if key not in values:
+            return event_dict  # a missing key adds nothing and is no error
+        return self.apply(event_dict, values[key])
+
+    @property
+    def batches(self) -> bool:
+        """Whether the class defines :meth:`enrich_many` (so lookups of
+        events in flight at once are made in one backend call)."""
+        return type(self).enrich_many is not AsyncEnricher.enrich_many
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        """Look up many keys in one backend call: ``{key: value}``.
+
+        Define it, with :meth:`cache_key` and :meth:`apply`, instead of
+        :meth:`enrich_async`: the runtime collects the keys of the events
+        waiting for this enricher, without duplicates or keys its cache holds,
+        and makes one call for them. A key missing from the result adds
+        nothing to its events and is not an error; an exception fails every
+        event of the batch with the same reason.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override enrich_many()")
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict | None:
+        """Put ``value`` (what :meth:`enrich_many` returned for this event's
+        key) into ``event_dict``, this enricher's copy of the event; return it
+        or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} must override apply()")
 
 
 class SyncEnricher(Enricher):
