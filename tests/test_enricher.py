@@ -14,7 +14,6 @@ from enrichlog.enricher import (
     Enricher,
     SyncEnricher,
     as_enricher,
-    changes_of,
     register_enricher,
 )
 from enrichlog.exceptions import EnricherConfigError
@@ -356,20 +355,3 @@ def test_register_enricher_registers_nothing_globally() -> None:
     second = register_enricher(add_host, name="host")
 
     assert first is not second
-
-
-# -- changes_of ---------------------------------------------------------------------
-
-
-def test_changes_of_reports_added_replaced_and_removed_keys() -> None:
-    shared = object()
-    before = {"kept": shared, "replaced": 1, "removed": 2}
-    after = {"kept": shared, "replaced": 3, "added": 4}
-
-    assert ({"replaced": 3, "added": 4}, ("removed",)) == changes_of(before, after)
-
-
-def test_changes_of_unchanged_event_is_empty() -> None:
-    event = {"a": 1, "b": "x"}
-
-    assert ({}, ()) == changes_of(event, dict(event))

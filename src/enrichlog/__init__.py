@@ -8,8 +8,7 @@ retries and a concurrency limit, and never loses an event.
 
 from __future__ import annotations
 
-from .container import LoggingContainer, configure_logging, get_logger
-from .engine.chain import build_processor_chain
+from .container import LoggingContainer, build_processor_chain, configure_logging, get_logger
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry

@@ -1,10 +1,11 @@
 """`LoggingContainer` and `configure_logging`: one configured logging setup.
 
-The container owns the settings, the enricher registry, the runtime loop,
-the lifecycle manager, the processor (with its delivery pipeline) and the
-output. ``configure_logging`` builds one, validates everything before it
-touches the previous one, installs it with ``structlog.configure`` and starts
-the enrichers.
+The container is the one place that builds and tears down the engine: the
+enricher registry, the plan, the runtime, the lifecycle manager, the
+pipeline, the processor and the output; start-up, flush, shutdown, exit,
+SIGTERM and fork are handled here. ``configure_logging`` builds one,
+validates everything before it touches the previous one, installs it with
+``structlog.configure`` and starts the enrichers.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import Processor
 
-from .engine.chain import build_processor_chain
+from .engine.chain import post_processors, pre_processors
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
-from .engine.output import LineWriter, open_output
-from .engine.pipeline import DrainReport
+from .engine.output import LineWriter, TailWriter, open_output
+from .engine.pipeline import DrainReport, EventPipeline
+from .engine.plan import EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime
@@ -38,7 +40,7 @@ from .exceptions import EnricherConfigError
 from .settings import LoggingSettings, unknown_settings
 from .uri.masking import mask_secrets
 
-__all__ = ["LoggingContainer", "configure_logging", "get_logger"]
+__all__ = ["LoggingContainer", "build_processor_chain", "configure_logging", "get_logger"]
 
 _STARTUP_TIMEOUT = 30.0
 
@@ -103,22 +105,49 @@ class LoggingContainer:
     def __init__(
         self, settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
     ) -> None:
-        self.settings = settings or LoggingSettings()
+        self.settings = settings = settings or LoggingSettings()
         self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
+        levels = self.registry.levels()
+        self._runtime = EnrichmentRuntime(max_threads=settings.max_enricher_threads)
+        self._lifecycle = EnricherLifecycleManager(
+            [enricher for level in levels for enricher in level],
+            health_check_interval=settings.health_check_interval,
+        )
+        self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking)
+        self._writer = TailWriter(post_processors(settings))
+        self._pipeline = EventPipeline(
+            self._runtime,
+            self._plan,
+            self._writer,
+            queue_size=settings.queue_size,
+            overflow=settings.overflow,
+            block_timeout=settings.overflow_block_timeout,
+            max_in_flight=settings.max_in_flight,
+            report_interval=settings.drop_report_interval,
+        )
+        background = (
+            settings.effective_delivery(runtime_enrichers=self._plan.needs_runtime) == "background"
+        )
+        #: The structlog processor, ``None`` when no enricher is configured
+        #: (structlog then renders and writes every event by itself).
         self.processor: AsyncEnricherProcessor | None = (
-            AsyncEnricherProcessor.from_registry(self.registry, self.settings)
-            if self.registry.levels()
+            AsyncEnricherProcessor(
+                self._plan,
+                self._pipeline,
+                self,
+                owned_threads=self._runtime.owned_thread_ids,
+                background=background,
+                # Every level's slowest enricher, the time a full queue may
+                # block, and a second of slack.
+                inline_wait=self._plan.wait_bound() + settings.overflow_block_timeout + 1.0,
+            )
+            if levels
             else None
-        )
-        self.runtime: EnrichmentRuntime = (
-            self.processor.runtime if self.processor else EnrichmentRuntime()
-        )
-        self.lifecycle: EnricherLifecycleManager = (
-            self.processor.lifecycle if self.processor else EnricherLifecycleManager(self.runtime)
         )
         self.output: LineWriter | None = None
         self._lock = threading.RLock()
         self._running = False
+        self._engine_started = False
         self._drain_report: DrainReport | None = None
         self._previous_sigterm: Any = None
 
@@ -133,6 +162,11 @@ class LoggingContainer:
         state = "running" if self._running else "stopped"
         return f"<LoggingContainer {state} enrichers={self.registry.resolve_dependencies()}>"
 
+    def chain(self) -> list[Processor]:
+        """The structlog processors this container installs."""
+        enrichment = [] if self.processor is None else [self.processor]
+        return [*pre_processors(), *enrichment, *self._writer.tail]
+
     # -- start -------------------------------------------------------------
 
     def start(self) -> LoggingContainer:
@@ -146,22 +180,42 @@ class LoggingContainer:
                 return self
             if self.output is None:
                 self.output = open_output(self.settings.output)
-            chain = build_processor_chain(self.settings, processor=self.processor)
             if self.processor is not None:
                 try:
-                    self.processor.startup(timeout=_STARTUP_TIMEOUT)
+                    self.start_enrichers(_STARTUP_TIMEOUT)
                 except TimeoutError:
                     _report.warning(
                         "enrichlog: enrichers still starting after %ss; they are "
                         "skipped as 'unavailable' until they are up",
                         _STARTUP_TIMEOUT,
                     )
-            _install(chain, self.output, self.settings.level_number)
+            _install(self.chain(), self.output, self.settings.level_number)
             self._running = True
             _live.add(self)
             atexit.register(self._at_exit)
             self._install_sigterm_handler()
         return self
+
+    def start_enrichers(self, timeout: float | None = None) -> dict[str, bool]:
+        """Start the runtime and every enricher concurrently (blocking);
+        return which enrichers started.
+
+        A failure marks that enricher unavailable and is reported once
+        through the stdlib logger ``enrichlog``; the others carry on.
+
+        Raises:
+            TimeoutError: the enrichers were still starting after
+                ``timeout``; they go on starting in the background.
+        """
+        self._runtime.start()
+        self._engine_started = True
+        return self._runtime.run(self._lifecycle.startup_all(), timeout)
+
+    async def astart_enrichers(self) -> dict[str, bool]:
+        """:meth:`start_enrichers` for async code."""
+        self._runtime.start()
+        self._engine_started = True
+        return await self._runtime.arun(self._lifecycle.startup_all())
 
     def _install_sigterm_handler(self) -> None:
         if not self.settings.handle_sigterm or self.processor is None:
@@ -202,15 +256,11 @@ class LoggingContainer:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything logged before the call is written (or
         dropped); return whether that happened within ``timeout``."""
-        if self.processor is None:
-            return True
-        return self.processor.pipeline.flush(timeout)
+        return self._pipeline.flush(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` without blocking the caller's event loop."""
-        if self.processor is None:
-            return True
-        return await self.processor.pipeline.aflush(timeout)
+        return await self._pipeline.aflush(timeout)
 
     def shutdown(self, timeout: float | None = None) -> DrainReport:
         """Drain pending events (up to ``timeout``, default the
@@ -221,13 +271,16 @@ class LoggingContainer:
         ``pending``).
         """
         with self._lock:
-            if not self._running:
-                return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
+            if self._drain_report is not None:
+                return self._drain_report
+            if not (self._running or self._engine_started):
+                return DrainReport(written=0, dropped=0, pending=0)
             self._running = False
-            if self.processor is not None:
-                self._drain_report = DrainReport(self.processor.shutdown(timeout))
-            else:
-                self._drain_report = DrainReport(written=0, dropped=0, pending=0)
+            self._drain_report = (
+                self._stop_engine(self.settings.shutdown_timeout if timeout is None else timeout)
+                if self._engine_started
+                else DrainReport(written=0, dropped=0, pending=0)
+            )
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -236,6 +289,30 @@ class LoggingContainer:
             self._restore_sigterm_handler()
             _live.discard(self)
             return self._drain_report
+
+    def _stop_engine(self, timeout: float) -> DrainReport:
+        """Drain the pipeline, stop the enrichers (dependants first), stop
+        the runtime; the drain report."""
+        runtime = self._runtime
+        report = self._pipeline.close(timeout)
+        if runtime.is_running and not runtime.in_runtime_thread():
+            try:
+                runtime.run(self._lifecycle.shutdown_all(), timeout)
+            except TimeoutError:
+                _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
+        # From here log calls write their own events; the runtime's exit hook
+        # writes whatever raced the drain, on its own thread.
+        self._pipeline.stop_accepting()
+        if not runtime.in_runtime_thread():
+            runtime.stop(max(timeout, 1.0))
+            if runtime.lingering:
+                _report.warning(
+                    "enrichlog: the runtime did not stop within %.1fs (an enricher blocks "
+                    "its loop); %d event(s) will be written when it does",
+                    max(timeout, 1.0),
+                    self._pipeline.pending,
+                )
+        return report
 
     async def ashutdown(self, timeout: float | None = None) -> DrainReport:
         """:meth:`shutdown` without blocking the caller's event loop."""
@@ -248,17 +325,16 @@ class LoggingContainer:
         if not self._running:
             return
         self._lock = threading.RLock()
-        self.runtime.forget_after_fork()
-        self.lifecycle.forget_after_fork()
+        self._runtime.after_fork_in_child()
+        self._lifecycle.after_fork_in_child()
         if self.output is not None:
-            self.output.after_fork()
+            self.output.after_fork_in_child()
+        self._pipeline.after_fork_in_child()
+        self._plan.after_fork_in_child()
         if self.processor is None:
             return
-        self.processor.pipeline.forget_after_fork()
-        for guard in self.processor.guards.values():
-            guard.after_fork()
         try:
-            self.processor.startup(timeout=_STARTUP_TIMEOUT)
+            self.start_enrichers(timeout=_STARTUP_TIMEOUT)
         except TimeoutError:
             _report.warning("enrichlog: enrichers slow to restart after fork")
         mp_util = sys.modules.get("multiprocessing.util")
@@ -281,18 +357,21 @@ class LoggingContainer:
                 "queue_high_water": 0,
                 "enrichers": {},
             }
-        return self.processor.metrics()
+        metrics = self._pipeline.metrics()
+        metrics["filtered"] += self.processor.filtered
+        return {
+            **metrics,
+            "delivery": "background" if self.processor.background else "inline",
+            "enrichers": self._plan.enricher_stats(),
+        }
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per enricher: started, healthy, available, breaker state and the
         last error."""
-        status = self.lifecycle.status()
-        guards = self.processor.guards if self.processor is not None else {}
+        status = self._lifecycle.status()
+        breakers = self._plan.breaker_states()
         for name, view in status.items():
-            guard = guards.get(name)
-            view["breaker"] = guard.breaker.state.value if guard is not None else None
-            if guard is not None and guard.last_error is not None:
-                view["last_error"] = view["last_error"] or guard.last_error
+            view["breaker"] = breakers.get(name)
         return status
 
     @property
@@ -323,6 +402,23 @@ class LoggingContainer:
         _tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
+
+
+def build_processor_chain(
+    settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
+) -> list[Processor]:
+    """The structlog processors for ``settings`` and ``enrichers``.
+
+    The enrichment processor in it belongs to a container of its own; call
+    its ``startup()`` before logging and its ``shutdown()`` after (or use
+    :func:`configure_logging`, which does all of this).
+
+    Raises:
+        EnricherConfigError: an enricher or setting is not usable.
+        EnricherDependencyError: a cycle, a missing dependency or a
+            duplicate name.
+    """
+    return LoggingContainer(settings, enrichers).chain()
 
 
 def _install(chain: list[Processor], output: LineWriter, level: int) -> None:
@@ -382,7 +478,7 @@ def configure_logging(
 
 def _after_fork_in_child() -> None:
     if _installed_writer is not None:
-        _installed_writer.after_fork()
+        _installed_writer.after_fork_in_child()
     for container in list(_live):
         container._after_fork_in_child()
 

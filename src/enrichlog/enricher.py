@@ -26,6 +26,7 @@ import anyio
 from structlog.typing import EventDict, WrappedLogger
 
 from .exceptions import EnricherConfigError
+from .resilience.retry import is_transient_error
 
 __all__ = [
     "AsyncEnricher",
@@ -145,8 +146,17 @@ class Enricher:
         self.priority = chosen_priority
         self.provides = _as_names(self.provides if provides is None else provides, resolved)
         self._started = False
-        self._healthy = True
         self._lock: anyio.Lock | None = None
+        #: Started and healthy: the runtime calls the enricher; otherwise it
+        #: is skipped as ``unavailable``. Read on every event, hence a plain
+        #: attribute, kept by :meth:`startup`, :meth:`shutdown` and
+        #: :meth:`health_check`.
+        self.available = False
+        #: The most recent failure, for ``container.health()``: a start-up or
+        #: health-check failure (``startup failed: ConnectionError``), or the
+        #: reason of the last failed call (``timeout``); ``None`` once it
+        #: starts or passes a health check again.
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -161,7 +171,7 @@ class Enricher:
     @property
     def is_healthy(self) -> bool:
         """Started, and the last health check (if any) passed."""
-        return self._started and self._healthy
+        return self.available
 
     def _get_lock(self) -> anyio.Lock:
         if self._lock is None:
@@ -172,14 +182,21 @@ class Enricher:
         """Run :meth:`_startup` once; later and concurrent calls wait for it.
 
         Raises whatever ``_startup`` raises; the enricher then stays not
-        started and a later call tries again.
+        started (its :attr:`last_error` says why) and a later call tries
+        again.
         """
         async with self._get_lock():
             if self._started:
                 return
-            await self._startup()
+            try:
+                await self._startup()
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self.last_error = f"startup failed: {type(exc).__name__}"
+                raise
             self._started = True
-            self._healthy = True
+            self.available = True
+            self.last_error = None
 
     async def shutdown(self) -> None:
         """Run :meth:`_shutdown` once if the enricher was started; idempotent."""
@@ -187,6 +204,7 @@ class Enricher:
             if not self._started:
                 return
             self._started = False
+            self.available = False
             await self._shutdown()
 
     async def health_check(self) -> bool:
@@ -199,14 +217,16 @@ class Enricher:
             raise
         except BaseException:  # any failure means unhealthy
             healthy = False
-        self._healthy = healthy
+        self.available = healthy and self._started
+        self.last_error = None if healthy else "health check failed"
         return healthy
 
-    def _forget_runtime_state(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Mark the enricher not started (after ``fork()``: its pools belong
         to the parent's event loop, so it starts afresh in the child)."""
         self._started = False
-        self._healthy = True
+        self.available = False
+        self.last_error = None
         self._lock = None
 
     async def _startup(self) -> None:
@@ -325,7 +345,7 @@ class AsyncEnricher(Enricher):
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a failure is worth retrying (default: OS and timeout errors)."""
-        return isinstance(exc, OSError | TimeoutError)
+        return is_transient_error(exc)
 
     async def enrich_async(
         self, logger: WrappedLogger, method_name: str, event_dict: EventDict
@@ -601,12 +621,3 @@ def _configure_instance(
             )
         enricher.blocking = True
     return enricher
-
-
-def changes_of(
-    before: Mapping[str, Any], after: Mapping[str, Any]
-) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """What an enricher did to its copy of the event: (set keys, removed keys)."""
-    updated = {k: v for k, v in after.items() if k not in before or before[k] is not v}
-    removed = tuple(k for k in before if k not in after)
-    return updated, removed

@@ -1,8 +1,10 @@
-"""`build_processor_chain`: the structlog processors a container installs.
+"""The structlog processors around enrichment, and the renderers.
 
-    merge_contextvars -> add_log_level -> TimeStamper(iso)
+A container installs::
+
+    merge_contextvars -> add_log_level -> TimeStamper(iso)     (pre_processors)
       -> AsyncEnricherProcessor (when enrichers are configured)
-      -> format_exc_info -> renderer (json / console / logfmt)
+      -> format_exc_info -> renderer (json / console / logfmt)  (post_processors)
 
 The renderer never raises: an event an enricher made unserialisable is
 written with its odd values shown by ``repr`` and a ``render_error`` field.
@@ -12,16 +14,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..settings import LoggingSettings
-from .processor import AsyncEnricherProcessor
 
-__all__ = ["SafeRenderer", "build_processor_chain", "make_renderer", "pre_processors"]
+__all__ = ["SafeRenderer", "make_renderer", "post_processors", "pre_processors"]
 
 try:  # optional extra: about twice as fast as the stdlib encoder here
     import orjson
@@ -129,34 +130,3 @@ def post_processors(settings: LoggingSettings) -> list[Processor]:
         colors = settings.output == "stdout" and _stdout_is_tty()
         return [make_renderer(settings.format, colors=colors)]
     return [exceptions, make_renderer(settings.format)]
-
-
-def build_processor_chain(
-    settings: LoggingSettings | None = None,
-    enrichers: Iterable[object] = (),
-    *,
-    processor: AsyncEnricherProcessor | None = None,
-) -> list[Processor]:
-    """The structlog processors for ``settings`` and ``enrichers``.
-
-    Args:
-        settings: defaults to ``LoggingSettings()`` (the environment).
-        enrichers: anything ``configure_logging`` accepts; used to build an
-            :class:`AsyncEnricherProcessor` when ``processor`` is not given.
-        processor: an existing processor (the container passes its own).
-
-    A processor built here owns its runtime; call its ``startup()`` (or use
-    :func:`~enrichlog.configure_logging`, which does all of this) before
-    logging, so that enrichers with a ``_startup`` are ready.
-    """
-    settings = settings or LoggingSettings()
-    tail = post_processors(settings)
-    chain = pre_processors()
-    enricher_list = list(enrichers)
-    if processor is None and enricher_list:
-        processor = AsyncEnricherProcessor.from_enrichers(enricher_list, settings)
-    if processor is not None:
-        processor.set_tail(tail)
-        chain.append(processor)
-    chain.extend(tail)
-    return chain

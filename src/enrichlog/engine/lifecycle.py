@@ -1,5 +1,13 @@
 """`EnricherLifecycleManager`: start-up, health and shutdown of enrichers.
 
+Every method runs on the caller's event loop: a container calls them on its
+runtime's loop, and an application can use the manager on its own::
+
+    manager = EnricherLifecycleManager()
+    manager.register_enricher(UserEnricher())
+    async with manager.managed_enrichers():
+        print(await manager.health_check_all())   # {"user": True}
+
 Start-ups run concurrently; one that fails marks its enricher unavailable,
 is reported once through the stdlib logger ``enrichlog``, and the others
 carry on, and it is started again later: on the next periodic health check
@@ -14,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from ..enricher import Enricher
 from ..uri.masking import mask_secrets
-from .runtime import EnrichmentRuntime
 
 __all__ = ["EnricherLifecycleManager"]
 
@@ -32,37 +39,33 @@ _LAST_RETRY = 60.0
 
 
 class EnricherLifecycleManager:
-    """Starts, checks and stops the enrichers of one container.
+    """Starts, checks and stops enrichers, on the caller's event loop.
+
+    An enricher's state (started, available, last error) is the enricher's
+    own; the manager drives it and reports failures once.
 
     Args:
-        runtime: the loop lifecycle methods run on (a lifecycle call made
-            from elsewhere is sent there, so pools stay on one loop).
+        enrichers: enrichers to manage, dependencies first (shutdown runs in
+            the reverse order); more can be added with
+            :meth:`register_enricher`.
         health_check_interval: seconds between health checks; ``None`` off.
-
-    Attributes:
-        on_availability: called with ``(name, available)`` whenever an
-            enricher becomes usable or stops being so.
     """
 
     def __init__(
-        self, runtime: EnrichmentRuntime, *, health_check_interval: float | None = None
+        self, enrichers: Iterable[Enricher] = (), *, health_check_interval: float | None = None
     ) -> None:
-        self._runtime = runtime
         self._interval = health_check_interval
         self._enrichers: list[Enricher] = []
-        self._last_error: dict[str, str | None] = {}
-        self._available: dict[str, bool] = {}
         self._checker: asyncio.Task[None] | None = None
         self._reported: set[str] = set()  # start-up failures already reported
         self._retries: dict[str, asyncio.Task[None]] = {}
-        self.on_availability: Callable[[str, bool], None] | None = None
+        for enricher in enrichers:
+            self.register_enricher(enricher)
 
     def register_enricher(self, enricher: Enricher) -> None:
         """Manage ``enricher``; register in dependency order (dependencies
         first), since shutdown runs in the reverse of this order."""
         self._enrichers.append(enricher)
-        self._available.setdefault(enricher.name, False)
-        self._last_error.setdefault(enricher.name, None)
 
     @property
     def enrichers(self) -> tuple[Enricher, ...]:
@@ -74,7 +77,7 @@ class EnricherLifecycleManager:
         await asyncio.gather(*(self._start(e) for e in self._enrichers))
         if self._interval is not None and self._checker is None:
             self._checker = asyncio.get_running_loop().create_task(self._check_periodically())
-        return dict(self._available)
+        return {e.name: e.available for e in self._enrichers}
 
     async def _start(self, enricher: Enricher) -> None:
         if not await self._try_start(enricher):
@@ -105,7 +108,6 @@ class EnricherLifecycleManager:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
-            self._mark(enricher, False, f"startup failed: {type(exc).__name__}")
             if enricher.name in self._reported:
                 return False  # reported once until it starts: retried quietly
             self._reported.add(enricher.name)
@@ -118,7 +120,6 @@ class EnricherLifecycleManager:
             )
             return False
         self._reported.discard(enricher.name)
-        self._mark(enricher, True, None)
         return True
 
     async def shutdown_all(self) -> None:
@@ -141,7 +142,6 @@ class EnricherLifecycleManager:
                     type(exc).__name__,
                     mask_secrets(str(exc)),
                 )
-            self._mark(enricher, False, self._last_error.get(enricher.name))
 
     async def health_check_all(self) -> dict[str, bool]:
         """Check every enricher; restart those that are not started.
@@ -154,12 +154,11 @@ class EnricherLifecycleManager:
     async def _check(self, enricher: Enricher) -> bool:
         if not enricher.is_started and not await self._try_start(enricher):
             return False
+        was = enricher.available
         healthy = await enricher.health_check()
-        was = self._available.get(enricher.name)
-        self._mark(enricher, healthy, None if healthy else "health check failed")
         if was and not healthy:
             _report.warning("enricher %r failed its health check; skipping it", enricher.name)
-        elif healthy and was is False:
+        elif healthy and not was:
             _report.info("enricher %r is healthy again", enricher.name)
         return healthy
 
@@ -171,13 +170,6 @@ class EnricherLifecycleManager:
                 await self.health_check_all()
             except Exception:
                 _report.exception("enrichlog: health check round failed")
-
-    def _mark(self, enricher: Enricher, available: bool, error: str | None) -> None:
-        self._last_error[enricher.name] = error
-        if self._available.get(enricher.name) != available:
-            self._available[enricher.name] = available
-            if self.on_availability is not None:
-                self.on_availability(enricher.name, available)
 
     @contextlib.asynccontextmanager
     async def managed_enrichers(self) -> AsyncIterator[EnricherLifecycleManager]:
@@ -195,16 +187,15 @@ class EnricherLifecycleManager:
             e.name: {
                 "started": e.is_started,
                 "healthy": e.is_healthy,
-                "available": self._available.get(e.name, False),
-                "last_error": self._last_error.get(e.name),
+                "available": e.available,
+                "last_error": e.last_error,
             }
             for e in self._enrichers
         }
 
-    def forget_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: every enricher starts afresh on the new loop."""
         self._checker = None
         self._retries = {}
         for enricher in self._enrichers:
-            enricher._forget_runtime_state()
-            self._mark(enricher, False, None)
+            enricher.after_fork_in_child()

@@ -3,18 +3,63 @@
 `LineWriter` is the wrapped logger structlog calls with each rendered line.
 It is shared by the logging threads (events completed on the caller) and the
 runtime thread (events completed there), so one lock orders their writes.
+`TailWriter` finishes the events the runtime completed: it runs the rest of
+the structlog chain (exception formatting, the renderer) and hands the line
+to the event's logger, as structlog would have.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from typing import IO, Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..exceptions import EnricherConfigError
 
-__all__ = ["LineWriter", "open_output"]
+__all__ = ["LineWriter", "TailWriter", "open_output"]
+
+_report = logging.getLogger("enrichlog")
+
+
+class TailWriter:
+    """Renders events the runtime finished and writes their lines.
+
+    Args:
+        tail: the processors after enrichlog's in the chain (the renderer
+            last); the logger method named by the event writes the result.
+    """
+
+    __slots__ = ("tail",)
+
+    def __init__(self, tail: Iterable[Processor] = ()) -> None:
+        self.tail = list(tail)
+
+    def write(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> bool:
+        """Run the tail and write the line; never raises. Returns whether a
+        line was written (a processor may drop the event on purpose)."""
+        event: Any = event_dict
+        try:
+            for processor in self.tail:
+                event = processor(logger, method_name, event)
+            if isinstance(event, str | bytes | bytearray):
+                getattr(logger, method_name)(event)
+            elif isinstance(event, tuple):
+                args, kwargs = event
+                getattr(logger, method_name)(*args, **kwargs)
+            else:
+                getattr(logger, method_name)(**event)
+        except structlog.DropEvent:
+            return False
+        except Exception:
+            _report.exception("enrichlog: writing an event failed")
+            return False
+        return True
 
 
 class LineWriter:
@@ -98,7 +143,7 @@ class LineWriter:
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._closed = False
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Start afresh in a forked child: a new lock and a new stream.
 
         A lock held by another of the parent's threads at fork time (ours,

@@ -2,30 +2,44 @@
 enrichment runtime.
 
 Logging threads put events into a bounded queue and wake the runtime loop
-only when it sleeps; the loop takes events in batches, enriches up to
-``max_in_flight`` at once and writes them in the order they were logged. A
-flush is a sequence number: it completes once nothing logged before it is
-still pending.
+only when it sleeps; the loop takes events in batches, has the
+:class:`~enrichlog.engine.plan.EnrichmentPlan` advance up to
+``max_in_flight`` of them at once, and hands them to the writer in the order
+they were logged. A flush is a sequence number: it completes once nothing
+logged before it is still pending.
+
+The pipeline owns an event's place in line (sequence number, urgency, who
+waits for its line); the plan owns how far its enrichment got.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
+import enum
 import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from structlog.typing import EventDict, WrappedLogger
 
-from .runtime import EnrichmentRuntime
+from .plan import Enrichment, EnrichmentPlan
+from .runtime import EnrichmentRuntime, resolver, set_result
 
-__all__ = ["CLOSED", "DROPPED", "SUBMITTED", "DrainReport", "EventPipeline", "PendingEvent"]
+__all__ = [
+    "CLOSED",
+    "DROPPED",
+    "QUEUED",
+    "DrainReport",
+    "EventPipeline",
+    "EventWriter",
+    "PendingEvent",
+    "PipelineState",
+]
 
 _report = logging.getLogger("enrichlog")
 
@@ -38,8 +52,32 @@ _SALVAGE_SECONDS = 1.0
 #: up to ~55 us at 1024 before other changes; throughput is the same).
 _PUMP_BUDGET = 16
 
-#: What :meth:`EventPipeline.submit` did with an event.
-SUBMITTED, DROPPED, CLOSED = 0, 1, 2
+#: What :meth:`EventPipeline.submit` did with an event: queued it, dropped it
+#: under the overflow policy, or refused it (closed: the caller writes it).
+QUEUED, DROPPED, CLOSED = 0, 1, 2
+
+
+class PipelineState(enum.Enum):
+    """Where a pipeline stands in its drain."""
+
+    #: Events are queued and enriched.
+    ACCEPTING = "accepting"
+    #: Shutdown began: events are still queued, so that each thread's lines
+    #: keep their order, but no longer enriched.
+    CLOSING = "closing"
+    #: Drained: a caller writes its own event once nothing is pending.
+    CLOSED = "closed"
+    #: The runtime is gone: callers write their own events.
+    STOPPED = "stopped"
+
+
+class EventWriter(Protocol):
+    """Renders a finished event and writes its line; never raises."""
+
+    def write(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> bool:
+        """Write the event; return whether a line was written."""
+        ...
+
 
 #: Methods whose events take the priority lane: never dropped while
 #: lower-level events remain in the queue to drop instead.
@@ -47,47 +85,24 @@ URGENT_METHODS = frozenset({"error", "err", "exception", "critical", "fatal", "f
 
 
 class PendingEvent:
-    """One event on its way through the pipeline.
-
-    ``level_index`` and ``outcomes`` say how far the logging thread got: the
-    level to continue at, and the outcomes it already has for that level.
+    """One event waiting in the pipeline: its place in line and who waits
+    for its line; ``enrichment`` is the plan's part.
     """
 
-    __slots__ = (
-        "context",
-        "done",
-        "event",
-        "filtered",
-        "level_index",
-        "logger",
-        "method_name",
-        "on_written",
-        "outcomes",
-        "seq",
-        "urgent",
-    )
+    __slots__ = ("context", "done", "enrichment", "on_written", "seq", "urgent")
 
     def __init__(
         self,
-        logger: WrappedLogger,
-        method_name: str,
-        event: EventDict,
-        level_index: int,
-        outcomes: list[Any] | None,
+        enrichment: Enrichment,
         context: contextvars.Context,
         on_written: Callable[[], object] | None,
     ) -> None:
-        self.logger = logger
-        self.method_name = method_name
-        self.event = event
-        self.level_index = level_index
-        self.outcomes = outcomes
+        self.enrichment = enrichment
         self.context = context
         self.on_written = on_written
-        self.urgent = method_name in URGENT_METHODS
+        self.urgent = enrichment.method_name in URGENT_METHODS
         self.seq = 0
         self.done = False
-        self.filtered = False  # an enricher raised DropEvent
 
 
 class DrainReport(dict[str, int]):
@@ -114,13 +129,8 @@ class EventPipeline:
 
     Args:
         runtime: the loop events are enriched on.
-        advance: settles what can be settled without awaiting; returns
-            whether the event is complete (runs in the event's context).
-        complete: awaits the rest of the event's enrichment; never raises
-            but cancellation.
-        write: renders and writes a complete event; never raises.
-        abandon: completes an event without awaiting (at shutdown, or when
-            its enrichment task was cancelled before it ran); never raises.
+        plan: advances each event's enrichment.
+        writer: renders and writes each finished event.
         queue_size, overflow, block_timeout, max_in_flight,
         report_interval: see :class:`~enrichlog.settings.LoggingSettings`.
     """
@@ -128,11 +138,9 @@ class EventPipeline:
     def __init__(
         self,
         runtime: EnrichmentRuntime,
+        plan: EnrichmentPlan,
+        writer: EventWriter,
         *,
-        advance: Callable[[PendingEvent], bool],
-        complete: Callable[[PendingEvent], Coroutine[Any, Any, None]],
-        write: Callable[[PendingEvent], bool],
-        abandon: Callable[[PendingEvent], None],
         queue_size: int,
         overflow: str,
         block_timeout: float,
@@ -140,10 +148,8 @@ class EventPipeline:
         report_interval: float,
     ) -> None:
         self._runtime = runtime
-        self._advance = advance
-        self._complete = complete
-        self._write = write
-        self._abandon = abandon
+        self._plan = plan
+        self.writer = writer
         runtime.add_exit_hook(self._write_leftovers)
         self._queue_size = queue_size
         self._overflow = overflow
@@ -159,12 +165,9 @@ class EventPipeline:
         self._normal: deque[PendingEvent] = deque()
         self._urgent: deque[PendingEvent] = deque()
         self._order: deque[PendingEvent] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._flush_waiters: list[tuple[int, Callable[[], object]]] = []
         self._sleeping = True
-        self._closing = False  # draining: events still accepted, unenriched
-        self._closed = False  # drained: callers write their own events once idle
-        self._stopped = False  # the runtime is gone: callers write their own events
+        self.state = PipelineState.ACCEPTING
         self._leftovers_written = threading.Event()
         self._blocked = 0
         self._next_seq = 0
@@ -187,24 +190,21 @@ class EventPipeline:
         """Every event submitted so far is written or dropped."""
         return self.pending == 0
 
-    @property
-    def closing(self) -> bool:
-        """Whether shutdown began: events are still accepted, so that each
-        thread's lines keep their order, but no longer enriched."""
-        return self._closing
-
     def submit(self, item: PendingEvent, *, may_block: bool = True) -> int:
-        """Queue ``item``; return :data:`SUBMITTED`, :data:`DROPPED` (by the
+        """Queue ``item``; return :data:`QUEUED`, :data:`DROPPED` (by the
         overflow policy, counted) or :data:`CLOSED` (the caller writes it).
 
         Never raises. With ``overflow="block"`` a full queue makes the caller
         wait up to ``block_timeout``, then the new event is dropped and
         counted; ``may_block=False`` (a thread that runs an event loop) skips
-        the wait.
+        the wait. While the pipeline is closing, events are still queued (to
+        keep each thread's order) but completed without enrichment.
         """
+        if self.state is not PipelineState.ACCEPTING:
+            self._plan.finish_unenriched(item.enrichment)
         with self._lock:
             result = self._enqueue(item, may_block)
-            wake = result == SUBMITTED and self._sleeping
+            wake = result == QUEUED and self._sleeping
             if wake:
                 self._sleeping = False
         if self._dropped_items:
@@ -232,7 +232,7 @@ class EventPipeline:
         self.pending += 1
         (self._urgent if item.urgent else self._normal).append(item)
         self._high_water = max(self._high_water, len(self._normal) + len(self._urgent))
-        return SUBMITTED
+        return QUEUED
 
     def _refuses(self) -> bool:
         """With the lock held: whether a caller must write its event itself.
@@ -240,7 +240,10 @@ class EventPipeline:
         After the drain, only once nothing is pending: an event written by
         its caller must not overtake the same thread's queued ones.
         """
-        return self._stopped or (self._closed and self.pending == 0)
+        state = self.state
+        return state is PipelineState.STOPPED or (
+            state is PipelineState.CLOSED and self.pending == 0
+        )
 
     def _make_room(self, item: PendingEvent, may_block: bool) -> bool:
         """With the lock held and the queue full: free a slot or refuse."""
@@ -338,38 +341,26 @@ class EventPipeline:
             self._order.extend(batch)
             budget -= len(batch)
             for item in batch:
-                if self._start(item, loop):
+                if self._start(item):
                     self._in_flight += 1
             self._write_ready()
             if empty:
                 return
 
-    def _start(self, item: PendingEvent, loop: asyncio.AbstractEventLoop) -> bool:
-        """Advance ``item``; start a task for the rest. True if a task runs."""
-        try:
-            complete_now = item.context.run(self._advance, item)
-        except BaseException:  # advance must never stall the queue
-            _report.exception("enrichlog: an event failed to advance; writing it as is")
-            complete_now = True
-        if complete_now:
-            item.done = True
-            return False
-        task = loop.create_task(self._complete(item), context=item.context)
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._finished, item))
-        return True
+    def _start(self, item: PendingEvent) -> bool:
+        """Advance ``item``; True if it awaits (takes an in-flight slot)."""
+        enrichment = item.enrichment
+        if enrichment.level < self._plan.depth:
+            enrichment.on_done = functools.partial(self._enriched, item)
+            if not item.context.run(self._plan.advance, enrichment):
+                return True
+        item.done = True
+        return False
 
-    def _finished(self, item: PendingEvent, task: asyncio.Task[None]) -> None:
-        # A done callback, not a ``finally``: it also runs for a task that was
-        # cancelled before it started, whose coroutine never ran at all.
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            if not task.cancelled():
-                _report.error(
-                    "enrichlog: enriching an event failed; writing it as is",
-                    exc_info=task.exception(),
-                )
-            self._abandon(item)
+    def _enriched(self, item: PendingEvent) -> None:
+        """The plan completed an event that had to await."""
+        if item.done:
+            return  # written already (shutdown gave up on it)
         item.done = True
         self._in_flight -= 1
         self._write_ready()
@@ -378,10 +369,14 @@ class EventPipeline:
 
     def _write_ready(self) -> None:
         order = self._order
+        write = self.writer.write
         finished = 0
         while order and order[0].done:
             item = order[0]
-            if self._write(item):
+            enrichment = item.enrichment
+            if not enrichment.filtered and write(
+                enrichment.logger, enrichment.method_name, enrichment.event
+            ):
                 self._written += 1
             else:
                 self._filtered += 1
@@ -445,17 +440,12 @@ class EventPipeline:
             return True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def resolve() -> None:
-            with contextlib.suppress(RuntimeError):  # caller's loop closed
-                loop.call_soon_threadsafe(_set_result, future)
-
         target = self._flush_target()
         if self._runtime.in_runtime_thread():
-            self._add_flush_waiter(target, lambda: _set_result(future))
+            self._add_flush_waiter(target, functools.partial(set_result, future))
         else:
             try:
-                self._runtime.call_soon(self._add_flush_waiter, target, resolve)
+                self._runtime.call_soon(self._add_flush_waiter, target, resolver(loop, future))
             except RuntimeError:  # the runtime is stopped
                 return self.idle
         try:
@@ -468,14 +458,14 @@ class EventPipeline:
         """Drain: wait up to ``timeout`` for the pending events, then stop
         accepting events, and report what happened.
 
-        While draining, events are still accepted (their callers complete
-        them unenriched first), so every thread's lines keep their order.
-        Events still pending when the timeout hits (``pending`` in the
-        report) are not abandoned: their enrichment is given up and they are
-        written with what they have (``salvaged``).
+        While draining, events are still accepted (completed unenriched), so
+        every thread's lines keep their order. Events still pending when the
+        timeout hits (``pending`` in the report) are not abandoned: their
+        enrichment is given up and they are written with what they have
+        (``salvaged``).
         """
         with self._lock:
-            self._closing = True
+            self.state = PipelineState.CLOSING
         flushed = self.flush(timeout)
         report = self.report()
         if not flushed and report["pending"] and self._runtime.is_running:
@@ -484,7 +474,7 @@ class EventPipeline:
             self.flush(_SALVAGE_SECONDS)
             report["salvaged"] = self._written - written
         with self._lock:
-            self._closed = True
+            self.state = PipelineState.CLOSED
             self._space.notify_all()  # blocked callers write their own events
         self.flush(_SALVAGE_SECONDS)  # events that raced the close
         if self._unreported_drops:
@@ -510,25 +500,31 @@ class EventPipeline:
         what they have); events still queued are completed without awaiting
         anything; everything is written in order.
         """
-        for task in list(self._tasks):
-            task.cancel()
+        self._plan.cancel_calls()
         with self._lock:
             queued = sorted([*self._normal, *self._urgent], key=lambda item: item.seq)
             self._normal.clear()
             self._urgent.clear()
             self._sleeping = True
+        for item in self._order:
+            if not item.done:
+                self._finish_unenriched(item)
+                self._in_flight -= 1
         for item in queued:
-            self._abandon(item)
-            item.done = True
+            self._finish_unenriched(item)
         self._order.extend(queued)
         self._write_ready()
+
+    def _finish_unenriched(self, item: PendingEvent) -> None:
+        self._plan.finish_unenriched(item.enrichment)
+        item.done = True
 
     def stop_accepting(self) -> None:
         """Refuse every new event (callers write their own): the runtime is
         about to stop. Called before it stops, so that no log call can find
         the runtime gone with its event queued."""
         with self._lock:
-            self._stopped = True
+            self.state = PipelineState.STOPPED
             self._space.notify_all()
 
     def _write_leftovers(self) -> None:
@@ -536,7 +532,7 @@ class EventPipeline:
         in order, the events that raced the drain. However late the thread
         ends, it is the only one that touches this state."""
         with self._lock:
-            self._stopped = True
+            self.state = PipelineState.STOPPED
             leftovers = sorted(
                 [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
             )
@@ -546,8 +542,7 @@ class EventPipeline:
             self._space.notify_all()
         for item in leftovers:
             if not item.done:
-                self._abandon(item)
-                item.done = True
+                self._finish_unenriched(item)
         self._order.extend(leftovers)
         self._write_ready()
         self._leftovers_written.set()
@@ -556,10 +551,10 @@ class EventPipeline:
         """For a caller refused after the runtime stopped: wait (briefly)
         until the events that raced the drain are written, so that its own
         line does not overtake them."""
-        if self._stopped:
+        if self.state is PipelineState.STOPPED:
             self._leftovers_written.wait(_SALVAGE_SECONDS)
 
-    def forget_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Start empty in a forked child: the parent writes its own events."""
         self._reset_state()
 
@@ -578,8 +573,3 @@ class EventPipeline:
             "in_flight": self._in_flight,
             "pending": self.pending,
         }
-
-
-def _set_result(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

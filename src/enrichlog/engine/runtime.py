@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EnrichmentRuntime"]
+__all__ = ["EnrichmentRuntime", "resolver", "set_result"]
 
 _T = TypeVar("_T")
 
@@ -139,7 +139,7 @@ class EnrichmentRuntime:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def forget_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """Drop the parent's loop and thread in a forked child.
 
         The thread does not exist in the child and the loop's selector is
@@ -213,3 +213,21 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     with contextlib.suppress(Exception):
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
+
+
+def set_result(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` with ``None`` unless it is done (cancelled by its
+    waiter's timeout, say). Call it on the future's loop."""
+    if not future.done():
+        future.set_result(None)
+
+
+def resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Callable[[], None]:
+    """A callable that resolves ``future`` from any thread, on ``loop``; it
+    does nothing once that loop is closed (its waiter is gone)."""
+
+    def resolve() -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(set_result, future)
+
+    return resolve

@@ -288,7 +288,7 @@ class CircuitBreaker:
             if self._is_current_locked(permit):
                 self._probes_out -= 1
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: a new lock (another thread may have held the
         parent's at fork time)."""
         self._lock = threading.Lock()

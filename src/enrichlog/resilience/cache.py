@@ -200,7 +200,7 @@ class EnricherCache:
             self._entries.clear()
             self._errors = 0
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: a new lock, and no computations in flight (their
         tasks belonged to the parent's event loop)."""
         self._lock = threading.Lock()

@@ -1,0 +1,446 @@
+"""`EnrichmentPlan`: everything about enriching one event.
+
+The plan is compiled once from the registry's levels: a :class:`Step` per
+enricher, each async one behind its :class:`~enrichlog.resilience.guard.EnricherGuard`.
+For each event it settles, on the calling thread, what needs no await (sync
+enrichers, cache hits, open circuits, unavailable enrichers); on the loop it
+advances the event level by level, starting one task per enricher call that
+must await, and merges each level's changes once all of its outcomes are in,
+in the level's order (priority, then registration).
+
+An event is driven by its outcomes, not by a task of its own: the last
+outcome of a level to arrive merges the level and starts the next one. So a
+call that never returns (it ignored its cancellation) holds up nothing once
+its guard abandons it: the event gets ``timeout`` for it and moves on.
+
+The plan knows nothing of queues or threads: it is told to advance an event
+and calls the event's ``on_done`` when the event completed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from ..enricher import AsyncEnricher, Enricher, SyncEnricher
+from ..resilience.guard import ABANDON_GRACE, EnricherGuard, GuardOptions
+from ..resilience.outcome import (
+    FILTERED,
+    FILTERED_REASON,
+    INVALID_RETURN,
+    TIMEOUT,
+    UNAVAILABLE,
+    Outcome,
+    changes_of,
+    error_outcome,
+    isolated_copy,
+)
+from ..settings import LoggingSettings
+
+__all__ = ["Enrichment", "EnrichmentPlan", "Step"]
+
+_report = logging.getLogger("enrichlog")
+
+#: Runs a blocking callable in a worker thread: ``await run(fn, *args)``.
+RunBlocking = Callable[..., Awaitable[Any]]
+
+#: ``settle(logger, method_name, snapshot)``: an outcome, or ``None`` when
+#: the step must run on the loop.
+Settle = Callable[[WrappedLogger, str, EventDict], Outcome | None]
+
+
+class Enrichment:
+    """One event on its way through the plan: how far it got.
+
+    Attributes:
+        level: the level being enriched; the plan's depth once complete.
+        outcomes: the current level's outcomes, ``None`` where still awaited.
+        waiting: how many outcomes of the current level are still awaited.
+        filtered: an enricher filtered the event out (``DropEvent``).
+        on_done: called on the loop when an event that could not complete at
+            once has completed (set by whoever advances it).
+    """
+
+    __slots__ = (
+        "event",
+        "filtered",
+        "level",
+        "logger",
+        "method_name",
+        "on_done",
+        "outcomes",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        logger: WrappedLogger,
+        method_name: str,
+        event: EventDict,
+        level: int,
+        outcomes: list[Outcome | None] | None,
+    ) -> None:
+        self.logger = logger
+        self.method_name = method_name
+        self.event = event
+        self.level = level
+        self.outcomes = outcomes
+        self.waiting = 0
+        self.filtered = False
+        self.on_done: Callable[[], object] | None = None
+
+
+class Step:
+    """One enricher of a compiled plan.
+
+    Attributes:
+        settle: settles the step without awaiting when it can (a sync
+            enricher runs, a cached one answers from its cache); ``None``
+            means it must run on the loop.
+        run: ``await run(logger, method_name, snapshot, abandon)``, the
+            step's outcome on the loop.
+        timeout: the longest the step may take on the loop.
+        guard: the async enricher's guard (``None`` for sync enrichers).
+    """
+
+    __slots__ = ("enricher", "guard", "name", "run", "settle", "timeout")
+
+    def __init__(
+        self,
+        enricher: Enricher,
+        guard: EnricherGuard | None,
+        settle: Settle,
+        run: Callable[..., Awaitable[Outcome]],
+        timeout: float,
+    ) -> None:
+        self.enricher = enricher
+        self.name = enricher.name
+        self.guard = guard
+        self.settle = settle
+        self.run = run
+        self.timeout = timeout
+
+
+class EnrichmentPlan:
+    """The compiled levels of a container's enrichers, and how to run them.
+
+    Args:
+        levels: the enrichers by dependency level, each level in run order.
+        settings: timeouts, the error field and the resilience defaults.
+        run_blocking: runs a blocking sync enricher in a worker thread.
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[Sequence[Enricher]],
+        settings: LoggingSettings,
+        run_blocking: RunBlocking,
+    ) -> None:
+        self._run_blocking_fn = run_blocking
+        self._sync_timeout = settings.enricher_timeout
+        self._level_timeout = settings.level_timeout
+        self._error_field = settings.error_field
+        self._guards: dict[str, EnricherGuard] = {}
+        self._levels = tuple(tuple(self._compile(e, settings) for e in level) for level in levels)
+        self._settlers = tuple(tuple(step.settle for step in level) for level in self._levels)
+        #: How many levels an event goes through.
+        self.depth = len(self._levels)
+        # Levels whose slowest step outlasts the level timeout need a timer.
+        self._level_timers = tuple(
+            self._level_timeout is not None
+            and self._level_timeout < max(step.timeout for step in level)
+            for level in self._levels
+        )
+        self._deliver = self._deliver_outcome
+
+    def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
+        if isinstance(enricher, AsyncEnricher):
+            guard = EnricherGuard(enricher, GuardOptions.for_enricher(enricher, settings))
+            self._guards[enricher.name] = guard
+            return Step(enricher, guard, guard.lookup, guard.run, guard.timeout + ABANDON_GRACE)
+        assert isinstance(enricher, SyncEnricher)
+        if enricher.blocking:
+            return Step(
+                enricher,
+                None,
+                _not_settled,
+                functools.partial(self._run_blocking, enricher),
+                self._sync_timeout,
+            )
+        settle: Settle = functools.partial(_call_sync, enricher)
+        return Step(enricher, None, settle, _never_awaited, 0.0)
+
+    # -- views -----------------------------------------------------------------
+
+    @property
+    def levels(self) -> tuple[tuple[Enricher, ...], ...]:
+        """The enrichers of each level, in execution order."""
+        return tuple(tuple(step.enricher for step in level) for level in self._levels)
+
+    @property
+    def needs_runtime(self) -> bool:
+        """Whether any enricher runs on the loop or in a worker thread."""
+        return any(step.run is not _never_awaited for level in self._levels for step in level)
+
+    def wait_bound(self) -> float:
+        """The longest an event can take to enrich, in seconds: every
+        level's slowest step (capped by the level timeout)."""
+        total = 0.0
+        for level in self._levels:
+            slowest = max((step.timeout for step in level), default=0.0)
+            if self._level_timeout is not None:
+                slowest = min(slowest, self._level_timeout)
+            total += slowest
+        return total
+
+    def enricher_stats(self) -> dict[str, dict[str, Any]]:
+        """Counters of each async enricher's guard, by name."""
+        return {name: guard.stats() for name, guard in self._guards.items()}
+
+    def breaker_states(self) -> dict[str, str]:
+        """The circuit state of each async enricher, by name."""
+        return {name: guard.breaker.state.value for name, guard in self._guards.items()}
+
+    def abandoned(self) -> int:
+        """Calls abandoned so far because they ignored their cancellation."""
+        return sum(guard.abandoned for guard in self._guards.values())
+
+    # -- the calling thread ------------------------------------------------
+
+    def settle(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> Enrichment | None:
+        """Enrich ``event_dict`` in place as far as possible without awaiting.
+
+        Returns ``None`` when the event is complete, else the
+        :class:`Enrichment` to :meth:`advance` on the loop.
+
+        Raises:
+            structlog.DropEvent: an enricher filtered the event out.
+        """
+        # Once per event on the logging thread: locals and a plain loop
+        # (a comprehension's frame costs more than it saves here).
+        for index, settlers in enumerate(self._settlers):
+            outcomes: list[Outcome | None] = []
+            for settle in settlers:
+                outcomes.append(settle(logger, method_name, event_dict))  # noqa: PERF401
+            if None in outcomes:
+                return Enrichment(logger, method_name, event_dict, index, outcomes)
+            self._merge(event_dict, index, outcomes)  # type: ignore[arg-type]
+        return None
+
+    def finish_unenriched(self, enrichment: Enrichment, outcome: Outcome = UNAVAILABLE) -> None:
+        """Complete ``enrichment`` without awaiting: what it has, every
+        outcome still missing set to ``outcome``. Never raises: an enricher's
+        ``DropEvent`` sets ``filtered``."""
+        try:
+            while enrichment.level < self.depth:
+                index = enrichment.level
+                outcomes = enrichment.outcomes or [None] * len(self._levels[index])
+                enrichment.outcomes = None
+                enrichment.level = index + 1
+                self._merge(enrichment.event, index, [o or outcome for o in outcomes])
+        except structlog.DropEvent:
+            enrichment.filtered = True
+        enrichment.level = self.depth
+        enrichment.outcomes = None
+
+    # -- the loop ----------------------------------------------------------------
+
+    def advance(self, enrichment: Enrichment) -> bool:
+        """Settle what needs no await and start the calls of the first level
+        that needs them. True if the event is complete now; otherwise its
+        ``on_done`` is called once it is. Never raises."""
+        try:
+            return self._settle_from(enrichment)
+        except structlog.DropEvent:
+            enrichment.filtered = True
+        except Exception:  # a bug of ours must not lose the event
+            _report_failure()
+        self.finish_unenriched(enrichment)
+        return True
+
+    def cancel_calls(self) -> None:
+        """Cancel every enricher call in progress (shutdown gave up)."""
+        for guard in self._guards.values():
+            guard.cancel_calls()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: fresh locks, timers and slots for every guard."""
+        for guard in self._guards.values():
+            guard.after_fork_in_child()
+
+    def _settle_from(self, enrichment: Enrichment) -> bool:
+        settlers, depth = self._settlers, self.depth
+        while enrichment.level < depth:
+            index = enrichment.level
+            outcomes = enrichment.outcomes
+            if outcomes is None:
+                logger, method_name, event = (
+                    enrichment.logger,
+                    enrichment.method_name,
+                    enrichment.event,
+                )
+                outcomes = [settle(logger, method_name, event) for settle in settlers[index]]
+            if None in outcomes:
+                enrichment.outcomes = outcomes
+                self._start_calls(enrichment, index, outcomes)
+                return False
+            enrichment.outcomes = None
+            enrichment.level = index + 1
+            self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
+        return True
+
+    def _start_calls(
+        self, enrichment: Enrichment, index: int, outcomes: list[Outcome | None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        steps = self._levels[index]
+        waiting = 0
+        for position, outcome in enumerate(outcomes):
+            if outcome is None:
+                waiting += 1
+                # No reference kept: a guarded call's task is held by its
+                # guard's deadline queue, a blocking one's by the executor.
+                loop.create_task(self._call(steps[position], enrichment, index, position))  # noqa: RUF006
+        enrichment.waiting = waiting
+        if self._level_timers[index]:
+            assert self._level_timeout is not None
+            loop.call_later(self._level_timeout, self._level_expired, enrichment, index)
+
+    async def _call(self, step: Step, enrichment: Enrichment, index: int, position: int) -> None:
+        deliver = functools.partial(self._deliver, enrichment, index, position)
+        try:
+            outcome = await step.run(
+                enrichment.logger, enrichment.method_name, enrichment.event, deliver
+            )
+        except asyncio.CancelledError:
+            # Shutdown gave up on the event: it is written without this call.
+            return
+        deliver(outcome)
+
+    def _deliver_outcome(
+        self, enrichment: Enrichment, index: int, position: int, outcome: Outcome
+    ) -> None:
+        """One outcome of ``enrichment``'s level ``index`` arrived; the last
+        one merges the level and advances the event. Late outcomes (the
+        event moved on without them) are ignored."""
+        outcomes = enrichment.outcomes
+        if enrichment.level != index or outcomes is None or outcomes[position] is not None:
+            return
+        outcomes[position] = outcome
+        enrichment.waiting -= 1
+        if enrichment.waiting:
+            return
+        complete = True
+        try:
+            enrichment.outcomes = None
+            enrichment.level = index + 1
+            self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
+            complete = self._settle_from(enrichment)
+        except structlog.DropEvent:
+            enrichment.filtered = True
+            self.finish_unenriched(enrichment)
+        except Exception:  # a bug of ours must not lose the event
+            _report_failure()
+            self.finish_unenriched(enrichment)
+        if complete and enrichment.on_done is not None:
+            enrichment.on_done()
+
+    def _level_expired(self, enrichment: Enrichment, index: int) -> None:
+        if enrichment.level != index or enrichment.outcomes is None:
+            return
+        for position, outcome in enumerate(enrichment.outcomes):
+            if outcome is None:
+                self._deliver(enrichment, index, position, TIMEOUT)
+
+    def _merge(self, event_dict: EventDict, index: int, outcomes: Sequence[Outcome]) -> None:
+        # Once per level of every event: the common case (no failure) is one
+        # tight loop; the names of failed enrichers are looked up only when
+        # there are some.
+        failed = False
+        for updated, removed, reason in outcomes:
+            if reason is None:
+                if removed:
+                    for key in removed:
+                        event_dict.pop(key, None)
+                if updated:
+                    event_dict.update(updated)
+            else:
+                failed = True
+        if failed:
+            self._record_failures(event_dict, index, outcomes)
+
+    def _record_failures(
+        self, event_dict: EventDict, index: int, outcomes: Sequence[Outcome]
+    ) -> None:
+        errors = {}
+        for step, (_, _, reason) in zip(self._levels[index], outcomes, strict=True):
+            if reason is FILTERED_REASON:
+                raise structlog.DropEvent
+            if reason is not None:
+                errors[step.name] = reason
+        if self._error_field is not None:
+            existing = event_dict.get(self._error_field)
+            if isinstance(existing, dict):
+                existing.update(errors)
+            else:
+                event_dict[self._error_field] = errors
+
+    async def _run_blocking(
+        self,
+        enricher: SyncEnricher,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        _abandon: object = None,
+    ) -> Outcome:
+        # A worker thread, bounded by the default timeout (the thread itself
+        # cannot be cancelled; we stop waiting).
+        context = contextvars.copy_context()
+        try:
+            async with asyncio.timeout(self._sync_timeout):
+                outcome: Outcome = await self._run_blocking_fn(
+                    context.run, _call_sync, enricher, logger, method_name, snapshot
+                )
+        except TimeoutError:
+            return TIMEOUT
+        return outcome
+
+
+def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:
+    """Blocking sync enrichers always run in a worker thread."""
+
+
+async def _never_awaited(*_: object) -> Outcome:  # pragma: no cover - settled inline
+    return UNAVAILABLE
+
+
+def _call_sync(
+    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
+) -> Outcome:
+    copy = isolated_copy(snapshot)
+    try:
+        result = enricher.enrich(logger, method_name, copy)
+    except structlog.DropEvent:
+        return FILTERED
+    except BaseException as exc:
+        return error_outcome(exc)
+    if result is None:
+        result = copy
+    try:
+        updated, removed = changes_of(snapshot, result)
+    except Exception:  # not a mapping, or one that fails when read
+        return INVALID_RETURN
+    return (updated, removed, None)
+
+
+def _report_failure() -> None:
+    _report.exception("enrichlog: enriching an event failed; writing it with what it has")

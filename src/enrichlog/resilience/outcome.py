@@ -1,0 +1,121 @@
+"""What one enricher did for one event: its changes, or why it made none.
+
+An :data:`Outcome` is ``(updated keys, removed keys, None)`` on success and
+``(None, (), reason)`` on failure. It is a plain tuple, not a class: one is
+built for every enricher of every event, and cached outcomes are shared
+between events. The reasons are the ones ``enrichment_errors`` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "CIRCUIT_OPEN",
+    "FILTERED",
+    "FILTERED_REASON",
+    "INVALID_RETURN",
+    "OVERLOADED",
+    "TIMEOUT",
+    "UNAVAILABLE",
+    "Outcome",
+    "changes_of",
+    "error_outcome",
+    "isolated_copy",
+]
+
+Outcome = tuple[dict[str, Any] | None, tuple[str, ...], str | None]
+"""``(updated, removed, reason)``: what an enricher did to its copy of an event."""
+
+UNAVAILABLE: Outcome = (None, (), "unavailable")
+"""Skipped: the enricher failed to start, failed its health check, or the
+container is shutting down."""
+
+CIRCUIT_OPEN: Outcome = (None, (), "circuit_open")
+"""Skipped: the enricher's circuit breaker is open."""
+
+TIMEOUT: Outcome = (None, (), "timeout")
+"""The enricher did not answer within its timeout."""
+
+OVERLOADED: Outcome = (None, (), "overloaded")
+"""The runtime itself was too busy to give the enricher its time (waiting for
+a concurrency slot, or a loop that fell behind); not the enricher's fault, so
+not counted by its breaker."""
+
+INVALID_RETURN: Outcome = (None, (), "invalid_return")
+"""The enricher returned something that is not a mapping."""
+
+FILTERED_REASON = "filtered by enricher"
+"""The reason of :data:`FILTERED`; compared by identity, never written."""
+
+FILTERED: Outcome = (None, (), FILTERED_REASON)
+"""The enricher raised structlog's ``DropEvent``: the event is filtered out
+on purpose, and no line is written."""
+
+_ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
+
+#: Values an enricher cannot change in place, so its copy may share them.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, tuple, frozenset})
+
+
+def error_outcome(exc: BaseException) -> Outcome:
+    """The outcome for an enricher that raised ``exc`` (``error: Type``)."""
+    kind = type(exc)
+    outcome = _ERROR_OUTCOMES.get(kind)
+    if outcome is None:
+        outcome = (None, (), f"error: {kind.__name__}")
+        if len(_ERROR_OUTCOMES) < 1024:  # bounded: exception types are few
+            _ERROR_OUTCOMES[kind] = outcome
+    return outcome
+
+
+def changes_of(
+    before: Mapping[str, Any], after: Mapping[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """What an enricher did to its copy of the event: (set keys, removed keys).
+
+    Raises whatever reading ``after`` raises (a mapping that fails when read
+    is the enricher's fault: the caller turns it into ``invalid_return``).
+    """
+    updated = {
+        k: v
+        for k, v in after.items()
+        if k not in before or (before[k] is not v and (type(v) in _IMMUTABLE or before[k] != v))
+    }
+    removed = tuple(k for k in before if k not in after)
+    return updated, removed
+
+
+def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``event`` an enricher may change freely, nested values too.
+
+    Containers (dicts, lists, sets) are copied all the way down; everything
+    else is shared, since strings, numbers and tuples cannot be changed in
+    place. So a failing enricher leaves nothing behind, siblings of one level
+    never see each other's changes, and the application's own objects passed
+    as field values are never modified.
+    """
+    copy = dict(event)
+    for key, value in copy.items():
+        if type(value) not in _IMMUTABLE:
+            copy[key] = _isolated(value)
+    return copy
+
+
+def _isolated(value: Any) -> Any:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if kind is dict:
+        return {key: _isolated(item) for key, item in value.items()}
+    if kind is list:
+        return [_isolated(item) for item in value]
+    if kind is set:
+        return {_isolated(item) for item in value}
+    if isinstance(value, dict | list | set):
+        # Subclasses (OrderedDict, defaultdict...) keep their type.
+        import copy  # noqa: PLC0415 - rare
+
+        return copy.deepcopy(value)
+    return value
