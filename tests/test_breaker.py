@@ -692,3 +692,4 @@ BreakerAgainstModel.TestCase.settings = settings(
     max_examples=200, stateful_step_count=100, deadline=None
 )
 test_breaker_behaves_like_its_model = BreakerAgainstModel.TestCase
+test_breaker_behaves_like_its_model = pytest.mark.slow(test_breaker_behaves_like_its_model)

@@ -430,6 +430,7 @@ CacheAgainstModel.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 test_cache_behaves_like_its_model = CacheAgainstModel.TestCase
+test_cache_behaves_like_its_model = pytest.mark.slow(test_cache_behaves_like_its_model)
 
 
 # -- get_or_compute -----------------------------------------------------------

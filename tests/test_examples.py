@@ -75,6 +75,7 @@ def test_fastapi_style_lines_carry_request_context_and_lookups(tmp_path: Path) -
     assert all({"request_id", "client", "account", "country"} <= line.keys() for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_env_config_shell_example_exits_0(tmp_path: Path) -> None:
     result = run_example(["sh", str(EXAMPLES / "env_config.sh")], tmp_path)

@@ -78,6 +78,7 @@ def test_auto_delivery_is_background_with_an_async_enricher(log_file: Path) -> N
     assert "background" == delivery
 
 
+@pytest.mark.slow
 def test_hundred_thousand_events_from_eight_threads_all_written_once_in_order(
     log_file: Path,
 ) -> None:
@@ -285,6 +286,7 @@ def _run_script(tmp_path: Path, body: str, *, wait_for_ready: bool = False) -> P
     return out
 
 
+@pytest.mark.slow
 def test_process_exit_without_shutdown_drains_every_event(tmp_path: Path) -> None:
     out = _run_script(
         tmp_path,
@@ -302,6 +304,7 @@ def test_process_exit_without_shutdown_drains_every_event(tmp_path: Path) -> Non
     assert list(range(10_000)) == [line["i"] for line in lines]
 
 
+@pytest.mark.slow
 def test_sigterm_drains_every_event(tmp_path: Path) -> None:
     out = _run_script(
         tmp_path,

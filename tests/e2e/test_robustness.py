@@ -293,6 +293,7 @@ for thread in threads:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_children_forked_while_threads_log_do_not_hang(tmp_path: Path) -> None:
     out = tmp_path / "fork.log"
