@@ -20,6 +20,8 @@ from structlog.typing import EventDict, WrappedLogger
 from ..container import configure_logging, get_logger
 from ..enricher import AsyncEnricher, register_enricher
 
+__all__ = ["SimulatedLookup", "critical_path", "demo_enrichers", "run_demo"]
+
 
 class SimulatedLookup(AsyncEnricher):
     """An async enricher that 'looks up' a value after a fixed latency."""

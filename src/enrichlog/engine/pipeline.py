@@ -47,9 +47,8 @@ _report = logging.getLogger("enrichlog")
 _SALVAGE_SECONDS = 1.0
 
 #: Events one turn of the pump handles before it yields to the loop. Small:
-#: a long turn holds the GIL, and logging threads then wait for it (caller
-#: p99 in benchmarks/run.py background: 28-37 us at 16, 26-87 us at 64,
-#: up to ~55 us at 1024 before other changes; throughput is the same).
+#: a long turn holds the GIL, and logging threads then wait for it (the
+#: caller's p99 in docs/benchmarks.md, "Hot-path choices").
 _PUMP_BUDGET = 16
 
 #: What :meth:`EventPipeline.submit` did with an event: queued it, dropped it

@@ -193,7 +193,7 @@ class AsyncEnricherProcessor:
         written: _thread.LockType | None = None
         on_written: Callable[[], object] | None = None
         # A thread that runs an event loop must not block on a full queue.
-        on_loop = asyncio._get_running_loop() is not None  # the C fast path, 30 ns
+        on_loop = asyncio._get_running_loop() is not None  # the C fast path
         if waiters is not None:
             # ainfo() and friends: the caller awaits this future on its loop.
             loop = asyncio.get_running_loop()

@@ -50,7 +50,7 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_logger = logging.getLogger("enrichlog")
+_report = logging.getLogger("enrichlog")
 
 
 class CircuitState(enum.Enum):
@@ -393,7 +393,7 @@ class CircuitBreaker:
             try:
                 listener(self, old, new)
             except Exception:
-                _logger.exception(
+                _report.exception(
                     "circuit breaker %r: state listener %r failed on %s -> %s",
                     self._name,
                     listener,

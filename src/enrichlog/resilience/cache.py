@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from ..exceptions import CachedError
+from .outcome import changes_of
 
 __all__ = ["AsyncSmartCache", "EnricherCache", "cached_enricher"]
 
@@ -144,8 +145,8 @@ class EnricherCache:
         wrong by more than that.
         """
         # Hot path, once per event on the logging thread: one lookup, one
-        # clock read, one comparison. ~0.2 us per hit on CPython 3.11; a
-        # ``with lock:`` alone would add ~0.15 us, hence no lock here.
+        # clock read, one comparison; a ``with lock:`` would nearly double
+        # the cost of a hit (docs/benchmarks.md, "Hot-path choices").
         entry = self._entries.get(key)
         if entry is not None:
             value, expires_at, error = entry
@@ -427,18 +428,6 @@ class _EventChanges(NamedTuple):
     updated: dict[str, Any]
     removed: tuple[str, ...]
 
-    @classmethod
-    def between(cls, before: Mapping[str, Any], after: Mapping[str, Any]) -> _EventChanges:
-        # Identity, not equality: it is cheap, cannot raise, and a value
-        # replaced by an equal one is merely recorded once more.
-        updated = {
-            key: value
-            for key, value in after.items()
-            if key not in before or before[key] is not value
-        }
-        removed = tuple(key for key in before if key not in after)
-        return cls(updated, removed)
-
     def applied_to(self, event_dict: Mapping[str, Any]) -> dict[str, Any]:
         result = dict(event_dict)
         result.update(self.updated)
@@ -503,7 +492,7 @@ def cached_enricher(
             head: tuple[Any, ...], event_dict: Mapping[str, Any]
         ) -> _EventChanges:
             after = await run_on_copy(head, event_dict)
-            return _EventChanges.between(event_dict, after)
+            return _EventChanges(*changes_of(event_dict, after))
 
         @functools.wraps(enrich)
         async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> dict[str, Any]:
