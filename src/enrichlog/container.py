@@ -26,11 +26,11 @@ import structlog
 from pydantic import ValidationError
 from structlog.typing import Processor
 
-from .engine.chain import post_processors, pre_processors
+from .engine.chain import post_processors, pre_processors, render_fallbacks
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, open_output
-from .engine.pipeline import DrainReport, EventPipeline
+from .engine.pipeline import EventPipeline
 from .engine.plan import EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
@@ -40,9 +40,18 @@ from .exceptions import EnricherConfigError
 from .settings import LoggingSettings, unknown_settings
 from .uri.masking import mask_secrets
 
-__all__ = ["LoggingContainer", "build_processor_chain", "configure_logging", "get_logger"]
+__all__ = [
+    "DrainReport",
+    "LoggingContainer",
+    "build_processor_chain",
+    "configure_logging",
+    "get_logger",
+]
 
 _STARTUP_TIMEOUT = 30.0
+
+#: What the shutdown report holds (``salvaged`` too, when the drain timed out).
+_REPORTED = ("written", "dropped", "pending", "write_failed", "abandoned", "filtered")
 
 _report = logging.getLogger("enrichlog")
 
@@ -58,6 +67,26 @@ _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # follows the new configuration instead of a shut-down container.
 _installed_chain: list[Processor] = []
 _installed_writer: LineWriter | None = None
+
+
+class DrainReport(dict[str, int]):
+    """What :meth:`LoggingContainer.shutdown` achieved; keys are also
+    attributes (``report.written``).
+
+    ``written``: lines written while the container ran, whichever thread
+    wrote them; ``dropped``: events dropped under the overflow policy;
+    ``pending``: events still not written when shutdown returned;
+    ``write_failed``: lines the output refused; ``abandoned``: enricher calls
+    that ignored their cancellation; ``filtered``: events an enricher
+    filtered out on purpose; ``salvaged`` (only when the drain timed out):
+    events written with what they had.
+    """
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def get_logger(*args: Any, **initial_values: Any) -> Any:
@@ -150,6 +179,11 @@ class LoggingContainer:
         self._engine_started = False
         self._drain_report: DrainReport | None = None
         self._previous_sigterm: Any = None
+        # The writer structlog calls while this container is installed, and
+        # its counts when it was: lines written by any thread are counted
+        # there.
+        self._lines: LineWriter | None = None
+        self._lines_before = (0, 0)
 
     def _uri_enrichers(self) -> list[Enricher]:
         if not self.settings.enrichers:
@@ -189,7 +223,8 @@ class LoggingContainer:
                         "skipped as 'unavailable' until they are up",
                         _STARTUP_TIMEOUT,
                     )
-            _install(self.chain(), self.output, self.settings.level_number)
+            self._lines = _install(self.chain(), self.output, self.settings)
+            self._lines_before = (self._lines.written, self._lines.write_failed)
             self._running = True
             _live.add(self)
             atexit.register(self._at_exit)
@@ -276,11 +311,12 @@ class LoggingContainer:
             if not (self._running or self._engine_started):
                 return DrainReport(written=0, dropped=0, pending=0)
             self._running = False
-            self._drain_report = (
-                self._stop_engine(self.settings.shutdown_timeout if timeout is None else timeout)
-                if self._engine_started
-                else DrainReport(written=0, dropped=0, pending=0)
-            )
+            salvaged = None
+            if self._engine_started:
+                drained = self._stop_engine(
+                    self.settings.shutdown_timeout if timeout is None else timeout
+                )
+                salvaged = drained.get("salvaged")
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -288,9 +324,34 @@ class LoggingContainer:
             atexit.unregister(self._at_exit)
             self._restore_sigterm_handler()
             _live.discard(self)
-            return self._drain_report
+            report = DrainReport(
+                {key: value for key, value in self._counts().items() if key in _REPORTED}
+            )
+            if salvaged is not None:
+                report["salvaged"] = salvaged
+            self._drain_report = report
+            return report
 
-    def _stop_engine(self, timeout: float) -> DrainReport:
+    def _counts(self) -> dict[str, int]:
+        """Lines written (by any thread) and failed, events dropped, filtered
+        and still pending, calls abandoned, renderer fallbacks."""
+        pipeline = self._pipeline.metrics()
+        if self._lines is not None:
+            written = self._lines.written - self._lines_before[0]
+            write_failed = self._lines.write_failed - self._lines_before[1]
+        else:  # not installed: only the lines the runtime wrote are known
+            written, write_failed = pipeline["written"], 0
+        return {
+            "written": written,
+            "write_failed": write_failed,
+            "dropped": pipeline["dropped"],
+            "filtered": pipeline["filtered"] + (self.processor.filtered if self.processor else 0),
+            "pending": pipeline["pending"],
+            "abandoned": self._plan.abandoned(),
+            "render_fallbacks": render_fallbacks(self._writer.tail),
+        }
+
+    def _stop_engine(self, timeout: float) -> dict[str, int]:
         """Drain the pipeline, stop the enrichers (dependants first), stop
         the runtime; the drain report."""
         runtime = self._runtime
@@ -345,23 +406,21 @@ class LoggingContainer:
     # -- views ---------------------------------------------------------------
 
     def metrics(self) -> dict[str, Any]:
-        """Counters: ``written``, ``dropped``, ``queue_depth``,
-        ``queue_high_water``, ``in_flight``, and per-enricher counters
-        (calls, failures, retries, circuit skips, cache statistics)."""
-        if self.processor is None:
-            return {
-                "delivery": "inline",
-                "written": None,
-                "dropped": 0,
-                "queue_depth": 0,
-                "queue_high_water": 0,
-                "enrichers": {},
-            }
-        metrics = self._pipeline.metrics()
-        metrics["filtered"] += self.processor.filtered
+        """Counters: ``written`` (lines, whichever thread wrote them),
+        ``write_failed``, ``dropped`` (and ``dropped_by_kind``),
+        ``filtered``, ``pending``, ``abandoned``, ``render_fallbacks``,
+        ``queue_depth``, ``queue_high_water``, ``in_flight``, and per
+        enricher its counters (calls, failures, retries, circuit skips,
+        abandoned and overloaded calls, cache statistics)."""
+        pipeline = self._pipeline.metrics()
         return {
-            **metrics,
-            "delivery": "background" if self.processor.background else "inline",
+            **pipeline,
+            **self._counts(),
+            "delivery": (
+                "background"
+                if self.processor is not None and self.processor.background
+                else "inline"
+            ),
             "enrichers": self._plan.enricher_stats(),
         }
 
@@ -421,8 +480,9 @@ def build_processor_chain(
     return LoggingContainer(settings, enrichers).chain()
 
 
-def _install(chain: list[Processor], output: LineWriter, level: int) -> None:
-    """``structlog.configure`` with the shared chain list and writer."""
+def _install(chain: list[Processor], output: LineWriter, settings: LoggingSettings) -> LineWriter:
+    """``structlog.configure`` with the shared chain list and writer; returns
+    the writer structlog calls."""
     global _installed_writer  # noqa: PLW0603 - see the module globals above
     _installed_chain[:] = chain
     if _installed_writer is None:
@@ -430,13 +490,15 @@ def _install(chain: list[Processor], output: LineWriter, level: int) -> None:
     elif _installed_writer is not output:
         _installed_writer.retarget(output)
     writer = _installed_writer
+    writer.report_interval = settings.drop_report_interval
     structlog.configure(
         processors=_installed_chain,
-        wrapper_class=make_bound_logger_class(level),
+        wrapper_class=make_bound_logger_class(settings.level_number),
         logger_factory=lambda *args: writer,
         context_class=dict,
         cache_logger_on_first_use=True,
     )
+    return writer
 
 
 def configure_logging(

@@ -167,11 +167,11 @@ def test_cache_hit_line_is_written_when_the_inline_call_returns(log_file: Path) 
 def test_cache_hit_is_written_by_the_caller_without_the_pipeline(log_file: Path) -> None:
     container = configure(log_file, [UserLookup()])
     warm_up(container)
-    written_before = container.metrics()["written"]
+    handed_off = container.metrics()["handed_off"]
 
     get_logger().info("hit", user_id=7)
 
-    assert written_before == container.metrics()["written"]
+    assert handed_off == container.metrics()["handed_off"]
 
 
 def test_cache_hit_line_carries_the_cached_fields(log_file: Path) -> None:
@@ -199,13 +199,13 @@ def test_two_level_cache_hits_are_written_by_the_caller_without_the_pipeline(
 ) -> None:
     container = configure(log_file, [UserLookup(), TeamLookup()])
     warm_up(container)
-    written_before = container.metrics()["written"]
+    handed_off = container.metrics()["handed_off"]
 
     get_logger().info("hit", user_id=7)
     line = read_lines(log_file)[-1]
 
-    assert (written_before, "hit", "name-7", "team-of-name-7") == (
-        container.metrics()["written"],
+    assert (handed_off, "hit", "name-7", "team-of-name-7") == (
+        container.metrics()["handed_off"],
         line["event"],
         line["user_name"],
         line["team"],

@@ -13,16 +13,25 @@ written with its odd values shown by ``repr`` and a ``render_error`` field.
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+from structlog.processors import _figure_out_exc_info
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..settings import LoggingSettings
 
-__all__ = ["SafeRenderer", "make_renderer", "post_processors", "pre_processors"]
+__all__ = [
+    "SafeRenderer",
+    "last_resort_line",
+    "make_renderer",
+    "post_processors",
+    "pre_processors",
+    "render_fallbacks",
+]
 
 try:  # optional extra: about twice as fast as the stdlib encoder here
     import orjson
@@ -33,20 +42,34 @@ except ImportError:  # pragma: no cover - exercised without the extra
 class SafeRenderer:
     """Wraps a renderer so that no event can make it raise.
 
+    An event the renderer refuses (a key it cannot write, a value it cannot
+    serialise, a string with lone surrogates) is rendered again from a
+    printable copy: keys as strings without spaces, ``=`` or quotes, odd
+    values by ``repr``, and a ``render_error`` field; :attr:`fallbacks`
+    counts such events.
+
     Args:
         renderer: the structlog renderer to call.
     """
 
-    __slots__ = ("_render",)
+    __slots__ = ("_render", "fallbacks")
 
     def __init__(self, renderer: Callable[[WrappedLogger, str, EventDict], Any]) -> None:
         self._render = renderer
+        self.fallbacks = 0
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
         try:
-            return self._render(logger, method_name, event_dict)
+            # A copy: the console renderer pops keys as it goes, and a
+            # failure halfway must leave the event whole for the fallback.
+            return self._render(logger, method_name, dict(event_dict))
         except Exception as exc:
-            return self._render(logger, method_name, _printable(event_dict, exc))
+            self.fallbacks += 1
+            safe = _printable_event(event_dict, exc, keys=_plain_key)
+            try:
+                return self._render(logger, method_name, safe)
+            except Exception:
+                return last_resort_line(event_dict, exc)
 
 
 class _SafeJSONRenderer(structlog.processors.JSONRenderer):
@@ -55,27 +78,86 @@ class _SafeJSONRenderer(structlog.processors.JSONRenderer):
     A subclass rather than a :class:`SafeRenderer` around it: one Python
     frame less per event, which is most of what separates enrichlog without
     enrichers from plain structlog (docs/benchmarks.md, "Hot-path choices").
+    The fallback is the standard library's encoder on a printable copy, with
+    every non-ASCII character escaped (so lone surrogates become ``\\udcxx``
+    escapes instead of an error).
     """
+
+    fallbacks = 0
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str | bytes:
         try:
             return self._dumps(event_dict, **self._dumps_kw)
         except Exception as exc:
-            return self._dumps(_printable(event_dict, exc), **self._dumps_kw)
+            self.fallbacks += 1
+            try:
+                return json.dumps(_printable_event(event_dict, exc, keys=_text), ensure_ascii=True)
+            except Exception:
+                return last_resort_line(event_dict, exc)
 
 
-def _printable(event_dict: EventDict, exc: Exception) -> dict[str, Any]:
-    safe: dict[str, Any] = {}
-    for key, value in event_dict.items():
-        name = key if isinstance(key, str) else _repr(key)
-        safe[name] = (
-            value
-            if isinstance(value, str | bool | float | type(None))
-            or (type(value) is int and -(2**63) <= value < 2**64)
-            else _repr(value)
-        )
-    safe["render_error"] = f"{type(exc).__name__}: {exc}"
-    return safe
+class _SafeExceptionRenderer(structlog.processors.ExceptionRenderer):
+    """structlog's ``ExceptionRenderer`` that never raises: an exception it
+    cannot format is shown by its type."""
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        exc_info = event_dict.pop("exc_info", None)
+        if exc_info:
+            try:
+                exc_info = _figure_out_exc_info(exc_info)
+                if exc_info:
+                    event_dict["exception"] = self.format_exception(exc_info)
+            except Exception as exc:
+                event_dict["exception"] = f"<exception not formattable: {type(exc).__name__}>"
+        return event_dict
+
+
+#: How deep a printable copy goes before it shows a value by ``repr``.
+_MAX_DEPTH = 16
+_INVALID_KEY_CHARS = str.maketrans({" ": "_", "=": "_", '"': "_", "\n": "_", "\t": "_"})
+
+
+def _text(key: object) -> str:
+    return key if isinstance(key, str) else _repr(key)
+
+
+def _plain_key(key: object) -> str:
+    """A key logfmt and the console can write: no spaces, ``=`` or quotes."""
+    text = _text(key).translate(_INVALID_KEY_CHARS)
+    return "".join(c if c > " " else "_" for c in text) or "_"
+
+
+def _printable_event(
+    event_dict: EventDict, exc: Exception, *, keys: Callable[[object], str]
+) -> dict[str, Any]:
+    safe = _printable(event_dict, keys, 0)
+    safe["render_error"] = f"{type(exc).__name__}: {_repr(exc)[:200]}"
+    return safe  # type: ignore[no-any-return]
+
+
+def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if kind is float:
+        return value if math.isfinite(value) else str(value)
+    if depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            return {keys(k): _printable(v, keys, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_printable(v, keys, depth + 1) for v in value]
+    return _repr(value)
+
+
+def last_resort_line(event_dict: EventDict, exc: BaseException) -> str:
+    """A JSON line that cannot fail: the event's message and why rendering
+    failed."""
+    message = _repr(event_dict.get("event"))
+    return json.dumps(
+        {"event": message, "render_error": f"{type(exc).__name__}"}, ensure_ascii=True
+    )
 
 
 def _repr(value: object) -> str:
@@ -99,6 +181,12 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
     return SafeRenderer(renderer)
 
 
+def render_fallbacks(processors: Iterable[Processor]) -> int:
+    """How many events the renderers among ``processors`` had to render
+    from a printable copy."""
+    return sum(getattr(processor, "fallbacks", 0) for processor in processors)
+
+
 def _stdout_is_tty() -> bool:
     isatty = getattr(sys.stdout, "isatty", None)
     return bool(isatty and isatty())
@@ -118,11 +206,9 @@ def post_processors(settings: LoggingSettings) -> list[Processor]:
     exceptions: Processor = (
         # Structured tracebacks without local variables: locals are where
         # passwords and tokens live.
-        structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
+        _SafeExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
         if settings.format == "json"
-        else structlog.processors.format_exc_info
+        else _SafeExceptionRenderer()
     )
     if settings.format == "console":
         # ConsoleRenderer formats exceptions itself, prettier than a string.

@@ -10,10 +10,12 @@ to the event's logger, as structlog would have.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -21,6 +23,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..exceptions import EnricherConfigError
+from .chain import last_resort_line
 
 __all__ = ["LineWriter", "TailWriter", "open_output"]
 
@@ -56,9 +59,14 @@ class TailWriter:
                 getattr(logger, method_name)(**event)
         except structlog.DropEvent:
             return False
-        except Exception:
-            _report.exception("enrichlog: writing an event failed")
-            return False
+        except Exception as exc:
+            # A processor of the tail failed: the event is still written,
+            # as plainly as it can be.
+            _report.exception("enrichlog: rendering an event failed; writing it plainly")
+            try:
+                getattr(logger, method_name)(last_resort_line(event_dict, exc))
+            except Exception:
+                return False
         return True
 
 
@@ -66,19 +74,34 @@ class LineWriter:
     """Writes one line per call to a binary stream, flushing each line.
 
     Every structlog level method (``info``, ``error``...) is an alias of
-    :meth:`msg`, like structlog's ``BytesLogger``.
+    :meth:`msg`, like structlog's ``BytesLogger``. A write never raises into
+    the log call: a failing stream (a full disk, a closed or broken pipe)
+    counts the line in :attr:`write_failed` and is reported through the
+    stdlib logger ``enrichlog`` at most once per ``report_interval`` seconds;
+    after a broken pipe nothing more is tried, so a dead reader costs nothing.
+
+    Attributes:
+        written: lines written since the writer was created.
+        write_failed: lines that could not be written.
+        report_interval: seconds between reports of failed writes.
     """
 
     __slots__ = (
+        "_broken",
         "_closed",
         "_flush",
+        "_last_report",
         "_lock",
         "_owns",
         "_pid",
         "_stream",
+        "_unreported",
         "_write",
         "name",
+        "report_interval",
         "target",
+        "write_failed",
+        "written",
     )
 
     def __init__(self, stream: IO[bytes], *, target: str, owns: bool) -> None:
@@ -88,35 +111,70 @@ class LineWriter:
         self._lock = threading.Lock()
         self._owns = owns
         self._closed = False
+        self._broken = False
         self._pid = os.getpid()
         self.target = target
         self.name: str | None = None
+        self.written = 0
+        self.write_failed = 0
+        self.report_interval = 10.0
+        self._unreported = 0
+        self._last_report = -float("inf")
 
     def __repr__(self) -> str:
         return f"<LineWriter {self.target}>"
 
     def msg(self, message: bytes | str) -> None:
-        """Write ``message`` and a newline, then flush."""
+        """Write ``message`` and a newline, then flush; never raises."""
         line = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
         with self._lock:
-            if self._closed:
-                self._reopen()
-            self._write(line + b"\n")
-            self._flush()
+            if not self._broken:
+                try:
+                    if self._closed:
+                        self._reopen()
+                    self._write(line + b"\n")
+                    self._flush()
+                except (OSError, ValueError) as exc:  # ValueError: a closed stream
+                    failure: BaseException | None = exc
+                    self._broken = isinstance(exc, BrokenPipeError | ValueError)
+                else:
+                    self.written += 1
+                    return
+            else:
+                failure = None
+            self.write_failed += 1
+            self._unreported += 1
+            now = time.monotonic()
+            due = now - self._last_report >= self.report_interval
+            if due:
+                self._last_report = now
+                count, self._unreported = self._unreported, 0
+        if due:
+            # Outside the lock: a handler may route this back into logging.
+            _report.warning(
+                "enrichlog could not write %d line(s) to %s (%s)%s",
+                count,
+                self.target,
+                "broken pipe or closed stream" if failure is None else _describe(failure),
+                "; it stops trying" if self._broken else "",
+            )
 
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
     failure = msg
 
     def close(self) -> None:
-        """Flush; close the file if this writer opened it."""
+        """Flush; close the file if this writer opened it. Never raises."""
         with self._lock:
             if self._closed:
                 return
             try:
                 self._flush()
+            except (OSError, ValueError):
+                pass  # counted when the lines were written
             finally:
                 if self._owns:
-                    self._stream.close()
+                    with contextlib.suppress(OSError, ValueError):
+                        self._stream.close()
                     self._closed = True
 
     def retarget(self, other: LineWriter) -> None:
@@ -128,6 +186,7 @@ class LineWriter:
         with self._lock:
             self._stream, self._write, self._flush = other._stream, other._write, other._flush
             self._owns, self.target, self._closed = other._owns, other.target, False
+            self._broken = False
 
     def release(self, other: LineWriter) -> None:
         """Stop writing to ``other``'s stream (it is being closed); a later
@@ -209,3 +268,9 @@ class _TextAsBinary:
 
     def close(self) -> None:
         self._stream.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__

@@ -34,7 +34,6 @@ __all__ = [
     "CLOSED",
     "DROPPED",
     "QUEUED",
-    "DrainReport",
     "EventPipeline",
     "EventWriter",
     "PendingEvent",
@@ -102,25 +101,6 @@ class PendingEvent:
         self.urgent = enrichment.method_name in URGENT_METHODS
         self.seq = 0
         self.done = False
-
-
-class DrainReport(dict[str, int]):
-    """What shutdown achieved: ``written``, ``dropped`` and ``pending``."""
-
-    @property
-    def written(self) -> int:
-        """Events written since the pipeline started."""
-        return self["written"]
-
-    @property
-    def dropped(self) -> int:
-        """Events dropped under the overflow policy."""
-        return self["dropped"]
-
-    @property
-    def pending(self) -> int:
-        """Events still not written when the drain timed out."""
-        return self["pending"]
 
 
 class EventPipeline:
@@ -453,7 +433,7 @@ class EventPipeline:
             return False
         return True
 
-    def close(self, timeout: float) -> DrainReport:
+    def close(self, timeout: float) -> dict[str, int]:
         """Drain: wait up to ``timeout`` for the pending events, then stop
         accepting events, and report what happened.
 
@@ -485,11 +465,13 @@ class EventPipeline:
             self._unreported_drops = 0
         return report
 
-    def report(self) -> DrainReport:
-        """The counts a drain reports."""
-        return DrainReport(
-            written=self._written, dropped=sum(self._dropped.values()), pending=self.pending
-        )
+    def report(self) -> dict[str, int]:
+        """The counts a drain reports: written, dropped, pending."""
+        return {
+            "written": self._written,
+            "dropped": sum(self._dropped.values()),
+            "pending": self.pending,
+        }
 
     def abandon_enrichment(self) -> None:
         """Give up enriching, not writing (shutdown, after the drain timed
@@ -558,10 +540,12 @@ class EventPipeline:
         self._reset_state()
 
     def metrics(self) -> dict[str, Any]:
-        """Counters: written, dropped (by kind), queue depth and high water."""
+        """Counters: events handed off (queued) and the lines the runtime
+        wrote, dropped (by kind), queue depth and high water."""
         with self._lock:
             depth = len(self._normal) + len(self._urgent)
         return {
+            "handed_off": self._next_seq,
             "written": self._written,
             "filtered": self._filtered,
             "dropped": sum(self._dropped.values()),
