@@ -228,6 +228,8 @@ class LoggingContainer:
             self._running = True
             _live.add(self)
             atexit.register(self._at_exit)
+            _drain_before_interpreter_exit()
+            _finalize_in_multiprocessing_child(self)
             self._install_sigterm_handler()
         return self
 
@@ -400,8 +402,10 @@ class LoggingContainer:
             _report.warning("enrichlog: enrichers slow to restart after fork")
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
-            # multiprocessing children leave through os._exit, skipping atexit.
-            mp_util.Finalize(self, self.shutdown, exitpriority=100)
+            # A multiprocessing child clears its finalizers right after the
+            # fork (so one registered now would be lost), then runs its
+            # after-fork callbacks: register the exit drain from there.
+            mp_util.register_after_fork(self, _finalize_in_multiprocessing_child)
 
     # -- views ---------------------------------------------------------------
 
@@ -536,6 +540,54 @@ def configure_logging(
         container.start()
         _current = container
     return container
+
+
+def _finalize_in_multiprocessing_child(container: LoggingContainer) -> None:
+    """In a multiprocessing child, drain ``container`` when the child ends:
+    such children leave through ``os._exit``, which skips ``atexit``, after
+    running multiprocessing's own finalizers."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or mp.parent_process() is None:
+        return
+    import multiprocessing.util  # noqa: PLC0415 - loaded with multiprocessing
+
+    multiprocessing.util.Finalize(container, container.shutdown, exitpriority=100)
+
+
+_exit_hook_registered = False
+
+
+def _drain_before_interpreter_exit() -> None:
+    """Once per process: at interpreter exit, flush every running container
+    while threads can still be started.
+
+    ``atexit`` runs after ``concurrent.futures`` stopped its executors, so an
+    enricher draining there could not resolve a host name, use
+    ``to_thread`` or run in a worker thread. Threading's own exit hooks run
+    before that, in reverse order of registration: registered after the
+    executors' (imported first, below), ours runs first. The shutdown proper
+    stays an ``atexit`` handler, after the application's non-daemon threads
+    have finished logging.
+    """
+    global _exit_hook_registered  # noqa: PLW0603 - once per process
+    if _exit_hook_registered:
+        return
+    import concurrent.futures.thread  # noqa: F401, PLC0415 - registers its hook first
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython has it since 3.9
+        return
+    try:
+        register(_flush_live_containers)
+    except RuntimeError:  # the interpreter is already shutting down
+        return
+    _exit_hook_registered = True
+
+
+def _flush_live_containers() -> None:
+    for container in list(_live):
+        if container.running:
+            container.flush(container.settings.shutdown_timeout)
 
 
 def _after_fork_in_child() -> None:
