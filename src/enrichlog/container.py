@@ -36,7 +36,7 @@ from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime
 from .enricher import Enricher
-from .exceptions import EnricherConfigError
+from .exceptions import EnricherConfigError, EnrichlogError
 from .settings import LoggingSettings, unknown_settings
 from .uri.masking import mask_secrets
 
@@ -258,13 +258,45 @@ class LoggingContainer:
         if not self.settings.handle_sigterm or self.processor is None:
             return
         if threading.current_thread() is not threading.main_thread():
+            if self._plan.needs_runtime:
+                _report.warning(
+                    "enrichlog: configured on thread %r, not the main thread, so no SIGTERM "
+                    "handler was installed and events still queued when SIGTERM arrives "
+                    "would be lost; call container.install_signal_handlers() from the main "
+                    "thread (or set handle_sigterm=False to silence this)",
+                    threading.current_thread().name,
+                )
             return
+        self.install_signal_handlers()
+
+    def install_signal_handlers(self) -> bool:
+        """Drain on SIGTERM: install a handler that flushes and shuts the
+        container down, then lets SIGTERM end the process as it would have.
+
+        Called by :meth:`start` on the main thread; call it yourself from the
+        main thread when the container was configured on another one. Does
+        nothing when the application handles SIGTERM itself. Returns whether
+        the handler is installed.
+
+        Raises:
+            EnrichlogError: not called on the main thread (only it may
+                install signal handlers).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise EnrichlogError(
+                "install_signal_handlers() must be called on the main thread "
+                f"(called on {threading.current_thread().name!r})"
+            )
         try:
-            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                return  # the application handles SIGTERM itself
+            current = signal.getsignal(signal.SIGTERM)
+            if current == self._on_sigterm:
+                return True
+            if current is not signal.SIG_DFL:
+                return False  # the application handles SIGTERM itself
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         except (ValueError, OSError):  # no signals here (embedded interpreter)
-            return
+            return False
+        return True
 
     def _on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
         # Runs on the main thread, possibly inside a log call holding a lock:
@@ -307,6 +339,7 @@ class LoggingContainer:
         Idempotent; returns the drain report (``written``, ``dropped``,
         ``pending``).
         """
+        self._refuse_on_runtime_thread("shutdown()")
         with self._lock:
             if self._drain_report is not None:
                 return self._drain_report
@@ -379,7 +412,16 @@ class LoggingContainer:
 
     async def ashutdown(self, timeout: float | None = None) -> DrainReport:
         """:meth:`shutdown` without blocking the caller's event loop."""
+        self._refuse_on_runtime_thread("ashutdown()")
         return await anyio.to_thread.run_sync(self.shutdown, timeout)
+
+    def _refuse_on_runtime_thread(self, what: str) -> None:
+        if threading.get_ident() in self._runtime.owned_thread_ids:
+            raise EnrichlogError(
+                f"{what} was called on enrichlog's own runtime (from an enricher?): it "
+                "would wait for itself. Shut the container down from the application; "
+                "this call changed nothing"
+            )
 
     def _at_exit(self) -> None:
         self.shutdown()

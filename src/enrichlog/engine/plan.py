@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ from ..resilience.outcome import (
 )
 from ..settings import LoggingSettings
 
-__all__ = ["Enrichment", "EnrichmentPlan", "Step"]
+__all__ = ["INTERRUPTS", "Enrichment", "EnrichmentPlan", "Step", "take_interrupt"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -264,6 +265,9 @@ class EnrichmentPlan:
             enrichment.filtered = True
         except Exception:  # a bug of ours must not lose the event
             _report_failure()
+        finally:
+            if INTERRUPTS:  # raised on the loop: a reason, nothing more
+                take_interrupt()
         self.finish_unenriched(enrichment)
         return True
 
@@ -351,6 +355,8 @@ class EnrichmentPlan:
         except Exception:  # a bug of ours must not lose the event
             _report_failure()
             self.finish_unenriched(enrichment)
+        if INTERRUPTS:  # raised on the loop: a reason, nothing more
+            take_interrupt()
         if complete and enrichment.on_done is not None:
             enrichment.on_done()
 
@@ -408,7 +414,7 @@ class EnrichmentPlan:
         try:
             async with asyncio.timeout(self._sync_timeout):
                 outcome: Outcome = await self._run_blocking_fn(
-                    context.run, _call_sync, enricher, logger, method_name, snapshot
+                    context.run, _call_in_worker, enricher, logger, method_name, snapshot
                 )
         except TimeoutError:
             return TIMEOUT
@@ -423,6 +429,24 @@ async def _never_awaited(*_: object) -> Outcome:  # pragma: no cover - settled i
     return UNAVAILABLE
 
 
+#: ``(thread ident, exception)``: a ``KeyboardInterrupt`` or ``SystemExit``
+#: a sync enricher raised. The application's own thread re-raises it once
+#: its event is written (:func:`take_interrupt`); elsewhere it stays a
+#: reason. Empty but for that moment, so the hot path only checks it.
+INTERRUPTS: list[tuple[int, BaseException]] = []
+
+
+def take_interrupt() -> BaseException | None:
+    """Remove and return the interrupt a sync enricher raised on this
+    thread, if any."""
+    ident = threading.get_ident()
+    for index, (thread, exc) in enumerate(INTERRUPTS):
+        if thread == ident:
+            del INTERRUPTS[index]
+            return exc
+    return None
+
+
 def _call_sync(
     enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
 ) -> Outcome:
@@ -431,6 +455,9 @@ def _call_sync(
         result = enricher.enrich(logger, method_name, copy)
     except structlog.DropEvent:
         return FILTERED
+    except (KeyboardInterrupt, SystemExit) as exc:
+        INTERRUPTS.append((threading.get_ident(), exc))
+        return error_outcome(exc)
     except BaseException as exc:
         return error_outcome(exc)
     if result is None:
@@ -440,6 +467,16 @@ def _call_sync(
     except Exception:  # not a mapping, or one that fails when read
         return INVALID_RETURN
     return (updated, removed, None)
+
+
+def _call_in_worker(
+    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
+) -> Outcome:
+    """:func:`_call_sync` in a worker thread: an interrupt stays a reason."""
+    outcome = _call_sync(enricher, logger, method_name, snapshot)
+    if INTERRUPTS:
+        take_interrupt()
+    return outcome
 
 
 def _report_failure() -> None:

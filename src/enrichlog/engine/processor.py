@@ -28,7 +28,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
 from .pipeline import DROPPED, QUEUED, EventPipeline, PendingEvent
-from .plan import Enrichment, EnrichmentPlan
+from .plan import INTERRUPTS, Enrichment, EnrichmentPlan, take_interrupt
 from .runtime import resolver
 
 __all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor"]
@@ -161,6 +161,14 @@ class AsyncEnricherProcessor:
         except structlog.DropEvent:
             self.filtered += 1  # an enricher filtered it out on purpose
             raise
+        if INTERRUPTS:
+            interrupt = take_interrupt()
+            if interrupt is not None:
+                self._write_then_raise(
+                    interrupt,
+                    enrichment
+                    or Enrichment(logger, method_name, event_dict, self._plan.depth, None),
+                )
         if enrichment is None:
             if self._pipeline.pending == 0:
                 # Everything settled here and nothing of ours is waiting to
@@ -175,6 +183,18 @@ class AsyncEnricherProcessor:
             raise structlog.DropEvent
         self._pipeline.wait_for_leftovers()
         return event_dict
+
+    def _write_then_raise(self, interrupt: BaseException, enrichment: Enrichment) -> None:
+        """A sync enricher raised ``KeyboardInterrupt`` or ``SystemExit`` on
+        this thread: write the event without its fields, then let the
+        interrupt reach the application."""
+        if not self._hand_off(enrichment):
+            self._plan.finish_unenriched(enrichment)
+            if not enrichment.filtered:
+                self._pipeline.writer.write(
+                    enrichment.logger, enrichment.method_name, enrichment.event
+                )
+        raise interrupt
 
     def _hand_off(self, enrichment: Enrichment) -> bool:
         """Queue the event for the runtime and wait as the caller must;

@@ -204,12 +204,23 @@ class EnrichmentRuntime:
         return await result
 
 
+#: Seconds the loop thread waits, when it ends, for tasks to finish after
+#: their cancellation; one that ignores it is left behind.
+_CANCEL_GRACE = 1.0
+
+
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in tasks:
         task.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        _, stubborn = loop.run_until_complete(asyncio.wait(tasks, timeout=_CANCEL_GRACE))
+        if stubborn:
+            _report.warning(
+                "enrichlog: %d enricher call(s) ignored their cancellation at shutdown "
+                "and were left behind",
+                len(stubborn),
+            )
     with contextlib.suppress(Exception):
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
