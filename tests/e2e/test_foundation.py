@@ -1176,7 +1176,7 @@ def test_contextvars_are_visible_to_blocking_sync_enrichers(log_file: Path) -> N
 
 
 @pytest.mark.parametrize("error_type", [KeyboardInterrupt, SystemExit])
-def test_base_exception_from_inline_sync_function_loses_no_event(
+def test_interrupt_from_a_sync_enricher_on_the_calling_thread_reaches_the_application(
     log_file: Path, error_type: type[BaseException]
 ) -> None:
     def inline_boom(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> None:
@@ -1184,9 +1184,26 @@ def test_base_exception_from_inline_sync_function_loses_no_event(
 
     configure(log_file, [inline_boom])
 
+    with pytest.raises(error_type):
+        get_logger().info("hello")
+
+    # Written first, without the enricher's fields.
+    assert [("hello", {"inline_boom": f"error: {error_type.__name__}"})] == [
+        (ln["event"], ln.get(ERRORS)) for ln in read_lines(log_file)
+    ]
+
+
+def test_an_escape_from_a_sync_enricher_on_the_calling_thread_stays_a_reason(
+    log_file: Path,
+) -> None:
+    def inline_escape(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> None:
+        raise Escape
+
+    configure(log_file, [inline_escape])
+
     get_logger().info("hello")
 
-    assert [("hello", {"inline_boom": f"error: {error_type.__name__}"})] == [
+    assert [("hello", {"inline_escape": "error: Escape"})] == [
         (ln["event"], ln.get(ERRORS)) for ln in read_lines(log_file)
     ]
 
