@@ -233,4 +233,3 @@ class LookupEnricher(AsyncEnricher):
             for field, item in value.items():
                 event_dict.setdefault(field, item)
         return event_dict
-

@@ -182,19 +182,11 @@ class RedisLookupEnricher(LookupEnricher):
         """Read every key in one round trip: ``{key: value}`` for the keys
         that exist (hashes as ``{field: value}``, strings as ``str``, JSON as
         parsed)."""
-        client = self._client
-        if client is None:
-            raise RuntimeError(f"enricher {self.name!r} is not started")
         # cache_key() made each key a tuple; duplicates are read once.
         unique = [key for key in dict.fromkeys(keys) if isinstance(key, tuple)]
-        names = [self.redis_key(key) for key in unique]
-        if self.params.type == "hash":
-            async with client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.hgetall(name)
-                values: list[Any] = await pipe.execute()
-        else:
-            values = await client.mget(names)
+        if not unique:
+            return {}
+        values = await self.fetch([self.redis_key(key) for key in unique])
         found: dict[Hashable, Any] = {}
         for key, value in zip(unique, values, strict=True):
             decoded = self._decode(value)
@@ -202,14 +194,31 @@ class RedisLookupEnricher(LookupEnricher):
                 found[key] = decoded
         return found
 
+    async def fetch(self, names: list[str]) -> list[Any]:
+        """Read the Redis keys ``names`` in one round trip (a pipeline of
+        ``HGETALL``, or one ``MGET``): the one backend call of a batch."""
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"enricher {self.name!r} is not started")
+        values: list[Any]
+        if self.params.type == "hash":
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(name)
+                values = await pipe.execute()
+        else:
+            values = await client.mget(names)
+        return values
+
     def _decode(self, value: Any) -> Any:
         if value is None or value == {}:  # a missing key: None from GET, {} from HGETALL
             return None
         if self.params.type == "json":
             value = json.loads(value)
-            if not isinstance(value, dict) and self.into is None:
+            if not isinstance(value, dict) and (self.into is None or self.params.fields):
                 raise ValueError(
-                    f"enricher {self.name!r}: a JSON value that is not an object needs into="
+                    f"enricher {self.name!r}: a JSON value that is not an object goes "
+                    "under into= without fields="
                 )
         fields = self.params.fields
         if fields and isinstance(value, dict):
