@@ -214,6 +214,12 @@ class HttpBackend:
         """Every request received so far, in order."""
         return self.backend.requests
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now."""
+        with self._lock:
+            return len(self._connections)
+
     def start(self) -> None:
         """Serve (again, on the same port)."""
         backend, connections, lock = self.backend, self._connections, self._lock
@@ -252,7 +258,9 @@ class HttpBackend:
             daemon_threads = True
 
         self._server = Server(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
