@@ -11,10 +11,12 @@ import asyncio
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from enrichlog.container import LoggingContainer, configure_logging, get_logger
@@ -46,13 +48,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
-def enrichlog_backends() -> int:
-    """Server processes serving a client with application_name enrichlog."""
+def enrichlog_pids(application_name: str = "enrichlog") -> set[int]:
+    """Server process ids of the connections that carry ``application_name``.
+
+    Other test runs on the same server may have connections named
+    ``enrichlog`` too, so tests compare these sets before and after rather
+    than counting.
+    """
     rows = pg_fetch(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'enrichlog'"
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
     )
-    count: int = rows[0]["n"]
-    return count
+    return {row["pid"] for row in rows}
 
 
 class CountingLookup(PostgresLookupEnricher):
@@ -234,7 +240,7 @@ def test_max_concurrency_in_the_uri_wins(pg_uri: str) -> None:
 
 @pytest.mark.services
 async def test_text_and_uuid_key_columns(pg_uri: str) -> None:
-    table = "enrichlog_test_keys_" + str(int(time.time() * 1000))
+    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
     pg_fetch(f"CREATE TABLE {table} (login text PRIMARY KEY, account uuid, plan text)")
     pg_fetch(
         f"INSERT INTO {table} VALUES ('ann', '0b8c1fd6-51f5-4a6f-9c5e-6b1f2b3c4d5e', 'pro'), "
@@ -379,10 +385,12 @@ def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 def test_a_missing_table_fails_the_start_up_not_the_events(
     pg_uri: str, log_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    application_name = f"enrichlog-test-{uuid.uuid4().hex[:8]}"
     with caplog.at_level(logging.ERROR, logger="enrichlog"):
         container = configure(
             log_file,
-            f"{pg_uri}?table=enrichlog_test_no_such_table&from=user_id&columns=name",
+            f"{pg_uri}?table=enrichlog_test_no_such_table&from=user_id&columns=name"
+            f"&application_name={application_name}",
             delivery="inline",
         )
     get_logger().info("still written", user_id=1)
@@ -392,27 +400,23 @@ def test_a_missing_table_fails_the_start_up_not_the_events(
     assert {"postgres_lookup": "unavailable"} == line[ERRORS]
     assert "UndefinedTableError" in caplog.text
     assert "enrichlog_test_no_such_table" in caplog.text
-    assert wait_until(lambda: enrichlog_backends() == 0)
+    assert wait_until(lambda: not enrichlog_pids(application_name))  # the failed pool is closed
 
 
 @pytest.mark.services
 def test_no_connection_is_left_after_shutdown(pg_uri: str, pg_table: str, log_file: Path) -> None:
+    before = enrichlog_pids()
     container = configure(
         log_file, f"{pg_uri}?table={pg_table}&from=user_id&columns=name&min_size=2"
     )
     get_logger().info("one", user_id=1)
     container.flush()
-    assert enrichlog_backends() >= 2
+    ours = enrichlog_pids() - before
+    assert len(ours) >= 2  # min_size=2, named application_name=enrichlog
 
     container.shutdown()
 
-    assert wait_until(lambda: enrichlog_backends() == 0)
-
-
-def enrichlog_pids() -> set[int]:
-    """Server process ids of the enricher's connections."""
-    rows = pg_fetch("SELECT pid FROM pg_stat_activity WHERE application_name = 'enrichlog'")
-    return {row["pid"] for row in rows}
+    assert wait_until(lambda: not ours & enrichlog_pids())
 
 
 def enriched_again(log_file: Path, user_id: int) -> Callable[[], bool]:
@@ -433,6 +437,7 @@ RESILIENCE = {"delivery": "inline", "cache_error_ttl": 0.001, "breaker_recovery_
 def test_killed_connections_are_replaced_and_events_keep_flowing(
     pg_uri: str, pg_table: str, log_file: Path
 ) -> None:
+    before = enrichlog_pids()
     container = configure(
         log_file,
         f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&ttl=0.001&min_size=2",
@@ -440,19 +445,20 @@ def test_killed_connections_are_replaced_and_events_keep_flowing(
     )
     log = get_logger()
     log.info("before", user_id=1)
-    old = enrichlog_pids()
+    old = enrichlog_pids() - before
     assert len(old) >= 2
 
     killed = pg_fetch(
         "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
-        "WHERE application_name = 'enrichlog'"
+        "WHERE application_name = 'enrichlog' AND pid = ANY($1)",
+        list(old),
     )
-    assert all(row["ok"] for row in killed)
+    assert [True] * len(old) == [row["ok"] for row in killed]
     assert wait_until(lambda: not old & enrichlog_pids())
     for user_id in (1, 2, 3, 1, 2, 3):
         log.info("after the kill", user_id=user_id)
     recovered = wait_until(enriched_again(log_file, 2))
-    new = enrichlog_pids()
+    new = enrichlog_pids() - before
     container.shutdown()
 
     assert recovered
@@ -462,7 +468,62 @@ def test_killed_connections_are_replaced_and_events_keep_flowing(
     assert 6 == len(lines)  # every event is written: enriched, or with the reason
     for line in lines:
         assert "user" in line or line[ERRORS]["postgres_lookup"].startswith("error: ")
-    assert wait_until(lambda: enrichlog_backends() == 0)
+    assert wait_until(lambda: not new & enrichlog_pids())
+
+
+@pytest.mark.services
+async def test_lost_connections_fail_with_transient_errors(pg_uri: str, pg_table: str) -> None:
+    application_name = f"enrichlog-test-{uuid.uuid4().hex[:8]}"
+    enricher = EnricherFactory.build(
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&min_size=2"
+        f"&application_name={application_name}"
+    )
+    assert isinstance(enricher, PostgresLookupEnricher)
+    await enricher.startup()
+    kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1"
+    failures: list[Exception] = []
+
+    async def lookup(user_id: int) -> object:
+        # As many tries as the pool has connections that may be dead: each
+        # dead one fails once, then the pool opens a fresh one.
+        for _ in range(3):
+            try:
+                return await enricher.enrich_many([(user_id,)])  # type: ignore[attr-defined]
+            except Exception as exc:
+                failures.append(exc)
+        return None
+
+    try:
+        # Killed while idle and used at once: asyncpg may not have noticed.
+        pg_fetch(kill, application_name)
+        after_idle_kill = await lookup(1)
+        # Killed in the middle of a query: the query waits for a lock that
+        # another connection holds until the kill.
+        locker = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE
+        )
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE")
+            slow = asyncio.create_task(enricher.fetch([1, 2]))
+            waiting = (
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE application_name = $1 AND wait_event_type = 'Lock'"
+            )
+            async with asyncio.timeout(10):
+                while not (await asyncio.to_thread(pg_fetch, waiting, application_name))[0]["n"]:
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(pg_fetch, kill, application_name)
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError) as in_flight:
+                await slow
+        await locker.close()
+        after_busy_kill = await lookup(2)
+    finally:
+        await enricher.shutdown()
+
+    assert {(1,): {"name": "ann"}} == after_idle_kill
+    assert {(2,): {"name": "bob"}} == after_busy_kill
+    for failure in [*failures, in_flight.value]:
+        assert enricher.is_transient(failure), failure
 
 
 @pytest.mark.services

@@ -273,7 +273,7 @@ class PostgresLookupEnricher(LookupEnricher):
         return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
 
     def is_transient(self, exc: BaseException) -> bool:
-        """OS and timeout errors, lost connections and a server shutting down
+        """OS and timeout errors, lost connections, and a server shutting down
         or refusing connections for now."""
         errors = self._asyncpg.exceptions
         return isinstance(
@@ -282,7 +282,10 @@ class PostgresLookupEnricher(LookupEnricher):
             | TimeoutError
             | errors.PostgresConnectionError
             | errors.OperatorInterventionError
-            | errors.TooManyConnectionsError,
+            | errors.TooManyConnectionsError
+            # A pooled connection whose server process was terminated while
+            # idle, used before asyncpg noticed, fails this way once.
+            | errors.InternalClientError,
         )
 
     # -- lookups -----------------------------------------------------------
