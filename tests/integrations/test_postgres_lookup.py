@@ -358,6 +358,10 @@ def test_constructible_in_code_with_from_or_its_field_name() -> None:
     assert ("user", 0.5, 10) == (enricher.name, enricher.timeout, enricher.max_concurrency)
     assert 'SELECT "id", "name", "email" FROM "users" WHERE "id" = ANY($1)' == enricher.query
     assert ("name", "email") == enricher.provides
+    assert (42,) == enricher.cache_key({"user_id": 42})
+    # Not usable as keys: no lookup, no error.
+    for value in (None, True, "", "\x00", "\ud800", "x" * 1025, 2**129, float("nan"), [1]):
+        assert enricher.cache_key({"user_id": value}) is None, value
 
 
 def test_schema_qualified_table_is_quoted_per_part() -> None:

@@ -25,8 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from structlog.typing import EventDict
 
 from ..uri.factory import CommaSeparated
-from ._lookup import DEFAULT_MAX_KEY_LENGTH, FieldName, LookupEnricher, key_value, require_module
-from ._lookup import reject_extra_keys as _reject_extra_keys
+from ._lookup import (
+    DEFAULT_MAX_KEY_LENGTH,
+    FieldName,
+    LookupEnricher,
+    key_value,
+    reject_extra_keys,
+    require_module,
+)
 
 __all__ = ["PostgresLookupEnricher"]
 
@@ -180,7 +186,7 @@ class PostgresLookupEnricher(LookupEnricher):
 
         @model_validator(mode="after")
         def _consistent(self) -> PostgresLookupEnricher.Params:
-            _reject_extra_keys(self, "postgres-lookup")
+            reject_extra_keys(self, "postgres-lookup")
             if self.min_size > self.max_size:
                 raise ValueError(
                     f"min_size ({self.min_size}) is larger than max_size ({self.max_size})"
