@@ -1,0 +1,333 @@
+"""``postgres-lookup://``: add columns of a PostgreSQL row to each event.
+
+::
+
+    postgres-lookup://app:secret@db.internal:5432/app?table=users&key=id
+        &from=user_id&columns=name,email&into=user
+
+looks up the row of ``users`` whose ``id`` equals the event's ``user_id`` and
+adds ``{"user": {"name": ..., "email": ...}}``. Built on asyncpg (the
+``postgres`` extra): a pool opened in ``_startup`` on the runtime loop,
+prepared and parameterised queries only, table and column names validated as
+SQL identifiers and quoted. Many keys are looked up in one query
+(``WHERE key = ANY($1)``). See ``docs/integrations/postgres.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from structlog.typing import EventDict
+
+from ..uri.factory import CommaSeparated
+from ._lookup import (
+    DEFAULT_MAX_KEY_LENGTH,
+    FieldName,
+    LookupEnricher,
+    key_value,
+    reject_extra_keys,
+    require_module,
+)
+
+__all__ = ["PostgresLookupEnricher"]
+
+# Unquoted-style names only: quoting them is then exact, and nothing from a
+# configuration can close the quotes. PostgreSQL truncates names at 63 bytes.
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
+_DATABASE = re.compile(r"/[^/]+\Z")
+_CLOSE_TIMEOUT = 5.0
+
+_INT_BITS = {"int2": 16, "int4": 32, "int8": 64}
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "citext"})
+
+
+def _sql_name(value: str, what: str) -> str:
+    if not _SQL_NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid SQL name: use letters, digits, '_' and '$', "
+            "starting with a letter or '_', at most 63 characters"
+        )
+    return value
+
+
+def quote_name(name: str) -> str:
+    """``name`` (a validated identifier, maybe ``schema.table``) quoted."""
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+def _int_key(bits: int) -> Callable[[Any], Any]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, float):
+            value = int(value) if value.is_integer() else None
+        elif isinstance(value, str):
+            text = value.strip()
+            digits = text.removeprefix("-").removeprefix("+")
+            value = int(text) if digits.isascii() and digits.isdigit() and len(text) <= 21 else None
+        if not isinstance(value, int) or not low <= value <= high:
+            return None
+        return value
+
+    return convert
+
+
+def _text_key(value: Any) -> Any:
+    return value if isinstance(value, str) else str(value)
+
+
+def _uuid_key(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _key_converter(type_name: str) -> Callable[[Any], Any]:
+    """How an event value becomes a parameter for a key column of this type
+    (``None``: it cannot match any row, so it is not sent). A value of the
+    wrong type would make asyncpg refuse the whole batch."""
+    # The parameter is an array: asyncpg names it "int4[]".
+    element = type_name.removesuffix("[]")
+    if element in _INT_BITS:
+        return _int_key(_INT_BITS[element])
+    if element in _TEXT_TYPES:
+        return _text_key
+    if element == "uuid":
+        return _uuid_key
+    return lambda value: value  # other types: asyncpg decides
+
+
+class PostgresLookupEnricher(LookupEnricher):
+    """Adds columns of the row whose ``key`` column equals the event's
+    ``from`` field: ``postgres-lookup://user:pass@host:port/db?table=users
+    &key=id&from=user_id&columns=name,email&into=user``.
+
+    The columns go under ``into`` as a mapping, or into the event itself
+    when ``into`` is not given; keys the event already has are kept. An event
+    without the ``from`` field, or whose value cannot match the key column's
+    type, is not looked up; a key without a row adds nothing. Neither is an
+    error.
+
+    Construct it in code with ``PostgresLookupEnricher(params=
+    PostgresLookupEnricher.Params(host="db", path="/app", table="users",
+    from_="user_id", columns=("name",)))``.
+    """
+
+    scheme = "postgres-lookup"
+
+    class Params(BaseModel):
+        """Parameters of ``postgres-lookup://``."""
+
+        # extra="allow" only so that the query key 'from' (a Python keyword,
+        # hence the alias) gets past the factory; other keys are refused below.
+        model_config = ConfigDict(
+            extra="allow", frozen=True, populate_by_name=True, serialize_by_alias=True
+        )
+
+        host: str = "127.0.0.1"
+        port: Annotated[int, Field(ge=1, le=65535)] = 5432
+        user: str | None = None
+        password: SecretStr | None = None
+        path: str = "/"
+        table: str
+        key: str = "id"
+        from_: FieldName | None = Field(None, alias="from")
+        columns: Annotated[CommaSeparated, Field(min_length=1)]
+        into: FieldName | None = None
+        min_size: Annotated[int, Field(ge=0)] = 1
+        max_size: Annotated[int, Field(ge=1)] = 10
+        connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+        ssl: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+            None
+        )
+        application_name: Annotated[str, Field(min_length=1, max_length=63)] = "enrichlog"
+        max_key_length: Annotated[int, Field(ge=1)] = DEFAULT_MAX_KEY_LENGTH
+
+        @field_validator("table")
+        @classmethod
+        def _table_name(cls, value: str) -> str:
+            parts = value.split(".")
+            if len(parts) > 2:
+                raise ValueError(
+                    f"table {value!r} is not a SQL name: write 'table' or 'schema.table'"
+                )
+            for part in parts:
+                _sql_name(part, "table" if len(parts) == 1 else f"table {value!r}: part")
+            return value
+
+        @field_validator("key")
+        @classmethod
+        def _key_name(cls, value: str) -> str:
+            return _sql_name(value, "key column")
+
+        @field_validator("columns")
+        @classmethod
+        def _column_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+            for column in value:
+                _sql_name(column, "column")
+            if len(set(value)) != len(value):
+                raise ValueError(f"columns {','.join(value)!r} name a column twice")
+            return value
+
+        @field_validator("path")
+        @classmethod
+        def _database_path(cls, value: str) -> str:
+            if value not in ("", "/") and not _DATABASE.match(value):
+                raise ValueError(f"path {value!r} must be '/' and the database name, e.g. '/app'")
+            return value
+
+        @model_validator(mode="after")
+        def _consistent(self) -> PostgresLookupEnricher.Params:
+            reject_extra_keys(self, "postgres-lookup")
+            if self.min_size > self.max_size:
+                raise ValueError(
+                    f"min_size ({self.min_size}) is larger than max_size ({self.max_size})"
+                )
+            return self
+
+        @property
+        def database(self) -> str | None:
+            """The database named by the path; ``None``: the server's default
+            (the user's name)."""
+            return self.path.lstrip("/") or None
+
+        @property
+        def event_field(self) -> str:
+            """The event field holding the key (``from``, else ``key``)."""
+            return self.from_ or self.key
+
+    def __init__(
+        self,
+        *,
+        params: PostgresLookupEnricher.Params,
+        name: str | None = None,
+        dependencies: str | Iterable[str] | None = None,
+        priority: int | None = None,
+        max_concurrency: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.params = params
+        super().__init__(
+            into=params.into,
+            pool_size=params.max_size,
+            name=name,
+            dependencies=dependencies,
+            priority=priority,
+            provides=(params.into,) if params.into else params.columns,
+            max_concurrency=max_concurrency,
+            **options,
+        )
+        self._asyncpg = require_module("asyncpg", "postgres", self.name)
+        selected = ", ".join(quote_name(c) for c in (params.key, *params.columns))
+        # Identifiers were validated and are quoted; the only value is $1.
+        self.query = (
+            f"SELECT {selected} FROM {quote_name(params.table)} "  # noqa: S608
+            f"WHERE {quote_name(params.key)} = ANY($1)"
+        )
+        self._field = params.event_field
+        self._pool: Any = None
+        self._convert: Callable[[Any], Any] = lambda value: value
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _startup(self) -> None:
+        """Open the pool and prepare the query once: a missing table or
+        column fails the start-up, naming it, instead of every event."""
+        params = self.params
+        pool = await self._asyncpg.create_pool(
+            host=params.host,
+            port=params.port,
+            user=params.user,
+            password=params.password.get_secret_value() if params.password else None,
+            database=params.database,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            timeout=params.connect_timeout,
+            server_settings={"application_name": params.application_name},
+            **({"ssl": params.ssl} if params.ssl else {}),
+        )
+        try:
+            async with pool.acquire() as connection:
+                statement = await connection.prepare(self.query)
+                (parameter,) = statement.get_parameters()
+        except BaseException:
+            pool.terminate()
+            raise
+        self._convert = _key_converter(parameter.name)
+        self._pool = pool
+
+    async def _shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            # Graceful: waits for queries in flight, then says goodbye.
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
+        except (TimeoutError, asyncio.CancelledError):
+            pool.terminate()
+            raise
+
+    async def _health_check(self) -> bool:
+        return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """OS and timeout errors, lost connections, and a server shutting down
+        or refusing connections for now."""
+        errors = self._asyncpg.exceptions
+        return isinstance(
+            exc,
+            OSError
+            | TimeoutError
+            | errors.PostgresConnectionError
+            | errors.OperatorInterventionError
+            | errors.TooManyConnectionsError
+            # A pooled connection whose server process was terminated while
+            # idle, used before asyncpg noticed, fails this way once.
+            | errors.InternalClientError,
+        )
+
+    # -- lookups -----------------------------------------------------------
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        """``(value of the from field,)``; ``None`` (no lookup) when the
+        field is missing or not usable as a key."""
+        value = key_value(event_dict.get(self._field), self.params.max_key_length)
+        return None if value is None else (value,)
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        """One query for all ``keys``: ``{key: {column: value}}`` for the
+        keys that have a row."""
+        wanted: dict[Any, list[Hashable]] = {}
+        for key in keys:
+            # cache_key() made each key a 1-tuple; anything else matches nothing.
+            value = self._convert(key[0]) if isinstance(key, tuple) and len(key) == 1 else None
+            if value is not None:
+                wanted.setdefault(value, []).append(key)
+        if not wanted:
+            return {}
+        rows = await self.fetch(list(wanted))
+        found: dict[Hashable, Any] = {}
+        columns = self.params.columns
+        for row in rows:
+            # Several rows for one key (a key column that is not unique):
+            # the first returned wins.
+            for key in wanted.get(row[0], ()):
+                if key not in found:
+                    found[key] = {column: row[i] for i, column in enumerate(columns, 1)}
+        return found
+
+    async def fetch(self, values: list[Any]) -> Sequence[Any]:
+        """Run the lookup query for ``values``: the one backend call of a batch."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError(f"enricher {self.name!r} is not started")
+        rows: Sequence[Any] = await pool.fetch(self.query, values)
+        return rows

@@ -1,0 +1,561 @@
+"""``postgres-lookup://`` against a real PostgreSQL server.
+
+Each test creates its own table (``pg_table``) and drops it; the enricher's
+connections carry ``application_name=enrichlog``, which is how the tests find
+(and kill) them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from enrichlog.container import LoggingContainer, configure_logging, get_logger
+from enrichlog.enrichers import PostgresLookupEnricher
+from enrichlog.exceptions import EnricherConfigError
+from enrichlog.settings import LoggingSettings
+from enrichlog.uri.factory import EnricherFactory
+from tests.helpers import read_lines
+from tests.services import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, pg_fetch, tcp_proxy
+
+ERRORS = "enrichment_errors"
+
+
+def configure(log_file: Path, *uris: str, **overrides: Any) -> LoggingContainer:
+    """``configure_logging`` with enricher URIs, JSON lines to ``log_file``."""
+    return configure_logging(
+        settings=LoggingSettings(enrichers=list(uris)), output=str(log_file), **overrides
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass (for
+    state a server changes on its own time: a backend that exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def enrichlog_pids(application_name: str = "enrichlog") -> set[int]:
+    """Server process ids of the connections that carry ``application_name``.
+
+    Other test runs on the same server may have connections named
+    ``enrichlog`` too, so tests compare these sets before and after rather
+    than counting.
+    """
+    rows = pg_fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+    )
+    return {row["pid"] for row in rows}
+
+
+class CountingLookup(PostgresLookupEnricher):
+    """Counts the queries it sends and the values each carried."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.queries: list[list[Any]] = []
+
+    async def fetch(self, values: list[Any]) -> Sequence[Any]:
+        self.queries.append(values)
+        return await super().fetch(values)
+
+
+# -- end to end ----------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_events_get_the_row_end_to_end(pg_uri: str, pg_table: str, log_file: Path) -> None:
+    container = configure(
+        log_file,
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name,email&into=user",
+    )
+    log = get_logger()
+
+    log.info("known", user_id=1)
+    log.info("known as text", user_id="2")
+    log.info("null column", user_id=3)
+    log.info("no such row", user_id=999)
+    log.info("no user at all")
+    container.shutdown()
+
+    lines = {line["event"]: line for line in read_lines(log_file)}
+    assert {"name": "ann", "email": "ann@example.com"} == lines["known"]["user"]
+    assert {"name": "bob", "email": "bob@example.com"} == lines["known as text"]["user"]
+    assert {"name": "cid", "email": None} == lines["null column"]["user"]
+    for quiet in ("no such row", "no user at all"):
+        assert "user" not in lines[quiet]
+        assert ERRORS not in lines[quiet]
+
+
+@pytest.mark.services
+def test_without_into_columns_join_the_event_and_call_site_values_win(
+    pg_uri: str, pg_table: str, log_file: Path
+) -> None:
+    container = configure(
+        log_file, f"{pg_uri}?table={pg_table}&key=id&from=user_id&columns=name,tier"
+    )
+
+    get_logger().info("checkout", user_id=1, tier="override")
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert ("ann", "override") == (line["name"], line["tier"])
+    assert ERRORS not in line
+
+
+@pytest.mark.services
+def test_two_lookups_of_one_scheme_coexist_by_name(
+    pg_uri: str, pg_table: str, log_file: Path
+) -> None:
+    container = configure(
+        log_file,
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&name=user",
+        f"{pg_uri}?table={pg_table}&from=referrer_id&columns=name&into=referrer&name=referrer",
+    )
+
+    get_logger().info("signup", user_id=1, referrer_id=2)
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert {"name": "ann"} == line["user"]
+    assert {"name": "bob"} == line["referrer"]
+
+
+@pytest.mark.services
+def test_the_cache_answers_repeated_keys(pg_uri: str, pg_table: str, log_file: Path) -> None:
+    enricher = CountingLookup(
+        params=PostgresLookupEnricher.Params(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            path=f"/{PG_DATABASE}",
+            table=pg_table,
+            from_="user_id",
+            columns=("name",),
+            into="user",
+        )
+    )
+    container = configure_logging(enrichers=[enricher], output=str(log_file), delivery="inline")
+    log = get_logger()
+
+    for _ in range(5):
+        log.info("again", user_id=1)
+    container.shutdown()
+
+    assert [[1]] == enricher.queries
+    assert [{"name": "ann"}] * 5 == [line["user"] for line in read_lines(log_file)]
+
+
+# -- batching --------------------------------------------------------------------
+
+
+def _stat_statements_calls(table: str) -> int | None:
+    """Calls of the lookup query per pg_stat_statements, or None when the
+    extension is not loaded on this server."""
+    try:
+        pg_fetch("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        rows = pg_fetch(
+            "SELECT coalesce(sum(calls), 0) AS calls FROM pg_stat_statements WHERE query LIKE $1",
+            f'SELECT "id", "name" FROM "{table}"%',
+        )
+    except Exception:  # not in shared_preload_libraries: no statistics
+        return None
+    calls: int = rows[0]["calls"]
+    return calls
+
+
+@pytest.mark.services
+async def test_enrich_many_sends_one_query_for_many_keys(pg_uri: str, pg_table: str) -> None:
+    enricher = EnricherFactory.build(f"{pg_uri}?table={pg_table}&from=user_id&columns=name")
+    counting = CountingLookup(params=enricher.params)  # type: ignore[attr-defined]
+    await counting.startup()
+    before = _stat_statements_calls(pg_table)
+    keys = [(1,), (2,), ("3",), (3,), (999,), ("1'; DROP TABLE x;--",), ("abc",), (1.5,)]
+
+    try:
+        found = await counting.enrich_many(keys)
+    finally:
+        await counting.shutdown()
+
+    assert 1 == len(counting.queries)
+    # Values that cannot be an int4 never reach the server; equal ones go once.
+    assert [1, 2, 3, 999] == sorted(counting.queries[0])
+    assert {
+        (1,): {"name": "ann"},
+        (2,): {"name": "bob"},
+        ("3",): {"name": "cid"},
+        (3,): {"name": "cid"},
+    } == found
+    after = _stat_statements_calls(pg_table)
+    if before is not None and after is not None:
+        assert 1 == after - before
+
+
+@pytest.mark.services
+async def test_concurrent_events_run_within_the_pool(pg_uri: str, pg_table: str) -> None:
+    enricher = EnricherFactory.build(
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&max_size=3"
+    )
+    assert isinstance(enricher, PostgresLookupEnricher)
+    assert 3 == enricher.max_concurrency  # the pool's size unless the URI says
+    await enricher.startup()
+    try:
+        events = await asyncio.gather(
+            *(enricher.enrich_async(None, "info", {"user_id": 1 + i % 4}) for i in range(40))
+        )
+        healthy = await enricher.health_check()
+    finally:
+        await enricher.shutdown()
+
+    names = [event.get("user", {}).get("name") for event in events if event is not None]
+    assert ["ann", "bob", "cid", None] * 10 == names
+    assert healthy
+
+
+@pytest.mark.services
+def test_max_concurrency_in_the_uri_wins(pg_uri: str) -> None:
+    enricher = EnricherFactory.build(
+        f"{pg_uri}?table=users&from=user_id&columns=name&max_size=3&max_concurrency=2&ttl=5"
+    )
+
+    assert isinstance(enricher, PostgresLookupEnricher)
+    assert (2, 5.0) == (enricher.max_concurrency, enricher.cache_ttl)
+
+
+# -- key column types ------------------------------------------------------------------
+
+
+@pytest.mark.services
+async def test_text_and_uuid_key_columns(pg_uri: str) -> None:
+    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
+    pg_fetch(f"CREATE TABLE {table} (login text PRIMARY KEY, account uuid, plan text)")
+    pg_fetch(
+        f"INSERT INTO {table} VALUES ('ann', '0b8c1fd6-51f5-4a6f-9c5e-6b1f2b3c4d5e', 'pro'), "
+        "('42', NULL, 'numeric login')"
+    )
+    by_login = EnricherFactory.build(f"{pg_uri}?table={table}&key=login&columns=plan&name=by_login")
+    by_account = EnricherFactory.build(
+        f"{pg_uri}?table={table}&key=account&from=account_id&columns=login&name=by_account"
+    )
+    try:
+        await by_login.startup()
+        await by_account.startup()
+        logins = await by_login.enrich_many([("ann",), (42,), ("nobody",)])  # type: ignore[attr-defined]
+        accounts = await by_account.enrich_many(  # type: ignore[attr-defined]
+            [("0B8C1FD6-51F5-4A6F-9C5E-6B1F2B3C4D5E",), ("not-a-uuid",)]
+        )
+    finally:
+        await by_login.shutdown()
+        await by_account.shutdown()
+        pg_fetch(f"DROP TABLE {table}")
+
+    assert {("ann",): {"plan": "pro"}, (42,): {"plan": "numeric login"}} == logins
+    assert {("0B8C1FD6-51F5-4A6F-9C5E-6B1F2B3C4D5E",): {"login": "ann"}} == accounts
+
+
+# -- hostile data and configuration ----------------------------------------------------
+
+
+@pytest.mark.services
+def test_hostile_event_values_change_nothing(pg_uri: str, pg_table: str, log_file: Path) -> None:
+    container = configure(
+        log_file,
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&name=by_id",
+        f"{pg_uri}?table={pg_table}&key=name&from=login&columns=email&into=account&name=by_name",
+        delivery="inline",
+    )
+    log = get_logger()
+    hostile = [
+        "1'; DROP TABLE x;--",
+        f"1; DROP TABLE {pg_table};--",
+        "ann' OR '1'='1",
+        "../admin",
+        "\x00",
+        "x" * 1_000_000,
+        {"$ne": None},
+    ]
+
+    for value in hostile:
+        log.info("hostile", user_id=value, login=value)
+    log.info("after", user_id=1, login="bob")
+    container.shutdown()
+
+    *attacks, after = read_lines(log_file)
+    assert len(hostile) == len(attacks)
+    for line in attacks:
+        assert "user" not in line
+        assert "account" not in line
+        assert ERRORS not in line
+    assert len(attacks[5]["user_id"]) == 1_000_000  # the event keeps its value
+    assert {"name": "ann"} == after["user"]
+    assert {"email": "bob@example.com"} == after["account"]
+    assert 3 == pg_fetch(f"SELECT count(*) AS n FROM {pg_table}")[0]["n"]
+
+
+@pytest.mark.parametrize(
+    ("query", "culprit"),
+    [
+        ("table=users;drop&columns=name", "users;drop"),
+        ('table=users"&columns=name', 'users"'),
+        ("table=a.b.c&columns=name", "a.b.c"),
+        ("table=users&key=id)--&columns=name", "id)--"),
+        ("table=users&columns=name,email%20FROM%20pg_user", "email FROM pg_user"),
+        ("table=users&columns=name&frm=user_id", "frm"),
+        ("table=users&columns=name&min_size=5&max_size=2", "min_size"),
+        ("table=users", "columns"),
+    ],
+)
+def test_invalid_configuration_is_a_configure_time_error(
+    query: str, culprit: str, log_file: Path
+) -> None:
+    uri = f"postgres-lookup://app:s3cret-pw@127.0.0.1:5432/test?{query}"
+
+    with pytest.raises(EnricherConfigError) as caught:
+        configure(log_file, uri)
+
+    message = str(caught.value)
+    assert culprit in message
+    assert "postgres-lookup://app:***@127.0.0.1:5432/test" in message
+    assert "s3cret-pw" not in message
+
+
+def test_the_password_never_shows() -> None:
+    enricher = EnricherFactory.build(
+        "postgres-lookup://app:s3cret-pw@db.internal/app?table=users&columns=name&from=user_id"
+    )
+
+    assert "s3cret-pw" not in repr(enricher)
+    assert "s3cret-pw" not in repr(enricher.params)  # type: ignore[attr-defined]
+    assert "s3cret-pw" not in EnricherFactory.to_uri(enricher)
+    again = EnricherFactory.build(EnricherFactory.to_uri(enricher, reveal_secrets=True))
+    assert again.params == enricher.params  # type: ignore[attr-defined]
+
+
+def test_constructible_in_code_with_from_or_its_field_name() -> None:
+    by_alias = PostgresLookupEnricher.Params.model_validate(
+        {"table": "users", "from": "user_id", "columns": "name,email"}
+    )
+    by_name = PostgresLookupEnricher.Params(
+        table="users", from_="user_id", columns=("name", "email")
+    )
+
+    enricher = PostgresLookupEnricher(params=by_name, name="user", timeout=0.5)
+
+    assert by_alias == by_name
+    assert ("user", 0.5, 10) == (enricher.name, enricher.timeout, enricher.max_concurrency)
+    assert 'SELECT "id", "name", "email" FROM "users" WHERE "id" = ANY($1)' == enricher.query
+    assert ("name", "email") == enricher.provides
+    assert (42,) == enricher.cache_key({"user_id": 42})
+    # Not usable as keys: no lookup, no error.
+    for value in (None, True, "", "\x00", "\ud800", "x" * 1025, 2**129, float("nan"), [1]):
+        assert enricher.cache_key({"user_id": value}) is None, value
+
+
+def test_schema_qualified_table_is_quoted_per_part() -> None:
+    enricher = EnricherFactory.build(
+        "postgres-lookup://db/app?table=crm.Users&key=user_id&columns=name&into=user"
+    )
+
+    assert 'SELECT "user_id", "name" FROM "crm"."Users" WHERE "user_id" = ANY($1)' == (
+        enricher.query  # type: ignore[attr-defined]
+    )
+    assert ("user",) == enricher.provides
+
+
+def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if not installed
+
+    with pytest.raises(EnricherConfigError, match=r"pip install 'enrichlog\[postgres\]'"):
+        EnricherFactory.build("postgres-lookup://db/app?table=users&columns=name")
+
+
+# -- start-up, failures and shutdown --------------------------------------------------
+
+
+@pytest.mark.services
+def test_a_missing_table_fails_the_start_up_not_the_events(
+    pg_uri: str, log_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    application_name = f"enrichlog-test-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.ERROR, logger="enrichlog"):
+        container = configure(
+            log_file,
+            f"{pg_uri}?table=enrichlog_test_no_such_table&from=user_id&columns=name"
+            f"&application_name={application_name}",
+            delivery="inline",
+        )
+    get_logger().info("still written", user_id=1)
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert {"postgres_lookup": "unavailable"} == line[ERRORS]
+    assert "UndefinedTableError" in caplog.text
+    assert "enrichlog_test_no_such_table" in caplog.text
+    assert wait_until(lambda: not enrichlog_pids(application_name))  # the failed pool is closed
+
+
+@pytest.mark.services
+def test_no_connection_is_left_after_shutdown(pg_uri: str, pg_table: str, log_file: Path) -> None:
+    before = enrichlog_pids()
+    container = configure(
+        log_file, f"{pg_uri}?table={pg_table}&from=user_id&columns=name&min_size=2"
+    )
+    get_logger().info("one", user_id=1)
+    container.flush()
+    ours = enrichlog_pids() - before
+    assert len(ours) >= 2  # min_size=2, named application_name=enrichlog
+
+    container.shutdown()
+
+    assert wait_until(lambda: not ours & enrichlog_pids())
+
+
+def enriched_again(log_file: Path, user_id: int) -> Callable[[], bool]:
+    """A condition that logs one more event and says whether it got its user."""
+
+    def condition() -> bool:
+        get_logger().info("probe", user_id=user_id)
+        return "user" in read_lines(log_file)[-1]
+
+    return condition
+
+
+# ttl=0.001: the cache would hide the backend's state from these tests.
+RESILIENCE = {"delivery": "inline", "cache_error_ttl": 0.001, "breaker_recovery_timeout": 0.05}
+
+
+@pytest.mark.services
+def test_killed_connections_are_replaced_and_events_keep_flowing(
+    pg_uri: str, pg_table: str, log_file: Path
+) -> None:
+    before = enrichlog_pids()
+    container = configure(
+        log_file,
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&ttl=0.001&min_size=2",
+        **RESILIENCE,
+    )
+    log = get_logger()
+    log.info("before", user_id=1)
+    old = enrichlog_pids() - before
+    assert len(old) >= 2
+
+    killed = pg_fetch(
+        "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+        "WHERE application_name = 'enrichlog' AND pid = ANY($1)",
+        list(old),
+    )
+    assert [True] * len(old) == [row["ok"] for row in killed]
+    assert wait_until(lambda: not old & enrichlog_pids())
+    for user_id in (1, 2, 3, 1, 2, 3):
+        log.info("after the kill", user_id=user_id)
+    recovered = wait_until(enriched_again(log_file, 2))
+    new = enrichlog_pids() - before
+    container.shutdown()
+
+    assert recovered
+    assert new  # fresh connections replaced the killed ones
+    assert not new & old
+    lines = [line for line in read_lines(log_file) if line["event"] == "after the kill"]
+    assert 6 == len(lines)  # every event is written: enriched, or with the reason
+    for line in lines:
+        assert "user" in line or line[ERRORS]["postgres_lookup"].startswith("error: ")
+    assert wait_until(lambda: not new & enrichlog_pids())
+
+
+@pytest.mark.services
+async def test_lost_connections_fail_with_transient_errors(pg_uri: str, pg_table: str) -> None:
+    application_name = f"enrichlog-test-{uuid.uuid4().hex[:8]}"
+    enricher = EnricherFactory.build(
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&min_size=2"
+        f"&application_name={application_name}"
+    )
+    assert isinstance(enricher, PostgresLookupEnricher)
+    await enricher.startup()
+    kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1"
+    failures: list[Exception] = []
+
+    async def lookup(user_id: int) -> object:
+        # As many tries as the pool has connections that may be dead: each
+        # dead one fails once, then the pool opens a fresh one.
+        for _ in range(3):
+            try:
+                return await enricher.enrich_many([(user_id,)])  # type: ignore[attr-defined]
+            except Exception as exc:
+                failures.append(exc)
+        return None
+
+    try:
+        # Killed while idle and used at once: asyncpg may not have noticed.
+        pg_fetch(kill, application_name)
+        after_idle_kill = await lookup(1)
+        # Killed in the middle of a query: the query waits for a lock that
+        # another connection holds until the kill.
+        locker = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE
+        )
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE")
+            slow = asyncio.create_task(enricher.fetch([1, 2]))
+            waiting = (
+                "SELECT count(*) AS n FROM pg_stat_activity "
+                "WHERE application_name = $1 AND wait_event_type = 'Lock'"
+            )
+            async with asyncio.timeout(10):
+                while not (await asyncio.to_thread(pg_fetch, waiting, application_name))[0]["n"]:
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(pg_fetch, kill, application_name)
+            with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError) as in_flight:
+                await slow
+        await locker.close()
+        after_busy_kill = await lookup(2)
+    finally:
+        await enricher.shutdown()
+
+    assert {(1,): {"name": "ann"}} == after_idle_kill
+    assert {(2,): {"name": "bob"}} == after_busy_kill
+    for failure in [*failures, in_flight.value]:
+        assert enricher.is_transient(failure), failure
+
+
+@pytest.mark.services
+def test_a_server_that_goes_away_and_comes_back(pg_table: str, log_file: Path) -> None:
+    with tcp_proxy(PG_HOST, PG_PORT) as proxy:
+        container = configure(
+            log_file,
+            f"postgres-lookup://{PG_USER}@127.0.0.1:{proxy.port}/{PG_DATABASE}"
+            f"?table={pg_table}&from=user_id&columns=name&into=user&ttl=0.001&timeout=1",
+            **{**RESILIENCE, "breaker_failure_threshold": 3, "breaker_recovery_timeout": 0.5},
+        )
+        log = get_logger()
+        log.info("up", user_id=1)
+
+        proxy.stop()
+        for user_id in range(100, 106):  # one key each: no cached failure answers
+            log.info("down", user_id=user_id)
+        proxy.start()
+        recovered = wait_until(enriched_again(log_file, 1))
+        container.shutdown()
+
+    assert recovered
+    lines = read_lines(log_file)
+    assert {"name": "ann"} == lines[0]["user"]
+    down = [line for line in lines if line["event"] == "down"]
+    assert 6 == len(down)
+    reasons = [line[ERRORS]["postgres_lookup"] for line in down]
+    assert all(reason.startswith("error: ") or reason == "circuit_open" for reason in reasons)
+    assert ["circuit_open"] * 3 == reasons[3:]  # three failures opened the breaker
+    assert all("user" not in line for line in down)
+    assert {"name": "ann"} == lines[-1]["user"]
