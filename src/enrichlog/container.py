@@ -37,6 +37,7 @@ from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime
 from .enricher import Enricher
 from .exceptions import EnricherConfigError, EnrichlogError
+from .metrics import MetricsSnapshot
 from .settings import LoggingSettings, unknown_settings
 from .uri.masking import mask_secrets
 
@@ -451,24 +452,45 @@ class LoggingContainer:
 
     # -- views ---------------------------------------------------------------
 
-    def metrics(self) -> dict[str, Any]:
-        """Counters: ``written`` (lines, whichever thread wrote them),
-        ``write_failed``, ``dropped`` (and ``dropped_by_kind``),
-        ``filtered``, ``pending``, ``abandoned``, ``render_fallbacks``,
-        ``queue_depth``, ``queue_high_water``, ``in_flight``, and per
-        enricher its counters (calls, failures, retries, circuit skips,
-        abandoned and overloaded calls, cache statistics)."""
+    def metrics(self) -> MetricsSnapshot:
+        """The container's counters at this moment: a frozen
+        :class:`~enrichlog.metrics.MetricsSnapshot`, also readable as a
+        mapping (``metrics["written"]``); ``as_dict()`` gives plain data.
+
+        ``written`` counts lines whichever thread wrote them; per enricher,
+        calls, failures by reason, retries, cache hits and misses, batch
+        calls, latency percentiles and the breaker's state.
+        """
         pipeline = self._pipeline.metrics()
-        return {
-            **pipeline,
-            **self._counts(),
-            "delivery": (
+        counts = self._counts()
+        return MetricsSnapshot(
+            delivery=(
                 "background"
                 if self.processor is not None and self.processor.background
                 else "inline"
             ),
-            "enrichers": self._plan.enricher_stats(),
-        }
+            events_in=counts["written"]
+            + counts["dropped"]
+            + counts["filtered"]
+            + counts["pending"]
+            + counts["write_failed"],
+            handed_off=pipeline["handed_off"],
+            written=counts["written"],
+            write_failed=counts["write_failed"],
+            dropped=counts["dropped"],
+            dropped_by_kind=pipeline["dropped_by_kind"],
+            filtered=counts["filtered"],
+            pending=counts["pending"],
+            abandoned=counts["abandoned"],
+            render_fallbacks=counts["render_fallbacks"],
+            queue_depth=pipeline["queue_depth"],
+            queue_high_water=pipeline["queue_high_water"],
+            queue_size=pipeline["queue_size"],
+            in_flight=pipeline["in_flight"],
+            enrichment_latency=self._plan.enrichment_latency.summary(),
+            enricher_time=self._plan.enricher_time.summary(),
+            enrichers=self._plan.enricher_metrics(),
+        )
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per enricher: started, healthy, available, breaker state and the

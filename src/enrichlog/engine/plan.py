@@ -31,6 +31,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher
+from ..metrics import EnricherMetrics, LatencyHistogram
 from ..resilience.guard import ABANDON_GRACE, EnricherGuard, GuardOptions
 from ..resilience.outcome import (
     FILTERED,
@@ -70,6 +71,7 @@ class Enrichment:
     """
 
     __slots__ = (
+        "enricher_time",
         "event",
         "filtered",
         "level",
@@ -77,6 +79,7 @@ class Enrichment:
         "method_name",
         "on_done",
         "outcomes",
+        "started",
         "waiting",
     )
 
@@ -96,6 +99,10 @@ class Enrichment:
         self.waiting = 0
         self.filtered = False
         self.on_done: Callable[[], object] | None = None
+        #: Loop time the first call started (0.0: none awaited yet), and the
+        #: sum of its calls' durations: the metrics of events that await.
+        self.started = 0.0
+        self.enricher_time = 0.0
 
 
 class Step:
@@ -160,6 +167,10 @@ class EnrichmentPlan:
             for level in self._levels
         )
         self._deliver = self._deliver_outcome
+        #: Per event that awaited: its enrichment time, and the sum of its
+        #: enrichers' call times (what parallel levels saved is the gap).
+        self.enrichment_latency = LatencyHistogram()
+        self.enricher_time = LatencyHistogram()
 
     def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
         if isinstance(enricher, AsyncEnricher):
@@ -201,9 +212,9 @@ class EnrichmentPlan:
             total += slowest
         return total
 
-    def enricher_stats(self) -> dict[str, dict[str, Any]]:
-        """Counters of each async enricher's guard, by name."""
-        return {name: guard.stats() for name, guard in self._guards.items()}
+    def enricher_metrics(self) -> dict[str, EnricherMetrics]:
+        """Counters of each async enricher, by name."""
+        return {name: guard.metrics() for name, guard in self._guards.items()}
 
     def breaker_states(self) -> dict[str, str]:
         """The circuit state of each async enricher, by name."""
@@ -306,6 +317,8 @@ class EnrichmentPlan:
         self, enrichment: Enrichment, index: int, outcomes: list[Outcome | None]
     ) -> None:
         loop = asyncio.get_running_loop()
+        if not enrichment.started:
+            enrichment.started = loop.time()
         steps = self._levels[index]
         waiting = 0
         for position, outcome in enumerate(outcomes):
@@ -321,6 +334,8 @@ class EnrichmentPlan:
 
     async def _call(self, step: Step, enrichment: Enrichment, index: int, position: int) -> None:
         deliver = functools.partial(self._deliver, enrichment, index, position)
+        clock = asyncio.get_running_loop().time
+        started = clock()
         try:
             outcome = await step.run(
                 enrichment.logger, enrichment.method_name, enrichment.event, deliver
@@ -328,6 +343,7 @@ class EnrichmentPlan:
         except asyncio.CancelledError:
             # Shutdown gave up on the event: it is written without this call.
             return
+        enrichment.enricher_time += clock() - started
         deliver(outcome)
 
     def _deliver_outcome(
@@ -357,8 +373,11 @@ class EnrichmentPlan:
             self.finish_unenriched(enrichment)
         if INTERRUPTS:  # raised on the loop: a reason, nothing more
             take_interrupt()
-        if complete and enrichment.on_done is not None:
-            enrichment.on_done()
+        if complete:
+            self.enrichment_latency.observe(asyncio.get_running_loop().time() - enrichment.started)
+            self.enricher_time.observe(enrichment.enricher_time)
+            if enrichment.on_done is not None:
+                enrichment.on_done()
 
     def _level_expired(self, enrichment: Enrichment, index: int) -> None:
         if enrichment.level != index or enrichment.outcomes is None:

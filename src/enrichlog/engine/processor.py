@@ -19,7 +19,7 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from threading import get_ident
 from typing import Any, Protocol
 
@@ -61,7 +61,7 @@ class _Owner(Protocol):
 
     def shutdown(self, timeout: float | None = None) -> Any: ...
 
-    def metrics(self) -> dict[str, Any]: ...
+    def metrics(self) -> Mapping[str, Any]: ...
 
 
 class AsyncEnricherProcessor:
@@ -144,7 +144,7 @@ class AsyncEnricherProcessor:
         """Drain, stop the enrichers and the runtime; the drain report."""
         return self._owner.shutdown(timeout)
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> Mapping[str, Any]:
         """The counters of the container that built this processor."""
         return self._owner.metrics()
 

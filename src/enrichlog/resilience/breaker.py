@@ -152,6 +152,7 @@ class CircuitBreaker:
         self._closed_permit: Permit | None = Permit(0, is_probe=False)
         self._failure_count = 0
         self._opened_at = 0.0
+        self._entered_at = clock()
         self._probes_out = 0
         self._last_probe_at = 0.0
 
@@ -177,6 +178,10 @@ class CircuitBreaker:
     def failure_count(self) -> int:
         """Consecutive failures so far; 0 once the circuit closes."""
         return self._failure_count
+
+    def seconds_in_state(self) -> float:
+        """How long the circuit has been in its current state."""
+        return max(0.0, self._clock() - self._entered_at)
 
     def retry_in(self) -> float:
         """Seconds until a probe is let through; 0.0 when the circuit is not OPEN."""
@@ -383,6 +388,8 @@ class CircuitBreaker:
             self._closed_permit = None
         if state is CircuitState.OPEN:
             self._opened_at = now
+        if old is not state:
+            self._entered_at = now
         return None if old is state else (old, state)
 
     def _notify(self, change: tuple[CircuitState, CircuitState] | None) -> None:

@@ -29,6 +29,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import AsyncEnricher
 from ..exceptions import CachedError
+from ..metrics import FAILURE_REASONS, EnricherMetrics, LatencyHistogram
 from ..settings import LoggingSettings
 from .breaker import CircuitBreaker, CircuitState, Permit
 from .cache import EnricherCache
@@ -268,12 +269,18 @@ class EnricherGuard:
         self._limiter: asyncio.Semaphore | None = None
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
+        self.latency = LatencyHistogram()
         self.calls = 0
+        self.successes = 0
         self.failures = 0
+        self._reasons: dict[str, int] = {}
         self.retries = 0
         self.skipped_open = 0
+        self.skipped_unavailable = 0
         self.abandoned = 0
         self.overloaded = 0
+        self.batch_calls = 0
+        self.batch_keys = 0
 
     # -- on the logging thread --------------------------------------------
 
@@ -287,6 +294,7 @@ class EnricherGuard:
         enricher has to run on the runtime loop.
         """
         if not self.enricher.available:
+            self.skipped_unavailable += 1
             return UNAVAILABLE
         cache = self.cache
         if cache is not None:
@@ -319,6 +327,7 @@ class EnricherGuard:
         for this coroutine, which may never return.
         """
         if not self.enricher.available:
+            self.skipped_unavailable += 1
             return UNAVAILABLE
         cache = self.cache
         if cache is None:
@@ -403,7 +412,12 @@ class EnricherGuard:
         call = self._deadlines.start(task, abandon)
         call.permit = permit
         try:
-            return await self._called(call, permit, logger, method_name, snapshot)
+            outcome = await self._called(call, permit, logger, method_name, snapshot)
+            # The call started when its deadline was set: no second clock read.
+            self.latency.observe(self._deadlines.clock() - call.at + self.timeout)
+            if outcome[2] is None:
+                self.successes += 1
+            return outcome
         finally:
             call.finished = True
             call.task = None  # a finished call must not keep its task alive
@@ -541,7 +555,11 @@ class EnricherGuard:
 
     def _failed(self, outcome: Outcome) -> Outcome:
         self.failures += 1
-        self.enricher.last_error = outcome[2]
+        reason = outcome[2]
+        assert reason is not None
+        kind = reason.partition(":")[0]
+        self._reasons[kind] = self._reasons.get(kind, 0) + 1
+        self.enricher.last_error = reason
         return outcome
 
     def cancel_calls(self) -> None:
@@ -558,18 +576,31 @@ class EnricherGuard:
         self._limiter = None
         self.lingering = set()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and state of this guard, for ``container.metrics()``."""
-        return {
-            "calls": self.calls,
-            "failures": self.failures,
-            "retries": self.retries,
-            "skipped_circuit_open": self.skipped_open,
-            "abandoned": self.abandoned,
-            "overloaded": self.overloaded,
-            "breaker": self.breaker.state.value,
-            "cache": None if self.cache is None else self.cache.stats(),
-        }
+    def metrics(self) -> EnricherMetrics:
+        """This enricher's counters, latency and breaker state."""
+        reasons = dict.fromkeys(FAILURE_REASONS, 0)
+        reasons.update(self._reasons)
+        reasons["overloaded"] += self.overloaded
+        reasons["circuit_open"] += self.skipped_open
+        reasons["unavailable"] += self.skipped_unavailable
+        cache = None if self.cache is None else self.cache.stats()
+        return EnricherMetrics(
+            name=self.name,
+            calls=self.calls,
+            successes=self.successes,
+            failures=self.failures,
+            failures_by_reason=reasons,
+            retries=self.retries,
+            abandoned=self.abandoned,
+            cache_hits=0 if cache is None else cache["hits"],
+            cache_misses=0 if cache is None else cache["misses"],
+            batch_calls=self.batch_calls,
+            batch_keys=self.batch_keys,
+            latency=self.latency.summary(),
+            breaker=self.breaker.state.value,
+            breaker_seconds=self.breaker.seconds_in_state(),
+            cache=cache,
+        )
 
 
 def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
