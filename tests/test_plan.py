@@ -146,8 +146,9 @@ def test_describe_plan_resolves_effective_options(levels: list[list[Enricher]]) 
         "enabled": True,
         "ttl": 30.0,
         "max_size": 1000,
+        "error_ttl": 5.0,
     }
-    assert described["user"]["retry"] == {"attempts": 3}
+    assert described["user"]["retry"] == {"attempts": 3, "base_delay": 0.05, "max_delay": 1.0}
     assert described["db"]["cache"]["ttl"] == 60.0
     assert described["hostname"]["breaker"] is None
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 import structlog
-from pydantic import ValidationError
 from structlog.typing import Processor
 
 from .engine.chain import build_processor_chain
@@ -34,9 +33,7 @@ from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime
 from .enricher import Enricher
-from .exceptions import EnricherConfigError
-from .settings import LoggingSettings, unknown_settings
-from .uri.masking import mask_secrets
+from .settings import LoggingSettings, resolve_settings
 
 __all__ = ["LoggingContainer", "configure_logging", "get_logger"]
 
@@ -62,30 +59,6 @@ def get_logger(*args: Any, **initial_values: Any) -> Any:
     """A structlog bound logger: sync methods (``info``) and async ones
     (``ainfo``) that await enrichment without blocking the caller's loop."""
     return structlog.get_logger(*args, **initial_values)
-
-
-def resolve_settings(
-    settings: LoggingSettings | None, overrides: dict[str, Any]
-) -> LoggingSettings:
-    """``settings`` (or the environment) with ``overrides`` applied.
-
-    Raises:
-        EnricherConfigError: a setting is unknown or invalid; the message
-            names each field at fault (secrets masked).
-    """
-    try:
-        if settings is None:
-            return LoggingSettings(**overrides)
-        if not overrides:
-            return settings
-        unknown_settings(overrides)
-        return LoggingSettings.model_validate({**settings.model_dump(), **overrides})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise EnricherConfigError(f"invalid logging settings: {mask_secrets(problems)}") from None
 
 
 class LoggingContainer:

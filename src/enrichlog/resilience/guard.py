@@ -13,7 +13,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -22,7 +21,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import AsyncEnricher, changes_of
 from ..exceptions import CachedError
-from ..settings import LoggingSettings
+from ..options import ResolvedOptions
 from .breaker import CircuitBreaker, CircuitState
 from .cache import EnricherCache
 from .retry import RetryPolicy
@@ -126,54 +125,10 @@ class _EnrichmentFailedError(Exception):
         self.outcome = outcome
 
 
-@dataclass(frozen=True, slots=True)
-class GuardOptions:
-    """The effective resilience settings of one async enricher."""
-
-    timeout: float
-    cache_ttl: float
-    cache_max_size: int
-    cache_error_ttl: float | None
-    failure_threshold: int
-    recovery_timeout: float
-    half_open_max_calls: int
-    retry_attempts: int
-    retry_base_delay: float
-    retry_max_delay: float
-    max_concurrency: int | None
-
-    @classmethod
-    def for_enricher(cls, enricher: AsyncEnricher, settings: LoggingSettings) -> GuardOptions:
-        """The values ``enricher`` runs with under ``settings``.
-
-        Each is, in order of precedence: the per-enricher override in
-        ``settings.enricher_options[name]``, the enricher's own attribute (set
-        on its class, by its constructor or by a URI), the settings default.
-        The runtime and ``python -m enrichlog plan`` both read them here, so
-        they cannot disagree.
-        """
-        options = settings.options_for(enricher.name)
-
-        def pick(field: str, default: Any) -> Any:
-            override = getattr(options, field)
-            if override is not None:
-                return override
-            own = getattr(enricher, field)
-            return default if own is None else own
-
-        return cls(
-            timeout=pick("timeout", settings.enricher_timeout),
-            cache_ttl=pick("cache_ttl", settings.cache_ttl),
-            cache_max_size=pick("cache_max_size", settings.cache_max_size),
-            cache_error_ttl=settings.cache_error_ttl,
-            failure_threshold=pick("failure_threshold", settings.breaker_failure_threshold),
-            recovery_timeout=pick("recovery_timeout", settings.breaker_recovery_timeout),
-            half_open_max_calls=settings.breaker_half_open_max_calls,
-            retry_attempts=pick("retry_attempts", settings.retry_attempts),
-            retry_base_delay=settings.retry_base_delay,
-            retry_max_delay=settings.retry_max_delay,
-            max_concurrency=pick("max_concurrency", None),
-        )
+GuardOptions = ResolvedOptions
+"""The effective resilience settings of one async enricher:
+:class:`~enrichlog.options.ResolvedOptions`, built by
+``GuardOptions.for_enricher(enricher, settings)``."""
 
 
 class EnricherGuard:
