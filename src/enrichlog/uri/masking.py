@@ -68,13 +68,14 @@ _MAX_DEPTH = 6
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-_]*"
 # A URI in free text: up to whitespace or a quote (messages quote URIs).
 _URI_TOKEN = re.compile(_SCHEME + r"://[^\s'\"<>`]*")
+# Where a URI starts; in a query value or a decoded token, which was one
+# token before decoding, the URI runs to the end (a decoded password may
+# hold a space).
+_URI_START = re.compile(_SCHEME + "://")
 # The password of a URI, when the URI pass above could not isolate it (a
 # password holding a quote): greedy up to the token's last '@', so an '@'
 # later in the query over-masks rather than leaks.
 _URI_PASSWORD = re.compile(r"(?P<head>" + _SCHEME + r"://[^\s:/?#@]*:)(?!\*\*\*@)\S*@")
-# Any 'scheme://user:password@' in text, also one nested in another URI's
-# query (which _URI_TOKEN sees as part of the outer URI): for secrets_in().
-_ANY_PASSWORD = re.compile(_SCHEME + r"://[^\s:/?#@]*:(?P<password>[^\s@]*)@")
 # A bare 'Bearer <token>' ('Authorization: Bearer <token>' is a pair).
 _BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
 _PAIR = re.compile(
@@ -151,12 +152,10 @@ def secrets_in(text: str) -> list[str]:
     """
     found: list[str] = []
     for form in _decodings(text):
-        for match in _URI_TOKEN.finditer(form):
-            password = _password_of(match.group())
+        for match in _URI_START.finditer(form):
+            password = _password_of(form[match.start() :])
             if password:
                 found += [password, unquote(password)]
-        for match in _ANY_PASSWORD.finditer(form):
-            found += [match["password"], unquote(match["password"])]
         for match in _PAIR.finditer(form):
             if is_secret_name(match["key"]):
                 found.append(_unquoted(match["value"]))
@@ -257,12 +256,25 @@ def _mask_field(field: str, secret_keys: frozenset[str], depth: int) -> str:
     name = unquote_plus(key)
     if name in secret_keys or is_secret_name(name):
         return f"{key}={MASK}"
-    masked = _mask_text(value, depth + 1)
-    for decoded in _decodings(masked)[1:]:
-        shown = _mask_text(decoded, depth + 1)
+    masked = _mask_unit(value, depth)
+    if masked != value:
+        return f"{key}={masked}"
+    for decoded in _decodings(value)[1:]:
+        shown = _mask_unit(decoded, depth)
         if shown != decoded:
             return f"{key}={quote(shown, safe=_SHOWN)}"
-    return f"{key}={masked}"
+    return field
+
+
+def _mask_unit(text: str, depth: int) -> str:
+    """Mask ``text`` that was one token (a query value, a decoded token):
+    a URI in it runs to its end, spaces included."""
+    if depth <= _MAX_DEPTH:
+        start = _URI_START.search(text)
+        if start is not None:
+            index = start.start()
+            text = text[:index] + _mask_uri(text[index:], frozenset(), depth + 1)
+    return _mask_text(text, depth + 1)
 
 
 def _mask_text(text: str, depth: int) -> str:
@@ -294,7 +306,7 @@ def _mask_pair(match: re.Match[str]) -> str:
 
 def _mask_encoded(token: str, depth: int) -> str:
     for decoded in _decodings(token)[1:]:
-        shown = _mask_text(decoded, depth + 1)
+        shown = _mask_unit(decoded, depth)
         if shown != decoded:
             return shown
     return token
