@@ -237,6 +237,43 @@ def test_class_with_params_but_no_params_argument_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        (
+            "hostnme",
+            "unknown scheme 'hostnme'; did you mean 'hostname'? Known schemes: env, hostname, ",
+        ),
+        ("zzzzzz", "unknown scheme 'zzzzzz'; known schemes: env, hostname, "),
+    ],
+    ids=["with-a-suggestion", "without"],
+)
+def test_unknown_scheme_message_reads_as_sentences(scheme: str, message: str) -> None:
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build(f"{scheme}://")
+
+    assert f"enricher URI '{scheme}://': {message}" in str(caught.value)
+
+
+def test_constructor_failing_with_any_exception_is_a_config_error_naming_the_uri() -> None:
+    class Fragile(SyncEnricher):
+        class Params(BaseModel):
+            token: str
+
+        def __init__(self, *, params: BaseModel, **options: Any) -> None:
+            raise RuntimeError(f"cannot reach {SECRET}")
+
+    EnricherFactory.register("test-fragile", Fragile)
+    try:
+        with pytest.raises(EnricherConfigError) as caught:
+            EnricherFactory.build(f"test-fragile://?token={SECRET}")
+    finally:
+        EnricherFactory.unregister("test-fragile")
+
+    assert "could not be constructed: RuntimeError: cannot reach ***" in str(caught.value)
+    assert SECRET not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize(
     ("uri", "fragments"),
     [
         ("", ["enricher URI is empty"]),
