@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 # The status of a command whose reader went away (``plan | head -1``): what a
 # shell reports for a process ended by SIGPIPE, 128 + 13.
-EXIT_BROKEN_PIPE = 141
+_EXIT_BROKEN_PIPE = 141
 
 
 def _version() -> str:
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return EXIT_BROKEN_PIPE
+        return _EXIT_BROKEN_PIPE
     return status
 
 

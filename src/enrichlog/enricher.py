@@ -30,10 +30,14 @@ from .uri import schemes
 from .uri.params import check_params
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "AsyncEnricher",
+    "AsyncProcessorFunction",
     "Enricher",
+    "ProcessorFunction",
     "SyncEnricher",
     "as_enricher",
+    "changes_of",
     "register_enricher",
 ]
 

@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
-    SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
@@ -40,6 +39,7 @@ from .options import (
 from .uri.masking import mask_mapping, mask_secrets, mask_uri
 
 __all__ = [
+    "LEVELS",
     "EnricherOptions",  # defined in enrichlog.options; importable from here as before
     "LoggingSettings",
     "resolve_settings",
@@ -233,7 +233,7 @@ class LoggingSettings(BaseSettings):
         return list(shown.items())
 
     @model_serializer(mode="wrap", when_used="json")
-    def _masked_json(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+    def _masked_json(self, handler: SerializerFunctionWrapHandler) -> Any:
         # model_dump() keeps the real values (the runtime rebuilds settings
         # from them); JSON is written to be read by people and tools.
         dumped = handler(self)
@@ -285,8 +285,12 @@ def _unreadable_source(exc: SettingsError) -> str:
         problem = f"is not valid JSON: {cause}"
     else:
         problem = "cannot be read" + (f": {mask_secrets(str(cause))}" if cause else "")
-    example = ' such as {"user": {"timeout": 0.2}}' if field == "enricher_options" else ""
-    return f"invalid logging settings: {where} {problem}; expected a JSON object{example}"
+    expected = (
+        'a JSON object such as {"user": {"timeout": 0.2}}'
+        if field == "enricher_options"
+        else "JSON"
+    )
+    return f"invalid logging settings: {where} {problem}; expected {expected}"
 
 
 def resolve_settings(

@@ -26,7 +26,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlencode, urlsplit
 
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
@@ -157,7 +157,7 @@ def _parse_query(query: str, fail: _Fail) -> list[tuple[str, str]]:
         bad = next((index for index, field in enumerate(fields) if "=" not in field), 0)
         if not fields[bad]:
             raise fail("query: an empty query field (a doubled '&'?) is not key=value") from None
-        if any(is_secret_name(field.partition("=")[0]) for field in fields[:bad]):
+        if any(is_secret_name(unquote_plus(field.partition("=")[0])) for field in fields[:bad]):
             # After a secret, the field may be the rest of it, cut at a raw '&'.
             raise fail("query: a field is not key=value (percent-encode '&' as %26)") from None
         raise fail(f"query: {fields[bad]!r} is not key=value") from None

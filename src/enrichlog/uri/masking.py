@@ -103,11 +103,12 @@ def is_secret_name(name: str) -> bool:
 
     Case, ``-``, ``.``, camel case and a trailing number do not matter:
     ``API-Key``, ``apiKey``, ``db.password`` and ``token_2`` are secret
-    names. Secret are ``password``, ``passwd``, ``pwd``, ``pass``,
-    ``secret``, ``token``, ``auth``, ``authorization``, ``api_key``,
-    ``apikey``, ``access_key``, ``private_key``, ``passphrase``,
-    ``credentials``, and any name ending in ``_`` and one of them or
-    ``_key`` (``client_secret``, ``signing_key``); plain ``key`` is not.
+    names. The secret names are ``password``, ``passwd``, ``pwd``,
+    ``pass``, ``secret``, ``token``, ``auth``, ``authorization``,
+    ``api_key``, ``apikey``, ``access_key``, ``private_key``,
+    ``passphrase``, ``credentials``, and any name ending in ``_`` and one
+    of them or ``key`` (``client_secret``, ``signing_key``); plain ``key``
+    is not.
     """
     normal = _NAME_SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip())).lower()
     normal = _TRAILING_NUMBER.sub("", normal).strip("_")
@@ -181,19 +182,6 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-# -- implementation ----------------------------------------------------------
-
-
-def _mask_any(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_secrets(value)
-    if isinstance(value, Mapping):
-        return mask_mapping({str(key): item for key, item in value.items()})
-    if isinstance(value, list | tuple):
-        return type(value)(_mask_any(item) for item in value)
-    return value
-
-
 def password_cut_short(netloc: str, rest: str) -> bool:
     """Whether the authority ``netloc`` (what precedes the first ``/``,
     ``?`` or ``#``) was cut short by one of those characters unescaped in a
@@ -208,6 +196,19 @@ def password_cut_short(netloc: str, rest: str) -> bool:
         and not port_text.isdigit()
         and "@" in rest
     )
+
+
+# -- implementation ----------------------------------------------------------
+
+
+def _mask_any(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return mask_mapping({str(key): item for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return type(value)(_mask_any(item) for item in value)
+    return value
 
 
 def _split_authority(tail: str) -> tuple[str, str]:
