@@ -25,7 +25,7 @@ from enrichlog.enrichers import (
     StaticEnricher,
 )
 from enrichlog.exceptions import EnricherConfigError
-from enrichlog.uri import EnricherFactory, EnricherSpec, mask_uri
+from enrichlog.uri import EnricherFactory, EnricherSpec, mask_uri, schemes
 
 PLUGIN_DIST = Path(__file__).parent / "fixtures" / "plugin_dist"
 SECRET = "hunter2-Sesame"
@@ -538,3 +538,17 @@ def test_plugin_that_is_not_an_enricher_class_is_an_error() -> None:
 def test_plugin_schemes_are_unknown_without_the_distribution() -> None:
     with pytest.raises(EnricherConfigError, match="unknown scheme 'plugin-demo'"):
         EnricherFactory.build("plugin-demo://")
+
+
+def test_builtin_scheme_whose_module_cannot_be_imported_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = {**schemes.BUILTIN_SCHEMES, "test-missing": "enrichlog_no_such_module:LookupEnricher"}
+    monkeypatch.setattr(schemes, "BUILTIN_SCHEMES", table)
+
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build("test-missing://")
+
+    assert "built-in enricher scheme 'test-missing'" in str(caught.value)
+    assert "ModuleNotFoundError" in str(caught.value)
+    assert "test-missing" in EnricherFactory.known_schemes()

@@ -224,7 +224,8 @@ class AsyncEnricher(Enricher):
     """
 
     # The knobs of EnricherOptions, which defines their meaning and bounds;
-    # declared here so that type checkers know the attributes.
+    # declared here so that type checkers know the attributes (a test checks
+    # that the two lists match).
     timeout: float | None = None
     cache_ttl: float | None = None
     cache_max_size: int | None = None

@@ -177,9 +177,17 @@ def describe(scheme: str) -> str:
 
 
 def _load_builtin(scheme: str) -> type:
-    module_name, _, class_name = BUILTIN_SCHEMES[scheme].partition(":")
-    # Importing the module defines its classes, which register their schemes.
-    cls = getattr(importlib.import_module(module_name), class_name)
+    target = BUILTIN_SCHEMES[scheme]
+    module_name, _, class_name = target.partition(":")
+    try:
+        # Importing the module defines its classes, which register their schemes.
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except Exception as exc:
+        # An optional dependency of a built-in enricher may be missing.
+        raise EnricherConfigError(
+            f"built-in enricher scheme {scheme!r} ({target}) could not be loaded: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     _registered.setdefault(scheme, cls)
     return _registered[scheme]
 
