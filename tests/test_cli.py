@@ -7,6 +7,7 @@ no stray ``.env`` is read).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -412,3 +413,133 @@ def test_demo_prints_enriched_json_lines_and_a_summary(tmp_path: Path) -> None:
     assert any(line.startswith("enrichlog demo: 3 events, 2 dependency levels") for line in lines)
     assert any("enrichment latency per event (median)" in line for line in lines)
     assert any("sum of the enrichers' latencies" in line for line in lines)
+
+
+# -- configuration problems are errors, never tracebacks ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        (
+            {"ENRICHLOG_ENRICHER_OPTIONS": '{"user": {"timeout": 0.2},}'},
+            "ENRICHLOG_ENRICHER_OPTIONS is not valid JSON",
+        ),
+        ({"ENRICHLOG_QUEUE_SIZE": str(10**23)}, "queue_size: Input should be less than or equal"),
+        ({"ENRICHLOG_ERROR_FIELD": "event"}, "error_field: 'event' is a key of every event"),
+        (
+            {"ENRICHLOG_ENRICHERS": "nosuch://", "ENRICHLOG_ENRICHER_OPTIONS": "{"},
+            "unknown scheme 'nosuch'; known schemes: ",
+        ),
+    ],
+    ids=["invalid-json", "impossible-queue-size", "reserved-error-field", "json-and-uri"],
+)
+def test_check_reports_configuration_problems_without_a_traceback(
+    tmp_path: Path, env: dict[str, str], fragment: str
+) -> None:
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert 1 == result.returncode
+    assert fragment in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_invalid_json_in_the_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ENRICHLOG_ENRICHER_OPTIONS={user: 1}\n")
+
+    result = run_cli(tmp_path, "check")
+
+    assert 1 == result.returncode
+    assert "ENRICHLOG_ENRICHER_OPTIONS (in .env) is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_reports_invalid_json_without_a_traceback(tmp_path: Path) -> None:
+    env = {"ENRICHLOG_ENRICHER_OPTIONS": "{not json"}
+
+    result = run_cli(tmp_path, "plan", env=env)
+
+    assert (1, "") == (result.returncode, result.stdout)
+    assert "ENRICHLOG_ENRICHER_OPTIONS is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHLOG_")}
+    environment["ENRICHLOG_ENRICHERS"] = TWO_LEVELS
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line (| head -0)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "enrichlog", "plan", "--format", "json"],
+            cwd=tmp_path,
+            env=environment,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert "" == result.stderr
+    assert 141 == result.returncode
+
+
+def test_plan_piped_into_head_shows_its_first_line(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHLOG_")}
+    environment["ENRICHLOG_ENRICHERS"] = TWO_LEVELS
+    plan = subprocess.Popen(
+        [sys.executable, "-m", "enrichlog", "plan", "--format", "json"],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert plan.stdout is not None
+    assert plan.stderr is not None
+    first = plan.stdout.readline()
+    plan.stdout.close()
+    errors = plan.stderr.read()
+    plan.wait(timeout=60)
+
+    assert b"{\n" == first
+    assert b"" == errors
+
+
+def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--version")
+
+    assert 0 == result.returncode, result.stderr
+    assert f"enrichlog {importlib.metadata.version('enrichlog')}\n" == result.stdout
+
+
+# -- the adversary's findings, end to end ---------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "mermaid"])
+def test_plan_masks_nested_uris_and_auth_and_passphrase(tmp_path: Path, fmt: str) -> None:
+    env = {
+        "ENRICHLOG_ENRICHERS": "static://?upstream=postgres://app:s3cret@db/x"
+        "&auth=s3cret&passphrase=s3cret"
+    }
+
+    result = run_cli(tmp_path, "plan", "--format", fmt, env=env)
+
+    assert 0 == result.returncode, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "upstream=postgres://app:***@db/x&auth=***&passphrase=***" in result.stdout
+
+
+def test_check_masks_an_authorization_key_of_an_unknown_scheme(tmp_path: Path) -> None:
+    env = {"ENRICHLOG_ENRICHERS": "nosuch://?authorization=s3cret"}
+
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert 1 == result.returncode
+    assert "s3cret" not in result.stderr
+    assert "'nosuch://?authorization=***': unknown scheme 'nosuch'; known schemes:" in (
+        result.stderr
+    )

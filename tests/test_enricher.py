@@ -128,6 +128,37 @@ def test_counts_below_one_are_rejected_naming_the_option(option: str) -> None:
         UserLookupEnricher(**{option: 0})
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("timeout", -1, "Input should be greater than 0"),
+        ("timeout", math.inf, "Input should be a finite number"),
+        ("timeout", "1", "Input should be a valid number"),
+        ("max_concurrency", 0, "Input should be greater than or equal to 1"),
+    ],
+)
+def test_invalid_option_message_names_enricher_option_and_value(
+    option: str, value: Any, problem: str
+) -> None:
+    with pytest.raises(EnricherConfigError) as caught:
+        UserLookupEnricher(**{option: value})
+
+    assert f"enricher 'user_lookup': {option}={value!r} is not valid: {problem}" == str(
+        caught.value
+    )
+
+
+def test_unknown_option_keyword_is_rejected_naming_it() -> None:
+    with pytest.raises(EnricherConfigError, match=r"unknown option 'cache_tll' \(did you mean"):
+        UserLookupEnricher(cache_tll=5)
+
+
+def test_options_holds_what_the_enricher_sets_itself() -> None:
+    enricher = Declared(cache_ttl=60)
+
+    assert {"timeout": 0.3, "cache_ttl": 60.0} == enricher.options.model_dump(exclude_none=True)
+
+
 def test_repr_shows_class_and_name() -> None:
     assert "<UserLookupEnricher 'user_lookup'>" == repr(UserLookupEnricher())
 

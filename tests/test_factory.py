@@ -1,4 +1,5 @@
-"""Tests for :mod:`enrichlog.uri.factory`: enrichers built from URIs."""
+"""Tests for :mod:`enrichlog.uri.factory` and the scheme registry: enrichers
+built from URIs, and URIs written back."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from enrichlog.enrichers import (
     StaticEnricher,
 )
 from enrichlog.exceptions import EnricherConfigError
-from enrichlog.uri.factory import EnricherFactory, EnricherSpec, mask_uri
+from enrichlog.uri import EnricherFactory, EnricherSpec, mask_uri, schemes
 
 PLUGIN_DIST = Path(__file__).parent / "fixtures" / "plugin_dist"
 SECRET = "hunter2-Sesame"
@@ -50,7 +51,7 @@ class LookupEnricher(AsyncEnricher):
 
     def __init__(self, *, params: LookupEnricher.Params, **options: Any) -> None:
         self.params = params
-        self.options = options
+        self.keywords = options  # what the factory passed (AsyncEnricher.options is the model)
         super().__init__(**options)
 
     async def enrich_async(
@@ -120,7 +121,7 @@ def test_common_keys_reach_the_constructor_typed() -> None:
     enricher = EnricherFactory.build(uri)
 
     assert isinstance(enricher, LookupEnricher)
-    assert enricher.options == {
+    assert enricher.keywords == {
         "name": "users",
         "timeout": 0.5,
         "dependencies": ("tenant", "region"),
@@ -135,7 +136,7 @@ def test_common_keys_not_given_are_not_passed() -> None:
     enricher = EnricherFactory.build("test-lookup://db")
 
     assert isinstance(enricher, LookupEnricher)
-    assert enricher.options == {}
+    assert enricher.keywords == {}
 
 
 def test_uri_parts_and_query_keys_fill_params() -> None:
@@ -233,6 +234,43 @@ def test_class_with_params_but_no_params_argument_is_a_clear_error() -> None:
 
 
 # -- bad URIs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        (
+            "hostnme",
+            "unknown scheme 'hostnme'; did you mean 'hostname'? Known schemes: env, hostname, ",
+        ),
+        ("zzzzzz", "unknown scheme 'zzzzzz'; known schemes: env, hostname, "),
+    ],
+    ids=["with-a-suggestion", "without"],
+)
+def test_unknown_scheme_message_reads_as_sentences(scheme: str, message: str) -> None:
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build(f"{scheme}://")
+
+    assert f"enricher URI '{scheme}://': {message}" in str(caught.value)
+
+
+def test_constructor_failing_with_any_exception_is_a_config_error_naming_the_uri() -> None:
+    class Fragile(SyncEnricher):
+        class Params(BaseModel):
+            token: str
+
+        def __init__(self, *, params: BaseModel, **options: Any) -> None:
+            raise RuntimeError(f"cannot reach {SECRET}")
+
+    EnricherFactory.register("test-fragile", Fragile)
+    try:
+        with pytest.raises(EnricherConfigError) as caught:
+            EnricherFactory.build(f"test-fragile://?token={SECRET}")
+    finally:
+        EnricherFactory.unregister("test-fragile")
+
+    assert "could not be constructed: RuntimeError: cannot reach ***" in str(caught.value)
+    assert SECRET not in "".join(traceback.format_exception(caught.value))
 
 
 @pytest.mark.parametrize(
@@ -376,7 +414,7 @@ def _optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 _hosts = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,5}){0,2}", fullmatch=True)
 _names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
-_seconds = st.floats(min_value=1e-3, max_value=1e5, allow_nan=False)
+_seconds = st.floats(min_value=1e-3, max_value=86_400, allow_nan=False)  # timeouts: a day at most
 
 
 @given(
@@ -419,7 +457,7 @@ def test_any_valid_uri_survives_build_to_uri_build(
     assert isinstance(again, LookupEnricher)
     assert LookupEnricher.Params(**params) == first.params
     assert first.params == again.params
-    assert first.options == again.options
+    assert first.keywords == again.keywords
     assert spec(first).common == spec(again).common
 
 
@@ -500,3 +538,17 @@ def test_plugin_that_is_not_an_enricher_class_is_an_error() -> None:
 def test_plugin_schemes_are_unknown_without_the_distribution() -> None:
     with pytest.raises(EnricherConfigError, match="unknown scheme 'plugin-demo'"):
         EnricherFactory.build("plugin-demo://")
+
+
+def test_builtin_scheme_whose_module_cannot_be_imported_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = {**schemes.BUILTIN_SCHEMES, "test-missing": "enrichlog_no_such_module:LookupEnricher"}
+    monkeypatch.setattr(schemes, "BUILTIN_SCHEMES", table)
+
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build("test-missing://")
+
+    assert "built-in enricher scheme 'test-missing'" in str(caught.value)
+    assert "ModuleNotFoundError" in str(caught.value)
+    assert "test-missing" in EnricherFactory.known_schemes()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +13,8 @@ from structlog.typing import EventDict, WrappedLogger
 from enrichlog.cli.plan import describe_plan, render_plan
 from enrichlog.enricher import AsyncEnricher, Enricher, register_enricher
 from enrichlog.enrichers import HostnameEnricher
-from enrichlog.resilience.guard import GuardOptions
+from enrichlog.exceptions import EnricherConfigError
+from enrichlog.options import ResolvedOptions
 from enrichlog.settings import LoggingSettings
 from enrichlog.uri.factory import EnricherFactory
 
@@ -146,8 +147,9 @@ def test_describe_plan_resolves_effective_options(levels: list[list[Enricher]]) 
         "enabled": True,
         "ttl": 30.0,
         "max_size": 1000,
+        "error_ttl": 5.0,
     }
-    assert described["user"]["retry"] == {"attempts": 3}
+    assert described["user"]["retry"] == {"attempts": 3, "base_delay": 0.05, "max_delay": 1.0}
     assert described["db"]["cache"]["ttl"] == 60.0
     assert described["hostname"]["breaker"] is None
 
@@ -158,7 +160,7 @@ def test_effective_options_prefers_override_then_attribute_then_default() -> Non
         enricher_options={"tenant": {"timeout": 0.1}}, breaker_recovery_timeout=7.0
     )
 
-    options = GuardOptions.for_enricher(enricher, settings)
+    options = ResolvedOptions.for_enricher(enricher, settings)
 
     assert (
         options.timeout,
@@ -239,3 +241,65 @@ def test_rendered_plan_never_shows_a_secret(levels: list[list[Enricher]], fmt: A
 def test_render_plan_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown plan format 'yaml'"):
         render_plan({}, "yaml")  # type: ignore[arg-type]
+
+
+class BatchingEnricher(AsyncEnricher):
+    """Looks up every key of the events in flight in one call."""
+
+    name = "accounts"
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict.get("account_id")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        return {key: f"account {key}" for key in keys}
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict["account"] = value
+        return event_dict
+
+
+def test_describe_plan_shows_batch_size_and_window_of_a_batching_enricher() -> None:
+    settings = make_settings(enricher_options={"accounts": {"batch_size": 25}}, batch_window=0.01)
+
+    described = entries(describe_plan([[BatchingEnricher(), TenantEnricher()]], settings))
+
+    assert {"size": 25, "window": 0.01} == described["accounts"]["batch"]
+    assert described["tenant"]["batch"] is None
+
+
+def test_rendered_plan_shows_batching_in_text_and_mermaid() -> None:
+    description = describe_plan([[BatchingEnricher()]], make_settings())
+
+    text, mermaid = render_plan(description, "text"), render_plan(description, "mermaid")
+
+    assert "batch" in text.splitlines()[2].split()
+    assert "100, 0s" in text
+    assert "batch 100" in mermaid
+
+
+def test_describe_plan_shows_the_default_concurrency_limit() -> None:
+    described = entries(describe_plan([[TenantEnricher()]], make_settings()))
+
+    assert 64 == described["tenant"]["max_concurrency"]
+
+
+def test_plan_values_are_the_runtime_values() -> None:
+    settings = make_settings(enricher_options={"tenant": {"retry_attempts": 2}}, cache_ttl=9.0)
+    enricher = TenantEnricher()
+
+    described = entries(describe_plan([[enricher]], settings))["tenant"]
+    runtime = ResolvedOptions.for_enricher(enricher, settings)
+
+    assert (runtime.timeout, runtime.retry_attempts, runtime.cache_ttl) == (
+        described["timeout"],
+        described["retry"]["attempts"],
+        described["cache"]["ttl"],
+    )
+
+
+def test_describe_plan_refuses_options_that_cannot_work() -> None:
+    settings = make_settings(batch_window=2.0, enricher_timeout=1.0)
+
+    with pytest.raises(EnricherConfigError, match="batch_window"):
+        describe_plan([[BatchingEnricher()]], settings)

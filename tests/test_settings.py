@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from enrichlog.container import configure_logging, get_logger
 from enrichlog.exceptions import EnricherConfigError
-from enrichlog.settings import EnricherOptions, LoggingSettings
+from enrichlog.settings import EnricherOptions, LoggingSettings, resolve_settings
 from tests.helpers import read_lines
 
 
@@ -231,3 +231,117 @@ def test_configure_logging_rejects_invalid_environment_naming_the_field(
 
     with pytest.raises(EnricherConfigError, match="enricher_timeout"):
         configure_logging()
+
+
+# -- bounds: refused when configured, not when they would fail ---------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("queue_size", 10**23),
+        ("max_in_flight", 10**7),
+        ("cache_max_size", 10**7),
+        ("enricher_max_concurrency", 0),
+        ("batch_size", 10**7),
+        ("batch_window", -0.5),
+        ("retry_attempts", 1000),
+        ("shutdown_timeout", 1e12),
+        ("overflow_block_timeout", 86_401),
+        ("enricher_timeout", 1e9),
+        ("level_timeout", 1e6),
+        ("retry_max_delay", float("inf")),
+        ("cache_ttl", 1e300),
+        ("health_check_interval", 1e12),
+        ("drop_report_interval", 0),
+    ],
+)
+def test_value_that_cannot_work_is_refused_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        LoggingSettings(**{field: value})
+
+
+def test_configure_logging_refuses_an_impossible_queue_size() -> None:
+    with pytest.raises(EnricherConfigError, match="queue_size: Input should be less than or equal"):
+        configure_logging(queue_size=10**23)
+
+
+def test_batch_window_of_zero_is_the_default_and_accepted() -> None:
+    assert (0.0, 0.0) == (
+        LoggingSettings().batch_window,
+        LoggingSettings(batch_window=0).batch_window,
+    )
+
+
+@pytest.mark.parametrize("name", ["event", "level", "timestamp"])
+def test_error_field_named_like_a_key_of_every_event_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="error_field"):
+        LoggingSettings(error_field=name)
+
+
+# -- variables that cannot be read ------------------------------------------------
+
+
+def test_invalid_json_in_enricher_options_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS", '{"user": {"timeout": 0.2},}')
+
+    with pytest.raises(EnricherConfigError) as caught:
+        LoggingSettings()
+
+    message = str(caught.value)
+    assert message.startswith(
+        "invalid logging settings: ENRICHLOG_ENRICHER_OPTIONS is not valid JSON: "
+    )
+    assert '{"user": {"timeout": 0.2}}' in message  # the example of what is expected
+    assert caught.value.__cause__ is None
+
+
+def test_invalid_json_in_the_dotenv_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ENRICHLOG_ENRICHER_OPTIONS={user: 1}\n")
+
+    with pytest.raises(
+        EnricherConfigError, match=r"ENRICHLOG_ENRICHER_OPTIONS \(in \.env\) is not"
+    ):
+        LoggingSettings()
+
+
+def test_configure_logging_reports_invalid_json_as_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS", "{not json")
+
+    with pytest.raises(EnricherConfigError, match="ENRICHLOG_ENRICHER_OPTIONS is not valid JSON"):
+        configure_logging()
+
+
+def test_unreadable_dotenv_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"ENRICHLOG_LEVEL=\xff\xfe\n")
+
+    with pytest.raises(EnricherConfigError, match=r"cannot read the \.env file"):
+        LoggingSettings()
+
+
+# -- secrets ------------------------------------------------------------------------
+
+
+def test_validation_error_does_not_echo_a_uri_with_its_password() -> None:
+    with pytest.raises(ValidationError) as caught:
+        LoggingSettings(enrichers='["userdb://app:s3cret@db/app",]')
+
+    assert "enrichers" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_string_settings_are_masked_in_the_repr() -> None:
+    settings = LoggingSettings(output="/var/log/app?token=s3cret")
+
+    assert "s3cret" not in repr(settings)
+    assert "/var/log/app?token=s3cret" == settings.output
+
+
+def test_resolve_settings_applies_overrides_to_given_settings() -> None:
+    given = LoggingSettings(level="error")
+
+    assert ("debug", "error") == (resolve_settings(given, {"level": "debug"}).level, given.level)

@@ -21,11 +21,12 @@ from .exceptions import (
     EnricherDependencyError,
     EnrichlogError,
 )
+from .options import EnricherOptions, ResolvedOptions
 from .resilience.breaker import CircuitBreaker, CircuitState
 from .resilience.cache import AsyncSmartCache, EnricherCache, cached_enricher
 from .resilience.retry import RetryPolicy
-from .settings import EnricherOptions, LoggingSettings
-from .uri.factory import EnricherFactory
+from .settings import LoggingSettings
+from .uri import EnricherFactory
 
 __all__ = [
     "AsyncEnricher",
@@ -47,6 +48,7 @@ __all__ = [
     "EnrichmentRuntime",
     "LoggingContainer",
     "LoggingSettings",
+    "ResolvedOptions",
     "RetryPolicy",
     "SyncEnricher",
     "build_processor_chain",

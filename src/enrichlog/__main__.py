@@ -1,20 +1,39 @@
-"""Command line: ``python -m enrichlog {demo,plan,check}``."""
+"""Command line: ``python -m enrichlog {demo,plan,check}`` and ``--version``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["main"]
 
+# The status of a command whose reader went away (``plan | head -1``): what a
+# shell reports for a process ended by SIGPIPE, 128 + 13.
+_EXIT_BROKEN_PIPE = 141
+
+
+def _version() -> str:
+    try:
+        return version("enrichlog")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    ``plan`` and ``check`` return 1 when the configuration has problems,
+    listed on stderr; any command returns 141 when its output is a pipe
+    whose reader stopped reading.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m enrichlog",
         description="structlog-compatible logging with asynchronous enrichers",
     )
+    parser.add_argument("--version", action="version", version=f"enrichlog {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="log a few enriched events with simulated lookups")
     demo.add_argument("--events", type=int, default=5, help="events to log (default 5)")
@@ -23,6 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("check", help="validate the settings; exit 1 listing the errors")
     args = parser.parse_args(argv)
 
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is reported here
+    except BrokenPipeError:
+        # The reader is gone: nothing more can be shown, and Python would
+        # complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return _EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .cli.demo import run_demo  # noqa: PLC0415 - each command imports what it needs
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import structlog
-from pydantic import ValidationError
 from structlog.typing import Processor
 
 from .engine.chain import post_processors, pre_processors, render_fallbacks
@@ -36,10 +35,9 @@ from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime
 from .enricher import Enricher
-from .exceptions import EnricherConfigError, EnrichlogError
+from .exceptions import EnrichlogError
 from .metrics import MetricsSnapshot
-from .settings import LoggingSettings, unknown_settings
-from .uri.masking import mask_secrets
+from .settings import LoggingSettings, resolve_settings
 
 __all__ = [
     "DrainReport",
@@ -94,30 +92,6 @@ def get_logger(*args: Any, **initial_values: Any) -> Any:
     """A structlog bound logger: sync methods (``info``) and async ones
     (``ainfo``) that await enrichment without blocking the caller's loop."""
     return structlog.get_logger(*args, **initial_values)
-
-
-def resolve_settings(
-    settings: LoggingSettings | None, overrides: dict[str, Any]
-) -> LoggingSettings:
-    """``settings`` (or the environment) with ``overrides`` applied.
-
-    Raises:
-        EnricherConfigError: a setting is unknown or invalid; the message
-            names each field at fault (secrets masked).
-    """
-    try:
-        if settings is None:
-            return LoggingSettings(**overrides)
-        if not overrides:
-            return settings
-        unknown_settings(overrides)
-        return LoggingSettings.model_validate({**settings.model_dump(), **overrides})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise EnricherConfigError(f"invalid logging settings: {mask_secrets(problems)}") from None
 
 
 class LoggingContainer:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, overload
@@ -26,11 +25,17 @@ import anyio
 from structlog.typing import EventDict, WrappedLogger
 
 from .exceptions import EnricherConfigError
+from .options import EnricherOptions
 from .resilience.retry import is_transient_error
+from .uri import schemes
+from .uri.params import check_params
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "AsyncEnricher",
+    "AsyncProcessorFunction",
     "Enricher",
+    "ProcessorFunction",
     "SyncEnricher",
     "as_enricher",
     "register_enricher",
@@ -59,28 +64,6 @@ def _as_names(value: str | Iterable[str], owner: str) -> tuple[str, ...]:
     return names
 
 
-def _check_positive(owner: str, field: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be a number of seconds, got {value!r}"
-        )
-    if not value > 0 or math.isinf(value):
-        raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be a positive, finite number, got {value!r}"
-        )
-
-
-def _check_count(owner: str, field: str, value: int | None, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EnricherConfigError(
-            f"enricher {owner!r}: {field} must be an integer >= {minimum}, got {value!r}"
-        )
-
-
 class Enricher:
     """What every enricher has: identity, ordering and a lifecycle.
 
@@ -100,8 +83,8 @@ class Enricher:
         source: where the enricher came from (``code``, ``uri``, ``plugin``);
             shown by ``python -m enrichlog plan``.
         scheme: the URI scheme that builds this class (class attribute),
-            registered with :class:`~enrichlog.factory.EnricherFactory` when
-            the class is defined.
+            registered (:mod:`enrichlog.uri.schemes`) when the class is
+            defined; its ``Params`` is checked then.
     """
 
     name: str = ""
@@ -113,10 +96,10 @@ class Enricher:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("scheme"):
-            from .uri.factory import EnricherFactory  # noqa: PLC0415 - import cycle
-
-            EnricherFactory.register(cls.__dict__["scheme"], cls)
+        scheme = cls.__dict__.get("scheme")
+        if scheme:
+            check_params(cls)
+            schemes.register(scheme, cls)
 
     def __init__(
         self,
@@ -247,29 +230,34 @@ class AsyncEnricher(Enricher):
     ``_health_check``. Everything runs on the container's one long-lived
     event loop, so pools opened in ``_startup`` stay valid.
 
-    Resilience attributes (class attributes or constructor keywords; ``None``
-    means the container's default):
-
-    Attributes:
-        timeout: seconds per event before the call is cancelled.
-        cache_ttl: seconds a cached result stays valid; caching is active
-            when the class defines :meth:`cache_key`.
-        cache_max_size: entries kept in this enricher's cache.
-        max_concurrency: calls in flight at once against the backend.
-        retry_attempts: total attempts per event (1 = no retry), within the
-            timeout budget; only exceptions :meth:`is_transient` accepts are
-            retried.
-        failure_threshold: consecutive failures that open the circuit.
-        recovery_timeout: seconds the circuit stays open before one probe.
+    Resilience knobs: every field of :class:`~enrichlog.options.EnricherOptions`
+    (``timeout``, ``cache_ttl``, ``cache_max_size``, ``cache_error_ttl``,
+    ``max_concurrency``, ``retry_attempts``, ``retry_base_delay``,
+    ``retry_max_delay``, ``failure_threshold``, ``recovery_timeout``,
+    ``half_open_max_calls``, ``batch_size``, ``batch_window``), set as a
+    class attribute or a constructor keyword (which wins); ``None`` means
+    the container's default. The constructor validates them with that
+    model, and :attr:`options` gives them as one. The values the enricher
+    runs with also depend on the settings:
+    :meth:`~enrichlog.options.ResolvedOptions.for_enricher`.
     """
 
+    # The knobs of EnricherOptions, which defines their meaning and bounds;
+    # declared here so that type checkers know the attributes (a test checks
+    # that the two lists match).
     timeout: float | None = None
     cache_ttl: float | None = None
     cache_max_size: int | None = None
+    cache_error_ttl: float | None = None
     max_concurrency: int | None = None
     retry_attempts: int | None = None
+    retry_base_delay: float | None = None
+    retry_max_delay: float | None = None
     failure_threshold: int | None = None
     recovery_timeout: float | None = None
+    half_open_max_calls: int | None = None
+    batch_size: int | None = None
+    batch_window: float | None = None
 
     def __init__(
         self,
@@ -278,57 +266,45 @@ class AsyncEnricher(Enricher):
         dependencies: str | Iterable[str] | None = None,
         priority: int | None = None,
         provides: str | Iterable[str] | None = None,
-        timeout: float | None = None,
-        cache_ttl: float | None = None,
-        cache_max_size: int | None = None,
-        max_concurrency: int | None = None,
-        retry_attempts: int | None = None,
-        failure_threshold: int | None = None,
-        recovery_timeout: float | None = None,
+        **options: float | None,
     ) -> None:
+        """Set the identity (see :class:`Enricher`) and the knobs.
+
+        Args:
+            options: knobs of :class:`~enrichlog.options.EnricherOptions`;
+                one given as ``None`` keeps the class attribute.
+
+        Raises:
+            EnricherConfigError: a knob is unknown or its value invalid
+                (the message names the enricher, the knob and the value), or
+                a batching class lacks ``cache_key`` or ``apply``.
+        """
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
-        chosen = {
-            "timeout": self.timeout if timeout is None else timeout,
-            "cache_ttl": self.cache_ttl if cache_ttl is None else cache_ttl,
-            "recovery_timeout": (
-                self.recovery_timeout if recovery_timeout is None else recovery_timeout
-            ),
-        }
-        for field, value in chosen.items():
-            _check_positive(self.name, field, value)
-        counts = {
-            "cache_max_size": (
-                self.cache_max_size if cache_max_size is None else cache_max_size,
-                1,
-            ),
-            "max_concurrency": (
-                self.max_concurrency if max_concurrency is None else max_concurrency,
-                1,
-            ),
-            "retry_attempts": (
-                self.retry_attempts if retry_attempts is None else retry_attempts,
-                1,
-            ),
-            "failure_threshold": (
-                self.failure_threshold if failure_threshold is None else failure_threshold,
-                1,
-            ),
-        }
-        for field, (count, minimum) in counts.items():
-            _check_count(self.name, field, count, minimum)
-        self.timeout = chosen["timeout"]
-        self.cache_ttl = chosen["cache_ttl"]
-        self.recovery_timeout = chosen["recovery_timeout"]
-        self.cache_max_size = counts["cache_max_size"][0]
-        self.max_concurrency = counts["max_concurrency"][0]
-        self.retry_attempts = counts["retry_attempts"][0]
-        self.failure_threshold = counts["failure_threshold"][0]
+        given = {knob: getattr(self, knob, None) for knob in EnricherOptions.model_fields}
+        given |= {knob: value for knob, value in options.items() if value is not None}
+        validated = EnricherOptions.from_code(self.name, given)
+        for knob in EnricherOptions.model_fields:
+            setattr(self, knob, getattr(validated, knob))
         if self.batches and not (self.caches and type(self).apply is not AsyncEnricher.apply):
             raise EnricherConfigError(
                 f"enricher {self.name!r}: a class that defines enrich_many() must also "
                 "define cache_key() (the key of each event) and apply() (how a value "
                 "goes into the event)"
             )
+
+    @property
+    def options(self) -> EnricherOptions:
+        """The knobs this enricher sets itself (``None``: not set), read
+        from its attributes; what it runs with is
+        :meth:`~enrichlog.options.ResolvedOptions.for_enricher`.
+
+        Raises:
+            EnricherConfigError: an attribute was given an invalid value
+                after construction.
+        """
+        return EnricherOptions.from_code(
+            self.name, {knob: getattr(self, knob) for knob in EnricherOptions.model_fields}
+        )
 
     @property
     def caches(self) -> bool:

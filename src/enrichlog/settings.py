@@ -4,22 +4,47 @@ Values come, highest precedence first, from keyword arguments, environment
 variables prefixed ``ENRICHLOG_`` (nested fields with ``__``, e.g.
 ``ENRICHLOG_ENRICHER_OPTIONS__USER__TIMEOUT=0.2``), a ``.env`` file in the
 working directory, and the defaults below.
+
+The per-enricher knobs and their types are defined in :mod:`enrichlog.options`;
+:class:`~enrichlog.options.EnricherOptions` is importable from here too.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .exceptions import EnricherConfigError
+from .options import (
+    Attempts,
+    Count,
+    EnricherOptions,
+    NonNegativeSeconds,
+    Period,
+    PositiveSeconds,
+)
+from .uri.masking import mask_mapping, mask_secrets, mask_uri
 
-__all__ = ["EnricherOptions", "LoggingSettings", "unknown_settings"]
+__all__ = [
+    "LEVELS",
+    "EnricherOptions",  # defined in enrichlog.options; importable from here as before
+    "LoggingSettings",
+    "resolve_settings",
+    "unknown_settings",
+]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -34,33 +59,24 @@ _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "exception": "error"}
 # ``env://?fields=GIT_SHA,REGION`` stays one URI in a comma-separated list.
 _URI_LIST_SPLIT = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.\-_]*://)")
 
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class EnricherOptions(BaseModel):
-    """Per-enricher overrides, given by enricher name.
-
-    Every field left ``None`` keeps what the enricher itself declares, or
-    else the container default.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timeout: PositiveSeconds | None = None
-    cache_ttl: PositiveSeconds | None = None
-    cache_max_size: Annotated[int, Field(ge=1)] | None = None
-    max_concurrency: Annotated[int, Field(ge=1)] | None = None
-    retry_attempts: Annotated[int, Field(ge=1)] | None = None
-    failure_threshold: Annotated[int, Field(ge=1)] | None = None
-    recovery_timeout: PositiveSeconds | None = None
+# Keys every event has: an error_field with one of these names would
+# overwrite them (or be overwritten) in every line.
+_EVENT_KEYS = frozenset({"event", "level", "timestamp"})
 
 
 class LoggingSettings(BaseSettings):
     """Configuration of a :class:`~enrichlog.container.LoggingContainer`.
 
     Environment variables use the prefix ``ENRICHLOG_`` (``ENRICHLOG_LEVEL``,
-    ``ENRICHLOG_ENRICHERS``...). Invalid values raise pydantic's
-    ``ValidationError``, which names the field and the value at fault.
+    ``ENRICHLOG_ENRICHERS``...). An invalid value raises pydantic's
+    ``ValidationError``, which names the field at fault; a variable that
+    cannot be read at all (``ENRICHLOG_ENRICHER_OPTIONS`` holding invalid
+    JSON, an unreadable ``.env``) raises
+    :class:`~enrichlog.exceptions.EnricherConfigError` naming it.
+
+    ``repr()``, ``str()`` and ``model_dump_json()`` show secrets (URI
+    passwords, secret query keys) as ``***``; ``model_dump()`` and the
+    attributes hold the real values.
     """
 
     model_config = SettingsConfigDict(
@@ -72,6 +88,9 @@ class LoggingSettings(BaseSettings):
         # variables too. Unknown keyword arguments are rejected in __init__.
         extra="ignore",
         validate_default=True,
+        # A ValidationError would echo the input, which may hold a URI with
+        # its password: the messages name the field and the problem.
+        hide_input_in_errors=True,
     )
 
     # -- output --------------------------------------------------------------
@@ -92,6 +111,9 @@ class LoggingSettings(BaseSettings):
     enricher_timeout: PositiveSeconds = Field(
         1.0, description="default seconds an async enricher may take per event"
     )
+    enricher_max_concurrency: Count = Field(
+        64, description="default calls in flight at once per async enricher"
+    )
     level_timeout: PositiveSeconds | None = Field(
         5.0, description="seconds a whole dependency level may take per event"
     )
@@ -109,19 +131,17 @@ class LoggingSettings(BaseSettings):
         description="inline: the call waits; background: queue and return; "
         "auto: background when an async enricher is configured",
     )
-    queue_size: Annotated[int, Field(ge=1)] = Field(
-        10_000, description="events waiting for enrichment, at most"
-    )
+    queue_size: Count = Field(10_000, description="events waiting for enrichment, at most")
     overflow: Literal["block", "drop_new", "drop_old"] = Field(
         "block", description="what a full queue does to a new event"
     )
     overflow_block_timeout: PositiveSeconds = Field(
         1.0, description="seconds 'block' waits before dropping the new event"
     )
-    max_in_flight: Annotated[int, Field(ge=1)] = Field(
+    max_in_flight: Count = Field(
         512, description="events enriched concurrently in background delivery"
     )
-    drop_report_interval: PositiveSeconds = Field(
+    drop_report_interval: Period = Field(
         10.0, description="seconds between reports of dropped events"
     )
     shutdown_timeout: PositiveSeconds = Field(
@@ -132,31 +152,31 @@ class LoggingSettings(BaseSettings):
         description="drain on SIGTERM when the process installed no handler",
     )
 
-    # -- resilience defaults -------------------------------------------------
-    cache_ttl: PositiveSeconds = Field(300.0, description="cache entry lifetime")
-    cache_max_size: Annotated[int, Field(ge=1)] = Field(
-        1000, description="entries per enricher cache"
-    )
-    cache_error_ttl: PositiveSeconds = Field(
-        5.0, description="seconds a failed lookup is remembered"
-    )
-    breaker_failure_threshold: Annotated[int, Field(ge=1)] = Field(
+    # -- resilience defaults (enrichlog.options.DEFAULT_SETTING) ---------------
+    cache_ttl: Period = Field(300.0, description="cache entry lifetime")
+    cache_max_size: Count = Field(1000, description="entries per enricher cache")
+    cache_error_ttl: Period = Field(5.0, description="seconds a failed lookup is remembered")
+    breaker_failure_threshold: Count = Field(
         5, description="consecutive failures that open a circuit"
     )
-    breaker_recovery_timeout: PositiveSeconds = Field(
+    breaker_recovery_timeout: Period = Field(
         60.0, description="seconds an open circuit waits before one probe"
     )
-    breaker_half_open_max_calls: Annotated[int, Field(ge=1)] = Field(
+    breaker_half_open_max_calls: Count = Field(
         1, description="probes allowed at once in the half-open state"
     )
-    retry_attempts: Annotated[int, Field(ge=1)] = Field(
+    retry_attempts: Attempts = Field(
         1, description="attempts per event for transient errors (1 = no retry)"
     )
     retry_base_delay: PositiveSeconds = Field(
         0.05, description="first retry backoff, doubled each attempt"
     )
     retry_max_delay: PositiveSeconds = Field(1.0, description="backoff cap")
-    health_check_interval: PositiveSeconds | None = Field(
+    batch_size: Count = Field(100, description="keys per enrich_many() call, at most")
+    batch_window: NonNegativeSeconds = Field(
+        0.0, description="seconds a batch waits for more keys; 0 = what is queued"
+    )
+    health_check_interval: Period | None = Field(
         None, description="seconds between enricher health checks; None = off"
     )
 
@@ -180,16 +200,48 @@ class LoggingSettings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                import json  # noqa: PLC0415 - only for this input form
-
                 return json.loads(text)
             return [part for part in _URI_LIST_SPLIT.split(text) if part]
+        return value
+
+    @field_validator("error_field")
+    @classmethod
+    def _not_an_event_key(cls, value: str | None) -> str | None:
+        if value in _EVENT_KEYS:
+            raise ValueError(
+                f"{value!r} is a key of every event ({', '.join(sorted(_EVENT_KEYS))}); "
+                "the errors would overwrite it"
+            )
         return value
 
     def __init__(self, **values: Any) -> None:
         # Underscored keywords are pydantic-settings' own (``_env_file``...).
         unknown_settings({k: v for k, v in values.items() if not k.startswith("_")})
-        super().__init__(**values)
+        try:
+            super().__init__(**values)
+        except SettingsError as exc:
+            raise EnricherConfigError(_unreadable_source(exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EnricherConfigError(
+                f"invalid logging settings: cannot read the .env file: {exc}"
+            ) from None
+
+    def __repr_args__(self) -> Any:
+        # repr() and str(): the real values may hold passwords.
+        shown = mask_mapping({str(name): value for name, value in super().__repr_args__()})
+        shown["enrichers"] = [mask_uri(uri) for uri in self.enrichers]
+        return list(shown.items())
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _masked_json(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # model_dump() keeps the real values (the runtime rebuilds settings
+        # from them); JSON is written to be read by people and tools.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and isinstance(dumped.get("enrichers"), list):
+            dumped["enrichers"] = [
+                mask_uri(uri) if isinstance(uri, str) else uri for uri in dumped["enrichers"]
+            ]
+        return mask_mapping(dumped) if isinstance(dumped, dict) else dumped
 
     @field_validator("error_field", "level_timeout", "health_check_interval", mode="before")
     @classmethod
@@ -218,6 +270,52 @@ class LoggingSettings(BaseSettings):
 
 
 _NO_OPTIONS = EnricherOptions()
+
+
+def _unreadable_source(exc: SettingsError) -> str:
+    """A message for a variable pydantic-settings could not parse: which
+    one, and why (the JSON decoder's message, which does not echo the value)."""
+    found = re.search(r'field "(?P<field>[^"]+)" from source "(?P<source>[^"]+)"', str(exc))
+    field = found["field"] if found else None
+    where = f"ENRICHLOG_{field.upper()}" if field else "an ENRICHLOG_* variable"
+    if found and found["source"].startswith("DotEnv"):
+        where += " (in .env)"
+    cause = exc.__cause__
+    if isinstance(cause, json.JSONDecodeError):
+        problem = f"is not valid JSON: {cause}"
+    else:
+        problem = "cannot be read" + (f": {mask_secrets(str(cause))}" if cause else "")
+    expected = (
+        'a JSON object such as {"user": {"timeout": 0.2}}'
+        if field == "enricher_options"
+        else "JSON"
+    )
+    return f"invalid logging settings: {where} {problem}; expected {expected}"
+
+
+def resolve_settings(
+    settings: LoggingSettings | None, overrides: Mapping[str, Any]
+) -> LoggingSettings:
+    """``settings`` (or the environment, if ``None``) with ``overrides`` applied.
+
+    Raises:
+        EnricherConfigError: a setting is unknown, invalid or unreadable; the
+            message names each field at fault (secrets masked).
+    """
+    try:
+        if settings is None:
+            return LoggingSettings(**overrides)
+        if not overrides:
+            return settings
+        unknown_settings(overrides)
+        return LoggingSettings.model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise EnricherConfigError(f"invalid logging settings: {mask_secrets(problems)}") from None
 
 
 def unknown_settings(values: Mapping[str, Any]) -> None:

@@ -460,3 +460,23 @@ def test_malformed_json_list_raises_config_error_without_the_secret(tmp_path: Pa
     assert 0 == result.returncode, result.stderr
     assert result.stdout.startswith("EnricherConfigError: invalid logging settings: enrichers")
     assert SECRET not in result.stdout
+
+
+def test_invalid_json_in_enricher_options_raises_config_error_naming_it(tmp_path: Path) -> None:
+    env = {"ENRICHLOG_ENRICHER_OPTIONS": '{"user": {"timeout": 0.2},}'}
+
+    result = run_python(tmp_path, CATCHING_APP, env=env)
+
+    assert 0 == result.returncode, result.stderr
+    assert result.stdout.startswith("EnricherConfigError: invalid logging settings: ")
+    assert "ENRICHLOG_ENRICHER_OPTIONS is not valid JSON" in result.stdout
+
+
+def test_setting_that_cannot_work_is_refused_at_configure_time(tmp_path: Path) -> None:
+    env = {"ENRICHLOG_QUEUE_SIZE": str(10**23), "ENRICHLOG_SHUTDOWN_TIMEOUT": "1e12"}
+
+    result = run_python(tmp_path, CATCHING_APP, env=env)
+
+    assert 0 == result.returncode, result.stderr
+    assert "queue_size: Input should be less than or equal to 1000000" in result.stdout
+    assert "shutdown_timeout: Input should be less than or equal to 86400" in result.stdout

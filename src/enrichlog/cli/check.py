@@ -4,16 +4,17 @@ configures, and whether the settings are valid."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, TextIO
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ..container import resolve_settings
 from ..engine.registry import EnricherRegistry
-from ..enricher import Enricher
+from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError
-from ..settings import LoggingSettings
+from ..options import ResolvedOptions
+from ..settings import LoggingSettings, resolve_settings
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets
 from .plan import PlanFormat, describe_plan, render_plan
@@ -21,9 +22,11 @@ from .plan import PlanFormat, describe_plan, render_plan
 __all__ = ["check", "show_plan"]
 
 
-def _problems_and_enrichers(
+def _problems_and_levels(
     settings: LoggingSettings,
-) -> tuple[list[str], list[Enricher]]:
+) -> tuple[list[str], list[Enricher], Sequence[Sequence[Enricher]]]:
+    """Build the settings' URI enrichers, arrange them and resolve their
+    options; every problem found on the way, as messages."""
     problems: list[str] = []
     enrichers: list[Enricher] = []
     for uri in settings.enrichers:
@@ -31,12 +34,19 @@ def _problems_and_enrichers(
             enrichers.append(EnricherFactory.build(uri))
         except EnrichlogError as exc:
             problems.append(str(exc))
+    levels: Sequence[Sequence[Enricher]] = ()
     if not problems:
         try:
-            EnricherRegistry(enrichers).levels()
+            levels = EnricherRegistry(enrichers).levels()
         except EnrichlogError as exc:
             problems.append(str(exc))
-    return problems, enrichers
+    for enricher in enrichers:
+        if isinstance(enricher, AsyncEnricher):
+            try:
+                ResolvedOptions.for_enricher(enricher, settings)
+            except EnrichlogError as exc:
+                problems.append(str(exc))
+    return problems, enrichers, levels
 
 
 def show_plan(fmt: PlanFormat, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -47,12 +57,11 @@ def show_plan(fmt: PlanFormat, out: TextIO | None = None, err: TextIO | None = N
     except EnrichlogError as exc:
         print(f"error: {exc}", file=err)
         return 1
-    problems, enrichers = _problems_and_enrichers(settings)
+    problems, _, levels = _problems_and_levels(settings)
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=err)
         return 1
-    levels = EnricherRegistry(enrichers).levels()
     print(render_plan(describe_plan(levels, settings), fmt), file=out)
     return 0
 
@@ -63,7 +72,11 @@ class _EnricherUris(BaseSettings):
     invalid, and list every problem in one run."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ENRICHLOG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="ENRICHLOG_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     enrichers: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -74,10 +87,29 @@ class _EnricherUris(BaseSettings):
         return LoggingSettings.split_uri_list(value)
 
 
+def _uris_alone(problems: list[str]) -> list[str]:
+    """The URIs of ``ENRICHLOG_ENRICHERS`` when the settings as a whole are
+    invalid; a problem with the list itself is added to ``problems``."""
+    try:
+        return _EnricherUris().enrichers
+    except (OSError, UnicodeDecodeError):
+        return []  # the .env file cannot be read: already reported
+    except ValidationError as exc:
+        messages = [
+            f"invalid logging settings: enrichers: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+    except ValueError as exc:
+        messages = [f"invalid logging settings: ENRICHLOG_ENRICHERS: {exc}"]
+    problems.extend(mask_secrets(m) for m in messages if mask_secrets(m) not in problems)
+    return []
+
+
 def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Validate the environment's settings and enricher URIs.
 
     Prints every problem found and returns 1, or a one-line summary and 0.
+    A configuration problem is never shown as a traceback.
     """
     out, err = out or sys.stdout, err or sys.stderr
     problems: list[str] = []
@@ -85,13 +117,8 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         settings = resolve_settings(None, {})
     except EnrichlogError as exc:
         problems.append(str(exc))
-        try:
-            uris = _EnricherUris().enrichers
-        except ValueError as uri_error:  # the list itself does not parse
-            uris = []
-            problems.append(f"ENRICHLOG_ENRICHERS: {mask_secrets(str(uri_error))}")
-        settings = LoggingSettings.model_construct(enrichers=uris)
-    more, enrichers = _problems_and_enrichers(settings)
+        settings = LoggingSettings.model_construct(enrichers=_uris_alone(problems))
+    more, enrichers, _ = _problems_and_levels(settings)
     problems.extend(more)
     for problem in problems:
         print(f"error: {problem}", file=err)
@@ -100,7 +127,8 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         return 1
     print(
         f"ok: {len(enrichers)} enricher(s) from URIs, level={settings.level}, "
-        f"format={settings.format}, delivery={settings.delivery}, output={settings.output}",
+        f"format={settings.format}, delivery={settings.delivery}, "
+        f"output={mask_secrets(settings.output)}",
         file=out,
     )
     return 0

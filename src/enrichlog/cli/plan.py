@@ -3,10 +3,11 @@
 :func:`describe_plan` turns resolved levels of enrichers into a JSON-able
 description, :func:`render_plan` writes it as a text table, JSON or a
 Mermaid flowchart. The values shown come from
-:meth:`~enrichlog.guard.GuardOptions.for_enricher`, the same place the
+:meth:`~enrichlog.options.ResolvedOptions.for_enricher`, the same place the
 runtime reads them, so the plan and the runtime cannot disagree.
 
-URIs appear with their secrets masked; nothing here ever reads a secret.
+URIs appear with their secrets masked (as the factory recorded them), and
+the output setting passes through :func:`~enrichlog.uri.masking.mask_secrets`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher
-from ..resilience.guard import GuardOptions
+from ..options import ResolvedOptions
 from ..settings import LoggingSettings
 from ..uri.factory import EnricherFactory
+from ..uri.masking import mask_secrets
 
 __all__ = [
     "PlanFormat",
@@ -59,23 +61,34 @@ def _describe_enricher(enricher: Enricher, settings: LoggingSettings) -> dict[st
         "breaker": None,
         "retry": None,
         "max_concurrency": None,
+        "batch": None,
     }
     if isinstance(enricher, AsyncEnricher):
-        options = GuardOptions.for_enricher(enricher, settings)
+        options = ResolvedOptions.for_enricher(enricher, settings)
         entry |= {
             "timeout": options.timeout,
             "cache": {
                 "enabled": enricher.caches,
                 "ttl": options.cache_ttl,
                 "max_size": options.cache_max_size,
+                "error_ttl": options.cache_error_ttl,
             },
             "breaker": {
                 "failure_threshold": options.failure_threshold,
                 "recovery_timeout": options.recovery_timeout,
                 "half_open_max_calls": options.half_open_max_calls,
             },
-            "retry": {"attempts": options.retry_attempts},
+            "retry": {
+                "attempts": options.retry_attempts,
+                "base_delay": options.retry_base_delay,
+                "max_delay": options.retry_max_delay,
+            },
             "max_concurrency": options.max_concurrency,
+            "batch": (
+                {"size": options.batch_size, "window": options.batch_window}
+                if enricher.batches
+                else None
+            ),
         }
     return entry
 
@@ -94,8 +107,13 @@ def describe_plan(
         "error_field", "level_timeout", "levels": [{"level": i, "enrichers":
         [...]}]}``; each enricher has ``name``, ``kind``, ``source``,
         ``uri`` (masked, or ``None``), ``dependencies``, ``priority``,
-        ``provides``, ``timeout``, ``cache``, ``breaker``, ``retry`` and
-        ``max_concurrency`` (``None`` where it does not apply).
+        ``provides``, ``timeout``, ``cache``, ``breaker``, ``retry``,
+        ``max_concurrency`` and ``batch`` (``None`` where it does not apply:
+        ``batch`` is set for enrichers that define ``enrich_many``).
+
+    Raises:
+        EnricherConfigError: an async enricher's options cannot work
+            (:meth:`~enrichlog.options.ResolvedOptions.for_enricher`).
     """
     runtime_enrichers = any(
         enricher_kind(enricher) != "sync" for level in levels for enricher in level
@@ -106,7 +124,7 @@ def describe_plan(
         "effective_delivery": effective_delivery,
         "level": settings.level,
         "format": settings.format,
-        "output": settings.output,
+        "output": mask_secrets(settings.output),
         "error_field": settings.error_field,
         "level_timeout": settings.level_timeout,
         "levels": [
@@ -147,6 +165,7 @@ _COLUMNS = (
     "breaker",
     "retry",
     "concurrency",
+    "batch",
     "depends on",
     "uri",
 )
@@ -158,6 +177,7 @@ def _seconds(value: float) -> str:
 
 def _text_row(entry: Mapping[str, Any]) -> list[str]:
     cache, breaker, retry = entry["cache"], entry["breaker"], entry["retry"]
+    batch = entry.get("batch")
     if cache is None:
         cache_text = "-"
     elif cache["enabled"]:
@@ -175,9 +195,8 @@ def _text_row(entry: Mapping[str, Any]) -> list[str]:
         if breaker is None
         else f"{breaker['failure_threshold']} fails, {_seconds(breaker['recovery_timeout'])}",
         "-" if retry is None else str(retry["attempts"]),
-        "-"
-        if entry["kind"] != "async"
-        else ("unbounded" if entry["max_concurrency"] is None else str(entry["max_concurrency"])),
+        "-" if entry["max_concurrency"] is None else str(entry["max_concurrency"]),
+        "-" if batch is None else f"{batch['size']}, {_seconds(batch['window'])}",
         ", ".join(entry["dependencies"]) or "-",
         entry["uri"] or "-",
     ]
@@ -244,6 +263,8 @@ def _mermaid_details(entry: Mapping[str, Any]) -> str:
         details.append(f"timeout {_seconds(entry['timeout'])}")
     if entry["cache"] is not None and entry["cache"]["enabled"]:
         details.append(f"cache {_seconds(entry['cache']['ttl'])}")
+    if entry.get("batch") is not None:
+        details.append(f"batch {entry['batch']['size']}")
     return " · ".join(details)
 
 

@@ -32,7 +32,8 @@ from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher
 from ..metrics import EnricherMetrics, LatencyHistogram
-from ..resilience.guard import ABANDON_GRACE, EnricherGuard, GuardOptions
+from ..options import ResolvedOptions
+from ..resilience.guard import ABANDON_GRACE, EnricherGuard
 from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
@@ -174,7 +175,7 @@ class EnrichmentPlan:
 
     def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
         if isinstance(enricher, AsyncEnricher):
-            guard = EnricherGuard(enricher, GuardOptions.for_enricher(enricher, settings))
+            guard = EnricherGuard(enricher, ResolvedOptions.for_enricher(enricher, settings))
             self._guards[enricher.name] = guard
             return Step(enricher, guard, guard.lookup, guard.run, guard.timeout + ABANDON_GRACE)
         assert isinstance(enricher, SyncEnricher)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import SyncEnricher
-from ..uri.factory import CommaSeparated
+from ..uri.params import CommaSeparated
 
 __all__ = ["EnvEnricher", "HostnameEnricher", "ProcessEnricher", "StaticEnricher"]
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from structlog.typing import EventDict
 
 from ..exceptions import EnricherConfigError
-from ..uri.factory import CommaSeparated
+from ..uri.params import CommaSeparated
 from ._lookup import DEFAULT_MAX_KEY_LENGTH, FieldName, KeyTemplate, LookupEnricher, require_module
 
 __all__ = ["HttpLookupEnricher"]

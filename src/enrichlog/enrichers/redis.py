@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from structlog.typing import EventDict
 
-from ..uri.factory import CommaSeparated
+from ..uri.params import CommaSeparated
 from ._lookup import DEFAULT_MAX_KEY_LENGTH, FieldName, KeyTemplate, LookupEnricher, require_module
 
 __all__ = ["RedisLookupEnricher"]

@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,7 +29,7 @@ from structlog.typing import EventDict, WrappedLogger
 from ..enricher import AsyncEnricher
 from ..exceptions import CachedError
 from ..metrics import FAILURE_REASONS, EnricherMetrics, LatencyHistogram
-from ..settings import LoggingSettings
+from ..options import ResolvedOptions
 from .breaker import CircuitBreaker, CircuitState, Permit
 from .cache import EnricherCache
 from .outcome import (
@@ -47,7 +46,7 @@ from .outcome import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["ABANDON_GRACE", "EnricherGuard", "GuardOptions"]
+__all__ = ["ABANDON_GRACE", "EnricherGuard"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -177,56 +176,6 @@ class _EnrichmentFailedError(Exception):
         self.outcome = outcome
 
 
-@dataclass(frozen=True, slots=True)
-class GuardOptions:
-    """The effective resilience settings of one async enricher."""
-
-    timeout: float
-    cache_ttl: float
-    cache_max_size: int
-    cache_error_ttl: float | None
-    failure_threshold: int
-    recovery_timeout: float
-    half_open_max_calls: int
-    retry_attempts: int
-    retry_base_delay: float
-    retry_max_delay: float
-    max_concurrency: int | None
-
-    @classmethod
-    def for_enricher(cls, enricher: AsyncEnricher, settings: LoggingSettings) -> GuardOptions:
-        """The values ``enricher`` runs with under ``settings``.
-
-        Each is, in order of precedence: the per-enricher override in
-        ``settings.enricher_options[name]``, the enricher's own attribute (set
-        on its class, by its constructor or by a URI), the settings default.
-        The runtime and ``python -m enrichlog plan`` both read them here, so
-        they cannot disagree.
-        """
-        options = settings.options_for(enricher.name)
-
-        def pick(field: str, default: Any) -> Any:
-            override = getattr(options, field)
-            if override is not None:
-                return override
-            own = getattr(enricher, field)
-            return default if own is None else own
-
-        return cls(
-            timeout=pick("timeout", settings.enricher_timeout),
-            cache_ttl=pick("cache_ttl", settings.cache_ttl),
-            cache_max_size=pick("cache_max_size", settings.cache_max_size),
-            cache_error_ttl=settings.cache_error_ttl,
-            failure_threshold=pick("failure_threshold", settings.breaker_failure_threshold),
-            recovery_timeout=pick("recovery_timeout", settings.breaker_recovery_timeout),
-            half_open_max_calls=settings.breaker_half_open_max_calls,
-            retry_attempts=pick("retry_attempts", settings.retry_attempts),
-            retry_base_delay=settings.retry_base_delay,
-            retry_max_delay=settings.retry_max_delay,
-            max_concurrency=pick("max_concurrency", None),
-        )
-
-
 class EnricherGuard:
     """Runs one :class:`AsyncEnricher` for events, guarded.
 
@@ -236,7 +185,7 @@ class EnricherGuard:
     there.
     """
 
-    def __init__(self, enricher: AsyncEnricher, options: GuardOptions) -> None:
+    def __init__(self, enricher: AsyncEnricher, options: ResolvedOptions) -> None:
         self.enricher = enricher
         self.name = enricher.name
         self.options = options

@@ -1,24 +1,331 @@
-"""Masking of secrets in text that enrichlog reports or raises."""
+"""Masking of secrets: the one implementation behind every message, ``repr``,
+plan and report in which enrichlog shows its configuration.
+
+A secret is
+
+* the password of any URI (``scheme://user:password@host``), also of a URI
+  nested in a query value (``static://?upstream=postgres://app:pw@db/x``),
+  percent-encoded or not;
+* the value of a parameter whose name marks a secret (:func:`is_secret_name`):
+  a URI query key, or ``key=value``, ``key: value`` and ``"key": "value"``
+  in free text.
+
+A masked value shows as ``***``. Where text is ambiguous the masking hides
+too much rather than too little: a query that holds an ``@`` after a password
+may lose its host in the message, never its password.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Final
+from urllib.parse import quote, unquote, unquote_plus
 
-__all__ = ["mask_secrets"]
+__all__ = [
+    "MASK",
+    "is_secret_name",
+    "mask_mapping",
+    "mask_secrets",
+    "mask_uri",
+    "password_cut_short",
+    "scrub",
+    "secrets_in",
+]
 
-# ``scheme://user:password@host`` anywhere in a message: keep the user, hide
-# the password. Greedy up to the token's last ``@``: a password may itself
-# hold ``@`` or ``/`` (over-masking a query's ``@`` is the safe mistake).
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-_]*://[^:/@\s]*:)\S*@")
-# ``password=...``, ``token: ...`` and ``'password': '...'`` pairs.
-_SECRET_PAIR = re.compile(
-    r"(?P<key>\b(?:password|passwd|pwd|secret|token|api[_-]?key)\b['\"]?\s*[=:]\s*['\"]?)"
-    r"[^\s&,;'\"]+",
-    re.IGNORECASE,
+MASK: Final = "***"
+"""What a secret shows as."""
+
+_SECRET_NAMES: Final = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "secret",
+        "token",
+        "auth",
+        "authorization",
+        "api_key",
+        "apikey",
+        "access_key",
+        "private_key",
+        "passphrase",
+        "credentials",
+    }
 )
+# A name ending in '_' and one of these is a secret too: client_secret,
+# x_auth_token, db_password, aws_secret_access_key, ssh_passphrase.
+_SECRET_SUFFIXES: Final = tuple(f"_{name}" for name in sorted(_SECRET_NAMES | {"key"}))
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NAME_SEPARATORS = re.compile(r"[\s.\-]+")
+_TRAILING_NUMBER = re.compile(r"_*\d+\Z")
+
+# How deep a URI nested in a URI's query is followed; deeper text is masked
+# by the patterns alone, which still hide every password.
+_MAX_DEPTH = 6
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-_]*"
+# A URI in free text: up to whitespace or a quote (messages quote URIs).
+_URI_TOKEN = re.compile(_SCHEME + r"://[^\s'\"<>`]*")
+# Where a URI starts; in a query value or a decoded token, which was one
+# token before decoding, the URI runs to the end (a decoded password may
+# hold a space).
+_URI_START = re.compile(_SCHEME + "://")
+# The password of a URI, when the URI pass above could not isolate it (a
+# password holding a quote): greedy up to the token's last '@', so an '@'
+# later in the query over-masks rather than leaks.
+_URI_PASSWORD = re.compile(r"(?P<head>" + _SCHEME + r"://[^\s:/?#@]*:)(?!\*\*\*@)\S*@")
+# A bare 'Bearer <token>' ('Authorization: Bearer <token>' is a pair).
+_BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
+_PAIR = re.compile(
+    r"""
+    (?<![\w.\-%])                           # a whole name, not the tail of one
+    (?P<key>[A-Za-z_][\w.\-]*)
+    (?P<key_quote>['"]?)
+    [ \t]*[=:][ \t]*
+    (?P<value>
+        "(?:[^"\\]|\\.)*"
+      | '(?:[^'\\]|\\.)*'
+      | (?:(?i:bearer|basic|digest|negotiate)[ \t]+)?[^\s&,;'"<>()\[\]{}]+
+    )
+    """,
+    re.VERBOSE,
+)
+_ENCODED_TOKEN = re.compile(r"[^\s'\"]*%[0-9A-Fa-f]{2}[^\s'\"]*")
+# Characters left readable when a masked, decoded value is percent-encoded
+# again: a nested URI stays legible, '&', '=', '?' and '#' stay encoded.
+_SHOWN = "*:/@,"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter called ``name`` holds a secret.
+
+    Case, ``-``, ``.``, camel case and a trailing number do not matter:
+    ``API-Key``, ``apiKey``, ``db.password`` and ``token_2`` are secret
+    names. The secret names are ``password``, ``passwd``, ``pwd``,
+    ``pass``, ``secret``, ``token``, ``auth``, ``authorization``,
+    ``api_key``, ``apikey``, ``access_key``, ``private_key``,
+    ``passphrase``, ``credentials``, and any name ending in ``_`` and one
+    of them or ``key`` (``client_secret``, ``signing_key``); plain ``key``
+    is not.
+    """
+    normal = _NAME_SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip())).lower()
+    normal = _TRAILING_NUMBER.sub("", normal).strip("_")
+    return normal in _SECRET_NAMES or normal.endswith(_SECRET_SUFFIXES)
+
+
+def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
+    """``uri`` with its secrets as ``***``.
+
+    Masks the password, the value of every query key named like a secret
+    (:func:`is_secret_name`) or listed in ``secret_keys``, and the secrets
+    of URIs nested in query values (percent-encoded or not: a masked
+    encoded value is shown decoded). Works on malformed URIs too: it is what
+    error messages show.
+    """
+    return _mask_uri(uri, frozenset(secret_keys), 0)
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with URL passwords and ``password=...`` values as ``***``."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-    return _SECRET_PAIR.sub(r"\g<key>***", text)
+    """``text`` (a message, a ``repr``) with every secret in it as ``***``.
+
+    Finds URIs anywhere (their passwords and secret query values, nested
+    URIs included), percent-encoded URIs, ``key=value``, ``key: value`` and
+    ``"key": "value"`` pairs whose key is a secret name, and bearer tokens.
+    """
+    return _mask_text(text, 0)
+
+
+def mask_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` fit to show: the value of a key named like a
+    secret is ``***``, strings are passed through :func:`mask_secrets`, and
+    nested mappings, lists and tuples are masked the same way."""
+    return {key: MASK if is_secret_name(key) else _mask_any(value) for key, value in values.items()}
+
+
+def secrets_in(text: str) -> list[str]:
+    """The secret values ``text`` holds, as written and percent-decoded:
+    URI passwords and the values of secret-named pairs.
+
+    For :func:`scrub`: a message written by someone else (a validator, a
+    constructor) may quote them in any form.
+    """
+    found: list[str] = []
+    for form in _decodings(text):
+        for match in _URI_START.finditer(form):
+            password = _password_of(form[match.start() :])
+            if password:
+                found += [password, unquote(password)]
+        for match in _PAIR.finditer(form):
+            if is_secret_name(match["key"]):
+                found.append(_unquoted(match["value"]))
+    return [secret for secret in dict.fromkeys(found) if secret and secret != MASK]
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``.
+
+    For messages enrichlog did not write (pydantic's, an enricher
+    constructor's), which may echo a secret verbatim. A secret shorter than
+    four characters is replaced only where it appears quoted, so that a
+    one-letter password does not mangle every word.
+    """
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if not secret:
+            continue
+        if len(secret) >= 4:
+            text = text.replace(secret, MASK)
+        else:
+            for quoted in (repr(secret), f'"{secret}"'):
+                text = text.replace(quoted, repr(MASK))
+    return text
+
+
+def password_cut_short(netloc: str, rest: str) -> bool:
+    """Whether the authority ``netloc`` (what precedes the first ``/``,
+    ``?`` or ``#``) was cut short by one of those characters unescaped in a
+    password, ``rest`` being what follows it: ``user:pa/ss@host`` splits as
+    ``user:pa`` and ``/ss@host``, and what follows ``:`` is then no port but
+    the start of the password."""
+    port_text = netloc.partition(":")[2]
+    return (
+        "@" not in netloc
+        and not netloc.startswith("[")
+        and bool(port_text)
+        and not port_text.isdigit()
+        and "@" in rest
+    )
+
+
+# -- implementation ----------------------------------------------------------
+
+
+def _mask_any(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return mask_mapping({str(key): item for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return type(value)(_mask_any(item) for item in value)
+    return value
+
+
+def _split_authority(tail: str) -> tuple[str, str]:
+    """``tail`` (a URI after ``scheme://``) as (authority, rest)."""
+    end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
+    netloc, rest = tail[:end], tail[end:]
+    if password_cut_short(netloc, rest):
+        later_at = rest.find("@")
+        netloc, rest = netloc + rest[: later_at + 1], rest[later_at + 1 :]
+    return netloc, rest
+
+
+def _password_of(uri: str) -> str | None:
+    head, sep, tail = uri.partition("://")
+    netloc, _ = _split_authority(tail if sep else head)
+    userinfo, at, _ = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        return userinfo.partition(":")[2]
+    return None
+
+
+def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
+    head, sep, tail = uri.partition("://")
+    if not sep:
+        head, tail = "", uri
+    netloc, rest = _split_authority(tail)
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
+    before_query, qmark, query = rest.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+    else:
+        before_query, hash_, fragment = before_query.partition("#")
+    masked = head + sep + netloc + _mask_text(before_query, depth + 1)
+    if qmark:
+        fields = [_mask_field(field, secret_keys, depth) for field in query.split("&")]
+        masked += "?" + "&".join(fields)
+    return masked + hash_ + _mask_text(fragment, depth + 1)
+
+
+def _mask_field(field: str, secret_keys: frozenset[str], depth: int) -> str:
+    key, eq, value = field.partition("=")
+    if not eq:
+        return _mask_text(field, depth + 1)
+    name = unquote_plus(key)
+    if name in secret_keys or is_secret_name(name):
+        return f"{key}={MASK}"
+    masked = _mask_unit(value, depth)
+    if masked != value:
+        return f"{key}={masked}"
+    for decoded in _decodings(value)[1:]:
+        shown = _mask_unit(decoded, depth)
+        if shown != decoded:
+            return f"{key}={quote(shown, safe=_SHOWN)}"
+    return field
+
+
+def _mask_unit(text: str, depth: int) -> str:
+    """Mask ``text`` that was one token (a query value, a decoded token):
+    a URI in it runs to its end, spaces included."""
+    if depth <= _MAX_DEPTH:
+        start = _URI_START.search(text)
+        if start is not None:
+            index = start.start()
+            text = text[:index] + _mask_uri(text[index:], frozenset(), depth + 1)
+    return _mask_text(text, depth + 1)
+
+
+def _mask_text(text: str, depth: int) -> str:
+    if depth <= _MAX_DEPTH:
+        text = _URI_TOKEN.sub(lambda m: _mask_uri(m.group(), frozenset(), depth + 1), text)
+    text = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+    text = _BEARER.sub(f"Bearer {MASK}", text)
+    text = _PAIR.sub(_mask_pair, text)
+    if depth <= _MAX_DEPTH:
+        text = _ENCODED_TOKEN.sub(lambda m: _mask_encoded(m.group(), depth), text)
+    return text
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    if not is_secret_name(match["key"]):
+        return match.group()
+    value = match["value"]
+    quoted = value[:1] in {"'", '"'}
+    if match["key_quote"] and not quoted:
+        # "'token': Input should be ..." is a message about a key, not a
+        # pair; a quoted key has a value in a dict or JSON object, where a
+        # separator or the end follows it.
+        after = match.string[match.end() :].lstrip()[:1]
+        if after not in {"", ",", "}", "]", ")"}:
+            return match.group()
+    shown = f"{value[0]}{MASK}{value[0]}" if quoted else MASK
+    return match.group()[: match.start("value") - match.start()] + shown
+
+
+def _mask_encoded(token: str, depth: int) -> str:
+    for decoded in _decodings(token)[1:]:
+        shown = _mask_unit(decoded, depth)
+        if shown != decoded:
+            return shown
+    return token
+
+
+def _decodings(text: str) -> list[str]:
+    """``text``, then each distinct percent-decoding of it (``%2540`` is
+    ``@`` decoded twice), at most three."""
+    forms = [text]
+    for _ in range(3):
+        decoded = unquote_plus(forms[-1]) if "%" in forms[-1] else forms[-1]
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    return forms
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in {"'", '"'}:
+        return value[1:-1]
+    return value
