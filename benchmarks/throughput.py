@@ -57,9 +57,12 @@ def _produce(log: Any, events: int) -> list[int]:
     return durations
 
 
-def _figures(events: int, elapsed: float, durations: list[int], backend: Backend) -> dict:
+def _figures(
+    events: int, elapsed: float, cpu: float, durations: list[int], backend: Backend
+) -> dict:
     return {
         "throughput": events / elapsed,
+        "cpu_us_per_event": cpu / events * 1e6,
         **distribution(durations),
         "calls_per_event": backend.calls / events,
         "keys_per_call": backend.keys / backend.calls if backend.calls else 0.0,
@@ -75,12 +78,12 @@ def run_reference(events: int) -> dict[str, Any]:
     log.info("warm-up", user_id=-1)
     pipeline.flush()
     backend.reset()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     durations = _produce(log, events)
     pipeline.flush()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     pipeline.stop()
-    return _figures(events, elapsed, durations, backend)
+    return _figures(events, elapsed, cpu, durations, backend)
 
 
 def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -> dict:
@@ -96,15 +99,15 @@ def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -
     log.info("warm-up", user_id=-1)
     container.flush()
     backend.reset()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     durations = _produce(log, events)
     container.flush()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     metrics = container.metrics()
     container.shutdown()
     structlog.reset_defaults()
     return {
-        **_figures(events, elapsed, durations, backend),
+        **_figures(events, elapsed, cpu, durations, backend),
         "written": metrics["written"] - 1,
         "dropped": metrics["dropped"],
     }
@@ -210,8 +213,9 @@ def _throughput_check(ctx: Context, section: str, ref: dict, ours: dict, target:
             ratio,
             ">=",
             target,
-            note=f"written {ours['written']:,.0f}, dropped {ours['dropped']:,.0f}"
-            + (" (EVENTS LOST)" if lost else ""),
+            note=f"CPU per event {us(ours['cpu_us_per_event'])} vs "
+            f"{us(ref['cpu_us_per_event'])}; written {ours['written']:,.0f}, "
+            f"dropped {ours['dropped']:,.0f}" + (" (EVENTS LOST)" if lost else ""),
         )
     )
 
