@@ -1,6 +1,6 @@
 """enrichlog benchmarks: every target measured against a baseline of the same run.
 
-    .venv/bin/python benchmarks/run.py --report        # everything, and the report
+    .venv/bin/python benchmarks/run.py --report        # everything; writes docs/benchmarks/
     .venv/bin/python benchmarks/run.py hits background # chosen sections
     .venv/bin/python benchmarks/run.py --quick         # fewer events: a smoke run
     .venv/bin/python benchmarks/run.py --json out.json # raw figures as JSON
@@ -33,6 +33,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,14 @@ def summary_table(results: Results) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="enrichlog benchmarks (see the module docstring for the sections)"
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sections", nargs="*", metavar="section", help="default: all")
     parser.add_argument("--quick", action="store_true", help="fewer events: a smoke run")
     parser.add_argument(
-        "--report", action="store_true", help=f"write results.md and PNG charts to {REPORT_DIR}"
+        "--report",
+        action="store_true",
+        help="write results.md, results.json and PNG charts to docs/benchmarks/",
     )
     parser.add_argument("--report-dir", type=Path, default=REPORT_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, metavar="PATH", help="dump the raw results here")
@@ -142,11 +145,14 @@ def measure(args: argparse.Namespace) -> Results:
         ctx = Context(args.quick, results, bar)
         for section in chosen:
             bar.section(section.name, section.seconds[which], section.steps[which])
-            before = len(results.checks)
+            before, started = len(results.checks), time.monotonic()
             section.run(ctx)
+            seconds = time.monotonic() - started
+            results.raw.setdefault("seconds", {})[section.name] = seconds
             bar.finish_section()
             for check in results.checks[before:]:
                 bar.print(check_line(check))
+            bar.print(f"      {section.name} took {seconds:.0f} s")
     return results
 
 
@@ -168,18 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         results = measure(args)
     print()
     print(summary_table(results))
-    if args.json:
-        payload = {
-            "command": command,
-            "machine": info,
-            "checks": [check.as_dict() for check in results.checks],
-            "raw": results.raw,
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.json}")
+    payload = {
+        "command": command,
+        "machine": info,
+        "checks": [check.as_dict() for check in results.checks],
+        "raw": results.raw,
+    }
+    dumps = [args.json] if args.json else []
     if args.report:
         for path in report.write(results, args.report_dir, command, info):
             print(f"wrote {path}")
+        if not args.from_json:
+            dumps.append(args.report_dir / "results.json")
+    for path in dumps:
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {path}")
     return 1 if args.strict and results.failed() else 0
 
 
