@@ -8,6 +8,7 @@ records :class:`Check` rows: a measured ratio against a target, PASS or FAIL.
 from __future__ import annotations
 
 import asyncio
+import gc
 import operator
 import statistics
 import time
@@ -189,6 +190,36 @@ def time_block(info: Callable[..., Any], events: int) -> float:
     for i in range(events):
         info("checkout", user_id=i % 100, amount=12.5)
     return (clock() - started) / events / 1000
+
+
+class GcTimer:
+    """Time spent in the cyclic garbage collector, on every thread, while in the ``with``
+    block; and the number of collections per generation.
+
+    A young collection runs after 700 net allocations of GC-tracked objects (dicts,
+    lists, tasks, coroutines, closures...), so ``collections[0] * 700`` estimates how many
+    such objects the measured code allocated; older generations are collected less often
+    but walk every live object, e.g. each queued event."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GcTimer:
+        gc.collect()
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 # -- results -----------------------------------------------------------------------------------

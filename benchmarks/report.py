@@ -234,8 +234,8 @@ def _throughput(figure: Any, raw: dict[str, Any]) -> None:
     cases = [
         (section, label, target)
         for section, label, target in (
-            ("background", "3 x 5 ms uncached\n(target ≥ 0.75x)", 0.75),
-            ("batching", "3 x 5 ms: enrich_many vs per event\n(target ≥ 2x)", 2.0),
+            ("background", "uncached\n(target ≥ 0.75x)", 0.75),
+            ("batching", "enrich_many\n(target ≥ 2x)", 2.0),
         )
         if raw.get(section)
     ]
@@ -261,9 +261,26 @@ def _throughput(figure: Any, raw: dict[str, Any]) -> None:
         [raw[s]["enrichlog"]["cpu_us_per_event"] for s, _, _ in cases],
         legend,
     )
+    for offset, variant in ((-0.19, "reference"), (0.19, "enrichlog")):
+        gc_bars = axes.bar(
+            [p + offset for p in range(len(cases))],
+            [raw[s][variant].get("gc_us_per_event", 0.0) for s, _, _ in cases],
+            0.38,
+            fill=False,
+            hatch="//",
+            edgecolor="black",
+            linewidth=0,
+        )
+    gc_bars.set_label("of which cyclic GC (wall time in collections)")
+    axes.set_ylim(top=axes.get_ylim()[1] * 1.25)
+    axes.legend(fontsize=8, loc="upper left")
     axes.set_ylabel("µs of process CPU per event (all threads)")
     axes.set_title("CPU time per event (no target)", fontsize=10)
-    figure.suptitle("Background delivery vs the reference pipeline (same run)")
+    figure.suptitle(
+        "Background delivery, 3 x 5 ms lookups, vs the reference pipeline (same run; "
+        "its lookups are per event)",
+        fontsize=11,
+    )
 
 
 def _caller_latency(figure: Any, raw: dict[str, Any]) -> None:

@@ -67,7 +67,7 @@ SECTIONS = {
     for section in (
         Section("overhead", bench_overhead, (10, 10), (2, 8)),
         Section("hits", bench_hits, (10, 10), (2, 8)),
-        Section("instructions", bench_instructions, (6, 6), (90, 150)),
+        Section("instructions", bench_instructions, (6, 6), (120, 300)),
         Section("parallel", bench_parallel, (1, 1), (2, 6)),
         Section("scaling", bench_scaling, (6, 6), (3, 15)),
         Section("background", bench_background, (1, 3), (3, 40)),

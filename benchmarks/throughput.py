@@ -25,6 +25,7 @@ from common import (
     BatchedLookup,
     Check,
     Context,
+    GcTimer,
     SleepLookup,
     distribution,
     median_of,
@@ -58,11 +59,20 @@ def _produce(log: Any, events: int) -> list[int]:
 
 
 def _figures(
-    events: int, elapsed: float, cpu: float, durations: list[int], backend: Backend
+    events: int,
+    elapsed: float,
+    cpu: float,
+    durations: list[int],
+    backend: Backend,
+    collector: GcTimer,
 ) -> dict:
     return {
         "throughput": events / elapsed,
         "cpu_us_per_event": cpu / events * 1e6,
+        "gc_share": collector.seconds / elapsed,
+        "gc_us_per_event": collector.seconds / events * 1e6,
+        "gc_young_collections_per_1000": collector.collections[0] / events * 1000,
+        "gc_full_collections": collector.collections[2],
         **distribution(durations),
         "calls_per_event": backend.calls / events,
         "keys_per_call": backend.keys / backend.calls if backend.calls else 0.0,
@@ -78,12 +88,13 @@ def run_reference(events: int) -> dict[str, Any]:
     log.info("warm-up", user_id=-1)
     pipeline.flush()
     backend.reset()
-    started, cpu = time.perf_counter(), time.process_time()
-    durations = _produce(log, events)
-    pipeline.flush()
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    with GcTimer() as collector:
+        started, cpu = time.perf_counter(), time.process_time()
+        durations = _produce(log, events)
+        pipeline.flush()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     pipeline.stop()
-    return _figures(events, elapsed, cpu, durations, backend)
+    return _figures(events, elapsed, cpu, durations, backend, collector)
 
 
 def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -> dict:
@@ -99,15 +110,16 @@ def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -
     log.info("warm-up", user_id=-1)
     container.flush()
     backend.reset()
-    started, cpu = time.perf_counter(), time.process_time()
-    durations = _produce(log, events)
-    container.flush()
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    with GcTimer() as collector:
+        started, cpu = time.perf_counter(), time.process_time()
+        durations = _produce(log, events)
+        container.flush()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     metrics = container.metrics()
     container.shutdown()
     structlog.reset_defaults()
     return {
-        **_figures(events, elapsed, cpu, durations, backend),
+        **_figures(events, elapsed, cpu, durations, backend, collector),
         "written": metrics["written"] - 1,
         "dropped": metrics["dropped"],
     }
@@ -173,6 +185,7 @@ def bench_background(ctx: Context) -> None:
             f" / {us(summary['structlog']['p99_us'])}",
         )
     )
+    _gc_check(ctx, "background", ref, ours)
     _calls_check(ctx, "background", ref, ours, None)
 
 
@@ -197,6 +210,7 @@ def bench_batching(ctx: Context) -> None:
     ctx.results.raw["batching"] = summary
     ref, ours = summary["reference"], summary["enrichlog"]
     _throughput_check(ctx, "batching", ref, ours, BATCHING_THROUGHPUT_TARGET)
+    _gc_check(ctx, "batching", ref, ours)
     _calls_check(ctx, "batching", ref, ours, BATCHING_CALLS_TARGET)
 
 
@@ -216,6 +230,24 @@ def _throughput_check(ctx: Context, section: str, ref: dict, ours: dict, target:
             note=f"CPU per event {us(ours['cpu_us_per_event'])} vs "
             f"{us(ref['cpu_us_per_event'])}; written {ours['written']:,.0f}, "
             f"dropped {ours['dropped']:,.0f}" + (" (EVENTS LOST)" if lost else ""),
+        )
+    )
+
+
+def _gc_check(ctx: Context, section: str, ref: dict, ours: dict) -> None:
+    ratio = ours["gc_us_per_event"] / ref["gc_us_per_event"]
+    ctx.results.add(
+        Check(
+            section,
+            "cyclic GC time per event (share of wall time)",
+            f"reference {us(ref['gc_us_per_event'])} ({ref['gc_share']:.0%})",
+            f"{us(ours['gc_us_per_event'])} ({ours['gc_share']:.0%})",
+            ratio,
+            ratio,
+            "info",
+            0.0,
+            note=f"young collections per 1,000 events {ours['gc_young_collections_per_1000']:.0f}"
+            f" vs {ref['gc_young_collections_per_1000']:.0f}",
         )
     )
 
