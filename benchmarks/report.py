@@ -68,7 +68,7 @@ def markdown(results: Results, info: dict[str, Any], command: str, chart_names: 
         "for what each section measures. Ratios are enrichlog over the baseline of the same "
         "run.",
         "",
-        "| section | what | baseline | enrichlog | ratio | target | result |",
+        "| section | what | baseline | enrichlog | ratio | target | PASS/FAIL |",
         "|---|---|---|---|---|---|---|",
     ]
     for check in results.checks:
