@@ -8,6 +8,7 @@ records :class:`Check` rows: a measured ratio against a target, PASS or FAIL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import operator
 import statistics
@@ -54,13 +55,10 @@ def plain_structlog() -> Any:
     ).bind()
 
 
-_devnull_file: list[Any] = []
-
-
+@functools.cache
 def _devnull() -> Any:
-    if not _devnull_file:
-        _devnull_file.append(open(DEVNULL, "wb"))  # noqa: SIM115 - for the process's life
-    return _devnull_file[0]
+    """One /dev/null file for every plain structlog logger, open for the process's life."""
+    return open(DEVNULL, "wb")
 
 
 # -- enrichers ---------------------------------------------------------------------------------
@@ -273,8 +271,14 @@ class Check:
 
     @property
     def ratio_text(self) -> str:
-        """The ratio as text, e.g. ``1.04x``."""
-        return "-" if self.ratio is None else f"{self.ratio:.2f}x"
+        """The ratio as text, e.g. ``1.04x``; with three decimals when two would show the
+        limit itself for a ratio that is not (``1.054x`` fails ``≤ 1.05x``)."""
+        if self.ratio is None:
+            return "-"
+        text = f"{self.ratio:.2f}"
+        if float(text) == self.limit and self.ratio != self.limit:
+            text = f"{self.ratio:.3f}"
+        return f"{text}x"
 
     @property
     def measured_text(self) -> str:
