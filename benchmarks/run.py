@@ -1,335 +1,196 @@
-"""enrichlog benchmarks, each beside plain structlog in the same run.
+"""enrichlog benchmarks: every target measured against a baseline of the same run.
 
-    .venv/bin/python benchmarks/run.py            # everything
-    .venv/bin/python benchmarks/run.py hits       # one section
-    .venv/bin/python benchmarks/run.py --quick    # fewer events (CI smoke)
+    .venv/bin/python benchmarks/run.py --report        # everything; writes docs/benchmarks/
+    .venv/bin/python benchmarks/run.py hits background # chosen sections
+    .venv/bin/python benchmarks/run.py --quick         # fewer events: a smoke run
+    .venv/bin/python benchmarks/run.py --json out.json # raw figures as JSON
+    .venv/bin/python benchmarks/run.py --from-json out.json --report  # re-draw, no run
 
-Sections:
-  overhead    no enrichers: per-event cost against plain structlog (target <= 1.10x)
-  hits        three async enrichers, all cache hits, sync path (target <= 2x)
-  parallel    three independent 5 ms enrichers: event latency against the slowest (<= 1.2x)
-  background  caller p50/p99 of log.info() with three 5 ms enrichers (p99 < 50 us) and
-              end-to-end throughput, uncached (>= 5,000 events/s)
-  memory      peak RSS logging 1,000,000 events against a slow output: bounded by queue_size
+Sections (targets in brackets; ratios are enrichlog over the baseline):
+  overhead      no enrichers, per event vs plain structlog, wall time [<= 1.05x]
+  hits          3 async enrichers, all cache hits, per event vs plain structlog [<= 1.5x]
+  instructions  the same two, as callgrind instructions per event (needs valgrind)
+  parallel      3 independent 5 ms enrichers: event latency vs the slowest [<= 1.1x]
+  scaling       1..6 independent 5 ms enrichers: latency vs the sum of theirs (chart)
+  background    3 uncached 5 ms enrichers, background delivery, vs the reference pipeline:
+                throughput [>= 0.75x], caller log.info() p99 [<= 1.5x]
+  batching      the same lookups with enrich_many: throughput vs the reference [>= 2x],
+                backend calls per event [< 0.1]
+  asgi          in-process ASGI app, two 1 ms enrichers per request, vs plain structlog
+                with the lookups awaited inline: log-call p99 [<= 2x], CPU/request [<= 1.15x]
+  memory        peak RSS over 1,000,000 events, slow output: bounded by queue_size
 
-Baseline: structlog with the same pre-processors (contextvars, level, ISO timestamp), orjson
-``JSONRenderer``, ``BytesLoggerFactory`` to /dev/null, cached loggers. Figures are medians of
-repeated rounds; the machine is shared, so compare ratios, not absolute microseconds.
+Baselines: plain structlog with enrichlog's pre-processors (contextvars, level, ISO
+timestamp), orjson ``JSONRenderer``, ``BytesLoggerFactory`` to /dev/null, cached loggers;
+and ``reference.py``, a minimal hand-written asyncio pipeline. The machine is shared:
+variants alternate round by round and figures are medians, so compare ratios, not
+absolute microseconds. A FAIL does not fail the process unless ``--strict`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
-import os
-import resource
-import statistics
-import subprocess
+import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-import orjson
-import structlog
+import report
+from asgi import bench_asgi
+from common import Check, Context, Results
+from cost import bench_hits, bench_overhead
+from instructions import bench_instructions
+from latency import bench_parallel, bench_scaling
+from memory import bench_memory
+from progress import make_bar
+from throughput import bench_background, bench_batching
 
-from enrichlog import AsyncEnricher, configure_logging, get_logger
-
-DEVNULL = "/dev/null"
+REPORT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 
-# -- helpers -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """A section; how many progress steps it takes and roughly how many seconds, each
+    as (quick, full), so that the bar moves with time rather than with steps."""
+
+    name: str
+    run: Callable[[Context], None]
+    steps: tuple[int, int]
+    seconds: tuple[int, int]
 
 
-def configure_plain_structlog() -> Any:
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(20),
-        logger_factory=structlog.BytesLoggerFactory(open(DEVNULL, "wb")),  # noqa: SIM115
-        cache_logger_on_first_use=True,
+SECTIONS = {
+    section.name: section
+    for section in (
+        Section("overhead", bench_overhead, (10, 10), (2, 8)),
+        Section("hits", bench_hits, (10, 10), (2, 8)),
+        Section("instructions", bench_instructions, (6, 6), (120, 300)),
+        Section("parallel", bench_parallel, (1, 1), (2, 6)),
+        Section("scaling", bench_scaling, (6, 6), (3, 15)),
+        Section("background", bench_background, (1, 3), (3, 40)),
+        Section("batching", bench_batching, (1, 3), (5, 70)),
+        Section("asgi", bench_asgi, (1, 3), (2, 15)),
+        Section("memory", bench_memory, (2, 2), (20, 300)),
     )
-    return structlog.get_logger()
+}
 
 
-def per_event_us(log: Any, events: int, rounds: int) -> float:
-    """Median over rounds of the mean cost of one ``log.info`` call."""
-    info = log.info
-    info("warm-up", user_id=0)
-    results = []
-    for _ in range(rounds):
-        gc.collect()
-        started = time.perf_counter_ns()
-        for i in range(events):
-            info("checkout", user_id=i % 100, amount=12.5)
-        results.append((time.perf_counter_ns() - started) / events / 1000)
-    return statistics.median(results)
-
-
-def interleaved(
-    variants: dict[str, Callable[[], Any]], events: int, rounds: int
-) -> dict[str, float]:
-    """Measure each variant in alternating rounds so that machine noise hits all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, setup in variants.items():
-            log = setup()
-            samples[name].append(per_event_us(log, events, 1))
-            teardown()
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-_containers: list[Any] = []
-
-
-def teardown() -> None:
-    while _containers:
-        _containers.pop().shutdown()
-    structlog.reset_defaults()
-
-
-class CachedLookup(AsyncEnricher):
-    """Pretends to query a backend; its results are cached by user id."""
-
-    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        await asyncio.sleep(0.001)
-        event_dict[f"{self.name}_value"] = f"{self.name}-{event_dict['user_id']}"
-        return event_dict
-
-    def cache_key(self, event_dict: Any) -> Any:
-        return event_dict.get("user_id")
-
-
-class FiveMs(AsyncEnricher):
-    """An uncached lookup that takes 5 ms."""
-
-    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        await asyncio.sleep(0.005)
-        event_dict[self.name] = 1
-        return event_dict
-
-
-def report(name: str, figures: dict[str, Any]) -> None:
-    print(json.dumps({"section": name, **figures}), flush=True)
-
-
-# -- sections ----------------------------------------------------------------------------------
-
-
-def bench_overhead(events: int, rounds: int) -> None:
-    def enrichlog_bare() -> Any:
-        _containers.append(configure_logging(output=DEVNULL, delivery="inline"))
-        return get_logger()
-
-    result = interleaved(
-        {"structlog": configure_plain_structlog, "enrichlog": enrichlog_bare}, events, rounds
+def check_line(check: Check) -> str:
+    """One result, as printed when its section ends."""
+    line = (
+        f"{check.verdict:<4}  {check.section:<10} {check.what}: {check.enrichlog} "
+        f"vs {check.baseline}"
     )
-    report(
-        "overhead",
-        {
-            "structlog_us": round(result["structlog"], 3),
-            "enrichlog_no_enrichers_us": round(result["enrichlog"], 3),
-            "ratio": round(result["enrichlog"] / result["structlog"], 3),
-            "target_ratio": 1.10,
-        },
+    if check.ratio is not None:
+        line += f" = {check.ratio_text}"
+    if check.op != "info":
+        line += f" (target {check.target})"
+    if check.note:
+        line += f"; {check.note}"
+    return line
+
+
+def summary_table(results: Results) -> str:
+    """The checks as an aligned text table, and the totals."""
+    rows = [("section", "what", "measured", "target", "result")]
+    rows += [(c.section, c.what, c.measured_text, c.target, c.verdict) for c in results.checks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    met = sum(c.passed is True for c in results.checks)
+    lines.append(f"\n{met} targets met, {len(results.failed())} missed.")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-def bench_hits(events: int, rounds: int) -> None:
-    def enrichlog_hits() -> Any:
-        enrichers = [CachedLookup(name=n) for n in ("tenant", "user", "plan")]
-        container = configure_logging(enrichers=enrichers, output=DEVNULL, delivery="inline")
-        _containers.append(container)
-        log = get_logger()
-        for user_id in range(100):  # fill the caches
-            log.info("warm", user_id=user_id)
-        container.flush()
-        return log
-
-    result = interleaved(
-        {"structlog": configure_plain_structlog, "enrichlog": enrichlog_hits}, events, rounds
+    parser.add_argument("sections", nargs="*", metavar="section", help="default: all")
+    parser.add_argument("--quick", action="store_true", help="fewer events: a smoke run")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write results.md, results.json and PNG charts to docs/benchmarks/",
     )
-    report(
-        "hits",
-        {
-            "structlog_us": round(result["structlog"], 3),
-            "enrichlog_3_cached_enrichers_us": round(result["enrichlog"], 3),
-            "ratio": round(result["enrichlog"] / result["structlog"], 3),
-            "target_ratio": 2.0,
-        },
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="dump the raw results here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="PATH",
+        help="measure nothing: print and report the results of an earlier --json dump",
     )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
 
 
-def bench_parallel(events: int) -> None:
-    container = configure_logging(
-        enrichers=[FiveMs(name=n) for n in ("a", "b", "c")], output=DEVNULL, delivery="inline"
-    )
-    log = get_logger()
-    log.info("warm-up")
-    latencies = []
-    for i in range(events):
-        started = time.perf_counter()
-        log.info("e", i=i)
-        latencies.append(time.perf_counter() - started)
-    container.shutdown()
-    structlog.reset_defaults()
-    median_ms = statistics.median(latencies) * 1000
-    report(
-        "parallel",
-        {
-            "events": events,
-            "median_event_latency_ms": round(median_ms, 3),
-            "slowest_enricher_ms": 5.0,
-            "sum_of_enrichers_ms": 15.0,
-            "ratio_to_slowest": round(median_ms / 5.0, 3),
-            "target_ratio": 1.2,
-        },
-    )
+def measure(args: argparse.Namespace) -> Results:
+    """Run the chosen sections, printing each result as its section ends."""
+    chosen = [SECTIONS[name] for name in args.sections or SECTIONS]
+    which = 0 if args.quick else 1
+    results = Results()
+    with make_bar(sum(s.seconds[which] for s in chosen), not args.no_progress) as bar:
+        ctx = Context(args.quick, results, bar)
+        for section in chosen:
+            bar.section(section.name, section.seconds[which], section.steps[which])
+            before, started = len(results.checks), time.monotonic()
+            section.run(ctx)
+            seconds = time.monotonic() - started
+            results.raw.setdefault("seconds", {})[section.name] = seconds
+            bar.finish_section()
+            for check in results.checks[before:]:
+                bar.print(check_line(check))
+            bar.print(f"      {section.name} took {seconds:.0f} s")
+    return results
 
 
-def bench_background(events: int) -> None:
-    plain = configure_plain_structlog()
-    baseline = []
-    for i in range(events):
-        started = time.perf_counter_ns()
-        plain.info("e", i=i)
-        baseline.append(time.perf_counter_ns() - started)
-    structlog.reset_defaults()
-
-    container = configure_logging(
-        enrichers=[FiveMs(name=n) for n in ("a", "b", "c")],
-        output=DEVNULL,
-        delivery="background",
-        queue_size=max(events, 10_000),
-    )
-    log = get_logger()
-    log.info("warm-up")
-    container.flush()
-    latencies = []
-    started_all = time.perf_counter()
-    for i in range(events):
-        started = time.perf_counter_ns()
-        log.info("e", i=i)
-        latencies.append(time.perf_counter_ns() - started)
-    container.flush()
-    elapsed = time.perf_counter() - started_all
-    metrics = container.metrics()
-    container.shutdown()
-    structlog.reset_defaults()
-    latencies.sort()
-    baseline.sort()
-    report(
-        "background",
-        {
-            "events": events,
-            "structlog_p50_us": round(baseline[len(baseline) // 2] / 1000, 2),
-            "structlog_p99_us": round(baseline[int(len(baseline) * 0.99)] / 1000, 2),
-            "caller_p50_us": round(latencies[len(latencies) // 2] / 1000, 2),
-            "caller_p99_us": round(latencies[int(len(latencies) * 0.99)] / 1000, 2),
-            "target_p99_us": 50,
-            "throughput_events_per_s": round(events / elapsed),
-            "target_throughput": 5000,
-            "written": metrics["written"],
-            "dropped": metrics["dropped"],
-        },
-    )
+def reload(path: Path) -> tuple[Results, str, dict]:
+    """The results, command and machine of an earlier ``--json`` dump."""
+    payload = json.loads(path.read_text())
+    checks = [Check.from_dict(check) for check in payload["checks"]]
+    return Results(checks, payload["raw"]), payload["command"], payload["machine"]
 
 
-def bench_memory(events: int) -> None:
-    """Run in a child process so its peak RSS is its own."""
-    figures = {}
-    for queue_size in (1_000, 10_000):
-        out = subprocess.run(
-            [sys.executable, __file__, "_memory_child", str(events), str(queue_size)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        figures[f"queue_{queue_size}"] = json.loads(out.stdout.strip().splitlines()[-1])
-    report("memory", {"events": events, **figures})
-
-
-def _peak_rss_kb() -> int:
-    """This process's peak RSS (VmHWM). Not ``getrusage``'s ``ru_maxrss``:
-    Linux carries that over ``exec`` from the parent, so a child would report
-    the benchmark parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _memory_child(events: int, queue_size: int) -> None:
-    read_fd, write_fd = os.pipe()
-
-    def slow_reader() -> None:
-        with os.fdopen(read_fd, "rb") as pipe:
-            while chunk := pipe.read(4096):
-                del chunk
-                time.sleep(0.0002)  # a slow disk or collector
-
-    reader = threading.Thread(target=slow_reader, daemon=True)
-    reader.start()
-    container = configure_logging(
-        enrichers=[FiveMs(name="a")],
-        output=f"/dev/fd/{write_fd}",
-        delivery="background",
-        queue_size=queue_size,
-        overflow="block",
-        overflow_block_timeout=60.0,
-    )
-    log = get_logger()
-    baseline_kb = _peak_rss_kb()
-    for i in range(events):
-        log.info("event", i=i, payload="x" * 64)
-    report_ = container.shutdown(timeout=600)
-    peak_kb = _peak_rss_kb()
-    print(
-        json.dumps(
-            {
-                "rss_before_mb": round(baseline_kb / 1024, 1),
-                "peak_rss_mb": round(peak_kb / 1024, 1),
-                "growth_mb": round((peak_kb - baseline_kb) / 1024, 1),
-                "queue_high_water": container.metrics()["queue_high_water"],
-                "written": report_["written"],
-                "dropped": report_["dropped"],
-            }
-        )
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("sections", nargs="*")
-    parser.add_argument("--quick", action="store_true", help="fewer events, for smoke runs")
-    args = parser.parse_args()
-    if args.sections[:1] == ["_memory_child"]:
-        _memory_child(int(args.sections[1]), int(args.sections[2]))
-        return
-    quick = args.quick
-    sections = args.sections or ["overhead", "hits", "parallel", "background", "memory"]
-    for section in sections:
-        if section == "overhead":
-            bench_overhead(5_000 if quick else 50_000, 3 if quick else 7)
-        elif section == "hits":
-            bench_hits(5_000 if quick else 50_000, 3 if quick else 7)
-        elif section == "parallel":
-            bench_parallel(50 if quick else 300)
-        elif section == "background":
-            bench_background(5_000 if quick else 50_000)
-        elif section == "memory":
-            bench_memory(50_000 if quick else 1_000_000)
-        else:
-            parser.error(f"unknown section {section!r}")
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.from_json:
+        results, command, info = reload(args.from_json)
+    else:
+        command = shlex.join([".venv/bin/python", "benchmarks/run.py", *argv])
+        info = report.machine()
+        results = measure(args)
+    print()
+    print(summary_table(results))
+    payload = {
+        "command": command,
+        "machine": info,
+        "checks": [check.as_dict() for check in results.checks],
+        "raw": results.raw,
+    }
+    dumps = [args.json] if args.json else []
+    if args.report:
+        for path in report.write(results, args.report_dir, command, info):
+            print(f"wrote {path}")
+        if not args.from_json:
+            dumps.append(args.report_dir / "results.json")
+    for path in dumps:
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {path}")
+    return 1 if args.strict and results.failed() else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""An ASGI application, run in-process: what the log call costs the request's event loop.
+
+The ASGI callable is awaited directly by many concurrent client tasks with a synthetic
+``scope``, ``receive`` and ``send`` (no server, no network). Each request logs one event
+that two 1 ms lookups enrich. Variants, alternated round by round:
+
+* ``enrichlog``: the lookups are two async enrichers. enrichlog is configured with
+  ``runtime="loop"`` inside the running loop and started with ``await
+  container.astartup()``, so enrichment runs on the application's own loop. Where that
+  setting does not exist yet, it falls back to the default runtime (a loop in a thread)
+  and the result says so.
+* ``structlog``: plain structlog; the handler awaits the same two 1 ms lookups itself,
+  one after the other, before logging.
+
+Figures: the duration of the log call inside the handler (p50/p99/max) and the process's
+CPU time per request (``time.process_time()``, every thread, until every line is
+written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from common import (
+    DEVNULL,
+    Backend,
+    Check,
+    Context,
+    SleepLookup,
+    distribution,
+    plain_structlog,
+    sleep_lookup,
+    us,
+)
+
+from enrichlog import EnricherConfigError, configure_logging, get_logger
+
+LOOKUP_SECONDS = 0.001
+NAMES = ("user", "tenant")
+CONCURRENCY = 100
+LOG_CALL_P99_TARGET = 2.0
+CPU_TARGET = 1.15
+
+Lookup = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def make_app(log: Any, log_call_ns: list[int], lookups: list[Lookup]) -> App:
+    """A checkout endpoint: read the request, await ``lookups`` inline (if any), log one
+    event (timed), answer 200."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        user_id = scope["user_id"]
+        fields: dict[str, Any] = {}
+        for lookup in lookups:
+            fields.update(await lookup(fields))
+        started = time.perf_counter_ns()
+        log.info("checkout", path=scope["path"], user_id=user_id, **fields)
+        log_call_ns.append(time.perf_counter_ns() - started)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+async def _request(app: App, user_id: int) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/checkout",
+        "query_string": b"",
+        "headers": [(b"host", b"shop.test")],
+        "user_id": user_id,
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(scope, receive, send)
+
+
+async def _serve(app: App, requests: int) -> None:
+    """``requests`` requests from ``CONCURRENCY`` concurrent clients."""
+
+    async def client(first: int) -> None:
+        for user_id in range(first, requests, CONCURRENCY):
+            await _request(app, user_id)
+
+    await asyncio.gather(*(client(first) for first in range(CONCURRENCY)))
+
+
+async def _start_enrichlog(backend: Backend, requests: int) -> tuple[Any, str]:
+    """enrichlog on the running loop if it can, else on its own thread; and which."""
+    enrichers = [SleepLookup(name, LOOKUP_SECONDS, backend) for name in NAMES]
+    options = {"output": DEVNULL, "queue_size": requests + 1_000}
+    try:
+        container = configure_logging(enrichers=enrichers, runtime="loop", **options)
+        runtime = "loop"
+    except EnricherConfigError as exc:
+        if "runtime" not in str(exc):
+            raise
+        container = configure_logging(enrichers=enrichers, **options)
+        runtime = "thread (fallback: runtime='loop' is not available yet)"
+    astartup = getattr(container, "astartup", None)
+    if astartup is not None:
+        await astartup()
+    return container, runtime
+
+
+async def _run_enrichlog(requests: int) -> dict[str, Any]:
+    backend = Backend()
+    container, runtime = await _start_enrichlog(backend, requests)
+    log_call_ns: list[int] = []
+    app = make_app(get_logger(), log_call_ns, [])
+    await _request(app, -1)  # warm-up
+    await container.aflush()
+    log_call_ns.clear()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await _serve(app, requests)
+    await container.aflush()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    metrics = container.metrics()
+    await container.ashutdown()
+    structlog.reset_defaults()
+    return {
+        **_figures(requests, cpu, wall, log_call_ns),
+        "runtime": runtime,
+        "written": metrics["written"] - 1,
+        "dropped": metrics["dropped"],
+    }
+
+
+async def _run_structlog(requests: int) -> dict[str, Any]:
+    backend = Backend()
+    log_call_ns: list[int] = []
+    lookups = [sleep_lookup(name, LOOKUP_SECONDS, backend) for name in NAMES]
+    app = make_app(plain_structlog(), log_call_ns, lookups)
+    await _request(app, -1)  # warm-up
+    log_call_ns.clear()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await _serve(app, requests)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return _figures(requests, cpu, wall, log_call_ns)
+
+
+def _figures(requests: int, cpu: float, wall: float, log_call_ns: list[int]) -> dict:
+    return {
+        "requests": requests,
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "requests_per_s": requests / wall,
+        **distribution(log_call_ns),
+    }
+
+
+def bench_asgi(ctx: Context) -> None:
+    """Each request logs one event through two 1 ms async enrichers: enrichlog's log-call
+    p99 on the loop (≤ 2x plain structlog's) and CPU per request (≤ 1.15x an app that
+    awaits the same lookups inline)."""
+    requests = ctx.pick(2_000, 10_000)
+    variants = {"structlog": _run_structlog, "enrichlog": _run_enrichlog}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for round_number in range(ctx.pick(1, 3)):
+        names = list(variants) if round_number % 2 == 0 else list(reversed(variants))
+        for name in names:
+            runs[name].append(asyncio.run(variants[name](requests)))
+        ctx.advance()
+    summary = {
+        name: {
+            "rounds": variant_runs,
+            **{
+                key: statistics.median(run[key] for run in variant_runs)
+                for key, value in variant_runs[0].items()
+                if isinstance(value, int | float)
+            },
+        }
+        for name, variant_runs in runs.items()
+    }
+    runtime = runs["enrichlog"][0]["runtime"]
+    summary["enrichlog"]["runtime"] = runtime
+    ctx.results.raw["asgi"] = summary
+    _checks(ctx, summary, runtime)
+
+
+def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
+    plain, ours = summary["structlog"], summary["enrichlog"]
+    label = f"enrichlog runtime: {runtime}"
+    p99_ratio = ours["p99_us"] / plain["p99_us"]
+    ctx.results.add(
+        Check(
+            "asgi",
+            "log-call p99 in the request handler",
+            f"structlog {us(plain['p99_us'])}",
+            us(ours["p99_us"]),
+            p99_ratio,
+            p99_ratio,
+            "<=",
+            LOG_CALL_P99_TARGET,
+            note=f"{label}; p50 {us(ours['p50_us'])} vs {us(plain['p50_us'])}",
+        )
+    )
+    cpu_ratio = ours["cpu_us_per_request"] / plain["cpu_us_per_request"]
+    ctx.results.add(
+        Check(
+            "asgi",
+            "CPU per request, vs lookups awaited inline",
+            f"structlog {us(plain['cpu_us_per_request'])}",
+            us(ours["cpu_us_per_request"]),
+            cpu_ratio,
+            cpu_ratio,
+            "<=",
+            CPU_TARGET,
+            note=f"{label}; written {ours['written']:,.0f}, dropped {ours['dropped']:,.0f}; "
+            f"{ours['requests_per_s']:,.0f} vs {plain['requests_per_s']:,.0f} requests/s",
+        )
+    )
