@@ -33,7 +33,7 @@ class Adds(AsyncEnricher):
         return event_dict
 
 
-def plan_for(*enrichers: object, **settings: Any) -> EnrichmentPlan:
+def plan_for(*enrichers: object, **settings: Any) -> EnrichmentPlan[Enrichment]:
     levels = EnricherRegistry(enrichers).levels()
 
     async def run_blocking(fn: Any, *args: Any) -> Any:
@@ -42,16 +42,16 @@ def plan_for(*enrichers: object, **settings: Any) -> EnrichmentPlan:
     for level in levels:
         for enricher in level:
             enricher.available = True  # started, as the lifecycle manager would
-    return EnrichmentPlan(levels, LoggingSettings(**settings), run_blocking)
+    return EnrichmentPlan(levels, LoggingSettings(**settings), run_blocking, Enrichment)
 
 
-async def enrich(plan: EnrichmentPlan, event: EventDict) -> Enrichment | None:
+async def enrich(plan: EnrichmentPlan[Enrichment], event: EventDict) -> Enrichment | None:
     """Settle ``event``, then advance it on this loop until it completes."""
     enrichment = plan.settle(None, "info", event)
     if enrichment is None:
         return None
     done = asyncio.Event()
-    enrichment.on_done = done.set
+    enrichment.on_done = lambda _: done.set()
     if not plan.advance(enrichment):
         await asyncio.wait_for(done.wait(), 10)
     return enrichment
@@ -189,13 +189,13 @@ def test_a_call_that_ignores_cancellation_is_abandoned_and_holds_up_nothing() ->
         await enrich(plan, first)
         second: EventDict = {"event": "second"}
         await enrich(plan, second)
-        stats = plan.enricher_stats()["stubborn"]
+        abandoned = plan.enricher_metrics()["stubborn"].abandoned
         release.set()
         await asyncio.sleep(0.01)
         return (
             first["enrichment_errors"],
             second["enrichment_errors"],
-            stats["abandoned"],
+            abandoned,
             plan.breaker_states()["stubborn"],
         )
 

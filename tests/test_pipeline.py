@@ -82,8 +82,9 @@ def make(runtime: EnrichmentRuntime, plan: FakePlan, lines: Lines, **options: An
 
 
 def event(name: str, method_name: str = "info") -> PendingEvent:
-    enrichment = Enrichment(None, method_name, {"event": name}, 0, [None])
-    return PendingEvent(enrichment, contextvars.copy_context(), None)
+    item = PendingEvent(None, method_name, {"event": name}, 0, [None])
+    item.context = contextvars.copy_context()
+    return item
 
 
 def complete(runtime: EnrichmentRuntime, enrichment: Enrichment) -> None:
@@ -92,7 +93,7 @@ def complete(runtime: EnrichmentRuntime, enrichment: Enrichment) -> None:
     def done() -> None:
         enrichment.level = 1
         assert enrichment.on_done is not None
-        enrichment.on_done()
+        enrichment.on_done(enrichment)
 
     runtime.call_soon(done)
 
@@ -209,7 +210,7 @@ def test_events_that_need_no_await_take_no_in_flight_slot(runtime: EnrichmentRun
     pipeline.submit(event("awaits"))
     wait_for_started(plan, 1)
     done_already = event("complete")
-    done_already.enrichment.level = 1
+    done_already.level = 1
 
     pipeline.submit(done_already)
     complete(runtime, plan.started[0])

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from enrichlog.container import LoggingContainer
 from enrichlog.engine.processor import AsyncEnricherProcessor
 from enrichlog.enricher import AsyncEnricher, register_enricher
 from enrichlog.exceptions import EnricherDependencyError
@@ -67,9 +68,8 @@ def make_processor() -> Iterator[Any]:
 
     def make(enrichers: Iterable[object], **settings: Any) -> AsyncEnricherProcessor:
         settings.setdefault("delivery", "inline")
-        processor = AsyncEnricherProcessor.from_enrichers(
-            list(enrichers), LoggingSettings(**settings)
-        )
+        processor = LoggingContainer(LoggingSettings(**settings), list(enrichers)).processor
+        assert processor is not None
         processor.set_tail([render])
         processor.startup(timeout=10)
         built.append(processor)
@@ -124,9 +124,9 @@ def test_levels_follow_the_dependencies(make_processor: Any) -> None:
     ]
 
 
-def test_from_enrichers_rejects_a_cycle_before_starting_anything() -> None:
+def test_a_cycle_is_rejected_before_anything_starts() -> None:
     with pytest.raises(EnricherDependencyError, match="tenant -> plan -> tenant"):
-        AsyncEnricherProcessor.from_enrichers([Tenant(dependencies=["plan"]), Plan()])
+        LoggingContainer(LoggingSettings(), [Tenant(dependencies=["plan"]), Plan()])
 
 
 def test_startup_reports_which_enrichers_started() -> None:
@@ -134,10 +134,10 @@ def test_startup_reports_which_enrichers_started() -> None:
         async def _startup(self) -> None:
             raise OSError("down")
 
-    processor = AsyncEnricherProcessor.from_enrichers(
-        [Broken(name="broken"), Plan(dependencies=())],
-        LoggingSettings(delivery="inline"),
-    )
+    processor = LoggingContainer(
+        LoggingSettings(delivery="inline"), [Broken(name="broken"), Plan(dependencies=())]
+    ).processor
+    assert processor is not None
     try:
         started = processor.startup(timeout=10)
     finally:

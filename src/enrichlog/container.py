@@ -29,7 +29,7 @@ from .engine.chain import post_processors, pre_processors, render_fallbacks
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, open_output
-from .engine.pipeline import EventPipeline
+from .engine.pipeline import EventPipeline, PendingEvent
 from .engine.plan import EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
@@ -117,7 +117,7 @@ class LoggingContainer:
             [enricher for level in levels for enricher in level],
             health_check_interval=settings.health_check_interval,
         )
-        self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking)
+        self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking, PendingEvent)
         self._writer = TailWriter(post_processors(settings))
         self._pipeline = EventPipeline(
             self._runtime,

@@ -82,23 +82,33 @@ class EventWriter(Protocol):
 URGENT_METHODS = frozenset({"error", "err", "exception", "critical", "fatal", "failure"})
 
 
-class PendingEvent:
-    """One event waiting in the pipeline: its place in line and who waits
-    for its line; ``enrichment`` is the plan's part.
+class PendingEvent(Enrichment):
+    """One event waiting in the pipeline: the plan's record of it
+    (:class:`~enrichlog.engine.plan.Enrichment`) plus the pipeline's part,
+    its place in line and who waits for its line. One object per event.
+
+    Attributes:
+        context: the caller's contextvars, which enrichment runs in.
+        on_written: called once the line is written (or the event dropped).
+        urgent: error level and above: the priority lane.
+        seq: the submission sequence number.
+        done: enrichment finished: the line can be written in its turn.
     """
 
-    __slots__ = ("context", "done", "enrichment", "on_written", "seq", "urgent")
+    __slots__ = ("context", "done", "on_written", "seq", "urgent")
 
     def __init__(
         self,
-        enrichment: Enrichment,
-        context: contextvars.Context,
-        on_written: Callable[[], object] | None,
+        logger: WrappedLogger,
+        method_name: str,
+        event: EventDict,
+        level: int,
+        outcomes: list[Any] | None,
     ) -> None:
-        self.enrichment = enrichment
-        self.context = context
-        self.on_written = on_written
-        self.urgent = enrichment.method_name in URGENT_METHODS
+        Enrichment.__init__(self, logger, method_name, event, level, outcomes)
+        self.context: contextvars.Context | None = None
+        self.on_written: Callable[[], object] | None = None
+        self.urgent = method_name in URGENT_METHODS
         self.seq = 0
         self.done = False
 
@@ -117,7 +127,7 @@ class EventPipeline:
     def __init__(
         self,
         runtime: EnrichmentRuntime,
-        plan: EnrichmentPlan,
+        plan: EnrichmentPlan[PendingEvent],
         writer: EventWriter,
         *,
         queue_size: int,
@@ -135,6 +145,7 @@ class EventPipeline:
         self._block_timeout = block_timeout
         self._max_in_flight = max_in_flight
         self._report_interval = report_interval
+        self._on_enriched = self._enriched  # one bound method, not one per event
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -180,7 +191,7 @@ class EventPipeline:
         keep each thread's order) but completed without enrichment.
         """
         if self.state is not PipelineState.ACCEPTING:
-            self._plan.finish_unenriched(item.enrichment)
+            self._plan.finish_unenriched(item)
         with self._lock:
             result = self._enqueue(item, may_block)
             wake = result == QUEUED and self._sleeping
@@ -328,10 +339,10 @@ class EventPipeline:
 
     def _start(self, item: PendingEvent) -> bool:
         """Advance ``item``; True if it awaits (takes an in-flight slot)."""
-        enrichment = item.enrichment
-        if enrichment.level < self._plan.depth:
-            enrichment.on_done = functools.partial(self._enriched, item)
-            if not item.context.run(self._plan.advance, enrichment):
+        if item.level < self._plan.depth:
+            item.on_done = self._on_enriched
+            assert item.context is not None
+            if not item.context.run(self._plan.advance, item):
                 return True
         item.done = True
         return False
@@ -352,10 +363,7 @@ class EventPipeline:
         finished = 0
         while order and order[0].done:
             item = order[0]
-            enrichment = item.enrichment
-            if not enrichment.filtered and write(
-                enrichment.logger, enrichment.method_name, enrichment.event
-            ):
+            if not item.filtered and write(item.logger, item.method_name, item.event):
                 self._written += 1
             else:
                 self._filtered += 1
@@ -497,7 +505,7 @@ class EventPipeline:
         self._write_ready()
 
     def _finish_unenriched(self, item: PendingEvent) -> None:
-        self._plan.finish_unenriched(item.enrichment)
+        self._plan.finish_unenriched(item)
         item.done = True
 
     def stop_accepting(self) -> None:

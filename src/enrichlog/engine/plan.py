@@ -25,7 +25,7 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -67,8 +67,13 @@ class Enrichment:
         outcomes: the current level's outcomes, ``None`` where still awaited.
         waiting: how many outcomes of the current level are still awaited.
         filtered: an enricher filtered the event out (``DropEvent``).
-        on_done: called on the loop when an event that could not complete at
-            once has completed (set by whoever advances it).
+        on_done: called with the record, on the loop, when an event that
+            could not complete at once has completed (set by whoever advances
+            it).
+
+    Whoever queues events may subclass it with fields of its own (the
+    pipeline's :class:`~enrichlog.engine.pipeline.PendingEvent` does), so that
+    an event waiting for the loop is one object, not two.
     """
 
     __slots__ = (
@@ -99,7 +104,7 @@ class Enrichment:
         self.outcomes = outcomes
         self.waiting = 0
         self.filtered = False
-        self.on_done: Callable[[], object] | None = None
+        self.on_done: Callable[[Any], object] | None = None
         #: Loop time the first call started (0.0: none awaited yet), and the
         #: sum of its calls' durations: the metrics of events that await.
         self.started = 0.0
@@ -113,37 +118,44 @@ class Step:
         settle: settles the step without awaiting when it can (a sync
             enricher runs, a cached one answers from its cache); ``None``
             means it must run on the loop.
-        run: ``await run(logger, method_name, snapshot, abandon)``, the
-            step's outcome on the loop.
+        start: ``start(loop, logger, method_name, snapshot, sink, key)``
+            runs the step on the loop in a task of its own and calls
+            ``sink(*key, outcome, seconds)`` once; ``None`` for a step that
+            always settles inline.
         timeout: the longest the step may take on the loop.
         guard: the async enricher's guard (``None`` for sync enrichers).
     """
 
-    __slots__ = ("enricher", "guard", "name", "run", "settle", "timeout")
+    __slots__ = ("enricher", "guard", "name", "settle", "start", "timeout")
 
     def __init__(
         self,
         enricher: Enricher,
         guard: EnricherGuard | None,
         settle: Settle,
-        run: Callable[..., Awaitable[Outcome]],
+        start: Callable[..., None] | None,
         timeout: float,
     ) -> None:
         self.enricher = enricher
         self.name = enricher.name
         self.guard = guard
         self.settle = settle
-        self.run = run
+        self.start = start
         self.timeout = timeout
 
 
-class EnrichmentPlan:
+_R = TypeVar("_R", bound=Enrichment)
+
+
+class EnrichmentPlan(Generic[_R]):
     """The compiled levels of a container's enrichers, and how to run them.
 
     Args:
         levels: the enrichers by dependency level, each level in run order.
         settings: timeouts, the error field and the resilience defaults.
         run_blocking: runs a blocking sync enricher in a worker thread.
+        record: the class of the record :meth:`settle` makes for an event
+            that must go on to the loop (:class:`Enrichment` or a subclass).
     """
 
     def __init__(
@@ -151,7 +163,9 @@ class EnrichmentPlan:
         levels: Sequence[Sequence[Enricher]],
         settings: LoggingSettings,
         run_blocking: RunBlocking,
+        record: type[_R],
     ) -> None:
+        self._record = record
         self._run_blocking_fn = run_blocking
         self._sync_timeout = settings.enricher_timeout
         self._level_timeout = settings.level_timeout
@@ -177,18 +191,18 @@ class EnrichmentPlan:
         if isinstance(enricher, AsyncEnricher):
             guard = EnricherGuard(enricher, ResolvedOptions.for_enricher(enricher, settings))
             self._guards[enricher.name] = guard
-            return Step(enricher, guard, guard.lookup, guard.run, guard.timeout + ABANDON_GRACE)
+            return Step(enricher, guard, guard.lookup, guard.start, guard.timeout + ABANDON_GRACE)
         assert isinstance(enricher, SyncEnricher)
         if enricher.blocking:
             return Step(
                 enricher,
                 None,
                 _not_settled,
-                functools.partial(self._run_blocking, enricher),
+                functools.partial(self._start_blocking, enricher),
                 self._sync_timeout,
             )
         settle: Settle = functools.partial(_call_sync, enricher)
-        return Step(enricher, None, settle, _never_awaited, 0.0)
+        return Step(enricher, None, settle, None, 0.0)
 
     # -- views -----------------------------------------------------------------
 
@@ -200,7 +214,7 @@ class EnrichmentPlan:
     @property
     def needs_runtime(self) -> bool:
         """Whether any enricher runs on the loop or in a worker thread."""
-        return any(step.run is not _never_awaited for level in self._levels for step in level)
+        return any(step.start is not None for level in self._levels for step in level)
 
     def wait_bound(self) -> float:
         """The longest an event can take to enrich, in seconds: every
@@ -227,9 +241,7 @@ class EnrichmentPlan:
 
     # -- the calling thread ------------------------------------------------
 
-    def settle(
-        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
-    ) -> Enrichment | None:
+    def settle(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _R | None:
         """Enrich ``event_dict`` in place as far as possible without awaiting.
 
         Returns ``None`` when the event is complete, else the
@@ -245,9 +257,14 @@ class EnrichmentPlan:
             for settle in settlers:
                 outcomes.append(settle(logger, method_name, event_dict))  # noqa: PERF401
             if None in outcomes:
-                return Enrichment(logger, method_name, event_dict, index, outcomes)
+                return self._record(logger, method_name, event_dict, index, outcomes)
             self._merge(event_dict, index, outcomes)  # type: ignore[arg-type]
         return None
+
+    def complete_record(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _R:
+        """The record of an event that needs no more enrichment (it settled
+        on the calling thread, but must queue behind earlier events)."""
+        return self._record(logger, method_name, event_dict, self.depth, None)
 
     def finish_unenriched(self, enrichment: Enrichment, outcome: Outcome = UNAVAILABLE) -> None:
         """Complete ``enrichment`` without awaiting: what it has, every
@@ -321,42 +338,35 @@ class EnrichmentPlan:
         if not enrichment.started:
             enrichment.started = loop.time()
         steps = self._levels[index]
-        waiting = 0
+        logger, method_name, event = enrichment.logger, enrichment.method_name, enrichment.event
+        deliver = self._deliver
+        enrichment.waiting = outcomes.count(None)
         for position, outcome in enumerate(outcomes):
             if outcome is None:
-                waiting += 1
-                # No reference kept: a guarded call's task is held by its
-                # guard's deadline queue, a blocking one's by the executor.
-                loop.create_task(self._call(steps[position], enrichment, index, position))  # noqa: RUF006
-        enrichment.waiting = waiting
+                start = steps[position].start
+                assert start is not None
+                start(loop, logger, method_name, event, deliver, (enrichment, index, position))
         if self._level_timers[index]:
             assert self._level_timeout is not None
             loop.call_later(self._level_timeout, self._level_expired, enrichment, index)
 
-    async def _call(self, step: Step, enrichment: Enrichment, index: int, position: int) -> None:
-        deliver = functools.partial(self._deliver, enrichment, index, position)
-        clock = asyncio.get_running_loop().time
-        started = clock()
-        try:
-            outcome = await step.run(
-                enrichment.logger, enrichment.method_name, enrichment.event, deliver
-            )
-        except asyncio.CancelledError:
-            # Shutdown gave up on the event: it is written without this call.
-            return
-        enrichment.enricher_time += clock() - started
-        deliver(outcome)
-
     def _deliver_outcome(
-        self, enrichment: Enrichment, index: int, position: int, outcome: Outcome
+        self,
+        enrichment: Enrichment,
+        index: int,
+        position: int,
+        outcome: Outcome,
+        seconds: float = 0.0,
     ) -> None:
-        """One outcome of ``enrichment``'s level ``index`` arrived; the last
-        one merges the level and advances the event. Late outcomes (the
-        event moved on without them) are ignored."""
+        """One outcome of ``enrichment``'s level ``index`` arrived (after
+        ``seconds`` of its call); the last one merges the level and advances
+        the event. Late outcomes (the event moved on without them) are
+        ignored."""
         outcomes = enrichment.outcomes
         if enrichment.level != index or outcomes is None or outcomes[position] is not None:
             return
         outcomes[position] = outcome
+        enrichment.enricher_time += seconds
         enrichment.waiting -= 1
         if enrichment.waiting:
             return
@@ -378,7 +388,7 @@ class EnrichmentPlan:
             self.enrichment_latency.observe(asyncio.get_running_loop().time() - enrichment.started)
             self.enricher_time.observe(enrichment.enricher_time)
             if enrichment.on_done is not None:
-                enrichment.on_done()
+                enrichment.on_done(enrichment)
 
     def _level_expired(self, enrichment: Enrichment, index: int) -> None:
         if enrichment.level != index or enrichment.outcomes is None:
@@ -420,33 +430,46 @@ class EnrichmentPlan:
             else:
                 event_dict[self._error_field] = errors
 
+    def _start_blocking(
+        self,
+        enricher: SyncEnricher,
+        loop: asyncio.AbstractEventLoop,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        sink: Callable[..., object],
+        key: tuple[Any, ...],
+    ) -> None:
+        loop.create_task(self._run_blocking(enricher, logger, method_name, snapshot, sink, key))
+
     async def _run_blocking(
         self,
         enricher: SyncEnricher,
         logger: WrappedLogger,
         method_name: str,
         snapshot: EventDict,
-        _abandon: object = None,
-    ) -> Outcome:
+        sink: Callable[..., object],
+        key: tuple[Any, ...],
+    ) -> None:
         # A worker thread, bounded by the default timeout (the thread itself
         # cannot be cancelled; we stop waiting).
         context = contextvars.copy_context()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         try:
             async with asyncio.timeout(self._sync_timeout):
                 outcome: Outcome = await self._run_blocking_fn(
                     context.run, _call_in_worker, enricher, logger, method_name, snapshot
                 )
         except TimeoutError:
-            return TIMEOUT
-        return outcome
+            outcome = TIMEOUT
+        except asyncio.CancelledError:
+            return  # shutdown gave up on the event: written without this call
+        sink(*key, outcome, clock() - started)
 
 
 def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:
     """Blocking sync enrichers always run in a worker thread."""
-
-
-async def _never_awaited(*_: object) -> Outcome:  # pragma: no cover - settled inline
-    return UNAVAILABLE
 
 
 #: ``(thread ident, exception)``: a ``KeyboardInterrupt`` or ``SystemExit``

@@ -28,7 +28,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
 from .pipeline import DROPPED, QUEUED, EventPipeline, PendingEvent
-from .plan import INTERRUPTS, Enrichment, EnrichmentPlan, take_interrupt
+from .plan import INTERRUPTS, EnrichmentPlan, take_interrupt
 from .runtime import resolver
 
 __all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor"]
@@ -85,7 +85,7 @@ class AsyncEnricherProcessor:
 
     def __init__(
         self,
-        plan: EnrichmentPlan,
+        plan: EnrichmentPlan[PendingEvent],
         pipeline: EventPipeline,
         owner: _Owner,
         *,
@@ -102,25 +102,6 @@ class AsyncEnricherProcessor:
         self._inline_wait = inline_wait
         #: Events an enricher filtered out (``DropEvent``) on a logging thread.
         self.filtered = 0
-
-    @classmethod
-    def from_enrichers(
-        cls, enrichers: Sequence[object], settings: Any = None
-    ) -> AsyncEnricherProcessor:
-        """A processor for ``enrichers``, built by a container of its own
-        (not installed in structlog); call :meth:`startup` before logging.
-
-        Raises:
-            EnricherConfigError: an enricher or setting is not usable.
-            EnricherDependencyError: a cycle, a missing dependency or a
-                duplicate name.
-        """
-        from ..container import LoggingContainer  # noqa: PLC0415 - the owner builds us
-
-        processor = LoggingContainer(settings, enrichers).processor
-        if processor is None:
-            raise ValueError("AsyncEnricherProcessor.from_enrichers() needs at least one enricher")
-        return processor
 
     @property
     def levels(self) -> tuple[tuple[Enricher, ...], ...]:
@@ -166,15 +147,14 @@ class AsyncEnricherProcessor:
             if interrupt is not None:
                 self._write_then_raise(
                     interrupt,
-                    enrichment
-                    or Enrichment(logger, method_name, event_dict, self._plan.depth, None),
+                    enrichment or self._plan.complete_record(logger, method_name, event_dict),
                 )
         if enrichment is None:
             if self._pipeline.pending == 0:
                 # Everything settled here and nothing of ours is waiting to
                 # be written before it: a cache hit costs no hop.
                 return event_dict
-            enrichment = Enrichment(logger, method_name, event_dict, self._plan.depth, None)
+            enrichment = self._plan.complete_record(logger, method_name, event_dict)
         if self._hand_off(enrichment):
             raise structlog.DropEvent
         # Refused (shut down and drained): written here and now.
@@ -184,7 +164,7 @@ class AsyncEnricherProcessor:
         self._pipeline.wait_for_leftovers()
         return event_dict
 
-    def _write_then_raise(self, interrupt: BaseException, enrichment: Enrichment) -> None:
+    def _write_then_raise(self, interrupt: BaseException, enrichment: PendingEvent) -> None:
         """A sync enricher raised ``KeyboardInterrupt`` or ``SystemExit`` on
         this thread: write the event without its fields, then let the
         interrupt reach the application."""
@@ -196,10 +176,10 @@ class AsyncEnricherProcessor:
                 )
         raise interrupt
 
-    def _hand_off(self, enrichment: Enrichment) -> bool:
+    def _hand_off(self, item: PendingEvent) -> bool:
         """Queue the event for the runtime and wait as the caller must;
         False if the pipeline refused it (the caller writes it)."""
-        event_dict = enrichment.event
+        event_dict = item.event
         exc_info = event_dict.get("exc_info")
         if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
             # The exception is only current on this thread, now.
@@ -226,7 +206,8 @@ class AsyncEnricherProcessor:
             written = _thread.allocate_lock()
             written.acquire()
             on_written = written.release
-        item = PendingEvent(enrichment, contextvars.copy_context(), on_written)
+        item.context = contextvars.copy_context()
+        item.on_written = on_written
         _submitting.active = True
         try:
             result = self._pipeline.submit(item, may_block=not on_loop)

@@ -17,6 +17,8 @@ computation that later events would wait for.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from collections import deque
@@ -46,7 +48,7 @@ from .outcome import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["ABANDON_GRACE", "EnricherGuard"]
+__all__ = ["ABANDON_GRACE", "EnricherGuard", "Sink"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -63,23 +65,53 @@ _LATE_SECONDS = 0.05
 _NOT_CACHED = (CIRCUIT_OPEN, FILTERED, UNAVAILABLE, OVERLOADED)
 
 
-class _Call:
-    """One call of the enricher on the loop: its deadline and its fate."""
+#: Where a call's outcome goes: ``sink(*key, outcome, seconds)``, called
+#: once per call, when it ends or when it is abandoned.
+Sink = Callable[..., object]
 
-    __slots__ = ("abandon", "at", "finished", "late", "permit", "state", "task")
+
+class _Call:
+    """One call of the enricher on the loop: its task, deadline and fate,
+    and where its outcome goes."""
+
+    __slots__ = (
+        "abandon_only",
+        "at",
+        "delivered",
+        "finished",
+        "key",
+        "late",
+        "permit",
+        "sink",
+        "state",
+        "task",
+    )
 
     RUNNING, EXPIRED, ABANDONED = 0, 1, 2
 
     def __init__(
-        self, at: float, task: asyncio.Task[Any], abandon: Callable[[Outcome], object] | None
+        self, sink: Sink | None, key: tuple[Any, ...], *, abandon_only: bool = False
     ) -> None:
-        self.at = at
-        self.task: asyncio.Task[Any] | None = task
-        self.abandon = abandon
+        self.sink = sink
+        self.key = key
+        #: The sink hears only of abandonment: whoever awaits the call gets
+        #: its outcome by return.
+        self.abandon_only = abandon_only
+        self.task: asyncio.Task[Any] | None = None
+        self.at = 0.0
         self.finished = False
+        self.delivered = False
         self.late = False
         self.permit: Permit | None = None
         self.state = _Call.RUNNING
+
+    def deliver(self, outcome: Outcome, seconds: float, *, abandoned: bool = False) -> None:
+        """Hand ``outcome`` to the sink, unless it already has one."""
+        if self.delivered or (self.abandon_only and not abandoned):
+            return
+        self.delivered = True
+        if self.sink is not None:
+            self.sink(*self.key, outcome, seconds)
 
 
 class _Deadlines:
@@ -109,9 +141,9 @@ class _Deadlines:
         loop = self._loop
         return loop.time() if loop is not None else time.monotonic()
 
-    def start(self, task: asyncio.Task[Any], abandon: Callable[[Outcome], object] | None) -> _Call:
-        """Register a call of ``task``; the caller sets ``finished`` when it
-        returns. ``abandon(outcome)`` is called if it is abandoned."""
+    def begin(self, call: _Call) -> None:
+        """Start ``call``'s deadline now; whoever runs it sets ``finished``
+        when it returns."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new runtime (after fork or restart)
             self._loop, self._handle = loop, None
@@ -119,15 +151,14 @@ class _Deadlines:
         calls = self._calls
         while calls and calls[0].finished:  # keep the FIFO short
             calls.popleft()
-        call = _Call(loop.time() + self._timeout, task, abandon)
+        call.at = at = loop.time() + self._timeout
         calls.append(call)
         handle = self._handle
-        if handle is None or handle.when() > call.at:
+        if handle is None or handle.when() > at:
             # No timer, or one for a later grace check only.
             if handle is not None:
                 handle.cancel()
-            self._handle = loop.call_at(call.at, self._fire)
-        return call
+            self._handle = loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
         loop = self._loop
@@ -166,6 +197,85 @@ class _Deadlines:
         for call in (*self._calls, *self._grace):
             if not call.finished and call.task is not None:
                 call.task.cancel()
+
+
+class _Limiter:
+    """An enricher's concurrency limit: slots go to waiters first come,
+    first served, and a waiter given none within the timeout gives up.
+
+    A waiter is a callable told ``grant(True)`` when it gets a slot (it
+    returns whether it took it: a waiter that left passes it on) and
+    ``grant(False)`` when it gave up: a call not started yet (it starts only
+    once it has a slot, so a queued call costs no task), or a task awaiting
+    :meth:`acquire`. Every waiter waits the same time, so they give up in
+    order: one loop timer walks the FIFO.
+    """
+
+    __slots__ = ("_free", "_handle", "_loop", "_timeout", "_waiters")
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self._free = size
+        self._timeout = timeout
+        self._waiters: deque[tuple[float, Callable[[bool], bool]]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def try_acquire(self) -> bool:
+        """Take a free slot at once, if there is one and nobody waits."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    def wait(self, loop: asyncio.AbstractEventLoop, grant: Callable[[bool], bool]) -> None:
+        """Queue ``grant`` for the next free slot."""
+        if loop is not self._loop:
+            self._loop, self._handle = loop, None
+        self._waiters.append((loop.time() + self._timeout, grant))
+        if self._handle is None:
+            self._handle = loop.call_at(self._waiters[0][0], self._expire)
+
+    async def acquire(self) -> bool:
+        """Wait for a slot; False when none came within the timeout."""
+        if self.try_acquire():
+            return True
+        loop = asyncio.get_running_loop()
+        slot: asyncio.Future[bool] = loop.create_future()
+        self.wait(loop, functools.partial(_resolve_slot, slot))
+        try:
+            return await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled() and slot.result():
+                self.release()  # handed a slot, then cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, else to the pool."""
+        waiters = self._waiters
+        while waiters:
+            _, grant = waiters.popleft()
+            if grant(True):
+                return
+        self._free += 1
+
+    def _expire(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._handle = None
+        now = loop.time()
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= now:
+            _, grant = waiters.popleft()
+            grant(False)
+        if waiters:
+            self._handle = loop.call_at(waiters[0][0], self._expire)
+
+
+def _resolve_slot(slot: asyncio.Future[bool], granted: bool) -> bool:
+    if slot.done():
+        return False  # its waiter was cancelled: the slot goes on
+    slot.set_result(granted)
+    return True
 
 
 class _EnrichmentFailedError(Exception):
@@ -215,7 +325,11 @@ class EnricherGuard:
             else None
         )
         self._deadlines = _Deadlines(options.timeout, self._abandoned)
-        self._limiter: asyncio.Semaphore | None = None
+        self._limiter = (
+            None
+            if options.max_concurrency is None
+            else _Limiter(options.max_concurrency, options.timeout)
+        )
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
         self.latency = LatencyHistogram()
@@ -262,6 +376,62 @@ class EnricherGuard:
 
     # -- on the runtime loop ----------------------------------------------
 
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        sink: Sink,
+        key: tuple[Any, ...],
+    ) -> None:
+        """Run the enricher for one event in a task of its own (on ``loop``,
+        in the current context); ``sink(*key, outcome, seconds)`` gets its
+        outcome exactly once: when the call ends, or at once when it is
+        abandoned. A call cancelled by shutdown delivers nothing."""
+        call = _Call(sink, key)
+        limiter = self._limiter
+        if self.cache is not None:
+            call.task = loop.create_task(self._cached(call, logger, method_name, snapshot))
+        elif limiter is None or limiter.try_acquire():
+            call.task = loop.create_task(self._called(call, logger, method_name, snapshot))
+        else:
+            # No free slot: the call starts once it has one, so a queued call
+            # costs no task; it runs in this event's context all the same.
+            limiter.wait(
+                loop,
+                functools.partial(
+                    self._granted,
+                    call,
+                    loop,
+                    logger,
+                    method_name,
+                    snapshot,
+                    contextvars.copy_context(),
+                ),
+            )
+
+    def _granted(
+        self,
+        call: _Call,
+        loop: asyncio.AbstractEventLoop,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        context: contextvars.Context,
+        granted: bool,
+    ) -> bool:
+        """A queued call got its slot (start it) or gave up waiting."""
+        if not granted:
+            # Our own burst queued past the timeout: not the enricher's fault.
+            self.overloaded += 1
+            call.deliver(OVERLOADED, 0.0)
+            return False
+        call.task = loop.create_task(
+            self._called(call, logger, method_name, snapshot), context=context
+        )
+        return True
+
     async def run(
         self,
         logger: WrappedLogger,
@@ -269,51 +439,67 @@ class EnricherGuard:
         snapshot: EventDict,
         abandon: Callable[[Outcome], object] | None = None,
     ) -> Outcome:
-        """Run the enricher for one event; never raises but cancellation.
+        """Run the enricher for one event and return its outcome; never
+        raises but cancellation.
 
         ``abandon(outcome)`` is called, from the loop, if the call ignores
         its cancellation past the grace: the caller should then stop waiting
         for this coroutine, which may never return.
         """
+        sink = None if abandon is None else _abandon_sink(abandon)
+        call = _Call(sink, (), abandon_only=True)
+        call.task = asyncio.current_task()
+        if self.cache is None:
+            return await self._guarded(call, logger, method_name, snapshot)
+        return await self._cached(call, logger, method_name, snapshot)
+
+    async def _cached(
+        self, call: _Call, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    ) -> Outcome:
+        """Through the cache: events with one key share one lookup."""
+        cache = self.cache
+        assert cache is not None
         if not self.enricher.available:
             self.skipped_unavailable += 1
-            return UNAVAILABLE
-        cache = self.cache
-        if cache is None:
-            return await self._guarded(logger, method_name, snapshot, abandon)
-        try:
-            key = self.enricher.cache_key(snapshot)
-        except Exception as exc:
-            return self._failed(error_outcome(exc))
-        if key is None:
-            return await self._guarded(logger, method_name, snapshot, abandon)
-        return await self._shared(cache, key, logger, method_name, snapshot, abandon)
+            outcome = UNAVAILABLE
+        else:
+            try:
+                key = self.enricher.cache_key(snapshot)
+            except Exception as exc:
+                outcome = self._failed(error_outcome(exc))
+            else:
+                if key is None:
+                    return await self._guarded(call, logger, method_name, snapshot)
+                outcome = await self._shared(cache, key, call, logger, method_name, snapshot)
+        call.deliver(outcome, 0.0)
+        return outcome
 
     async def _shared(
         self,
         cache: EnricherCache,
         key: Hashable,
+        waiter: _Call,
         logger: WrappedLogger,
         method_name: str,
         snapshot: EventDict,
-        abandon: Callable[[Outcome], object] | None,
     ) -> Outcome:
-        def abandon_key(outcome: Outcome) -> None:
-            # Later events must not join a computation that never ends.
+        def abandoned(outcome: Outcome, seconds: float) -> None:
+            # Later events must not join a computation that never ends; this
+            # event stops waiting for it.
             cache.delete(key)
-            if abandon is not None:
-                abandon(outcome)
+            waiter.deliver(outcome, seconds)
 
         async def compute() -> Outcome:
-            outcome = await self._guarded(logger, method_name, snapshot, abandon_key)
+            call = _Call(abandoned, (), abandon_only=True)
+            call.task = asyncio.current_task()
+            outcome = await self._guarded(call, logger, method_name, snapshot)
             if outcome[2] is not None:
                 raise _EnrichmentFailedError(outcome)
             return outcome
 
-        # Events with one key share one lookup (single flight); this
-        # event's wait is bounded by its own timeout (plus the grace of an
-        # abandoned call), which does not cancel the lookup the others wait
-        # for.
+        # This event's wait is bounded by its own timeout (plus the grace of
+        # an abandoned call), which does not cancel the lookup the other
+        # events wait for.
         try:
             async with asyncio.timeout(self.timeout + ABANDON_GRACE):
                 # count=False: lookup() already counted this event's hit or miss.
@@ -338,102 +524,132 @@ class EnricherGuard:
         return shared
 
     async def _guarded(
-        self,
-        logger: WrappedLogger,
-        method_name: str,
-        snapshot: EventDict,
-        abandon: Callable[[Outcome], object] | None,
+        self, call: _Call, logger: WrappedLogger, method_name: str, snapshot: EventDict
     ) -> Outcome:
-        limiter = self._limiter_for_loop()
-        if limiter is not None and not await self._slot(limiter):
+        """One guarded call of the enricher, run by ``call.task``, once it
+        has a concurrency slot; delivers and returns its outcome."""
+        limiter = self._limiter
+        if limiter is not None and not await limiter.acquire():
+            # Our own burst queued past the timeout: not the enricher's fault.
             self.overloaded += 1
+            call.deliver(OVERLOADED, 0.0)
             return OVERLOADED
-        breaker = self.breaker
-        permit = breaker.acquire()
-        if permit is None:
+        return await self._called(call, logger, method_name, snapshot)
+
+    async def _called(
+        self, call: _Call, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    ) -> Outcome:
+        """The call proper, with its slot (if limited) already taken: the
+        hot path of every call, one coroutine frame between the task and
+        ``enrich_async`` (each frame is walked on every wake-up)."""
+        limiter = self._limiter
+        if not self.enricher.available:
+            if limiter is not None:
+                limiter.release()
+            self.skipped_unavailable += 1
+            outcome = UNAVAILABLE
+        elif (permit := self.breaker.acquire()) is None:
             if limiter is not None:
                 limiter.release()
             self.skipped_open += 1
-            return CIRCUIT_OPEN
-        self.calls += 1
-        task = asyncio.current_task()
-        assert task is not None
-        call = self._deadlines.start(task, abandon)
-        call.permit = permit
-        try:
-            outcome = await self._called(call, permit, logger, method_name, snapshot)
+            outcome = CIRCUIT_OPEN
+        else:
+            self.calls += 1
+            call.permit = permit
+            task = call.task
+            assert task is not None
+            self._deadlines.begin(call)
+            cancelling = task.cancelling()
+            result: object
+            try:
+                if self.retry is None:
+                    copy = isolated_copy(snapshot)
+                    result = await self.enricher.enrich_async(logger, method_name, copy)
+                    if result is None:
+                        result = copy
+                else:
+                    result = await self.retry.run(
+                        lambda: self._attempt(logger, method_name, snapshot),
+                        deadline=call.at,
+                        clock=self._deadlines.clock,
+                        on_retry=self._on_retry,
+                    )
+            except BaseException as exc:
+                outcome = self._failure(call, permit, exc, task, cancelling)
+            else:
+                outcome = self._success(call, permit, result, snapshot, task)
+            finally:
+                call.finished = True
+                call.task = None  # a finished call must not keep its task alive
+                if limiter is not None and call.state != _Call.ABANDONED:
+                    limiter.release()
             # The call started when its deadline was set: no second clock read.
-            self.latency.observe(self._deadlines.clock() - call.at + self.timeout)
-            if outcome[2] is None:
-                self.successes += 1
+            seconds = self._deadlines.clock() - call.at + self.timeout
+            self.latency.observe(seconds)
+            call.deliver(outcome, seconds)
             return outcome
-        finally:
-            call.finished = True
-            call.task = None  # a finished call must not keep its task alive
-            if limiter is not None and call.state != _Call.ABANDONED:
-                limiter.release()
+        call.deliver(outcome, 0.0)
+        return outcome
 
-    async def _called(
+    def _success(
         self,
         call: _Call,
         permit: Permit,
-        logger: WrappedLogger,
-        method_name: str,
+        result: object,
         snapshot: EventDict,
+        task: asyncio.Task[Any],
     ) -> Outcome:
-        breaker = self.breaker
-        task = call.task
-        assert task is not None
-        cancelling = task.cancelling()
+        """The outcome of a call that returned ``result``."""
+        if call.state == _Call.ABANDONED:
+            return TIMEOUT  # already reported and counted
+        if call.state == _Call.EXPIRED:
+            # The enricher swallowed our cancellation and finished late
+            # (within the grace): its answer is still a timeout.
+            task.uncancel()
+            return self._timed_out(call, permit)
+        if type(result) is not dict and not isinstance(result, Mapping):  # dict: no ABC check
+            self.breaker.record_failure(permit)
+            return self._failed(INVALID_RETURN)
         try:
-            result = await self._attempts(call, logger, method_name, snapshot)
-            if call.state == _Call.ABANDONED:
-                return TIMEOUT  # already reported and counted
-            if call.state == _Call.EXPIRED:
-                # The enricher swallowed our cancellation and finished late
-                # (within the grace): its answer is still a timeout.
-                task.uncancel()
-                return self._timed_out(call, permit)
-            if not isinstance(result, Mapping):
-                breaker.record_failure(permit)
-                return self._failed(INVALID_RETURN)
             updated, removed = changes_of(snapshot, result)
-        except asyncio.CancelledError:
-            if call.state == _Call.ABANDONED:
-                raise  # already reported and counted
-            if call.state == _Call.EXPIRED and task.uncancel() <= cancelling:
-                return self._timed_out(call, permit)  # our own timeout
-            breaker.record_cancelled(permit)
-            if task.cancelling():
-                raise
-            # The enricher raised CancelledError of its own accord.
-            return self._failed(error_outcome(asyncio.CancelledError()))
-        except structlog.DropEvent:
-            breaker.record_success(permit)
-            return FILTERED
-        except BaseException as exc:
-            if call.state == _Call.ABANDONED:
-                return TIMEOUT
-            breaker.record_failure(permit)
-            return self._failed(error_outcome(exc))
-        breaker.record_success(permit)
+        except Exception:  # a mapping that fails when read
+            self.breaker.record_failure(permit)
+            return self._failed(INVALID_RETURN)
+        self.breaker.record_success(permit)
+        self.successes += 1
         return (updated, removed, None)
 
-    async def _attempts(
-        self, call: _Call, logger: WrappedLogger, method_name: str, snapshot: EventDict
-    ) -> object:
-        if self.retry is None:
-            return await self._attempt(logger, method_name, snapshot)
-        return await self.retry.run(
-            lambda: self._attempt(logger, method_name, snapshot),
-            deadline=call.at,
-            clock=self._deadlines.clock,
-            on_retry=self._on_retry,
-        )
+    def _failure(
+        self,
+        call: _Call,
+        permit: Permit,
+        exc: BaseException,
+        task: asyncio.Task[Any],
+        cancelling: int,
+    ) -> Outcome:
+        """The outcome of a call that raised ``exc``; re-raises a real
+        cancellation of the caller."""
+        if isinstance(exc, asyncio.CancelledError):
+            if call.state == _Call.ABANDONED:
+                raise exc  # already reported and counted
+            if call.state == _Call.EXPIRED and task.uncancel() <= cancelling:
+                return self._timed_out(call, permit)  # our own timeout
+            self.breaker.record_cancelled(permit)
+            if task.cancelling():
+                raise exc
+            # The enricher raised CancelledError of its own accord.
+            return self._failed(error_outcome(exc))
+        if call.state == _Call.ABANDONED:
+            return TIMEOUT
+        if isinstance(exc, structlog.DropEvent):
+            self.breaker.record_success(permit)
+            return FILTERED
+        self.breaker.record_failure(permit)
+        return self._failed(error_outcome(exc))
 
     async def _attempt(
         self, logger: WrappedLogger, method_name: str, snapshot: EventDict
-    ) -> object:
+    ) -> EventDict | None:
         # A fresh copy per attempt: a failed attempt may have half-mutated it.
         copy = isolated_copy(snapshot)
         result = await self.enricher.enrich_async(logger, method_name, copy)
@@ -447,27 +663,6 @@ class EnricherGuard:
             return OVERLOADED
         self.breaker.record_failure(permit)
         return self._failed(TIMEOUT)
-
-    async def _slot(self, limiter: asyncio.Semaphore) -> bool:
-        """Wait for a concurrency slot, at most the timeout: the wait is our
-        own burst queueing, not the enricher's time."""
-        if not limiter.locked():
-            await limiter.acquire()  # free: no suspension, no timer
-            return True
-        try:
-            async with asyncio.timeout(self.timeout):
-                await limiter.acquire()
-        except TimeoutError:
-            return False
-        return True
-
-    def _limiter_for_loop(self) -> asyncio.Semaphore | None:
-        size = self.options.max_concurrency
-        if size is None:
-            return None
-        if self._limiter is None:
-            self._limiter = asyncio.Semaphore(size)
-        return self._limiter
 
     def _abandoned(self, call: _Call) -> None:
         """A call ignored its cancellation past the grace: count it as a
@@ -489,8 +684,7 @@ class EnricherGuard:
             self.name,
             ABANDON_GRACE,
         )
-        if call.abandon is not None:
-            call.abandon(TIMEOUT)
+        call.deliver(TIMEOUT, ABANDON_GRACE + self.timeout, abandoned=True)
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.retries += 1
@@ -522,7 +716,8 @@ class EnricherGuard:
         if self.cache is not None:
             self.cache.after_fork_in_child()
         self._deadlines = _Deadlines(self.timeout, self._abandoned)
-        self._limiter = None
+        if self.options.max_concurrency is not None:
+            self._limiter = _Limiter(self.options.max_concurrency, self.timeout)
         self.lingering = set()
 
     def metrics(self) -> EnricherMetrics:
@@ -550,6 +745,13 @@ class EnricherGuard:
             breaker_seconds=self.breaker.seconds_in_state(),
             cache=cache,
         )
+
+
+def _abandon_sink(abandon: Callable[[Outcome], object]) -> Sink:
+    def sink(outcome: Outcome, _seconds: float) -> None:
+        abandon(outcome)
+
+    return sink
 
 
 def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:

@@ -97,6 +97,8 @@ def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
     as field values are never modified.
     """
     copy = dict(event)
+    if _IMMUTABLE.issuperset(map(type, copy.values())):
+        return copy  # the common, flat event: checked in C, nothing to copy
     for key, value in copy.items():
         if type(value) not in _IMMUTABLE:
             copy[key] = _isolated(value)
