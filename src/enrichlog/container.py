@@ -10,6 +10,7 @@ validates everything before it touches the previous one, installs it with
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -30,10 +31,10 @@ from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, open_output
 from .engine.pipeline import EventPipeline, PendingEvent
-from .engine.plan import EnrichmentPlan
+from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
-from .engine.runtime import EnrichmentRuntime
+from .engine.runtime import EnrichmentRuntime, LoopRuntime, Runtime
 from .enricher import Enricher
 from .exceptions import EnrichlogError
 from .metrics import MetricsSnapshot
@@ -112,7 +113,11 @@ class LoggingContainer:
         self.settings = settings = settings or LoggingSettings()
         self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
         levels = self.registry.levels()
-        self._runtime = EnrichmentRuntime(max_threads=settings.max_enricher_threads)
+        self._runtime: Runtime = (
+            LoopRuntime(max_threads=settings.max_enricher_threads)
+            if settings.runtime == "loop"
+            else EnrichmentRuntime(max_threads=settings.max_enricher_threads)
+        )
         self._lifecycle = EnricherLifecycleManager(
             [enricher for level in levels for enricher in level],
             health_check_interval=settings.health_check_interval,
@@ -139,7 +144,7 @@ class LoggingContainer:
                 self._plan,
                 self._pipeline,
                 self,
-                owned_threads=self._runtime.owned_thread_ids,
+                runtime=self._runtime,
                 background=background,
                 # Every level's slowest enricher, the time a full queue may
                 # block, and a second of slack.
@@ -152,7 +157,12 @@ class LoggingContainer:
         self._lock = threading.RLock()
         self._running = False
         self._engine_started = False
+        # runtime="loop": the enrichers' start-up, running on the loop.
+        self._starting: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._drain_report: DrainReport | None = None
+        self._shutting_down = False
+        self._shut_down = threading.Event()
         self._previous_sigterm: Any = None
         # The writer structlog calls while this container is installed, and
         # its counts when it was: lines written by any thread are counted
@@ -181,8 +191,16 @@ class LoggingContainer:
     def start(self) -> LoggingContainer:
         """Open the output, start the enrichers, install structlog config.
 
+        With ``runtime="thread"`` the enrichers start before this returns
+        (at most ``startup_timeout``). With ``runtime="loop"`` it must run in
+        the application's event loop, which it never blocks: the enrichers
+        start on it in the background, and events logged meanwhile wait for
+        them (at most ``startup_timeout``); ``await`` :meth:`astartup` to
+        wait for them.
+
         Raises:
-            EnricherConfigError: the output cannot be opened.
+            EnricherConfigError: the output cannot be opened, or
+                ``runtime="loop"`` and no event loop runs here.
         """
         with self._lock:
             if self._running:
@@ -190,14 +208,10 @@ class LoggingContainer:
             if self.output is None:
                 self.output = open_output(self.settings.output)
             if self.processor is not None:
-                try:
-                    self.start_enrichers(_STARTUP_TIMEOUT)
-                except TimeoutError:
-                    _report.warning(
-                        "enrichlog: enrichers still starting after %ss; they are "
-                        "skipped as 'unavailable' until they are up",
-                        _STARTUP_TIMEOUT,
-                    )
+                if isinstance(self._runtime, LoopRuntime):
+                    self._start_on_the_loop()
+                else:
+                    self._start_in_the_thread()
             self._lines = _install(self.chain(), self.output, self.settings)
             self._lines_before = (self._lines.written, self._lines.write_failed)
             self._running = True
@@ -207,6 +221,53 @@ class LoggingContainer:
             _finalize_in_multiprocessing_child(self)
             self._install_sigterm_handler()
         return self
+
+    async def astartup(self) -> LoggingContainer:
+        """:meth:`start`, then wait until the enrichers have started (at most
+        ``startup_timeout``), without blocking the caller's event loop."""
+        if not isinstance(self._runtime, LoopRuntime):
+            return await anyio.to_thread.run_sync(self.start)
+        self.start()
+        starting = self._starting
+        if starting is not None and not starting.done():
+            await asyncio.shield(starting)
+        return self
+
+    def _start_in_the_thread(self) -> None:
+        try:
+            self.start_enrichers(self.settings.startup_timeout)
+        except TimeoutError:
+            _report.warning(
+                "enrichlog: enrichers still starting after %ss; they are skipped as "
+                "'unavailable' until they are up",
+                self.settings.startup_timeout,
+            )
+
+    def _start_on_the_loop(self) -> None:
+        """Bind to the running loop and start the enrichers there in the
+        background; events queue unsettled until they are up."""
+        self._runtime.start()  # raises EnricherConfigError without a running loop
+        self._engine_started = True
+        assert self.processor is not None
+        self.processor.defer_settling(True)
+        self._pipeline.hold()
+        self._starting = self._runtime.loop.create_task(
+            self._startup_then_release(), name="enrichlog-startup"
+        )
+
+    async def _startup_then_release(self) -> None:
+        try:
+            await asyncio.wait_for(self._lifecycle.startup_all(), self.settings.startup_timeout)
+        except TimeoutError:
+            _report.warning(
+                "enrichlog: enrichers still starting after %ss; events go on, skipping "
+                "them as 'unavailable' until they are up",
+                self.settings.startup_timeout,
+            )
+        finally:
+            if self.processor is not None:
+                self.processor.defer_settling(False)
+            self._pipeline.release()
 
     def start_enrichers(self, timeout: float | None = None) -> dict[str, bool]:
         """Start the runtime and every enricher concurrently (blocking);
@@ -311,22 +372,62 @@ class LoggingContainer:
         ``shutdown_timeout`` setting), stop the enrichers in reverse
         dependency order, stop the runtime and close the output.
 
-        Idempotent; returns the drain report (``written``, ``dropped``,
-        ``pending``).
+        Idempotent, and safe from several threads at once: every caller gets
+        the same report (``written``, ``dropped``, ``pending``...). With
+        ``runtime="loop"``, called on the loop itself it cannot wait for
+        enrichment without blocking that loop: pending events are written at
+        once with what they have; ``await`` :meth:`ashutdown` to drain.
+
+        Raises:
+            EnrichlogError: called from enrichlog's own runtime (an enricher).
         """
         self._refuse_on_runtime_thread("shutdown()")
-        with self._lock:
-            if self._drain_report is not None:
-                return self._drain_report
-            if not (self._running or self._engine_started):
-                return DrainReport(written=0, dropped=0, pending=0)
-            self._running = False
-            salvaged = None
+        if not self._claim_shutdown():
+            return self._awaited_report()
+        drained: dict[str, int] = {}
+        try:
             if self._engine_started:
-                drained = self._stop_engine(
-                    self.settings.shutdown_timeout if timeout is None else timeout
-                )
-                salvaged = drained.get("salvaged")
+                drained = self._stop_engine(self._timeout(timeout))
+        finally:
+            report = self._finish_shutdown(drained)
+        return report
+
+    async def ashutdown(self, timeout: float | None = None) -> DrainReport:
+        """:meth:`shutdown` without blocking the caller's event loop; with
+        ``runtime="loop"``, on that loop, the drain is awaited there."""
+        self._refuse_on_runtime_thread("ashutdown()")
+        runtime = self._runtime
+        if not (isinstance(runtime, LoopRuntime) and runtime.in_runtime_thread()):
+            return await anyio.to_thread.run_sync(self.shutdown, timeout)
+        if not self._claim_shutdown():
+            return await asyncio.to_thread(self._awaited_report)
+        drained: dict[str, int] = {}
+        try:
+            if self._engine_started:
+                drained = await self._astop_engine(self._timeout(timeout))
+        finally:
+            report = self._finish_shutdown(drained)
+        return report
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.settings.shutdown_timeout if timeout is None else timeout
+
+    def _claim_shutdown(self) -> bool:
+        """True for the one caller that shuts down; the others wait for it."""
+        with self._lock:
+            if self._shutting_down:
+                return False
+            self._shutting_down = True
+            self._running = False
+            return True
+
+    def _awaited_report(self) -> DrainReport:
+        self._shut_down.wait(self.settings.shutdown_timeout * 3 + 5)
+        return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
+
+    def _finish_shutdown(self, drained: dict[str, int]) -> DrainReport:
+        """Close the output, forget the exit and signal hooks, and report."""
+        try:
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -334,13 +435,15 @@ class LoggingContainer:
             atexit.unregister(self._at_exit)
             self._restore_sigterm_handler()
             _live.discard(self)
+        finally:
             report = DrainReport(
                 {key: value for key, value in self._counts().items() if key in _REPORTED}
             )
-            if salvaged is not None:
-                report["salvaged"] = salvaged
+            if "salvaged" in drained:
+                report["salvaged"] = drained["salvaged"]
             self._drain_report = report
-            return report
+            self._shut_down.set()
+        return report
 
     def _counts(self) -> dict[str, int]:
         """Lines written (by any thread) and failed, events dropped, filtered
@@ -365,6 +468,10 @@ class LoggingContainer:
         """Drain the pipeline, stop the enrichers (dependants first), stop
         the runtime; the drain report."""
         runtime = self._runtime
+        if isinstance(runtime, LoopRuntime) and (
+            runtime.in_runtime_thread() or not runtime.is_running
+        ):
+            return self._stop_on_the_loop_now()
         report = self._pipeline.close(timeout)
         if runtime.is_running and not runtime.in_runtime_thread():
             try:
@@ -385,13 +492,41 @@ class LoggingContainer:
                 )
         return report
 
-    async def ashutdown(self, timeout: float | None = None) -> DrainReport:
-        """:meth:`shutdown` without blocking the caller's event loop."""
-        self._refuse_on_runtime_thread("ashutdown()")
-        return await anyio.to_thread.run_sync(self.shutdown, timeout)
+    async def _astop_engine(self, timeout: float) -> dict[str, int]:
+        """:meth:`_stop_engine` on the application's loop: awaited."""
+        report = await self._pipeline.aclose(timeout)
+        try:
+            await asyncio.wait_for(self._lifecycle.shutdown_all(), timeout)
+        except TimeoutError:
+            _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
+        self._pipeline.stop_accepting()
+        self._runtime.stop(timeout)
+        return report
+
+    def _stop_on_the_loop_now(self) -> dict[str, int]:
+        """Stop without waiting: on the loop's own thread (waiting would
+        block the loop enrichment needs), or once the loop is gone."""
+        runtime, pipeline = self._runtime, self._pipeline
+        report = pipeline.report()
+        if runtime.is_running:
+            if pipeline.pending:
+                _report.warning(
+                    "enrichlog: shutdown() on the application's event loop cannot wait for "
+                    "enrichment without blocking it; %d pending event(s) are written now "
+                    "with what they have (await container.ashutdown() to drain them)",
+                    pipeline.pending,
+                )
+                written = self._pipeline.report()["written"]
+                pipeline.abandon_enrichment()
+                report["salvaged"] = pipeline.report()["written"] - written
+            # Pools close once the loop gets back to it.
+            self._closing = runtime.loop.create_task(self._lifecycle.shutdown_all())
+        pipeline.stop_accepting()
+        runtime.stop()
+        return report
 
     def _refuse_on_runtime_thread(self, what: str) -> None:
-        if threading.get_ident() in self._runtime.owned_thread_ids:
+        if threading.get_ident() in self._runtime.owned_thread_ids or IN_ENRICHMENT.get():
             raise EnrichlogError(
                 f"{what} was called on enrichlog's own runtime (from an enricher?): it "
                 "would wait for itself. Shut the container down from the application; "
@@ -494,7 +629,7 @@ class LoggingContainer:
         self.shutdown()
 
     async def __aenter__(self) -> LoggingContainer:
-        return await anyio.to_thread.run_sync(self.start)
+        return await self.astartup()
 
     async def __aexit__(
         self,

@@ -125,6 +125,18 @@ class LoggingSettings(BaseSettings):
         4, description="worker threads for blocking sync enrichers"
     )
 
+    # -- runtime -------------------------------------------------------------
+    runtime: Literal["thread", "loop"] = Field(
+        "thread",
+        description="thread: enrichers run on a loop in a thread of enrichlog's own; "
+        "loop: on the application's running event loop (no thread, no hop)",
+    )
+    startup_timeout: PositiveSeconds = Field(
+        30.0,
+        description="seconds enrichers may take to start before events go on without "
+        "the ones still starting",
+    )
+
     # -- delivery ------------------------------------------------------------
     delivery: Literal["auto", "inline", "background"] = Field(
         "auto",

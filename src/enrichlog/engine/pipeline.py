@@ -15,6 +15,7 @@ waits for its line); the plan owns how far its enrichment got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import functools
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from structlog.typing import EventDict, WrappedLogger
 
 from .plan import Enrichment, EnrichmentPlan
-from .runtime import EnrichmentRuntime, resolver, set_result
+from .runtime import Runtime, resolver, set_result
 
 __all__ = [
     "CLOSED",
@@ -126,7 +127,7 @@ class EventPipeline:
 
     def __init__(
         self,
-        runtime: EnrichmentRuntime,
+        runtime: Runtime,
         plan: EnrichmentPlan[PendingEvent],
         writer: EventWriter,
         *,
@@ -157,6 +158,7 @@ class EventPipeline:
         self._order: deque[PendingEvent] = deque()
         self._flush_waiters: list[tuple[int, Callable[[], object]]] = []
         self._sleeping = True
+        self._held = False
         self.state = PipelineState.ACCEPTING
         self._leftovers_written = threading.Event()
         self._blocked = 0
@@ -305,6 +307,8 @@ class EventPipeline:
         Events that complete without awaiting (cache hits, skips) take no
         slot, so a burst of them never stalls the queue.
         """
+        if self._held:
+            return  # release() pumps
         loop = self._runtime.loop
         budget = _PUMP_BUDGET
         while self._in_flight < self._max_in_flight:
@@ -380,6 +384,20 @@ class EventPipeline:
                     self._space.notify_all()
         if self._flush_waiters:
             self._release_flush_waiters()
+
+    def hold(self) -> None:
+        """Queue events without enriching them until :meth:`release` (the
+        enrichers are still starting)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Enrich the events queued while held, and every later one."""
+        self._held = False
+        with self._lock:
+            self._sleeping = False
+        # RuntimeError: the runtime is gone; its exit hook writes the queue.
+        with contextlib.suppress(RuntimeError):
+            self._runtime.call_soon(self._pump)
 
     def _oldest_pending_seq(self) -> int:
         with self._lock:
@@ -471,6 +489,24 @@ class EventPipeline:
                 self._overflow,
             )
             self._unreported_drops = 0
+        return report
+
+    async def aclose(self, timeout: float) -> dict[str, int]:
+        """:meth:`close` on the runtime's own loop (``runtime="loop"``):
+        awaits the drain instead of blocking the loop it needs."""
+        with self._lock:
+            self.state = PipelineState.CLOSING
+        self.release()
+        flushed = await self.aflush(timeout)
+        report = self.report()
+        if not flushed and report["pending"]:
+            written = self._written
+            self.abandon_enrichment()
+            await self.aflush(_SALVAGE_SECONDS)
+            report["salvaged"] = self._written - written
+        with self._lock:
+            self.state = PipelineState.CLOSED
+            self._space.notify_all()
         return report
 
     def report(self) -> dict[str, int]:

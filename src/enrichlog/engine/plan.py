@@ -47,9 +47,23 @@ from ..resilience.outcome import (
 )
 from ..settings import LoggingSettings
 
-__all__ = ["INTERRUPTS", "Enrichment", "EnrichmentPlan", "Step", "take_interrupt"]
+__all__ = [
+    "INTERRUPTS",
+    "IN_ENRICHMENT",
+    "Enrichment",
+    "EnrichmentPlan",
+    "Step",
+    "take_interrupt",
+]
 
 _report = logging.getLogger("enrichlog")
+
+#: True in the context every enricher call runs in: an event logged there
+#: (by an enricher, or by a library it calls) is written as it is, never
+#: enriched again, which could loop without end.
+IN_ENRICHMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "enrichlog_in_enrichment", default=False
+)
 
 #: Runs a blocking callable in a worker thread: ``await run(fn, *args)``.
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -261,6 +275,13 @@ class EnrichmentPlan(Generic[_R]):
             self._merge(event_dict, index, outcomes)  # type: ignore[arg-type]
         return None
 
+    def unsettled_record(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> _R:
+        """The record of an event nothing was settled for yet (the enrichers
+        are still starting): all of it is settled on the loop."""
+        return self._record(logger, method_name, event_dict, 0, None)
+
     def complete_record(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _R:
         """The record of an event that needs no more enrichment (it settled
         on the calling thread, but must queue behind earlier events)."""
@@ -287,7 +308,11 @@ class EnrichmentPlan(Generic[_R]):
     def advance(self, enrichment: Enrichment) -> bool:
         """Settle what needs no await and start the calls of the first level
         that needs them. True if the event is complete now; otherwise its
-        ``on_done`` is called once it is. Never raises."""
+        ``on_done`` is called once it is. Never raises.
+
+        Runs in the event's own context (a copy of the caller's), which it
+        marks :data:`IN_ENRICHMENT` for the calls it starts."""
+        IN_ENRICHMENT.set(True)
         try:
             return self._settle_from(enrichment)
         except structlog.DropEvent:

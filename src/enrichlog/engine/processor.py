@@ -16,6 +16,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextvars
+import functools
 import logging
 import sys
 import threading
@@ -28,8 +29,8 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
 from .pipeline import DROPPED, QUEUED, EventPipeline, PendingEvent
-from .plan import INTERRUPTS, EnrichmentPlan, take_interrupt
-from .runtime import resolver
+from .plan import IN_ENRICHMENT, INTERRUPTS, EnrichmentPlan, take_interrupt
+from .runtime import Runtime, resolver, set_result
 
 __all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor"]
 
@@ -77,8 +78,9 @@ class AsyncEnricherProcessor:
         plan: the compiled enrichers.
         pipeline: the hand-off to the runtime.
         owner: the container that built both.
-        owned_threads: idents of the runtime's threads (an event logged there
-            is written as it is: enriching it could recurse without end).
+        runtime: the loop enrichment runs on; an event logged on a thread of
+            its own, or inside an enricher call, is written as it is
+            (enriching it could recurse without end).
         background: the caller never waits for its line.
         inline_wait: seconds an inline caller waits for its line at most.
     """
@@ -89,15 +91,16 @@ class AsyncEnricherProcessor:
         pipeline: EventPipeline,
         owner: _Owner,
         *,
-        owned_threads: set[int],
+        runtime: Runtime,
         background: bool,
         inline_wait: float,
     ) -> None:
         self._plan = plan
-        self._settle = plan.settle
+        self._settle: Callable[[WrappedLogger, str, EventDict], PendingEvent | None] = plan.settle
         self._pipeline = pipeline
         self._owner = owner
-        self._owned_threads = owned_threads
+        self._runtime = runtime
+        self._owned_threads = runtime.owned_thread_ids
         self.background = background
         self._inline_wait = inline_wait
         #: Events an enricher filtered out (``DropEvent``) on a logging thread.
@@ -112,6 +115,13 @@ class AsyncEnricherProcessor:
         """The processors after this one in the chain (the renderer last),
         which the runtime runs for the events it completes."""
         self._pipeline.writer.tail = list(tail)  # type: ignore[attr-defined]
+
+    def defer_settling(self, deferred: bool) -> None:
+        """While enrichers start on the application's loop: settle nothing
+        on the calling thread (an enricher not started yet would be skipped
+        as unavailable); events queue, and the loop settles them once the
+        enrichers are up. Swaps the settling function: no cost per event."""
+        self._settle = self._plan.unsettled_record if deferred else self._plan.settle
 
     def startup(self, timeout: float | None = None) -> dict[str, bool]:
         """Start the runtime and the enrichers (blocking); which started."""
@@ -132,7 +142,7 @@ class AsyncEnricherProcessor:
     # -- structlog processor: the logging thread ----------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        if get_ident() in self._owned_threads:
+        if get_ident() in self._owned_threads or IN_ENRICHMENT.get():
             # An event logged by an enricher (on the loop or in a worker
             # thread), or by enrichlog's own reports routed back here:
             # enriching it could recurse without end, or wait on itself.
@@ -199,7 +209,11 @@ class AsyncEnricherProcessor:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             waiters.append((future, self._inline_wait))
-            on_written = resolver(loop, future)
+            on_written = (
+                functools.partial(set_result, future)  # written on this very loop
+                if self._runtime.in_runtime_thread()
+                else resolver(loop, future)
+            )
         elif not self.background and not on_loop:
             # Inline delivery on a thread without a loop: wait for the line.
             # (A thread that runs a loop never waits: it hands off and goes.)

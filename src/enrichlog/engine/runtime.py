@@ -1,9 +1,16 @@
-"""`EnrichmentRuntime`: the one long-lived event loop enrichers run on.
+"""The one long-lived event loop enrichers run on.
 
 Enrichers start, run and stop on the same loop, so loop-bound resources
 (asyncpg pools, httpx clients) opened in ``_startup`` stay valid for every
-event. The loop runs in a daemon thread owned by the container; it is never
-created per event.
+event. Two runtimes give that loop:
+
+* :class:`EnrichmentRuntime` (``runtime="thread"``): a loop of enrichlog's
+  own in a daemon thread, for any application;
+* :class:`LoopRuntime` (``runtime="loop"``): the application's own running
+  loop, for asyncio applications: no thread, no hop between threads, and
+  no competition for the GIL with a second busy thread.
+
+Neither is ever created per event.
 """
 
 from __future__ import annotations
@@ -14,13 +21,67 @@ import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["EnrichmentRuntime", "resolver", "set_result"]
+from ..exceptions import EnricherConfigError
+
+__all__ = ["EnrichmentRuntime", "LoopRuntime", "Runtime", "resolver", "set_result"]
 
 _T = TypeVar("_T")
 
 _report = logging.getLogger("enrichlog")
+
+
+class Runtime(Protocol):
+    """What the pipeline, the plan and the container need of a runtime."""
+
+    lingering: bool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop enrichment runs on."""
+        ...
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the loop serves."""
+        ...
+
+    @property
+    def owned_thread_ids(self) -> set[int]:
+        """Threads of enrichlog's own (events logged there are not enriched)."""
+        ...
+
+    def start(self) -> None:
+        """Make the loop available."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving; the exit hooks run."""
+
+    def add_exit_hook(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` when the loop ends."""
+
+    def in_runtime_thread(self) -> bool:
+        """Whether the current thread runs the loop."""
+        ...
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Schedule ``callback(*args)`` on the loop from any thread."""
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait for it (not from the loop)."""
+        ...
+
+    async def arun(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Await ``coro`` on the loop from any loop."""
+        ...
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking callable in a worker thread, from the loop."""
+        ...
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's loop and threads."""
 
 
 class EnrichmentRuntime:
@@ -224,6 +285,182 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     with contextlib.suppress(Exception):
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
+
+
+class LoopRuntime:
+    """The application's own running event loop as the runtime.
+
+    :meth:`start` must run on the loop's thread while the loop runs (an
+    ``EnricherConfigError`` otherwise). Events logged on the loop's thread are
+    handed off with ``call_soon``, never across threads; other threads use
+    ``call_soon_threadsafe``. Blocking sync enrichers run in a capped pool of
+    enrichlog's own.
+
+    If the loop ends without the container being shut down (``asyncio.run``
+    returning, say), nothing is lost: when ``asyncio.run`` cancels the
+    remaining tasks, a guard task of this runtime runs the exit hooks on the
+    loop (pending events are written with what they have), and a loop closed
+    some other way leaves them to the container's exit handler.
+
+    Args:
+        name: the prefix of the worker threads' names.
+        max_threads: worker threads for blocking sync enrichers.
+    """
+
+    def __init__(self, name: str = "enrichlog", *, max_threads: int = 4) -> None:
+        self._name = name
+        self._max_threads = max_threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._owned: set[int] = set()  # the pool's worker threads
+        self._exit_hooks: list[Callable[[], object]] = []
+        self._guard: asyncio.Task[None] | None = None
+        self._hooks_ran = False
+        self.lingering = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The application's loop this runtime was started on.
+
+        Raises:
+            RuntimeError: not started, or the loop is closed.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the application's event loop is not available")
+        return loop
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the loop is running."""
+        loop = self._loop
+        return loop is not None and not loop.is_closed() and loop.is_running()
+
+    @property
+    def owned_thread_ids(self) -> set[int]:
+        """The worker threads of blocking sync enrichers (the loop's thread
+        is the application's)."""
+        return self._owned
+
+    def start(self) -> None:
+        """Bind to the loop running in this thread.
+
+        Raises:
+            EnricherConfigError: no event loop is running here.
+        """
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            raise EnricherConfigError(
+                "runtime='loop' runs enrichment on the application's event loop, and none "
+                "is running here: configure logging from inside it (an ASGI lifespan, "
+                "'async with configure_logging(...)', or 'await container.astartup()'), "
+                "or use runtime='thread'"
+            )
+        if loop is self._loop:
+            return
+        self._loop, self._thread_id = loop, threading.get_ident()
+        self._hooks_ran = False
+        self._guard = loop.create_task(self._watch(), name="enrichlog-loop-guard")
+
+    async def _watch(self) -> None:
+        """Wait for the loop's end: ``asyncio.run`` cancels every task left."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self.run_exit_hooks()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop using the loop: run the exit hooks (pending events are
+        written: on the loop while it runs, else here), stop the guard task
+        and the worker pool."""
+        if self.is_running and not self.in_runtime_thread():
+            done = threading.Event()
+
+            def on_the_loop() -> None:
+                self.run_exit_hooks()
+                done.set()
+
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self.loop.call_soon_threadsafe(on_the_loop)
+                done.wait(timeout)
+        self.run_exit_hooks()
+        guard, self._guard = self._guard, None
+        if guard is not None and not guard.done():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.call_soon(guard.cancel)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def add_exit_hook(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` when the runtime stops or the loop ends."""
+        self._exit_hooks.append(hook)
+
+    def run_exit_hooks(self) -> None:
+        """Run the exit hooks once (idempotent)."""
+        if self._hooks_ran:
+            return
+        self._hooks_ran = True
+        for hook in self._exit_hooks:
+            try:
+                hook()
+            except Exception:
+                _report.exception("enrichlog: runtime exit hook failed")
+
+    def in_runtime_thread(self) -> bool:
+        """Whether the current thread is the loop's."""
+        return self._thread_id == threading.get_ident()
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Schedule ``callback(*args)`` on the loop: ``call_soon`` from the
+        loop's thread, ``call_soon_threadsafe`` from any other."""
+        loop = self.loop
+        if self._thread_id == threading.get_ident():
+            loop.call_soon(callback, *args)
+        else:
+            loop.call_soon_threadsafe(callback, *args)
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait for it, from another thread.
+
+        Raises:
+            RuntimeError: called on the loop's own thread (it would block the
+                loop it waits for): use :meth:`arun`.
+            TimeoutError: ``timeout`` passed; the coroutine is cancelled.
+        """
+        if self.in_runtime_thread():
+            coro.close()
+            raise RuntimeError("LoopRuntime.run() called on the loop's own thread; await arun()")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"runtime call did not finish within {timeout}s") from None
+
+    async def arun(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Await ``coro`` on the runtime's loop from any loop."""
+        if asyncio.get_running_loop() is self._loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking callable in the capped pool, from the loop."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_threads,
+                thread_name_prefix=f"{self._name}-blocking",
+                initializer=lambda: self._owned.add(threading.get_ident()),
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def after_fork_in_child(self) -> None:
+        """The parent's loop does not run in the child: forget it (the
+        child's application starts its own)."""
+        self._loop = self._thread_id = self._guard = self._executor = None
+        self._owned.clear()
 
 
 def set_result(future: asyncio.Future[None]) -> None:

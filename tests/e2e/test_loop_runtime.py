@@ -1,0 +1,197 @@
+"""``runtime="loop"``: enrichment on the application's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import AsyncEnricher, EnricherConfigError, configure_logging, get_logger
+from tests.helpers import read_lines
+
+
+class OnTheLoop(AsyncEnricher):
+    """Opens its 'pool' at start-up and checks every call runs on that loop."""
+
+    name = "pool"
+
+    def __init__(self, startup_seconds: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.startup_seconds = startup_seconds
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.threads: set[int] = set()
+
+    async def _startup(self) -> None:
+        await asyncio.sleep(self.startup_seconds)
+        self.loop = asyncio.get_running_loop()
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        self.threads.add(threading.get_ident())
+        event_dict["same_loop"] = asyncio.get_running_loop() is self.loop
+        return event_dict
+
+
+def test_starting_without_a_running_loop_is_a_configuration_error(log_file: Path) -> None:
+    with pytest.raises(EnricherConfigError, match="runtime='loop'.*none is running"):
+        configure_logging(enrichers=[OnTheLoop()], output=str(log_file), runtime="loop")
+
+
+def test_enrichers_start_and_run_on_the_applications_loop_in_its_thread(
+    log_file: Path,
+) -> None:
+    pool = OnTheLoop()
+
+    async def main() -> None:
+        async with configure_logging(enrichers=[pool], output=str(log_file), runtime="loop"):
+            log = get_logger()
+            for i in range(20):
+                log.info("sync", i=i)
+            await log.ainfo("async")
+
+    asyncio.run(main())
+
+    lines = read_lines(log_file)
+    assert (21, {True}, {threading.get_ident()}) == (
+        len(lines),
+        {line["same_loop"] for line in lines},
+        pool.threads,
+    )
+
+
+def test_startup_does_not_block_the_loop_and_early_events_wait_for_it(log_file: Path) -> None:
+    pool = OnTheLoop(startup_seconds=0.2)
+    ticks: list[int] = []
+
+    async def main() -> None:
+        async def tick() -> None:
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        container = configure_logging(enrichers=[pool], output=str(log_file), runtime="loop")
+        get_logger().info("logged while the pool starts")
+        await container.astartup()
+        ticked_during_startup = len(ticks)
+        await container.ashutdown()
+        ticker.cancel()
+        assert ticked_during_startup >= 5
+
+    asyncio.run(main())
+
+    assert [("logged while the pool starts", True)] == [
+        (line["event"], line["same_loop"]) for line in read_lines(log_file)
+    ]
+
+
+def test_a_loop_that_ends_without_shutdown_loses_nothing(log_file: Path) -> None:
+    class Slow(OnTheLoop):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            await asyncio.sleep(10)
+            return event_dict
+
+    async def main() -> None:
+        container = configure_logging(enrichers=[Slow()], output=str(log_file), runtime="loop")
+        await container.astartup()
+        for i in range(5):
+            get_logger().info("pending", i=i)
+        # asyncio.run() returns with the five events still being enriched.
+
+    asyncio.run(main())
+
+    assert [(i, {"pool": "unavailable"}) for i in range(5)] == [
+        (line["i"], line["enrichment_errors"]) for line in read_lines(log_file)
+    ]
+
+
+def test_ashutdown_on_the_loop_drains_every_event(log_file: Path) -> None:
+    async def main() -> dict[str, int]:
+        container = configure_logging(enrichers=[OnTheLoop()], output=str(log_file), runtime="loop")
+        await container.astartup()
+        log = get_logger()
+        for i in range(200):
+            log.info("e", i=i)
+        return dict(await container.ashutdown())
+
+    report = asyncio.run(main())
+
+    lines = read_lines(log_file)
+    assert ((200, 0, 0), list(range(200)), {True}) == (
+        (report["written"], report["pending"], report["dropped"]),
+        [line["i"] for line in lines],
+        {line["same_loop"] for line in lines},
+    )
+
+
+def test_events_from_other_threads_are_enriched_on_the_loop(log_file: Path) -> None:
+    pool = OnTheLoop()
+
+    async def main() -> None:
+        container = configure_logging(enrichers=[pool], output=str(log_file), runtime="loop")
+        await container.astartup()
+
+        def from_a_worker() -> None:
+            for i in range(10):
+                get_logger().info("worker", i=i)
+
+        await asyncio.to_thread(from_a_worker)
+        await container.ashutdown()
+
+    asyncio.run(main())
+
+    assert ([True] * 10, {threading.get_ident()}) == (
+        [line["same_loop"] for line in read_lines(log_file)],
+        pool.threads,
+    )
+
+
+def test_an_enricher_that_logs_does_not_loop_forever(log_file: Path) -> None:
+    class Chatty(OnTheLoop):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            get_logger().info("from inside the enricher")
+            return await super().enrich_async(logger, method_name, event_dict)
+
+    async def main() -> None:
+        container = configure_logging(enrichers=[Chatty()], output=str(log_file), runtime="loop")
+        await container.astartup()
+        get_logger().info("outer")
+        await container.ashutdown()
+
+    asyncio.run(main())
+
+    assert ["from inside the enricher", "outer"] == sorted(
+        line["event"] for line in read_lines(log_file)
+    )
+
+
+def test_sync_shutdown_on_the_loop_writes_pending_events_at_once(log_file: Path) -> None:
+    class Slow(OnTheLoop):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            await asyncio.sleep(10)
+            return event_dict
+
+    async def main() -> dict[str, int]:
+        container = configure_logging(enrichers=[Slow()], output=str(log_file), runtime="loop")
+        await container.astartup()
+        get_logger().info("pending")
+        await asyncio.sleep(0)
+        return dict(container.shutdown())
+
+    report = asyncio.run(main())
+
+    assert ((1, 0), ["pending"]) == (
+        (report["written"], report["pending"]),
+        [line["event"] for line in read_lines(log_file)],
+    )
