@@ -38,7 +38,7 @@ class OnTheLoop(AsyncEnricher):
 
 
 def test_starting_without_a_running_loop_is_a_configuration_error(log_file: Path) -> None:
-    with pytest.raises(EnricherConfigError, match="runtime='loop'.*none is running"):
+    with pytest.raises(EnricherConfigError, match=r"runtime='loop'.*none is running"):
         configure_logging(enrichers=[OnTheLoop()], output=str(log_file), runtime="loop")
 
 
