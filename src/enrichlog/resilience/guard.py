@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import itertools
 import logging
 import time
 from collections import deque
@@ -48,7 +49,7 @@ from .outcome import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["ABANDON_GRACE", "EnricherGuard", "Sink"]
+__all__ = ["ABANDON_GRACE", "NO_CHANGES", "EnricherGuard", "Sink"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -60,6 +61,13 @@ ABANDON_GRACE = 0.5
 #: behind: the timeout is the runtime's overload, not the enricher's.
 _LATE_FRACTION = 0.1
 _LATE_SECONDS = 0.05
+
+#: Batches of one enricher fetching at once before new keys wait for one of
+#: them to return (a full batch goes at once, within the concurrency limit).
+_BATCHES_OUT = 2
+
+#: A key the backend's answer does not mention.
+_MISSING = object()
 
 #: Outcomes that say the enricher was never asked: not remembered per key.
 _NOT_CACHED = (CIRCUIT_OPEN, FILTERED, UNAVAILABLE, OVERLOADED)
@@ -278,6 +286,23 @@ def _resolve_slot(slot: asyncio.Future[bool], granted: bool) -> bool:
     return True
 
 
+#: The outcome of a lookup that found nothing: no change, and no error.
+NO_CHANGES: Outcome = (None, (), None)
+
+#: ``(snapshot, sink, sink key)``: one event waiting for a batched lookup.
+_Waiter = tuple[EventDict, Sink, tuple[Any, ...]]
+
+
+class _Batch:
+    """Keys looked up in one ``enrich_many`` call, and the events waiting for
+    each (several events with one key share its lookup)."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self, waiters: dict[Hashable, list[_Waiter]]) -> None:
+        self.waiters = waiters
+
+
 class _EnrichmentFailedError(Exception):
     """Carries a failure outcome out of a shared (single-flight) computation."""
 
@@ -325,6 +350,13 @@ class EnricherGuard:
             else None
         )
         self._deadlines = _Deadlines(options.timeout, self._abandoned)
+        #: Batching (an enricher with ``enrich_many``): keys waiting for the
+        #: next batch, keys a dispatched batch is fetching, batches out.
+        self.batches = enricher.batches
+        self._waiting: dict[Hashable, list[_Waiter]] = {}
+        self._fetching: dict[Hashable, _Batch] = {}
+        self._batches_out = 0
+        self._flush_scheduled = False
         self._limiter = (
             None
             if options.max_concurrency is None
@@ -389,6 +421,9 @@ class EnricherGuard:
         in the current context); ``sink(*key, outcome, seconds)`` gets its
         outcome exactly once: when the call ends, or at once when it is
         abandoned. A call cancelled by shutdown delivers nothing."""
+        if self.batches:
+            self._collect(loop, logger, method_name, snapshot, sink, key)
+            return
         call = _Call(sink, key)
         limiter = self._limiter
         if self.cache is not None:
@@ -590,6 +625,223 @@ class EnricherGuard:
             return outcome
         call.deliver(outcome, 0.0)
         return outcome
+
+    # -- batching ----------------------------------------------------------
+
+    def _collect(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        logger: WrappedLogger,
+        method_name: str,
+        snapshot: EventDict,
+        sink: Sink,
+        key: tuple[Any, ...],
+    ) -> None:
+        """Add this event's key to the next batch (or to the batch already
+        fetching it: single flight per key)."""
+        del logger, method_name  # enrich_many sees keys, apply sees the event
+        if not self.enricher.available:
+            self.skipped_unavailable += 1
+            sink(*key, UNAVAILABLE, 0.0)
+            return
+        try:
+            lookup = self.enricher.cache_key(snapshot)
+            hit: Outcome | None = None if lookup is None else self._cache_get(lookup)
+        except Exception as exc:  # a failing or unhashable key
+            sink(*key, self._failed(error_outcome(exc)), 0.0)
+            return
+        if lookup is None:
+            sink(*key, NO_CHANGES, 0.0)
+            return
+        if hit is not None:  # filled by a batch since the logging thread looked
+            sink(*key, hit, 0.0)
+            return
+        waiter = (snapshot, sink, key)
+        fetching = self._fetching.get(lookup)
+        if fetching is not None:
+            fetching.waiters[lookup].append(waiter)
+            return
+        waiting = self._waiting.get(lookup)
+        if waiting is not None:
+            waiting.append(waiter)
+            return
+        self._waiting[lookup] = [waiter]
+        if len(self._waiting) >= self.options.batch_size:
+            self._dispatch(loop)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            window = self.options.batch_window
+            if window:
+                loop.call_later(window, self._flush, loop)
+            else:
+                # At the end of this turn of the loop: the events handed in
+                # together share a batch.
+                loop.call_soon(self._flush, loop)
+
+    def _cache_get(self, key: Hashable) -> Outcome | None:
+        cache = self.cache
+        return None if cache is None else cache.get(key)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Dispatch what is waiting, unless two batches are out already:
+        then keys gather until one comes back (or a batch is full), so that
+        a busy enricher makes few, large calls and an idle one waits for
+        nothing."""
+        self._flush_scheduled = False
+        if self._waiting and self._batches_out < _BATCHES_OUT:
+            self._dispatch(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        size = self.options.batch_size
+        while self._waiting:
+            keys = list(itertools.islice(self._waiting, size))
+            batch = _Batch({lookup: self._waiting.pop(lookup) for lookup in keys})
+            for lookup in keys:
+                self._fetching[lookup] = batch
+            self._batches_out += 1
+            call = _Call(self._fail_batch, (batch,))
+            limiter = self._limiter
+            if limiter is None or limiter.try_acquire():
+                call.task = loop.create_task(self._run_batch(call, batch))
+            else:
+                limiter.wait(loop, functools.partial(self._batch_granted, call, batch, loop))
+            if len(self._waiting) < size:
+                break
+
+    def _batch_granted(
+        self, call: _Call, batch: _Batch, loop: asyncio.AbstractEventLoop, granted: bool
+    ) -> bool:
+        if not granted:
+            self.overloaded += 1
+            self._batch_done(batch, loop)
+            call.deliver(OVERLOADED, 0.0)
+            return False
+        call.task = loop.create_task(self._run_batch(call, batch))
+        return True
+
+    async def _run_batch(self, call: _Call, batch: _Batch) -> None:
+        """One ``enrich_many`` call for the batch's keys, guarded like any
+        call (slot taken already): breaker, timeout, retry."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiter
+        permit = self.breaker.acquire() if self.enricher.available else None
+        if permit is None:
+            if limiter is not None:
+                limiter.release()
+            self._batch_done(batch, loop)
+            if not self.enricher.available:
+                self.skipped_unavailable += 1
+                call.deliver(UNAVAILABLE, 0.0)
+            else:
+                self.skipped_open += 1
+                call.deliver(CIRCUIT_OPEN, 0.0)
+            return
+        keys = list(batch.waiters)
+        self.calls += 1
+        self.batch_calls += 1
+        self.batch_keys += len(keys)
+        call.permit = permit
+        task = call.task
+        assert task is not None
+        self._deadlines.begin(call)
+        cancelling = task.cancelling()
+        values: object
+        try:
+            if self.retry is None:
+                values = await self.enricher.enrich_many(keys)
+            else:
+                values = await self.retry.run(
+                    lambda: self.enricher.enrich_many(keys),
+                    deadline=call.at,
+                    clock=self._deadlines.clock,
+                    on_retry=self._on_retry,
+                )
+        except BaseException as exc:
+            failure: Outcome | None = self._failure(call, permit, exc, task, cancelling)
+        else:
+            failure = self._batch_failure(call, permit, values, task)
+        finally:
+            call.finished = True
+            call.task = None
+            if limiter is not None and call.state != _Call.ABANDONED:
+                limiter.release()
+            self._batch_done(batch, loop)
+        seconds = self._deadlines.clock() - call.at + self.timeout
+        self.latency.observe(seconds)
+        if failure is not None:
+            call.deliver(failure, seconds)
+        elif not call.delivered:
+            call.delivered = True
+            self._apply_batch(batch, values, seconds)  # type: ignore[arg-type]
+
+    def _batch_failure(
+        self, call: _Call, permit: Permit, values: object, task: asyncio.Task[Any]
+    ) -> Outcome | None:
+        """The outcome every event of the batch gets, or ``None`` when the
+        call returned a mapping in time."""
+        if call.state == _Call.ABANDONED:
+            return TIMEOUT
+        if call.state == _Call.EXPIRED:
+            task.uncancel()
+            return self._timed_out(call, permit)
+        if not isinstance(values, Mapping):
+            self.breaker.record_failure(permit)
+            return self._failed(INVALID_RETURN)
+        self.breaker.record_success(permit)
+        self.successes += 1
+        return None
+
+    def _apply_batch(self, batch: _Batch, values: Mapping[Hashable, Any], seconds: float) -> None:
+        """Give each event its key's value: applied once per key (the
+        changes depend on the key alone, as cached ones do)."""
+        cache = self.cache
+        for lookup, waiters in batch.waiters.items():
+            try:
+                value = values.get(lookup, _MISSING)
+            except Exception as exc:  # a mapping that fails when read
+                outcome = self._failed(error_outcome(exc))
+            else:
+                outcome = self._applied(waiters[0][0], value)
+                if cache is not None and outcome[2] is None:
+                    cache.set(lookup, outcome)
+            for _, sink, key in waiters:
+                sink(*key, outcome, seconds)
+
+    def _applied(self, snapshot: EventDict, value: Any) -> Outcome:
+        if value is _MISSING:
+            return NO_CHANGES  # a key the backend does not have adds nothing
+        if isinstance(value, BaseException):
+            return self._failed(error_outcome(value))  # this key failed alone
+        copy = isolated_copy(snapshot)
+        try:
+            result = self.enricher.apply(copy, value)
+            return (*changes_of(snapshot, copy if result is None else result), None)
+        except structlog.DropEvent:
+            return FILTERED
+        except Exception as exc:
+            return self._failed(error_outcome(exc))
+
+    def _fail_batch(self, batch: _Batch, outcome: Outcome, seconds: float) -> None:
+        """Every event of the batch gets ``outcome`` (the call failed, timed
+        out, was abandoned or never ran)."""
+        self._batch_done(batch, None)
+        for waiters in batch.waiters.values():
+            for _, sink, key in waiters:
+                sink(*key, outcome, seconds)
+
+    def _batch_done(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The batch no longer fetches its keys: later events start another."""
+        fetching = self._fetching
+        released = False
+        for lookup in batch.waiters:
+            if fetching.get(lookup) is batch:
+                del fetching[lookup]
+                released = True
+        if released:
+            self._batches_out -= 1
+            if self._waiting and loop is not None and not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush, loop)
 
     def _success(
         self,

@@ -1,0 +1,224 @@
+"""Batched lookups: enrichers with ``enrich_many`` and ``apply``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from structlog.typing import EventDict
+
+from enrichlog import AsyncEnricher, configure_logging, get_logger
+from tests.helpers import read_lines
+
+ERRORS = "enrichment_errors"
+
+
+class Users(AsyncEnricher):
+    """Looks users up many at a time; records every call's keys."""
+
+    name = "users"
+
+    def __init__(
+        self,
+        known: Mapping[int, Any] | None = None,
+        delay: float = 0.0,
+        fail: BaseException | None = None,
+        gate: threading.Event | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.known = dict(known if known is not None else {i: f"user-{i}" for i in range(100)})
+        self.delay = delay
+        self.fail = fail
+        self.gate = gate
+        self.calls: list[list[Hashable]] = []
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict.get("user_id")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        self.calls.append(list(keys))
+        if self.gate is not None:
+            while not self.gate.is_set():
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return {key: self.known[key] for key in keys if key in self.known}
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict["user"] = value
+        return event_dict
+
+
+def configure(log_file: Path, enricher: Users, **settings: Any) -> Any:
+    settings.setdefault("delivery", "background")
+    return configure_logging(enrichers=[enricher], output=str(log_file), **settings)
+
+
+def log_users(user_ids: Sequence[int | None]) -> None:
+    log = get_logger()
+    for user_id in user_ids:
+        if user_id is None:
+            log.info("anonymous")
+        else:
+            log.info("request", user_id=user_id)
+
+
+#: Long enough for a test to log its events into one batch: keys arriving
+#: within the window share a call.
+WINDOW = 0.5
+
+
+def test_events_logged_within_the_batch_window_share_one_call(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW)
+    container = configure(log_file, users)
+    log_users(range(1, 40))
+
+    container.shutdown()
+
+    lines = read_lines(log_file)
+    assert (39, [f"user-{i}" for i in range(1, 40)], [list(range(1, 40))]) == (
+        len(lines),
+        [ln["user"] for ln in lines],
+        [sorted(call) for call in users.calls],
+    )
+
+
+def test_a_key_is_asked_once_however_many_events_carry_it(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW)
+    container = configure(log_file, users)
+    log_users([7, 7, 8, 7, 8])
+
+    container.shutdown()
+
+    assert [[7, 8]] == [sorted(call) for call in users.calls]
+    assert ["user-7", "user-7", "user-8", "user-7", "user-8"] == [
+        ln["user"] for ln in read_lines(log_file)
+    ]
+
+
+def test_an_event_whose_key_is_being_fetched_waits_for_that_fetch(log_file: Path) -> None:
+    gate = threading.Event()
+    users = Users(gate=gate)
+    container = configure(log_file, users)
+    log_users([3])
+    for _ in range(1000):  # until the first call is out
+        if users.calls:
+            break
+        threading.Event().wait(0.005)
+    log_users([3])
+
+    gate.set()
+    container.shutdown()
+
+    assert ([[3]], ["user-3", "user-3"]) == (
+        users.calls,
+        [ln["user"] for ln in read_lines(log_file)],
+    )
+
+
+def test_a_key_missing_from_the_answer_adds_nothing_and_is_no_error(log_file: Path) -> None:
+    container = configure(log_file, Users(known={1: "ann"}), delivery="inline")
+    log_users([1, 2])
+    container.shutdown()
+
+    assert [("ann", None), (None, None)] == [
+        (ln.get("user"), ln.get(ERRORS)) for ln in read_lines(log_file)
+    ]
+
+
+def test_an_event_without_a_key_is_not_looked_up(log_file: Path) -> None:
+    users = Users()
+    container = configure(log_file, users, delivery="inline")
+    log_users([None])
+    container.shutdown()
+
+    assert ([], [(None, None)]) == (
+        users.calls,
+        [(ln.get("user"), ln.get(ERRORS)) for ln in read_lines(log_file)],
+    )
+
+
+def test_a_failing_batch_fails_every_event_with_the_same_reason(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW, fail=ConnectionError("db down"))
+    container = configure(log_file, users)
+    log_users([1, 2, 3, 4])
+
+    container.shutdown()
+
+    assert [{"users": "error: ConnectionError"}] * 4 == [ln[ERRORS] for ln in read_lines(log_file)]
+    assert (1, 1) == (len(users.calls), container.metrics().enrichers["users"].failures)
+
+
+def test_one_failing_batch_is_one_failure_for_the_breaker(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW, fail=ConnectionError("db down"), failure_threshold=2)
+    container = configure(log_file, users)
+    log_users(range(10))
+    container.flush(10)
+
+    breaker = container.health()["users"]["breaker"]
+    container.shutdown()
+
+    assert "closed" == breaker
+
+
+def test_an_exception_as_a_value_fails_that_key_alone(log_file: Path) -> None:
+    container = configure(
+        log_file, Users(known={1: "ann", 2: LookupError("bad row")}), delivery="inline"
+    )
+    log_users([1, 2])
+    container.shutdown()
+
+    assert [("ann", None), (None, {"users": "error: LookupError"})] == [
+        (ln.get("user"), ln.get(ERRORS)) for ln in read_lines(log_file)
+    ]
+
+
+def test_a_looked_up_key_is_served_from_the_cache_on_the_calling_thread(log_file: Path) -> None:
+    users = Users()
+    container = configure(log_file, users, delivery="inline")
+    log_users([5])
+    handed_off = container.metrics()["handed_off"]
+
+    log_users([5, 5])
+    container.shutdown()
+
+    assert (1, handed_off) == (len(users.calls), container.metrics()["handed_off"])
+    assert ["user-5"] * 3 == [ln["user"] for ln in read_lines(log_file)]
+
+
+def test_a_batch_past_its_timeout_fails_its_events_with_timeout(log_file: Path) -> None:
+    container = configure(log_file, Users(delay=5, timeout=0.05), delivery="inline")
+    log_users([1])
+    container.shutdown()
+
+    assert [{"users": "timeout"}] == [ln[ERRORS] for ln in read_lines(log_file)]
+
+
+def test_metrics_count_backend_calls_and_keys(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW)
+    container = configure(log_file, users)
+    log_users(range(5))
+    container.flush(10)
+    log_users(range(5, 11))
+    container.flush(10)
+
+    metrics = container.metrics().enrichers["users"]
+    container.shutdown()
+
+    assert (2, 11, 5.5) == (metrics.batch_calls, metrics.batch_keys, metrics.keys_per_batch)
+
+
+def test_batch_size_bounds_the_keys_of_one_call(log_file: Path) -> None:
+    users = Users(batch_window=WINDOW, batch_size=4)
+    container = configure(log_file, users)
+    log_users(range(11))
+
+    container.shutdown()
+
+    assert [4, 4, 3] == sorted((len(call) for call in users.calls), reverse=True)
+    assert list(range(11)) == sorted(key for call in users.calls for key in call)
