@@ -73,19 +73,32 @@ class SafeRenderer:
 
 
 class _SafeJSONRenderer(structlog.processors.JSONRenderer):
-    """structlog's ``JSONRenderer`` that falls back instead of raising.
+    """structlog's ``JSONRenderer`` that formats exceptions itself and falls
+    back instead of raising.
 
-    A subclass rather than a :class:`SafeRenderer` around it: one Python
-    frame less per event, which is most of what separates enrichlog without
-    enrichers from plain structlog (docs/benchmarks.md, "Hot-path choices").
-    The fallback is the standard library's encoder on a printable copy, with
-    every non-ASCII character escaped (so lone surrogates become ``\\udcxx``
-    escapes instead of an error).
+    One processor where structlog's chain has two (``ExceptionRenderer``,
+    then the renderer), and a subclass rather than a :class:`SafeRenderer`
+    around it: two Python frames less per event, which is most of what
+    separates enrichlog without enrichers from plain structlog
+    (docs/benchmarks.md, "Hot-path choices"). The fallback is the standard
+    library's encoder on a printable copy, with every non-ASCII character
+    escaped (so lone surrogates become ``\\udcxx`` escapes, not an error).
+
+    Args:
+        exceptions: formats ``exc_info`` into ``exception``; never raises.
     """
 
     fallbacks = 0
 
+    def __init__(
+        self, exceptions: Callable[[WrappedLogger, str, EventDict], EventDict], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._exceptions = exceptions
+
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str | bytes:
+        if "exc_info" in event_dict:
+            event_dict = self._exceptions(logger, name, event_dict)
         try:
             return self._dumps(event_dict, **self._dumps_kw)
         except Exception as exc:
@@ -168,10 +181,17 @@ def _repr(value: object) -> str:
 
 
 def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
-    """The renderer for ``json``, ``console`` or ``logfmt``, made safe."""
+    """The renderer for ``json``, ``console`` or ``logfmt``, made safe; the
+    JSON one also formats exceptions (structured, without local variables:
+    locals are where passwords and tokens live)."""
     renderer: Callable[[WrappedLogger, str, EventDict], Any]
     if fmt == "json":
-        return _SafeJSONRenderer(serializer=orjson.dumps if orjson is not None else json.dumps)
+        return _SafeJSONRenderer(
+            _SafeExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            serializer=orjson.dumps if orjson is not None else json.dumps,
+        )
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
     elif fmt == "logfmt":
@@ -203,15 +223,10 @@ def pre_processors() -> list[Processor]:
 
 def post_processors(settings: LoggingSettings) -> list[Processor]:
     """What runs after enrichment: exception formatting and the renderer."""
-    exceptions: Processor = (
-        # Structured tracebacks without local variables: locals are where
-        # passwords and tokens live.
-        _SafeExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
-        if settings.format == "json"
-        else _SafeExceptionRenderer()
-    )
     if settings.format == "console":
         # ConsoleRenderer formats exceptions itself, prettier than a string.
         colors = settings.output == "stdout" and _stdout_is_tty()
         return [make_renderer(settings.format, colors=colors)]
-    return [exceptions, make_renderer(settings.format)]
+    if settings.format == "json":
+        return [make_renderer("json")]  # formats exceptions itself: one frame less
+    return [_SafeExceptionRenderer(), make_renderer(settings.format)]

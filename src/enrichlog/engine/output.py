@@ -96,6 +96,7 @@ class LineWriter:
         "_pid",
         "_stream",
         "_unreported",
+        "_usable",
         "_write",
         "name",
         "report_interval",
@@ -112,6 +113,8 @@ class LineWriter:
         self._owns = owns
         self._closed = False
         self._broken = False
+        #: Neither closed nor broken: the only test a line's write makes.
+        self._usable = True
         self._pid = os.getpid()
         self.target = target
         self.name: str | None = None
@@ -126,38 +129,65 @@ class LineWriter:
 
     def msg(self, message: bytes | str) -> None:
         """Write ``message`` and a newline, then flush; never raises."""
-        line = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
+        # Once per line, on every thread: the common case (bytes, a stream
+        # that works) is one test, one lock, two calls and a count.
+        if message.__class__ is not bytes:
+            message = message.encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
         with self._lock:
-            if not self._broken:
+            if self._usable:
                 try:
-                    if self._closed:
-                        self._reopen()
-                    self._write(line + b"\n")
+                    self._write(message + b"\n")
                     self._flush()
                 except (OSError, ValueError) as exc:  # ValueError: a closed stream
-                    failure: BaseException | None = exc
-                    self._broken = isinstance(exc, BrokenPipeError | ValueError)
+                    failure: BaseException = exc
                 else:
                     self.written += 1
                     return
             else:
-                failure = None
-            self.write_failed += 1
-            self._unreported += 1
-            now = time.monotonic()
-            due = now - self._last_report >= self.report_interval
-            if due:
-                self._last_report = now
-                count, self._unreported = self._unreported, 0
+                unusual = self._write_unusual(message)
+                if unusual is None:
+                    self.written += 1
+                    return
+                failure = unusual
+            due, count = self._count_failure(failure)
         if due:
             # Outside the lock: a handler may route this back into logging.
             _report.warning(
                 "enrichlog could not write %d line(s) to %s (%s)%s",
                 count,
                 self.target,
-                "broken pipe or closed stream" if failure is None else _describe(failure),
+                _describe(failure),
                 "; it stops trying" if self._broken else "",
             )
+
+    def _write_unusual(self, line: bytes) -> BaseException | None:
+        """With the lock held, for a closed or broken writer: a broken one
+        writes nothing; a closed file is reopened (loggers cached before a
+        reconfiguration still hold this writer: appending beats losing their
+        lines). ``None`` once written, else the failure."""
+        if self._broken:
+            return _BROKEN
+        try:
+            self._reopen()
+            self._write(line + b"\n")
+            self._flush()
+        except (OSError, ValueError) as exc:
+            return exc
+        return None
+
+    def _count_failure(self, failure: BaseException) -> tuple[bool, int]:
+        """With the lock held: count a line not written; whether to report."""
+        if isinstance(failure, BrokenPipeError | ValueError):
+            self._broken = True
+            self._usable = False
+        self.write_failed += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last_report < self.report_interval:
+            return False, 0
+        self._last_report = now
+        count, self._unreported = self._unreported, 0
+        return True, count
 
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
     failure = msg
@@ -176,6 +206,7 @@ class LineWriter:
                     with contextlib.suppress(OSError, ValueError):
                         self._stream.close()
                     self._closed = True
+                    self._usable = False
 
     def retarget(self, other: LineWriter) -> None:
         """Write where ``other`` writes from now on.
@@ -187,6 +218,7 @@ class LineWriter:
             self._stream, self._write, self._flush = other._stream, other._write, other._flush
             self._owns, self.target, self._closed = other._owns, other.target, False
             self._broken = False
+            self._usable = True
 
     def release(self, other: LineWriter) -> None:
         """Stop writing to ``other``'s stream (it is being closed); a later
@@ -194,6 +226,7 @@ class LineWriter:
         with self._lock:
             if self._stream is other._stream and self is not other:
                 self._closed = self._owns
+                self._usable = not self._closed and not self._broken
 
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
@@ -201,6 +234,7 @@ class LineWriter:
         stream = open(self.target, "ab")  # noqa: SIM115 - held open on purpose
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._closed = False
+        self._usable = not self._broken
 
     def after_fork_in_child(self) -> None:
         """Start afresh in a forked child: a new lock and a new stream.
@@ -220,7 +254,8 @@ class LineWriter:
             stream = open(os.dup(self._stream.fileno()), "wb", buffering=0)  # noqa: SIM115
             self._owns = True  # the duplicate is ours to close
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
-        self._closed = False
+        self._closed = self._broken = False
+        self._usable = True
 
     def __getstate__(self) -> Any:
         raise TypeError("LineWriter cannot be pickled")
@@ -268,6 +303,10 @@ class _TextAsBinary:
 
     def close(self) -> None:
         self._stream.close()
+
+
+#: What a broken writer "fails" with: it tries nothing more.
+_BROKEN = BrokenPipeError("the output is broken or closed")
 
 
 def _describe(exc: BaseException) -> str:
