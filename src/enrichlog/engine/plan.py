@@ -30,13 +30,14 @@ from typing import Any, Generic, TypeVar
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from ..enricher import AsyncEnricher, Enricher, SyncEnricher
+from ..enricher import AsyncEnricher, Enricher, SyncEnricher, _FunctionEnricher
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
 from ..resilience.guard import ABANDON_GRACE, EnricherGuard
 from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
+    IMMUTABLE,
     INVALID_RETURN,
     TIMEOUT,
     UNAVAILABLE,
@@ -215,7 +216,7 @@ class EnrichmentPlan(Generic[_R]):
                 functools.partial(self._start_blocking, enricher),
                 self._sync_timeout,
             )
-        settle: Settle = functools.partial(_call_sync, enricher)
+        settle: Settle = functools.partial(_call_sync, _enrich_function(enricher))
         return Step(enricher, None, settle, None, 0.0)
 
     # -- views -----------------------------------------------------------------
@@ -264,15 +265,27 @@ class EnrichmentPlan(Generic[_R]):
         Raises:
             structlog.DropEvent: an enricher filtered the event out.
         """
-        # Once per event on the logging thread: locals and a plain loop
-        # (a comprehension's frame costs more than it saves here).
+        # Once per event on the logging thread: locals, plain loops and the
+        # merge of a level without failures inlined (each Python frame saved
+        # here shows in docs/benchmarks.md, "Hot-path choices").
         for index, settlers in enumerate(self._settlers):
             outcomes: list[Outcome | None] = []
             for settle in settlers:
                 outcomes.append(settle(logger, method_name, event_dict))  # noqa: PERF401
             if None in outcomes:
                 return self._record(logger, method_name, event_dict, index, outcomes)
-            self._merge(event_dict, index, outcomes)  # type: ignore[arg-type]
+            failed = False
+            for updated, removed, reason in outcomes:  # type: ignore[misc]
+                if reason is None:
+                    if removed:
+                        for key in removed:
+                            event_dict.pop(key, None)
+                    if updated:
+                        event_dict.update(updated)
+                else:
+                    failed = True
+            if failed:
+                self._record_failures(event_dict, index, outcomes)  # type: ignore[arg-type]
         return None
 
     def unsettled_record(
@@ -516,11 +529,21 @@ def take_interrupt() -> BaseException | None:
 
 
 def _call_sync(
-    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    enrich: Callable[[WrappedLogger, str, EventDict], Any],
+    logger: WrappedLogger,
+    method_name: str,
+    snapshot: EventDict,
 ) -> Outcome:
-    copy = isolated_copy(snapshot)
+    """Run a sync enricher (its ``enrich``, or a plain processor itself) on
+    a copy of the event; its outcome."""
+    # Once per sync enricher of every event, often on the logging thread:
+    # the flat copy of a flat event is made here rather than in
+    # isolated_copy(), one frame less.
+    copy = dict(snapshot)
+    if not IMMUTABLE.issuperset(map(type, copy.values())):
+        copy = isolated_copy(snapshot)
     try:
-        result = enricher.enrich(logger, method_name, copy)
+        result = enrich(logger, method_name, copy)
     except structlog.DropEvent:
         return FILTERED
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -537,11 +560,20 @@ def _call_sync(
     return (updated, removed, None)
 
 
+def _enrich_function(enricher: SyncEnricher) -> Callable[[WrappedLogger, str, EventDict], Any]:
+    """What to call for a sync enricher: a plain processor is called itself,
+    without the frame of its wrapper's ``enrich``."""
+    function = getattr(enricher, "function", None)
+    if type(enricher) is _FunctionEnricher and callable(function):
+        return function  # type: ignore[no-any-return]
+    return enricher.enrich
+
+
 def _call_in_worker(
     enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
 ) -> Outcome:
     """:func:`_call_sync` in a worker thread: an interrupt stays a reason."""
-    outcome = _call_sync(enricher, logger, method_name, snapshot)
+    outcome = _call_sync(enricher.enrich, logger, method_name, snapshot)
     if INTERRUPTS:
         take_interrupt()
     return outcome

@@ -21,7 +21,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from threading import get_ident
 from typing import Any, Protocol
 
 import structlog
@@ -100,7 +99,6 @@ class AsyncEnricherProcessor:
         self._pipeline = pipeline
         self._owner = owner
         self._runtime = runtime
-        self._owned_threads = runtime.owned_thread_ids
         self.background = background
         self._inline_wait = inline_wait
         #: Events an enricher filtered out (``DropEvent``) on a logging thread.
@@ -142,10 +140,11 @@ class AsyncEnricherProcessor:
     # -- structlog processor: the logging thread ----------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        if get_ident() in self._owned_threads or IN_ENRICHMENT.get():
+        if IN_ENRICHMENT.get():
             # An event logged by an enricher (on the loop or in a worker
-            # thread), or by enrichlog's own reports routed back here:
-            # enriching it could recurse without end, or wait on itself.
+            # thread): enriching it could recurse without end. (Anything
+            # else logged on the runtime's own thread is handed off like any
+            # event from a thread that runs a loop: it never waits there.)
             return event_dict
         try:
             enrichment = self._settle(logger, method_name, event_dict)

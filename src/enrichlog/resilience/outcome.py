@@ -15,6 +15,7 @@ __all__ = [
     "CIRCUIT_OPEN",
     "FILTERED",
     "FILTERED_REASON",
+    "IMMUTABLE",
     "INVALID_RETURN",
     "OVERLOADED",
     "TIMEOUT",
@@ -56,7 +57,7 @@ on purpose, and no line is written."""
 _ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
 
 #: Values an enricher cannot change in place, so its copy may share them.
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, tuple, frozenset})
+IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, tuple, frozenset})
 
 
 def error_outcome(exc: BaseException) -> Outcome:
@@ -75,16 +76,26 @@ def changes_of(
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """What an enricher did to its copy of the event: (set keys, removed keys).
 
+    A value is unchanged when it is the very object the event had (its copy
+    shares immutable values) or, for a copied container, an equal one.
     Raises whatever reading ``after`` raises (a mapping that fails when read
     is the enricher's fault: the caller turns it into ``invalid_return``).
     """
-    updated = {
-        k: v
-        for k, v in after.items()
-        if k not in before or (before[k] is not v and (type(v) in _IMMUTABLE or before[k] != v))
-    }
-    removed = tuple(k for k in before if k not in after)
-    return updated, removed
+    # Once per enricher call: a plain loop with bound lookups is about a
+    # third cheaper than the equivalent comprehensions.
+    updated = {}
+    get = before.get
+    for key, value in after.items():
+        old = get(key, _ABSENT)
+        if old is not value and (old is _ABSENT or type(value) in IMMUTABLE or old != value):
+            updated[key] = value
+    if len(after) - len(updated) >= len(before):
+        return updated, ()  # every key of before is still there
+    return updated, tuple(key for key in before if key not in after)
+
+
+#: A key a mapping does not have.
+_ABSENT: Any = object()
 
 
 def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,17 +108,17 @@ def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
     as field values are never modified.
     """
     copy = dict(event)
-    if _IMMUTABLE.issuperset(map(type, copy.values())):
+    if IMMUTABLE.issuperset(map(type, copy.values())):
         return copy  # the common, flat event: checked in C, nothing to copy
     for key, value in copy.items():
-        if type(value) not in _IMMUTABLE:
+        if type(value) not in IMMUTABLE:
             copy[key] = _isolated(value)
     return copy
 
 
 def _isolated(value: Any) -> Any:
     kind = type(value)
-    if kind in _IMMUTABLE:
+    if kind in IMMUTABLE:
         return value
     if kind is dict:
         return {key: _isolated(item) for key, item in value.items()}
