@@ -301,6 +301,11 @@ ENRICHER_COLUMNS = (
 )
 
 
+_RATE = ENRICHER_COLUMNS.index("calls/s")
+# Left-aligned columns: the names, the failures and the breaker.
+_LEFT = frozenset({0, ENRICHER_COLUMNS.index("failures"), len(ENRICHER_COLUMNS) - 1})
+
+
 def _enricher_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     elapsed = stats.taken - previous.taken if previous is not None else 0.0
@@ -409,15 +414,14 @@ def _percentiles(latency: LatencySummary) -> str:
 
 
 def render_text(stats: Stats, previous: Stats | None = None, source: str = "") -> str:
-    """The snapshot as plain text: the enricher table, then the pipeline."""
+    """The snapshot as plain text: the enricher table, then the pipeline
+    (rates only when there is a ``previous`` reading)."""
     rows = [ENRICHER_COLUMNS, *_enricher_rows(stats, previous)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(ENRICHER_COLUMNS))]
+    shown = [i for i in range(len(ENRICHER_COLUMNS)) if previous is not None or i != _RATE]
+    widths = {i: max(len(row[i]) for row in rows) for i in shown}
     lines = [f"enrichlog stats{f' ({source})' if source else ''}", ""]
     for row in rows:
-        cells = [
-            cell.ljust(width) if index in {0, 4, 10} else cell.rjust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
+        cells = [row[i].ljust(widths[i]) if i in _LEFT else row[i].rjust(widths[i]) for i in shown]
         lines.append("  ".join(cells).rstrip())
     if len(rows) == 1:
         lines.append("(no async enricher)")
@@ -443,7 +447,7 @@ def render_rich(stats: Stats, previous: Stats | None = None, source: str = "") -
 
     enrichers = Table(title="enrichers", title_justify="left", expand=False)
     for index, column in enumerate(ENRICHER_COLUMNS):
-        enrichers.add_column(column, justify="left" if index in {0, 4, 10} else "right")
+        enrichers.add_column(column, justify="left" if index in _LEFT else "right")
     for row in _enricher_rows(stats, previous):
         style = {"closed": "green", "half-open": "yellow"}.get(row[-1].split(" ")[0], "bold red")
         failures = Text(row[4], style="red" if row[4] != "-" else "")

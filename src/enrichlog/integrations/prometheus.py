@@ -13,9 +13,9 @@ a new one, and the counters of each container shut down are kept, so totals
 never go backwards across reconfigurations. Gauges (queue depth, circuit
 state...) describe the running containers only.
 
-The ``metrics_port`` setting serves ``/metrics`` on a small HTTP server of
-``prometheus_client``'s, started with the container and stopped (its port
-released) at shutdown; :func:`metrics_app` serves the same exposition as an
+The ``metrics_port`` setting serves ``/metrics`` (``prometheus_client``'s
+default registry) on a small HTTP server started with the container and
+stopped, its port released, at shutdown; :func:`metrics_app` serves the same exposition as an
 ASGI app, for mounting in a web application.
 
 This module imports ``prometheus_client`` only when it is used; without the
@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
 from ..enricher import AsyncEnricher
@@ -46,8 +49,6 @@ from ..metrics import (
 from ..options import ResolvedOptions
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.metrics_core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -582,27 +583,72 @@ def _add_histogram(
 
 
 class _Endpoint:
-    """``prometheus_client``'s HTTP server of ``REGISTRY`` in a daemon
-    thread; stopping it closes its socket."""
+    """An HTTP server of ``prometheus_client.REGISTRY`` at ``/metrics``, in
+    a daemon thread; stopping it closes its socket within a tenth of a
+    second."""
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+    _POLL = 0.1  # seconds between the server loop's checks for shutdown
+
+    def __init__(self, server: ThreadingHTTPServer) -> None:
         self._server = server
-        self._thread = thread
         self.port: int = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            args=(self._POLL,),
+            name=f"enrichlog-metrics:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
 
     @classmethod
     def start(cls, host: str, port: int) -> _Endpoint:
-        require_client()
-        from prometheus_client import REGISTRY, start_http_server  # noqa: PLC0415
+        """Listen on ``host:port`` (0: a free port) and serve.
 
-        server, thread = start_http_server(port, addr=host, registry=REGISTRY)
-        thread.name = f"enrichlog-metrics:{server.server_address[1]}"
-        return cls(server, thread)
+        Raises:
+            OSError: the address cannot be listened on.
+        """
+        require_client()
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = _MetricsServer6 if family == socket.AF_INET6 else _MetricsServer
+        return cls(server_class((host, port), _MetricsHandler))
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """``GET /metrics``: the exposition of ``prometheus_client.REGISTRY`` in
+    the format the ``Accept`` header asks for."""
+
+    def do_GET(self) -> None:
+        from prometheus_client import REGISTRY  # noqa: PLC0415 - optional extra
+        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+
+        if urllib.parse.urlsplit(self.path).path not in {"/metrics", "/metrics/"}:
+            self._answer(404, "text/plain; charset=utf-8", b"Not Found: see /metrics\n")
+            return
+        encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+        self._answer(200, content_type, encode(REGISTRY))
+
+    def _answer(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged (a scrape every few seconds)."""
 
 
 _endpoints: weakref.WeakKeyDictionary[LoggingContainer, _Endpoint] = weakref.WeakKeyDictionary()
