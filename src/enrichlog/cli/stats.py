@@ -302,8 +302,9 @@ ENRICHER_COLUMNS = (
 
 
 _RATE = ENRICHER_COLUMNS.index("calls/s")
+_FAILURES = ENRICHER_COLUMNS.index("failures")
 # Left-aligned columns: the names, the failures and the breaker.
-_LEFT = frozenset({0, ENRICHER_COLUMNS.index("failures"), len(ENRICHER_COLUMNS) - 1})
+_LEFT = frozenset({0, _FAILURES, len(ENRICHER_COLUMNS) - 1})
 
 
 def _enricher_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, ...]]:
@@ -447,7 +448,9 @@ def render_rich(stats: Stats, previous: Stats | None = None, source: str = "") -
 
     enrichers = Table(title="enrichers", title_justify="left", expand=False)
     for index, column in enumerate(ENRICHER_COLUMNS):
-        enrichers.add_column(column, justify="left" if index in _LEFT else "right")
+        enrichers.add_column(
+            column, justify="left" if index in _LEFT else "right", no_wrap=index != _FAILURES
+        )
     for row in _enricher_rows(stats, previous):
         style = {"closed": "green", "half-open": "yellow"}.get(row[-1].split(" ")[0], "bold red")
         failures = Text(row[4], style="red" if row[4] != "-" else "")
