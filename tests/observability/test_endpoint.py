@@ -79,7 +79,10 @@ def test_outcomes_say_which_enricher_succeeded_failed_and_timed_out(
 
     assert EVENTS == calls("tenant", "success")
     assert calls("user", "success") > 0
-    assert EVENTS == calls("risk", "timeout")
+    # risk outlasts its 20 ms timeout; a timer the loaded loop fires late is
+    # the runtime's fault, not risk's: counted as overloaded.
+    assert calls("risk", "timeout") > 0
+    assert EVENTS == calls("risk", "timeout") + calls("risk", "overloaded")
     assert calls("geo", "error") >= 3
     assert calls("geo", "circuit_open") > 0
     assert EVENTS == calls("geo", "error") + calls("geo", "circuit_open")

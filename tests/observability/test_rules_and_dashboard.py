@@ -329,10 +329,13 @@ def query(url: str, expr: str) -> list[float]:
 
 
 def ready(url: str) -> bool:
+    """Prometheus answers queries and has scraped the container."""
     try:
-        return [1.0] == query(url, "up")
-    except urllib.error.URLError:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=10):
+            pass
+    except urllib.error.URLError:  # not listening yet, or 503 while starting
         return False
+    return [1.0] == query(url, "up")
 
 
 @pytest.mark.slow

@@ -70,7 +70,8 @@ def test_stats_reads_a_live_endpoint_in_plain_text(live: LoggingContainer) -> No
     calls = {name: metrics.calls for name, metrics in live.metrics().enrichers.items()}
     # enricher, calls, success, failures, p50, p95, p99, timeout, cache hits, breaker
     assert ["tenant", f"{calls['tenant']}", "100.0%", "-"] == table["tenant"][:4]
-    assert ["risk", f"{calls['risk']}", "0.0%", f"timeout {EVENTS}"] == table["risk"][:4]
+    assert ["risk", f"{calls['risk']}", "0.0%"] == table["risk"][:3]
+    assert table["risk"][3].startswith("timeout ")  # (and overloaded, on a busy machine)
     assert table["geo"][3].startswith("error ")
     assert "circuit open" in table["geo"][3]
     assert table["geo"][9].startswith("open ")
@@ -94,7 +95,7 @@ def test_stats_reads_a_json_snapshot(live: LoggingContainer, tmp_path: Path) -> 
     assert 0 == result.returncode, result.stderr
     table = rows(result.stdout)
     assert {"geo", "risk", "tenant", "user"} == set(table)
-    assert f"timeout {EVENTS}" == table["risk"][3]
+    assert table["risk"][3].startswith("timeout ")
     assert "background" == pipeline(result.stdout)["delivery"]
     assert f"{EVENTS}" == pipeline(result.stdout)["written"]
 

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import threading
-import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
 from ..enricher import AsyncEnricher
@@ -58,6 +55,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from ..container import LoggingContainer
+    from ._endpoint import MetricsEndpoint
 
 __all__ = [
     "CIRCUIT_STATES",
@@ -276,8 +274,10 @@ def container_started(container: LoggingContainer) -> None:
     if settings.metrics_port is None:
         return
     register()
+    from ._endpoint import MetricsEndpoint  # noqa: PLC0415 - http.server only when used
+
     try:
-        endpoint = _Endpoint.start(settings.metrics_host, settings.metrics_port)
+        endpoint = MetricsEndpoint.start(settings.metrics_host, settings.metrics_port)
     except OSError as exc:
         _report.warning(
             "enrichlog: cannot serve metrics on %s:%s (%s); the metrics endpoint is off",
@@ -582,76 +582,9 @@ def _add_histogram(
 # -- the HTTP endpoint ----------------------------------------------------------
 
 
-class _Endpoint:
-    """An HTTP server of ``prometheus_client.REGISTRY`` at ``/metrics``, in
-    a daemon thread; stopping it closes its socket within a tenth of a
-    second."""
-
-    _POLL = 0.1  # seconds between the server loop's checks for shutdown
-
-    def __init__(self, server: ThreadingHTTPServer) -> None:
-        self._server = server
-        self.port: int = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            args=(self._POLL,),
-            name=f"enrichlog-metrics:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @classmethod
-    def start(cls, host: str, port: int) -> _Endpoint:
-        """Listen on ``host:port`` (0: a free port) and serve.
-
-        Raises:
-            OSError: the address cannot be listened on.
-        """
-        require_client()
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = _MetricsServer6 if family == socket.AF_INET6 else _MetricsServer
-        return cls(server_class((host, port), _MetricsHandler))
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5.0)
-
-
-class _MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-
-class _MetricsServer6(_MetricsServer):
-    address_family = socket.AF_INET6
-
-
-class _MetricsHandler(BaseHTTPRequestHandler):
-    """``GET /metrics``: the exposition of ``prometheus_client.REGISTRY`` in
-    the format the ``Accept`` header asks for."""
-
-    def do_GET(self) -> None:
-        from prometheus_client import REGISTRY  # noqa: PLC0415 - optional extra
-        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
-
-        if urllib.parse.urlsplit(self.path).path not in {"/metrics", "/metrics/"}:
-            self._answer(404, "text/plain; charset=utf-8", b"Not Found: see /metrics\n")
-            return
-        encode, content_type = choose_encoder(self.headers.get("Accept", ""))
-        self._answer(200, content_type, encode(REGISTRY))
-
-    def _answer(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Requests are not logged (a scrape every few seconds)."""
-
-
-_endpoints: weakref.WeakKeyDictionary[LoggingContainer, _Endpoint] = weakref.WeakKeyDictionary()
+_endpoints: weakref.WeakKeyDictionary[LoggingContainer, MetricsEndpoint] = (
+    weakref.WeakKeyDictionary()
+)
 _endpoints_lock = threading.Lock()
 
 
