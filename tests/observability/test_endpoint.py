@@ -4,7 +4,9 @@ HTTP from a running container and parsed as Prometheus parses it."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -335,3 +337,42 @@ def test_openmetrics_when_the_scraper_asks_for_it(live: LoggingContainer) -> Non
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith("# EOF\n")
     assert 'enrichlog_events_total{result="written"} 40.0' in body
+
+
+FORK_SCRIPT = """
+import os, sys, time, urllib.request
+from enrichlog import configure_logging
+container = configure_logging(output=os.devnull, metrics_port=0)
+port = container.metrics_port
+pid = os.fork()
+if pid == 0:
+    code = 0 if container.metrics_port is None else 3
+    container.shutdown(timeout=5)
+    os._exit(code)
+deadline = time.monotonic() + 20
+while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the child hung at shutdown")
+    time.sleep(0.05)
+print("child", os.waitstatus_to_exitcode(done[1]))
+with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+    print("parent serves", b"enrichlog_containers_running 1.0" in answer.read())
+container.shutdown()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_leaves_the_endpoint_to_its_parent(tmp_path: Path) -> None:
+    # The child has no server thread: its shutdown must not wait for one.
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    assert "child 0\nparent serves True\n" == result.stdout

@@ -48,6 +48,11 @@ class MetricsEndpoint:
         server_class = _MetricsServer6 if family == socket.AF_INET6 else _MetricsServer
         return cls(server_class((host, port), _MetricsHandler))
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the socket, without
+        waiting for the server thread (it runs in the parent only)."""
+        self._server.server_close()
+
     def stop(self) -> None:
         """Stop serving and close the socket (the port is free on return)."""
         self._server.shutdown()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
@@ -142,6 +143,9 @@ class _Tracker:
             weakref.WeakKeyDictionary()
         )
         self._stopped = MetricsSnapshot()
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def follow(self, container: LoggingContainer) -> None:
         timeouts = _enricher_timeouts(container)
@@ -586,6 +590,23 @@ _endpoints: weakref.WeakKeyDictionary[LoggingContainer, MetricsEndpoint] = (
     weakref.WeakKeyDictionary()
 )
 _endpoints_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: fresh locks (a parent's thread may have held one),
+    and no endpoint: their server threads stayed in the parent, which keeps
+    serving; the child only closes its copy of their sockets."""
+    global _endpoints_lock, _registered_lock  # noqa: PLW0603 - reset after fork
+    _TRACKER.after_fork_in_child()
+    _registered_lock = threading.Lock()
+    _endpoints_lock = threading.Lock()
+    for endpoint in list(_endpoints.values()):
+        endpoint.forget()
+    _endpoints.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the ASGI app ---------------------------------------------------------------
