@@ -145,6 +145,7 @@ class _Tracker:
         self._stopped = MetricsSnapshot()
 
     def after_fork_in_child(self) -> None:
+        """A fresh lock: a thread of the parent may have held this one."""
         self._lock = threading.Lock()
 
     def follow(self, container: LoggingContainer) -> None:
@@ -185,7 +186,7 @@ class _Tracker:
                 timeouts = _enricher_timeouts(container)
             return _Reading(snapshot, snapshot.enrichers, timeouts, 1)
         final = self._finals.get(container)
-        return _Reading(_at_rest(final or container.metrics()), {}, {}, 0)
+        return _Reading(_at_rest(container.metrics() if final is None else final), {}, {}, 0)
 
 
 _TRACKER = _Tracker()
