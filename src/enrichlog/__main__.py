@@ -1,4 +1,4 @@
-"""Command line: ``python -m enrichlog {demo,plan,check}`` and ``--version``."""
+"""Command line: ``python -m enrichlog {demo,plan,check,stats}`` and ``--version``."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
     ``plan`` and ``check`` return 1 when the configuration has problems,
-    listed on stderr; any command returns 141 when its output is a pipe
-    whose reader stopped reading.
+    listed on stderr, and ``stats`` when its source cannot be read; any
+    command returns 141 when its output is a pipe whose reader stopped
+    reading.
     """
     parser = argparse.ArgumentParser(
         prog="python -m enrichlog",
@@ -40,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="print the execution plan the environment configures")
     plan.add_argument("--format", choices=("text", "json", "mermaid"), default="text")
     commands.add_parser("check", help="validate the settings; exit 1 listing the errors")
+    stats = commands.add_parser(
+        "stats", help="a live table of a running process's metrics (endpoint or JSON snapshot)"
+    )
+    from .cli.stats import add_arguments  # noqa: PLC0415 - imports nothing optional
+
+    add_arguments(stats)
     args = parser.parse_args(argv)
 
     try:
@@ -61,6 +68,10 @@ def _run(args: argparse.Namespace) -> int:
 
         run_demo(args.events)
         return 0
+    if args.command == "stats":
+        from .cli.stats import run_stats  # noqa: PLC0415
+
+        return run_stats(args.url, args.file, interval=args.interval, once=args.once)
     from .cli.check import check, show_plan  # noqa: PLC0415
 
     if args.command == "plan":

@@ -37,6 +37,7 @@ from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime, LoopRuntime, Runtime
 from .enricher import Enricher
 from .exceptions import EnrichlogError
+from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
 from .settings import LoggingSettings, resolve_settings
 
@@ -220,6 +221,8 @@ class LoggingContainer:
             _drain_before_interpreter_exit()
             _finalize_in_multiprocessing_child(self)
             self._install_sigterm_handler()
+            # Metrics: followed for Prometheus; /metrics served if metrics_port is set.
+            _observability.container_started(self)
         return self
 
     async def astartup(self) -> LoggingContainer:
@@ -441,6 +444,8 @@ class LoggingContainer:
             )
             if "salvaged" in drained:
                 report["salvaged"] = drained["salvaged"]
+            # Metrics: keep the final counters; stop /metrics, releasing its port.
+            _observability.container_stopped(self)
             self._drain_report = report
             self._shut_down.set()
         return report
@@ -614,6 +619,15 @@ class LoggingContainer:
     def running(self) -> bool:
         """Whether the container is started and not shut down."""
         return self._running
+
+    # -- metrics endpoint (enrichlog.integrations.prometheus) -------------------
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on while the container runs (the
+        one chosen when the ``metrics_port`` setting is 0); ``None`` when the
+        setting is unset or the port could not be listened on."""
+        return _observability.metrics_endpoint_port(self)
 
     # -- context managers ---------------------------------------------------
 

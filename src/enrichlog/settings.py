@@ -192,6 +192,35 @@ class LoggingSettings(BaseSettings):
         None, description="seconds between enricher health checks; None = off"
     )
 
+    # -- metrics endpoint (enrichlog.integrations.prometheus) -----------------
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        None,
+        description="port serving Prometheus metrics at /metrics; 0 = a free port; None = off",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="address the metrics endpoint listens on"
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_port_off(cls, value: Any) -> Any:
+        """``none``, ``null`` or an empty value turns the endpoint off."""
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
+            return None
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_extra_installed(cls, value: int | None) -> int | None:
+        """The endpoint needs the ``prometheus`` extra: say so at configure time."""
+        if value is not None:
+            from .integrations.prometheus import require_client  # noqa: PLC0415 - only if set
+
+            require_client()
+        return value
+
+    # -- end of the metrics endpoint -------------------------------------------
+
     @field_validator("level", mode="before")
     @classmethod
     def _known_level(cls, value: Any) -> Any:

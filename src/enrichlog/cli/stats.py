@@ -1,0 +1,565 @@
+"""``python -m enrichlog stats``: a running process's metrics, as a table.
+
+The metrics come from the process's ``/metrics`` endpoint (``--url``, read
+with the ``prometheus`` extra's parser) or from a JSON file holding
+``container.metrics().as_dict()`` (``--file``). On a terminal the table
+refreshes every ``--interval`` seconds (extra ``stats``: rich) and shows
+rates since the previous refresh; otherwise, or with ``--once``, one
+snapshot is printed as plain text.
+
+Per enricher: calls, success rate, failures by reason, latency percentiles
+against the timeout, cache hit rate and breaker state. For the pipeline:
+events written, dropped and failed, the queue, events in flight, and the
+enrichment latency per event against the time its enrichers took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..exceptions import EnricherConfigError, EnrichlogError
+from ..metrics import (
+    BUCKETS,
+    FAILURE_REASONS,
+    EnricherMetrics,
+    LatencyHistogram,
+    LatencySummary,
+    MetricsSnapshot,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from rich.console import Console, RenderableType
+
+__all__ = [
+    "Stats",
+    "parse_exposition",
+    "read_stats",
+    "render_rich",
+    "render_text",
+    "run_stats",
+    "snapshot_from_dict",
+]
+
+_STATES = {0: "closed", 1: "half_open", 2: "open"}
+_MISSING_RICH = (
+    "the live table needs rich, which is not installed; install the extra: "
+    "pip install 'enrichlog[stats]' (or print one snapshot with --once)"
+)
+_MISSING_PARSER = (
+    "reading a metrics endpoint needs prometheus-client, which is not installed; "
+    "install the extra: pip install 'enrichlog[prometheus]' (or read a snapshot with --file)"
+)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One reading of a process's metrics."""
+
+    snapshot: MetricsSnapshot
+    #: Each enricher's timeout in seconds (known from an endpoint only).
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    #: ``time.monotonic()`` when it was read.
+    taken: float = 0.0
+    #: The delivery mode, when the source says (a JSON snapshot does).
+    delivery: str | None = None
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def read_stats(url: str | None = None, file: Path | None = None, timeout: float = 5.0) -> Stats:
+    """Read the metrics at ``url`` (a ``/metrics`` endpoint) or in ``file``
+    (JSON of ``container.metrics().as_dict()``).
+
+    Raises:
+        EnrichlogError: the source cannot be read or is not enrichlog's.
+        EnricherConfigError: ``url`` given and prometheus-client missing.
+    """
+    if file is not None:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EnrichlogError(f"cannot read the snapshot {str(file)!r}: {exc}") from None
+        snapshot = snapshot_from_dict(data)
+        return Stats(snapshot, taken=time.monotonic(), delivery=snapshot.delivery)
+    if url is None:
+        raise EnrichlogError("give a metrics endpoint (--url) or a snapshot file (--file)")
+    if not url.startswith(("http://", "https://")):
+        raise EnrichlogError(f"--url must be an http:// or https:// address, not {url!r}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - checked above
+            text = response.read().decode("utf-8")
+    except (OSError, ValueError) as exc:
+        raise EnrichlogError(f"cannot read {url}: {exc}") from None
+    snapshot, timeouts = parse_exposition(text)
+    return Stats(snapshot, timeouts, taken=time.monotonic())
+
+
+def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
+    """A :class:`MetricsSnapshot` from the plain data of its ``as_dict()``.
+
+    Raises:
+        EnrichlogError: ``data`` is not such a snapshot.
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("enrichers"), Mapping):
+        raise EnrichlogError("not a metrics snapshot: expected container.metrics().as_dict()")
+    try:
+        enrichers = {
+            str(name): _enricher_from_dict(str(name), values)
+            for name, values in data["enrichers"].items()
+        }
+        top = {
+            key: value
+            for key, value in data.items()
+            if key in MetricsSnapshot._fields() and key not in _NESTED
+        }
+        return MetricsSnapshot(
+            **top,
+            enrichment_latency=_latency_from_dict(data.get("enrichment_latency")),
+            enricher_time=_latency_from_dict(data.get("enricher_time")),
+            enrichers=enrichers,
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EnrichlogError(f"not a metrics snapshot: {exc}") from None
+
+
+_NESTED = frozenset({"enrichment_latency", "enricher_time", "enrichers"})
+_ENRICHER_FIELDS = frozenset(EnricherMetrics.__dataclass_fields__) - {"name", "latency"}
+
+
+def _enricher_from_dict(name: str, values: Mapping[str, Any]) -> EnricherMetrics:
+    known = {key: value for key, value in values.items() if key in _ENRICHER_FIELDS}
+    return EnricherMetrics(name=name, latency=_latency_from_dict(values.get("latency")), **known)
+
+
+def _latency_from_dict(values: Mapping[str, Any] | None) -> LatencySummary:
+    if not values:
+        return LatencySummary()
+    known = {k: v for k, v in values.items() if k in LatencySummary.__dataclass_fields__}
+    if "buckets" in known:
+        known["buckets"] = tuple(known["buckets"])
+    return LatencySummary(**known)
+
+
+def parse_exposition(text: str) -> tuple[MetricsSnapshot, dict[str, float]]:
+    """enrichlog's metrics in a Prometheus text exposition, as a
+    :class:`MetricsSnapshot`, and each enricher's timeout.
+
+    Percentiles are read from the histogram buckets.
+
+    Raises:
+        EnricherConfigError: prometheus-client (the parser) is missing.
+        EnrichlogError: the text holds none of enrichlog's metrics.
+    """
+    try:
+        from prometheus_client.parser import (  # noqa: PLC0415 - optional extra
+            text_string_to_metric_families,
+        )
+    except ImportError as exc:
+        raise EnricherConfigError(_MISSING_PARSER) from exc
+    try:
+        families = {
+            family.name: family
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("enrichlog_")
+        }
+    except ValueError as exc:
+        raise EnrichlogError(f"not a Prometheus exposition: {exc}") from None
+    if "enrichlog_events" not in families:
+        raise EnrichlogError("the exposition holds no enrichlog metrics (enrichlog_events_total)")
+    return _Exposition(families).snapshot()
+
+
+class _Exposition:
+    """Samples of the parsed families, looked up by name and labels."""
+
+    def __init__(self, families: Mapping[str, Metric]) -> None:
+        self._samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in families.values():
+            for sample in family.samples:
+                self._samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` that carry ``labels``."""
+        return sum(
+            value
+            for found, value in self._samples.get(name, ())
+            if all(found.get(key) == wanted for key, wanted in labels.items())
+        )
+
+    def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        """The samples of ``name`` by the value of ``label``."""
+        values: dict[str, float] = {}
+        for found, value in self._samples.get(name, ()):
+            if label in found and all(found.get(k) == v for k, v in labels.items()):
+                values[found[label]] = values.get(found[label], 0.0) + value
+        return values
+
+    def latency(self, name: str, **labels: str) -> LatencySummary:
+        """A histogram's buckets as a :class:`LatencySummary`."""
+        cumulative: dict[float, float] = {}
+        for found, value in self._samples.get(f"{name}_bucket", ()):
+            if all(found.get(k) == v for k, v in labels.items()) and "le" in found:
+                cumulative[float(found["le"])] = value
+        if not cumulative:
+            return LatencySummary()
+        counts: list[int] = []
+        below = 0.0
+        for bound in (*BUCKETS, math.inf):
+            reached = cumulative.get(bound, below)
+            counts.append(round(reached - below))
+            below = reached
+        histogram = LatencyHistogram()
+        histogram.counts = counts
+        histogram.sum = self.value(f"{name}_sum", **labels)
+        # The exact maximum is not exposed: the top of the highest bucket used.
+        used = [index for index, count in enumerate(counts) if count]
+        histogram.max = BUCKETS[min(used[-1], len(BUCKETS) - 1)] if used else 0.0
+        return histogram.summary()
+
+    def snapshot(self) -> tuple[MetricsSnapshot, dict[str, float]]:
+        events = self.by("enrichlog_events_total", "result")
+        names = set(self.by("enrichlog_enricher_calls_total", "enricher"))
+        enrichers = {name: self._enricher(name) for name in sorted(names)}
+        snapshot = MetricsSnapshot(
+            delivery="unknown",
+            handed_off=int(self.value("enrichlog_events_handed_off_total")),
+            written=int(events.get("written", 0)),
+            write_failed=int(events.get("write_failed", 0)),
+            dropped=int(events.get("dropped", 0)),
+            dropped_by_kind={
+                kind: int(count)
+                for kind, count in self.by("enrichlog_events_dropped_total", "kind").items()
+            },
+            filtered=int(events.get("filtered", 0)),
+            pending=int(self.value("enrichlog_events_pending")),
+            abandoned=sum(metrics.abandoned for metrics in enrichers.values()),
+            render_fallbacks=int(self.value("enrichlog_render_fallbacks_total")),
+            queue_depth=int(self.value("enrichlog_queue_depth")),
+            queue_high_water=int(self.value("enrichlog_queue_high_water")),
+            queue_size=int(self.value("enrichlog_queue_size")),
+            in_flight=int(self.value("enrichlog_in_flight")),
+            enrichment_latency=self.latency("enrichlog_event_enrichment_seconds"),
+            enricher_time=self.latency("enrichlog_event_enricher_seconds"),
+            enrichers=enrichers,
+        )
+        return snapshot, self.by("enrichlog_enricher_timeout_seconds", "enricher")
+
+    def _enricher(self, name: str) -> EnricherMetrics:
+        outcomes = self.by("enrichlog_enricher_calls_total", "outcome", enricher=name)
+        cache = self.by("enrichlog_cache_requests_total", "result", enricher=name)
+        latency = self.latency("enrichlog_enricher_duration_seconds", enricher=name)
+        states = self.by("enrichlog_circuit_state", "enricher")
+        failures = {reason: int(count) for reason, count in outcomes.items() if reason != "success"}
+        return EnricherMetrics(
+            name=name,
+            calls=latency.count,
+            successes=int(outcomes.get("success", 0)),
+            failures=sum(failures.values()),
+            failures_by_reason=failures,
+            retries=int(self.value("enrichlog_enricher_retries_total", enricher=name)),
+            abandoned=int(self.value("enrichlog_enricher_abandoned_total", enricher=name)),
+            cache_hits=int(cache.get("hit", 0)),
+            cache_misses=int(cache.get("miss", 0)),
+            batch_calls=int(self.value("enrichlog_batch_calls_total", enricher=name)),
+            batch_keys=int(self.value("enrichlog_batch_keys_total", enricher=name)),
+            latency=latency,
+            breaker=_STATES.get(int(states.get(name, 0)), "closed"),
+            breaker_seconds=self.value("enrichlog_circuit_state_seconds", enricher=name),
+            cache=(
+                {"hits": int(cache.get("hit", 0)), "misses": int(cache.get("miss", 0))}
+                if cache
+                else None
+            ),
+        )
+
+
+# -- what is shown ----------------------------------------------------------------
+
+ENRICHER_COLUMNS = (
+    "enricher",
+    "calls",
+    "calls/s",
+    "success",
+    "failures",
+    "p50",
+    "p95",
+    "p99",
+    "timeout",
+    "cache hits",
+    "breaker",
+)
+
+
+_RATE = ENRICHER_COLUMNS.index("calls/s")
+_FAILURES = ENRICHER_COLUMNS.index("failures")
+# Left-aligned columns: the names, the failures and the breaker.
+_LEFT = frozenset({0, _FAILURES, len(ENRICHER_COLUMNS) - 1})
+
+
+def _enricher_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    elapsed = stats.taken - previous.taken if previous is not None else 0.0
+    for name, metrics in sorted(stats.snapshot.enrichers.items()):
+        failed = {reason: n for reason, n in metrics.failures_by_reason.items() if n}
+        outcomes = metrics.successes + sum(failed.values())
+        before = previous.snapshot.enrichers.get(name) if previous is not None else None
+        rate = "-"
+        if before is not None and elapsed > 0:
+            rate = f"{max(0, metrics.calls - before.calls) / elapsed:,.1f}"
+        looked_up = metrics.cache_hits + metrics.cache_misses
+        timeout = stats.timeouts.get(name)
+        rows.append(
+            (
+                name,
+                f"{metrics.calls:,}",
+                rate,
+                f"{100 * metrics.successes / outcomes:.1f}%" if outcomes else "-",
+                ", ".join(f"{_reason(r)} {n:,}" for r, n in _ordered(failed)) or "-",
+                _duration(metrics.latency.p50, metrics.latency.count),
+                _duration(metrics.latency.p95, metrics.latency.count),
+                _duration(metrics.latency.p99, metrics.latency.count),
+                "-" if timeout is None else _duration(timeout, 1),
+                (
+                    f"{100 * metrics.cache_hits / looked_up:.1f}%"
+                    if metrics.cache is not None and looked_up
+                    else "-"
+                ),
+                _breaker(metrics),
+            )
+        )
+    return rows
+
+
+def _ordered(failed: Mapping[str, int]) -> list[tuple[str, int]]:
+    order = {reason: index for index, reason in enumerate(FAILURE_REASONS)}
+    return sorted(failed.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+
+
+def _reason(reason: str) -> str:
+    return reason.replace("_", " ")
+
+
+def _breaker(metrics: EnricherMetrics) -> str:
+    if metrics.breaker == "closed":
+        return "closed"
+    return f"{metrics.breaker.replace('_', '-')} {_seconds(metrics.breaker_seconds)}"
+
+
+def _duration(seconds: float, count: int) -> str:
+    if not count:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def _pipeline_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, str]]:
+    s = stats.snapshot
+    elapsed = stats.taken - previous.taken if previous is not None else 0.0
+    written = f"{s.written:,}"
+    if previous is not None and elapsed > 0:
+        written += f" ({max(0, s.written - previous.snapshot.written) / elapsed:,.1f}/s)"
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(s.dropped_by_kind.items()) if n)
+    rows = [
+        ("written", written),
+        ("dropped", f"{s.dropped:,}" + (f" ({kinds})" if kinds else "")),
+        ("write failed", f"{s.write_failed:,}"),
+        ("filtered", f"{s.filtered:,}"),
+        ("pending", f"{s.pending:,}"),
+        (
+            "queue",
+            f"{s.queue_depth:,} of {s.queue_size:,}"
+            + (f" ({100 * s.queue_depth / s.queue_size:.0f}%)" if s.queue_size else "")
+            + f", high water {s.queue_high_water:,}",
+        ),
+        ("in flight", f"{s.in_flight:,}"),
+        ("enrichment per event", _percentiles(s.enrichment_latency)),
+        ("enricher time per event", _percentiles(s.enricher_time)),
+    ]
+    if s.enricher_time.sum > 0:
+        saved = 1.0 - s.enrichment_latency.sum / s.enricher_time.sum
+        rows.append(("concurrency saved", f"{100 * saved:.0f}% of enricher time"))
+    if stats.delivery is not None:
+        rows.insert(0, ("delivery", stats.delivery))
+    return rows
+
+
+def _percentiles(latency: LatencySummary) -> str:
+    if not latency.count:
+        return "-"
+    return (
+        f"p50 {_duration(latency.p50, 1)}  p95 {_duration(latency.p95, 1)}  "
+        f"p99 {_duration(latency.p99, 1)}  ({latency.count:,} events)"
+    )
+
+
+def render_text(stats: Stats, previous: Stats | None = None, source: str = "") -> str:
+    """The snapshot as plain text: the enricher table, then the pipeline
+    (rates only when there is a ``previous`` reading)."""
+    rows = [ENRICHER_COLUMNS, *_enricher_rows(stats, previous)]
+    shown = [i for i in range(len(ENRICHER_COLUMNS)) if previous is not None or i != _RATE]
+    widths = {i: max(len(row[i]) for row in rows) for i in shown}
+    lines = [f"enrichlog stats{f' ({source})' if source else ''}", ""]
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) if i in _LEFT else row[i].rjust(widths[i]) for i in shown]
+        lines.append("  ".join(cells).rstrip())
+    if len(rows) == 1:
+        lines.append("(no async enricher)")
+    lines.append("")
+    pipeline = _pipeline_rows(stats, previous)
+    label_width = max(len(label) for label, _ in pipeline)
+    lines.extend(f"{label.ljust(label_width)}  {value}" for label, value in pipeline)
+    return "\n".join(lines) + "\n"
+
+
+def render_rich(stats: Stats, previous: Stats | None = None, source: str = "") -> RenderableType:
+    """The snapshot as rich tables (extra ``stats``).
+
+    Raises:
+        EnricherConfigError: rich is not installed.
+    """
+    try:
+        from rich.console import Group  # noqa: PLC0415 - optional extra
+        from rich.table import Table  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
+    except ImportError as exc:
+        raise EnricherConfigError(_MISSING_RICH) from exc
+
+    enrichers = Table(title="enrichers", title_justify="left", expand=False)
+    for index, column in enumerate(ENRICHER_COLUMNS):
+        enrichers.add_column(
+            column, justify="left" if index in _LEFT else "right", no_wrap=index != _FAILURES
+        )
+    for row in _enricher_rows(stats, previous):
+        style = {"closed": "green", "half-open": "yellow"}.get(row[-1].split(" ")[0], "bold red")
+        failures = Text(row[4], style="red" if row[4] != "-" else "")
+        enrichers.add_row(*row[:4], failures, *row[5:-1], Text(row[-1], style=style))
+    pipeline = Table(title="pipeline", title_justify="left", show_header=False, expand=False)
+    pipeline.add_column("what", style="bold")
+    pipeline.add_column("value")
+    s = stats.snapshot
+    alarming = {"dropped": s.dropped, "write failed": s.write_failed}
+    for label, value in _pipeline_rows(stats, previous):
+        pipeline.add_row(label, Text(value, style="red" if alarming.get(label) else ""))
+    heading = Text(f"enrichlog stats{f' ({source})' if source else ''}", style="bold")
+    return Group(heading, enrichers, pipeline)
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def run_stats(
+    url: str | None,
+    file: Path | None,
+    *,
+    interval: float = 2.0,
+    once: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    console: Console | None = None,
+    refreshes: int | None = None,
+) -> int:
+    """Show the metrics at ``url`` or in ``file``; the exit status.
+
+    Plain text, once, when ``once`` is set or ``out`` is not a terminal;
+    otherwise a live table refreshed every ``interval`` seconds until
+    interrupted (or ``refreshes`` times). 1 when the source cannot be read
+    or an extra is missing (said on ``err``).
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    source = url if url is not None else str(file)
+    try:
+        stats = read_stats(url, file)
+        if once or not out.isatty():
+            out.write(render_text(stats, source=source))
+            return 0
+        _live(url, file, stats, interval, source, console, refreshes)
+    except EnrichlogError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
+    return 0
+
+
+def _live(
+    url: str | None,
+    file: Path | None,
+    stats: Stats,
+    interval: float,
+    source: str,
+    console: Console | None,
+    refreshes: int | None,
+) -> None:
+    render_rich(stats, source=source)  # says which extra is missing, before the screen
+    from rich.console import Group  # noqa: PLC0415 - optional extra, present (above)
+    from rich.live import Live  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    previous: Stats | None = None
+    problem = ""
+    with Live(render_rich(stats, source=source), console=console, auto_refresh=False) as live:
+        try:
+            for _ in _count(refreshes):
+                time.sleep(interval)
+                try:
+                    previous, stats = stats, read_stats(url, file)
+                    problem = ""
+                except EnrichlogError as exc:
+                    problem = f"{exc} (showing the last reading)"
+                table = render_rich(stats, previous, source)
+                shown = Group(table, Text(problem, style="bold red")) if problem else table
+                live.update(shown, refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+def _count(limit: int | None) -> Iterable[int]:
+    index = 0
+    while limit is None or index < limit:
+        yield index
+        index += 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``stats`` subcommand's options, on an argparse parser."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="a metrics endpoint, e.g. http://127.0.0.1:9464/metrics")
+    source.add_argument(
+        "--file", type=Path, help="a JSON snapshot: container.metrics().as_dict(), json.dump'ed"
+    )
+    parser.add_argument(
+        "--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="print one snapshot as plain text, then exit"
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
