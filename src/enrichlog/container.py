@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -38,6 +38,10 @@ from .enricher import Enricher
 from .exceptions import EnrichlogError
 from .metrics import MetricsSnapshot
 from .settings import LoggingSettings, resolve_settings
+from .transport import transport_for
+
+if TYPE_CHECKING:
+    from .transport.nats import PublishingWriter
 
 __all__ = [
     "DrainReport",
@@ -112,13 +116,24 @@ class LoggingContainer:
         self.settings = settings = settings or LoggingSettings()
         self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
         levels = self.registry.levels()
+        # -- scale-out (enrichlog.transport): publish instead of writing ----
+        #: The producer transport (``None`` unless ``settings.transport``);
+        #: its ``metrics()`` count what was published, spooled and lost.
+        self.transport = transport_for(settings)
+        if self.transport is not None and not self.transport.enrich_locally:
+            levels = []  # the workers enrich
+        # -- end scale-out ---------------------------------------------------
         self._runtime = EnrichmentRuntime(max_threads=settings.max_enricher_threads)
         self._lifecycle = EnricherLifecycleManager(
             [enricher for level in levels for enricher in level],
             health_check_interval=settings.health_check_interval,
         )
         self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking, PendingEvent)
-        self._writer = TailWriter(post_processors(settings))
+        self._writer: TailWriter | PublishingWriter = (
+            TailWriter(post_processors(settings))
+            if self.transport is None
+            else self.transport.writer  # scale-out: publishes each event
+        )
         self._pipeline = EventPipeline(
             self._runtime,
             self._plan,
@@ -187,6 +202,8 @@ class LoggingContainer:
         with self._lock:
             if self._running:
                 return self
+            if self.transport is not None:  # scale-out: raises on a conflicting stream
+                self.transport.start()
             if self.output is None:
                 self.output = open_output(self.settings.output)
             if self.processor is not None:
@@ -230,7 +247,7 @@ class LoggingContainer:
         return await self._runtime.arun(self._lifecycle.startup_all())
 
     def _install_sigterm_handler(self) -> None:
-        if not self.settings.handle_sigterm or self.processor is None:
+        if not self.settings.handle_sigterm or (self.processor is None and self.transport is None):
             return
         if threading.current_thread() is not threading.main_thread():
             if self._plan.needs_runtime:
@@ -327,6 +344,10 @@ class LoggingContainer:
                     self.settings.shutdown_timeout if timeout is None else timeout
                 )
                 salvaged = drained.get("salvaged")
+            # scale-out: publish what the drain handed over, spool the rest
+            sent = None if self.transport is None else self.transport.stop(
+                self.settings.shutdown_timeout if timeout is None else timeout
+            )
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -339,6 +360,8 @@ class LoggingContainer:
             )
             if salvaged is not None:
                 report["salvaged"] = salvaged
+            if sent is not None:
+                report.update(sent)
             self._drain_report = report
             return report
 
