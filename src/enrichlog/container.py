@@ -345,8 +345,12 @@ class LoggingContainer:
                 )
                 salvaged = drained.get("salvaged")
             # scale-out: publish what the drain handed over, spool the rest
-            sent = None if self.transport is None else self.transport.stop(
-                self.settings.shutdown_timeout if timeout is None else timeout
+            sent = (
+                None
+                if self.transport is None
+                else self.transport.stop(
+                    self.settings.shutdown_timeout if timeout is None else timeout
+                )
             )
             if self.output is not None:
                 if _installed_writer is not None:

@@ -83,8 +83,9 @@ def import_nats() -> Any:
     return nats
 
 
-async def connect(config: TransportConfig, *, name: str, reconnect: bool,
-                  timeout: float = 2.0) -> Client:
+async def connect(
+    config: TransportConfig, *, name: str, reconnect: bool, timeout: float = 2.0
+) -> Client:
     """A connection to the transport's server.
 
     Args:

@@ -52,8 +52,9 @@ class Spool:
         OSError: the directory cannot be created or no slot can be locked.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, *,
-                 segment_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int, *, segment_bytes: int = 4 << 20
+    ) -> None:
         self.max_bytes = max_bytes
         self._segment_bytes = max(1024, min(segment_bytes, max_bytes // 4 or 1024))
         root = Path(directory).expanduser()
