@@ -50,7 +50,7 @@ from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, decode_event
 from .transport.config import TransportConfig
 from .transport.deadletter import dead_letter_body
-from .transport.nats import connect, ensure_stream, import_nats
+from .transport.nats import connect, ensure_stream, import_nats, unless_stopped
 from .uri.masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -376,8 +376,10 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):  # the acknowledgements leave first
+                await client.flush(timeout=2)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.drain(), 5.0)
+                await asyncio.wait_for(client.close(), 2.0)
             self._sink.close()
             self._print_line({"enrichlog_worker": self.metrics().as_dict()})
 
@@ -386,7 +388,10 @@ class Worker:
         reported = False
         while not self._stop.is_set():
             try:
-                return await connect(self.config, name="enrichlog-worker", reconnect=True)
+                # Reconnection once connected is the client's; the first
+                # connection is retried here, so a stop can cut it short.
+                first = connect(self.config, name="enrichlog-worker", reconnect=True)
+                return await unless_stopped(asyncio.wait_for(first, 10.0), self._stop)
             except Exception as exc:
                 if not reported:
                     reported = True

@@ -31,7 +31,8 @@ import time
 import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 _report = logging.getLogger("enrichlog")
+_T = TypeVar("_T")
 
 #: Events published per round trip (one batch of acknowledgements awaited).
 _BATCH = 256
@@ -105,7 +107,8 @@ async def connect(
         "name": name,
         "connect_timeout": timeout,
         "allow_reconnect": reconnect,
-        "max_reconnect_attempts": -1 if reconnect else 0,
+        # 1: one more try, then NoServersError (0 would mean: forever).
+        "max_reconnect_attempts": -1 if reconnect else 1,
         "reconnect_time_wait": 0.5,
         "error_cb": quiet,
     }
@@ -113,6 +116,20 @@ async def connect(
         options["token"] = config.token
     client: Client = await nats.connect(**options)
     return client
+
+
+async def unless_stopped(coro: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T | None:
+    """``await coro``, cancelled as soon as ``stop`` is set (then ``None``)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return None
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> None:
@@ -296,6 +313,7 @@ class NatsTransport:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._sleeping = False
         self._active = False  # started and not stopped
         self._stopping = False
@@ -398,6 +416,7 @@ class NatsTransport:
     def _start_thread(self) -> None:
         loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._loop = loop
         thread = threading.Thread(
             target=self._serve, args=(loop,), name="enrichlog-publisher", daemon=True
@@ -430,6 +449,10 @@ class NatsTransport:
             self._deadline = time.monotonic() + max(timeout, 0.0)
             thread = self._thread
         self._wake_up()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_event.set)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(timeout, 0.0) + self._publish_timeout + 1.0)
             if thread.is_alive():
@@ -548,11 +571,19 @@ class NatsTransport:
         await self._disconnect()
         config = self.config
         try:
-            client = await connect(
-                config, name="enrichlog-producer", reconnect=False, timeout=self._connect_timeout
+            client = await unless_stopped(
+                connect(
+                    config,
+                    name="enrichlog-producer",
+                    reconnect=False,
+                    timeout=self._connect_timeout,
+                ),
+                self._stop_event,
             )
         except Exception as exc:
             self._note_outage(exc)
+            return False
+        if client is None:  # stopping
             return False
         self._client = client
         self._js = client.jetstream(timeout=self._publish_timeout)
