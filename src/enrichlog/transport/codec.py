@@ -49,8 +49,8 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
             pass
     try:
         return json.dumps(
-            _printable(event, 0), ensure_ascii=True, allow_nan=False, separators=(",", ":")
-        ).encode("ascii")
+            _printable(event, 0), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
     except Exception as exc:  # pragma: no cover - _printable leaves nothing to refuse
         return json.dumps({"event": _repr(event), "encode_error": _repr(exc)}).encode("ascii")
 
@@ -58,8 +58,10 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
 def _printable(value: Any, depth: int) -> Any:
     """A copy of ``value`` that the stdlib encoder accepts, odd values by
     ``repr``."""
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):  # a lone surrogate is not UTF-8: shown escaped
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, float):
@@ -67,7 +69,7 @@ def _printable(value: Any, depth: int) -> Any:
     if depth < _MAX_DEPTH:
         if isinstance(value, Mapping):
             return {
-                (k if isinstance(k, str) else _repr(k)): _printable(v, depth + 1)
+                _printable(k if isinstance(k, str) else _repr(k), depth): _printable(v, depth + 1)
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
