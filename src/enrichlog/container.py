@@ -121,7 +121,7 @@ class LoggingContainer:
         #: its ``metrics()`` count what was published, spooled and lost.
         self.transport = transport_for(settings)
         if self.transport is not None and not self.transport.enrich_locally:
-            levels = []  # the workers enrich
+            levels = ()  # the workers enrich
         # -- end scale-out ---------------------------------------------------
         self._runtime = EnrichmentRuntime(max_threads=settings.max_enricher_threads)
         self._lifecycle = EnricherLifecycleManager(

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
@@ -181,6 +181,15 @@ class OutputSink:
                 self._forget(target)
 
 
+async def _poll(condition: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``condition()`` holds or the monotonic ``deadline`` passes
+    (polled: what it reads changes on this loop and on the runtime's thread)."""
+    while not condition():
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
 def _path_part(value: object) -> str:
     text = _UNSAFE.sub("_", str(value)).lstrip(".")[:100] if value is not None else ""
     return text or "unknown"
@@ -272,8 +281,10 @@ class Worker:
         self.container = LoggingContainer(
             settings.model_copy(update={"transport": None}), enrichers
         )
-        self._plan = self.container._plan  # noqa: SLF001 - see docs/scale-out.md, "Engine"
-        self._pipeline = self.container._pipeline  # noqa: SLF001
+        # The engine has no public way in for decoded events yet (see
+        # docs/scale-out.md, "What the worker uses of the engine").
+        self._plan = self.container._plan
+        self._pipeline = self.container._pipeline
         self._sink = OutputSink(settings.output)
         self._max_in_flight = min(settings.max_in_flight, settings.queue_size)
         self._stats_interval = stats_interval
@@ -463,13 +474,11 @@ class Worker:
         """Finish the events in flight (up to the shutdown timeout), stop
         the engine, answer what it wrote."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        while (self._in_flight or self._tasks) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await _poll(lambda: not (self._in_flight or self._tasks), deadline)
         remaining = max(deadline - time.monotonic(), 0.5)
         await asyncio.to_thread(self.container.shutdown, remaining)
         end = time.monotonic() + 2.0
-        while (self._tasks or self._done) and time.monotonic() < end:
-            await asyncio.sleep(0.02)
+        await _poll(lambda: not (self._tasks or self._done), end)
 
     # -- one message ------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ processes started as a user would, and a stream per test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,10 +60,8 @@ async def _delete(names: list[str]) -> None:
     try:
         js = client.jetstream()
         for name in names:
-            try:
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
-            except NotFoundError:
-                pass
     finally:
         await client.close()
 

@@ -132,7 +132,11 @@ def test_poison_events_are_dead_lettered_then_replayed(
     cli_env = worker_env(streams, "stdout")
     listing = subprocess.run(
         [sys.executable, "-m", "enrichlog", "dlq", "list"],
-        env=cli_env, capture_output=True, text=True, timeout=30, check=False,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert 0 == listing.returncode, listing.stderr
     assert "3 dead-lettered event(s)" in listing.stdout
@@ -141,7 +145,11 @@ def test_poison_events_are_dead_lettered_then_replayed(
     (logs / "broken.log").rmdir()  # the fix
     replay = subprocess.run(
         [sys.executable, "-m", "enrichlog", "dlq", "replay", "--all"],
-        env=cli_env, capture_output=True, text=True, timeout=30, check=False,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert 0 == replay.returncode, replay.stderr
     assert "replayed 3 event(s)" in replay.stdout
@@ -156,28 +164,33 @@ def test_poison_events_are_dead_lettered_then_replayed(
     assert 6 == metrics["nacked"]  # two retries each before the third delivery
 
 
-def test_dlq_show_prints_the_dead_letter(streams: Streams, tmp_path: Path, start_worker: Any) -> None:
+def test_dlq_show_prints_the_dead_letter(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
     container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
     get_logger().info("order", tenant="broken")
     container.shutdown()
     (tmp_path / "broken.log").mkdir()
-    worker = start_worker(
-        worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1")
-    )
+    worker = start_worker(worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1"))
     wait_until(lambda: len(dead_letters(streams)) >= 1, 30, "a dead letter")
     worker.stop()
     (letter,) = dead_letters(streams)
 
     shown = subprocess.run(
         [sys.executable, "-m", "enrichlog", "dlq", "show", str(letter.sequence)],
-        env=worker_env(streams, "stdout"), capture_output=True, text=True, timeout=30,
+        env=worker_env(streams, "stdout"),
+        capture_output=True,
+        text=True,
+        timeout=30,
         check=False,
     )
 
     assert 0 == shown.returncode, shown.stderr
     body = json.loads(shown.stdout)
     assert (letter.event_id, 1, "order") == (
-        body["event_id"], body["deliveries"], body["event"]["event"]
+        body["event_id"],
+        body["deliveries"],
+        body["event"]["event"],
     )
 
 

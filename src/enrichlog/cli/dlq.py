@@ -32,18 +32,22 @@ def run_dlq(
     worked, 1 with the problem on stderr."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        settings = resolve_settings(None, {})
-        if not settings.transport:
-            raise EnricherConfigError("ENRICHLOG_TRANSPORT is not set: no dead-letter stream")
-        config = TransportConfig.parse(settings.transport, dlq_subject=settings.dlq_subject)
-        if action == "replay" and not (replay_all or sequences):
-            raise EnricherConfigError("dlq replay: name sequence numbers, or --all")
+        config = _transport(action == "replay" and not (replay_all or sequences))
         return asyncio.run(_run(config, action, sequences, replay_all, keep, limit, fmt, out))
     except EnrichlogError as exc:
         print(f"error: {exc}", file=err)
     except Exception as exc:
         print(f"error: {mask_secrets(f'{type(exc).__name__}: {exc}')}", file=err)
     return 1
+
+
+def _transport(nothing_to_replay: bool) -> TransportConfig:
+    settings = resolve_settings(None, {})
+    if not settings.transport:
+        raise EnricherConfigError("ENRICHLOG_TRANSPORT is not set: no dead-letter stream")
+    if nothing_to_replay:
+        raise EnricherConfigError("dlq replay: name sequence numbers, or --all")
+    return TransportConfig.parse(settings.transport, dlq_subject=settings.dlq_subject)
 
 
 async def _run(

@@ -45,7 +45,7 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     if orjson is not None:
         try:
             return orjson.dumps(event, default=_repr, option=orjson.OPT_NON_STR_KEYS)
-        except Exception:  # a lone surrogate, a huge integer, a deep nesting...
+        except Exception:  # noqa: S110 - a lone surrogate, a huge integer: the stdlib below
             pass
     try:
         return json.dumps(
@@ -84,6 +84,6 @@ def decode_event(data: bytes) -> dict[str, Any]:
         ValueError: the payload is not a JSON object.
     """
     event = orjson.loads(data) if orjson is not None else json.loads(data)
-    if not isinstance(event, dict):
-        raise ValueError(f"expected a JSON object, got {type(event).__name__}")
-    return event
+    if isinstance(event, dict):
+        return event
+    raise ValueError(f"expected a JSON object, got {type(event).__name__}")

@@ -10,6 +10,7 @@ extra installed. Every message shows the URI with its secrets masked.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -26,7 +27,7 @@ _SCHEMES = ("nats", "tls")
 _KEYS = ("stream", "subject", "consumer", "enrich", "token")
 # Stream and consumer names: no subject separators, wildcards or spaces.
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}")
-_TOKEN = re.compile(r"[^\s.*>]+")
+_SUBJECT_PART = re.compile(r"[^\s.*>]+")
 
 
 @dataclass(frozen=True)
@@ -89,36 +90,15 @@ class TransportConfig:
             raise fail("a fragment ('#...') is not accepted; write '#' as %23")
         if parts.path not in ("", "/"):
             raise fail("a path is not accepted; name the stream with ?stream=")
-        query: dict[str, str] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key not in _KEYS:
-                raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
-            if key in query:
-                raise fail(f"query key {key!r} is given twice")
-            query[key] = value
+        query = _query(parts.query, fail)
         stream = query.get("stream", "LOGS")
-        if not _NAME.fullmatch(stream):
-            raise fail(
-                "query key 'stream': a stream name is letters, digits, '-' and '_' "
-                "(no '.', '*', '>' or spaces)"
-            )
         subject = query.get("subject", "logs.app")
-        if not all(_TOKEN.fullmatch(token) for token in subject.split(".")):
-            raise fail(
-                "query key 'subject': expected dot-separated tokens without spaces or "
-                "wildcards, such as logs.app"
-            )
         consumer = query.get("consumer", "enrichlog")
-        if not _NAME.fullmatch(consumer):
-            raise fail("query key 'consumer': letters, digits, '-' and '_' only")
-        enrich = query.get("enrich")
-        if enrich not in (None, "local", "remote"):
-            raise fail("query key 'enrich': expected 'local' or 'remote'")
         dlq = dlq_subject or f"enrichlog.dlq.{stream}"
-        if not all(_TOKEN.fullmatch(token) for token in dlq.split(".")):
-            raise fail(f"dead-letter subject {dlq!r}: expected dot-separated tokens")
-        if subject_matches(subject, dlq) or subject_matches(dlq, subject):
-            raise fail("the dead-letter subject must differ from the subject")
+        enrich = query.get("enrich")
+        problem = _check_names(stream, subject, consumer, dlq, enrich)
+        if problem:
+            raise fail(problem)
         host = parts.hostname or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
@@ -141,13 +121,53 @@ class TransportConfig:
         )
 
 
+def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key not in _KEYS:
+            raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
+        if key in query:
+            raise fail(f"query key {key!r} is given twice")
+        query[key] = value
+    return query
+
+
+def _is_subject(text: str) -> bool:
+    return all(_SUBJECT_PART.fullmatch(part) for part in text.split("."))
+
+
+def _check_names(
+    stream: str, subject: str, consumer: str, dlq: str, enrich: str | None
+) -> str | None:
+    """What is wrong with the names, if anything."""
+    if not _NAME.fullmatch(stream):
+        return (
+            "query key 'stream': a stream name is letters, digits, '-' and '_' "
+            "(no '.', '*', '>' or spaces)"
+        )
+    if not _is_subject(subject):
+        return (
+            "query key 'subject': expected dot-separated tokens without spaces or "
+            "wildcards, such as logs.app"
+        )
+    if not _NAME.fullmatch(consumer):
+        return "query key 'consumer': letters, digits, '-' and '_' only"
+    if enrich not in (None, "local", "remote"):
+        return "query key 'enrich': expected 'local' or 'remote'"
+    if not _is_subject(dlq):
+        return f"dead-letter subject {dlq!r}: expected dot-separated tokens"
+    if dlq == subject:
+        return "the dead-letter subject must differ from the subject"
+    return None
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     """Whether the NATS subject ``pattern`` (``*`` one token, ``>`` the
     rest) matches ``subject``."""
     wanted, tokens = pattern.split("."), subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
+    for index, part in enumerate(wanted):
+        if part == ">":
             return len(tokens) > index
-        if index >= len(tokens) or (token != "*" and token != tokens[index]):
+        if index >= len(tokens) or (part != "*" and part != tokens[index]):
             return False
     return len(wanted) == len(tokens)

@@ -30,8 +30,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import asdict, dataclass
 from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -563,9 +563,8 @@ class NatsTransport:
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` (a back-off): new events do not cut it short,
         a stop does."""
-        end = time.monotonic() + seconds
-        while not self._stopping and (left := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     async def _connect(self) -> bool:
         await self._disconnect()
@@ -743,7 +742,7 @@ class NatsTransport:
                 queued=len(self._memory) + (0 if self._held_from_spool else len(self._held)),
                 spooled=self._spooled,
                 replayed=self._replayed,
-                spool_bytes=spool.bytes if spool is not None else 0,
+                spool_bytes=spool.size if spool is not None else 0,
                 spool_dropped=self._spool_dropped,
                 rejected=self._rejected,
                 publish_errors=self._publish_errors,

@@ -106,14 +106,14 @@ class Spool:
     # -- views -------------------------------------------------------------------
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
         """Bytes of records not yet published."""
         return sum(self._sizes.values()) - self._head_offset
 
     @property
     def empty(self) -> bool:
         """Whether every record was published."""
-        return self.bytes <= 0
+        return self.size <= 0
 
     def count_records(self) -> int:
         """How many records are not yet published (reads the files)."""
@@ -131,7 +131,7 @@ class Spool:
     def append(self, records: list[Record]) -> int:
         """Append ``records`` in order; return how many fit under the cap
         (the first ones: the rest are refused)."""
-        used = self.bytes
+        used = self.size
         lines: list[bytes] = []
         for event_id, payload in records:
             line = b"%s\t%s\n" % (event_id.encode("ascii", "replace"), payload)
