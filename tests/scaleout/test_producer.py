@@ -112,3 +112,28 @@ def test_what_is_left_at_shutdown_is_spooled_and_published_by_the_next_start(
 
     assert 50 == report["published"]
     assert 50 == len(set(stream_event_ids(streams.stream)))
+
+
+def test_a_forked_child_publishes_its_own_events(streams: Streams, tmp_path: Path) -> None:
+    import os
+
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    log = get_logger()
+    log.info("parent", index=-1)
+    pid = os.fork()
+    if pid == 0:  # the child: its own publisher and spool slot
+        status = 1
+        try:
+            for index in range(10):
+                log.info("child", index=index)
+            status = 0 if container.shutdown()["published"] == 10 else 2
+        finally:
+            os._exit(status)
+    for index in range(10):
+        log.info("parent", index=index)
+    _, status = os.waitpid(pid, 0)
+    report = container.shutdown()
+
+    assert 0 == os.waitstatus_to_exitcode(status)
+    assert 11 == report["published"]
+    assert 21 == len(set(stream_event_ids(streams.stream)))

@@ -346,13 +346,14 @@ class NatsTransport:
             if len(self._memory) > self._memory_limit:
                 chunk = max(1, self._memory_limit // 4)
                 self._spill([self._memory.popleft() for _ in range(chunk)])
+            if self._thread is None:  # a forked child: a publisher (and slot) of its own
+                self._open_spool()
+                self._start_thread()
+                return
             wake = self._sleeping
             if wake:
                 self._sleeping = False
-            restart = self._thread is None  # forked child: a fresh publisher
-        if restart:
-            self._start_thread()
-        elif wake:
+        if wake:
             self._wake_up()
 
     def _wake_up(self) -> None:
@@ -406,7 +407,7 @@ class NatsTransport:
             self._active = True
             self._stopping = False
             self._open_spool()
-        self._start_thread()
+            self._start_thread()
         self._first_attempt.wait(self._connect_timeout + 1.0 if wait is None else wait)
         if self._config_error is not None:
             error = self._config_error
@@ -414,6 +415,7 @@ class NatsTransport:
             raise error
 
     def _start_thread(self) -> None:
+        """With the lock held: a new publisher thread and loop."""
         loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -516,7 +518,10 @@ class NatsTransport:
         backoff = 0.1
         while True:
             if self._stopping and (
-                time.monotonic() >= self._deadline or not self._connected() or not self._work()
+                time.monotonic() >= self._deadline
+                or not self._work()
+                # Known to be unreachable: no waiting, the spool keeps the rest.
+                or (self._outage_reported and not self._connected())
             ):
                 break
             if not self._connected():
@@ -526,7 +531,7 @@ class NatsTransport:
                         break
                     self._report_problems()
                     await self._pause(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.1
                 self._first_attempt.set()
@@ -570,19 +575,12 @@ class NatsTransport:
         await self._disconnect()
         config = self.config
         try:
-            client = await unless_stopped(
-                connect(
-                    config,
-                    name="enrichlog-producer",
-                    reconnect=False,
-                    timeout=self._connect_timeout,
-                ),
-                self._stop_event,
+            # Bounded by the client: two attempts of connect_timeout at most.
+            client = await connect(
+                config, name="enrichlog-producer", reconnect=False, timeout=self._connect_timeout
             )
         except Exception as exc:
             self._note_outage(exc)
-            return False
-        if client is None:  # stopping
             return False
         self._client = client
         self._js = client.jetstream(timeout=self._publish_timeout)
