@@ -208,3 +208,21 @@ def test_worker_keeps_running_on_an_empty_stream(
 
     wait_until(lambda: len(lines_of(output)) == 1, 20, "the late event")
     assert 0 == worker.stop()
+
+
+def test_degraded_enrichment_is_written_and_acknowledged(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    produce(streams, tmp_path, 5)
+    output = tmp_path / "out.log"
+    worker = start_worker(
+        worker_env(streams, output), "--enrichers", "tests.scaleout.worker_enrichers:broken"
+    )
+
+    wait_until(lambda: len(lines_of(output)) >= 5, 30, "5 lines")
+    assert 0 == worker.stop()
+
+    lines = lines_of(output)
+    assert all(line["enrichment_errors"] == {"lookup": "error: RuntimeError"} for line in lines)
+    metrics = worker.final_metrics()
+    assert (5, 0, 0) == (metrics["acknowledged"], metrics["nacked"], metrics["dead_lettered"])
