@@ -66,6 +66,8 @@ _report = logging.getLogger("enrichlog.worker")
 DEDUP_CAPACITY = 100_000
 #: Events fetched per request, at most.
 FETCH_BATCH = 256
+#: Seconds a worker gathers completed events before answering them together.
+ACK_DELAY = 0.005
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -290,6 +292,7 @@ class Worker:
         self._stats_interval = stats_interval
         self._stats_out = stats_out
         self._fetch_timeout = fetch_timeout
+        self._min_fetch = max(1, min(FETCH_BATCH, self._max_in_flight // 4))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._room = asyncio.Event()
@@ -449,7 +452,9 @@ class Worker:
 
         while not self._stop.is_set():
             room = self._max_in_flight - len(self._in_flight)
-            if room <= 0:
+            # Fetch in batches: a round trip per few freed slots costs more
+            # than the events it brings.
+            if room <= 0 or (room < self._min_fetch and self._in_flight):
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -555,7 +560,13 @@ class Worker:
             self._done_scheduled = True
         if schedule and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._answer_done)
+                self._loop.call_soon_threadsafe(self._answer_soon)
+
+    def _answer_soon(self) -> None:
+        """Answer what completed within the next few milliseconds together:
+        one write of acknowledgements to the server instead of one each."""
+        assert self._loop is not None
+        self._loop.call_later(ACK_DELAY, self._answer_done)
 
     def _finished(self, delivery: _Delivery) -> None:
         """On the worker's loop: an event that never reached the pipeline."""
