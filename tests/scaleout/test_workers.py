@@ -226,3 +226,32 @@ def test_degraded_enrichment_is_written_and_acknowledged(
     assert all(line["enrichment_errors"] == {"lookup": "error: RuntimeError"} for line in lines)
     metrics = worker.final_metrics()
     assert (5, 0, 0) == (metrics["acknowledged"], metrics["nacked"], metrics["dead_lettered"])
+
+
+def test_sigterm_finishes_and_acknowledges_what_is_in_flight(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    produce(streams, tmp_path, 300)
+    outputs = [tmp_path / "first.log", tmp_path / "second.log"]
+    slow = ("--enrichers", "tests.scaleout.worker_enrichers:slow")
+    # At most 40 events in flight: the rest stays in the stream for the second.
+    first = start_worker(worker_env(streams, outputs[0], max_in_flight="40"), *slow)
+    wait_until(lambda: len(lines_of(outputs[0])) >= 20, 30, "the first worker to get going")
+
+    assert 0 == first.stop()  # SIGTERM with events in flight
+    stopped = first.final_metrics()
+    written_first = len(lines_of(outputs[0]))
+    assert 0 == stopped["in_flight"]
+    assert written_first == stopped["acknowledged"]
+    assert written_first < 300
+
+    second = start_worker(worker_env(streams, outputs[1], max_in_flight="40"), *slow)
+    wait_until(
+        lambda: written_first + len(lines_of(outputs[1])) >= 300, 60, "the rest of the events"
+    )
+    assert 0 == second.stop()
+    ids = [line["event_id"] for path in outputs for line in lines_of(path)]
+    assert 300 == len(ids)  # nothing twice: the first worker acknowledged all it wrote
+    assert 300 == len(set(ids))
+    # What was in flight at SIGTERM was enriched, not cut short.
+    assert all(line.get("looked_up") for line in lines_of(outputs[0]))
