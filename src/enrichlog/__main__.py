@@ -1,4 +1,4 @@
-"""Command line: ``python -m enrichlog {demo,plan,check,stats}`` and ``--version``."""
+"""Command line: ``python -m enrichlog {demo,plan,check,stats,worker,dlq}`` and ``--version``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 __all__ = ["main"]
 
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cli.stats import add_arguments  # noqa: PLC0415 - imports nothing optional
 
     add_arguments(stats)
+    _add_scale_out_commands(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -62,7 +64,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _add_scale_out_commands(commands: Any) -> None:
+    """``worker`` and ``dlq`` (scale-out, docs/scale-out.md)."""
+    worker = commands.add_parser(
+        "worker", help="enrich and write the events published to ENRICHLOG_TRANSPORT"
+    )
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (enricher classes with a URI scheme); repeatable",
+    )
+    worker.add_argument(
+        "--enrichers",
+        metavar="MODULE:ATTR",
+        help="enrichers in code: a list, or a callable returning one",
+    )
+    worker.add_argument(
+        "--stats-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between metrics lines on stderr; 0 = only at exit (default 30)",
+    )
+    dlq = commands.add_parser("dlq", help="list, show or replay dead-lettered events")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the dead-lettered events, oldest first")
+    listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    show = actions.add_parser("show", help="dead letters in full, as JSON")
+    show.add_argument("sequences", type=int, nargs="+", metavar="SEQ")
+    replay = actions.add_parser("replay", help="publish dead-lettered events again")
+    replay.add_argument("sequences", type=int, nargs="*", metavar="SEQ")
+    replay.add_argument("--all", dest="replay_all", action="store_true", help="every one")
+    replay.add_argument("--keep", action="store_true", help="keep them in the dead-letter stream")
+    replay.add_argument("--limit", type=int, default=None, help="with --all: at most this many")
+
+
+def _run_scale_out(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        from .cli.worker import run_worker  # noqa: PLC0415
+
+        return run_worker(args.imports, args.enrichers, args.stats_interval)
+    from .cli.dlq import run_dlq  # noqa: PLC0415
+
+    return run_dlq(
+        args.action,
+        getattr(args, "sequences", ()),
+        replay_all=getattr(args, "replay_all", False),
+        keep=getattr(args, "keep", False),
+        limit=getattr(args, "limit", None),
+        fmt=getattr(args, "format", "text"),
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("worker", "dlq"):
+        return _run_scale_out(args)
     if args.command == "demo":
         from .cli.demo import run_demo  # noqa: PLC0415 - each command imports what it needs
 

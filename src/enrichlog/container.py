@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -40,6 +40,10 @@ from .exceptions import EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
 from .settings import LoggingSettings, resolve_settings
+from .transport import transport_for
+
+if TYPE_CHECKING:
+    from .transport.nats import PublishingWriter
 
 __all__ = [
     "DrainReport",
@@ -51,8 +55,11 @@ __all__ = [
 
 _STARTUP_TIMEOUT = 30.0
 
-#: What the shutdown report holds (``salvaged`` too, when the drain timed out).
+#: What the shutdown report holds.
 _REPORTED = ("written", "dropped", "pending", "write_failed", "abandoned", "filtered")
+#: What it holds besides when they apply: ``salvaged`` when the drain timed
+#: out; with a transport, what was ``published``, ``spooled`` or lost.
+_DRAINED = ("salvaged", "published", "spooled", "spool_dropped")
 
 _report = logging.getLogger("enrichlog")
 
@@ -114,6 +121,13 @@ class LoggingContainer:
         self.settings = settings = settings or LoggingSettings()
         self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
         levels = self.registry.levels()
+        # -- scale-out (enrichlog.transport): publish instead of writing ----
+        #: The producer transport (``None`` unless ``settings.transport``);
+        #: its ``metrics()`` count what was published, spooled and lost.
+        self.transport = transport_for(settings)
+        if self.transport is not None and not self.transport.enrich_locally:
+            levels = ()  # the workers enrich
+        # -- end scale-out ---------------------------------------------------
         self._runtime: Runtime = (
             LoopRuntime(max_threads=settings.max_enricher_threads)
             if settings.runtime == "loop"
@@ -124,7 +138,11 @@ class LoggingContainer:
             health_check_interval=settings.health_check_interval,
         )
         self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking, PendingEvent)
-        self._writer = TailWriter(post_processors(settings))
+        self._writer: TailWriter | PublishingWriter = (
+            TailWriter(post_processors(settings))
+            if self.transport is None
+            else self.transport.writer  # scale-out: publishes each event
+        )
         self._pipeline = EventPipeline(
             self._runtime,
             self._plan,
@@ -206,6 +224,8 @@ class LoggingContainer:
         with self._lock:
             if self._running:
                 return self
+            if self.transport is not None:  # scale-out: raises on a conflicting stream
+                self.transport.start()
             if self.output is None:
                 self.output = open_output(self.settings.output)
             if self.processor is not None:
@@ -294,7 +314,7 @@ class LoggingContainer:
         return await self._runtime.arun(self._lifecycle.startup_all())
 
     def _install_sigterm_handler(self) -> None:
-        if not self.settings.handle_sigterm or self.processor is None:
+        if not self.settings.handle_sigterm or (self.processor is None and self.transport is None):
             return
         if threading.current_thread() is not threading.main_thread():
             if self._plan.needs_runtime:
@@ -391,6 +411,7 @@ class LoggingContainer:
         try:
             if self._engine_started:
                 drained = self._stop_engine(self._timeout(timeout))
+            drained.update(self._stop_transport(self._timeout(timeout)))
         finally:
             report = self._finish_shutdown(drained)
         return report
@@ -408,9 +429,15 @@ class LoggingContainer:
         try:
             if self._engine_started:
                 drained = await self._astop_engine(self._timeout(timeout))
+            drained.update(await asyncio.to_thread(self._stop_transport, self._timeout(timeout)))
         finally:
             report = self._finish_shutdown(drained)
         return report
+
+    def _stop_transport(self, timeout: float) -> dict[str, int]:
+        """Scale-out: publish what the drain handed over, spool the rest;
+        what was published, spooled and lost (nothing without a transport)."""
+        return {} if self.transport is None else dict(self.transport.stop(timeout))
 
     def _timeout(self, timeout: float | None) -> float:
         return self.settings.shutdown_timeout if timeout is None else timeout
@@ -442,8 +469,7 @@ class LoggingContainer:
             report = DrainReport(
                 {key: value for key, value in self._counts().items() if key in _REPORTED}
             )
-            if "salvaged" in drained:
-                report["salvaged"] = drained["salvaged"]
+            report.update({key: drained[key] for key in _DRAINED if key in drained})
             # Metrics: keep the final counters; stop /metrics, releasing its port.
             _observability.container_stopped(self)
             self._drain_report = report

@@ -220,6 +220,56 @@ class LoggingSettings(BaseSettings):
         return value
 
     # -- end of the metrics endpoint -------------------------------------------
+    # -- scale-out: transport and workers (enrichlog.transport, docs/scale-out.md)
+    transport: str | None = Field(
+        None,
+        description="publish events to NATS JetStream instead of writing them: "
+        "nats://host:4222?stream=LOGS&subject=logs.app; None = write locally",
+    )
+    enrich: Literal["local", "remote"] = Field(
+        "remote",
+        description="with a transport: run the enrichers before publishing (local) "
+        "or in the workers (remote); the URI's ?enrich= wins",
+    )
+    spool_dir: str | None = Field(
+        None,
+        description="directory of the producer's on-disk spool; None = "
+        "~/.cache/enrichlog/spool/<stream>",
+    )
+    spool_max_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = Field(
+        256 << 20, description="bytes the spool may hold; events past it are dropped and counted"
+    )
+    max_deliver: Annotated[int, Field(ge=1, le=1000)] = Field(
+        5, description="deliveries of an event before a worker dead-letters it"
+    )
+    ack_wait: PositiveSeconds = Field(
+        30.0, description="seconds before an unacknowledged event is delivered again"
+    )
+    redeliver_delay: PositiveSeconds = Field(
+        1.0, description="first delay before a failed event is delivered again, doubled each time"
+    )
+    redeliver_max_delay: PositiveSeconds = Field(60.0, description="cap of that delay")
+    dlq_subject: str | None = Field(
+        None, description="subject of dead-lettered events; None = enrichlog.dlq.<stream>"
+    )
+
+    @field_validator("transport", "spool_dir", "dlq_subject", mode="before")
+    @classmethod
+    def _transport_none_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("transport")
+    @classmethod
+    def _valid_transport(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .transport.config import TransportConfig  # noqa: PLC0415
+
+            TransportConfig.parse(value)  # EnricherConfigError is a ValueError
+        return value
+
+    # -- end of scale-out settings ---------------------------------------------
 
     @field_validator("level", mode="before")
     @classmethod
@@ -271,6 +321,8 @@ class LoggingSettings(BaseSettings):
         # repr() and str(): the real values may hold passwords.
         shown = mask_mapping({str(name): value for name, value in super().__repr_args__()})
         shown["enrichers"] = [mask_uri(uri) for uri in self.enrichers]
+        if self.transport:
+            shown["transport"] = mask_uri(self.transport)
         return list(shown.items())
 
     @model_serializer(mode="wrap", when_used="json")

@@ -1,0 +1,173 @@
+"""The transport URI: where events are published and consumed.
+
+``nats://[user:password@]host[:port]?stream=LOGS&subject=logs.app`` names a
+NATS server with JetStream, the stream events are stored in and the subject
+they are published on. Parsing needs no client library, so settings are
+validated (and ``python -m enrichlog check`` works) without the ``nats``
+extra installed. Every message shows the URI with its secrets masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from ..exceptions import EnricherConfigError
+from ..uri.masking import mask_uri
+
+__all__ = ["DEFAULT_PORT", "TransportConfig", "subject_matches"]
+
+#: The NATS client port used when the URI names none.
+DEFAULT_PORT = 4222
+
+_SCHEMES = ("nats", "tls")
+_KEYS = ("stream", "subject", "consumer", "enrich", "token")
+# Stream and consumer names: no subject separators, wildcards or spaces.
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+_SUBJECT_PART = re.compile(r"[^\s.*>]+")
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """A parsed transport URI.
+
+    Attributes:
+        uri: the URI as given (it may hold a password: show :attr:`masked`).
+        server: the server URL for the client, credentials included.
+        token: an authentication token (``?token=``), or ``None``.
+        stream: the JetStream stream events are stored in.
+        subject: the subject events are published on and consumed from.
+        consumer: the durable consumer every worker of the stream shares.
+        enrich: ``local`` or ``remote`` when the URI says (``?enrich=``),
+            else ``None`` (the ``enrich`` setting decides).
+        dlq_stream, dlq_subject: where workers dead-letter events.
+    """
+
+    uri: str
+    server: str
+    token: str | None
+    stream: str
+    subject: str
+    consumer: str
+    enrich: Literal["local", "remote"] | None
+    dlq_stream: str
+    dlq_subject: str
+
+    @property
+    def masked(self) -> str:
+        """The URI with its secrets shown as ``***``."""
+        return mask_uri(self.uri)
+
+    @classmethod
+    def parse(cls, uri: str, *, dlq_subject: str | None = None) -> TransportConfig:
+        """Parse and validate ``uri``.
+
+        Args:
+            uri: ``nats://[user:password@]host[:port]?stream=...&subject=...``.
+            dlq_subject: the dead-letter subject (default
+                ``enrichlog.dlq.<stream>``).
+
+        Raises:
+            EnricherConfigError: the URI is not a usable transport; the
+                message shows it masked and names the part at fault.
+        """
+
+        def fail(problem: str) -> EnricherConfigError:
+            return EnricherConfigError(f"transport URI {mask_uri(uri)!r}: {problem}")
+
+        try:
+            parts = urlsplit(uri.strip())
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise fail("the host or port is not valid") from None
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise fail(f"unknown scheme {parts.scheme!r}; expected nats:// (or tls://)")
+        if parts.fragment:
+            raise fail("a fragment ('#...') is not accepted; write '#' as %23")
+        if parts.path not in ("", "/"):
+            raise fail("a path is not accepted; name the stream with ?stream=")
+        query = _query(parts.query, fail)
+        stream = query.get("stream", "LOGS")
+        subject = query.get("subject", "logs.app")
+        consumer = query.get("consumer", "enrichlog")
+        dlq = dlq_subject or f"enrichlog.dlq.{stream}"
+        enrich = query.get("enrich")
+        problem = _check_names(stream, subject, consumer, dlq, enrich)
+        if problem:
+            raise fail(problem)
+        host = parts.hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        credentials = ""
+        if parts.username is not None:
+            credentials = quote(unquote(parts.username), safe="")
+            if parts.password is not None:
+                credentials += ":" + quote(unquote(parts.password), safe="")
+            credentials += "@"
+        return cls(
+            uri=uri,
+            server=f"{scheme}://{credentials}{host}:{port}",
+            token=query.get("token") or None,
+            stream=stream,
+            subject=subject,
+            consumer=consumer,
+            enrich=enrich,  # type: ignore[arg-type]
+            dlq_stream=f"{stream}_DLQ",
+            dlq_subject=dlq,
+        )
+
+
+def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key not in _KEYS:
+            raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
+        if key in query:
+            raise fail(f"query key {key!r} is given twice")
+        query[key] = value
+    return query
+
+
+def _is_subject(text: str) -> bool:
+    return all(_SUBJECT_PART.fullmatch(part) for part in text.split("."))
+
+
+def _check_names(
+    stream: str, subject: str, consumer: str, dlq: str, enrich: str | None
+) -> str | None:
+    """What is wrong with the names, if anything."""
+    if not _NAME.fullmatch(stream):
+        return (
+            "query key 'stream': a stream name is letters, digits, '-' and '_' "
+            "(no '.', '*', '>' or spaces)"
+        )
+    if not _is_subject(subject):
+        return (
+            "query key 'subject': expected dot-separated tokens without spaces or "
+            "wildcards, such as logs.app"
+        )
+    if not _NAME.fullmatch(consumer):
+        return "query key 'consumer': letters, digits, '-' and '_' only"
+    if enrich not in (None, "local", "remote"):
+        return "query key 'enrich': expected 'local' or 'remote'"
+    if not _is_subject(dlq):
+        return f"dead-letter subject {dlq!r}: expected dot-separated tokens"
+    if dlq == subject:
+        return "the dead-letter subject must differ from the subject"
+    return None
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether the NATS subject ``pattern`` (``*`` one token, ``>`` the
+    rest) matches ``subject``."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for index, part in enumerate(wanted):
+        if part == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (part != "*" and part != tokens[index]):
+            return False
+    return len(wanted) == len(tokens)

@@ -1,0 +1,176 @@
+"""The dead-letter stream: events workers gave up on, and how to read and
+replay them.
+
+A worker dead-letters an event once it was delivered ``max_deliver`` times
+without being written. The dead-letter message is a JSON object: ``reason``
+(the last failure), ``deliveries``, ``event_id``, ``subject`` and
+``stream_sequence`` (where the event was), ``failed_at`` (UTC, ISO 8601),
+``worker`` (host and pid) and ``event`` (the original event; ``payload``, its
+text, when it was not a JSON object).
+
+Replaying publishes the original event again on the main subject, with a
+message id of its own (``<event_id>:replay:<dead-letter sequence>``), so the
+server's duplicate window does not swallow it, and keeps its ``event_id`` so
+readers of the output still recognise it; then deletes the dead letter.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .codec import EVENT_ID, decode_event, encode_event
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from .config import TransportConfig
+
+__all__ = ["DeadLetter", "dead_letter_body", "get_dead_letter", "read_dead_letters", "replay"]
+
+#: Header naming the dead letter a replayed event comes from.
+REPLAY_HEADER = "Enrichlog-Replay-Of"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered event.
+
+    Attributes:
+        sequence: its sequence number in the dead-letter stream.
+        event_id: the event's id.
+        reason: why the worker gave up (the last failure).
+        deliveries: how many times it was delivered.
+        failed_at: when it was dead-lettered (UTC, ISO 8601).
+        worker: the worker that gave up (host and pid).
+        subject: the subject the event was published on.
+        event: the original event (``None`` when it was not a JSON object;
+            ``payload`` then holds its text).
+        payload: the original payload's text, when ``event`` is ``None``.
+    """
+
+    sequence: int
+    event_id: str
+    reason: str
+    deliveries: int
+    failed_at: str
+    worker: str
+    subject: str
+    event: dict[str, Any] | None
+    payload: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return asdict(self)
+
+    def original(self) -> bytes:
+        """The message to publish again."""
+        if self.event is not None:
+            return encode_event(self.event)
+        return (self.payload or "").encode("utf-8", "surrogateescape")
+
+
+def dead_letter_body(
+    *,
+    data: bytes,
+    event: dict[str, Any] | None,
+    event_id: str,
+    reason: str,
+    deliveries: int,
+    subject: str,
+    stream_sequence: int,
+) -> bytes:
+    """The dead-letter message for one event."""
+    body: dict[str, Any] = {
+        "reason": reason,
+        "deliveries": deliveries,
+        EVENT_ID: event_id,
+        "subject": subject,
+        "stream_sequence": stream_sequence,
+        "failed_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    if event is not None:
+        body["event"] = event
+    else:
+        body["payload"] = data.decode("utf-8", "backslashreplace")
+    return encode_event(body)
+
+
+def _parse(sequence: int, data: bytes | None) -> DeadLetter:
+    try:
+        body = decode_event(data or b"")
+    except ValueError:
+        body = {
+            "reason": "unreadable dead letter",
+            "payload": (data or b"").decode(errors="replace"),
+        }
+    event = body.get("event")
+    return DeadLetter(
+        sequence=sequence,
+        event_id=str(body.get(EVENT_ID, "")),
+        reason=str(body.get("reason", "")),
+        deliveries=int(body.get("deliveries", 0) or 0),
+        failed_at=str(body.get("failed_at", "")),
+        worker=str(body.get("worker", "")),
+        subject=str(body.get("subject", "")),
+        event=event if isinstance(event, dict) else None,
+        payload=None if isinstance(event, dict) else str(body.get("payload", "")),
+    )
+
+
+async def get_dead_letter(
+    js: JetStreamContext, config: TransportConfig, sequence: int
+) -> DeadLetter:
+    """The dead letter at ``sequence``.
+
+    Raises:
+        nats.js.errors.NotFoundError: there is none.
+    """
+    message = await js.get_msg(config.dlq_stream, seq=sequence)
+    return _parse(sequence, message.data)
+
+
+async def read_dead_letters(
+    js: JetStreamContext, config: TransportConfig, *, limit: int | None = None
+) -> list[DeadLetter]:
+    """The dead letters, oldest first (at most ``limit``)."""
+    from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+    letters: list[DeadLetter] = []
+    sequence = 1
+    while limit is None or len(letters) < limit:
+        try:
+            message = await js.get_msg(
+                config.dlq_stream, seq=sequence, subject=config.dlq_subject, next=True
+            )
+        except NotFoundError:
+            break
+        assert message.seq is not None
+        letters.append(_parse(message.seq, message.data))
+        sequence = message.seq + 1
+    return letters
+
+
+async def replay(
+    js: JetStreamContext, config: TransportConfig, letters: list[DeadLetter], *, keep: bool = False
+) -> int:
+    """Publish each dead letter's event on the main subject again, then
+    delete the dead letter (unless ``keep``); how many were replayed."""
+    replayed = 0
+    for letter in letters:
+        await js.publish(
+            config.subject,
+            letter.original(),
+            headers={
+                "Nats-Msg-Id": f"{letter.event_id}:replay:{letter.sequence}",
+                REPLAY_HEADER: str(letter.sequence),
+            },
+        )
+        if not keep:
+            await js.delete_msg(config.dlq_stream, letter.sequence)
+        replayed += 1
+    return replayed

@@ -1,0 +1,768 @@
+"""The producer side of scale-out: events published to NATS JetStream.
+
+:class:`PublishingWriter` takes the place of the container's
+``TailWriter``: an event that finished its (local) enrichment is given an
+``event_id``, its exception formatted, encoded as JSON and handed to
+:class:`NatsTransport`, which publishes it in the background with the id as
+``Nats-Msg-Id`` (so a re-publish after a lost acknowledgement is dropped by
+the server's duplicate window).
+
+The transport keeps events in a bounded memory queue; past it, and while the
+broker is down, they go to a :class:`~enrichlog.transport.spool.Spool` on
+disk, published again, oldest first, when the broker answers. Nothing is
+lost unless the spool's cap is reached; those events are counted
+(``spool_dropped``) and reported through the stdlib logger ``enrichlog``.
+
+The publisher runs on a thread and event loop of its own, not on the
+enrichment runtime: without local enrichers there is no runtime at all; the
+spool's file writes and the reconnection back-off must not delay enrichment
+timers; and the NATS connection must not depend on a loop the application
+may own and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ..exceptions import EnricherConfigError
+from ..uri.masking import mask_secrets
+from .codec import EVENT_ID, encode_event, new_event_id
+from .config import TransportConfig, subject_matches
+from .spool import Record, Spool
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+__all__ = [
+    "NatsTransport",
+    "PublishingWriter",
+    "TransportMetrics",
+    "connect",
+    "ensure_stream",
+    "import_nats",
+]
+
+_report = logging.getLogger("enrichlog")
+_T = TypeVar("_T")
+
+#: Events published per round trip (one batch of acknowledgements awaited).
+_BATCH = 256
+#: Server error codes: a stream name taken with another configuration, and
+#: subjects already captured by another stream.
+_STREAM_NAME_IN_USE = 10058
+_SUBJECTS_OVERLAP = 10065
+#: Seconds the server remembers a ``Nats-Msg-Id`` (the stream's duplicate
+#: window) when enrichlog creates the stream.
+DUPLICATE_WINDOW = 120.0
+
+
+def import_nats() -> Any:
+    """The ``nats`` package.
+
+    Raises:
+        EnricherConfigError: nats-py is not installed; names the extra.
+    """
+    try:
+        import nats  # noqa: PLC0415 - optional dependency, imported when used
+    except ImportError:
+        raise EnricherConfigError(
+            "the NATS transport needs nats-py: pip install 'enrichlog[nats]'"
+        ) from None
+    return nats
+
+
+async def connect(
+    config: TransportConfig, *, name: str, reconnect: bool, timeout: float = 2.0
+) -> Client:
+    """A connection to the transport's server.
+
+    Args:
+        config: the transport.
+        name: the connection's name, as the server's monitoring shows it.
+        reconnect: let the client reconnect by itself (workers, tools);
+            the producer reconnects on its own terms instead.
+        timeout: seconds a connection attempt may take.
+    """
+    nats = import_nats()
+
+    async def quiet(_exc: Exception) -> None:
+        pass  # every caller reports failures itself, with secrets masked
+
+    options: dict[str, Any] = {
+        "servers": [config.server],
+        "name": name,
+        "connect_timeout": timeout,
+        "allow_reconnect": reconnect,
+        # 1: one more try, then NoServersError (0 would mean: forever).
+        "max_reconnect_attempts": -1 if reconnect else 1,
+        "reconnect_time_wait": 0.5,
+        "error_cb": quiet,
+    }
+    if config.token:
+        options["token"] = config.token
+    client: Client = await nats.connect(**options)
+    return client
+
+
+async def unless_stopped(coro: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T | None:
+    """``await coro``, cancelled as soon as ``stop`` is set (then ``None``)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return None
+
+
+async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> None:
+    """Create the stream ``name`` for ``subject`` unless it exists; an
+    existing one must capture ``subject``.
+
+    Raises:
+        EnricherConfigError: the stream exists without ``subject``, or the
+            subject belongs to another stream.
+    """
+    from nats.js.api import RetentionPolicy, StorageType  # noqa: PLC0415
+    from nats.js.errors import APIError, NotFoundError  # noqa: PLC0415
+
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        try:
+            await js.add_stream(
+                name=name,
+                subjects=[subject],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS,
+                duplicate_window=DUPLICATE_WINDOW,
+            )
+        except APIError as exc:
+            if exc.err_code == _SUBJECTS_OVERLAP:
+                raise EnricherConfigError(
+                    f"stream {name!r} cannot be created: subject {subject!r} is already "
+                    "captured by another stream; choose another subject or stream"
+                ) from None
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+            info = await js.stream_info(name)  # another process created it meanwhile
+        else:
+            return
+    subjects = list(info.config.subjects or [])
+    if not any(subject_matches(pattern, subject) for pattern in subjects):
+        raise EnricherConfigError(
+            f"stream {name!r} exists with subjects {subjects}, which do not capture "
+            f"{subject!r}; use ?stream= to name another stream, or ?subject= one of its "
+            "subjects"
+        )
+
+
+@dataclass(frozen=True)
+class TransportMetrics:
+    """The producer transport's counters at one moment.
+
+    Attributes:
+        published: events the server acknowledged (``duplicates`` of them
+            were re-publishes it had already stored).
+        queued: events in memory, waiting to be published.
+        spooled: events written to the spool so far; ``replayed``: events
+            published from it; ``spool_bytes``: bytes still on disk.
+        spool_dropped: events lost because the spool was full (or could not
+            be written); ``rejected``: events the server refused for good
+            (larger than its maximum payload, say).
+        publish_errors: failed publish rounds (retried).
+        connected: whether the publisher is connected now.
+    """
+
+    published: int = 0
+    duplicates: int = 0
+    queued: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    spool_bytes: int = 0
+    spool_dropped: int = 0
+    rejected: int = 0
+    publish_errors: int = 0
+    connected: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return asdict(self)
+
+
+class _ExceptionFormatter:
+    """Formats ``exc_info`` into the event before it leaves the process (a
+    traceback cannot travel); never raises."""
+
+    def __init__(self) -> None:
+        self._render = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        if "exc_info" not in event_dict:
+            return event_dict
+        try:
+            return self._render(logger, name, event_dict)
+        except Exception as exc:
+            event_dict.pop("exc_info", None)
+            event_dict["exception"] = f"<exception not formattable: {type(exc).__name__}>"
+            return event_dict
+
+
+class PublishingWriter:
+    """The pipeline's writer in transport mode: publishes instead of
+    rendering and writing.
+
+    ``tail`` is what the structlog chain runs after enrichment on the logging
+    thread (for events that need no hop): it formats the exception, hands
+    the event to the transport and drops structlog's copy. :meth:`write` is
+    the same for events the runtime finished. Neither blocks nor raises.
+    """
+
+    __slots__ = ("_format", "_transport", "tail")
+
+    def __init__(self, transport: NatsTransport) -> None:
+        self._transport = transport
+        self._format = _ExceptionFormatter()
+        self.tail: list[Processor] = [self._format, self._publish]
+
+    def write(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> bool:
+        """Hand the finished event to the transport; always True."""
+        self._hand(self._format(logger, method_name, event_dict))
+        return True
+
+    def _publish(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> Any:
+        self._hand(event_dict)
+        raise structlog.DropEvent
+
+    def _hand(self, event_dict: EventDict) -> None:
+        event_id = event_dict.get(EVENT_ID)
+        if not isinstance(event_id, str) or not event_id or not event_id.isprintable():
+            event_id = event_dict[EVENT_ID] = new_event_id()
+        self._transport.offer(event_id, encode_event(event_dict))
+
+
+_live: weakref.WeakSet[NatsTransport] = weakref.WeakSet()
+
+
+class NatsTransport:
+    """Publishes events to a JetStream stream from a thread of its own,
+    with a bounded memory queue and an on-disk spool behind it.
+
+    Args:
+        config: the parsed transport URI.
+        enrich_locally: the application's enrichers run before publishing.
+        memory_limit: events kept in memory before spilling to the spool.
+        spool_dir: the spool's directory (``None``: no spool; events past the
+            memory limit are dropped and counted).
+        spool_max_bytes: the spool's cap.
+        report_interval: seconds between reports of dropped events.
+        connect_timeout: seconds one connection attempt may take.
+        publish_timeout: seconds to wait for a batch's acknowledgements.
+    """
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        enrich_locally: bool = False,
+        memory_limit: int = 10_000,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 << 20,
+        report_interval: float = 10.0,
+        connect_timeout: float = 2.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.enrich_locally = enrich_locally
+        self.writer = PublishingWriter(self)
+        self._memory_limit = memory_limit
+        self._spool_dir = spool_dir
+        self._spool_max_bytes = spool_max_bytes
+        self._report_interval = report_interval
+        self._connect_timeout = connect_timeout
+        self._publish_timeout = publish_timeout
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._memory: deque[Record] = deque()
+        self._held: list[Record] = []  # being published: older than anything else
+        self._held_from_spool = False
+        self._spool: Spool | None = None
+        self._spool_problem: str | None = None
+        self._spool_records = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._sleeping = False
+        self._active = False  # started and not stopped
+        self._stopping = False
+        self._deadline = 0.0
+        self._first_attempt = threading.Event()
+        self._config_error: EnricherConfigError | None = None
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._streams_ready = False
+        self._outage_reported = False
+        self._last_report = -float("inf")
+        self._unreported_drops = 0
+        self._published = self._duplicates = self._spooled = self._replayed = 0
+        self._spool_dropped = self._rejected = self._publish_errors = 0
+
+    # -- the logging side ------------------------------------------------------
+
+    def offer(self, event_id: str, payload: bytes) -> None:
+        """Queue one encoded event for publishing; any thread, never blocks
+        on the network (past the memory limit the oldest events are written
+        to the spool)."""
+        record = (event_id, payload)
+        with self._lock:
+            if not self._active:
+                # Before start or after stop: straight to disk, published by
+                # the next start (or the next process).
+                self._spill([record])
+                return
+            self._memory.append(record)
+            if len(self._memory) > self._memory_limit:
+                chunk = max(1, self._memory_limit // 4)
+                self._spill([self._memory.popleft() for _ in range(chunk)])
+            if self._thread is None:  # a forked child: a publisher (and slot) of its own
+                self._open_spool()
+                self._start_thread()
+                return
+            wake = self._sleeping
+            if wake:
+                self._sleeping = False
+        if wake:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def _spill(self, records: list[Record]) -> None:
+        """With the lock held: append ``records`` to the spool, counting
+        those that do not fit."""
+        spool = self._open_spool()
+        stored = 0
+        if spool is not None:
+            try:
+                stored = spool.append(records)
+            except OSError as exc:
+                self._spool_problem = f"{spool.path}: {exc.strerror or exc}"
+        self._spooled += stored
+        self._spool_records += stored
+        lost = len(records) - stored
+        if lost:
+            self._spool_dropped += lost
+            self._unreported_drops += lost
+
+    def _open_spool(self) -> Spool | None:
+        if self._spool is None and self._spool_dir is not None and self._spool_problem is None:
+            try:
+                self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+            except OSError as exc:
+                self._spool_problem = f"{self._spool_dir}: {exc.strerror or exc}"
+                return None
+            self._spool_records = self._spool.count_records()
+        return self._spool
+
+    # -- start and stop ----------------------------------------------------------
+
+    def start(self, wait: float | None = None) -> None:
+        """Start the publisher; wait up to ``wait`` seconds (default: the
+        connect timeout and a second) for its first connection, so that a
+        conflicting stream is reported here. An unreachable broker is not an
+        error: events are kept and spooled until it answers.
+
+        Raises:
+            EnricherConfigError: the stream exists and does not capture the
+                subject, or the subject belongs to another stream.
+        """
+        with self._lock:
+            if self._active:
+                return
+            self._active = True
+            self._stopping = False
+            self._open_spool()
+            self._start_thread()
+        self._first_attempt.wait(self._connect_timeout + 1.0 if wait is None else wait)
+        if self._config_error is not None:
+            error = self._config_error
+            self.stop(0.0)
+            raise error
+
+    def _start_thread(self) -> None:
+        """With the lock held: a new publisher thread and loop."""
+        loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._loop = loop
+        thread = threading.Thread(
+            target=self._serve, args=(loop,), name="enrichlog-publisher", daemon=True
+        )
+        self._thread = thread
+        _live.add(self)
+        thread.start()
+
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._run())
+        except Exception:
+            _report.exception("enrichlog: the event publisher failed; events go to the spool")
+        finally:
+            self._keep_leftovers()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self, timeout: float) -> dict[str, int]:
+        """Publish what is pending for up to ``timeout`` seconds (no wait
+        when the broker is unreachable), spool the rest, stop the publisher.
+
+        Returns ``published``, ``spooled`` (events left in the spool, to be
+        published by the next start) and ``spool_dropped``.
+        """
+        with self._lock:
+            self._stopping = True
+            self._deadline = time.monotonic() + max(timeout, 0.0)
+            thread = self._thread
+        self._wake_up()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_event.set)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(timeout, 0.0) + self._publish_timeout + 1.0)
+            if thread.is_alive():
+                _report.warning("enrichlog: the event publisher did not stop; spooling")
+                with self._lock:
+                    self._keep_leftovers_locked()
+        with self._lock:
+            self._active = False
+            self._thread = None
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+            left = self._spool_records
+        self._report_problems(force=True)
+        return {
+            "published": self._published,
+            "spooled": left,
+            "spool_dropped": self._spool_dropped,
+        }
+
+    def _keep_leftovers(self) -> None:
+        with self._lock:
+            self._keep_leftovers_locked()
+
+    def _keep_leftovers_locked(self) -> None:
+        """Everything not published goes to the spool, in order: the batch
+        being published, then (after what is spooled) the memory queue."""
+        spool = self._open_spool()
+        held = [] if self._held_from_spool else self._held
+        self._held, self._held_from_spool = [], False
+        if held:
+            if spool is not None:
+                try:
+                    spool.prepend(held)
+                    self._spooled += len(held)
+                    self._spool_records += len(held)
+                except OSError as exc:
+                    self._spool_problem = f"{spool.path}: {exc.strerror or exc}"
+                    self._spool_dropped += len(held)
+            else:
+                self._spool_dropped += len(held)
+        if self._memory:
+            records = list(self._memory)
+            self._memory.clear()
+            self._spill(records)
+        self._active = False
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: start afresh (the parent publishes its own
+        events); a new publisher starts with the child's first event."""
+        active = self._active
+        spool = self._spool
+        self._reset()
+        if spool is not None:
+            spool.forget_after_fork()
+        self._active = active
+
+    # -- the publisher thread ------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            if self._stopping and (
+                time.monotonic() >= self._deadline
+                or not self._work()
+                # Known to be unreachable: no waiting, the spool keeps the rest.
+                or (self._outage_reported and not self._connected())
+            ):
+                break
+            if not self._connected():
+                if not await self._connect():
+                    self._first_attempt.set()
+                    if self._stopping:
+                        break
+                    self._report_problems()
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                self._first_attempt.set()
+            batch = self._take()
+            if not batch:
+                self._report_problems()
+                if self._stopping:
+                    break
+                await self._idle(1.0)
+                continue
+            await self._publish(batch)
+        await self._disconnect()
+
+    def _connected(self) -> bool:
+        client = self._client
+        return client is not None and client.is_connected and self._streams_ready
+
+    def _work(self) -> bool:
+        with self._lock:
+            spool = self._spool
+            return bool(self._held or self._memory or (spool is not None and not spool.empty))
+
+    async def _idle(self, seconds: float) -> None:
+        with self._lock:
+            if self._memory and self._connected():
+                return
+            self._sleeping = True
+            self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        with self._lock:
+            self._sleeping = False
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a back-off): new events do not cut it short,
+        a stop does."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    async def _connect(self) -> bool:
+        await self._disconnect()
+        config = self.config
+        try:
+            # Bounded by the client: two attempts of connect_timeout at most.
+            client = await connect(
+                config, name="enrichlog-producer", reconnect=False, timeout=self._connect_timeout
+            )
+        except Exception as exc:
+            self._note_outage(exc)
+            return False
+        self._client = client
+        self._js = client.jetstream(timeout=self._publish_timeout)
+        try:
+            await ensure_stream(self._js, config.stream, config.subject)
+        except EnricherConfigError as exc:
+            if self._config_error is None:
+                _report.error("enrichlog: %s; events are spooled until it is fixed", exc)
+            self._config_error = exc
+            await self._disconnect()
+            return False
+        except Exception as exc:
+            self._note_outage(exc)
+            await self._disconnect()
+            return False
+        self._config_error = None
+        self._streams_ready = True
+        if self._outage_reported:
+            self._outage_reported = False
+            _report.warning(
+                "enrichlog: connected to %s again; publishing the events kept meanwhile",
+                config.masked,
+            )
+        return True
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if not self._outage_reported:
+            self._outage_reported = True
+            where = self._spool.path if self._spool is not None else "memory only"
+            _report.warning(
+                "enrichlog: the broker at %s is unreachable (%s); events are kept (%s) "
+                "and published when it answers",
+                self.config.masked,
+                mask_secrets(f"{type(exc).__name__}: {exc}"),
+                where,
+            )
+
+    async def _disconnect(self) -> None:
+        client, self._client, self._js = self._client, None, None
+        self._streams_ready = False
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), self._publish_timeout)
+
+    def _take(self) -> list[Record]:
+        """The next batch, oldest first: a batch that failed before, else
+        the spool's head, else the memory queue."""
+        with self._lock:
+            if self._held:
+                return self._held
+            spool = self._spool
+            if spool is not None and not spool.empty:
+                try:
+                    self._held = spool.peek(_BATCH)
+                except OSError as exc:
+                    self._spool_problem = f"{spool.path}: {exc.strerror or exc}"
+                    self._held = []
+                self._held_from_spool = True
+                return self._held
+            count = min(_BATCH, len(self._memory))
+            self._held = [self._memory.popleft() for _ in range(count)]
+            self._held_from_spool = False
+            return self._held
+
+    async def _publish(self, batch: list[Record]) -> None:
+        from nats.errors import MaxPayloadError  # noqa: PLC0415
+        from nats.js.errors import APIError  # noqa: PLC0415
+
+        js = self._js
+        assert js is not None
+        subject = self.config.subject
+        futures: list[asyncio.Future[Any]] = []
+        rejected: set[int] = set()
+        try:
+            for index, (event_id, payload) in enumerate(batch):
+                try:
+                    futures.append(
+                        await js.publish_async(subject, payload, headers={"Nats-Msg-Id": event_id})
+                    )
+                except MaxPayloadError:
+                    rejected.add(index)
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self._publish_timeout
+            )
+        except Exception as exc:
+            for future in futures:
+                future.cancel()
+            self._failed_round(exc)
+            return
+        duplicates = 0
+        transient: BaseException | None = None
+        positions = [i for i in range(len(batch)) if i not in rejected]
+        for index, result in zip(positions, results, strict=True):
+            if isinstance(result, APIError) and result.code is not None and result.code < 500:
+                rejected.add(index)  # refused for good: retrying cannot help
+            elif isinstance(result, BaseException):
+                transient = result
+            elif getattr(result, "duplicate", False):
+                duplicates += 1
+        if transient is not None:
+            self._failed_round(transient)
+            return  # the whole batch again; the server drops what it has
+        with self._lock:
+            if self._held_from_spool and self._spool is not None:
+                try:
+                    self._spool.consume(batch)
+                except OSError as exc:
+                    self._spool_problem = f"{self._spool.path}: {exc.strerror or exc}"
+                self._spool_records -= len(batch)
+                self._replayed += len(batch) - len(rejected)
+            self._held, self._held_from_spool = [], False
+            self._published += len(batch) - len(rejected)
+            self._duplicates += duplicates
+            if rejected:
+                self._rejected += len(rejected)
+                self._unreported_drops += len(rejected)
+
+    def _failed_round(self, exc: BaseException) -> None:
+        from nats.errors import NoRespondersError  # noqa: PLC0415
+        from nats.js.errors import NoStreamResponseError  # noqa: PLC0415
+
+        self._publish_errors += 1
+        if isinstance(exc, NoRespondersError | NoStreamResponseError):
+            self._streams_ready = False  # the stream is gone: make it again
+        client = self._client
+        if client is None or not client.is_connected or isinstance(exc, TimeoutError):
+            self._streams_ready = False
+            self._note_outage(exc)
+
+    def _report_problems(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < self._report_interval:
+            return
+        with self._lock:
+            drops, self._unreported_drops = self._unreported_drops, 0
+            problem = self._spool_problem
+        if not drops:
+            return
+        self._last_report = now
+        _report.warning(
+            "enrichlog transport lost %d event(s): %s; see container.transport.metrics()",
+            drops,
+            f"the spool cannot be written ({problem})"
+            if problem
+            else f"the spool is full ({self._spool_max_bytes} bytes) or the server refused them",
+        )
+
+    # -- views ------------------------------------------------------------------------
+
+    def metrics(self) -> TransportMetrics:
+        """The transport's counters now."""
+        with self._lock:
+            spool = self._spool
+            return TransportMetrics(
+                published=self._published,
+                duplicates=self._duplicates,
+                queued=len(self._memory) + (0 if self._held_from_spool else len(self._held)),
+                spooled=self._spooled,
+                replayed=self._replayed,
+                spool_bytes=spool.size if spool is not None else 0,
+                spool_dropped=self._spool_dropped,
+                rejected=self._rejected,
+                publish_errors=self._publish_errors,
+                connected=self._connected(),
+            )
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything offered so far is published (or the
+        timeout passes); whether it was."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._work():
+                return True
+            self._wake_up()
+            time.sleep(0.01)
+        return not self._work()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_live):
+        transport.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,299 @@
+"""`Spool`: the on-disk overflow of a producer whose broker is down or slow.
+
+Events that do not fit in memory are appended to segment files; the
+publisher reads them back from the oldest, in order, once the broker
+answers, and deletes each segment it has published. The spool is capped in
+bytes: an event that would pass the cap is refused (the caller counts it).
+
+One process owns a spool at a time: the directory holds *slots*
+(``slot-0``, ``slot-1``...), each locked with ``flock`` by the process using
+it, so the workers of a pre-forking server each take their own, and a
+process that starts after one died takes over what it left and publishes it.
+
+A record is one line, ``<event id> TAB <JSON> LF``: the JSON never holds a
+raw line feed, and a line cut short by a crash (no ``LF``) is dropped when
+the slot is opened again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import IO
+
+__all__ = ["Record", "Spool"]
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per directory
+    fcntl = None  # type: ignore[assignment]
+
+#: An event ready to publish: its id (the ``Nats-Msg-Id``) and its JSON.
+Record = tuple[str, bytes]
+
+#: Slots tried before a spool gives up (processes sharing one directory).
+_MAX_SLOTS = 256
+_SEGMENT_SUFFIX = ".spool"
+# Segment numbers start high so that a segment can be put before the first.
+_FIRST_SEGMENT = 10**12
+
+
+class Spool:
+    """Segment files in a locked slot of ``directory``, capped at
+    ``max_bytes``. Not thread-safe: its owner holds a lock around every call.
+
+    Args:
+        directory: where the slots live (created if missing).
+        max_bytes: the cap on the bytes of unpublished records.
+        segment_bytes: a segment is closed and a new one started past this.
+
+    Raises:
+        OSError: the directory cannot be created or no slot can be locked.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int, *, segment_bytes: int = 4 << 20
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._segment_bytes = max(1024, min(segment_bytes, max_bytes // 4 or 1024))
+        root = Path(directory).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        self.path, self._lock_file = _take_slot(root)
+        self._segments: list[int] = []  # numbers, oldest first
+        self._head_offset = 0  # bytes of the oldest segment already published
+        self._sizes: dict[int, int] = {}
+        self._writer: IO[bytes] | None = None
+        self._reader: IO[bytes] | None = None
+        self._reader_segment = -1
+        self._load()
+
+    # -- state on disk ---------------------------------------------------------
+
+    def _segment_path(self, number: int) -> Path:
+        return self.path / f"{number:020d}{_SEGMENT_SUFFIX}"
+
+    def _load(self) -> None:
+        numbers = sorted(
+            int(p.name.removesuffix(_SEGMENT_SUFFIX))
+            for p in self.path.glob(f"*{_SEGMENT_SUFFIX}")
+            if p.name.removesuffix(_SEGMENT_SUFFIX).isdigit()
+        )
+        head_segment, head_offset = self._read_head()
+        for number in numbers:
+            path = self._segment_path(number)
+            if number < head_segment:  # published before the process ended
+                path.unlink(missing_ok=True)
+                continue
+            size = _drop_partial_line(path)
+            self._segments.append(number)
+            self._sizes[number] = size
+        if self._segments and self._segments[0] == head_segment:
+            self._head_offset = min(head_offset, self._sizes[head_segment])
+        self._drop_published_segments()
+
+    def _read_head(self) -> tuple[int, int]:
+        try:
+            segment, offset = (self.path / "head").read_text().split()
+            return int(segment), int(offset)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def _write_head(self) -> None:
+        segment = self._segments[0] if self._segments else 0
+        (self.path / "head").write_text(f"{segment} {self._head_offset}\n")
+
+    # -- views -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes of records not yet published."""
+        return sum(self._sizes.values()) - self._head_offset
+
+    @property
+    def empty(self) -> bool:
+        """Whether every record was published."""
+        return self.size <= 0
+
+    def count_records(self) -> int:
+        """How many records are not yet published (reads the files)."""
+        count = 0
+        for index, number in enumerate(self._segments):
+            with self._segment_path(number).open("rb") as handle:
+                if index == 0:
+                    handle.seek(self._head_offset)
+                while chunk := handle.read(1 << 20):
+                    count += chunk.count(b"\n")
+        return count
+
+    # -- writing -----------------------------------------------------------------
+
+    def append(self, records: list[Record]) -> int:
+        """Append ``records`` in order; return how many fit under the cap
+        (the first ones: the rest are refused)."""
+        used = self.size
+        lines: list[bytes] = []
+        for event_id, payload in records:
+            line = b"%s\t%s\n" % (event_id.encode("ascii", "replace"), payload)
+            if used + len(line) > self.max_bytes:
+                break
+            used += len(line)
+            lines.append(line)
+        if not lines:
+            return 0
+        writer = self._tail_writer()
+        data = b"".join(lines)
+        writer.write(data)
+        writer.flush()
+        tail = self._segments[-1]
+        self._sizes[tail] += len(data)
+        if self._sizes[tail] >= self._segment_bytes:
+            self._close_writer()
+        return len(lines)
+
+    def prepend(self, records: list[Record]) -> None:
+        """Put ``records`` before everything spooled (events taken for
+        publishing that must stay the oldest). Not capped: they were
+        accepted already."""
+        if not records:
+            return
+        if self.empty:
+            self.append(records)
+            return
+        number = self._segments[0] - 1 if self._segments else _FIRST_SEGMENT
+        if self._head_offset:  # the head's published part must not come back
+            self._rewrite_head_segment()
+            number = self._segments[0] - 1
+        data = b"".join(b"%s\t%s\n" % (i.encode("ascii", "replace"), p) for i, p in records)
+        self._segment_path(number).write_bytes(data)
+        self._segments.insert(0, number)
+        self._sizes[number] = len(data)
+        self._write_head()
+
+    def _rewrite_head_segment(self) -> None:
+        head = self._segments[0]
+        path = self._segment_path(head)
+        with path.open("rb") as source:
+            source.seek(self._head_offset)
+            rest = source.read()
+        self._close_reader()
+        if self._writer is not None and head == self._segments[-1]:
+            self._close_writer()
+        path.write_bytes(rest)
+        self._sizes[head] = len(rest)
+        self._head_offset = 0
+        self._write_head()
+
+    def _tail_writer(self) -> IO[bytes]:
+        if self._writer is None:
+            if not self._segments or self._sizes[self._segments[-1]] >= self._segment_bytes:
+                number = self._segments[-1] + 1 if self._segments else _FIRST_SEGMENT
+                self._segments.append(number)
+                self._sizes[number] = 0
+            self._writer = self._segment_path(self._segments[-1]).open("ab")
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+            self._writer = None
+
+    # -- reading -----------------------------------------------------------------
+
+    def peek(self, limit: int) -> list[Record]:
+        """Up to ``limit`` of the oldest records, left in place until
+        :meth:`consume`."""
+        records: list[Record] = []
+        if self.empty:
+            return records
+        head = self._segments[0]
+        if self._reader_segment != head or self._reader is None:
+            self._close_reader()
+            self._reader = self._segment_path(head).open("rb")
+            self._reader_segment = head
+        if self._writer is not None:
+            self._writer.flush()
+        self._reader.seek(self._head_offset)
+        for line in self._reader:
+            if not line.endswith(b"\n"):
+                break  # being written: next time
+            event_id, _, payload = line[:-1].partition(b"\t")
+            records.append((event_id.decode("ascii", "replace"), payload))
+            if len(records) >= limit:
+                break
+        return records
+
+    def consume(self, records: list[Record]) -> None:
+        """Forget ``records``, the oldest ones :meth:`peek` returned: they
+        are published."""
+        self._head_offset += sum(len(i) + len(p) + 2 for i, p in records)
+        self._drop_published_segments()
+        self._write_head()
+
+    def _drop_published_segments(self) -> None:
+        while self._segments and self._head_offset >= self._sizes[self._segments[0]]:
+            head = self._segments[0]
+            if head == self._segments[-1] and self._writer is not None:
+                self._close_writer()
+            if self._reader_segment == head:
+                self._close_reader()
+            self._segment_path(head).unlink(missing_ok=True)
+            self._segments.pop(0)
+            del self._sizes[head]
+            self._head_offset = 0
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(OSError):
+                self._reader.close()
+            self._reader = None
+            self._reader_segment = -1
+
+    def close(self) -> None:
+        """Close the files and release the slot (its records stay on disk)."""
+        self._close_writer()
+        self._close_reader()
+        with contextlib.suppress(OSError):
+            self._lock_file.close()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's files. The slot stays
+        locked by the parent (a lock lives as long as any process holds it)
+        and its contents stay the parent's to publish."""
+        self.close()
+
+
+def _take_slot(root: Path) -> tuple[Path, IO[bytes]]:
+    """The first slot of ``root`` this process can lock, with its lock."""
+    for index in range(_MAX_SLOTS):
+        path = root / f"slot-{index}"
+        path.mkdir(exist_ok=True)
+        lock = (path / "lock").open("ab")
+        if fcntl is None:
+            return path, lock
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        return path, lock
+    raise OSError(f"every spool slot of {root} is locked by another process")
+
+
+def _drop_partial_line(path: Path) -> int:
+    """Cut a record the previous owner left half-written; the file's size."""
+    size = path.stat().st_size
+    if not size:
+        return 0
+    with path.open("rb+") as handle:
+        handle.seek(max(0, size - 65536))
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return size
+        cut = tail.rfind(b"\n")
+        if cut < 0 and size > len(tail):
+            return size  # one record longer than the window: leave it whole
+        keep = size - len(tail) + cut + 1
+        handle.truncate(keep)
+        return keep

@@ -1,0 +1,695 @@
+"""`Worker`: enriches and writes the events producers published to NATS
+JetStream (``python -m enrichlog worker``).
+
+A worker binds the stream's durable pull consumer (one per stream, shared by
+every worker, so they split the load), fetches only as many events as it has
+room for (``max_in_flight``), and feeds each decoded event to the enrichment
+engine of a :class:`~enrichlog.container.LoggingContainer` built from the
+same settings as an application's: the plan's levels, cache, breaker, retry,
+timeouts, concurrency limits and batching all apply, and the pipeline writes
+lines in the order events were fed. Each event's line is written by the
+worker's :class:`OutputSink`; the pipeline's per-event ``on_written``
+callback is where the worker learns the outcome, and only then does it
+acknowledge the message.
+
+* Written (degraded enrichment included: a field left out with its reason in
+  ``enrichment_errors`` is a success): acknowledged, and the ``event_id``
+  remembered, so a redelivery of it is acknowledged without a second line.
+* Not written (the output failed): ``nak`` with an exponential delay with
+  jitter; on the ``max_deliver``-th delivery the event is published to the
+  dead-letter stream with the reason and terminated.
+* Not acknowledged at all (the worker died): redelivered by the server after
+  ``ack_wait``; an event delivered more than ``max_deliver`` times without an
+  answer is dead-lettered on arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+import logging
+import random
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import IO, TYPE_CHECKING, Any, TextIO
+
+import structlog
+
+from .container import LoggingContainer
+from .engine.pipeline import CLOSED, PendingEvent
+from .exceptions import EnricherConfigError
+from .settings import LoggingSettings
+from .transport.codec import EVENT_ID, decode_event
+from .transport.config import TransportConfig
+from .transport.deadletter import dead_letter_body
+from .transport.nats import connect, ensure_stream, import_nats, unless_stopped
+from .uri.masking import mask_secrets
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+__all__ = ["OutputSink", "Worker", "WorkerMetrics", "redelivery_delay"]
+
+_report = logging.getLogger("enrichlog.worker")
+
+#: Event ids a worker remembers having written (the oldest are forgotten).
+DEDUP_CAPACITY = 100_000
+#: Events fetched per request, at most.
+FETCH_BATCH = 256
+#: Seconds a worker gathers completed events before answering them together.
+ACK_DELAY = 0.005
+_METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+_MAX_OPEN_FILES = 64
+
+
+def redelivery_delay(deliveries: int, base: float, cap: float) -> float:
+    """Seconds before a failed event is delivered again: ``base`` doubled
+    for each delivery so far, capped at ``cap``, with jitter (between half
+    and all of it), so events that failed together do not return together."""
+    delay = min(cap, base * 2.0 ** max(deliveries - 1, 0))
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not secrecy
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """A worker's counters at one moment.
+
+    Attributes:
+        consumed: messages fetched; ``redelivered`` of them had been
+            delivered before.
+        acknowledged: messages acknowledged (written, filtered on purpose,
+            or already written: ``duplicates_skipped``).
+        nacked: messages handed back for a later retry.
+        dead_lettered: events sent to the dead-letter stream.
+        write_failed: lines the output refused.
+        in_flight: events fetched and not yet answered.
+        consumer_lag: events in the stream not yet delivered to any worker,
+            from the consumer's info (``None`` before the first reading);
+            ``ack_pending``: delivered and not yet acknowledged.
+    """
+
+    consumed: int = 0
+    acknowledged: int = 0
+    nacked: int = 0
+    dead_lettered: int = 0
+    redelivered: int = 0
+    duplicates_skipped: int = 0
+    write_failed: int = 0
+    in_flight: int = 0
+    consumer_lag: int | None = None
+    ack_pending: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return asdict(self)
+
+
+class OutputSink:
+    """Where a worker writes lines: ``stdout``, ``stderr``, a file, or a file
+    per event when the path names fields in braces
+    (``/var/log/apps/{service}.log``: each value reduced to letters, digits,
+    ``.``, ``-`` and ``_``; a missing one is ``unknown``).
+
+    A write reports its failure instead of raising, and a file that failed
+    is opened again on the next write, so an output that comes back is used
+    again.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._template = target if _FIELD.search(target) else None
+        self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def target_for(self, event: dict[str, Any]) -> str:
+        """The output ``event`` goes to."""
+        if self._template is None:
+            return self.target
+        return _FIELD.sub(lambda match: _path_part(event.get(match[1])), self._template)
+
+    def write(self, target: str, line: bytes) -> str | None:
+        """Write ``line`` and a newline to ``target`` and flush; ``None``
+        when written, else why not."""
+        with self._lock:
+            try:
+                handle = self._handle(target)
+                handle.write(line + b"\n")
+                handle.flush()
+            except (OSError, ValueError) as exc:
+                self._forget(target)
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                return f"output {target!r} cannot be written: {type(exc).__name__}: {detail}"
+        return None
+
+    def _handle(self, target: str) -> IO[bytes]:
+        if target == "stdout":
+            return sys.stdout.buffer
+        if target == "stderr":
+            return sys.stderr.buffer
+        handle = self._files.get(target)
+        if handle is None:
+            handle = open(target, "ab")  # noqa: SIM115 - kept open, closed by close()
+            self._files[target] = handle
+            while len(self._files) > _MAX_OPEN_FILES:
+                _, oldest = self._files.popitem(last=False)
+                with contextlib.suppress(OSError):
+                    oldest.close()
+        else:
+            self._files.move_to_end(target)
+        return handle
+
+    def _forget(self, target: str) -> None:
+        handle = self._files.pop(target, None)
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
+
+    def close(self) -> None:
+        """Close the files."""
+        with self._lock:
+            for target in list(self._files):
+                self._forget(target)
+
+
+async def _poll(condition: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``condition()`` holds or the monotonic ``deadline`` passes
+    (polled: what it reads changes on this loop and on the runtime's thread)."""
+    while not condition():
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+def _path_part(value: object) -> str:
+    text = _UNSAFE.sub("_", str(value)).lstrip(".")[:100] if value is not None else ""
+    return text or "unknown"
+
+
+class _Delivery:
+    """One event in a worker: the wrapped logger its line is written to (so
+    the worker learns whether it was), and the messages to answer."""
+
+    __slots__ = (
+        "deliveries",
+        "event",
+        "event_id",
+        "filtered",
+        "messages",
+        "reason",
+        "sink",
+        "target",
+        "written",
+    )
+
+    def __init__(
+        self,
+        sink: OutputSink,
+        target: str,
+        message: Msg,
+        event: dict[str, Any],
+        event_id: str,
+        deliveries: int,
+    ) -> None:
+        self.sink = sink
+        self.target = target
+        self.messages = [message]
+        self.event = event
+        self.event_id = event_id
+        self.deliveries = deliveries
+        self.written = False
+        self.filtered = False
+        self.reason: str | None = None
+
+    def msg(self, message: str | bytes) -> None:
+        """Write the rendered line (the pipeline's writer calls this)."""
+        line = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
+        self.reason = self.sink.write(self.target, line)
+        self.written = self.reason is None
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+    failure = msg
+
+
+class Worker:
+    """Consumes a transport's stream, enriches and writes each event, and
+    acknowledges it once its line is written.
+
+    Args:
+        settings: as for an application (``transport`` is required); the
+            output, enrichers, resilience defaults, ``max_in_flight``,
+            ``max_deliver``, ``ack_wait``, ``redeliver_delay``...
+        enrichers: enrichers in code, as for ``configure_logging``.
+        stats_interval: seconds between metrics lines on ``stats_out``
+            (0: only at exit).
+        stats_out: where metrics lines go (standard error by default).
+        fetch_timeout: seconds a fetch waits on an empty stream.
+
+    Raises:
+        EnricherConfigError: the settings, an enricher or the transport URI
+            is not usable, or nats-py is missing.
+    """
+
+    def __init__(
+        self,
+        settings: LoggingSettings,
+        enrichers: Iterable[object] = (),
+        *,
+        stats_interval: float = 30.0,
+        stats_out: TextIO | None = None,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        if not settings.transport:
+            raise EnricherConfigError(
+                "the worker needs a transport: set ENRICHLOG_TRANSPORT "
+                "(nats://host:4222?stream=LOGS&subject=logs.app)"
+            )
+        self.settings = settings
+        self.config = TransportConfig.parse(settings.transport, dlq_subject=settings.dlq_subject)
+        import_nats()
+        # The engine of an application that writes locally: the same plan,
+        # pipeline and renderer; lines go to this worker's sink.
+        self.container = LoggingContainer(
+            settings.model_copy(update={"transport": None}), enrichers
+        )
+        # The engine has no public way in for decoded events yet (see
+        # docs/scale-out.md, "What the worker uses of the engine").
+        self._plan = self.container._plan
+        self._pipeline = self.container._pipeline
+        self._sink = OutputSink(settings.output)
+        self._max_in_flight = min(settings.max_in_flight, settings.queue_size)
+        self._stats_interval = stats_interval
+        self._stats_out = stats_out
+        self._fetch_timeout = fetch_timeout
+        self._min_fetch = max(1, min(FETCH_BATCH, self._max_in_flight // 4))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._room = asyncio.Event()
+        self._done: deque[_Delivery] = deque()
+        self._done_lock = threading.Lock()
+        self._done_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._written_ids: OrderedDict[str, None] = OrderedDict()
+        self._in_flight: dict[str, _Delivery] = {}
+        self._js: JetStreamContext | None = None
+        self._counts = dict.fromkeys(
+            (
+                "consumed",
+                "acknowledged",
+                "nacked",
+                "dead_lettered",
+                "redelivered",
+                "duplicates_skipped",
+                "write_failed",
+            ),
+            0,
+        )
+        self._lag: int | None = None
+        self._ack_pending: int | None = None
+
+    # -- views and control -------------------------------------------------------
+
+    def metrics(self) -> WorkerMetrics:
+        """The worker's counters now."""
+        return WorkerMetrics(
+            **self._counts,
+            in_flight=len(self._in_flight),
+            consumer_lag=self._lag,
+            ack_pending=self._ack_pending,
+        )
+
+    def request_stop(self) -> None:
+        """Stop fetching; finish and acknowledge the events in flight, then
+        :meth:`run` returns. Safe from a signal handler on the worker's
+        loop, or from another thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stop.set()
+            self._room.set()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop.set)
+                loop.call_soon_threadsafe(self._room.set)
+
+    # -- the run -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`request_stop`; then drain and return.
+
+        Raises:
+            EnricherConfigError: the stream exists without the subject, or
+                the subject belongs to another stream.
+        """
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.container.start_enrichers, 30.0)
+        except TimeoutError:
+            _report.warning("enrichlog worker: enrichers still starting; skipped until they are up")
+        client = await self._connect()
+        if client is None:  # stopped before the broker answered
+            await asyncio.to_thread(self.container.shutdown)
+            return
+        helpers: list[asyncio.Task[Any]] = []
+        try:
+            js = self._js = client.jetstream()
+            await ensure_stream(js, self.config.stream, self.config.subject)
+            await ensure_stream(js, self.config.dlq_stream, self.config.dlq_subject)
+            subscription = await self._bind(js)
+            self._print_line(
+                {
+                    "enrichlog_worker": "started",
+                    "transport": self.config.masked,
+                    "stream": self.config.stream,
+                    "consumer": self.config.consumer,
+                }
+            )
+            helpers = [
+                asyncio.create_task(self._watch_lag(subscription)),
+                asyncio.create_task(self._print_stats()),
+            ]
+            await self._consume(subscription)
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):  # the acknowledgements leave first
+                await client.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)
+            self._sink.close()
+            self._print_line({"enrichlog_worker": self.metrics().as_dict()})
+
+    async def _connect(self) -> Client | None:
+        backoff = 0.2
+        reported = False
+        while not self._stop.is_set():
+            try:
+                # Reconnection once connected is the client's; the first
+                # connection is retried here, so a stop can cut it short.
+                first = connect(self.config, name="enrichlog-worker", reconnect=True)
+                return await unless_stopped(asyncio.wait_for(first, 10.0), self._stop)
+            except Exception as exc:
+                if not reported:
+                    reported = True
+                    _report.warning(
+                        "enrichlog worker: the broker at %s is unreachable (%s); retrying",
+                        self.config.masked,
+                        mask_secrets(f"{type(exc).__name__}: {exc}"),
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+        return None
+
+    async def _bind(self, js: JetStreamContext) -> Any:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415
+
+        config = self.config
+        wanted = ConsumerConfig(
+            durable_name=config.consumer,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            max_deliver=-1,  # the worker counts deliveries and dead-letters
+            max_ack_pending=-1,  # each worker bounds itself (max_in_flight)
+            filter_subject=config.subject,
+        )
+        subscription = await js.pull_subscribe(
+            config.subject, durable=config.consumer, stream=config.stream, config=wanted
+        )
+        info = await subscription.consumer_info()
+        existing = info.config.ack_wait
+        if existing is not None and abs(existing - self.settings.ack_wait) > 1e-3:
+            _report.warning(
+                "enrichlog worker: consumer %r already exists with ack_wait=%ss (not %ss); "
+                "it keeps its own",
+                config.consumer,
+                existing,
+                self.settings.ack_wait,
+            )
+        return subscription
+
+    async def _consume(self, subscription: Any) -> None:
+        import nats.errors  # noqa: PLC0415
+
+        while not self._stop.is_set():
+            room = self._max_in_flight - len(self._in_flight)
+            # Fetch in batches: a round trip per few freed slots costs more
+            # than the events it brings.
+            if room <= 0 or (room < self._min_fetch and self._in_flight):
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                messages = await subscription.fetch(
+                    batch=min(room, FETCH_BATCH), timeout=self._fetch_timeout
+                )
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # an empty stream: keep waiting
+            except Exception as exc:
+                _report.warning(
+                    "enrichlog worker: fetch failed (%s); retrying",
+                    mask_secrets(f"{type(exc).__name__}: {exc}"),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+                continue
+            for message in messages:
+                self._receive(message)
+
+    async def _drain(self) -> None:
+        """Finish the events in flight (up to the shutdown timeout), stop
+        the engine, answer what it wrote."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        await _poll(lambda: not (self._in_flight or self._tasks), deadline)
+        remaining = max(deadline - time.monotonic(), 0.5)
+        await asyncio.to_thread(self.container.shutdown, remaining)
+        end = time.monotonic() + 2.0
+        await _poll(lambda: not (self._tasks or self._done), end)
+
+    # -- one message ------------------------------------------------------------------
+
+    def _receive(self, message: Msg) -> None:
+        counts = self._counts
+        counts["consumed"] += 1
+        deliveries = message.metadata.num_delivered
+        if deliveries > 1:
+            counts["redelivered"] += 1
+        try:
+            event = decode_event(message.data)
+        except ValueError as exc:
+            self._spawn(
+                self._dead_letter([message], None, "", deliveries, f"not a JSON object: {exc}")
+            )
+            return
+        event_id = event.get(EVENT_ID)
+        if not isinstance(event_id, str) or not event_id:
+            headers = message.headers or {}
+            event_id = headers.get("Nats-Msg-Id") or f"seq-{message.metadata.sequence.stream}"
+            event[EVENT_ID] = event_id
+        if event_id in self._written_ids:
+            counts["duplicates_skipped"] += 1
+            self._spawn(self._ack([message]))
+            return
+        current = self._in_flight.get(event_id)
+        if current is not None:  # delivered again while still in flight here
+            current.messages.append(message)
+            return
+        if deliveries > self.settings.max_deliver:
+            self._spawn(
+                self._dead_letter(
+                    [message],
+                    event,
+                    event_id,
+                    deliveries,
+                    f"not acknowledged after {deliveries - 1} deliveries "
+                    "(a worker stopped or the ack wait expired)",
+                )
+            )
+            return
+        delivery = _Delivery(
+            self._sink, self._sink.target_for(event), message, event, event_id, deliveries
+        )
+        self._in_flight[event_id] = delivery
+        self._feed(delivery)
+
+    def _feed(self, delivery: _Delivery) -> None:
+        """Hand the event to the engine; its line is written in its turn."""
+        event = delivery.event
+        level = event.get("level")
+        method = level if isinstance(level, str) and level in _METHODS else "info"
+        try:
+            record = self._plan.settle(delivery, method, event)
+        except structlog.DropEvent:  # an enricher filtered it out on purpose
+            delivery.filtered = True
+            self._finished(delivery)
+            return
+        if record is None:
+            record = self._plan.complete_record(delivery, method, event)
+        record.context = contextvars.copy_context()
+        record.on_written = functools.partial(self._written, delivery, record)
+        if self._pipeline.submit(record, may_block=False) == CLOSED:
+            # The engine is stopping and will not write it: handed back.
+            self._finished(delivery)
+        # Dropped by the queue's overflow policy: on_written reports it.
+
+    def _written(self, delivery: _Delivery, record: PendingEvent) -> None:
+        """The pipeline's ``on_written``: on the runtime thread."""
+        delivery.filtered = record.filtered
+        with self._done_lock:
+            self._done.append(delivery)
+            schedule = not self._done_scheduled
+            self._done_scheduled = True
+        if schedule and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._answer_soon)
+
+    def _answer_soon(self) -> None:
+        """Answer what completed within the next few milliseconds together:
+        one write of acknowledgements to the server instead of one each."""
+        assert self._loop is not None
+        self._loop.call_later(ACK_DELAY, self._answer_done)
+
+    def _finished(self, delivery: _Delivery) -> None:
+        """On the worker's loop: an event that never reached the pipeline."""
+        with self._done_lock:
+            self._done.append(delivery)
+        self._answer_done()
+
+    def _answer_done(self) -> None:
+        with self._done_lock:
+            done = list(self._done)
+            self._done.clear()
+            self._done_scheduled = False
+        if done:
+            self._spawn(self._answer(done))
+
+    async def _answer(self, done: list[_Delivery]) -> None:
+        for delivery in done:
+            try:
+                if delivery.written or delivery.filtered:
+                    self._remember(delivery.event_id)
+                    await self._ack(delivery.messages)
+                else:
+                    if delivery.reason is not None:
+                        self._counts["write_failed"] += 1
+                    await self._retry_or_dead_letter(delivery)
+            except Exception as exc:  # the answer is lost: the server redelivers
+                _report.warning(
+                    "enrichlog worker: answering an event failed (%s)",
+                    mask_secrets(f"{type(exc).__name__}: {exc}"),
+                )
+            finally:
+                self._in_flight.pop(delivery.event_id, None)
+        self._room.set()
+
+    def _remember(self, event_id: str) -> None:
+        written = self._written_ids
+        written[event_id] = None
+        if len(written) > DEDUP_CAPACITY:
+            written.popitem(last=False)
+
+    async def _ack(self, messages: list[Msg]) -> None:
+        for message in messages:
+            await message.ack()
+        self._counts["acknowledged"] += len(messages)
+
+    async def _retry_or_dead_letter(self, delivery: _Delivery) -> None:
+        reason = delivery.reason or "not written (dropped by the worker's queue)"
+        if delivery.deliveries >= self.settings.max_deliver:
+            await self._dead_letter(
+                delivery.messages, delivery.event, delivery.event_id, delivery.deliveries, reason
+            )
+            return
+        delay = redelivery_delay(
+            delivery.deliveries, self.settings.redeliver_delay, self.settings.redeliver_max_delay
+        )
+        for message in delivery.messages:
+            await message.nak(delay=delay)
+        self._counts["nacked"] += len(delivery.messages)
+
+    async def _dead_letter(
+        self,
+        messages: list[Msg],
+        event: dict[str, Any] | None,
+        event_id: str,
+        deliveries: int,
+        reason: str,
+    ) -> None:
+        js = self._js
+        assert js is not None
+        first = messages[0]
+        sequence = first.metadata.sequence.stream
+        body = dead_letter_body(
+            data=first.data,
+            event=event,
+            event_id=event_id or f"seq-{sequence}",
+            reason=reason,
+            deliveries=deliveries,
+            subject=first.subject,
+            stream_sequence=sequence,
+        )
+        try:
+            await js.publish(
+                self.config.dlq_subject,
+                body,
+                headers={"Nats-Msg-Id": f"{event_id or sequence}:dlq:{sequence}"},
+            )
+        except Exception as exc:  # cannot dead-letter now: try again later
+            _report.warning(
+                "enrichlog worker: dead-lettering failed (%s); retrying later",
+                mask_secrets(f"{type(exc).__name__}: {exc}"),
+            )
+            for message in messages:
+                await message.nak(delay=self.settings.redeliver_delay)
+            self._counts["nacked"] += len(messages)
+            return
+        for message in messages:
+            await message.term()
+        self._counts["dead_lettered"] += 1
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    async def _watch_lag(self, subscription: Any) -> None:
+        period = min(self._stats_interval, 2.0) if self._stats_interval > 0 else 2.0
+        while True:
+            with contextlib.suppress(Exception):
+                info = await subscription.consumer_info()
+                self._lag, self._ack_pending = info.num_pending, info.num_ack_pending
+            await asyncio.sleep(period)
+
+    async def _print_stats(self) -> None:
+        if self._stats_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._stats_interval)
+            self._print_line({"enrichlog_worker": self.metrics().as_dict()})
+
+    def _print_line(self, data: dict[str, Any]) -> None:
+        out = self._stats_out or sys.stderr
+        with contextlib.suppress(OSError, ValueError):
+            out.write(json.dumps(data) + "\n")
+            out.flush()

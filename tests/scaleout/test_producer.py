@@ -1,0 +1,139 @@
+"""The producer against a real NATS server: the stream is created once,
+a conflicting one is a configuration error, and a broker cut off while the
+application logs loses nothing (the spool is replayed)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enrichlog import configure_logging, get_logger
+from enrichlog.exceptions import EnricherConfigError
+from tests.services import tcp_proxy
+
+from .conftest import NATS_HOST, NATS_PORT, Streams, js_call, stream_event_ids, wait_until
+
+pytestmark = pytest.mark.services
+
+
+def test_the_stream_is_created_once_and_events_carry_their_id(
+    streams: Streams, tmp_path: Path
+) -> None:
+    for _ in range(2):  # the second start finds the stream and keeps it
+        container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "s"))
+        get_logger().info("hello", odd=object())
+        container.shutdown()
+
+    ids = stream_event_ids(streams.stream)
+    assert 2 == len(set(ids))
+
+    async def message(js: Any) -> Any:
+        return await js.get_msg(streams.stream, seq=1)
+
+    first = js_call(message)
+    assert ids[0] == first.headers["Nats-Msg-Id"]
+    assert b'"odd":"<object object at' in first.data
+
+
+def test_a_conflicting_stream_is_a_configuration_error(streams: Streams, tmp_path: Path) -> None:
+    async def make(js: Any) -> None:
+        await js.add_stream(name=streams.stream, subjects=[f"{streams.subject}.other"])
+
+    js_call(make)
+
+    with pytest.raises(EnricherConfigError, match="do not capture") as caught:
+        configure_logging(
+            transport=streams.uri().replace("nats://", "nats://app:s3cret@"),
+            spool_dir=str(tmp_path / "s"),
+        )
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_broker_cut_off_while_logging_loses_nothing(streams: Streams, tmp_path: Path) -> None:
+    with tcp_proxy(NATS_HOST, NATS_PORT) as proxy:
+        container = configure_logging(
+            transport=streams.uri(port=proxy.port),
+            spool_dir=str(tmp_path / "spool"),
+            queue_size=100,  # the memory queue: past it events spill to disk
+        )
+        transport = container.transport
+        assert transport is not None
+        log = get_logger()
+        for index in range(500):
+            log.info("before", index=index)
+        wait_until(lambda: transport.metrics().published == 500, 20, "the first 500")
+
+        proxy.stop()
+        wait_until(lambda: not transport.metrics().connected, 20, "the cut to be noticed")
+        started = time.perf_counter()
+        for index in range(2_000):
+            log.info("during", index=index)
+        assert time.perf_counter() - started < 5.0  # logging never waited on the broker
+        cut = transport.metrics()
+        assert cut.spooled > 1_000
+        assert 0 < cut.spool_bytes
+        assert 0 == cut.spool_dropped
+
+        proxy.start()
+        wait_until(lambda: transport.metrics().published >= 2_500, 40, "the spool's replay")
+        for index in range(100):
+            log.info("after", index=index)
+        report = container.shutdown()
+
+    assert 0 == report["spool_dropped"]
+    assert 0 == report["spooled"]
+    events = Counter(stream_event_ids(streams.stream))
+    assert 2_600 == len(events)
+    assert transport.metrics().replayed >= cut.spooled
+
+
+def test_what_is_left_at_shutdown_is_spooled_and_published_by_the_next_start(
+    streams: Streams, tmp_path: Path
+) -> None:
+    with tcp_proxy(NATS_HOST, NATS_PORT) as proxy:
+        proxy.stop()  # the broker is unreachable from the start
+        container = configure_logging(
+            transport=streams.uri(port=proxy.port), spool_dir=str(tmp_path / "spool")
+        )
+        for index in range(50):
+            get_logger().info("offline", index=index)
+        started = time.perf_counter()
+        report = container.shutdown()
+        assert time.perf_counter() - started < 5.0  # no wait for a broker that is down
+        assert (0, 50) == (report["published"], report["spooled"])
+
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    report = container.shutdown()
+
+    assert 50 == report["published"]
+    assert 50 == len(set(stream_event_ids(streams.stream)))
+
+
+def test_a_forked_child_publishes_its_own_events(streams: Streams, tmp_path: Path) -> None:
+    import os
+
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    log = get_logger()
+    log.info("parent", index=-1)
+    pid = os.fork()
+    if pid == 0:  # the child: its own publisher and spool slot
+        status = 1
+        try:
+            for index in range(10):
+                log.info("child", index=index)
+            status = 0 if container.shutdown()["published"] == 10 else 2
+        finally:
+            os._exit(status)
+    for index in range(10):
+        log.info("parent", index=index)
+    _, status = os.waitpid(pid, 0)
+    report = container.shutdown()
+
+    assert 0 == os.waitstatus_to_exitcode(status)
+    assert 11 == report["published"]
+    assert 21 == len(set(stream_event_ids(streams.stream)))

@@ -1,0 +1,297 @@
+"""The parts of scale-out that need no server: the transport URI, the
+settings, the encoding of events, the spool, the redelivery delay, the
+worker's output, and a producer whose broker is unreachable."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enrichlog import LoggingSettings, configure_logging, get_logger
+from enrichlog.exceptions import EnricherConfigError
+from enrichlog.transport import transport_for
+from enrichlog.transport.codec import decode_event, encode_event
+from enrichlog.transport.config import TransportConfig, subject_matches
+from enrichlog.transport.spool import Spool
+from enrichlog.worker import OutputSink, redelivery_delay
+from tests.services import free_port
+
+# -- the URI ---------------------------------------------------------------------------
+
+
+def test_uri_defaults() -> None:
+    config = TransportConfig.parse("nats://")
+
+    assert ("nats://127.0.0.1:4222", "LOGS", "logs.app", "enrichlog") == (
+        config.server,
+        config.stream,
+        config.subject,
+        config.consumer,
+    )
+    assert ("LOGS_DLQ", "enrichlog.dlq.LOGS", None) == (
+        config.dlq_stream,
+        config.dlq_subject,
+        config.enrich,
+    )
+
+
+def test_uri_keys_and_credentials() -> None:
+    config = TransportConfig.parse(
+        "nats://app:p%40ss@broker:4333?stream=ORDERS&subject=logs.orders&consumer=w1"
+        "&enrich=local&token=t0k"
+    )
+
+    assert "nats://app:p%40ss@broker:4333" == config.server
+    assert ("ORDERS", "logs.orders", "w1", "local", "t0k") == (
+        config.stream,
+        config.subject,
+        config.consumer,
+        config.enrich,
+        config.token,
+    )
+    assert "p%40ss" not in config.masked
+    assert "t0k" not in config.masked
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("http://broker", "unknown scheme 'http'"),
+        ("nats://broker?strem=LOGS", "unknown query key 'strem'"),
+        ("nats://broker?stream=A.B", "query key 'stream'"),
+        ("nats://broker?subject=logs.*", "query key 'subject'"),
+        ("nats://broker?enrich=maybe", "query key 'enrich'"),
+        ("nats://broker?stream=A&stream=B", "given twice"),
+        ("nats://broker/LOGS", "a path is not accepted"),
+        ("nats://broker:99999", "host or port"),
+    ],
+)
+def test_uri_errors_name_the_problem(uri: str, problem: str) -> None:
+    with pytest.raises(EnricherConfigError, match="transport URI") as caught:
+        TransportConfig.parse(uri)
+    assert problem in str(caught.value)
+
+
+def test_uri_errors_mask_secrets() -> None:
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(transport="nats://app:s3cret@broker?token=t0ps3cret&colour=blue")
+
+    assert "colour" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert "t0ps3cret" not in str(caught.value)
+
+
+def test_settings_mask_the_transport() -> None:
+    settings = LoggingSettings(transport="nats://app:s3cret@broker?token=t0k")
+
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "s3cret" not in shown
+        assert "t0k" not in shown
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_TRANSPORT", "nats://broker?stream=X")
+    monkeypatch.setenv("ENRICHLOG_ENRICH", "local")
+    monkeypatch.setenv("ENRICHLOG_ACK_WAIT", "2")
+    monkeypatch.setenv("ENRICHLOG_MAX_DELIVER", "3")
+
+    settings = LoggingSettings()
+
+    assert ("nats://broker?stream=X", "local", 2.0, 3) == (
+        settings.transport,
+        settings.enrich,
+        settings.ack_wait,
+        settings.max_deliver,
+    )
+
+
+def test_subject_matching() -> None:
+    assert subject_matches("logs.>", "logs.app.web")
+    assert subject_matches("logs.*", "logs.app")
+    assert not subject_matches("logs.*", "logs.app.web")
+    assert not subject_matches("logs.app", "logs.app2")
+    assert not subject_matches("logs.>", "logs")
+
+
+def test_a_missing_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def refuse_nats(name: str, *args: Any, **kwargs: Any) -> Any:
+        absolute = (args[3] if len(args) > 3 else kwargs.get("level", 0)) == 0
+        if absolute and (name == "nats" or name.startswith("nats.")):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse_nats)
+    with pytest.raises(EnricherConfigError, match=r"enrichlog\[nats\]"):
+        transport_for(LoggingSettings(transport="nats://"))
+
+
+# -- events on the wire ------------------------------------------------------------------
+
+
+def test_encoding_never_raises_and_keeps_what_it_can() -> None:
+    class Weird:
+        def __repr__(self) -> str:
+            return "<weird>"
+
+    event = {
+        "event": "x",
+        "obj": Weird(),
+        "nan": math.nan,
+        "big": 2**80,
+        "surrogate": "\udcff",
+        7: "int key",
+        "nested": {"set": {1}},
+    }
+
+    decoded = decode_event(encode_event(event))
+
+    assert ("x", "<weird>", "int key") == (decoded["event"], decoded["obj"], decoded["7"])
+    assert str(2**80) == str(decoded["big"])
+    assert b"\n" not in encode_event({"event": "two\nlines"})
+
+
+def test_decoding_refuses_what_is_not_an_object() -> None:
+    with pytest.raises(ValueError, match="JSON object"):
+        decode_event(b"[1, 2]")
+    with pytest.raises(ValueError):  # noqa: PT011 - the decoder's own message
+        decode_event(b"{not json")
+
+
+# -- the spool -----------------------------------------------------------------------------
+
+
+def records(count: int, start: int = 0) -> list[tuple[str, bytes]]:
+    return [(f"id{i}", json.dumps({"i": i}).encode()) for i in range(start, start + count)]
+
+
+def test_spool_gives_records_back_in_order_and_forgets_published_ones(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20, segment_bytes=1024)
+    assert 100 == spool.append(records(100))
+
+    seen: list[str] = []
+    while not spool.empty:
+        batch = spool.peek(7)
+        seen.extend(event_id for event_id, _ in batch)
+        spool.consume(batch)
+
+    assert [f"id{i}" for i in range(100)] == seen
+    assert [] == list(spool.path.glob("*.spool"))
+
+
+def test_spool_survives_a_restart_and_a_torn_record(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(records(10))
+    spool.consume(spool.peek(4))
+    spool.close()
+    (segment,) = spool.path.glob("*.spool")
+    with segment.open("ab") as handle:
+        handle.write(b'id99\t{"i": 9')  # the process died mid-write
+
+    again = Spool(tmp_path, 1 << 20)
+
+    assert 6 == again.count_records()
+    assert [f"id{i}" for i in range(4, 10)] == [event_id for event_id, _ in again.peek(100)]
+
+
+def test_spool_refuses_past_its_cap(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024)
+
+    stored = spool.append(records(200))
+
+    assert 0 < stored < 200
+    assert spool.size <= 1024
+
+
+def test_spool_prepend_puts_records_first(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(records(5, start=10))
+    spool.consume(spool.peek(2))
+
+    spool.prepend(records(3))
+
+    seen: list[str] = []
+    while not spool.empty:
+        batch = spool.peek(100)
+        seen.extend(event_id for event_id, _ in batch)
+        spool.consume(batch)
+    assert ["id0", "id1", "id2", "id12", "id13", "id14"] == seen
+
+
+def test_two_processes_never_share_a_slot(tmp_path: Path) -> None:
+    first = Spool(tmp_path, 1 << 20)
+    second = Spool(tmp_path, 1 << 20)
+
+    assert first.path != second.path
+    first.close()
+    assert first.path == Spool(tmp_path, 1 << 20).path  # free again
+
+
+# -- the worker's pieces ---------------------------------------------------------------------
+
+
+def test_redelivery_delay_doubles_with_jitter_up_to_its_cap() -> None:
+    for deliveries, full in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0)]:
+        delays = [redelivery_delay(deliveries, 1.0, 30.0) for _ in range(200)]
+        assert all(full / 2 <= delay <= full for delay in delays)
+        assert len(set(delays)) > 1
+
+
+def test_output_sink_routes_by_field_and_reports_failures(tmp_path: Path) -> None:
+    sink = OutputSink(str(tmp_path / "{tenant}.log"))
+    (tmp_path / "broken.log").mkdir()
+
+    assert str(tmp_path / "acme.log") == sink.target_for({"tenant": "acme"})
+    assert str(tmp_path / "unknown.log") == sink.target_for({})
+    assert str(tmp_path / "_etc_passwd.log") == sink.target_for({"tenant": "../etc/passwd"})
+    assert sink.write(sink.target_for({"tenant": "acme"}), b"{}") is None
+    reason = sink.write(sink.target_for({"tenant": "broken"}), b"{}")
+    sink.close()
+
+    assert reason is not None
+    assert "IsADirectoryError" in reason
+    assert "{}\n" == (tmp_path / "acme.log").read_text()
+
+
+# -- a producer whose broker is unreachable ---------------------------------------------------
+
+
+def test_unreachable_broker_spools_and_counts_what_the_cap_drops(tmp_path: Path) -> None:
+    container = configure_logging(
+        transport=f"nats://127.0.0.1:{free_port()}?stream=OFF",
+        spool_dir=str(tmp_path),
+        spool_max_bytes=4096,
+        queue_size=10,
+    )
+    log = get_logger()
+    for index in range(200):
+        log.info("offline", index=index, padding="x" * 40)
+    transport = container.transport
+    assert transport is not None
+    during = transport.metrics()
+
+    report = container.shutdown()
+
+    assert not during.connected
+    assert 0 < during.spooled < 200
+    assert 0 < report["spool_dropped"]
+    assert 200 == report["spooled"] + report["spool_dropped"]
+    assert 0 == report["published"]
+
+
+def test_enrichers_run_in_the_workers_unless_asked_to_run_here() -> None:
+    remote = LoggingSettings(transport="nats://?stream=A", enrichers=["static://?svc=x"])
+    local = LoggingSettings(
+        transport="nats://?stream=A&enrich=local", enrichers=["static://?svc=x"]
+    )
+
+    from enrichlog import LoggingContainer
+
+    assert 0 == LoggingContainer(remote)._plan.depth
+    assert 1 == LoggingContainer(local)._plan.depth

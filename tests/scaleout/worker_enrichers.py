@@ -1,0 +1,39 @@
+"""Enrichers the worker tests load with ``--enrichers``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from enrichlog import AsyncEnricher
+
+
+class BrokenLookup(AsyncEnricher):
+    """A lookup whose backend always fails."""
+
+    name = "lookup"
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        raise RuntimeError("backend down")
+
+
+def broken() -> list[Any]:
+    """``--enrichers tests.scaleout.worker_enrichers:broken``."""
+    return [BrokenLookup()]
+
+
+class SlowLookup(AsyncEnricher):
+    """A lookup that takes 20 ms, four at a time."""
+
+    name = "slow"
+    max_concurrency = 4
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0.02)
+        event_dict["looked_up"] = True
+        return event_dict
+
+
+def slow() -> list[Any]:
+    """``--enrichers tests.scaleout.worker_enrichers:slow``."""
+    return [SlowLookup()]
