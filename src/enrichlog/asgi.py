@@ -8,7 +8,7 @@ Litestar or a bare ASGI app under any server::
 
     app = FastAPI(lifespan=lifespan(enrichers=["redis-lookup://...?key=user:{user_id}"]))
     app.add_middleware(RequestContextMiddleware)
-    app.mount("/health", health_app())
+    app.add_route("/health", health_app())
 
 * :class:`RequestContextMiddleware` binds ``request_id``, ``method``, ``path``
   and ``client`` to structlog's contextvars for each HTTP request, echoes
@@ -33,7 +33,7 @@ import structlog
 from .container import LoggingContainer, configure_logging, current_container
 from .settings import LoggingSettings, resolve_settings, unknown_settings
 
-__all__ = ["RequestContextMiddleware", "health_app", "lifespan"]
+__all__ = ["HealthApp", "RequestContextMiddleware", "health_app", "lifespan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -139,13 +139,13 @@ class RequestContextMiddleware:
             started = time.perf_counter()
             try:
                 await self.app(scope, receive, send_with_request_id)
-            except BaseException:
+            except BaseException as exc:
                 if self.access_log:
                     self._log.error(
                         self.event,
                         status=500 if status is None else status,
                         duration_ms=_elapsed_ms(started),
-                        exc_info=True,
+                        exc_info=exc,
                     )
                 raise
             if self.access_log:
@@ -217,20 +217,17 @@ def lifespan(
     return run
 
 
-def health_app(container: LoggingContainer | None = None) -> ASGIApp:
-    """An ASGI app that answers ``GET`` (and ``HEAD``) with the enrichers'
-    health as JSON, for readiness probes; mount it at any path.
+class HealthApp:
+    """The ASGI app :func:`health_app` returns."""
 
-    The body is :meth:`LoggingContainer.health` (per enricher: started,
-    healthy, available, breaker, last error). Status 200 when every
-    enricher is available, 503 otherwise, or when no container runs.
+    __slots__ = ("container",)
 
-    Args:
-        container: the container to report on; ``None``: whichever is
-            current at each request.
-    """
+    def __init__(self, container: LoggingContainer | None = None) -> None:
+        #: The container reported on; ``None``: whichever is current.
+        self.container = container
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request (or a lifespan, when served on its own)."""
         if scope["type"] == "lifespan":  # served on its own: nothing to start
             while True:
                 message = await receive()
@@ -243,7 +240,7 @@ def health_app(container: LoggingContainer | None = None) -> ASGIApp:
         if scope.get("method") not in {"GET", "HEAD"}:
             await _respond(send, 405, {"error": "method not allowed"}, head=False)
             return
-        current = container or current_container()
+        current = self.container or current_container()
         if current is None or not current.running:
             await _respond(send, 503, {"error": "logging is not configured"}, scope)
             return
@@ -251,7 +248,23 @@ def health_app(container: LoggingContainer | None = None) -> ASGIApp:
         ready = all(view.get("available") for view in health.values())
         await _respond(send, 200 if ready else 503, health, scope)
 
-    return app
+
+def health_app(container: LoggingContainer | None = None) -> HealthApp:
+    """An ASGI app that answers ``GET`` (and ``HEAD``) with the enrichers'
+    health as JSON, for readiness probes; it answers at any path, so route
+    or mount it where you like (``app.add_route("/health", health_app())``
+    answers ``/health`` itself; ``app.mount("/health", ...)`` answers
+    ``/health/``).
+
+    The body is :meth:`LoggingContainer.health` (per enricher: started,
+    healthy, available, breaker, last error). Status 200 when every
+    enricher is available, 503 otherwise, or when no container runs.
+
+    Args:
+        container: the container to report on; ``None``: whichever is
+            current at each request.
+    """
+    return HealthApp(container)
 
 
 async def _respond(

@@ -103,10 +103,10 @@ def get_logger(*args: Any, **initial_values: Any) -> Any:
 
 
 def current_container() -> LoggingContainer | None:
-    """The container :func:`configure_logging` installed last, while it
-    runs; ``None`` before the first one and after it was shut down."""
+    """The container :func:`configure_logging` installed last, until its
+    shutdown completes; ``None`` before the first one and after that."""
     current = _current
-    return current if current is not None and current.running else None
+    return current if current is not None and not current.closed else None
 
 
 def reset_logging() -> None:
@@ -724,6 +724,12 @@ class LoggingContainer:
     def running(self) -> bool:
         """Whether the container is started and not shut down."""
         return self._running
+
+    @property
+    def closed(self) -> bool:
+        """Whether its shutdown completed (while it drains, it is neither
+        running nor closed: events are still written)."""
+        return self._shut_down.is_set()
 
     # -- context managers ---------------------------------------------------
 

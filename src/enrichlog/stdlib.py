@@ -122,7 +122,8 @@ class EnrichlogHandler(logging.Handler):
         container: the container to log through, only while it runs;
             ``None`` (the default): whichever container is current.
 
-    While no container runs, records of level ``WARNING`` and above go to
+    While no container runs (before the first one starts, after the last
+    one's shutdown completed), records of level ``WARNING`` and above go to
     :data:`logging.lastResort` (standard error) and the others are dropped.
     Handling a record never takes the handler's lock (the pipeline orders
     events itself), so a record logged on enrichlog's runtime while another
@@ -149,7 +150,7 @@ class EnrichlogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Log ``record`` through the container; never raises."""
         container = self._container or current_container()
-        if container is None or not container.running:
+        if container is None or container.closed:
             _last_resort(record)
             return
         depth = _depth.value
