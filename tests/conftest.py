@@ -10,8 +10,9 @@ import pytest
 from enrichlog.testing import reset_logging
 
 # enrichlog's own pytest plugin: the enrichlog_container, enrichlog_output and
-# fake_clock fixtures (tests/integrations/test_testing.py exercises them).
-pytest_plugins = ["enrichlog.testing.pytest_plugin"]
+# fake_clock fixtures (tests/integrations/test_testing.py exercises them, and
+# runs a test file of its own with pytester).
+pytest_plugins = ["enrichlog.testing.pytest_plugin", "pytester"]
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from collections.abc import Mapping
 from types import TracebackType
@@ -79,7 +80,8 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     Events go through the real runtime (enrichers, timeouts, cache, breaker);
     each is recorded after enrichment, just before it is rendered, as a copy
-    (``exc_info`` still a tuple, before formatting). Events an enricher
+    (``exc_info`` as a ``(type, value, traceback)`` tuple, not yet
+    formatted). Events an enricher
     filtered out or a level dropped are not there. At the end of the block
     everything logged in it is flushed (at most ``timeout`` seconds), so the
     list is complete when the block ends; lines are still written to the
@@ -104,7 +106,13 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         self.events: list[EventDict] = []
 
     def _tap(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        self.events.append(dict(event_dict))
+        event = dict(event_dict)
+        exc_info = event.get("exc_info")
+        if exc_info is True:  # completed on the logging thread, inside its except
+            event["exc_info"] = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            event["exc_info"] = (type(exc_info), exc_info, exc_info.__traceback__)
+        self.events.append(event)
         return event_dict
 
     def _start(self) -> LoggingContainer:
