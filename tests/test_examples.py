@@ -15,7 +15,6 @@ from pydantic_core import PydanticUndefined
 
 from enrichlog.enrichers import EnvEnricher, HostnameEnricher, ProcessEnricher, StaticEnricher
 from enrichlog.settings import EnricherOptions, LoggingSettings
-
 from tests.services import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, require_service
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

@@ -171,7 +171,10 @@ async def test_concurrent_requests_keep_their_own_context_and_nothing_leaks() ->
         app = RequestContextMiddleware(slow)
         async with capture_events() as events:
             await asyncio.gather(
-                *(call(app, f"/r/{i}", headers=[(b"x-request-id", f"id-{i}".encode())]) for i in range(20))
+                *(
+                    call(app, f"/r/{i}", headers=[(b"x-request-id", f"id-{i}".encode())])
+                    for i in range(20)
+                )
             )
         assert {} == structlog.contextvars.get_contextvars()
 

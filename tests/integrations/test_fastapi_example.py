@@ -117,7 +117,9 @@ def server(users_table: str, user_prefs: str, tmp_path: Path) -> Iterator[Served
         while True:
             if process.poll() is not None:
                 assert process.stdout is not None
-                pytest.fail(f"the example exited with {process.returncode}: {process.stdout.read()}")
+                pytest.fail(
+                    f"the example exited with {process.returncode}: {process.stdout.read()}"
+                )
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break
@@ -173,9 +175,7 @@ def test_every_request_line_carries_its_id_and_the_enriched_fields(server: Serve
             assert {"name": f"name-{user_id}", "email": f"user{user_id}@example.com"} == line[
                 "user"
             ]
-            assert {"theme": "dark" if user_id % 2 else "light", "n": str(user_id)} == line[
-                "prefs"
-            ]
+            assert {"theme": "dark" if user_id % 2 else "light", "n": str(user_id)} == line["prefs"]
     # The health probes' own lines, and nothing else with a request id.
     assert all(line["path"] == "/health" for rest in by_request.values() for line in rest)
     # uvicorn's own logs came through the stdlib bridge; its access log is silenced.

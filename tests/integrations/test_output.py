@@ -73,7 +73,9 @@ def test_a_failing_sink_never_raises_into_the_log_call(caplog: pytest.LogCapture
 
     assert 2 == sink.attempts  # not given up on: a sink may recover
     assert 2 == container.metrics()["write_failed"]
-    assert any("could not write 1 line(s) to <FailingSink>" in r.getMessage() for r in caplog.records)
+    assert any(
+        "could not write 1 line(s) to <FailingSink>" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_a_sink_survives_resolving_the_settings() -> None:

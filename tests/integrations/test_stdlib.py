@@ -86,7 +86,11 @@ def test_stdlib_records_become_enriched_events_with_their_fields() -> None:
         "tenant": "acme",
         "seen_request_id": "r1",
     }.items() <= rows.items()
-    assert ("failed", "error", KeyError) == (failed["event"], failed["level"], failed["exc_info"][0])
+    assert ("failed", "error", KeyError) == (
+        failed["event"],
+        failed["level"],
+        failed["exc_info"][0],
+    )
     assert [] == stdlib_handlers()
     assert logging.WARNING == logging.getLogger().level
 
@@ -147,7 +151,9 @@ class LogsFromInside(AsyncEnricher):
         return event_dict
 
 
-def stdlib_logging_processor(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+def stdlib_logging_processor(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
     """A sync enricher that logs through the stdlib for every event."""
     logging.getLogger("app.audit").info("saw %s", event_dict["event"])
     return event_dict

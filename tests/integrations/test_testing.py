@@ -281,7 +281,7 @@ def test_fake_clock_with_the_cache_and_the_breaker_directly() -> None:
 def test_line_sink_keeps_lines_written_in_pieces() -> None:
     sink = LineSink()
     sink.write('{"a": 1}\n{"b"')
-    sink.write(': 2}\nplain text\n')
+    sink.write(": 2}\nplain text\n")
 
     assert ['{"a": 1}', '{"b": 2}', "plain text"] == sink.lines
     assert [{"a": 1}, {"b": 2}] == sink.events()
