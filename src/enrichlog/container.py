@@ -40,6 +40,7 @@ from .enricher import Enricher
 from .exceptions import EnrichlogError
 from .metrics import MetricsSnapshot
 from .settings import LoggingSettings, resolve_settings
+from .stdlib import RootBridge, install_root_handler, remove_root_handler
 
 __all__ = [
     "DrainReport",
@@ -195,7 +196,7 @@ class LoggingContainer:
         self._lines: LineWriter | None = None
         self._lines_before = (0, 0)
         #: The root logger's handler with ``stdlib=True``, while installed.
-        self._stdlib_bridge: Any = None
+        self._stdlib_bridge: RootBridge | None = None
 
     def _uri_enrichers(self) -> list[Enricher]:
         if not self.settings.enrichers:
@@ -247,8 +248,6 @@ class LoggingContainer:
             _drain_before_interpreter_exit()
             _finalize_in_multiprocessing_child(self)
             self._install_sigterm_handler()
-            from .stdlib import install_root_handler  # noqa: PLC0415 - it imports this module
-
             self._stdlib_bridge = install_root_handler(self)
         return self
 
@@ -459,8 +458,6 @@ class LoggingContainer:
         """Close the output, forget the exit and signal hooks, and report."""
         try:
             if self._stdlib_bridge is not None:
-                from .stdlib import remove_root_handler  # noqa: PLC0415 - it imports this module
-
                 remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None
             if self.output is not None:
@@ -602,20 +599,24 @@ class LoggingContainer:
         the line; it may look at the event and must return it.
         :func:`enrichlog.testing.capture_events` records events this way."""
         with self._lock:
+            installed = self._installed()
             self._writer.tail.insert(0, tap)
-            self._reinstall_chain()
+            if installed:
+                _installed_chain[:] = self.chain()
 
     def remove_tap(self, tap: Processor) -> None:
         """Stop running ``tap`` (added with :meth:`add_tap`); no error if it
         is not there."""
         with self._lock:
             if tap in self._writer.tail:
+                installed = self._installed()
                 self._writer.tail.remove(tap)
-                self._reinstall_chain()
+                if installed:
+                    _installed_chain[:] = self.chain()
 
-    def _reinstall_chain(self) -> None:
-        if self._running and self._lines is not None and self._lines is _installed_writer:
-            _installed_chain[:] = self.chain()
+    def _installed(self) -> bool:
+        """Whether structlog runs this container's chain."""
+        return self._running and _installed_chain == self.chain()
 
     def enrich_now(
         self, method_name: str, event_dict: EventDict, logger: WrappedLogger = None

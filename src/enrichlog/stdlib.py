@@ -27,15 +27,18 @@ it goes to :data:`logging.lastResort` (standard error), so nothing loops.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .container import LoggingContainer, current_container
 from .engine.plan import IN_ENRICHMENT
 from .settings import LEVELS
+
+if TYPE_CHECKING:
+    from .container import LoggingContainer
 
 __all__ = [
     "EnrichlogHandler",
@@ -96,6 +99,17 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     if record.stack_info:
         fields["stack"] = record.stack_info
     return _method_for(record.levelno), message, fields
+
+
+def current_container() -> LoggingContainer | None:
+    """:func:`enrichlog.container.current_container`. Looked up, not imported:
+    that module installs this one's root handler, and importing enrichlog
+    loads it first."""
+    container_module = sys.modules.get("enrichlog.container")
+    if container_module is None:
+        return None
+    current: LoggingContainer | None = container_module.current_container()
+    return current
 
 
 def _last_resort(record: logging.LogRecord) -> None:

@@ -145,6 +145,7 @@ async def send_requests(base: str) -> list[httpx.Response]:
         return await asyncio.gather(*(one(k) for k in range(REQUESTS)))
 
 
+@pytest.mark.slow
 @pytest.mark.services
 def test_every_request_line_carries_its_id_and_the_enriched_fields(server: Served) -> None:
     health = httpx.get(f"{server.base}/health").json()
