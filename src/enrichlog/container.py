@@ -615,8 +615,12 @@ class LoggingContainer:
                     _installed_chain[:] = self.chain()
 
     def _installed(self) -> bool:
-        """Whether structlog runs this container's chain."""
-        return self._running and _installed_chain == self.chain()
+        """Whether structlog runs this container's chain (its renderer, an
+        object of its own, ends the installed chain)."""
+        tail = self._writer.tail
+        return bool(
+            self._running and tail and _installed_chain and _installed_chain[-1] is tail[-1]
+        )
 
     def enrich_now(
         self, method_name: str, event_dict: EventDict, logger: WrappedLogger = None
