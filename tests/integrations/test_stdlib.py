@@ -383,3 +383,16 @@ def test_levels_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_levels_name_the_culprit(levels: Any, message: str) -> None:
     with pytest.raises(EnricherConfigError, match=message):
         configure_logging(levels=levels)
+
+
+async def test_formatter_enrichment_on_the_loop_that_runs_enrichment_does_not_wait() -> None:
+    async with configure_logging(output=LineSink(), runtime="loop", enrichers=[Tenant(delay=5)]):
+        logger, stream = formatter_handler(FormatterEnrichment())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        logger.info("on the loop")  # waiting here would block the loop enrichment needs
+        elapsed = loop.time() - started
+
+    line = json.loads(stream.getvalue())
+    assert elapsed < 1.0
+    assert {"tenant": "unavailable"} == line["enrichment_errors"]
