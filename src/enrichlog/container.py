@@ -669,8 +669,9 @@ class LoggingContainer:
             plan.finish_unenriched(record)
             return event_dict
         if not done.wait(plan.wait_bound() + 1.0):
-            # Cannot happen while the guards keep their deadlines: the event
-            # is returned as it is, the late merge goes to a copy no one reads.
+            # Cannot happen while the guards keep their deadlines. A copy: a
+            # merge arriving late on the loop must not change it under the
+            # formatter that renders it.
             return dict(event_dict)
         return event_dict
 

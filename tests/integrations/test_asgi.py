@@ -383,6 +383,7 @@ async def test_fastapi_app_with_the_middleware_lifespan_and_health_route() -> No
 
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
+        assert current_container() is app.state.enrichlog
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             health = await client.get("/health")
             responses = await asyncio.gather(
