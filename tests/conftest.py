@@ -6,9 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-import enrichlog.container as container_module
+from enrichlog.testing import reset_logging
+
+# enrichlog's own pytest plugin: the enrichlog_container, enrichlog_output and
+# fake_clock fixtures (tests/integrations/test_testing.py exercises them, and
+# runs a test file of its own with pytester).
+pytest_plugins = ["enrichlog.testing.pytest_plugin", "pytester"]
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +23,7 @@ def _isolated_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("ENRICHLOG_"):
             monkeypatch.delenv(key)
     yield
-    current = container_module._current
-    if current is not None:
-        current.shutdown()
-        container_module._current = None
-    structlog.reset_defaults()
+    reset_logging()
 
 
 @pytest.fixture

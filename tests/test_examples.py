@@ -15,10 +15,13 @@ from pydantic_core import PydanticUndefined
 
 from enrichlog.enrichers import EnvEnricher, HostnameEnricher, ProcessEnricher, StaticEnricher
 from enrichlog.settings import EnricherOptions, LoggingSettings
+from tests.services import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, require_service
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CONFIGURATION_DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
 PYTHON_EXAMPLES = sorted(EXAMPLES.glob("*.py"))
+#: Examples that talk to PostgreSQL and Redis (skipped without them).
+NEEDS_SERVERS = {"fastapi_app.py"}
 
 
 def clean_environment() -> dict[str, str]:
@@ -50,6 +53,9 @@ def test_examples_directory_has_the_documented_examples() -> None:
 
 @pytest.mark.parametrize("example", PYTHON_EXAMPLES, ids=[p.name for p in PYTHON_EXAMPLES])
 def test_python_example_exits_0_and_logs_json_lines(example: Path, tmp_path: Path) -> None:
+    if example.name in NEEDS_SERVERS:
+        require_service("PostgreSQL", PG_HOST, PG_PORT)
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
     result = run_example([sys.executable, str(example)], tmp_path)
 
     assert 0 == result.returncode, result.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import os
 import signal
@@ -24,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .engine.chain import post_processors, pre_processors, render_fallbacks
+from .engine.chain import LoggerLevels, post_processors, pre_processors, render_fallbacks
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
-from .engine.output import LineWriter, TailWriter, open_output
+from .engine.output import LineWriter, TailWriter, logger_factory, open_output
 from .engine.pipeline import EventPipeline, PendingEvent
 from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
@@ -44,13 +45,16 @@ from .transport import transport_for
 
 if TYPE_CHECKING:
     from .transport.nats import PublishingWriter
+from .stdlib import RootBridge, install_root_handler, remove_root_handler
 
 __all__ = [
     "DrainReport",
     "LoggingContainer",
     "build_processor_chain",
     "configure_logging",
+    "current_container",
     "get_logger",
+    "reset_logging",
 ]
 
 _STARTUP_TIMEOUT = 30.0
@@ -99,8 +103,30 @@ class DrainReport(dict[str, int]):
 
 def get_logger(*args: Any, **initial_values: Any) -> Any:
     """A structlog bound logger: sync methods (``info``) and async ones
-    (``ainfo``) that await enrichment without blocking the caller's loop."""
+    (``ainfo``) that await enrichment without blocking the caller's loop.
+
+    ``get_logger("api")`` names the logger: its events carry ``logger:
+    "api"``, and the ``levels`` setting may give that name a level of its own.
+    """
     return structlog.get_logger(*args, **initial_values)
+
+
+def current_container() -> LoggingContainer | None:
+    """The container :func:`configure_logging` installed last, until its
+    shutdown completes; ``None`` before the first one and after that."""
+    current = _current
+    return current if current is not None and not current.closed else None
+
+
+def reset_logging() -> None:
+    """Shut the current container down (if any), forget it, and reset
+    structlog to its defaults: a clean slate, as between tests."""
+    global _current
+    with _current_lock:
+        current, _current = _current, None
+    if current is not None:
+        current.shutdown()
+    structlog.reset_defaults()
 
 
 class LoggingContainer:
@@ -188,6 +214,8 @@ class LoggingContainer:
         # there.
         self._lines: LineWriter | None = None
         self._lines_before = (0, 0)
+        #: The root logger's handler with ``stdlib=True``, while installed.
+        self._stdlib_bridge: RootBridge | None = None
 
     def _uri_enrichers(self) -> list[Enricher]:
         if not self.settings.enrichers:
@@ -243,6 +271,7 @@ class LoggingContainer:
             self._install_sigterm_handler()
             # Metrics: followed for Prometheus; /metrics served if metrics_port is set.
             _observability.container_started(self)
+            self._stdlib_bridge = install_root_handler(self)
         return self
 
     async def astartup(self) -> LoggingContainer:
@@ -458,6 +487,9 @@ class LoggingContainer:
     def _finish_shutdown(self, drained: dict[str, int]) -> DrainReport:
         """Close the output, forget the exit and signal hooks, and report."""
         try:
+            if self._stdlib_bridge is not None:
+                remove_root_handler(self._stdlib_bridge)
+                self._stdlib_bridge = None
             if self.output is not None:
                 if _installed_writer is not None:
                     _installed_writer.release(self.output)
@@ -590,6 +622,90 @@ class LoggingContainer:
             # after-fork callbacks: register the exit drain from there.
             mp_util.register_after_fork(self, _finalize_in_multiprocessing_child)
 
+    # -- taps and synchronous enrichment (enrichlog.testing, enrichlog.stdlib) --
+
+    def add_tap(self, tap: Processor) -> None:
+        """Run ``tap`` on every finished event after enrichment, before it is
+        rendered (as the first post-processor), on whichever thread writes
+        the line; it may look at the event and must return it.
+        :func:`enrichlog.testing.capture_events` records events this way."""
+        with self._lock:
+            installed = self._installed()
+            self._writer.tail.insert(0, tap)
+            if installed:
+                _installed_chain[:] = self.chain()
+
+    def remove_tap(self, tap: Processor) -> None:
+        """Stop running ``tap`` (added with :meth:`add_tap`); no error if it
+        is not there."""
+        with self._lock:
+            if tap in self._writer.tail:
+                installed = self._installed()
+                self._writer.tail.remove(tap)
+                if installed:
+                    _installed_chain[:] = self.chain()
+
+    def _installed(self) -> bool:
+        """Whether structlog runs this container's chain (its renderer, an
+        object of its own, ends the installed chain)."""
+        tail = self._writer.tail
+        return bool(
+            self._running and tail and _installed_chain and _installed_chain[-1] is tail[-1]
+        )
+
+    def enrich_now(
+        self, method_name: str, event_dict: EventDict, logger: WrappedLogger = None
+    ) -> EventDict:
+        """Enrich ``event_dict`` in place and return it, waiting for the
+        enrichers that await (at most every level's timeout): for code that
+        needs the enriched event itself rather than its line, such as a
+        stdlib ``Formatter`` (:class:`enrichlog.stdlib.FormatterEnrichment`).
+
+        Never raises and never drops the event: an enricher's ``DropEvent``
+        cannot take back a line a formatter must produce. The calling thread
+        waits; on the thread that runs enrichment itself (an enricher, or the
+        application's loop with ``runtime="loop"``), where waiting would block
+        it, enrichers that must await are skipped as ``unavailable``.
+        """
+        plan, runtime = self._plan, self._runtime
+        if (
+            self.processor is None
+            or threading.get_ident() in runtime.owned_thread_ids
+            or IN_ENRICHMENT.get()
+        ):
+            return event_dict
+        try:
+            record = plan.settle(logger, method_name, event_dict)
+        except structlog.DropEvent:
+            return event_dict
+        except Exception:
+            _report.exception("enrichlog: enriching an event failed; it has what it has")
+            return event_dict
+        if record is None:
+            return event_dict
+        if not self._running or not runtime.is_running or runtime.in_runtime_thread():
+            plan.finish_unenriched(record)
+            return event_dict
+        done = threading.Event()
+        context = contextvars.copy_context()
+
+        def advance() -> None:
+            record.on_done = lambda _record: done.set()
+            if context.run(plan.advance, record):
+                done.set()
+
+        try:
+            runtime.call_soon(advance)
+        except RuntimeError:  # stopped meanwhile
+            plan.finish_unenriched(record)
+            return event_dict
+        if not done.wait(plan.wait_bound() + 1.0):
+            # Cannot happen while the guards keep their deadlines. A copy: a
+            # merge arriving late on the loop must not change it under the
+            # formatter that renders it.
+            return dict(event_dict)
+        return event_dict
+
     # -- views ---------------------------------------------------------------
 
     def metrics(self) -> MetricsSnapshot:
@@ -655,6 +771,12 @@ class LoggingContainer:
         setting is unset or the port could not be listened on."""
         return _observability.metrics_endpoint_port(self)
 
+    @property
+    def closed(self) -> bool:
+        """Whether its shutdown completed (while it drains, it is neither
+        running nor closed: events are still written)."""
+        return self._shut_down.is_set()
+
     # -- context managers ---------------------------------------------------
 
     def __enter__(self) -> LoggingContainer:
@@ -710,8 +832,10 @@ def _install(chain: list[Processor], output: LineWriter, settings: LoggingSettin
     writer.report_interval = settings.drop_report_interval
     structlog.configure(
         processors=_installed_chain,
-        wrapper_class=make_bound_logger_class(settings.level_number),
-        logger_factory=lambda *args: writer,
+        wrapper_class=make_bound_logger_class(
+            settings.level_number, LoggerLevels(settings.level_number, settings.levels)
+        ),
+        logger_factory=logger_factory(writer),
         context_class=dict,
         cache_logger_on_first_use=True,
     )

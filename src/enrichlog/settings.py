@@ -16,10 +16,12 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import (
     Field,
+    PlainSerializer,
+    PlainValidator,
     SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
@@ -42,6 +44,8 @@ __all__ = [
     "LEVELS",
     "EnricherOptions",  # defined in enrichlog.options; importable from here as before
     "LoggingSettings",
+    "TextSink",
+    "level_number",
     "resolve_settings",
     "unknown_settings",
 ]
@@ -62,6 +66,91 @@ _URI_LIST_SPLIT = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.\-_]*://)")
 # Keys every event has: an error_field with one of these names would
 # overwrite them (or be overwritten) in every line.
 _EVENT_KEYS = frozenset({"event", "level", "timestamp"})
+
+
+# -- output sinks and per-logger levels (the integrations) ----------------------
+
+
+@runtime_checkable
+class TextSink(Protocol):
+    """What ``output=`` accepts besides ``stdout``, ``stderr`` and a path: an
+    object whose ``write(str)`` gets each rendered line, newline included
+    (a text file, ``io.StringIO``, a custom sink); ``flush()`` is called
+    after each line when it has one."""
+
+    def write(self, text: str, /) -> object:
+        """Take one line."""
+        ...
+
+
+def _output_target(value: Any) -> str | TextSink:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("output is empty; expected 'stdout', 'stderr' or a file path")
+        return value
+    if callable(getattr(value, "write", None)):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(
+        f"a {type(value).__name__} cannot be an output; expected 'stdout', 'stderr', a "
+        "file path or an object with a write(str) method"
+    )
+
+
+def _output_name(value: str | TextSink) -> str:
+    """A sink object in JSON: its type."""
+    return value if isinstance(value, str) else f"<{type(value).__name__}>"
+
+
+def level_number(value: object) -> int:
+    """The stdlib number of a level name (any case, ``warn``/``fatal``/
+    ``exception`` as aliases) or of a stdlib level number.
+
+    Raises:
+        ValueError: not a known level; the message names it.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value in LEVELS.values():
+        return value
+    if isinstance(value, str):
+        name = value.strip().lower()
+        name = _LEVEL_ALIASES.get(name, name)
+        if name in LEVELS:
+            return LEVELS[name]
+    raise ValueError(f"unknown level {value!r}; expected one of {', '.join(LEVELS)}")
+
+
+def _parse_levels(value: Any) -> Any:
+    """``uvicorn.access=warning,app=debug`` (or JSON, or a mapping) as a
+    mapping of logger names to level names; each level is checked."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            pairs: dict[str, str] = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                name, sep, level = part.partition("=")
+                if not sep:
+                    raise ValueError(
+                        f"{part!r} is not 'logger=level' (expected e.g. "
+                        "'uvicorn.access=warning,app=debug')"
+                    )
+                pairs[name.strip()] = level.strip()
+            value = pairs
+    if not isinstance(value, Mapping):
+        return value  # pydantic says what it expected
+    levels: dict[str, str] = {}
+    for name, level in value.items():
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(
+                f"logger name {name!r} is not a dotted logger name (the level of every "
+                "other logger is the 'level' setting)"
+            )
+        try:
+            number = level_number(level)
+        except ValueError as exc:
+            raise ValueError(f"logger {name!r}: {exc}") from None
+        levels[name] = logging.getLevelName(number).lower()
+    return levels
 
 
 class LoggingSettings(BaseSettings):
@@ -98,7 +187,24 @@ class LoggingSettings(BaseSettings):
     format: Literal["json", "console", "logfmt"] = Field(
         "json", description="renderer of each line"
     )
-    output: str = Field("stdout", min_length=1, description="'stdout', 'stderr' or a file path")
+    output: Annotated[
+        str | TextSink,
+        PlainValidator(_output_target),
+        PlainSerializer(_output_name, when_used="json"),
+    ] = Field(
+        "stdout",
+        description="'stdout', 'stderr', a file path, or (in code) an object with a "
+        "write(str) method",
+    )
+    levels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="per-logger minimum levels by dotted name prefix: "
+        "uvicorn.access=warning,app=debug",
+    )
+    stdlib: bool = Field(
+        False,
+        description="route the stdlib root logger's records through enrichlog",
+    )
 
     # -- enrichers -----------------------------------------------------------
     enrichers: Annotated[list[str], NoDecode] = Field(
@@ -284,6 +390,11 @@ class LoggingSettings(BaseSettings):
             raise ValueError(f"unknown level {value!r}; expected one of {', '.join(LEVELS)}")
         return name
 
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _logger_levels(cls, value: Any) -> Any:
+        return _parse_levels(value)
+
     @field_validator("enrichers", mode="before")
     @classmethod
     def split_uri_list(cls, value: Any) -> Any:
@@ -345,6 +456,11 @@ class LoggingSettings(BaseSettings):
         return value
 
     @property
+    def output_name(self) -> str:
+        """:attr:`output` as text: the target, or a sink object's type."""
+        return _output_name(self.output)
+
+    @property
     def level_number(self) -> int:
         """The stdlib number of :attr:`level`."""
         return LEVELS[self.level]
@@ -401,7 +517,11 @@ def resolve_settings(
         if not overrides:
             return settings
         unknown_settings(overrides)
-        return LoggingSettings.model_validate({**settings.model_dump(), **overrides})
+        # The output as it is: model_dump() would turn a sink that is an
+        # iterator (a file, io.StringIO) into an iterator of its lines.
+        return LoggingSettings.model_validate(
+            {**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: "

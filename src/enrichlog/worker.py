@@ -287,6 +287,11 @@ class Worker:
         # docs/scale-out.md, "What the worker uses of the engine").
         self._plan = self.container._plan
         self._pipeline = self.container._pipeline
+        if not isinstance(settings.output, str):
+            raise EnricherConfigError(
+                "a worker writes to 'stdout', 'stderr' or a path (with {field} "
+                f"placeholders), not to {type(settings.output).__name__}"
+            )
         self._sink = OutputSink(settings.output)
         self._max_in_flight = min(settings.max_in_flight, settings.queue_size)
         self._stats_interval = stats_interval

@@ -128,7 +128,7 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
     print(
         f"ok: {len(enrichers)} enricher(s) from URIs, level={settings.level}, "
         f"format={settings.format}, delivery={settings.delivery}, "
-        f"output={mask_secrets(settings.output)}",
+        f"output={mask_secrets(settings.output_name)}",
         file=out,
     )
     return 0

@@ -124,7 +124,7 @@ def describe_plan(
         "effective_delivery": effective_delivery,
         "level": settings.level,
         "format": settings.format,
-        "output": mask_secrets(settings.output),
+        "output": mask_secrets(settings.output_name),
         "error_field": settings.error_field,
         "level_timeout": settings.level_timeout,
         "levels": [

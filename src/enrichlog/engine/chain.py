@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 from structlog.processors import _figure_out_exc_info
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ..settings import LoggingSettings
+from ..settings import LEVELS, LoggingSettings
 
 __all__ = [
+    "LoggerLevels",
     "SafeRenderer",
     "last_resort_line",
     "make_renderer",
@@ -230,3 +231,64 @@ def post_processors(settings: LoggingSettings) -> list[Processor]:
     if settings.format == "json":
         return [make_renderer("json")]  # formats exceptions itself: one frame less
     return [_SafeExceptionRenderer(), make_renderer(settings.format)]
+
+
+# -- per-logger levels ---------------------------------------------------------
+
+
+class LoggerLevels:
+    """The minimum level of each logger name: the ``levels`` setting matched
+    by dotted prefix (``app`` covers ``app`` and ``app.db``, not
+    ``application``), the most specific name winning; any other name, and
+    an unnamed logger, has the ``level`` setting.
+
+    Used where a level is decided once per logger, not per event: when a
+    structlog logger is bound (its class then filters by level at no cost
+    per call) and by the stdlib bridge for each record's logger name
+    (remembered per name).
+
+    Args:
+        default: the ``level`` setting, as a stdlib number.
+        levels: logger name to level name (validated by the settings).
+    """
+
+    __slots__ = ("_known", "_levels", "default")
+
+    def __init__(self, default: int, levels: Mapping[str, str]) -> None:
+        self.default = default
+        self._levels = {name: LEVELS[level] for name, level in levels.items()}
+        self._known: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        """Whether any logger has a level of its own."""
+        return bool(self._levels)
+
+    @property
+    def lowest(self) -> int:
+        """The lowest level any logger may write at."""
+        return min(self.default, *self._levels.values())
+
+    def level_of(self, name: str | None) -> int:
+        """The minimum level of the logger ``name`` (``None``: unnamed)."""
+        if name is None or not self._levels:
+            return self.default
+        known = self._known.get(name)
+        if known is not None:
+            return known
+        level = self.default
+        prefix = name
+        while True:
+            found = self._levels.get(prefix)
+            if found is not None:
+                level = found
+                break
+            prefix, dot, _ = prefix.rpartition(".")
+            if not dot:
+                break
+        if len(self._known) < _KNOWN_NAMES:
+            self._known[name] = level
+        return level
+
+
+#: Logger names whose level :class:`LoggerLevels` remembers, at most.
+_KNOWN_NAMES = 4096

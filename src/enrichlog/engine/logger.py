@@ -4,6 +4,12 @@ structlog's filtering bound logger, with ``a*`` methods that do not hop to
 an executor thread: they run the cheap pre-processors on the caller and
 await the event's enrichment and writing on the runtime loop, without
 blocking the caller's loop. Filtered-out levels stay a bare ``return None``.
+
+Logger names and per-logger levels cost nothing per event: a logger made
+with ``get_logger("api")`` wraps a writer that carries the name, which the
+class puts into the logger's context (``logger: "api"``) when it is bound;
+with per-logger levels, binding picks the class of that name's level, so a
+filtered-out call is still a bare ``return None``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import structlog
 from structlog._log_levels import LEVEL_TO_NAME
 
+from .chain import LoggerLevels
 from .processor import ASYNC_WAITER
 
 __all__ = ["make_bound_logger_class"]
@@ -54,9 +61,38 @@ def _make_async_method(name: str) -> Callable[..., Coroutine[Any, Any, None]]:
     return ameth
 
 
-def make_bound_logger_class(min_level: int) -> type[Any]:
+def make_bound_logger_class(min_level: int, levels: LoggerLevels | None = None) -> type[Any]:
     """A ``FilteringBoundLogger`` class for ``min_level`` with runtime-aware
-    async methods."""
+    async methods.
+
+    A logger whose wrapped writer has a ``name`` (``get_logger("api")``) gets
+    ``logger: <name>`` in its context when it is bound. With ``levels`` (per
+    logger levels), the class returned picks, when a logger is bound, the
+    class of that logger name's level.
+    """
+    if levels:
+        return _per_logger_class(levels)
+    return _level_class(min_level)
+
+
+def _per_logger_class(levels: LoggerLevels) -> type[Any]:
+    """A class whose instances are of the level class of their logger's name."""
+    classes: dict[int, type[Any]] = {}
+
+    class EnrichlogPerLoggerLevels:
+        """Dispatches to the bound logger class of the logger name's level."""
+
+        def __new__(cls, logger: Any, processors: Any = None, context: Any = None) -> Any:
+            level = levels.level_of(getattr(logger, "name", None))
+            target = classes.get(level)
+            if target is None:
+                target = classes[level] = _level_class(level)
+            return target(logger, processors, context)
+
+    return EnrichlogPerLoggerLevels
+
+
+def _level_class(min_level: int) -> type[Any]:
     base: type[Any] = structlog.make_filtering_bound_logger(min_level)
     methods: dict[str, Any] = {}
     for level, name in LEVEL_TO_NAME.items():
@@ -73,6 +109,14 @@ def make_bound_logger_class(min_level: int) -> type[Any]:
         if methods.get("aerror") is not None:
             await methods["aerror"](self, event, *args, **kw)
 
+    def init(self: Any, logger: Any, processors: Any, context: Any) -> None:
+        # Once per bind, not per event: a named logger's events carry its name.
+        name = getattr(logger, "name", None)
+        if name is not None and "logger" not in context:
+            context["logger"] = name
+        base.__init__(self, logger, processors, context)
+
+    methods["__init__"] = init
     methods["alog"] = alog
     methods["aexception"] = aexception
     for alias, target in (("afatal", "acritical"), ("awarn", "awarning"), ("amsg", "ainfo")):

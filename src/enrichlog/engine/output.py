@@ -1,4 +1,4 @@
-"""Where rendered lines go: standard output, standard error or a file.
+"""Where rendered lines go: standard output, standard error, a file or a sink.
 
 `LineWriter` is the wrapped logger structlog calls with each rendered line.
 It is shared by the logging threads (events completed on the caller) and the
@@ -6,17 +6,24 @@ runtime thread (events completed there), so one lock orders their writes.
 `TailWriter` finishes the events the runtime completed: it runs the rest of
 the structlog chain (exception formatting, the renderer) and hands the line
 to the event's logger, as structlog would have.
+
+A file output reopens its path on SIGHUP (after logrotate moved the file);
+a sink is any object with a ``write(str)`` method, which gets each line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import IO, Any
 
 import structlog
@@ -25,7 +32,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ..exceptions import EnricherConfigError
 from .chain import last_resort_line
 
-__all__ = ["LineWriter", "TailWriter", "open_output"]
+__all__ = ["LineWriter", "NamedWriter", "TailWriter", "open_output", "reopen_files"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -87,6 +94,7 @@ class LineWriter:
     """
 
     __slots__ = (
+        "__weakref__",  # the registry of files reopened on SIGHUP
         "_broken",
         "_closed",
         "_flush",
@@ -251,7 +259,11 @@ class LineWriter:
         if self._owns:
             stream: IO[bytes] = open(self.target, "ab")  # noqa: SIM115 - closed by close()
         else:
-            stream = open(os.dup(self._stream.fileno()), "wb", buffering=0)  # noqa: SIM115
+            try:
+                descriptor = self._stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                return  # a sink without a descriptor: it is the application's to mind
+            stream = open(os.dup(descriptor), "wb", buffering=0)  # noqa: SIM115
             self._owns = True  # the duplicate is ours to close
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._closed = self._broken = False
@@ -260,14 +272,92 @@ class LineWriter:
     def __getstate__(self) -> Any:
         raise TypeError("LineWriter cannot be pickled")
 
+    # -- logrotate -------------------------------------------------------------
 
-def open_output(target: str) -> LineWriter:
-    """A writer for ``stdout``, ``stderr`` or a file path (appended to).
+    def reopen(self) -> bool:
+        """Point a file output at its path again (after logrotate moved the
+        file away): later lines go to a file at the original path, created if
+        needed. Returns whether it reopened; never raises.
+
+        The stream object stays the same (its descriptor is replaced in
+        place), so every writer that shares it follows, and no lock is taken:
+        safe to call from a signal handler.
+        """
+        if not self._owns or self._closed:
+            return False
+        try:
+            descriptor = self._stream.fileno()
+            fresh = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except (AttributeError, OSError, ValueError):
+            return False
+        try:
+            os.dup2(fresh, descriptor)
+        except OSError:
+            return False
+        finally:
+            os.close(fresh)
+        return True
+
+
+class NamedWriter:
+    """The writer of a named logger (``get_logger("api")``): writes through
+    the shared :class:`LineWriter` (its level methods are that writer's own,
+    so no call is added per line) and carries the logger's ``name``."""
+
+    __slots__ = (
+        "critical",
+        "debug",
+        "err",
+        "error",
+        "exception",
+        "failure",
+        "fatal",
+        "info",
+        "log",
+        "msg",
+        "name",
+        "warn",
+        "warning",
+        "writer",
+    )
+
+    def __init__(self, writer: LineWriter, name: str) -> None:
+        self.writer = writer
+        self.name = name
+        self.msg = self.log = self.debug = self.info = self.warn = self.warning = writer.msg
+        self.error = self.err = self.critical = self.fatal = writer.msg
+        self.exception = self.failure = writer.msg
+
+    def __repr__(self) -> str:
+        return f"<NamedWriter {self.name!r} {self.writer.target}>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("NamedWriter cannot be pickled")
+
+
+def logger_factory(writer: LineWriter) -> Callable[..., LineWriter | NamedWriter]:
+    """structlog's logger factory: ``get_logger()`` writes with ``writer``,
+    ``get_logger(name)`` with a :class:`NamedWriter` of it."""
+
+    def factory(*args: Any) -> LineWriter | NamedWriter:
+        if args and args[0] is not None:
+            return NamedWriter(writer, args[0] if isinstance(args[0], str) else str(args[0]))
+        return writer
+
+    return factory
+
+
+def open_output(target: Any) -> LineWriter:
+    """A writer for ``stdout``, ``stderr``, a file path (appended to, and
+    reopened on SIGHUP) or a sink (an object with a ``write(str)`` method,
+    or a binary stream, which gets bytes).
 
     Raises:
         EnricherConfigError: the file cannot be opened for appending; the
             message names the path and the reason.
     """
+    if not isinstance(target, str):
+        return LineWriter(_sink_stream(target), target=_sink_name(target), owns=False)
     if target == "stdout":
         return LineWriter(_binary(sys.stdout), target="stdout", owns=False)
     if target == "stderr":
@@ -279,7 +369,62 @@ def open_output(target: str) -> LineWriter:
         raise EnricherConfigError(
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
         ) from None
-    return LineWriter(stream, target=path, owns=True)
+    writer = LineWriter(stream, target=path, owns=True)
+    _files.add(writer)
+    _reopen_on_sighup()
+    return writer
+
+
+def _sink_stream(sink: Any) -> IO[bytes]:
+    if isinstance(sink, io.RawIOBase | io.BufferedIOBase):
+        return sink  # type: ignore[return-value]  # a binary stream takes the bytes
+    return _TextAsBinary(sink, sink=True)  # type: ignore[return-value]
+
+
+def _sink_name(sink: Any) -> str:
+    name = getattr(sink, "name", None)
+    return name if isinstance(name, str) else f"<{type(sink).__name__}>"
+
+
+# -- SIGHUP: reopen file outputs (logrotate) -------------------------------------
+
+#: Every file output that is open.
+_files: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+#: The SIGHUP handler that was there before ours, chained to when callable.
+_previous_sighup: Any = None
+
+
+def reopen_files() -> int:
+    """Reopen every file output by its path (what SIGHUP does): call it
+    from an application's own SIGHUP handler, or after rotating the files
+    some other way. Returns how many were reopened; never raises."""
+    return sum(writer.reopen() for writer in list(_files))
+
+
+def _on_sighup(signum: int, frame: FrameType | None) -> None:
+    reopen_files()
+    previous = _previous_sighup
+    if callable(previous):
+        previous(signum, frame)
+
+
+def _reopen_on_sighup() -> None:
+    """Install the SIGHUP handler, once, from the main thread; a handler the
+    application installed before is chained to (it runs after the reopen)."""
+    global _previous_sighup  # noqa: PLW0603 - one handler per process
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        current = signal.getsignal(hup)
+        if current is _on_sighup:
+            return
+        signal.signal(hup, _on_sighup)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        return
+    # SIG_DFL (end the process) and SIG_IGN are not chained to: the point of
+    # the handler is that SIGHUP reopens the files and nothing else.
+    _previous_sighup = current if callable(current) else None
 
 
 def _binary(stream: Any) -> IO[bytes]:
@@ -290,19 +435,44 @@ def _binary(stream: Any) -> IO[bytes]:
 
 
 class _TextAsBinary:
-    """Adapts a text-only stream (``io.StringIO`` in tests) to bytes writes."""
+    """Adapts a text-only stream (``io.StringIO`` in tests) or a sink (an
+    object with ``write(str)``) to bytes writes. Whatever a sink raises is an
+    ``OSError`` here: counted and reported as a failed write, never raised
+    into a log call."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: Any, *, sink: bool = False) -> None:
         self._stream = stream
+        self._sink = sink
+        self._flush = getattr(stream, "flush", None) if sink else stream.flush
 
     def write(self, data: bytes) -> int:
-        return self._stream.write(data.decode("utf-8", "replace"))
+        if not self._sink:
+            return self._stream.write(data.decode("utf-8", "replace"))  # type: ignore[no-any-return]
+        try:
+            self._stream.write(data.decode("utf-8", "replace"))
+        except Exception as exc:
+            raise OSError(f"the sink raised {type(exc).__name__}") from exc
+        return len(data)
 
     def flush(self) -> None:
-        self._stream.flush()
+        flush = self._flush
+        if flush is None:
+            return
+        if not self._sink:
+            flush()
+            return
+        try:
+            flush()
+        except Exception as exc:
+            raise OSError(f"the sink's flush raised {type(exc).__name__}") from exc
 
     def close(self) -> None:
-        self._stream.close()
+        if not self._sink:
+            self._stream.close()
+        # A sink is the application's to close.
+
+    def fileno(self) -> int:
+        return self._stream.fileno()  # type: ignore[no-any-return]
 
 
 #: What a broken writer "fails" with: it tries nothing more.

@@ -1,0 +1,287 @@
+"""ASGI integration: request context, a lifespan, and a health endpoint.
+
+Pure ASGI, no framework dependency; works with FastAPI, Starlette, Quart,
+Litestar or a bare ASGI app under any server::
+
+    from fastapi import FastAPI
+    from enrichlog.asgi import RequestContextMiddleware, health_app, lifespan
+
+    app = FastAPI(lifespan=lifespan(enrichers=["redis-lookup://...?key=user:{user_id}"]))
+    app.add_middleware(RequestContextMiddleware)
+    app.add_route("/health", health_app())
+
+* :class:`RequestContextMiddleware` binds ``request_id``, ``method``, ``path``
+  and ``client`` to structlog's contextvars for each HTTP request, echoes
+  the request id in the response, and logs one access event per request.
+* :func:`lifespan` configures logging on the application's own event loop
+  when the application starts, and drains and shuts it down when it stops.
+* :func:`health_app` answers the enrichers' health as JSON: 200 when every
+  enricher is available, 503 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+from .container import LoggingContainer, configure_logging, current_container
+from .settings import LoggingSettings, resolve_settings, unknown_settings
+
+__all__ = ["HealthApp", "RequestContextMiddleware", "health_app", "lifespan"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+
+#: The longest request id taken from a request header; a longer one, or one
+#: with characters outside printable ASCII, is replaced by a generated id.
+MAX_REQUEST_ID_LENGTH = 200
+
+
+def _valid_request_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(" " < c <= "~" for c in value)
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    if client:
+        return str(client[0])
+    return None
+
+
+class RequestContextMiddleware:
+    """Binds the request's context for its log lines and logs its access event.
+
+    For each HTTP request, ``request_id`` (the request's ``header`` when it
+    holds a printable id of at most 200 characters, else a new
+    ``uuid4().hex``), ``method``, ``path`` and ``client`` (the peer's
+    address) are bound to structlog's contextvars while the application
+    handles it, and unbound afterwards: every line logged for the request
+    carries them, lines enriched later in the background included (the
+    context is copied at the log call). The response gets the request id in
+    ``header`` (unless the application set that header itself).
+
+    When the application returns, one access event is logged: ``event``
+    (default ``"request"``) with ``status`` and ``duration_ms``, at ``info``.
+    When it raises, the event is logged at ``error`` with ``status`` 500
+    (or the status already sent, if the response had started) and the
+    exception, and the exception is re-raised. WebSocket and lifespan scopes
+    pass through untouched.
+
+    Args:
+        app: the ASGI application.
+        header: the request and response header of the request id.
+        access_log: log the access event (``False``: only bind the context).
+        event: the access event's ``event``.
+        logger_name: the name of the logger of the access events (so that
+            ``levels={"access": "warning"}`` can silence them).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        header: str = "x-request-id",
+        *,
+        access_log: bool = True,
+        event: str = "request",
+        logger_name: str = "access",
+    ) -> None:
+        self.app = app
+        self.header = header.lower()
+        self._header_bytes = self.header.encode("latin-1")
+        self.access_log = access_log
+        self.event = event
+        self._log = structlog.get_logger(logger_name)
+
+    def _request_id(self, scope: Scope) -> str:
+        for name, value in scope.get("headers") or ():
+            if name.lower() == self._header_bytes:
+                candidate = str(value.decode("latin-1")).strip()
+                if _valid_request_id(candidate):
+                    return candidate
+                break
+        return uuid.uuid4().hex
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = self._request_id(scope)
+        status: int | None = None
+        header = (self._header_bytes, request_id.encode("latin-1"))
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers") or ())
+                if not any(name.lower() == self._header_bytes for name, _ in headers):
+                    headers.append(header)
+                    message["headers"] = headers
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id,
+            method=scope.get("method"),
+            path=scope.get("path"),
+            client=_client(scope),
+        ):
+            started = time.perf_counter()
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            except BaseException as exc:
+                if self.access_log:
+                    self._log.error(
+                        self.event,
+                        status=500 if status is None else status,
+                        duration_ms=_elapsed_ms(started),
+                        exc_info=exc,
+                    )
+                raise
+            if self.access_log:
+                self._log.info(
+                    self.event,
+                    status=500 if status is None else status,
+                    duration_ms=_elapsed_ms(started),
+                )
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+def lifespan(
+    enrichers: Iterable[object] | None = None,
+    *,
+    settings: LoggingSettings | None = None,
+    app_lifespan: Lifespan | None = None,
+    **overrides: Any,
+) -> Lifespan:
+    """A lifespan for ``FastAPI(lifespan=...)``, Starlette and other
+    frameworks that take ``app -> async context manager``.
+
+    When the application starts, logging is configured as
+    ``configure_logging(enrichers, settings, **overrides)`` would, on the
+    application's own event loop: ``runtime="loop"`` unless the arguments
+    or the environment (``ENRICHLOG_RUNTIME``) choose otherwise. The
+    enrichers' start-up is awaited without blocking the loop, and the
+    container is set as ``app.state.enrichlog`` when the application has a
+    ``state``. When the application stops, pending events are drained on
+    the loop and the container is shut down.
+
+    Args:
+        enrichers: enrichers in code, as for :func:`configure_logging`.
+        settings: as for :func:`configure_logging`.
+        app_lifespan: the application's own lifespan, entered once logging
+            is up (its start-up logs are enriched) and left before logging
+            shuts down.
+        overrides: ``LoggingSettings`` fields (``stdlib=True``...).
+
+    Raises:
+        EnricherConfigError: an unknown setting, at once; anything else
+            invalid when the application starts.
+    """
+    unknown_settings(overrides)
+    listed = None if enrichers is None else list(enrichers)
+
+    @contextlib.asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[None]:
+        resolved = resolve_settings(settings, overrides)
+        if "runtime" not in resolved.model_fields_set:
+            resolved = resolve_settings(resolved, {"runtime": "loop"})
+        container = configure_logging(listed, settings=resolved)
+        try:
+            await container.astartup()
+            state = getattr(app, "state", None)
+            if state is not None:
+                with contextlib.suppress(Exception):
+                    state.enrichlog = container
+            if app_lifespan is None:
+                yield
+            else:
+                async with app_lifespan(app):
+                    yield
+        finally:
+            await container.ashutdown()
+
+    return run
+
+
+class HealthApp:
+    """The ASGI app :func:`health_app` returns."""
+
+    __slots__ = ("container",)
+
+    def __init__(self, container: LoggingContainer | None = None) -> None:
+        #: The container reported on; ``None``: whichever is current.
+        self.container = container
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request (or a lifespan, when served on its own)."""
+        if scope["type"] == "lifespan":  # served on its own: nothing to start
+            while True:
+                message = await receive()
+                kind = message["type"].removeprefix("lifespan.")
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        if scope.get("method") not in {"GET", "HEAD"}:
+            await _respond(send, 405, {"error": "method not allowed"}, head=False)
+            return
+        current = self.container or current_container()
+        if current is None or not current.running:
+            await _respond(send, 503, {"error": "logging is not configured"}, scope)
+            return
+        health = current.health()
+        ready = all(view.get("available") for view in health.values())
+        await _respond(send, 200 if ready else 503, health, scope)
+
+
+def health_app(container: LoggingContainer | None = None) -> HealthApp:
+    """An ASGI app that answers ``GET`` (and ``HEAD``) with the enrichers'
+    health as JSON, for readiness probes; it answers at any path, so route
+    or mount it where you like (``app.add_route("/health", health_app())``
+    answers ``/health`` itself; ``app.mount("/health", ...)`` answers
+    ``/health/``).
+
+    The body is :meth:`LoggingContainer.health` (per enricher: started,
+    healthy, available, breaker, last error). Status 200 when every
+    enricher is available, 503 otherwise, or when no container runs.
+
+    Args:
+        container: the container to report on; ``None``: whichever is
+            current at each request.
+    """
+    return HealthApp(container)
+
+
+async def _respond(
+    send: Send, status: int, body: Any, scope: Scope | None = None, *, head: bool | None = None
+) -> None:
+    payload = json.dumps(body, default=str, sort_keys=True).encode()
+    if head is None:
+        head = scope is not None and scope.get("method") == "HEAD"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else payload})

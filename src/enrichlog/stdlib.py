@@ -1,0 +1,275 @@
+"""The stdlib ``logging`` bridge: records of libraries that log with
+``logging`` go through enrichlog's pipeline, enrichers and output.
+
+* ``configure_logging(stdlib=True)`` puts an :class:`EnrichlogHandler` on the
+  root logger while the container runs (removed again at shutdown), sets the
+  root logger's level to the ``level`` setting and each logger named in the
+  ``levels`` setting to its level (both restored at shutdown).
+* ``EnrichlogHandler()`` does the same for the loggers you attach it to.
+* :class:`FormatterEnrichment` enriches inside structlog's
+  ``ProcessorFormatter`` (``foreign_pre_chain``), for applications that
+  render stdlib records with their own handlers.
+
+A record becomes an event with ``event`` (the formatted message), ``logger``
+(the record's name), ``level``, ``exc_info`` when the record has one,
+``stack`` when it has stack information, and its ``extra=`` fields at the
+top level (except ``event``, ``logger``, ``level`` and ``timestamp``, which
+keep their meaning). contextvars bound with structlog are merged as for any
+event. The per-logger ``levels`` apply by the record's name.
+
+Records of enrichlog's own ``enrichlog`` logger (dropped-event and failure
+reports) are written without enrichment, on the calling thread, and a record
+logged while the handler is busy with another on the same thread (a
+processor that logs) is written without enrichment too; one more level down
+it goes to :data:`logging.lastResort` (standard error), so nothing loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from .engine.plan import IN_ENRICHMENT
+from .settings import LEVELS
+
+if TYPE_CHECKING:
+    from .container import LoggingContainer
+
+__all__ = [
+    "EnrichlogHandler",
+    "FormatterEnrichment",
+    "RootBridge",
+    "install_root_handler",
+    "record_to_event",
+    "remove_root_handler",
+]
+
+#: Attributes every LogRecord has; anything else came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(
+    {*logging.makeLogRecord({}).__dict__, "message", "asctime", "taskName"}
+)
+#: Event keys an ``extra=`` field cannot replace.
+_RESERVED = frozenset({"event", "logger", "level", "timestamp"})
+#: Bound loggers a handler keeps, by logger name, at most.
+_CACHED_LOGGERS = 1024
+
+
+class _Depth(threading.local):
+    """Per thread: how deep inside :meth:`EnrichlogHandler.emit` we are."""
+
+    value = 0
+
+
+_depth = _Depth()
+
+
+def _method_for(levelno: int) -> str:
+    """The structlog method of a stdlib level (custom levels round down)."""
+    if levelno >= logging.CRITICAL:
+        return "critical"
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    if levelno >= logging.INFO:
+        return "info"
+    return "debug"
+
+
+def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]]:
+    """``(method name, message, fields)`` of a stdlib record: what
+    :class:`EnrichlogHandler` logs. Never raises: a message that cannot be
+    formatted with its arguments is shown unformatted."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = f"{record.msg!s} (not formattable with its arguments)"
+    fields = {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _RECORD_ATTRIBUTES and key not in _RESERVED and not key.startswith("_")
+    }
+    if record.exc_info and record.exc_info[0] is not None:
+        fields["exc_info"] = record.exc_info
+    if record.stack_info:
+        fields["stack"] = record.stack_info
+    return _method_for(record.levelno), message, fields
+
+
+def current_container() -> LoggingContainer | None:
+    """:func:`enrichlog.container.current_container`. Looked up, not imported:
+    that module installs this one's root handler, and importing enrichlog
+    loads it first."""
+    container_module = sys.modules.get("enrichlog.container")
+    if container_module is None:
+        return None
+    current: LoggingContainer | None = container_module.current_container()
+    return current
+
+
+def _last_resort(record: logging.LogRecord) -> None:
+    """Standard error, for warnings and above: where the stdlib sends a
+    record nobody handles."""
+    last = logging.lastResort
+    if last is not None and record.levelno >= last.level:
+        last.handle(record)
+
+
+class EnrichlogHandler(logging.Handler):
+    """A stdlib handler that logs each record through enrichlog: the same
+    pre-processors, enrichers, per-logger levels and output as
+    ``get_logger(record.name)`` would.
+
+    Attach it to the loggers you choose (``configure_logging(stdlib=True)``
+    attaches one to the root logger)::
+
+        logging.getLogger("sqlalchemy.engine").addHandler(EnrichlogHandler())
+
+    Args:
+        level: the handler's own minimum level (stdlib semantics); the
+            per-logger ``levels`` setting applies on top of it.
+        container: the container to log through, only while it runs;
+            ``None`` (the default): whichever container is current.
+
+    While no container runs (before the first one starts, after the last
+    one's shutdown completed), records of level ``WARNING`` and above go to
+    :data:`logging.lastResort` (standard error) and the others are dropped.
+    Handling a record never takes the handler's lock (the pipeline orders
+    events itself), so a record logged on enrichlog's runtime while another
+    thread waits for its line cannot deadlock.
+    """
+
+    def __init__(
+        self, level: int = logging.NOTSET, *, container: LoggingContainer | None = None
+    ) -> None:
+        super().__init__(level)
+        self._container = container
+        self._loggers: dict[str, Any] = {}
+        self._loggers_for: LoggingContainer | None = None
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter, then emit without the handler's lock."""
+        passed: Any = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12: a filter may replace it
+            record = passed
+        if passed:
+            self.emit(record)
+        return passed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` through the container; never raises."""
+        container = self._container or current_container()
+        if container is None or container.closed:
+            _last_resort(record)
+            return
+        depth = _depth.value
+        if depth >= 2:
+            _last_resort(record)
+            return
+        name = record.name
+        unenriched = depth > 0 or name == "enrichlog" or name.startswith("enrichlog.")
+        _depth.value = depth + 1
+        token = IN_ENRICHMENT.set(True) if unenriched else None
+        try:
+            method, message, fields = record_to_event(record)
+            getattr(self._logger(container, name), method)(message, **fields)
+        except Exception:
+            self.handleError(record)
+        finally:
+            if token is not None:
+                IN_ENRICHMENT.reset(token)
+            _depth.value = depth
+
+    def _logger(self, container: LoggingContainer, name: str) -> Any:
+        """The bound logger of ``name`` (its level class and its name in
+        the context), kept per container."""
+        if self._loggers_for is not container:
+            self._loggers = {}
+            self._loggers_for = container
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = structlog.get_logger(name).bind()
+            if len(self._loggers) < _CACHED_LOGGERS:
+                self._loggers[name] = logger
+        return logger
+
+
+class RootBridge:
+    """What :func:`install_root_handler` changed, to undo it."""
+
+    __slots__ = ("handler", "levels", "root_level")
+
+    def __init__(self, handler: EnrichlogHandler, root_level: int) -> None:
+        self.handler = handler
+        self.root_level = root_level
+        #: Logger name -> (its level before, the level set).
+        self.levels: dict[str, tuple[int, int]] = {}
+
+
+def install_root_handler(container: LoggingContainer) -> RootBridge | None:
+    """With ``stdlib=True``: an :class:`EnrichlogHandler` for ``container``
+    on the root logger, the root logger's level set to the ``level``
+    setting and each logger of ``levels`` to its level. ``None`` (and
+    nothing changed) otherwise."""
+    settings = container.settings
+    if not settings.stdlib:
+        return None
+    root = logging.getLogger()
+    bridge = RootBridge(EnrichlogHandler(container=container), root.level)
+    root.setLevel(settings.level_number)
+    for name, level in settings.levels.items():
+        logger = logging.getLogger(name)
+        bridge.levels[name] = (logger.level, LEVELS[level])
+        logger.setLevel(LEVELS[level])
+    root.addHandler(bridge.handler)
+    return bridge
+
+
+def remove_root_handler(bridge: RootBridge) -> None:
+    """Undo :func:`install_root_handler`: remove the handler and give the
+    loggers their levels back (those the application did not change since)."""
+    root = logging.getLogger()
+    root.removeHandler(bridge.handler)
+    container = bridge.handler._container
+    if container is not None and root.level == container.settings.level_number:
+        root.setLevel(bridge.root_level)
+    for name, (before, ours) in bridge.levels.items():
+        logger = logging.getLogger(name)
+        if logger.level == ours:
+            logger.setLevel(before)
+
+
+class FormatterEnrichment:
+    """A processor for structlog's ``ProcessorFormatter.foreign_pre_chain``
+    that enriches stdlib records synchronously and never raises.
+
+    A formatter must return the rendered record at once, so the enrichers
+    that await are waited for here, on the logging thread (at most every
+    level's timeout), instead of in the background; on the thread that runs
+    enrichment itself they are skipped as ``unavailable``. An enricher's
+    ``DropEvent`` cannot drop the line (use a ``logging.Filter`` for that).
+    Put the container's own processor (``container.processor``) there
+    instead and a record that needs an await raises ``DropEvent`` into the
+    library's log call: use this one.
+
+    Args:
+        container: the container whose enrichers run; ``None`` (the
+            default): whichever container is current (events pass unchanged
+            while none runs).
+    """
+
+    __slots__ = ("_container",)
+
+    def __init__(self, container: LoggingContainer | None = None) -> None:
+        self._container = container
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        container = self._container or current_container()
+        if container is None or not container.running:
+            return event_dict
+        return container.enrich_now(method_name, event_dict, logger)

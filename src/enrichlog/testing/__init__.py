@@ -1,0 +1,526 @@
+"""Helpers for testing code that logs with enrichlog, and enrichers themselves.
+
+* :func:`capture_events`: the final enriched event dicts logged inside a
+  ``with`` (or ``async with``) block, through the real runtime.
+* :func:`run_enricher`, :func:`arun_enricher` and :class:`EnricherRunner`:
+  one enricher through its real guard (start-up, timeout, cache, circuit
+  breaker), returning the enriched event and its recorded errors.
+* :class:`FakeClock`: drives cache lifetimes and breaker recovery without
+  sleeping.
+* :class:`LineSink`: an ``output=`` that keeps the rendered lines.
+* :func:`reset_logging`: shut down the current container and reset
+  structlog, as between tests.
+
+The pytest plugin :mod:`enrichlog.testing.pytest_plugin` (opt-in:
+``pytest_plugins = ["enrichlog.testing.pytest_plugin"]``) provides the
+``enrichlog_container``, ``enrichlog_output`` and ``fake_clock`` fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from ..container import LoggingContainer, current_container, reset_logging
+from ..engine.lifecycle import EnricherLifecycleManager
+from ..engine.plan import IN_ENRICHMENT
+from ..engine.runtime import EnrichmentRuntime
+from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
+from ..exceptions import EnrichlogError
+from ..options import ResolvedOptions
+from ..resilience.breaker import CircuitBreaker
+from ..resilience.cache import EnricherCache
+from ..resilience.guard import EnricherGuard
+from ..resilience.outcome import (
+    FILTERED,
+    FILTERED_REASON,
+    INVALID_RETURN,
+    TIMEOUT,
+    Outcome,
+    changes_of,
+    error_outcome,
+    isolated_copy,
+)
+from ..settings import LoggingSettings
+
+__all__ = [
+    "EnricherRunner",
+    "EnrichmentResult",
+    "FakeClock",
+    "LineSink",
+    "arun_enricher",
+    "capture_events",
+    "reset_logging",
+    "run_enricher",
+]
+
+
+# -- capture_events ----------------------------------------------------------------
+
+
+class capture_events:  # noqa: N801 - used as a function: `with capture_events() as events`
+    """Collect the final event dicts logged inside the block.
+
+    ::
+
+        with capture_events() as events:
+            checkout(user_id=42)
+        assert events[0]["user_name"] == "alice"
+
+        async with capture_events() as events:     # in async code
+            await log.ainfo("checkout", user_id=42)
+
+    Events go through the real runtime (enrichers, timeouts, cache, breaker);
+    each is recorded after enrichment, just before it is rendered, as a copy
+    (``exc_info`` as a ``(type, value, traceback)`` tuple, not yet
+    formatted). Events an enricher
+    filtered out or a level dropped are not there. At the end of the block
+    everything logged in it is flushed (at most ``timeout`` seconds), so the
+    list is complete when the block ends; lines are still written to the
+    container's output.
+
+    Args:
+        container: the container whose events to record; ``None``: the
+            current one.
+        timeout: seconds the end of the block waits for pending events.
+
+    Raises:
+        EnrichlogError: no container runs. In async code with
+            ``runtime="loop"``, use ``async with``: a plain ``with`` cannot
+            wait on the loop it runs on.
+    """
+
+    def __init__(self, container: LoggingContainer | None = None, *, timeout: float = 10.0) -> None:
+        self._container = container
+        self._timeout = timeout
+        self._active: LoggingContainer | None = None
+        #: The events recorded so far, in the order their lines are written.
+        self.events: list[EventDict] = []
+
+    def _tap(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        event = dict(event_dict)
+        exc_info = event.get("exc_info")
+        if exc_info is True:  # completed on the logging thread, inside its except
+            event["exc_info"] = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            event["exc_info"] = (type(exc_info), exc_info, exc_info.__traceback__)
+        self.events.append(event)
+        return event_dict
+
+    def _start(self) -> LoggingContainer:
+        container = self._container or current_container()
+        if container is None or not container.running:
+            raise EnrichlogError(
+                "capture_events(): no logging container runs; call configure_logging() "
+                "first (or use the enrichlog_container fixture of "
+                "enrichlog.testing.pytest_plugin)"
+            )
+        container.add_tap(self._tap)
+        self._active = container
+        return container
+
+    def __enter__(self) -> list[EventDict]:
+        self._start()
+        return self.events
+
+    def __exit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        container, self._active = self._active, None
+        if container is None:
+            return
+        try:
+            container.flush(self._timeout)
+        finally:
+            container.remove_tap(self._tap)
+
+    async def __aenter__(self) -> list[EventDict]:
+        self._start()
+        return self.events
+
+    async def __aexit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        container, self._active = self._active, None
+        if container is None:
+            return
+        try:
+            await container.aflush(self._timeout)
+        finally:
+            container.remove_tap(self._tap)
+
+
+# -- one enricher --------------------------------------------------------------------
+
+
+class EnrichmentResult(NamedTuple):
+    """What one enricher did to one event."""
+
+    #: The event as the pipeline would write it: the enricher's fields, and
+    #: the error field (``enrichment_errors``) when it failed.
+    event: EventDict
+    #: ``{enricher name: reason}`` (``timeout``, ``error: KeyError``,
+    #: ``circuit_open``...); empty when it succeeded.
+    errors: dict[str, str]
+    #: The enricher filtered the event out (raised ``DropEvent``).
+    filtered: bool = False
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to.
+
+    Give it as ``clock=`` to :class:`EnricherRunner` (or :func:`run_enricher`),
+    :class:`~enrichlog.resilience.cache.EnricherCache` or
+    :class:`~enrichlog.resilience.breaker.CircuitBreaker`, then
+    :meth:`advance` it past a cache entry's lifetime or a breaker's
+    recovery timeout instead of sleeping. Enricher timeouts are measured on
+    the event loop's clock and are not driven by it.
+
+    Args:
+        start: the time it shows at first, in seconds.
+    """
+
+    __slots__ = ("_lock", "_now")
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        """The current time, in seconds."""
+        return self._now
+
+    def __repr__(self) -> str:
+        return f"<FakeClock {self._now:.3f}>"
+
+    def advance(self, seconds: float) -> float:
+        """Move forward by ``seconds`` (>= 0); returns the new time.
+
+        Raises:
+            ValueError: ``seconds`` is negative (a monotonic clock never goes back).
+        """
+        if not seconds >= 0:
+            raise ValueError(f"a monotonic clock only moves forward; got {seconds!r}")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+
+class EnricherRunner:
+    """Runs one enricher for single events, the way a container would:
+    started by the lifecycle manager, an async enricher behind its real
+    :class:`~enrichlog.resilience.guard.EnricherGuard` (timeout, cache,
+    circuit breaker, retries, concurrency limit), a sync one inline (a
+    blocking one in a worker thread, bounded by ``enricher_timeout``).
+    Cache and breaker state carry over from one event to the next.
+
+    ``with EnricherRunner(enricher) as runner:`` runs the enricher on a loop
+    of its own in a thread (call :meth:`run`); ``async with`` runs it on the
+    caller's loop (await :meth:`arun`). Leaving the block shuts the enricher
+    down.
+
+    Args:
+        enricher: an enricher instance, a structlog processor or an ``async
+            def`` processor.
+        settings: the defaults its options resolve against (timeouts, cache,
+            breaker); default ``LoggingSettings()``.
+        clock: the clock of its cache and breaker (a :class:`FakeClock`).
+    """
+
+    def __init__(
+        self,
+        enricher: object,
+        *,
+        settings: LoggingSettings | None = None,
+        clock: FakeClock | None = None,
+    ) -> None:
+        self.enricher: Enricher = as_enricher(enricher)
+        self.settings = settings or LoggingSettings()
+        #: The async enricher's guard (its ``cache``, ``breaker`` and
+        #: ``metrics()``); ``None`` for a sync enricher.
+        self.guard: EnricherGuard | None = None
+        if isinstance(self.enricher, AsyncEnricher):
+            options = ResolvedOptions.for_enricher(self.enricher, self.settings)
+            self.guard = EnricherGuard(self.enricher, options)
+            if clock is not None:
+                _use_clock(self.guard, options, clock)
+        self._lifecycle = EnricherLifecycleManager([self.enricher])
+        self._runtime: EnrichmentRuntime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life ------------------------------------------------------------------------
+
+    def start(self) -> EnricherRunner:
+        """Start the enricher on a loop in a thread of its own (blocking)."""
+        if self._runtime is None and self._loop is None:
+            runtime = EnrichmentRuntime(
+                "enrichlog-test-runner", max_threads=self.settings.max_enricher_threads
+            )
+            runtime.start()
+            self._runtime = runtime
+            runtime.run(self._lifecycle.startup_all(), self.settings.startup_timeout)
+        return self
+
+    async def astart(self) -> EnricherRunner:
+        """Start the enricher on the running loop."""
+        if self._runtime is None and self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            await asyncio.wait_for(self._lifecycle.startup_all(), self.settings.startup_timeout)
+        return self
+
+    def close(self) -> None:
+        """Shut the enricher down and stop the runner's loop (from ``with``)."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            try:
+                runtime.run(self._lifecycle.shutdown_all(), self.settings.shutdown_timeout)
+            finally:
+                runtime.stop()
+
+    async def aclose(self) -> None:
+        """Shut the enricher down (from ``async with``, or after :meth:`start`)."""
+        if self._runtime is not None:
+            await asyncio.to_thread(self.close)
+            return
+        if self._loop is not None:
+            self._loop = None
+            await self._lifecycle.shutdown_all()
+
+    def __enter__(self) -> EnricherRunner:
+        return self.start()
+
+    def __exit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> EnricherRunner:
+        return await self.astart()
+
+    async def __aexit__(
+        self,
+        _exc_type: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- events --------------------------------------------------------------------
+
+    def run(
+        self, event: Mapping[str, Any], method_name: str = "info", logger: WrappedLogger = None
+    ) -> EnrichmentResult:
+        """Enrich a copy of ``event`` (blocking).
+
+        Raises:
+            EnrichlogError: the runner is not started with :meth:`start`
+                (``with``); an ``async with`` runner is used with :meth:`arun`.
+        """
+        if self._runtime is None:
+            raise EnrichlogError(
+                "EnricherRunner.run() needs a runner started with 'with' (or start()); "
+                "one started with 'async with' takes 'await runner.arun(...)'"
+            )
+        return self._runtime.run(self._enrich(dict(event), method_name, logger))
+
+    async def arun(
+        self, event: Mapping[str, Any], method_name: str = "info", logger: WrappedLogger = None
+    ) -> EnrichmentResult:
+        """Enrich a copy of ``event`` without blocking the caller's loop.
+
+        Raises:
+            EnrichlogError: the runner is not started.
+        """
+        coro = self._enrich(dict(event), method_name, logger)
+        if self._runtime is not None:
+            return await self._runtime.arun(coro)
+        if self._loop is None:
+            coro.close()
+            raise EnrichlogError("EnricherRunner.arun() needs a started runner ('async with')")
+        # A task of its own: the guard's deadline cancels the task it runs in.
+        return await asyncio.get_running_loop().create_task(coro)
+
+    async def _enrich(
+        self, event_dict: EventDict, method_name: str, logger: WrappedLogger
+    ) -> EnrichmentResult:
+        IN_ENRICHMENT.set(True)  # as the plan marks its calls: a log call inside is not enriched
+        enricher, guard = self.enricher, self.guard
+        if guard is not None:
+            outcome = guard.lookup(logger, method_name, event_dict)
+            if outcome is None:
+                outcome = await guard.run(logger, method_name, event_dict)
+        else:
+            assert isinstance(enricher, SyncEnricher)
+            if enricher.blocking:
+                try:
+                    outcome = await asyncio.wait_for(
+                        asyncio.to_thread(_sync_outcome, enricher, logger, method_name, event_dict),
+                        self.settings.enricher_timeout,
+                    )
+                except TimeoutError:
+                    outcome = TIMEOUT
+            else:
+                outcome = _sync_outcome(enricher, logger, method_name, event_dict)
+        return _merged(event_dict, enricher.name, outcome, self.settings.error_field)
+
+
+def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock) -> None:
+    """Give the guard a cache and a breaker that read ``clock``, configured as
+    the guard's own (which read the real clock)."""
+    if guard.cache is not None:
+        guard.cache = EnricherCache(
+            options.cache_max_size,
+            options.cache_ttl,
+            error_ttl=options.cache_error_ttl,
+            clock=clock,
+        )
+    guard.breaker = CircuitBreaker(
+        options.failure_threshold,
+        options.recovery_timeout,
+        half_open_max_calls=options.half_open_max_calls,
+        name=guard.name,
+        clock=clock,
+    )
+
+
+def _sync_outcome(
+    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
+) -> Outcome:
+    """What the plan does with a sync enricher: a copy, every exception a reason."""
+    copy = isolated_copy(snapshot)
+    try:
+        result = enricher.enrich(logger, method_name, copy)
+    except structlog.DropEvent:
+        return FILTERED
+    except Exception as exc:
+        return error_outcome(exc)
+    if result is None:
+        result = copy
+    try:
+        updated, removed = changes_of(snapshot, result)
+    except Exception:
+        return INVALID_RETURN
+    return (updated, removed, None)
+
+
+def _merged(
+    event_dict: EventDict, name: str, outcome: Outcome, error_field: str | None
+) -> EnrichmentResult:
+    updated, removed, reason = outcome
+    if reason is FILTERED_REASON:
+        return EnrichmentResult(event_dict, {}, filtered=True)
+    if reason is not None:
+        errors = {name: reason}
+        if error_field is not None:
+            existing = event_dict.get(error_field)
+            if isinstance(existing, dict):
+                existing.update(errors)
+            else:
+                event_dict[error_field] = dict(errors)
+        return EnrichmentResult(event_dict, errors)
+    for key in removed:
+        event_dict.pop(key, None)
+    if updated:
+        event_dict.update(updated)
+    return EnrichmentResult(event_dict, {})
+
+
+def run_enricher(
+    enricher: object,
+    event: Mapping[str, Any],
+    *,
+    method_name: str = "info",
+    settings: LoggingSettings | None = None,
+    clock: FakeClock | None = None,
+) -> EnrichmentResult:
+    """Start ``enricher``, enrich a copy of ``event`` through its real guard,
+    shut it down; return the enriched event and its recorded errors.
+
+    ::
+
+        event, errors = run_enricher(UserEnricher(), {"event": "checkout", "user_id": 42})
+        assert event["user_name"] == "alice" and errors == {}
+
+    Blocking: call it from sync code (an async test uses
+    :func:`arun_enricher`). For several events sharing one cache and
+    breaker, use ``with EnricherRunner(enricher) as runner: runner.run(...)``.
+    """
+    with EnricherRunner(enricher, settings=settings, clock=clock) as runner:
+        return runner.run(event, method_name)
+
+
+async def arun_enricher(
+    enricher: object,
+    event: Mapping[str, Any],
+    *,
+    method_name: str = "info",
+    settings: LoggingSettings | None = None,
+    clock: FakeClock | None = None,
+) -> EnrichmentResult:
+    """:func:`run_enricher` on the caller's event loop (the enricher starts,
+    runs and stops there)."""
+    async with EnricherRunner(enricher, settings=settings, clock=clock) as runner:
+        return await runner.arun(event, method_name)
+
+
+# -- output -----------------------------------------------------------------------
+
+
+class LineSink:
+    """An ``output=`` that keeps every rendered line (thread-safe).
+
+    ::
+
+        sink = LineSink()
+        configure_logging(output=sink)
+        ...
+        assert sink.events()[0]["event"] == "checkout"
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partial = ""
+        #: The lines written so far, without their newlines.
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        """Take text; each complete line is kept."""
+        with self._lock:
+            *complete, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(complete)
+        return len(text)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The lines parsed as JSON (the ``json`` format); other lines are skipped."""
+        parsed = []
+        for line in list(self.lines):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                parsed.append(value)
+        return parsed
+
+    def clear(self) -> None:
+        """Forget the lines kept so far."""
+        with self._lock:
+            self.lines.clear()
+            self._partial = ""

@@ -1,0 +1,361 @@
+"""``enrichlog.testing``: capture_events, run_enricher, EnricherRunner,
+FakeClock, LineSink and the pytest plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import (
+    AsyncEnricher,
+    CircuitBreaker,
+    CircuitState,
+    EnricherCache,
+    EnrichlogError,
+    LoggingContainer,
+    LoggingSettings,
+    SyncEnricher,
+    get_logger,
+)
+from enrichlog.container import configure_logging, current_container
+from enrichlog.testing import (
+    EnricherRunner,
+    FakeClock,
+    LineSink,
+    arun_enricher,
+    capture_events,
+    reset_logging,
+    run_enricher,
+)
+
+
+class User(AsyncEnricher):
+    """A cached lookup that counts its calls; ``fail`` makes it raise."""
+
+    name = "user"
+    timeout = 0.5
+    cache_ttl = 60.0
+    failure_threshold = 2
+    recovery_timeout = 30.0
+
+    def __init__(self, *, delay: float = 0.001, fail: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+        self.fail = fail
+        self.calls = 0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict.get("user_id")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("backend down")
+        event_dict["user_name"] = f"user-{event_dict['user_id']}"
+        return event_dict
+
+
+# -- capture_events ---------------------------------------------------------------------
+
+
+def test_capture_events_returns_the_enriched_events_when_the_block_ends() -> None:
+    configure_logging(output=LineSink(), enrichers=[User(delay=0.02)])
+    log = get_logger("shop")
+    with capture_events() as events:
+        log.info("checkout", user_id=1)
+        log.info("refund", user_id=2)
+        assert len(events) < 2  # background delivery: still in flight
+    log.info("after the block", user_id=3)
+
+    assert [("checkout", "user-1", "shop"), ("refund", "user-2", "shop")] == [
+        (e["event"], e["user_name"], e["logger"]) for e in events
+    ]
+
+
+async def test_capture_events_in_async_code_on_the_applications_loop() -> None:
+    async with configure_logging(output=LineSink(), enrichers=[User()], runtime="loop"):
+        async with capture_events() as events:
+            get_logger().info("sync call on the loop", user_id=4)
+            await get_logger().ainfo("awaited", user_id=5)
+
+    assert ["user-4", "user-5"] == [e["user_name"] for e in events]
+
+
+def test_capture_events_keeps_the_exception_unformatted_and_skips_filtered_events() -> None:
+    def only_checkouts(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if event_dict["event"] != "checkout":
+            raise structlog.DropEvent
+        return event_dict
+
+    sink = LineSink()
+    configure_logging(output=sink, enrichers=[only_checkouts])
+    with capture_events() as events:
+        get_logger().info("noise")
+        try:
+            raise ValueError("card declined")
+        except ValueError:
+            get_logger().exception("checkout")
+
+    (event,) = events
+    assert ValueError is event["exc_info"][0]
+    assert "exception" in sink.events()[0]  # the line itself is rendered as usual
+
+
+def test_capture_events_without_a_container_says_what_to_do() -> None:
+    with pytest.raises(EnrichlogError, match="call configure_logging"):
+        with capture_events():
+            pass
+
+
+# -- run_enricher -----------------------------------------------------------------------
+
+
+def test_run_enricher_returns_the_event_and_no_errors() -> None:
+    event, errors, filtered = run_enricher(User(), {"event": "checkout", "user_id": 7})
+
+    assert ({"event": "checkout", "user_id": 7, "user_name": "user-7"}, {}, False) == (
+        event,
+        errors,
+        filtered,
+    )
+
+
+def test_run_enricher_records_failures_and_timeouts_as_the_pipeline_would() -> None:
+    failed = run_enricher(User(fail=True), {"event": "e", "user_id": 1})
+    slow = run_enricher(User(delay=5.0, timeout=0.05), {"event": "e", "user_id": 1})
+
+    assert {"user": "error: ConnectionError"} == failed.errors
+    assert {"user": "error: ConnectionError"} == failed.event["enrichment_errors"]
+    assert "user_name" not in failed.event
+    assert {"user": "timeout"} == slow.errors
+
+
+def test_run_enricher_runs_sync_enrichers_and_functions() -> None:
+    class Upper(SyncEnricher):
+        name = "upper"
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            event_dict["event"] = event_dict["event"].upper()
+            return event_dict
+
+    class Blocking(SyncEnricher):
+        name = "blocking"
+        blocking = True
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            time.sleep(0.01)
+            event_dict["slept"] = True
+            return event_dict
+
+    def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        event_dict.pop("password", None)
+        return event_dict
+
+    def drop(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        raise structlog.DropEvent
+
+    assert "HI" == run_enricher(Upper(), {"event": "hi"}).event["event"]
+    assert run_enricher(Blocking(), {"event": "hi"}).event["slept"] is True
+    assert {"event": "login"} == run_enricher(redact, {"event": "login", "password": "x"}).event
+    assert run_enricher(drop, {"event": "x"}).filtered
+
+
+def test_run_enricher_leaves_the_callers_event_alone() -> None:
+    event = {"event": "checkout", "user_id": 3}
+    run_enricher(User(), event)
+
+    assert {"event": "checkout", "user_id": 3} == event
+
+
+async def test_arun_enricher_on_the_callers_loop() -> None:
+    result = await arun_enricher(User(), {"event": "e", "user_id": 9})
+    slow = await arun_enricher(User(delay=5.0, timeout=0.05), {"event": "e", "user_id": 9})
+
+    assert "user-9" == result.event["user_name"]
+    assert {"user": "timeout"} == slow.errors
+
+
+class Pool(AsyncEnricher):
+    """Opens a resource in _startup; the runner must start and stop it."""
+
+    name = "pool"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = self.closed = 0
+
+    async def _startup(self) -> None:
+        self.opened += 1
+
+    async def _shutdown(self) -> None:
+        self.closed += 1
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict["pool_open"] = self.opened - self.closed == 1
+        return event_dict
+
+
+def test_the_runner_starts_and_stops_the_enricher() -> None:
+    pool = Pool()
+    with EnricherRunner(pool) as runner:
+        assert runner.run({"event": "e"}).event["pool_open"] is True
+        assert runner.run({"event": "f"}).event["pool_open"] is True
+    assert (1, 1) == (pool.opened, pool.closed)
+    with pytest.raises(EnrichlogError, match="started with 'with'"):
+        runner.run({"event": "g"})
+
+
+# -- FakeClock ----------------------------------------------------------------------------
+
+
+def test_fake_clock_drives_the_cache_lifetime_of_a_runner() -> None:
+    clock = FakeClock()
+    user = User()
+    with EnricherRunner(user, clock=clock) as runner:
+        for _ in range(3):
+            assert "user-1" == runner.run({"event": "e", "user_id": 1}).event["user_name"]
+        assert 1 == user.calls  # cached
+        clock.advance(59)
+        runner.run({"event": "e", "user_id": 1})
+        assert 1 == user.calls
+        clock.advance(2)  # past the 60 s lifetime
+        runner.run({"event": "e", "user_id": 1})
+        assert 2 == user.calls
+
+
+def test_fake_clock_drives_breaker_recovery_without_sleeping() -> None:
+    clock = FakeClock()
+    user = User(fail=True)
+    settings = LoggingSettings(cache_error_ttl=0.001)
+    with EnricherRunner(user, clock=clock, settings=settings) as runner:
+        for user_id in (1, 2):  # two failures: the threshold
+            assert {"user": "error: ConnectionError"} == runner.run(
+                {"event": "e", "user_id": user_id}
+            ).errors
+        assert runner.guard is not None
+        assert CircuitState.OPEN is runner.guard.breaker.state
+        assert {"user": "circuit_open"} == runner.run({"event": "e", "user_id": 3}).errors
+        user.fail = False
+        clock.advance(31)  # past the 30 s recovery timeout: one probe goes through
+        assert "user-4" == runner.run({"event": "e", "user_id": 4}).event["user_name"]
+        assert CircuitState.CLOSED is runner.guard.breaker.state
+
+
+def test_fake_clock_with_the_cache_and_the_breaker_directly() -> None:
+    clock = FakeClock(start=0.0)
+    cache = EnricherCache(max_size=10, ttl=5.0, clock=clock)
+    cache.set("k", "v")
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10.0, clock=clock)
+    permit = breaker.acquire()
+    assert permit is not None
+    breaker.record_failure(permit)
+
+    clock.advance(4.9)
+    assert ("v", 5.1) == (cache.get("k"), pytest.approx(breaker.retry_in()))
+    clock.advance(0.2)
+    assert None is cache.get("k")
+    clock.advance(10)
+    assert 0 == breaker.retry_in()
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1)
+
+
+# -- LineSink and reset_logging -------------------------------------------------------------
+
+
+def test_line_sink_keeps_lines_written_in_pieces() -> None:
+    sink = LineSink()
+    sink.write('{"a": 1}\n{"b"')
+    sink.write(": 2}\nplain text\n")
+
+    assert ['{"a": 1}', '{"b": 2}', "plain text"] == sink.lines
+    assert [{"a": 1}, {"b": 2}] == sink.events()
+    sink.clear()
+    assert [] == sink.lines
+
+
+def test_reset_logging_shuts_down_and_forgets_the_container() -> None:
+    container = configure_logging(output=LineSink())
+    assert current_container() is container
+    reset_logging()
+
+    assert current_container() is None
+    assert not container.running
+    assert not structlog.is_configured()
+
+
+# -- the pytest plugin ----------------------------------------------------------------------
+
+
+@pytest.mark.enrichlog(enrichers=[User()], level="debug")
+def test_the_container_fixture_takes_the_marker(
+    enrichlog_container: LoggingContainer, enrichlog_output: LineSink
+) -> None:
+    assert current_container() is enrichlog_container
+    with capture_events() as events:
+        get_logger().debug("fixture", user_id=11)
+
+    assert "user-11" == events[0]["user_name"]
+    assert "user-11" == enrichlog_output.events()[0]["user_name"]
+
+
+@pytest.fixture
+def enrichlog_settings() -> dict[str, Any]:
+    """Overridden here: every container of this module's fixture tests is at warning."""
+    return {"level": "warning"}
+
+
+def test_the_container_fixture_takes_overridden_settings(
+    enrichlog_container: LoggingContainer, enrichlog_output: LineSink
+) -> None:
+    get_logger().info("below")
+    get_logger().warning("kept")
+
+    assert "warning" == enrichlog_container.settings.level
+    assert ["kept"] == [e["event"] for e in enrichlog_output.events()]
+
+
+def test_the_fake_clock_fixture(fake_clock: FakeClock) -> None:
+    before = fake_clock()
+    fake_clock.advance(1.5)
+
+    assert before + 1.5 == fake_clock()
+
+
+def test_the_plugin_shuts_the_container_down_after_each_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["enrichlog.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        """
+        import structlog
+        from enrichlog.container import current_container
+
+        seen = []
+
+        def test_one(enrichlog_container):
+            seen.append(enrichlog_container)
+            assert current_container() is enrichlog_container
+
+        def test_two():
+            assert not seen[0].running
+            assert current_container() is None
+            assert not structlog.is_configured()
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+    result.assert_outcomes(passed=2)
