@@ -35,6 +35,7 @@ __all__ = [
     "CLOSED",
     "DROPPED",
     "QUEUED",
+    "REPORTING",
     "EventPipeline",
     "EventWriter",
     "PendingEvent",
@@ -50,6 +51,17 @@ _SALVAGE_SECONDS = 1.0
 #: a long turn holds the GIL, and logging threads then wait for it (the
 #: caller's p99 in docs/benchmarks.md, "Hot-path choices").
 _PUMP_BUDGET = 16
+
+
+class _Reporting(threading.local):
+    """Per thread: inside a report of dropped events."""
+
+    active = False
+
+
+#: Set while a thread reports dropped events: an event logged meanwhile (the
+#: report routed back into structlog by a handler) is written as it is.
+REPORTING = _Reporting()
 
 #: What :meth:`EventPipeline.submit` did with an event: queued it, dropped it
 #: under the overflow policy, or refused it (closed: the caller writes it).
@@ -106,7 +118,18 @@ class PendingEvent(Enrichment):
         level: int,
         outcomes: list[Any] | None,
     ) -> None:
-        Enrichment.__init__(self, logger, method_name, event, level, outcomes)
+        # Enrichment.__init__'s fields, set here: one frame less per event
+        # handed off.
+        self.logger = logger
+        self.method_name = method_name
+        self.event = event
+        self.level = level
+        self.outcomes = outcomes
+        self.waiting = 0
+        self.filtered = False
+        self.on_done = None
+        self.started = 0.0
+        self.enricher_time = 0.0
         self.context: contextvars.Context | None = None
         self.on_written: Callable[[], object] | None = None
         self.urgent = method_name in URGENT_METHODS
@@ -163,9 +186,13 @@ class EventPipeline:
         self._leftovers_written = threading.Event()
         self._blocked = 0
         self._next_seq = 0
-        #: Events submitted and not yet written or dropped (read without the
-        #: lock on the logging threads' hot path; changed under it).
-        self.pending = 0
+        #: Events queued so far, less those evicted: changed by logging
+        #: threads, under the lock.
+        self.queued = 0
+        #: Events written (or filtered) so far: changed by the loop alone,
+        #: which so never takes the logging threads' lock. ``queued -
+        #: finished`` is what is pending; both are read without the lock.
+        self.finished = 0
         self._in_flight = 0
         self._high_water = 0
         self._written = 0
@@ -178,9 +205,14 @@ class EventPipeline:
     # -- logging threads ----------------------------------------------------
 
     @property
+    def pending(self) -> int:
+        """Events queued and not yet written or dropped."""
+        return self.queued - self.finished
+
+    @property
     def idle(self) -> bool:
         """Every event submitted so far is written or dropped."""
-        return self.pending == 0
+        return self.queued == self.finished
 
     def submit(self, item: PendingEvent, *, may_block: bool = True) -> int:
         """Queue ``item``; return :data:`QUEUED`, :data:`DROPPED` (by the
@@ -210,7 +242,7 @@ class EventPipeline:
 
     def _enqueue(self, item: PendingEvent, may_block: bool) -> int:
         """With the lock held: the body of :meth:`submit`."""
-        if self._refuses():
+        if self.state is not PipelineState.ACCEPTING and self._refuses():
             return CLOSED
         if len(self._normal) + len(self._urgent) >= self._queue_size:
             room = self._make_room(item, may_block)
@@ -221,9 +253,10 @@ class EventPipeline:
                 return DROPPED
         item.seq = self._next_seq
         self._next_seq += 1
-        self.pending += 1
+        self.queued += 1
         (self._urgent if item.urgent else self._normal).append(item)
-        self._high_water = max(self._high_water, len(self._normal) + len(self._urgent))
+        depth = len(self._normal) + len(self._urgent)
+        self._high_water = max(self._high_water, depth)
         return QUEUED
 
     def _refuses(self) -> bool:
@@ -234,7 +267,7 @@ class EventPipeline:
         """
         state = self.state
         return state is PipelineState.STOPPED or (
-            state is PipelineState.CLOSED and self.pending == 0
+            state is PipelineState.CLOSED and self.queued == self.finished
         )
 
     def _make_room(self, item: PendingEvent, may_block: bool) -> bool:
@@ -267,7 +300,7 @@ class EventPipeline:
         return False
 
     def _evict(self, item: PendingEvent) -> None:
-        self.pending -= 1
+        self.queued -= 1
         self._count_drop("evicted", item)
 
     def _count_drop(self, kind: str, item: PendingEvent) -> None:
@@ -290,14 +323,19 @@ class EventPipeline:
             if item.on_written is not None:
                 item.on_written()
         if due:
-            # Through the stdlib logger, never through this pipeline.
-            _report.warning(
-                "enrichlog dropped %d event(s): the queue of %d is full "
-                "(overflow=%s); see container.metrics()",
-                count,
-                self._queue_size,
-                self._overflow,
-            )
+            # Through the stdlib logger; a handler that routes it back into
+            # structlog gets it written as it is, never queued here.
+            REPORTING.active = True
+            try:
+                _report.warning(
+                    "enrichlog dropped %d event(s): the queue of %d is full "
+                    "(overflow=%s); see container.metrics()",
+                    count,
+                    self._queue_size,
+                    self._overflow,
+                )
+            finally:
+                REPORTING.active = False
 
     # -- runtime loop ----------------------------------------------------------
 
@@ -317,21 +355,7 @@ class EventPipeline:
                 # must not starve behind a stream of complete events.
                 loop.call_soon(self._pump)
                 return
-            batch: list[PendingEvent] = []
-            with self._lock:
-                room = min(self._max_in_flight - self._in_flight, budget)
-                normal, urgent = self._normal, self._urgent
-                while room > 0 and (normal or urgent):
-                    if not urgent or (normal and normal[0].seq < urgent[0].seq):
-                        batch.append(normal.popleft())
-                    else:
-                        batch.append(urgent.popleft())
-                    room -= 1
-                empty = not (normal or urgent)
-                if empty:
-                    self._sleeping = True
-                if self._blocked:
-                    self._space.notify_all()
+            batch, empty = self._take(min(self._max_in_flight - self._in_flight, budget))
             self._order.extend(batch)
             budget -= len(batch)
             for item in batch:
@@ -340,6 +364,38 @@ class EventPipeline:
             self._write_ready()
             if empty:
                 return
+
+    def _take(self, room: int) -> tuple[list[PendingEvent], bool]:
+        """Up to ``room`` queued events, oldest first across both lanes; and
+        whether the queue is empty now (the loop then says it sleeps).
+
+        No lock: only this loop pops, logging threads append (and, to evict,
+        pop under their lock); each deque call is atomic. So the loop never
+        waits for a logging thread, nor one for the loop.
+        """
+        batch: list[PendingEvent] = []
+        normal, urgent = self._normal, self._urgent
+        while room > 0:
+            try:
+                if urgent and (not normal or urgent[0].seq < normal[0].seq):
+                    batch.append(urgent.popleft())
+                else:
+                    batch.append(normal.popleft())
+            except IndexError:  # empty, or evicted under us
+                if normal or urgent:
+                    continue
+                # Say we sleep, then look once more: a logging thread that
+                # appended meanwhile either saw us awake or wakes us.
+                self._sleeping = True
+                if not (normal or urgent):
+                    break
+                self._sleeping = False
+                continue
+            room -= 1
+        if self._blocked:
+            with self._lock:
+                self._space.notify_all()
+        return batch, self._sleeping
 
     def _start(self, item: PendingEvent) -> bool:
         """Advance ``item``; True if it awaits (takes an in-flight slot)."""
@@ -378,9 +434,9 @@ class EventPipeline:
             if item.on_written is not None:
                 item.on_written()
         if finished:
-            with self._lock:
-                self.pending -= finished
-                if self._blocked:
+            self.finished += finished
+            if self._blocked:
+                with self._lock:
                     self._space.notify_all()
         if self._flush_waiters:
             self._release_flush_waiters()

@@ -19,7 +19,6 @@ import contextvars
 import functools
 import logging
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,7 +26,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
-from .pipeline import DROPPED, QUEUED, EventPipeline, PendingEvent
+from .pipeline import DROPPED, QUEUED, REPORTING, EventPipeline, PendingEvent
 from .plan import IN_ENRICHMENT, INTERRUPTS, EnrichmentPlan, take_interrupt
 from .runtime import Runtime, resolver, set_result
 
@@ -41,15 +40,6 @@ _report = logging.getLogger("enrichlog")
 ASYNC_WAITER: contextvars.ContextVar[list[tuple[asyncio.Future[None], float]] | None] = (
     contextvars.ContextVar("enrichlog_async_waiter", default=None)
 )
-
-
-class _Submitting(threading.local):
-    """Per thread: inside a hand-off to the pipeline."""
-
-    active = False
-
-
-_submitting = _Submitting()
 
 
 class _Owner(Protocol):
@@ -159,7 +149,8 @@ class AsyncEnricherProcessor:
                     enrichment or self._plan.complete_record(logger, method_name, event_dict),
                 )
         if enrichment is None:
-            if self._pipeline.pending == 0:
+            pipeline = self._pipeline
+            if pipeline.queued == pipeline.finished:
                 # Everything settled here and nothing of ours is waiting to
                 # be written before it: a cache hit costs no hop.
                 return event_dict
@@ -193,9 +184,9 @@ class AsyncEnricherProcessor:
         if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
             # The exception is only current on this thread, now.
             event_dict["exc_info"] = sys.exc_info()
-        if _submitting.active:
-            # Logged from inside a hand-off (a report routed back into
-            # structlog by a logging handler): written as is, never queued.
+        if REPORTING.active:
+            # Logged while this thread reports dropped events (the report
+            # routed back into structlog by a handler): written as it is.
             return False
         waiters = ASYNC_WAITER.get()
         future: asyncio.Future[None] | None = None
@@ -221,18 +212,14 @@ class AsyncEnricherProcessor:
             on_written = written.release
         item.context = contextvars.copy_context()
         item.on_written = on_written
-        _submitting.active = True
-        try:
-            result = self._pipeline.submit(item, may_block=not on_loop)
-            if result != QUEUED:
-                if future is not None and not future.done():
-                    future.set_result(None)
-                return result == DROPPED
-            if written is not None and not written.acquire(timeout=self._inline_wait):
-                _report.warning(
-                    "enrichlog: an event was not written within %.1fs; it stays queued",
-                    self._inline_wait,
-                )
-            return True
-        finally:
-            _submitting.active = False
+        result = self._pipeline.submit(item, may_block=not on_loop)
+        if result != QUEUED:
+            if future is not None and not future.done():
+                future.set_result(None)
+            return result == DROPPED
+        if written is not None and not written.acquire(timeout=self._inline_wait):
+            _report.warning(
+                "enrichlog: an event was not written within %.1fs; it stays queued",
+                self._inline_wait,
+            )
+        return True

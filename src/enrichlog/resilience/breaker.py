@@ -145,7 +145,12 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._listeners: tuple[StateListener, ...] = ()
-        self._state = CircuitState.CLOSED
+        #: The stored state (read it, never set it). An OPEN circuit whose
+        #: ``recovery_timeout`` has passed still reads OPEN: it turns
+        #: HALF_OPEN on the next :meth:`acquire`; :meth:`retry_in` tells
+        #: whether a probe would be let through. A plain attribute: it is
+        #: read for every event of every enricher.
+        self.state = CircuitState.CLOSED
         self._generation = 0
         # The permit every call gets while CLOSED, shared to spare an
         # allocation per call; None in any other state.
@@ -157,22 +162,12 @@ class CircuitBreaker:
         self._last_probe_at = 0.0
 
     def __repr__(self) -> str:
-        return f"<CircuitBreaker {self._name!r} {self._state.value} failures={self._failure_count}>"
+        return f"<CircuitBreaker {self._name!r} {self.state.value} failures={self._failure_count}>"
 
     @property
     def name(self) -> str:
         """The name given at construction, usually the enricher's."""
         return self._name
-
-    @property
-    def state(self) -> CircuitState:
-        """The stored state.
-
-        An OPEN circuit whose ``recovery_timeout`` has passed still reads
-        OPEN: it turns HALF_OPEN on the next :meth:`acquire`. Use
-        :meth:`retry_in` to tell whether a probe would be let through.
-        """
-        return self._state
 
     @property
     def failure_count(self) -> int:
@@ -185,7 +180,7 @@ class CircuitBreaker:
 
     def retry_in(self) -> float:
         """Seconds until a probe is let through; 0.0 when the circuit is not OPEN."""
-        if self._state is not CircuitState.OPEN:
+        if self.state is not CircuitState.OPEN:
             return 0.0
         return max(0.0, self._opened_at + self._recovery_timeout - self._clock())
 
@@ -197,7 +192,7 @@ class CircuitBreaker:
         """
         return {
             "name": self._name,
-            "state": self._state.value,
+            "state": self.state.value,
             "failure_count": self._failure_count,
             "retry_in": self.retry_in(),
         }
@@ -237,11 +232,11 @@ class CircuitBreaker:
         change = None
         with self._lock:
             now = self._clock()
-            if self._state is CircuitState.OPEN:
+            if self.state is CircuitState.OPEN:
                 if now - self._opened_at < self._recovery_timeout:
                     return None
                 change = self._enter_locked(CircuitState.HALF_OPEN, now)
-            if self._state is CircuitState.HALF_OPEN:
+            if self.state is CircuitState.HALF_OPEN:
                 permit = self._probe_locked(now)
             else:  # closed by another thread since the first read
                 permit = self._closed_permit
@@ -377,9 +372,9 @@ class CircuitBreaker:
     ) -> tuple[CircuitState, CircuitState] | None:
         # Every entry starts a new generation, even CLOSED -> CLOSED on
         # reset(), so that reports from earlier permits are ignored.
-        old = self._state
+        old = self.state
         self._generation += 1
-        self._state = state
+        self.state = state
         self._probes_out = 0
         if state is CircuitState.CLOSED:
             self._failure_count = 0
