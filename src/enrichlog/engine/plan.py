@@ -190,6 +190,14 @@ class EnrichmentPlan(Generic[_R]):
         self._settlers = tuple(tuple(step.settle for step in level) for level in self._levels)
         #: How many levels an event goes through.
         self.depth = len(self._levels)
+        # Every step of the first level runs on the loop whatever happens
+        # (uncached async or blocking enrichers): settle nothing on the
+        # caller. (Skips for unavailable enrichers or open circuits cost the
+        # loop no more than the caller.)
+        self._first_level_awaits = bool(self._levels) and all(
+            step.start is not None and (step.guard is None or step.guard.cache is None)
+            for step in self._levels[0]
+        )
         # Levels whose slowest step outlasts the level timeout need a timer.
         self._level_timers = tuple(
             self._level_timeout is not None
@@ -268,6 +276,10 @@ class EnrichmentPlan(Generic[_R]):
         # Once per event on the logging thread: locals, plain loops and the
         # merge of a level without failures inlined (each Python frame saved
         # here shows in docs/benchmarks.md, "Hot-path choices").
+        if self._first_level_awaits:
+            # Nothing of the first level can finish here (no sync enricher,
+            # no cache): the loop settles it, the caller only hands off.
+            return self._record(logger, method_name, event_dict, 0, None)
         for index, settlers in enumerate(self._settlers):
             outcomes: list[Outcome | None] = []
             for settle in settlers:
