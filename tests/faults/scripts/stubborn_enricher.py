@@ -92,8 +92,11 @@ if drain_at_once:
         lines=count_lines(output),
         distinct=len({line["i"] for line in lines}),
         stubborn_reasons=sorted(
-            {str((line.get("enrichment_errors") or {}).get("stubborn")) for line in lines
-             if line["stubborn"]}
+            {
+                str((line.get("enrichment_errors") or {}).get("stubborn"))
+                for line in lines
+                if line["stubborn"]
+            }
         ),
         report=dict(report),
         shutdown_seconds=shutdown_seconds,
@@ -131,9 +134,7 @@ summary(
         {str((line.get("enrichment_errors") or {}).get("stubborn")) for line in stubborn_lines}
     ),
     quick_fields=sorted({str(line.get("quick")) for line in lines}),
-    fast_fields=sorted(
-        {str(line.get("stubborn_field")) for line in lines if not line["stubborn"]}
-    ),
+    fast_fields=sorted({str(line.get("stubborn_field")) for line in lines if not line["stubborn"]}),
     metrics_abandoned=metrics["abandoned"],
     enricher_abandoned=metrics["enrichers"]["stubborn"]["abandoned"],
     report=dict(report),
