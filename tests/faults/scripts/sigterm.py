@@ -3,7 +3,8 @@ every queued event before the process dies.
 
 argv: output path, mode (``self``: log EVENTS events, print the summary,
 then send itself SIGTERM; ``stream``: log continuously, numbering the
-events, until the parent's SIGTERM ends the process).
+events, and say ``ready`` once EVENTS are logged; the parent's SIGTERM ends
+the process).
 env: EVENTS (2000), DELAY (0.002 s per enricher call).
 """
 
@@ -36,8 +37,9 @@ if mode == "self":
     signal.pause()
 else:
     i = 0
-    print("ready", flush=True)  # the parent sends SIGTERM once it reads this
-    sys.stdout.close()
     while True:
         log.info("e", i=i)
         i += 1
+        if i == events:  # the parent sends SIGTERM once it reads this
+            print("ready", flush=True)
+            sys.stdout.close()
