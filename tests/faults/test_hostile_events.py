@@ -1,6 +1,7 @@
 """Extra: events and callers that misbehave: huge events, exceptions that
 cannot be printed, ``ainfo`` from loops that close before the line is
-written, contextvars bound per request on many tasks and threads."""
+written, contextvars bound per request on many tasks and threads, a signal
+handler that logs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from structlog.contextvars import bind_contextvars, clear_contextvars, get_contextvars
 
 from enrichlog import AsyncEnricher, SyncEnricher, configure_logging, get_logger
+from tests.faults.runner import run_script
 
 
 class Tag(AsyncEnricher):
@@ -216,3 +218,42 @@ def test_contextvars_bound_per_request_reach_each_event_and_its_enrichers_only(
     ]
     assert 400 + 100 == len(lines)
     assert [] == mismatched[:3]
+
+
+def test_a_signal_handler_that_logs_while_the_runtime_writes_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # Background delivery: the lines are written on the runtime's thread,
+    # so the signal never finds the main thread inside the writer.
+    run = run_script("signal_handler_logs.py", tmp_path / "out.log", "background")
+    summary = run.summary
+
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert summary["handled"] > 0
+    assert (summary["logged"], summary["logged"]) == (
+        summary["lines"],
+        summary["report"]["written"],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="LineWriter guards each write with a non-reentrant threading.Lock: a signal "
+    "handler of the application's that logs, run on the main thread while that thread is "
+    "inside LineWriter.msg(), waits forever for the lock its own thread holds (the process "
+    "hangs; with more signals the nested handlers end in RecursionError)",
+)
+def test_a_signal_handler_that_logs_while_the_main_thread_writes_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    # No enricher: the main thread writes its own lines, and 150 SIGUSR1s
+    # land while it logs.
+    run = run_script("signal_handler_logs.py", tmp_path / "out.log", "plain", timeout=10)
+    summary = run.summary
+
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert (summary["logged"], summary["logged"]) == (
+        summary["lines"],
+        summary["report"]["written"],
+    )
