@@ -23,6 +23,18 @@ WARNING = "enrichlog could not write"
 
 
 @contextmanager
+def _pipe_nobody_reads() -> Iterator[int]:
+    """The write end of a pipe whose reader is alive but never reads: a
+    stalled consumer. Writes block once its buffer (64 KiB) is full."""
+    read_end, write_end = os.pipe()
+    try:
+        yield write_end
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+@contextmanager
 def _pipe_without_reader() -> Iterator[int]:
     """The write end of a pipe whose read end is already closed."""
     read_end, write_end = os.pipe()
@@ -134,6 +146,27 @@ def test_a_broken_pipe_does_not_make_a_hundred_thousand_events_slow() -> None:
     print(f"100,000 events, no enricher: {figures}")
     assert 100_000 == broken.summary["report"]["write_failed"]
     assert broken.summary["seconds"] <= 2 * baseline.summary["seconds"] + 1.0, figures
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="when the output blocks (a stdout pipe whose reader stalled), the runtime thread "
+    "blocks in LineWriter.msg() holding the writer's lock; shutdown() gives up on the runtime "
+    "after its timeout ('an enricher blocks its loop', which is not the cause) and then waits "
+    "forever in LineWriter.close() for that lock: shutdown, and the process exit, never end",
+)
+def test_shutdown_returns_in_time_when_the_output_blocks() -> None:
+    # 5,000 background events into a pipe nobody reads; background log
+    # calls never wait, but shutdown must not wait forever either.
+    env = {"EVENTS": "5000", "SHUTDOWN_TIMEOUT": "1"}
+    with _pipe_nobody_reads() as stdout:
+        run = run_script(
+            "failing_output.py", "stdout", "background", env=env, stdout=stdout, timeout=15
+        )
+
+    assert [] == run.summary["raised"]
+    assert run.summary["shutdown_seconds"] <= 1 + 3.0
 
 
 @pytest.mark.xfail(

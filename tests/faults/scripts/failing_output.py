@@ -2,7 +2,8 @@
 
 argv: output (``/dev/full``, ``stdout``...), delivery (inline, background,
 plain: no enricher, structlog writes on the calling thread).
-env: EVENTS (1000), DROP_REPORT_INTERVAL (10), CLOSE_STDOUT (``1``: close
+env: EVENTS (1000), DROP_REPORT_INTERVAL (10), SHUTDOWN_TIMEOUT (10),
+CLOSE_STDOUT (``1``: close
 ``sys.stdout`` before configuring; ``after``: close it after configuring).
 
 The summary goes to stderr (stdout may be the failing output): logged, what
@@ -43,6 +44,7 @@ container = configure_logging(
     output=output,
     delivery="inline" if delivery == "plain" else delivery,
     drop_report_interval=env_float("DROP_REPORT_INTERVAL", 10.0),
+    shutdown_timeout=env_float("SHUTDOWN_TIMEOUT", 10.0),
 )
 log = get_logger()
 if os.environ.get("CLOSE_STDOUT") == "after":
@@ -60,10 +62,12 @@ except Exception as exc:
 logging_seconds = time.monotonic() - started
 metrics = plain(container.metrics())
 report: dict[str, Any] = {}
+shutdown_started = time.monotonic()
 try:
     report = dict(container.shutdown())
 except Exception as exc:
     raised.append(f"shutdown: {type(exc).__name__}")
+shutdown_seconds = time.monotonic() - shutdown_started
 seconds = time.monotonic() - started
 summary(
     to_stderr=True,
@@ -73,5 +77,6 @@ summary(
     metrics_written=metrics["written"],
     metrics_write_failed=metrics["write_failed"],
     logging_seconds=logging_seconds,
+    shutdown_seconds=shutdown_seconds,
     seconds=seconds,
 )
