@@ -162,7 +162,7 @@ def test_shutdown_returns_in_time_when_the_output_blocks() -> None:
     env = {"EVENTS": "5000", "SHUTDOWN_TIMEOUT": "1"}
     with _pipe_nobody_reads() as stdout:
         run = run_script(
-            "failing_output.py", "stdout", "background", env=env, stdout=stdout, timeout=15
+            "failing_output.py", "stdout", "background", env=env, stdout=stdout, timeout=10
         )
 
     assert [] == run.summary["raised"]
