@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,6 @@ def env_int(name: str, default: int) -> int:
 
 def env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
-
-
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 def count_lines(path: str | Path) -> int:
@@ -72,10 +67,6 @@ def summary(*, to_stderr: bool = False, **fields: Any) -> None:
     stream = sys.stderr if to_stderr else sys.stdout
     stream.write(json.dumps({SUMMARY_KEY: plain(fields)}, default=repr) + "\n")
     stream.flush()
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 class Tag(AsyncEnricher):
