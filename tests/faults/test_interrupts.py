@@ -154,7 +154,7 @@ def _log_three(container: Any) -> list[str]:
 @pytest.mark.parametrize(
     "exc", [KeyboardInterrupt(), SystemExit(3)], ids=["KeyboardInterrupt", "SystemExit"]
 )
-def test_an_interrupt_raised_by_a_sync_enricher_reaches_the_application_after_its_event(
+def test_an_interrupt_raised_by_a_sync_enricher_reaches_the_application_and_its_event_is_written(
     log_file: Path, exc: BaseException, delivery: str
 ) -> None:
     container = configure_logging(
