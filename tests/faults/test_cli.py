@@ -1,0 +1,95 @@
+"""Case 13: the command line on bad input and closed pipes."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from enrichlog import EnricherConfigError, configure_logging
+from tests.faults.runner import run_module, script_env
+
+BAD_JSON = '{"user": {"timeout": 0.2},}'
+#: 400 enrichers with long values: a plan larger than a pipe's buffer (64 KiB)
+#: in every format, so the reader goes away while the command still writes.
+MANY_URIS = ",".join(f"static://?k{i}={'v' * 200}&name=s{i}" for i in range(400))
+
+
+def test_invalid_json_in_enricher_options_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS", BAD_JSON)
+
+    with pytest.raises(EnricherConfigError) as raised:
+        configure_logging(output="stderr")
+
+    assert "ENRICHLOG_ENRICHER_OPTIONS is not valid JSON" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ENRICHLOG_ENRICHER_OPTIONS": BAD_JSON},
+        {"ENRICHLOG_ENRICHERS": "[not json"},
+        {"ENRICHLOG_QUEUE_SIZE": "1e23", "ENRICHLOG_LEVEL": "loud"},
+        {"ENRICHLOG_ENRICHERS": "hostnam://,static://?name=a&dependencies=a"},
+    ],
+    ids=[
+        "options-bad-json",
+        "enrichers-bad-json",
+        "two-bad-settings",
+        "bad-uris",
+    ],
+)
+def test_check_reports_a_bad_configuration_without_a_traceback(env: dict[str, str]) -> None:
+    run = run_module("check", env=env)
+
+    assert 1 == run.returncode
+    assert "problem(s) found" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "" == run.stdout
+
+
+def test_check_names_the_variable_holding_invalid_json() -> None:
+    run = run_module("check", env={"ENRICHLOG_ENRICHER_OPTIONS": BAD_JSON})
+
+    assert "error: invalid logging settings: ENRICHLOG_ENRICHER_OPTIONS is not valid JSON" in (
+        run.stderr
+    )
+
+
+def test_plan_with_invalid_json_exits_1_without_a_traceback() -> None:
+    run = run_module("plan", env={"ENRICHLOG_ENRICHER_OPTIONS": BAD_JSON})
+
+    assert (1, "") == (run.returncode, run.stdout)
+    assert "ENRICHLOG_ENRICHER_OPTIONS" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "mermaid"])
+def test_plan_piped_into_head_ends_quietly(fmt: str) -> None:
+    command = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog"])
+    shell = f"{command} plan --format {fmt} | head -1; echo status=${{PIPESTATUS[0]}} >&2"
+
+    proc = subprocess.run(
+        ["bash", "-c", shell],
+        env=script_env({"ENRICHLOG_ENRICHERS": MANY_URIS}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 1 == len(proc.stdout.splitlines())
+    # As a process ended by SIGPIPE, and nothing else: no traceback, no warning.
+    assert ["status=141"] == proc.stderr.split()
+
+
+def test_version_prints_the_installed_version() -> None:
+    run = run_module("--version")
+
+    assert 0 == run.returncode
+    assert run.stdout.startswith("enrichlog ")
+    assert "unknown" not in run.stdout

@@ -1,0 +1,36 @@
+"""Held before: ``os.fork()`` while other threads log. The parent's threads
+keep logging through the forks; each child logs 100 events through the
+async enricher and ends, by ``sys.exit`` (the exit drain) or by
+``shutdown()`` then ``os._exit``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.faults.runner import run_script
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@pytest.mark.parametrize("ending", ["exit", "shutdown"])
+def test_children_forked_while_threads_log_write_every_event_and_so_does_the_parent(
+    tmp_path: Path, ending: str
+) -> None:
+    run = run_script("fork_while_logging.py", tmp_path / "out.log", ending, timeout=120)
+    summary = run.summary
+
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert [0, 0, 0, 0, 0] == summary["statuses"]
+    assert (500, 500, 500, 500) == (
+        summary["child_logged"],
+        summary["child_lines"],
+        summary["child_distinct"],
+        summary["child_tagged"],
+    )
+    assert (summary["parent_logged"], summary["parent_logged"]) == (
+        summary["parent_lines"],
+        summary["parent_distinct"],
+    )

@@ -1,0 +1,180 @@
+"""Case 2: strings with lone surrogates, odd keys and odd values through
+every renderer, on every path an event can take to its line.
+
+Paths: ``caller`` (sync enrichers only: structlog renders on the calling
+thread), ``inline`` (an async enricher; the caller waits for the runtime to
+write), ``background`` (queued; the runtime writes). A sync enricher adds
+the odd key or value each event names, as an enricher would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enrichlog import AsyncEnricher, SyncEnricher, configure_logging, get_logger
+
+SURROGATE = b"caf\xe9".decode("utf-8", "surrogateescape")
+
+_CYCLE: list[Any] = []
+_CYCLE.append(_CYCLE)
+
+#: message -> the fields the enricher adds: any key, any value.
+ODD: dict[str, dict[Any, Any]] = {
+    "surrogate value": {"v": SURROGATE},
+    "surrogate key": {SURROGATE: 1},
+    "surrogate nested": {"v": {"k": [SURROGATE], SURROGATE: SURROGATE}},
+    "key with space": {"a key": 1},
+    "key with equals": {"a=b": 1},
+    "key with quote": {'a"b': 1},
+    "key with backslash": {"a\\b": 1},
+    "empty key": {"": 1},
+    "int key": {1: "one"},
+    "tuple key": {(1, 2): "pair"},
+    "none key": {None: "none"},
+    "mixed keys": {1: "one", "b": 2, (3,): "t"},
+    "bytes value": {"v": b"\xff\xfe"},
+    "nan": {"v": float("nan")},
+    "huge int": {"v": 10**40},
+    "set value": {"v": {1, 2}},
+    "object value": {"v": object()},
+    "cyclic value": {"v": _CYCLE},
+}
+MESSAGES = [*ODD, SURROGATE]  # the surrogate as the message itself, too
+
+
+class AddOdd(SyncEnricher):
+    name = "odd"
+
+    def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict.update(ODD.get(event_dict["event"], {}))
+        return event_dict
+
+
+class Passes(AsyncEnricher):
+    """Makes the event go through the runtime."""
+
+    name = "passes"
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0)
+        event_dict["passed"] = True
+        return event_dict
+
+
+def _configure(log_file: Path, fmt: str, path: str) -> Any:
+    enrichers: list[Any] = [AddOdd()] if path == "caller" else [AddOdd(), Passes()]
+    return configure_logging(
+        enrichers=enrichers,
+        output=str(log_file),
+        format=fmt,
+        delivery="background" if path == "background" else "inline",
+    )
+
+
+def _log_every_message() -> list[str]:
+    raised = []
+    log = get_logger()
+    for message in MESSAGES:
+        try:
+            log.info(message)
+        except Exception as exc:
+            raised.append(f"{message!r}: {exc!r}")
+    return raised
+
+
+def test_the_json_renderer_in_use_is_orjson() -> None:
+    from enrichlog.engine import chain
+
+    assert chain.orjson is not None, "install the test extra: orjson is part of it"
+
+
+@pytest.mark.parametrize("path", ["caller", "inline", "background"])
+@pytest.mark.parametrize("fmt", ["json", "logfmt", "console"])
+def test_odd_strings_and_keys_never_raise_and_every_event_is_written(
+    log_file: Path, fmt: str, path: str
+) -> None:
+    container = _configure(log_file, fmt, path)
+
+    raised = _log_every_message()
+    container.flush(10)
+    report = container.shutdown()
+
+    lines = log_file.read_bytes().splitlines()
+    assert [] == raised
+    assert (len(MESSAGES), len(MESSAGES)) == (len(lines), report["written"])
+
+
+@pytest.mark.parametrize("path", ["caller", "background"])
+@pytest.mark.parametrize("fmt", ["json", "logfmt", "console"])
+def test_each_fallback_rendering_is_counted_and_marks_its_line(
+    log_file: Path, fmt: str, path: str
+) -> None:
+    container = _configure(log_file, fmt, path)
+
+    _log_every_message()
+    container.flush(10)
+    fallbacks = container.metrics()["render_fallbacks"]
+    container.shutdown()
+
+    marked = [line for line in log_file.read_bytes().splitlines() if b"render_error" in line]
+    assert fallbacks > 0
+    assert fallbacks == len(marked)
+
+
+_LOGFMT_PAIR = re.compile(r'([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|\S*))?')
+
+
+def _logfmt_pairs(line: str) -> list[tuple[str, str]]:
+    """``key=value`` pairs as a logfmt reader splits them (``key`` up to
+    the first ``=``; a value quoted or up to the next space)."""
+    return [(key, value) for key, value in _LOGFMT_PAIR.findall(line)]
+
+
+def test_a_logfmt_line_with_ordinary_keys_parses_back_into_its_fields(log_file: Path) -> None:
+    container = configure_logging(output=str(log_file), format="logfmt", delivery="inline")
+
+    get_logger().info("hello world", user="bob smith", n=1)
+    container.shutdown()
+
+    pairs = dict(_logfmt_pairs(log_file.read_text().strip()))
+    assert {"event": '"hello world"', "user": '"bob smith"', "n": "1", "level": "info"} == {
+        key: pairs[key] for key in ("event", "user", "n", "level")
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="logfmt keys containing '=' or '\"' are written as they are (structlog's "
+    "LogfmtRenderer refuses only whitespace in keys, so SafeRenderer never falls back): the "
+    "key 'level=error' is written as 'level=error=1', which a logfmt reader takes for a "
+    "second 'level' field",
+)
+@pytest.mark.parametrize("path", ["caller", "background"])
+def test_a_logfmt_key_containing_equals_cannot_forge_another_field(
+    log_file: Path, path: str
+) -> None:
+    class ForgedKey(SyncEnricher):
+        name = "forged"
+
+        def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["level=error"] = 1  # e.g. a key taken from a request
+            return event_dict
+
+    enrichers: list[Any] = [ForgedKey()] if path == "caller" else [ForgedKey(), Passes()]
+    container = configure_logging(
+        enrichers=enrichers,
+        output=str(log_file),
+        format="logfmt",
+        delivery="background" if path == "background" else "inline",
+    )
+
+    get_logger().info("login")
+    container.shutdown()
+
+    pairs = _logfmt_pairs(log_file.read_text().strip())
+    assert ["info"] == [value for key, value in pairs if key == "level"]
