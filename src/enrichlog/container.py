@@ -145,7 +145,9 @@ class LoggingContainer:
         self, settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
     ) -> None:
         self.settings = settings = settings or LoggingSettings()
-        self.registry = EnricherRegistry([*enrichers, *self._uri_enrichers()])
+        self.registry = EnricherRegistry(
+            [*(_from_uri(e) for e in enrichers), *self._uri_enrichers()]
+        )
         levels = self.registry.levels()
         # -- scale-out (enrichlog.transport): publish instead of writing ----
         #: The producer transport (``None`` unless ``settings.transport``);
@@ -491,9 +493,14 @@ class LoggingContainer:
                 remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None
             if self.output is not None:
-                if _installed_writer is not None:
-                    _installed_writer.release(self.output)
-                self.output.close()
+                released = _installed_writer is None or _installed_writer.release(
+                    self.output, self.settings.shutdown_timeout
+                )
+                # A writer blocked in a write (a reader that stopped reading)
+                # is left as it is: waiting for it once is enough.
+                self.output.close(self.settings.shutdown_timeout if released else 0.0)
+            if self._lines is not None and self._lines is not self.output:
+                self._lines.report_failures()
             atexit.unregister(self._at_exit)
             self._restore_sigterm_handler()
             _live.discard(self)
@@ -536,7 +543,8 @@ class LoggingContainer:
         ):
             return self._stop_on_the_loop_now()
         report = self._pipeline.close(timeout)
-        if runtime.is_running and not runtime.in_runtime_thread():
+        stuck = report.pop("unresponsive", 0)  # its thread would not answer either
+        if runtime.is_running and not runtime.in_runtime_thread() and not stuck:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
@@ -545,11 +553,11 @@ class LoggingContainer:
         # writes whatever raced the drain, on its own thread.
         self._pipeline.stop_accepting()
         if not runtime.in_runtime_thread():
-            runtime.stop(max(timeout, 1.0))
+            runtime.stop(0.1 if stuck else max(timeout, 1.0))
             if runtime.lingering:
                 _report.warning(
-                    "enrichlog: the runtime did not stop within %.1fs (an enricher blocks "
-                    "its loop); %d event(s) will be written when it does",
+                    "enrichlog: the runtime did not stop within %.1fs (an enricher, or the "
+                    "output, blocks its thread); %d event(s) will be written when it does",
                     max(timeout, 1.0),
                     self._pipeline.pending,
                 )
@@ -802,6 +810,16 @@ class LoggingContainer:
         await self.ashutdown()
 
 
+def _from_uri(enricher: object) -> object:
+    """An enricher given in code as a URI string is built like one in the
+    settings (its errors mask the URI's secrets)."""
+    if isinstance(enricher, str):
+        from .uri.factory import EnricherFactory  # noqa: PLC0415 - only when URIs are used
+
+        return EnricherFactory.build(enricher)
+    return enricher
+
+
 def build_processor_chain(
     settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
 ) -> list[Processor]:
@@ -865,15 +883,22 @@ def configure_logging(
         EnricherDependencyError: a cycle, missing dependency or duplicate.
     """
     global _current  # noqa: PLW0603 - mirrors structlog.configure's global
+    if IN_ENRICHMENT.get():
+        raise EnrichlogError(
+            "configure_logging() was called from inside an enricher: reconfiguring would "
+            "shut down the container running it. Configure logging from the application; "
+            "this call changed nothing"
+        )
     resolved = resolve_settings(settings, overrides)
     container = LoggingContainer(resolved, enrichers or ())
     # The output is the last thing that can fail: open it before the
     # previous configuration is taken down.
     container.output = open_output(resolved.output)
     with _current_lock:
-        previous, _current = _current, None
+        previous = _current
         if previous is not None:
-            previous.shutdown()
+            previous.shutdown()  # refused from its own runtime: nothing changed yet
+        _current = None
         container.start()
         _current = container
     return container

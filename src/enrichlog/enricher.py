@@ -28,6 +28,7 @@ from .exceptions import EnricherConfigError
 from .options import EnricherOptions
 from .resilience.retry import is_transient_error
 from .uri import schemes
+from .uri.masking import mask_secrets
 from .uri.params import check_params
 
 __all__ = [
@@ -493,8 +494,9 @@ def as_enricher(obj: object) -> Enricher:
         )
     if callable(obj):
         return _function_enricher(obj, {}, blocking=False)
+    shown = mask_secrets(repr(obj))  # a URI-like string may hold a password
     raise EnricherConfigError(
-        f"{obj!r} (of type {type(obj).__name__}) is not an enricher: expected "
+        f"{shown} (of type {type(obj).__name__}) is not an enricher: expected "
         "an AsyncEnricher or SyncEnricher instance, a structlog processor "
         "function or an async def processor"
     )

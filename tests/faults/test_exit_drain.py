@@ -47,14 +47,6 @@ def test_events_a_non_daemon_thread_logs_after_the_main_thread_ended_are_all_wri
     assert (200, 200) == (run.summary["logged"], len(_lines(out)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="threading's exit hooks (enrichlog's flush included) run before the interpreter "
-    "joins non-daemon threads, and concurrent.futures' hook stops every executor there: "
-    "events a non-daemon thread logs after the main thread ended are enriched with the pools "
-    "closed, get 'error: RuntimeError' ('cannot schedule new futures after interpreter "
-    "shutdown') and open the breaker",
-)
 def test_events_a_non_daemon_thread_logs_at_exit_still_get_the_enrichers_field(
     tmp_path: Path,
 ) -> None:

@@ -154,12 +154,6 @@ def test_an_event_logged_by_an_async_enricher_is_written_as_it_is(log_file: Path
     assert (True, None) == (events["outer"].get("chatty"), events["from inside"].get("chatty"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only events logged on the runtime's own threads are written as they are; a sync "
-    "enricher runs inline on the logging thread, so an event it logs is enriched by itself "
-    "again, recursively, until RecursionError: one log call writes about 120 lines",
-)
 def test_an_event_logged_by_an_inline_sync_enricher_is_written_as_it_is(log_file: Path) -> None:
     class Chatty(SyncEnricher):
         name = "chatty"
@@ -260,13 +254,6 @@ def test_enrichlogs_own_reports_routed_into_structlog_neither_recurse_nor_deadlo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocking sync enrichers run in a concurrent.futures.ThreadPoolExecutor, whose "
-    "worker threads the interpreter joins at exit: a call stuck in I/O keeps the process "
-    "alive after shutdown() returned (and after main returns without it) until the call "
-    "ends, forever for a read without a timeout",
-)
 def test_a_blocking_enricher_stuck_in_its_thread_does_not_keep_the_process_alive(
     tmp_path: Path,
 ) -> None:

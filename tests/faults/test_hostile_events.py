@@ -237,13 +237,6 @@ def test_a_signal_handler_that_logs_while_the_runtime_writes_loses_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="LineWriter guards each write with a non-reentrant threading.Lock: a signal "
-    "handler of the application's that logs, run on the main thread while that thread is "
-    "inside LineWriter.msg(), waits forever for the lock its own thread holds (the process "
-    "hangs; with more signals the nested handlers end in RecursionError)",
-)
 def test_a_signal_handler_that_logs_while_the_main_thread_writes_does_not_deadlock(
     tmp_path: Path,
 ) -> None:

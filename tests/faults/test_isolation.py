@@ -150,12 +150,6 @@ def test_an_enricher_changing_a_nested_value_changes_the_line_but_not_the_applic
     assert {"inner": {"y": 1}} == payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="isolated_copy() shares tuples as immutable, but a tuple may hold a dict or a "
-    "list: a failing enricher's change to a dict inside a tuple reaches the line, the sibling "
-    "of its level and the application's own object",
-)
 def test_a_dict_inside_a_tuple_is_isolated_too(log_file: Path) -> None:
     class Fails(SyncEnricher):
         name = "fails"
@@ -190,13 +184,6 @@ class Ambiguous:
         return "Ambiguous()"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="isolated_copy() deep-copies dict subclasses (OrderedDict, defaultdict), so "
-    "changes_of() compares the copy with the original by ==: a value whose == has no truth "
-    "value (a numpy array) raises there, and a healthy enricher that did not touch the field "
-    "is reported as 'invalid_return' and counted as a breaker failure",
-)
 def test_an_ordered_dict_holding_array_like_values_does_not_fail_the_enricher(
     log_file: Path,
 ) -> None:

@@ -147,13 +147,6 @@ def test_a_logfmt_line_with_ordinary_keys_parses_back_into_its_fields(log_file: 
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logfmt keys containing '=' or '\"' are written as they are (structlog's "
-    "LogfmtRenderer refuses only whitespace in keys, so SafeRenderer never falls back): the "
-    "key 'level=error' is written as 'level=error=1', which a logfmt reader takes for a "
-    "second 'level' field",
-)
 @pytest.mark.parametrize("path", ["caller", "background"])
 def test_a_logfmt_key_containing_equals_cannot_forge_another_field(
     log_file: Path, path: str

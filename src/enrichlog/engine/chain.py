@@ -196,10 +196,31 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=colors)
     elif fmt == "logfmt":
-        renderer = structlog.processors.LogfmtRenderer()
+        renderer = _plain_keys(structlog.processors.LogfmtRenderer())
     else:
         raise ValueError(f"unknown format {fmt!r}; expected json, console or logfmt")
     return SafeRenderer(renderer)
+
+
+def _plain_keys(
+    render: Callable[[WrappedLogger, str, EventDict], Any],
+) -> Callable[[WrappedLogger, str, EventDict], Any]:
+    """logfmt writes a key as it is: one with ``=``, a quote or a space would
+    read back as other fields (``level=error=1``). Such a key is refused here,
+    so that :class:`SafeRenderer` renders the event from its printable copy
+    (keys made plain, ``level_error``; counted, and marked ``render_error``)."""
+
+    def render_plain(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        for key in event_dict:
+            if key.__class__ is not str or not _is_plain(key):
+                raise ValueError(f"logfmt cannot write the key {key!r} as it is")
+        return render(logger, name, event_dict)
+
+    return render_plain
+
+
+def _is_plain(key: str) -> bool:
+    return key.isprintable() and not any(char in key for char in ' ="')
 
 
 def render_fallbacks(processors: Iterable[Processor]) -> int:

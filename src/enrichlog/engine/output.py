@@ -97,6 +97,7 @@ class LineWriter:
         "__weakref__",  # the registry of files reopened on SIGHUP
         "_broken",
         "_closed",
+        "_deferred",
         "_flush",
         "_last_report",
         "_lock",
@@ -117,12 +118,16 @@ class LineWriter:
         self._stream = stream
         self._write = stream.write
         self._flush = stream.flush
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that logs runs on a thread that may
+        # be inside msg() already (each line is still one write call).
+        self._lock = threading.RLock()
         self._owns = owns
         self._closed = False
         self._broken = False
-        #: Neither closed nor broken: the only test a line's write makes.
+        #: Neither closed, broken nor writing: the only test a line's write
+        #: makes.
         self._usable = True
+        self._deferred: list[bytes] = []
         self._pid = os.getpid()
         self.target = target
         self.name: str | None = None
@@ -143,6 +148,9 @@ class LineWriter:
             message = message.encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
         with self._lock:
             if self._usable:
+                # Unusable while it writes: a signal handler that logs on this
+                # thread meanwhile has its line written after this one.
+                self._usable = False
                 try:
                     self._write(message + b"\n")
                     self._flush()
@@ -150,11 +158,17 @@ class LineWriter:
                     failure: BaseException = exc
                 else:
                     self.written += 1
+                    self._usable = True
+                    if self._deferred:
+                        self._write_deferred()
                     return
+                self._usable = not (self._closed or self._broken)
             else:
                 unusual = self._write_unusual(message)
                 if unusual is None:
                     self.written += 1
+                    return
+                if unusual is _DEFERRED:
                     return
                 failure = unusual
             due, count = self._count_failure(failure)
@@ -173,6 +187,9 @@ class LineWriter:
         writes nothing; a closed file is reopened (loggers cached before a
         reconfiguration still hold this writer: appending beats losing their
         lines). ``None`` once written, else the failure."""
+        if not (self._closed or self._broken):  # writing already, on this thread
+            self._deferred.append(line)
+            return _DEFERRED
         if self._broken:
             return _BROKEN
         try:
@@ -182,6 +199,19 @@ class LineWriter:
         except (OSError, ValueError) as exc:
             return exc
         return None
+
+    def _write_deferred(self) -> None:
+        """With the lock held: the lines logged from a signal handler while
+        this thread was writing."""
+        while self._deferred:
+            line = self._deferred.pop(0)
+            try:
+                self._write(line + b"\n")
+                self._flush()
+            except (OSError, ValueError):
+                self.write_failed += 1
+            else:
+                self.written += 1
 
     def _count_failure(self, failure: BaseException) -> tuple[bool, int]:
         """With the lock held: count a line not written; whether to report."""
@@ -200,9 +230,19 @@ class LineWriter:
     log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
     failure = msg
 
-    def close(self) -> None:
-        """Flush; close the file if this writer opened it. Never raises."""
-        with self._lock:
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush; close the file if this writer opened it. Never raises, and
+        never waits more than ``timeout`` for a write in progress (a stdout
+        pipe whose reader stopped reading blocks its writer for good)."""
+        if not self._lock.acquire(timeout=timeout):
+            _report.warning(
+                "enrichlog: the output %s has been blocked for %.1fs (its reader is not "
+                "reading?); it is left as it is",
+                self.target,
+                timeout,
+            )
+            return
+        try:
             if self._closed:
                 return
             try:
@@ -215,6 +255,21 @@ class LineWriter:
                         self._stream.close()
                     self._closed = True
                     self._usable = False
+        finally:
+            self._lock.release()
+        self.report_failures()
+
+    def report_failures(self) -> None:
+        """Report the lines that could not be written since the last report
+        (at shutdown: the reports during the run are rate-limited)."""
+        count, self._unreported = self._unreported, 0
+        if count:
+            _report.warning(
+                "enrichlog could not write %d line(s) to %s since its last report (%d in all)",
+                count,
+                self.target,
+                self.write_failed,
+            )
 
     def retarget(self, other: LineWriter) -> None:
         """Write where ``other`` writes from now on.
@@ -228,13 +283,19 @@ class LineWriter:
             self._broken = False
             self._usable = True
 
-    def release(self, other: LineWriter) -> None:
+    def release(self, other: LineWriter, timeout: float = 5.0) -> bool:
         """Stop writing to ``other``'s stream (it is being closed); a later
-        line reopens the file by path."""
-        with self._lock:
+        line reopens the file by path. False when a write in progress kept
+        the writer busy for ``timeout`` (see :meth:`close`)."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
             if self._stream is other._stream and self is not other:
                 self._closed = self._owns
                 self._usable = not self._closed and not self._broken
+        finally:
+            self._lock.release()
+        return True
 
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
@@ -255,7 +316,9 @@ class LineWriter:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that logs runs on a thread that may
+        # be inside msg() already (each line is still one write call).
+        self._lock = threading.RLock()
         if self._owns:
             stream: IO[bytes] = open(self.target, "ab")  # noqa: SIM115 - closed by close()
         else:
@@ -477,6 +540,10 @@ class _TextAsBinary:
 
 #: What a broken writer "fails" with: it tries nothing more.
 _BROKEN = BrokenPipeError("the output is broken or closed")
+
+#: What a line logged during a write on the same thread (a signal handler)
+#: "fails" with: it is written right after.
+_DEFERRED = InterruptedError("deferred")
 
 
 def _describe(exc: BaseException) -> str:

@@ -529,15 +529,21 @@ class EventPipeline:
             self.state = PipelineState.CLOSING
         flushed = self.flush(timeout)
         report = self.report()
+        responsive = True
         if not flushed and report["pending"] and self._runtime.is_running:
             written = self._written
             self._runtime.call_soon(self.abandon_enrichment)
-            self.flush(_SALVAGE_SECONDS)
+            # Not even salvaging got through: the loop's thread is stuck (an
+            # enricher blocking it, or an output nobody reads).
+            responsive = self.flush(_SALVAGE_SECONDS)
             report["salvaged"] = self._written - written
         with self._lock:
             self.state = PipelineState.CLOSED
             self._space.notify_all()  # blocked callers write their own events
-        self.flush(_SALVAGE_SECONDS)  # events that raced the close
+        if responsive:
+            self.flush(_SALVAGE_SECONDS)  # events that raced the close
+        else:
+            report["unresponsive"] = 1
         if self._unreported_drops:
             _report.warning(
                 "enrichlog dropped %d event(s) since its last report (overflow=%s)",

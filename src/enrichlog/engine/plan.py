@@ -554,6 +554,10 @@ def _call_sync(
     copy = dict(snapshot)
     if not IMMUTABLE.issuperset(map(type, copy.values())):
         copy = isolated_copy(snapshot)
+    # Marked as enrichment, also on the logging thread: an event the
+    # enricher logs is written as it is (not enriched again, without end),
+    # and shutdown() from it is refused.
+    marked = IN_ENRICHMENT.set(True)
     try:
         result = enrich(logger, method_name, copy)
     except structlog.DropEvent:
@@ -563,6 +567,8 @@ def _call_sync(
         return error_outcome(exc)
     except BaseException as exc:
         return error_outcome(exc)
+    finally:
+        IN_ENRICHMENT.reset(marked)
     if result is None:
         result = copy
     try:

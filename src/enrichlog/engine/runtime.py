@@ -19,17 +19,131 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..exceptions import EnricherConfigError
 
-__all__ = ["EnrichmentRuntime", "LoopRuntime", "Runtime", "resolver", "set_result"]
+__all__ = [
+    "DaemonThreadPool",
+    "EnrichmentRuntime",
+    "LoopRuntime",
+    "Runtime",
+    "resolver",
+    "set_result",
+]
 
 _T = TypeVar("_T")
 
 _report = logging.getLogger("enrichlog")
+
+
+class DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
+    """A pool of daemon threads that keeps working while the interpreter
+    exits.
+
+    The standard pool's threads are joined at exit (so a blocking enricher
+    stuck on a read keeps the process alive) and refuse new work once the
+    interpreter's exit began (so an enricher draining at exit could no
+    longer resolve a host name or use ``asyncio.to_thread``). This one's
+    threads are daemons, started as work arrives (up to ``max_workers``)
+    and never refused while it is open. A ``ThreadPoolExecutor`` subclass
+    only so that a loop accepts it as its default executor.
+
+    Args:
+        max_workers: threads at most.
+        thread_name_prefix: names of its threads.
+        initializer: called in each new thread.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "enrichlog-pool",
+        initializer: Callable[[], object] | None = None,
+    ) -> None:
+        # The standard pool's state is not used: no super().__init__().
+        self._max = max_workers or 8
+        self._prefix = thread_name_prefix
+        self._init = initializer
+        self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
+        self._pool_lock = threading.Lock()
+        self._open = True
+
+    def submit(
+        self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_T]:
+        """Run ``fn(*args, **kwargs)`` in a worker thread.
+
+        Raises:
+            RuntimeError: the pool was shut down.
+        """
+        if not self._open:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        with self._pool_lock:
+            if self._idle == 0 and len(self._workers) < self._max:
+                worker = threading.Thread(
+                    target=self._serve,
+                    name=f"{self._prefix}-{len(self._workers)}",
+                    daemon=True,
+                )
+                self._workers.append(worker)
+                worker.start()
+        return future
+
+    def _serve(self) -> None:
+        if self._init is not None:
+            self._init()
+        while True:
+            with self._pool_lock:
+                self._idle += 1
+            item = self._work.get()
+            with self._pool_lock:
+                self._idle -= 1
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, fn, args, kwargs, item
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; with ``cancel_futures``, cancel what waits.
+        ``wait`` waits at most a second per thread: they are daemons, and
+        one stuck in a blocking call must not hold the caller."""
+        self._open = False
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._workers:
+            self._work.put(None)
+        if wait:
+            for worker in self._workers:
+                if worker is not threading.current_thread():
+                    worker.join(1.0)
+
+
+#: ``(future, fn, args, kwargs)``: one call queued in a DaemonThreadPool.
+_WorkItem = tuple[
+    concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]
+]
 
 
 class Runtime(Protocol):
@@ -98,7 +212,7 @@ class EnrichmentRuntime:
         self._max_threads = max_threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._start_lock = threading.Lock()
         self._owned: set[int] = set()  # idents of the loop thread and workers
         self._exit_hooks: list[Callable[[], object]] = []
@@ -142,10 +256,10 @@ class EnrichmentRuntime:
         return thread is not None and thread.is_alive() and self._loop is not None
 
     @property
-    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def executor(self) -> DaemonThreadPool:
         """The pool blocking sync enrichers run in (created on first use)."""
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
+            self._executor = DaemonThreadPool(
                 max_workers=self._max_threads,
                 thread_name_prefix=f"{self._name}-blocking",
                 initializer=self._own_this_thread,
@@ -160,6 +274,10 @@ class EnrichmentRuntime:
             self._stopped = False
             ready = threading.Event()
             loop = asyncio.new_event_loop()
+
+            # to_thread() and host-name lookups of enrichers keep working
+            # while the interpreter exits, and never hold up its exit.
+            loop.set_default_executor(DaemonThreadPool(thread_name_prefix=f"{self._name}-default"))
 
             def serve() -> None:
                 asyncio.set_event_loop(loop)
@@ -312,7 +430,7 @@ class LoopRuntime:
         self._max_threads = max_threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._owned: set[int] = set()  # the pool's worker threads
         self._exit_hooks: list[Callable[[], object]] = []
         self._guard: asyncio.Task[None] | None = None
@@ -449,7 +567,7 @@ class LoopRuntime:
     async def run_blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a blocking callable in the capped pool, from the loop."""
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
+            self._executor = DaemonThreadPool(
                 max_workers=self._max_threads,
                 thread_name_prefix=f"{self._name}-blocking",
                 initializer=lambda: self._owned.add(threading.get_ident()),

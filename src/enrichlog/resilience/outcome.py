@@ -57,7 +57,9 @@ on purpose, and no line is written."""
 _ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
 
 #: Values an enricher cannot change in place, so its copy may share them.
-IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, tuple, frozenset})
+#: Values with no parts an enricher could change in place: a copy of the event
+#: shares them. (A tuple is immutable but may hold a dict: it is looked into.)
+IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def error_outcome(exc: BaseException) -> Outcome:
@@ -87,7 +89,9 @@ def changes_of(
     get = before.get
     for key, value in after.items():
         old = get(key, _ABSENT)
-        if old is not value and (old is _ABSENT or type(value) in IMMUTABLE or old != value):
+        if old is not value and (
+            old is _ABSENT or type(value) in IMMUTABLE or not _equal(old, value)
+        ):
             updated[key] = value
     if len(after) - len(updated) >= len(before):
         return updated, ()  # every key of before is still there
@@ -98,12 +102,21 @@ def changes_of(
 _ABSENT: Any = object()
 
 
+def _equal(old: Any, new: Any) -> bool:
+    """Whether a copied container is still equal to the event's: anything
+    that cannot say (an array's ``==``) counts as changed."""
+    try:
+        return bool(old == new)
+    except Exception:
+        return False
+
+
 def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``event`` an enricher may change freely, nested values too.
 
-    Containers (dicts, lists, sets) are copied all the way down; everything
-    else is shared, since strings, numbers and tuples cannot be changed in
-    place. So a failing enricher leaves nothing behind, siblings of one level
+    Containers (dicts, lists, sets, and tuples holding any) are copied all
+    the way down; everything else is shared, since strings and numbers cannot
+    be changed in place. So a failing enricher leaves nothing behind, siblings of one level
     never see each other's changes, and the application's own objects passed
     as field values are never modified.
     """
@@ -126,9 +139,16 @@ def _isolated(value: Any) -> Any:
         return [_isolated(item) for item in value]
     if kind is set:
         return {_isolated(item) for item in value}
+    if kind is tuple or kind is frozenset:
+        items = [_isolated(item) for item in value]
+        unchanged = all(new is old for new, old in zip(items, value, strict=True))
+        return value if unchanged else kind(items)
     if isinstance(value, dict | list | set):
         # Subclasses (OrderedDict, defaultdict...) keep their type.
         import copy  # noqa: PLC0415 - rare
 
-        return copy.deepcopy(value)
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # an object that cannot be copied: shared, not failed
+            return value
     return value

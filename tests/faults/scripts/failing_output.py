@@ -56,7 +56,7 @@ for i in range(events):
     except Exception as exc:
         raised.append(type(exc).__name__)
 try:
-    container.flush(30)
+    container.flush(env_float("FLUSH_TIMEOUT", 30.0))
 except Exception as exc:
     raised.append(f"flush: {type(exc).__name__}")
 logging_seconds = time.monotonic() - started
