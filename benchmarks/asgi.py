@@ -6,9 +6,7 @@ that two 1 ms lookups enrich. Variants, alternated round by round:
 
 * ``enrichlog``: the lookups are two async enrichers. enrichlog is configured with
   ``runtime="loop"`` inside the running loop and started with ``await
-  container.astartup()``, so enrichment runs on the application's own loop. Where that
-  setting does not exist yet, it falls back to the default runtime (a loop in a thread)
-  and the result says so.
+  container.astartup()``, so enrichment runs on the application's own loop.
 * ``structlog``: plain structlog; the handler awaits the same two 1 ms lookups itself,
   one after the other, before logging.
 
@@ -38,7 +36,7 @@ from common import (
     us,
 )
 
-from enrichlog import EnricherConfigError, configure_logging, get_logger
+from enrichlog import configure_logging, get_logger
 
 LOOKUP_SECONDS = 0.001
 NAMES = ("user", "tenant")
@@ -101,21 +99,13 @@ async def _serve(app: App, requests: int) -> None:
 
 
 async def _start_enrichlog(backend: Backend, requests: int) -> tuple[Any, str]:
-    """enrichlog on the running loop if it can, else on its own thread; and which."""
+    """enrichlog on the running loop, started without blocking it; and its runtime."""
     enrichers = [SleepLookup(name, LOOKUP_SECONDS, backend) for name in NAMES]
-    options = {"output": DEVNULL, "queue_size": requests + 1_000}
-    try:
-        container = configure_logging(enrichers=enrichers, runtime="loop", **options)
-        runtime = "loop"
-    except EnricherConfigError as exc:
-        if "runtime" not in str(exc):
-            raise
-        container = configure_logging(enrichers=enrichers, **options)
-        runtime = "thread (fallback: runtime='loop' is not available yet)"
-    astartup = getattr(container, "astartup", None)
-    if astartup is not None:
-        await astartup()
-    return container, runtime
+    container = configure_logging(
+        enrichers=enrichers, runtime="loop", output=DEVNULL, queue_size=requests + 1_000
+    )
+    await container.astartup()
+    return container, "loop"
 
 
 async def _run_enrichlog(requests: int) -> dict[str, Any]:

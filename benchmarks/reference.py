@@ -29,6 +29,9 @@ from common import pre_processors
 
 Lookup = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
+#: Events enriched at once (enrichlog is given as many calls in flight per enricher).
+MAX_IN_FLIGHT = 512
+
 
 class _Submitter:
     """The wrapped logger structlog hands each pre-processed event to."""
@@ -55,7 +58,7 @@ class ReferencePipeline:
         self,
         levels: Sequence[Sequence[Lookup]],
         output: str = "/dev/null",
-        max_in_flight: int = 512,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._levels = [tuple(level) for level in levels]
         self._max_in_flight = max_in_flight

@@ -34,7 +34,7 @@ from common import (
     sleep_lookup,
     us,
 )
-from reference import ReferencePipeline
+from reference import MAX_IN_FLIGHT, ReferencePipeline
 
 from enrichlog import configure_logging, get_logger
 
@@ -108,6 +108,8 @@ def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -
         output=DEVNULL,
         delivery="background",
         queue_size=events + 1_000,
+        # As many calls in flight as the reference has events in flight.
+        enricher_max_concurrency=MAX_IN_FLIGHT,
     )
     log = get_logger()
     log.info("warm-up", user_id=-1)
