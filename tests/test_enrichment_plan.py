@@ -215,3 +215,12 @@ def test_level_timeout_shorter_than_an_enricher_timeout_bounds_the_level(
     asyncio.run(asyncio.wait_for(enrich(plan, event), 3))
 
     assert {"slow": "timeout"} == event["enrichment_errors"]
+
+
+def test_the_wait_bound_counts_the_wait_for_a_concurrency_slot() -> None:
+    grace = 0.5  # an abandoned call's grace
+    limited = plan_for(Adds("a", "x", 1, timeout=1.0, max_concurrency=1))
+    bounded = plan_for(Adds("a", "x", 1, timeout=1.0, max_concurrency=1), level_timeout=1.5)
+
+    # A slot may take the timeout to come, then the call takes the timeout.
+    assert (1.0 + 1.0 + grace, 1.5) == (limited.wait_bound(), bounded.wait_bound())

@@ -182,8 +182,8 @@ class MetricsSnapshot(Mapping[str, Any]):
         abandoned: enricher calls abandoned (all enrichers).
         render_fallbacks: events rendered from a printable copy.
         queue_depth, queue_high_water, queue_size, in_flight: the queue.
-        enrichment_latency: per event that awaited, from hand-off to the
-            end of its enrichment.
+        enrichment_latency: per event that awaited, from the start of its
+            first enricher call to the end of its enrichment.
         enricher_time: per such event, the sum of its enrichers' call
             times; its sum against ``enrichment_latency``'s is what running
             levels in parallel saved.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -178,6 +179,45 @@ def test_an_exception_as_a_value_fails_that_key_alone(log_file: Path) -> None:
     ]
 
 
+def test_a_failed_batch_is_remembered_for_cache_error_ttl(log_file: Path) -> None:
+    users = Users(fail=ConnectionError("db down"), cache_error_ttl=60)
+    container = configure(log_file, users, delivery="inline")
+    log_users([1, 2])
+    log_users([1, 2, 1])  # remembered: no second call for these keys
+    users.fail = None
+    log_users([3])  # a key never asked is looked up
+    container.shutdown()
+
+    assert [[1], [2], [3]] == users.calls
+    assert [{"users": "error: ConnectionError"}] * 5 + [None] == [
+        ln.get(ERRORS) for ln in read_lines(log_file)
+    ]
+
+
+def test_a_key_that_failed_alone_is_remembered_for_cache_error_ttl(log_file: Path) -> None:
+    users = Users(known={1: "ann", 2: LookupError("bad row")}, cache_error_ttl=60)
+    container = configure(log_file, users, delivery="inline")
+    log_users([1, 2, 2])
+    container.shutdown()
+
+    assert [[1], [2]] == users.calls
+    assert [None, {"users": "error: LookupError"}, {"users": "error: LookupError"}] == [
+        ln.get(ERRORS) for ln in read_lines(log_file)
+    ]
+
+
+def test_a_failed_key_is_remembered_for_the_default_cache_error_ttl_too(log_file: Path) -> None:
+    users = Users(fail=ConnectionError("db down"))
+    container = configure(log_file, users, delivery="inline")
+    log_users([1, 1])
+    remembered = container.metrics().enrichers["users"].cache
+    container.shutdown()
+
+    assert [[1]] == users.calls
+    assert remembered is not None
+    assert 1 == remembered["errors"]
+
+
 def test_a_looked_up_key_is_served_from_the_cache_on_the_calling_thread(log_file: Path) -> None:
     users = Users()
     container = configure(log_file, users, delivery="inline")
@@ -222,3 +262,30 @@ def test_batch_size_bounds_the_keys_of_one_call(log_file: Path) -> None:
 
     assert [4, 4, 3] == sorted((len(call) for call in users.calls), reverse=True)
     assert list(range(11)) == sorted(key for call in users.calls for key in call)
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="-")
+
+
+class SeesTheContext(Users):
+    """Records the request each ``enrich_many`` call runs in."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.requests: list[str] = []
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        self.requests.append(REQUEST.get())
+        return await super().enrich_many(keys)
+
+
+def test_a_batch_runs_in_the_context_of_its_first_event(log_file: Path) -> None:
+    users = SeesTheContext(batch_window=WINDOW, batch_size=3)  # full: sent by the third
+    container = configure(log_file, users)
+    log = get_logger()
+    for user_id in (1, 2, 3):
+        REQUEST.set(f"request-{user_id}")
+        log.info("request", user_id=user_id)
+    container.shutdown()
+
+    assert ([[1, 2, 3]], ["request-1"]) == (users.calls, users.requests)

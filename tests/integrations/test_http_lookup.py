@@ -234,7 +234,7 @@ async def test_enrich_many_sends_the_gets_concurrently_on_one_client(
     assert sorted(["/users/1", "/users/2", "/users/3", "/users/2"]) == sorted(paths(backend))
 
 
-async def test_a_failing_key_fails_the_batch_with_its_own_exception(
+async def test_a_failing_key_fails_alone_and_a_batch_of_failures_fails(
     backend: HttpBackend,
 ) -> None:
     enricher = EnricherFactory.build(uri(backend, path="/fail/{id}"))
@@ -242,13 +242,19 @@ async def test_a_failing_key_fails_the_batch_with_its_own_exception(
     await enricher.startup()
     await mixed.startup()
     try:
-        for lookup, keys in ((enricher, [(1,)]), (mixed, [("users", 1), ("fail", 2)])):
+        # One key failing among others: its exception is its value.
+        found = await mixed.enrich_many([("users", 1), ("fail", 2)])  # type: ignore[attr-defined]
+        # Every key failing (the service is down): the call fails, once.
+        for lookup, keys in ((enricher, [(1,)]), (enricher, [(1,), (2,)])):
             with pytest.raises(Exception, match="500") as caught:
                 await lookup.enrich_many(keys)  # type: ignore[attr-defined]
             assert "HTTPStatusError" == type(caught.value).__name__
     finally:
         await enricher.shutdown()
         await mixed.shutdown()
+
+    assert "ann" == found[("users", 1)]["name"]
+    assert "HTTPStatusError" == type(found[("fail", 2)]).__name__
 
 
 def test_error_answers_are_recorded(backend: HttpBackend, log_file: Path) -> None:

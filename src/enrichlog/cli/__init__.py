@@ -1,1 +1,1 @@
-"""The command line (``python -m enrichlog``): demo, plan, check."""
+"""The command line (``python -m enrichlog``): demo, plan, check, stats, worker, dlq."""

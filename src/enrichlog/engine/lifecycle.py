@@ -113,7 +113,7 @@ class EnricherLifecycleManager:
             self._reported.add(enricher.name)
             _report.error(
                 "enricher %r failed to start (%s: %s); it is skipped as "
-                "'unavailable' until a health check passes",
+                "'unavailable' until a later start-up attempt succeeds",
                 enricher.name,
                 type(exc).__name__,
                 mask_secrets(str(exc)),

@@ -33,7 +33,7 @@ from structlog.typing import EventDict, WrappedLogger
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, _FunctionEnricher
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
-from ..resilience.guard import ABANDON_GRACE, EnricherGuard
+from ..resilience.guard import EnricherGuard
 from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
@@ -214,7 +214,7 @@ class EnrichmentPlan(Generic[_R]):
         if isinstance(enricher, AsyncEnricher):
             guard = EnricherGuard(enricher, ResolvedOptions.for_enricher(enricher, settings))
             self._guards[enricher.name] = guard
-            return Step(enricher, guard, guard.lookup, guard.start, guard.timeout + ABANDON_GRACE)
+            return Step(enricher, guard, guard.lookup, guard.start, guard.longest)
         assert isinstance(enricher, SyncEnricher)
         if enricher.blocking:
             return Step(

@@ -252,8 +252,10 @@ class HttpLookupEnricher(LookupEnricher):
 
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
         """GET every key concurrently on the one client (HTTP has no
-        multi-get): ``{key: value}`` for the keys found. The first failure
-        cancels the other requests and fails the batch."""
+        multi-get): ``{key: value}`` for the keys found. A request that
+        fails fails its key alone (its exception is the key's value); when
+        every request fails, the batch fails with the first exception, so
+        that a service that is down counts for the circuit breaker."""
         client = self._client
         if client is None:
             raise RuntimeError(f"enricher {self.name!r} is not started")
@@ -261,19 +263,16 @@ class HttpLookupEnricher(LookupEnricher):
         if len(unique) == 1:
             value = await self._get(client, unique[0])
             return {} if value is None else {unique[0]: value}
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {key: group.create_task(self._get(client, key)) for key in unique}
-        except BaseExceptionGroup as failed:
-            # The engine names the failure by its type: give it the first
-            # request's exception, not the group.
-            raise failed.exceptions[0] from None
-        found: dict[Hashable, Any] = {}
-        for key, task in tasks.items():
-            value = task.result()
-            if value is not None:
-                found[key] = value
-        return found
+        results = await asyncio.gather(
+            *(self._get(client, key) for key in unique), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):  # cancellation, interrupts
+                raise failure
+        if failures and len(failures) == len(results):
+            raise failures[0]
+        return {key: value for key, value in zip(unique, results, strict=True) if value is not None}
 
     async def _get(self, client: Any, key: tuple[Any, ...]) -> Any:
         response = await client.get(self.url_path(key))

@@ -475,7 +475,7 @@ def _pipeline_families(families: _Families, reading: _Reading) -> None:
     _add_histogram(
         families.histogram(
             "enrichlog_event_enrichment_seconds",
-            "Per event that awaited: from hand-off to the end of its enrichment.",
+            "Per event that awaited: from its first enricher call to the end of its enrichment.",
         ),
         [],
         totals.enrichment_latency,

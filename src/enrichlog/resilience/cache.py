@@ -178,6 +178,23 @@ class EnricherCache:
         now = self._clock()
         self._store(key, _Entry(value, now + lifetime, None), now)
 
+    def remember_failure(self, key: Hashable, error: Exception) -> None:
+        """Remember that looking ``key`` up failed with ``error``, for
+        ``error_ttl`` seconds (nothing, when the cache remembers no failures).
+        """
+        if self._error_ttl is not None:
+            now = self._clock()
+            self._store(key, _Entry(None, now + self._error_ttl, error), now)
+
+    def failure_of(self, key: Hashable) -> Exception | None:
+        """The failure remembered for ``key`` (``None``: none, or expired).
+        A remembered failure counts as a hit, as in :meth:`get_or_compute`."""
+        entry = self._entries.get(key)
+        if entry is None or entry.error is None or self._clock() >= entry.expires_at:
+            return None
+        self._hits += 1
+        return entry.error
+
     def delete(self, key: Hashable) -> None:
         """Forget ``key``, and any computation of it in progress.
 

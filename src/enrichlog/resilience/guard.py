@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -377,6 +377,10 @@ class EnricherGuard:
         #: next batch, keys a dispatched batch is fetching, batches out.
         self.batches = enricher.batches
         self._waiting: dict[Hashable, list[_Waiter]] = {}
+        #: The context of the first event waiting for each key: a batch
+        #: runs in its first key's (contextvars reach enrich_many as they
+        #: reach enrich_async).
+        self._contexts: dict[Hashable, contextvars.Context] = {}
         self._fetching: dict[Hashable, _Batch] = {}
         self._batches_out = 0
         self._flush_scheduled = False
@@ -390,7 +394,6 @@ class EnricherGuard:
         self.latency = LatencyHistogram()
         self.calls = 0
         self.successes = 0
-        self.failures = 0
         self._reasons: dict[str, int] = {}
         self.retries = 0
         self.skipped_open = 0
@@ -399,6 +402,15 @@ class EnricherGuard:
         self.overloaded = 0
         self.batch_calls = 0
         self.batch_keys = 0
+
+    @property
+    def longest(self) -> float:
+        """The longest an event can wait for this enricher, in seconds: a
+        batch window, a wait for a concurrency slot (as long as the timeout
+        at most), the call's timeout and the grace of an abandoned call."""
+        slot = self.timeout if self._limiter is not None else 0.0
+        window = self.options.batch_window if self.batches else 0.0
+        return window + slot + self.timeout + ABANDON_GRACE
 
     # -- on the logging thread --------------------------------------------
 
@@ -436,8 +448,8 @@ class EnricherGuard:
                     missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
                     if missed is not None:
                         return missed
-            except Exception as exc:
-                return error_outcome(exc)
+            except Exception as exc:  # cache_key() raised, or its key is unhashable
+                return self._failed(error_outcome(exc))
         if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
             self.skipped_open += 1
             return CIRCUIT_OPEN
@@ -695,6 +707,10 @@ class EnricherGuard:
         if hit is not None:  # filled by a batch since the logging thread looked
             sink(*key, hit, 0.0)
             return
+        failure = self._remembered_failure(lookup)
+        if failure is not None:
+            sink(*key, failure, 0.0)
+            return
         waiter = (snapshot, sink, key)
         fetching = self._fetching.get(lookup)
         if fetching is not None:
@@ -705,6 +721,7 @@ class EnricherGuard:
             waiting.append(waiter)
             return
         self._waiting[lookup] = [waiter]
+        self._contexts[lookup] = contextvars.copy_context()
         if len(self._waiting) >= self.options.batch_size:
             self._dispatch(loop)
         elif not self._flush_scheduled:
@@ -721,6 +738,22 @@ class EnricherGuard:
         cache = self.cache
         return None if cache is None else cache.get(key)
 
+    def _remembered_failure(self, key: Hashable) -> Outcome | None:
+        """The outcome of a batch that failed for ``key`` within the cache's
+        ``error_ttl`` (the same reason again, without a backend call)."""
+        cache = self.cache
+        error = None if cache is None else cache.failure_of(key)
+        return error.outcome if isinstance(error, _EnrichmentFailedError) else None
+
+    def _remember_failure(self, keys: Iterable[Hashable], outcome: Outcome) -> None:
+        """Remember a failed lookup of ``keys`` for the cache's ``error_ttl``
+        (not a skip: the backend was not asked)."""
+        cache = self.cache
+        if cache is not None and outcome not in _NOT_CACHED:
+            error = _EnrichmentFailedError(outcome)
+            for key in keys:
+                cache.remember_failure(key, error)
+
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Dispatch what is waiting, unless two batches are out already:
         then keys gather until one comes back (or a batch is full), so that
@@ -735,27 +768,35 @@ class EnricherGuard:
         while self._waiting:
             keys = list(itertools.islice(self._waiting, size))
             batch = _Batch({lookup: self._waiting.pop(lookup) for lookup in keys})
+            contexts = [self._contexts.pop(lookup) for lookup in keys]
             for lookup in keys:
                 self._fetching[lookup] = batch
             self._batches_out += 1
             call = _Call(self._fail_batch, (batch,))
             limiter = self._limiter
             if limiter is None or limiter.try_acquire():
-                call.task = loop.create_task(self._run_batch(call, batch))
+                call.task = loop.create_task(self._run_batch(call, batch), context=contexts[0])
             else:
-                limiter.wait(loop, functools.partial(self._batch_granted, call, batch, loop))
+                limiter.wait(
+                    loop, functools.partial(self._batch_granted, call, batch, loop, contexts[0])
+                )
             if len(self._waiting) < size:
                 break
 
     def _batch_granted(
-        self, call: _Call, batch: _Batch, loop: asyncio.AbstractEventLoop, granted: bool
+        self,
+        call: _Call,
+        batch: _Batch,
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context,
+        granted: bool,
     ) -> bool:
         if not granted:
             self.overloaded += 1
             self._batch_done(batch, loop)
             call.deliver(OVERLOADED, 0.0)
             return False
-        call.task = loop.create_task(self._run_batch(call, batch))
+        call.task = loop.create_task(self._run_batch(call, batch), context=context)
         return True
 
     async def _run_batch(self, call: _Call, batch: _Batch) -> None:
@@ -841,8 +882,11 @@ class EnricherGuard:
                 outcome = self._failed(error_outcome(exc))
             else:
                 outcome = self._applied(waiters[0][0], value)
-                if cache is not None and outcome[2] is None:
-                    cache.set(lookup, outcome)
+                if cache is not None:
+                    if outcome[2] is None:
+                        cache.set(lookup, outcome)
+                    elif isinstance(value, BaseException):
+                        self._remember_failure((lookup,), outcome)
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
 
@@ -864,6 +908,7 @@ class EnricherGuard:
         """Every event of the batch gets ``outcome`` (the call failed, timed
         out, was abandoned or never ran)."""
         self._batch_done(batch, None)
+        self._remember_failure(batch.waiters, outcome)
         for waiters in batch.waiters.values():
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
@@ -959,7 +1004,7 @@ class EnricherGuard:
         """A call ignored its cancellation past the grace: count it as a
         failure, give its slot back, and tell its caller to stop waiting."""
         self.abandoned += 1
-        self.failures += 1
+        self._reasons["timeout"] = self._reasons.get("timeout", 0) + 1
         self.enricher.last_error = "timeout (abandoned: ignored cancellation)"
         if call.permit is not None:
             self.breaker.record_failure(call.permit)
@@ -988,7 +1033,6 @@ class EnricherGuard:
         )
 
     def _failed(self, outcome: Outcome) -> Outcome:
-        self.failures += 1
         reason = outcome[2]
         assert reason is not None
         kind = reason.partition(":")[0]
@@ -1023,7 +1067,7 @@ class EnricherGuard:
             name=self.name,
             calls=self.calls,
             successes=self.successes,
-            failures=self.failures,
+            failures=sum(reasons.values()),
             failures_by_reason=reasons,
             retries=self.retries,
             abandoned=self.abandoned,
