@@ -16,6 +16,7 @@ Sections (targets in brackets; ratios are enrichlog over the baseline):
                 throughput [>= 0.75x], caller log.info() p99 [<= 1.5x]
   batching      the same lookups with enrich_many: throughput vs the reference [>= 2x],
                 backend calls per event [< 0.1]
+  uvloop        background and batching with event_loop="uvloop" vs asyncio's loop (no target)
   asgi          in-process ASGI app, two 1 ms enrichers per request, vs plain structlog
                 with the lookups awaited inline: log-call p99 [<= 2x], CPU/request [<= 1.15x]
   memory        peak RSS over 1,000,000 events, slow output: bounded by queue_size
@@ -46,7 +47,7 @@ from instructions import bench_instructions
 from latency import bench_parallel, bench_scaling
 from memory import bench_memory
 from progress import make_bar
-from throughput import bench_background, bench_batching
+from throughput import bench_background, bench_batching, bench_uvloop
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -73,6 +74,7 @@ SECTIONS = {
         Section("background", bench_background, (1, 3), (3, 40)),
         Section("batching", bench_batching, (1, 3), (5, 70)),
         Section("asgi", bench_asgi, (1, 3), (2, 15)),
+        Section("uvloop", bench_uvloop, (2, 6), (4, 40)),
         Section("memory", bench_memory, (2, 2), (20, 300)),
     )
 }

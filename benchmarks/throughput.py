@@ -100,8 +100,10 @@ def run_reference(events: int) -> dict[str, Any]:
     }
 
 
-def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -> dict:
-    """enrichlog's background delivery with the given enrichers."""
+def run_enrichlog(
+    events: int, make_enrichers: Callable[[Backend], list[Any]], **settings: Any
+) -> dict:
+    """enrichlog's background delivery with the given enrichers (and settings)."""
     backend = Backend()
     container = configure_logging(
         enrichers=make_enrichers(backend),
@@ -110,6 +112,7 @@ def run_enrichlog(events: int, make_enrichers: Callable[[Backend], list[Any]]) -
         queue_size=events + 1_000,
         # As many calls in flight as the reference has events in flight.
         enricher_max_concurrency=MAX_IN_FLIGHT,
+        **settings,
     )
     log = get_logger()
     log.info("warm-up", user_id=-1)
@@ -269,3 +272,50 @@ def _calls_check(ctx: Context, section: str, ref: dict, ours: dict, target: floa
             unit="",
         )
     )
+
+
+def bench_uvloop(ctx: Context) -> None:
+    """The ``background`` and ``batching`` lookups with ``event_loop="uvloop"`` against
+    asyncio's loop, same run: what the ``uvloop`` extra buys (no target)."""
+    try:
+        import uvloop  # noqa: F401 - only to know whether the extra is there
+    except ImportError:
+        for _ in range(ctx.pick(2, 6)):
+            ctx.advance()
+        print("uvloop: not installed (pip install -e '.[uvloop]'); section skipped")
+        return
+    events = ctx.pick(3_000, 20_000)
+
+    def sleeping(backend: Backend) -> list[Any]:
+        return [SleepLookup(n, LOOKUP_SECONDS, backend) for n in NAMES]
+
+    def batched(backend: Backend) -> list[Any]:
+        return [BatchedLookup(n, LOOKUP_SECONDS, backend) for n in NAMES]
+
+    for what, enrichers in (("per-event lookups", sleeping), ("batched lookups", batched)):
+        runs = _alternate(
+            ctx,
+            {
+                "asyncio": lambda e=enrichers: run_enrichlog(events, e),
+                "uvloop": lambda e=enrichers: run_enrichlog(events, e, event_loop="uvloop"),
+            },
+        )
+        summary = {name: _summary(variant_runs) for name, variant_runs in runs.items()}
+        ctx.results.raw.setdefault("uvloop", {})[what] = summary
+        base, ours = summary["asyncio"], summary["uvloop"]
+        ratio = ours["throughput"] / base["throughput"]
+        ctx.results.add(
+            Check(
+                "uvloop",
+                f"background throughput, {what}: uvloop vs asyncio",
+                f"asyncio {rate(base['throughput'])}",
+                rate(ours["throughput"]),
+                ratio,
+                ratio,
+                "info",
+                0.0,
+                note=f"CPU per event {us(ours['cpu_us_per_event'])} vs "
+                f"{us(base['cpu_us_per_event'])}; caller p99 {us(ours['p99_us'])} vs "
+                f"{us(base['p99_us'])}",
+            )
+        )

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +159,10 @@ class LoggingContainer:
         self._runtime: Runtime = (
             LoopRuntime(max_threads=settings.max_enricher_threads)
             if settings.runtime == "loop"
-            else EnrichmentRuntime(max_threads=settings.max_enricher_threads)
+            else EnrichmentRuntime(
+                max_threads=settings.max_enricher_threads,
+                loop_factory=_loop_factory(settings.event_loop),
+            )
         )
         self._lifecycle = EnricherLifecycleManager(
             [enricher for level in levels for enricher in level],
@@ -808,6 +811,16 @@ class LoggingContainer:
         _tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
+
+
+def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the thread runtime's loop (the ``event_loop`` setting)."""
+    if event_loop == "uvloop":
+        import uvloop  # noqa: PLC0415 - optional extra, checked by the settings
+
+        new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return new_loop
+    return asyncio.new_event_loop
 
 
 def _from_uri(enricher: object) -> object:

@@ -12,6 +12,7 @@ The per-enricher knobs and their types are defined in :mod:`enrichlog.options`;
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
@@ -237,6 +239,11 @@ class LoggingSettings(BaseSettings):
         description="thread: enrichers run on a loop in a thread of enrichlog's own; "
         "loop: on the application's running event loop (no thread, no hop)",
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="the event loop of runtime='thread': asyncio's, or uvloop's (extra "
+        "enrichlog[uvloop]); with runtime='loop' the application chooses its loop",
+    )
     startup_timeout: PositiveSeconds = Field(
         30.0,
         description="seconds enrichers may take to start before events go on without "
@@ -306,6 +313,23 @@ class LoggingSettings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", min_length=1, description="address the metrics endpoint listens on"
     )
+
+    @field_validator("event_loop")
+    @classmethod
+    def _uvloop_installed(cls, value: str) -> str:
+        """uvloop needs the ``uvloop`` extra: say so at configure time."""
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("event_loop='uvloop' needs uvloop: pip install 'enrichlog[uvloop]'")
+        return value
+
+    @model_validator(mode="after")
+    def _event_loop_of_the_thread_runtime(self) -> LoggingSettings:
+        if self.event_loop != "asyncio" and self.runtime == "loop":
+            raise ValueError(
+                f"event_loop={self.event_loop!r} applies to runtime='thread' only: with "
+                "runtime='loop' enrichment runs on the application's own loop"
+            )
+        return self
 
     @field_validator("metrics_port", mode="before")
     @classmethod

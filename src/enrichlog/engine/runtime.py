@@ -207,9 +207,16 @@ class EnrichmentRuntime:
         max_threads: worker threads for blocking sync enrichers.
     """
 
-    def __init__(self, name: str = "enrichlog-runtime", *, max_threads: int = 4) -> None:
+    def __init__(
+        self,
+        name: str = "enrichlog-runtime",
+        *,
+        max_threads: int = 4,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+    ) -> None:
         self._name = name
         self._max_threads = max_threads
+        self._loop_factory = loop_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._executor: DaemonThreadPool | None = None
@@ -273,7 +280,7 @@ class EnrichmentRuntime:
                 return
             self._stopped = False
             ready = threading.Event()
-            loop = asyncio.new_event_loop()
+            loop = self._loop_factory()
 
             # to_thread() and host-name lookups of enrichers keep working
             # while the interpreter exits, and never hold up its exit.
