@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from structlog.typing import EventDict
 
 from enrichlog import AsyncEnricher, configure_logging, get_logger
+from enrichlog.testing import LineSink
 from tests.helpers import read_lines
 
 ERRORS = "enrichment_errors"
@@ -289,3 +291,57 @@ def test_a_batch_runs_in_the_context_of_its_first_event(log_file: Path) -> None:
     container.shutdown()
 
     assert ([[1, 2, 3]], ["request-1"]) == (users.calls, users.requests)
+
+
+# -- found by the outside attack round -------------------------------------------------
+
+
+class ByKey(AsyncEnricher):
+    """Answers every key of a batch after 2 ms."""
+
+    name = "e"
+    timeout = 0.5
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict["k"]
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        await asyncio.sleep(0.002)
+        return {key: key for key in keys}
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict["v"] = value
+        return event_dict
+
+
+def test_a_burst_over_few_keys_completes_every_event_enriched() -> None:
+    # Events whose keys a batch had just cached completed while they were
+    # being started; each completion started the next event from inside
+    # the last one's start: recursion without bound, events stuck in flight
+    # until shutdown and some written 'unavailable'.
+    sink = LineSink()
+    container = configure_logging(enrichers=[ByKey()], output=sink)
+    log = get_logger()
+    for i in range(2_000):
+        log.info("x", k=i % 5, i=i)
+
+    flushed = container.flush(timeout=10)
+    pending = container.metrics()["pending"]
+    container.shutdown()
+
+    lines = [json.loads(line) for line in sink.lines]
+    assert (True, 0, 2_000) == (flushed, pending, len(lines))
+    assert [] == [ln for ln in lines if ERRORS in ln or ln["v"] != ln["k"]]
+
+
+def test_a_key_is_fetched_once_while_its_answer_reaches_its_events(log_file: Path) -> None:
+    # The keys of a batch were released before they were cached: events let
+    # in by the batch's first completions fetched keys it had just answered.
+    users = Users()
+    container = configure(log_file, users)
+    log_users([i % 100 for i in range(3_000)])
+    container.shutdown()
+
+    fetched = [key for call in users.calls for key in call]
+    assert sorted(set(fetched)) == sorted(fetched)
+    assert 3_000 == len(read_lines(log_file))

@@ -101,6 +101,7 @@ class Enrichment:
         "on_done",
         "outcomes",
         "started",
+        "starting",
         "waiting",
     )
 
@@ -118,6 +119,12 @@ class Enrichment:
         self.level = level
         self.outcomes = outcomes
         self.waiting = 0
+        #: True while a level's calls are being started: an outcome a call
+        #: delivers at once (a batch's cache hit, a skip) is only recorded,
+        #: and the level is merged by whoever started it, not from inside
+        #: the call that delivered (which would nest one event's completion
+        #: inside another's start, without bound).
+        self.starting = False
         self.filtered = False
         self.on_done: Callable[[Any], object] | None = None
         #: Loop time the first call started (0.0: none awaited yet), and the
@@ -375,7 +382,9 @@ class EnrichmentPlan(Generic[_R]):
             if None in outcomes:
                 enrichment.outcomes = outcomes
                 self._start_calls(enrichment, index, outcomes)
-                return False
+                if enrichment.waiting:
+                    return False
+                # Every call of the level answered while it was started.
             enrichment.outcomes = None
             enrichment.level = index + 1
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
@@ -391,12 +400,16 @@ class EnrichmentPlan(Generic[_R]):
         logger, method_name, event = enrichment.logger, enrichment.method_name, enrichment.event
         deliver = self._deliver
         enrichment.waiting = outcomes.count(None)
-        for position, outcome in enumerate(outcomes):
-            if outcome is None:
-                start = steps[position].start
-                assert start is not None
-                start(loop, logger, method_name, event, deliver, (enrichment, index, position))
-        if self._level_timers[index]:
+        enrichment.starting = True
+        try:
+            for position, outcome in enumerate(outcomes):
+                if outcome is None:
+                    start = steps[position].start
+                    assert start is not None
+                    start(loop, logger, method_name, event, deliver, (enrichment, index, position))
+        finally:
+            enrichment.starting = False
+        if enrichment.waiting and self._level_timers[index]:
             assert self._level_timeout is not None
             loop.call_later(self._level_timeout, self._level_expired, enrichment, index)
 
@@ -418,8 +431,8 @@ class EnrichmentPlan(Generic[_R]):
         outcomes[position] = outcome
         enrichment.enricher_time += seconds
         enrichment.waiting -= 1
-        if enrichment.waiting:
-            return
+        if enrichment.waiting or enrichment.starting:
+            return  # the rest of the level, or its starter, merges it
         complete = True
         try:
             enrichment.outcomes = None

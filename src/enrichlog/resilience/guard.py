@@ -873,8 +873,12 @@ class EnricherGuard:
 
     def _apply_batch(self, batch: _Batch, values: Mapping[Hashable, Any], seconds: float) -> None:
         """Give each event its key's value: applied once per key (the
-        changes depend on the key alone, as cached ones do)."""
+        changes depend on the key alone, as cached ones do). Every key is
+        cached before any event hears of it: an event it completes may let
+        new events in, which must find the keys answered, not fetch them
+        again."""
         cache = self.cache
+        outcomes: list[tuple[Outcome, list[_Waiter]]] = []
         for lookup, waiters in batch.waiters.items():
             try:
                 value = values.get(lookup, _MISSING)
@@ -887,6 +891,8 @@ class EnricherGuard:
                         cache.set(lookup, outcome)
                     elif isinstance(value, BaseException):
                         self._remember_failure((lookup,), outcome)
+            outcomes.append((outcome, waiters))
+        for outcome, waiters in outcomes:
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
 
