@@ -345,3 +345,29 @@ def test_a_key_is_fetched_once_while_its_answer_reaches_its_events(log_file: Pat
     fetched = [key for call in users.calls for key in call]
     assert sorted(set(fetched)) == sorted(fetched)
     assert 3_000 == len(read_lines(log_file))
+
+
+def test_cache_lookups_are_counted_once_per_event(log_file: Path) -> None:
+    # The loop looked the key up again (and counted it) after the logging
+    # thread had: 6,000 lookups counted for 3,000 events.
+    users = Users()
+    container = configure(log_file, users)
+    log_users([i % 100 for i in range(3_000)])
+    container.flush()
+    metrics = container.metrics().enrichers["users"]
+    container.shutdown()
+
+    assert 3_000 == metrics.cache_hits + metrics.cache_misses
+
+
+class AppliesAList(Users):
+    def apply(self, event_dict: EventDict, value: Any) -> Any:
+        return [value]
+
+
+def test_apply_returning_no_mapping_is_an_invalid_return(log_file: Path) -> None:
+    container = configure(log_file, AppliesAList(), delivery="inline")
+    log_users([1, 2])
+    container.shutdown()
+
+    assert [{"users": "invalid_return"}] * 2 == [ln[ERRORS] for ln in read_lines(log_file)]

@@ -128,11 +128,12 @@ class EnricherCache:
         entry = self._entries.get(key)
         return entry is not None and entry.error is None and self._clock() < entry.expires_at
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
+    def get(self, key: Hashable, default: Any = None, *, count: bool = True) -> Any:
         """Return the value cached for ``key``, or ``default``.
 
         A missing or expired key, or a remembered failure, is a miss. A hit
-        makes the entry the most recently used.
+        makes the entry the most recently used. ``count=False`` leaves the
+        counters alone, for a caller that already counted this lookup.
 
         Safe to call from any thread without a lock: under the GIL each
         ``OrderedDict`` method used here (``get``, ``move_to_end``) is one C
@@ -158,11 +159,11 @@ class EnricherCache:
                         self._entries.move_to_end(key)
                     except KeyError:  # removed by another thread since the lookup
                         pass
-                    self._hits += 1
+                    self._hits += count
                     return value
             else:
                 self._drop_expired(key, entry)
-        self._misses += 1
+        self._misses += count
         return default
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
@@ -188,11 +189,10 @@ class EnricherCache:
 
     def failure_of(self, key: Hashable) -> Exception | None:
         """The failure remembered for ``key`` (``None``: none, or expired).
-        A remembered failure counts as a hit, as in :meth:`get_or_compute`."""
+        Counts nothing: :meth:`get` counted the lookup as a miss."""
         entry = self._entries.get(key)
         if entry is None or entry.error is None or self._clock() >= entry.expires_at:
             return None
-        self._hits += 1
         return entry.error
 
     def delete(self, key: Hashable) -> None:

@@ -735,8 +735,9 @@ class EnricherGuard:
                 loop.call_soon(self._flush, loop)
 
     def _cache_get(self, key: Hashable) -> Outcome | None:
+        # count=False: lookup() counted this event's hit or miss already.
         cache = self.cache
-        return None if cache is None else cache.get(key)
+        return None if cache is None else cache.get(key, count=False)
 
     def _remembered_failure(self, key: Hashable) -> Outcome | None:
         """The outcome of a batch that failed for ``key`` within the cache's
@@ -904,7 +905,11 @@ class EnricherGuard:
         copy = isolated_copy(snapshot)
         try:
             result = self.enricher.apply(copy, value)
-            return (*changes_of(snapshot, copy if result is None else result), None)
+            if result is None:
+                result = copy
+            elif not isinstance(result, Mapping):
+                return self._failed(INVALID_RETURN)
+            return (*changes_of(snapshot, result), None)
         except structlog.DropEvent:
             return FILTERED
         except Exception as exc:
