@@ -26,6 +26,7 @@ it goes to :data:`logging.lastResort` (standard error), so nothing loops.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -88,7 +89,7 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     try:
         message = record.getMessage()
     except Exception:
-        message = f"{record.msg!s} (not formattable with its arguments)"
+        message = f"{_printable(record.msg)} (not formattable with its arguments)"
     fields = {
         key: value
         for key, value in record.__dict__.items()
@@ -99,6 +100,17 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     if record.stack_info:
         fields["stack"] = record.stack_info
     return _method_for(record.levelno), message, fields
+
+
+def _printable(value: object) -> str:
+    """``str(value)``, else its ``repr``, else a placeholder naming its type:
+    a message object whose ``__str__`` raises still makes a line."""
+    with contextlib.suppress(Exception):  # user code: try repr instead
+        return str(value)
+    try:
+        return repr(value)
+    except Exception:  # user code: name the type instead
+        return f"<unprintable {type(value).__name__}>"
 
 
 def current_container() -> LoggingContainer | None:

@@ -396,3 +396,36 @@ async def test_formatter_enrichment_on_the_loop_that_runs_enrichment_does_not_wa
     line = json.loads(stream.getvalue())
     assert elapsed < 1.0
     assert {"tenant": "unavailable"} == line["enrichment_errors"]
+
+
+class NoStr:
+    def __str__(self) -> str:
+        raise ValueError("no str")
+
+
+class NoStrNoRepr(NoStr):
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_a_record_whose_message_cannot_be_shown_is_still_written() -> None:
+    # Found by the attack round: str(record.msg) raised in the fallback, the
+    # handler's handleError() printed a traceback and the record was lost.
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    lib = logging.getLogger("tests.unprintable")
+    lib.propagate = False  # pytest's own capture handler would choke on them first
+    handler = EnrichlogHandler()
+    lib.addHandler(handler)
+    try:
+        for message in (NoStr(), NoStrNoRepr()):
+            lib.warning(message)
+    finally:
+        lib.removeHandler(handler)
+        lib.propagate = True
+    report = container.shutdown()
+
+    events = [json.loads(line)["event"] for line in sink.lines]
+    assert 2 == report.written
+    assert events[0].startswith("<tests.integrations.test_stdlib.NoStr object at ")
+    assert "<unprintable NoStrNoRepr> (not formattable with its arguments)" == events[1]
