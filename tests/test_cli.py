@@ -326,6 +326,13 @@ def test_check_good_settings_exits_0_with_a_summary(tmp_path: Path) -> None:
             {"ENRICHLOG_ENRICHERS": "static://?tier=gold&name=tier&dependencies=user"},
             "enricher 'tier' depends on 'user', which is not configured",
         ),
+        (
+            {
+                "ENRICHLOG_TRANSPORT": "nats://127.0.0.1:4222?stream=CHECK&subject=logs.check",
+                "ENRICHLOG_DLQ_SUBJECT": "logs.check",
+            },
+            "the dead-letter subject must differ from the subject",
+        ),
     ],
     ids=[
         "unknown-scheme",
@@ -336,6 +343,7 @@ def test_check_good_settings_exits_0_with_a_summary(tmp_path: Path) -> None:
         "per-enricher-option",
         "cycle",
         "missing-dependency",
+        "dlq-subject-is-the-subject",
     ],
 )
 def test_check_bad_settings_exit_1_naming_the_error(

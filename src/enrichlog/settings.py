@@ -390,14 +390,16 @@ class LoggingSettings(BaseSettings):
             return None
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("transport")
-    @classmethod
-    def _valid_transport(cls, value: str | None) -> str | None:
-        if value is not None:
+    @model_validator(mode="after")
+    def _valid_transport(self) -> LoggingSettings:
+        # With dlq_subject: the two are checked together, as the producer
+        # and the worker will use them.
+        if self.transport is not None:
             from .transport.config import TransportConfig  # noqa: PLC0415
 
-            TransportConfig.parse(value)  # EnricherConfigError is a ValueError
-        return value
+            # EnricherConfigError is a ValueError.
+            TransportConfig.parse(self.transport, dlq_subject=self.dlq_subject)
+        return self
 
     # -- end of scale-out settings ---------------------------------------------
 

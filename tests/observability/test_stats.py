@@ -158,6 +158,24 @@ def test_only_http_urls_are_read() -> None:
         read_stats(url="file:///etc/passwd")
 
 
+def test_an_unreadable_url_is_named_without_its_secrets() -> None:
+    # Found by the attack round: the error quoted the password and token.
+    with pytest.raises(EnrichlogError) as caught:
+        read_stats(url="http://u:hunter2pw@127.0.0.1:1/metrics?token=TOKSECRET", timeout=2)
+
+    message = str(caught.value)
+    assert "cannot read http://u:***@127.0.0.1:1/metrics?token=***" in message
+    assert "hunter2pw" not in message
+    assert "TOKSECRET" not in message
+
+
+def test_credentials_in_the_url_are_sent_as_basic_authentication() -> None:
+    request = stats_module._request("http://ops:p%40ss@127.0.0.1:9100/metrics")
+
+    assert "http://127.0.0.1:9100/metrics" == request.full_url
+    assert "Basic b3BzOnBAc3M=" == request.get_header("Authorization")  # ops:p@ss
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -16,10 +16,12 @@ enrichment latency per event against the time its enrichers took.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from ..metrics import (
     LatencySummary,
     MetricsSnapshot,
 )
+from ..uri.masking import mask_secrets, mask_uri
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -94,15 +97,35 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
         return Stats(snapshot, taken=time.monotonic(), delivery=snapshot.delivery)
     if url is None:
         raise EnrichlogError("give a metrics endpoint (--url) or a snapshot file (--file)")
+    shown = mask_uri(url)
     if not url.startswith(("http://", "https://")):
-        raise EnrichlogError(f"--url must be an http:// or https:// address, not {url!r}")
+        raise EnrichlogError(f"--url must be an http:// or https:// address, not {shown!r}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - checked above
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - checked above
             text = response.read().decode("utf-8")
     except (OSError, ValueError) as exc:
-        raise EnrichlogError(f"cannot read {url}: {exc}") from None
+        raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
     snapshot, timeouts = parse_exposition(text)
     return Stats(snapshot, timeouts, taken=time.monotonic())
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A request for ``url``; a ``user:password@`` part becomes basic
+    authentication (urllib does not send it from the address)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)  # noqa: S310 - http(s) checked by the caller
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urllib.request.Request(  # noqa: S310 - http(s) checked by the caller
+        bare, headers={"Authorization": f"Basic {token}"}
+    )
 
 
 def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
