@@ -551,3 +551,37 @@ def test_check_masks_an_authorization_key_of_an_unknown_scheme(tmp_path: Path) -
     assert "'nosuch://?authorization=***': unknown scheme 'nosuch'; known schemes:" in (
         result.stderr
     )
+
+
+# -- worker: found by the attack round ---------------------------------------------------
+
+WORKER_ENV = {"ENRICHLOG_TRANSPORT": "nats://127.0.0.1:4222?stream=CLICHECK&subject=cli.check"}
+
+
+def test_worker_enrichers_whose_callable_raises_is_one_masked_error_line(tmp_path: Path) -> None:
+    (tmp_path / "raising_enrichers.py").write_text(
+        "def build():\n    raise RuntimeError('cannot reach postgres://app:hunter2pw@db/x')\n"
+    )
+
+    result = run_cli(
+        tmp_path,
+        "worker",
+        "--enrichers",
+        "raising_enrichers:build",
+        env=WORKER_ENV,
+        pythonpath=tmp_path,
+    )
+
+    assert 1 == result.returncode
+    assert "Traceback" not in result.stderr
+    assert "hunter2pw" not in result.stderr
+    assert result.stderr.startswith(
+        "error: --enrichers 'raising_enrichers:build' failed: RuntimeError: cannot reach "
+    )
+
+
+def test_worker_refuses_a_negative_stats_interval(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "worker", "--stats-interval", "-5", env=WORKER_ENV)
+
+    assert 2 == result.returncode
+    assert "expected a number of seconds >= 0, not '-5'" in result.stderr

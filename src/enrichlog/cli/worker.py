@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from ..exceptions import EnricherConfigError, EnrichlogError
 from ..settings import resolve_settings
+from ..uri.masking import mask_secrets
 
 __all__ = ["load_enrichers", "run_worker"]
 
@@ -29,10 +30,17 @@ def load_enrichers(reference: str) -> list[object]:
         raise EnricherConfigError(f"--enrichers {reference!r}: expected module:attribute")
     try:
         value: object = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise EnricherConfigError(f"--enrichers {reference!r} cannot be loaded: {exc}") from None
+    except Exception as exc:  # the module's own code may raise anything
+        raise EnricherConfigError(
+            f"--enrichers {reference!r} cannot be loaded: {mask_secrets(str(exc))}"
+        ) from None
     if callable(value):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise EnricherConfigError(
+                f"--enrichers {reference!r} failed: {type(exc).__name__}: {mask_secrets(str(exc))}"
+            ) from None
     if not isinstance(value, Iterable):
         raise EnricherConfigError(f"--enrichers {reference!r}: expected a list of enrichers")
     return list(value)
@@ -51,8 +59,10 @@ def run_worker(
         for module in imports:
             try:
                 importlib.import_module(module)
-            except ImportError as exc:
-                raise EnricherConfigError(f"--import {module!r}: {exc}") from None
+            except Exception as exc:  # the module's own code may raise anything
+                raise EnricherConfigError(
+                    f"--import {module!r}: {mask_secrets(str(exc))}"
+                ) from None
         in_code = load_enrichers(enrichers) if enrichers else []
         worker = Worker(resolve_settings(None, {}), in_code, stats_interval=stats_interval)
     except EnrichlogError as exc:
