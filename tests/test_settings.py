@@ -282,6 +282,18 @@ def test_error_field_named_like_a_key_of_every_event_is_refused(name: str) -> No
 # -- variables that cannot be read ------------------------------------------------
 
 
+def test_invalid_json_in_the_enricher_list_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by the attack round: "enrichers: Expecting value: line 1 column 2".
+    monkeypatch.setenv("ENRICHLOG_ENRICHERS", "[")
+
+    with pytest.raises(ValidationError) as caught:
+        LoggingSettings()
+
+    assert "ENRICHLOG_ENRICHERS or enrichers=) must be a JSON list of URIs" in str(caught.value)
+
+
 def test_invalid_json_in_enricher_options_names_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

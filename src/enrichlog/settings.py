@@ -428,7 +428,13 @@ class LoggingSettings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                return json.loads(text)
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"a value starting with '[' (ENRICHLOG_ENRICHERS or enrichers=) must be "
+                        f"a JSON list of URIs: {exc}"
+                    ) from None
             return [part for part in _URI_LIST_SPLIT.split(text) if part]
         return value
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -264,3 +265,19 @@ def test_without_the_parser_reading_an_endpoint_names_the_extra(
 
     with pytest.raises(EnrichlogError, match=r"enrichlog\[prometheus\]"):
         parse_exposition(text)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"enrichers": {"a": 5}}, "enrichers['a'] is int, expected the enricher's counters"),
+        ({"written": "x", "enrichers": {}}, "'written' is str, expected a number"),
+    ],
+)
+def test_a_malformed_snapshot_is_named_precisely(data: dict[str, Any], message: str) -> None:
+    # Found by the attack round: "'int' object has no attribute 'items'", and
+    # a traceback for a string where a count belongs.
+    with pytest.raises(EnrichlogError) as caught:
+        snapshot_from_dict(data)
+
+    assert f"not a metrics snapshot: {message}" == str(caught.value)

@@ -128,6 +128,10 @@ def _request(url: str) -> urllib.request.Request:
     )
 
 
+#: Field types of a snapshot, read off an empty one.
+_EMPTY = MetricsSnapshot()
+
+
 def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
     """A :class:`MetricsSnapshot` from the plain data of its ``as_dict()``.
 
@@ -136,6 +140,12 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
     """
     if not isinstance(data, Mapping) or not isinstance(data.get("enrichers"), Mapping):
         raise EnrichlogError("not a metrics snapshot: expected container.metrics().as_dict()")
+    for name, values in data["enrichers"].items():
+        if not isinstance(values, Mapping):
+            raise EnrichlogError(
+                f"not a metrics snapshot: enrichers[{str(name)!r}] is {type(values).__name__}, "
+                "expected the enricher's counters"
+            )
     try:
         enrichers = {
             str(name): _enricher_from_dict(str(name), values)
@@ -146,6 +156,13 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
             for key, value in data.items()
             if key in MetricsSnapshot._fields() and key not in _NESTED
         }
+        for key, value in top.items():
+            expected = type(getattr(_EMPTY, key))
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if expected in (int, float) and not number:
+                raise EnrichlogError(
+                    f"not a metrics snapshot: {key!r} is {type(value).__name__}, expected a number"
+                )
         return MetricsSnapshot(
             **top,
             enrichment_latency=_latency_from_dict(data.get("enrichment_latency")),
