@@ -106,7 +106,7 @@ def test_least_recently_used_entry_is_evicted_when_full() -> None:
     assert expected == actual
 
 
-def test_get_makes_an_entry_most_recently_used() -> None:
+def test_an_entry_read_since_the_others_outlives_them() -> None:
     cache = EnricherCache(max_size=2)
     cache.set("a", 1)
     cache.set("b", 2)
@@ -116,6 +116,22 @@ def test_get_makes_an_entry_most_recently_used() -> None:
     actual = (cache.get("a"), cache.get("b"))
 
     expected = (1, None)
+    assert expected == actual
+
+
+def test_an_entry_is_spared_once_per_read() -> None:
+    # Second chance: "a" read once is spared by one eviction, then it is the
+    # oldest unread entry and goes.
+    cache = EnricherCache(max_size=2)
+    cache.set("a", 1)
+    cache.set("b", 2)
+    cache.get("a")
+    cache.set("c", 3)  # spares "a", drops "b"
+    cache.set("d", 4)  # "a" was not read again: it goes
+
+    actual = (cache.get("a"), cache.get("b"), cache.get("c"), cache.get("d"))
+
+    expected = (None, None, 3, 4)
     assert expected == actual
 
 
@@ -328,19 +344,22 @@ KEYS = st.sampled_from(["a", "b", "c", "d", "e"])
 
 
 class CacheAgainstModel(RuleBasedStateMachine):
-    """The cache behaves like a dict + recency list + expiry times."""
+    """The cache behaves like a dict + an insertion order with second chances
+    (CLOCK) + expiry times."""
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.cache = EnricherCache(MAX_SIZE, DEFAULT_TTL, clock=self.clock)
         self.values: dict[str, tuple[int, float]] = {}
-        self.recency: list[str] = []  # least recently used first
+        self.order: list[str] = []  # oldest first
+        self.used: set[str] = set()  # hit since stored or last spared
         self.hits = self.misses = self.evictions = self.expirations = 0
 
     def _forget(self, key: str) -> None:
         del self.values[key]
-        self.recency.remove(key)
+        self.order.remove(key)
+        self.used.discard(key)
 
     @rule(
         key=KEYS,
@@ -352,14 +371,22 @@ class CacheAgainstModel(RuleBasedStateMachine):
         if key in self.values:
             self._forget(key)
         elif len(self.values) >= MAX_SIZE:
-            oldest = self.recency[0]
+            spares = len(self.order)
+            while True:
+                oldest = self.order[0]
+                alive = now < self.values[oldest][1]
+                if oldest not in self.used or not alive or spares <= 0:
+                    break
+                spares -= 1
+                self.used.discard(oldest)
+                self.order.append(self.order.pop(0))
             if now < self.values[oldest][1]:
                 self.evictions += 1
             else:
                 self.expirations += 1
             self._forget(oldest)
         self.values[key] = (value, now + (DEFAULT_TTL if ttl is None else ttl))
-        self.recency.append(key)
+        self.order.append(key)
 
         self.cache.set(key, value, ttl)
 
@@ -370,8 +397,7 @@ class CacheAgainstModel(RuleBasedStateMachine):
             value, expires_at = self.values[key]
             if self.clock.now < expires_at:
                 expected = value
-                self.recency.remove(key)
-                self.recency.append(key)
+                self.used.add(key)
             else:
                 self._forget(key)
                 self.expirations += 1

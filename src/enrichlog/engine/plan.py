@@ -287,7 +287,9 @@ class EnrichmentPlan(Generic[_R]):
             # Nothing of the first level can finish here (no sync enricher,
             # no cache): the loop settles it, the caller only hands off.
             return self._record(logger, method_name, event_dict, 0, None)
-        for index, settlers in enumerate(self._settlers):
+        index = -1
+        for settlers in self._settlers:
+            index += 1
             outcomes: list[Outcome | None] = []
             for settle in settlers:
                 outcomes.append(settle(logger, method_name, event_dict))  # noqa: PERF401

@@ -1,4 +1,4 @@
-"""Caches for enricher results: TTL plus LRU, with single-flight computation.
+"""Caches for enricher results: TTL plus LRU (second chance), with single-flight computation.
 
 :class:`EnricherCache` is the building block: a bounded mapping whose entries
 expire after a time to live, read on the logging thread for every event and
@@ -12,7 +12,6 @@ enricher adds to an event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import threading
@@ -44,11 +43,18 @@ def _seconds(name: str, value: timedelta | float) -> float:
     return _positive(name, value)
 
 
-class _Entry(NamedTuple):
-    value: Any
-    expires_at: float
-    #: Set for a remembered failure; ``value`` is then ``None``.
-    error: Exception | None
+class _Entry:
+    """One cached value (or remembered failure) and when it expires."""
+
+    __slots__ = ("error", "expires_at", "used", "value")
+
+    def __init__(self, value: Any, expires_at: float, error: Exception | None) -> None:
+        self.value = value
+        self.expires_at = expires_at
+        #: Set for a remembered failure; ``value`` is then ``None``.
+        self.error = error
+        #: Read since it last reached the old end: spared once by eviction.
+        self.used = False
 
 
 class _Flight:
@@ -67,13 +73,20 @@ def _retrieve_exception(task: asyncio.Task[Any]) -> None:
 
 
 class EnricherCache:
-    """A bounded cache whose entries expire: TTL plus least-recently-used.
+    """A bounded cache whose entries expire: TTL plus least-recently-used,
+    kept by second chance (the CLOCK approximation of LRU).
 
-    Every operation is O(1). Entries expire lazily, when read (or when they
-    reach the least-recently-used end and make room), never on a timer, so
-    ``len()`` may count expired entries that nobody has read since. The
-    cache never holds more than ``max_size`` entries: adding one to a full
-    cache first drops the least recently used.
+    Entries are kept in the order they were stored. A hit only marks its
+    entry as used (one attribute store, no reordering: the cheapest thing a
+    hit on the logging thread can do); eviction takes the oldest entry, and
+    one marked used since it was stored or last spared is spared once more
+    (unmarked and moved to the new end) instead. So an entry read since the
+    others were last considered outlives them, as under LRU, and every
+    operation is O(1) amortised. Entries expire lazily, when read (or when
+    they reach the old end and make room), never on a timer, so ``len()``
+    may count expired entries that nobody has read since. The cache never
+    holds more than ``max_size`` entries: adding one to a full cache first
+    drops one.
 
     :meth:`get` takes no lock, so a cache hit on the logging thread costs a
     dictionary lookup; writers (:meth:`set`, :meth:`delete`, :meth:`clear`,
@@ -132,16 +145,14 @@ class EnricherCache:
         """Return the value cached for ``key``, or ``default``.
 
         A missing or expired key, or a remembered failure, is a miss. A hit
-        makes the entry the most recently used. ``count=False`` leaves the
+        marks the entry used (spared by the next eviction that reaches it).
+        ``count=False`` leaves the
         counters alone, for a caller that already counted this lookup.
 
-        Safe to call from any thread without a lock: under the GIL each
-        ``OrderedDict`` method used here (``get``, ``move_to_end``) is one C
-        call that other threads cannot interleave with, as long as keys hash
-        and compare in C (strings, numbers, tuples of those). The only race
-        left is a writer removing the key between the lookup and
-        ``move_to_end``, which is caught; the value returned was valid when
-        it was read. The counters are bumped without a lock and may miss an
+        Safe to call from any thread without a lock: under the GIL the
+        lookup is one C call, and marking the entry used one attribute store;
+        an entry removed by another thread meanwhile was valid when it was
+        read. The counters are bumped without a lock and may miss an
         increment under heavy contention between threads; they are never
         wrong by more than that.
         """
@@ -150,17 +161,11 @@ class EnricherCache:
         # the cost of a hit (docs/benchmarks.md, "Hot-path choices").
         entry = self._entries.get(key)
         if entry is not None:
-            value, expires_at, error = entry
-            if self._clock() < expires_at:
-                if error is None:
-                    # try/except, not contextlib.suppress(): no context
-                    # manager on the hot path.
-                    try:  # noqa: SIM105
-                        self._entries.move_to_end(key)
-                    except KeyError:  # removed by another thread since the lookup
-                        pass
+            if self._clock() < entry.expires_at:
+                if entry.error is None:
+                    entry.used = True
                     self._hits += count
-                    return value
+                    return entry.value
             else:
                 self._drop_expired(key, entry)
         self._misses += count
@@ -286,9 +291,7 @@ class EnricherCache:
         if entry is not None:
             if self._clock() < entry.expires_at:
                 self._hits += count
-                # The key may have been removed by another thread since.
-                with contextlib.suppress(KeyError):
-                    self._entries.move_to_end(key)
+                entry.used = True
                 if entry.error is not None:
                     raise CachedError(
                         f"Cached error for key {key!r}: {entry.error!r}"
@@ -341,13 +344,23 @@ class EnricherCache:
                     self._drop_oldest_locked(now)
             elif old.error is not None:
                 self._errors -= 1
+            if old is not None:
+                del entries[key]  # a new value starts at the new end
             entries[key] = entry
-            entries.move_to_end(key)
             if entry.error is not None:
                 self._errors += 1
 
     def _drop_oldest_locked(self, now: float) -> None:
-        _, oldest = self._entries.popitem(last=False)
+        entries = self._entries
+        spares = len(entries)  # each entry spared once at most: then one goes
+        while True:
+            key, oldest = entries.popitem(last=False)
+            if not oldest.used or now >= oldest.expires_at or spares <= 0:
+                break
+            # Read since it was stored or last spared: a second chance.
+            spares -= 1
+            oldest.used = False
+            entries[key] = oldest
         if oldest.error is not None:
             self._errors -= 1
         if now < oldest.expires_at:

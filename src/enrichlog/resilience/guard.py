@@ -360,7 +360,6 @@ class EnricherGuard:
             self.cache._entries if self.cache is not None else OrderedDict()
         )
         self._entry_of = entries.get
-        self._touch = entries.move_to_end
         self._clock = self.cache._clock if self.cache is not None else time.monotonic
         self.retry: RetryPolicy | None = (
             RetryPolicy(
@@ -436,13 +435,10 @@ class EnricherGuard:
                 key = self._cache_key(event_dict)
                 # Inside the try: an unhashable key raises here.
                 entry = None if key is None else self._entry_of(key)
-                if entry is not None and entry[2] is None and self._clock() < entry[1]:
-                    try:  # noqa: SIM105 - no context manager on the hot path
-                        self._touch(key)
-                    except KeyError:  # removed by another thread since the lookup
-                        pass
+                if entry is not None and entry.error is None and self._clock() < entry.expires_at:
+                    entry.used = True  # spared by the next eviction that reaches it
                     cache._hits += 1  # the hit EnricherCache.get() would count
-                    hit: Outcome = entry[0]
+                    hit: Outcome = entry.value
                     return hit
                 if key is not None:
                     missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
