@@ -614,6 +614,11 @@ class LoggingContainer:
         if not self._running:
             return
         self._lock = threading.RLock()
+        # Each process counts its own lines: the parent's are its business.
+        if self._lines is not None:
+            self._lines_before = (self._lines.written, self._lines.write_failed)
+        if self.processor is not None:
+            self.processor.filtered = 0
         self._runtime.after_fork_in_child()
         self._lifecycle.after_fork_in_child()
         if self.output is not None:

@@ -175,8 +175,13 @@ class Enricher:
             try:
                 await self._startup()
             except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    self.last_error = f"startup failed: {type(exc).__name__}"
+                if isinstance(exc, asyncio.CancelledError) and _cancelled_from_outside():
+                    raise
+                self.last_error = f"startup failed: {type(exc).__name__}"
+                if isinstance(exc, asyncio.CancelledError):
+                    # Raised by _startup itself: a failure like any other,
+                    # not the cancellation of whoever starts the enrichers.
+                    raise RuntimeError("_startup raised CancelledError") from None  # noqa: TRY004
                 raise
             self._started = True
             self.available = True
@@ -189,7 +194,12 @@ class Enricher:
                 return
             self._started = False
             self.available = False
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise
+                raise RuntimeError("_shutdown raised CancelledError") from None
 
     async def health_check(self) -> bool:
         """Ask :meth:`_health_check`; an exception counts as unhealthy."""
@@ -198,7 +208,9 @@ class Enricher:
         try:
             healthy = bool(await self._health_check())
         except asyncio.CancelledError:
-            raise
+            if _cancelled_from_outside():
+                raise
+            healthy = False  # raised by the check itself
         except BaseException:  # any failure means unhealthy
             healthy = False
         self.available = healthy and self._started
@@ -599,3 +611,10 @@ def _configure_instance(
             )
         enricher.blocking = True
     return enricher
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the task running a hook is being cancelled (a
+    ``CancelledError`` the hook raised on its own is a failure of the hook)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -38,6 +38,7 @@ from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
     IMMUTABLE,
+    INTERRUPTS,
     INVALID_RETURN,
     TIMEOUT,
     UNAVAILABLE,
@@ -45,6 +46,7 @@ from ..resilience.outcome import (
     changes_of,
     error_outcome,
     isolated_copy,
+    take_interrupt,
 )
 from ..settings import LoggingSettings
 
@@ -368,6 +370,8 @@ class EnrichmentPlan(Generic[_R]):
         """In a forked child: fresh locks, timers and slots for every guard."""
         for guard in self._guards.values():
             guard.after_fork_in_child()
+        self.enrichment_latency = LatencyHistogram()
+        self.enricher_time = LatencyHistogram()
 
     def _settle_from(self, enrichment: Enrichment) -> bool:
         settlers, depth = self._settlers, self.depth
@@ -535,24 +539,6 @@ class EnrichmentPlan(Generic[_R]):
 
 def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:
     """Blocking sync enrichers always run in a worker thread."""
-
-
-#: ``(thread ident, exception)``: a ``KeyboardInterrupt`` or ``SystemExit``
-#: a sync enricher raised. The application's own thread re-raises it once
-#: its event is written (:func:`take_interrupt`); elsewhere it stays a
-#: reason. Empty but for that moment, so the hot path only checks it.
-INTERRUPTS: list[tuple[int, BaseException]] = []
-
-
-def take_interrupt() -> BaseException | None:
-    """Remove and return the interrupt a sync enricher raised on this
-    thread, if any."""
-    ident = threading.get_ident()
-    for index, (thread, exc) in enumerate(INTERRUPTS):
-        if thread == ident:
-            del INTERRUPTS[index]
-            return exc
-    return None
 
 
 def _call_sync(

@@ -225,9 +225,11 @@ class EnricherCache:
 
     def after_fork_in_child(self) -> None:
         """In a forked child: a new lock, and no computations in flight (their
-        tasks belonged to the parent's event loop)."""
+        tasks belonged to the parent's event loop). The entries stay; the
+        counters start at zero, each process counting its own lookups."""
         self._lock = threading.Lock()
         self._in_flight.clear()
+        self._hits = self._misses = self._evictions = self._expirations = 0
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes, for metrics.

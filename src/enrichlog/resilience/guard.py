@@ -21,6 +21,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -39,6 +40,7 @@ from .outcome import (
     CIRCUIT_OPEN,
     FILTERED,
     IMMUTABLE,
+    INTERRUPTS,
     INVALID_RETURN,
     OVERLOADED,
     TIMEOUT,
@@ -390,6 +392,9 @@ class EnricherGuard:
         )
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
         self.latency = LatencyHistogram()
         self.calls = 0
         self.successes = 0
@@ -435,16 +440,29 @@ class EnricherGuard:
                 key = self._cache_key(event_dict)
                 # Inside the try: an unhashable key raises here.
                 entry = None if key is None else self._entry_of(key)
-                if entry is not None and entry.error is None and self._clock() < entry.expires_at:
-                    entry.used = True  # spared by the next eviction that reaches it
-                    cache._hits += 1  # the hit EnricherCache.get() would count
-                    hit: Outcome = entry.value
-                    return hit
+                if entry is not None and self._clock() < entry.expires_at:
+                    error = entry.error
+                    if error is None:
+                        entry.used = True  # spared by the next eviction that reaches it
+                        cache._hits += 1  # the hit EnricherCache.get() would count
+                        hit: Outcome = entry.value
+                        return hit
+                    if isinstance(error, _EnrichmentFailedError):
+                        # A remembered failure: its reason again, here, at once.
+                        cache._hits += 1
+                        return error.outcome
                 if key is not None:
                     missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
                     if missed is not None:
                         return missed
             except Exception as exc:  # cache_key() raised, or its key is unhashable
+                return self._failed(error_outcome(exc))
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Re-raised on the application's thread once its event is
+                # written; on the loop a reason, nothing more.
+                INTERRUPTS.append((threading.get_ident(), exc))
+                return self._failed(error_outcome(exc))
+            except BaseException as exc:  # user code: a reason, never a lost event
                 return self._failed(error_outcome(exc))
         if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
             self.skipped_open += 1
@@ -694,7 +712,7 @@ class EnricherGuard:
         try:
             lookup = self.enricher.cache_key(snapshot)
             hit: Outcome | None = None if lookup is None else self._cache_get(lookup)
-        except Exception as exc:  # a failing or unhashable key
+        except BaseException as exc:  # a failing or unhashable key: a reason only
             sink(*key, self._failed(error_outcome(exc)), 0.0)
             return
         if lookup is None:
@@ -879,7 +897,7 @@ class EnricherGuard:
         for lookup, waiters in batch.waiters.items():
             try:
                 value = values.get(lookup, _MISSING)
-            except Exception as exc:  # a mapping that fails when read
+            except BaseException as exc:  # a mapping that fails when read
                 outcome = self._failed(error_outcome(exc))
             else:
                 outcome = self._applied(waiters[0][0], value)
@@ -908,7 +926,7 @@ class EnricherGuard:
             return (*changes_of(snapshot, result), None)
         except structlog.DropEvent:
             return FILTERED
-        except Exception as exc:
+        except BaseException as exc:  # user code on the loop: a reason, nothing more
             return self._failed(error_outcome(exc))
 
     def _fail_batch(self, batch: _Batch, outcome: Outcome, seconds: float) -> None:
@@ -1053,7 +1071,9 @@ class EnricherGuard:
 
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh locks, timers and concurrency slots; the
-        parent's belonged to its threads and its event loop."""
+        parent's belonged to its threads and its event loop. The counters
+        start at zero: each process counts its own."""
+        self._reset_counters()
         self.breaker.after_fork_in_child()
         if self.cache is not None:
             self.cache.after_fork_in_child()

@@ -8,6 +8,7 @@ between events. The reasons are the ones ``enrichment_errors`` shows.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "FILTERED",
     "FILTERED_REASON",
     "IMMUTABLE",
+    "INTERRUPTS",
     "INVALID_RETURN",
     "OVERLOADED",
     "TIMEOUT",
@@ -24,6 +26,7 @@ __all__ = [
     "changes_of",
     "error_outcome",
     "isolated_copy",
+    "take_interrupt",
 ]
 
 Outcome = tuple[dict[str, Any] | None, tuple[str, ...], str | None]
@@ -152,3 +155,22 @@ def _isolated(value: Any) -> Any:
         except Exception:  # an object that cannot be copied: shared, not failed
             return value
     return value
+
+
+#: ``(thread ident, exception)``: a ``KeyboardInterrupt`` or ``SystemExit``
+#: an enricher's hook raised on the calling thread (a sync enricher, a
+#: ``cache_key()``). The application's own thread re-raises it once
+#: its event is written (:func:`take_interrupt`); elsewhere it stays a
+#: reason. Empty but for that moment, so the hot path only checks it.
+INTERRUPTS: list[tuple[int, BaseException]] = []
+
+
+def take_interrupt() -> BaseException | None:
+    """Remove and return the interrupt a sync enricher raised on this
+    thread, if any."""
+    ident = threading.get_ident()
+    for index, (thread, exc) in enumerate(INTERRUPTS):
+        if thread == ident:
+            del INTERRUPTS[index]
+            return exc
+    return None
