@@ -18,6 +18,7 @@ written).
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -163,6 +164,7 @@ def bench_asgi(ctx: Context) -> None:
     for round_number in range(ctx.pick(1, 3)):
         names = list(variants) if round_number % 2 == 0 else list(reversed(variants))
         for name in names:
+            gc.collect()  # as in throughput.py: no garbage of earlier runs
             runs[name].append(asyncio.run(variants[name](requests)))
         ctx.advance()
     summary = {

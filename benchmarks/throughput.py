@@ -14,6 +14,7 @@ per event. Variants alternate round by round; figures are medians over rounds.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -144,6 +145,9 @@ def _alternate(ctx: Context, variants: dict[str, Callable[[], dict]]) -> dict[st
     names = list(variants)
     for round_number in range(ctx.pick(1, 3)):
         for name in names if round_number % 2 == 0 else reversed(names):
+            # Each run starts without the garbage of the runs (and sections)
+            # before it, which the collector would otherwise walk on its time.
+            gc.collect()
             runs[name].append(variants[name]())
         ctx.advance()
     return runs
