@@ -153,6 +153,8 @@ class LoggingContainer:
         #: The producer transport (``None`` unless ``settings.transport``);
         #: its ``metrics()`` count what was published, spooled and lost.
         self.transport = transport_for(settings)
+        #: A worker's counters, reported through metrics() (report_worker_metrics).
+        self._worker_metrics: Callable[[], Any] | None = None
         if self.transport is not None and not self.transport.enrich_locally:
             levels = ()  # the workers enrich
         # -- end scale-out ---------------------------------------------------
@@ -275,7 +277,7 @@ class LoggingContainer:
             _finalize_in_multiprocessing_child(self)
             self._install_sigterm_handler()
             # Metrics: followed for Prometheus; /metrics served if metrics_port is set.
-            _observability.container_started(self)
+            self.observe()
             self._stdlib_bridge = install_root_handler(self)
         return self
 
@@ -762,7 +764,21 @@ class LoggingContainer:
             enrichment_latency=self._plan.enrichment_latency.summary(),
             enricher_time=self._plan.enricher_time.summary(),
             enrichers=self._plan.enricher_metrics(),
+            transport=None if self.transport is None else self.transport.metrics().as_dict(),
+            worker=None if self._worker_metrics is None else self._worker_metrics().as_dict(),
         )
+
+    def report_worker_metrics(self, source: Callable[[], Any]) -> None:
+        """Include ``source()`` (an object with ``as_dict()``: a worker's
+        counters) in :meth:`metrics` as ``worker``, and so in Prometheus:
+        how an enrichment worker reports through the engine it runs."""
+        self._worker_metrics = source
+
+    def observe(self) -> None:
+        """Follow this container for Prometheus and serve ``/metrics`` when
+        ``metrics_port`` is set (done by :meth:`start`; a worker, which runs
+        the engine without starting it as an application does, calls it)."""
+        _observability.container_started(self)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per enricher: started, healthy, available, breaker state and the

@@ -188,6 +188,11 @@ class MetricsSnapshot(Mapping[str, Any]):
             times; its sum against ``enrichment_latency``'s is what running
             levels in parallel saved.
         enrichers: per async enricher.
+        transport: with a transport (scale-out), what it published,
+            spooled and lost: ``TransportMetrics.as_dict()``; else ``None``.
+        worker: in an enrichment worker, what it consumed, acknowledged,
+            retried and dead-lettered: ``WorkerMetrics.as_dict()``; else
+            ``None``.
     """
 
     delivery: str = "inline"
@@ -208,6 +213,8 @@ class MetricsSnapshot(Mapping[str, Any]):
     enrichment_latency: LatencySummary = field(default_factory=LatencySummary)
     enricher_time: LatencySummary = field(default_factory=LatencySummary)
     enrichers: Mapping[str, EnricherMetrics] = field(default_factory=dict)
+    transport: Mapping[str, Any] | None = None
+    worker: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able): nested dicts and lists, no dataclasses."""

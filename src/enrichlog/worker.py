@@ -287,6 +287,7 @@ class Worker:
         # docs/scale-out.md, "What the worker uses of the engine").
         self._plan = self.container._plan
         self._pipeline = self.container._pipeline
+        self.container.report_worker_metrics(self.metrics)
         if not isinstance(settings.output, str):
             raise EnricherConfigError(
                 "a worker writes to 'stdout', 'stderr' or a path (with {field} "
@@ -363,6 +364,8 @@ class Worker:
                 the subject belongs to another stream.
         """
         self._loop = asyncio.get_running_loop()
+        # Followed for Prometheus; /metrics served when metrics_port is set.
+        self.container.observe()
         try:
             await asyncio.to_thread(self.container.start_enrichers, 30.0)
         except TimeoutError:

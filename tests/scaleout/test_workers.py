@@ -4,6 +4,7 @@ come back with ``dlq replay``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -255,3 +256,80 @@ def test_sigterm_finishes_and_acknowledges_what_is_in_flight(
     assert 300 == len(set(ids))
     # What was in flight at SIGTERM was enriched, not cut short.
     assert all(line.get("looked_up") for line in lines_of(outputs[0]))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_worker_serves_its_counters_to_prometheus(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    produce(streams, tmp_path, 50)
+    output = tmp_path / "out.log"
+    port = _free_port()
+    worker = start_worker(worker_env(streams, output, metrics_port=str(port)))
+    wait_until(lambda: len(lines_of(output)) >= 50, 30, "50 lines")
+
+    def acknowledged() -> float:
+        with contextlib.suppress(OSError):
+            return _scrape(port).get(
+                ("enrichlog_worker_messages_total", (("result", "acknowledged"),)), 0.0
+            )
+        return 0.0
+
+    wait_until(lambda: acknowledged() >= 50, 10, "50 acknowledged in the exposition")
+    samples = _scrape(port)
+    assert 0 == worker.stop()
+
+    assert 50.0 == samples[("enrichlog_worker_messages_total", (("result", "consumed"),))]
+    assert 50.0 == samples[("enrichlog_events_total", (("result", "written"),))]
+    assert ("enrichlog_worker_in_flight", ()) in samples
+
+
+def test_a_producer_reports_its_transport_in_metrics_and_prometheus(
+    streams: Streams, tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from enrichlog.integrations.prometheus import register
+
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    registry = CollectorRegistry()
+    register(container, registry)
+    log = get_logger()
+    for index in range(20):
+        log.info("checkout", index=index)
+    container.flush(timeout=10)
+    wait_until(lambda: container.metrics().transport["published"] >= 20, 10, "20 published")
+    exposition = generate_latest(registry).decode()
+    container.shutdown()
+
+    published = [
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "enrichlog_transport_events_total"
+        and sample.labels == {"result": "published"}
+    ]
+    assert [20.0] == published

@@ -224,7 +224,27 @@ def _merge(first: MetricsSnapshot, second: MetricsSnapshot) -> MetricsSnapshot:
         enrichment_latency=_merge_latency(first.enrichment_latency, second.enrichment_latency),
         enricher_time=_merge_latency(first.enricher_time, second.enricher_time),
         enrichers=enrichers,
+        transport=_merge_parts(first.transport, second.transport),
+        worker=_merge_parts(first.worker, second.worker),
     )
+
+
+def _merge_parts(
+    first: Mapping[str, Any] | None, second: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """A transport's or a worker's counts added up; ``second``'s other values."""
+    if first is None or second is None:
+        return second if first is None else first
+    merged = dict(second)
+    for key, value in first.items():
+        other = second.get(key)
+        if _is_count(value) and _is_count(other):
+            merged[key] = value + other
+    return merged
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _merge_enricher(first: EnricherMetrics, second: EnricherMetrics) -> EnricherMetrics:
@@ -418,7 +438,80 @@ def _families(reading: _Reading) -> list[Metric]:
     _pipeline_families(families, reading)
     _enricher_families(families, reading.totals.enrichers)
     _enricher_gauges(families, reading)
+    _scale_out_families(families, reading.totals)
     return families.built
+
+
+#: What a producer's transport counts, as ``enrichlog_transport_events_total{result}``.
+_TRANSPORT_RESULTS = (
+    "published",
+    "duplicates",
+    "spooled",
+    "replayed",
+    "spool_dropped",
+    "rejected",
+    "publish_errors",
+)
+#: What a worker counts, as ``enrichlog_worker_messages_total{result}``.
+_WORKER_RESULTS = (
+    "consumed",
+    "acknowledged",
+    "nacked",
+    "dead_lettered",
+    "redelivered",
+    "duplicates_skipped",
+    "write_failed",
+)
+
+
+def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
+    """A producer's transport and a worker's counters (docs/scale-out.md),
+    when the process has them."""
+    transport = totals.transport
+    if transport is not None:
+        events = families.counter(
+            "enrichlog_transport_events_total",
+            "Events of the scale-out transport: published to the stream, duplicates the "
+            "server recognised, spooled to disk, replayed from it, dropped past the spool "
+            "cap, rejected, and failed publish attempts.",
+            ("result",),
+        )
+        for result in _TRANSPORT_RESULTS:
+            events.add_metric([result], transport.get(result, 0))
+        for name, key, doc in (
+            ("enrichlog_transport_queued", "queued", "Events waiting to be published."),
+            ("enrichlog_transport_spool_bytes", "spool_bytes", "Bytes in the on-disk spool."),
+            ("enrichlog_transport_connected", "connected", "1 while connected to the broker."),
+        ):
+            families.gauge(name, doc).add_metric([], float(transport.get(key) or 0))
+    worker = totals.worker
+    if worker is not None:
+        messages = families.counter(
+            "enrichlog_worker_messages_total",
+            "Messages of an enrichment worker: consumed (redelivered: delivered before), "
+            "acknowledged, nacked for a retry, dead-lettered, duplicates skipped, and lines "
+            "the output refused.",
+            ("result",),
+        )
+        for result in _WORKER_RESULTS:
+            messages.add_metric([result], worker.get(result, 0))
+        families.gauge(
+            "enrichlog_worker_in_flight", "Events fetched and not yet answered."
+        ).add_metric([], worker.get("in_flight", 0))
+        for name, key, doc in (
+            (
+                "enrichlog_worker_consumer_lag",
+                "consumer_lag",
+                "Events in the stream not yet delivered to any worker.",
+            ),
+            (
+                "enrichlog_worker_ack_pending",
+                "ack_pending",
+                "Events delivered and not yet acknowledged.",
+            ),
+        ):
+            if worker.get(key) is not None:
+                families.gauge(name, doc).add_metric([], worker[key])
 
 
 def _pipeline_families(families: _Families, reading: _Reading) -> None:
