@@ -95,6 +95,9 @@ class EventWriter(Protocol):
 URGENT_METHODS = frozenset({"error", "err", "exception", "critical", "fatal", "failure"})
 
 
+_ACCEPTING = PipelineState.ACCEPTING
+
+
 class PendingEvent(Enrichment):
     """One event waiting in the pipeline: the plan's record of it
     (:class:`~enrichlog.engine.plan.Enrichment`) plus the pipeline's part,
@@ -130,6 +133,7 @@ class PendingEvent(Enrichment):
         self.on_done = None
         self.started = 0.0
         self.enricher_time = 0.0
+        self.starting = False
         self.context: contextvars.Context | None = None
         self.on_written: Callable[[], object] | None = None
         self.urgent = method_name in URGENT_METHODS
@@ -224,10 +228,25 @@ class EventPipeline:
         the wait. While the pipeline is closing, events are still queued (to
         keep each thread's order) but completed without enrichment.
         """
-        if self.state is not PipelineState.ACCEPTING:
+        accepting = self.state is _ACCEPTING
+        if not accepting:
             self._plan.finish_unenriched(item)
+        normal, urgent = self._normal, self._urgent
         with self._lock:
-            result = self._enqueue(item, may_block)
+            # The common case (accepting, room in the queue) decides nothing
+            # more: no frame of its own.
+            if accepting and len(normal) + len(urgent) < self._queue_size:
+                result = QUEUED
+            else:
+                result = self._admit(item, may_block)
+            if result == QUEUED:
+                item.seq = self._next_seq
+                self._next_seq += 1
+                self.queued += 1
+                (urgent if item.urgent else normal).append(item)
+                depth = len(normal) + len(urgent)
+                if depth > self._high_water:  # noqa: PLR1730 - no builtin call per event
+                    self._high_water = depth
             wake = result == QUEUED and self._sleeping
             if wake:
                 self._sleeping = False
@@ -240,8 +259,10 @@ class EventPipeline:
                 self._sleeping = True
         return result
 
-    def _enqueue(self, item: PendingEvent, may_block: bool) -> int:
-        """With the lock held: the body of :meth:`submit`."""
+    def _admit(self, item: PendingEvent, may_block: bool) -> int:
+        """With the lock held, when the pipeline is not accepting or the
+        queue is full: :data:`QUEUED` if ``item`` may go in now (room was
+        made), else :data:`CLOSED` or :data:`DROPPED` (counted)."""
         if self.state is not PipelineState.ACCEPTING and self._refuses():
             return CLOSED
         if len(self._normal) + len(self._urgent) >= self._queue_size:
@@ -251,12 +272,6 @@ class EventPipeline:
             if not room:
                 self._count_drop("overflow", item)
                 return DROPPED
-        item.seq = self._next_seq
-        self._next_seq += 1
-        self.queued += 1
-        (self._urgent if item.urgent else self._normal).append(item)
-        depth = len(self._normal) + len(self._urgent)
-        self._high_water = max(self._high_water, depth)
         return QUEUED
 
     def _refuses(self) -> bool:
