@@ -228,14 +228,14 @@ class EventPipeline:
         the wait. While the pipeline is closing, events are still queued (to
         keep each thread's order) but completed without enrichment.
         """
-        accepting = self.state is _ACCEPTING
-        if not accepting:
+        if self.state is not _ACCEPTING:
             self._plan.finish_unenriched(item)
         normal, urgent = self._normal, self._urgent
         with self._lock:
             # The common case (accepting, room in the queue) decides nothing
-            # more: no frame of its own.
-            if accepting and len(normal) + len(urgent) < self._queue_size:
+            # more: no frame of its own. (The state is read again under the
+            # lock: a drain may have begun since.)
+            if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
                 result = QUEUED
             else:
                 result = self._admit(item, may_block)
