@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from .engine.chain import LoggerLevels, post_processors, pre_processors, render_
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.logger import make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, logger_factory, open_output
-from .engine.pipeline import EventPipeline, PendingEvent
+from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
 from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
@@ -671,6 +672,35 @@ class LoggingContainer:
             self._running and tail and _installed_chain and _installed_chain[-1] is tail[-1]
         )
 
+    def submit_event(
+        self,
+        logger: WrappedLogger,
+        method_name: str,
+        event_dict: EventDict,
+        on_done: Callable[[bool], object],
+    ) -> bool:
+        """Enrich and write an event that already went through the
+        pre-processors (an enrichment worker's decoded event), in its turn,
+        through ``logger``'s ``method_name``; never waits.
+
+        ``on_done(filtered)`` is called once, when its line is written (or
+        the event dropped by the overflow policy, or filtered out on purpose
+        by an enricher: ``filtered`` is then True), on the runtime thread or
+        at once. Returns False when the engine is stopping and took nothing
+        (``on_done`` is then not called).
+        """
+        try:
+            record = self._plan.settle(logger, method_name, event_dict)
+        except structlog.DropEvent:  # an enricher filtered it out on purpose
+            on_done(True)
+            return True
+        if record is None:
+            record = self._plan.complete_record(logger, method_name, event_dict)
+        record.context = contextvars.copy_context()
+        record.on_written = functools.partial(_report_done, on_done, record)
+        # Dropped by the overflow policy: on_written reports it too.
+        return self._pipeline.submit(record, may_block=False) != CLOSED
+
     def enrich_now(
         self, method_name: str, event_dict: EventDict, logger: WrappedLogger = None
     ) -> EventDict:
@@ -832,6 +862,10 @@ class LoggingContainer:
         _tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
+
+
+def _report_done(on_done: Callable[[bool], object], record: PendingEvent) -> None:
+    on_done(record.filtered)
 
 
 def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import json
 import logging
@@ -41,10 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
-import structlog
-
 from .container import LoggingContainer
-from .engine.pipeline import CLOSED, PendingEvent
 from .exceptions import EnricherConfigError
 from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, decode_event
@@ -283,10 +279,6 @@ class Worker:
         self.container = LoggingContainer(
             settings.model_copy(update={"transport": None}), enrichers
         )
-        # The engine has no public way in for decoded events yet (see
-        # docs/scale-out.md, "What the worker uses of the engine").
-        self._plan = self.container._plan
-        self._pipeline = self.container._pipeline
         self.container.report_worker_metrics(self.metrics)
         if not isinstance(settings.output, str):
             raise EnricherConfigError(
@@ -544,24 +536,15 @@ class Worker:
         event = delivery.event
         level = event.get("level")
         method = level if isinstance(level, str) and level in _METHODS else "info"
-        try:
-            record = self._plan.settle(delivery, method, event)
-        except structlog.DropEvent:  # an enricher filtered it out on purpose
-            delivery.filtered = True
-            self._finished(delivery)
-            return
-        if record is None:
-            record = self._plan.complete_record(delivery, method, event)
-        record.context = contextvars.copy_context()
-        record.on_written = functools.partial(self._written, delivery, record)
-        if self._pipeline.submit(record, may_block=False) == CLOSED:
+        done = functools.partial(self._done_with, delivery)
+        if not self.container.submit_event(delivery, method, event, done):
             # The engine is stopping and will not write it: handed back.
             self._finished(delivery)
-        # Dropped by the queue's overflow policy: on_written reports it.
 
-    def _written(self, delivery: _Delivery, record: PendingEvent) -> None:
-        """The pipeline's ``on_written``: on the runtime thread."""
-        delivery.filtered = record.filtered
+    def _done_with(self, delivery: _Delivery, filtered: bool) -> None:
+        """The engine is done with the event (on the runtime thread, or at
+        once for one an enricher filtered out)."""
+        delivery.filtered = filtered
         with self._done_lock:
             self._done.append(delivery)
             schedule = not self._done_scheduled
