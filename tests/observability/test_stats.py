@@ -281,3 +281,41 @@ def test_a_malformed_snapshot_is_named_precisely(data: dict[str, Any], message: 
         snapshot_from_dict(data)
 
     assert f"not a metrics snapshot: {message}" == str(caught.value)
+
+
+def test_a_workers_and_a_transports_figures_are_read_back_and_shown() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from enrichlog.integrations import prometheus
+
+    snapshot = MetricsSnapshot(
+        transport={"published": 3, "spooled": 1, "queued": 2, "connected": True},
+        worker={"consumed": 5, "acknowledged": 4, "nacked": 1, "consumer_lag": 7},
+    )
+
+    class Families:
+        """The collector's families for this snapshot."""
+
+        def collect(self) -> Any:
+            return prometheus._families(prometheus._Reading(snapshot, {}, {}, 1))
+
+    registry = CollectorRegistry()
+    registry.register(Families())  # type: ignore[arg-type]
+    parsed, _ = parse_exposition(generate_latest(registry).decode())
+    screen = render_text(Stats(parsed))
+
+    assert parsed.transport is not None
+    assert (3, 1, 2) == (
+        parsed.transport["published"],
+        parsed.transport["spooled"],
+        parsed.transport["queued"],
+    )
+    assert parsed.worker is not None
+    assert (5, 4, 1, 7) == (
+        parsed.worker["consumed"],
+        parsed.worker["acknowledged"],
+        parsed.worker["nacked"],
+        parsed.worker["consumer_lag"],
+    )
+    assert "published 3, spooled 1, spool dropped 0, queued 2" in screen
+    assert "consumed 5, acknowledged 4, nacked 1, dead-lettered 0, lag 7" in screen

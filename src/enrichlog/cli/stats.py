@@ -292,8 +292,30 @@ class _Exposition:
             enrichment_latency=self.latency("enrichlog_event_enrichment_seconds"),
             enricher_time=self.latency("enrichlog_event_enricher_seconds"),
             enrichers=enrichers,
+            transport=self._part(
+                "enrichlog_transport_events_total",
+                queued="enrichlog_transport_queued",
+                spool_bytes="enrichlog_transport_spool_bytes",
+            ),
+            worker=self._part(
+                "enrichlog_worker_messages_total",
+                in_flight="enrichlog_worker_in_flight",
+                consumer_lag="enrichlog_worker_consumer_lag",
+                ack_pending="enrichlog_worker_ack_pending",
+            ),
         )
         return snapshot, self.by("enrichlog_enricher_timeout_seconds", "enricher")
+
+    def _part(self, counter: str, **gauges: str) -> dict[str, int] | None:
+        """A transport's or a worker's figures: the counter by ``result`` and
+        the gauges there are (``None`` when the exposition has none)."""
+        if f"{counter}" not in self._samples:
+            return None
+        part = {result: int(count) for result, count in self.by(counter, "result").items()}
+        for key, name in gauges.items():
+            if name in self._samples:
+                part[key] = int(self.value(name))
+        return part
 
     def _enricher(self, name: str) -> EnricherMetrics:
         outcomes = self.by("enrichlog_enricher_calls_total", "outcome", enricher=name)
@@ -440,6 +462,26 @@ def _pipeline_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, str]
     if s.enricher_time.sum > 0:
         saved = 1.0 - s.enrichment_latency.sum / s.enricher_time.sum
         rows.append(("concurrency saved", f"{100 * saved:.0f}% of enricher time"))
+    if s.transport is not None:
+        t = s.transport
+        rows.append(
+            (
+                "transport",
+                f"published {t.get('published', 0):,}, spooled {t.get('spooled', 0):,}, "
+                f"spool dropped {t.get('spool_dropped', 0):,}, queued {t.get('queued', 0):,}",
+            )
+        )
+    if s.worker is not None:
+        w = s.worker
+        lag = w.get("consumer_lag")
+        rows.append(
+            (
+                "worker",
+                f"consumed {w.get('consumed', 0):,}, acknowledged {w.get('acknowledged', 0):,}, "
+                f"nacked {w.get('nacked', 0):,}, dead-lettered {w.get('dead_lettered', 0):,}, "
+                f"lag {'-' if lag is None else f'{lag:,}'}",
+            )
+        )
     if stats.delivery is not None:
         rows.insert(0, ("delivery", stats.delivery))
     return rows
