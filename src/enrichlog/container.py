@@ -687,7 +687,9 @@ class LoggingContainer:
         the event dropped by the overflow policy, or filtered out on purpose
         by an enricher: ``filtered`` is then True), on the runtime thread or
         at once. Returns False when the engine is stopping and took nothing
-        (``on_done`` is then not called).
+        (``on_done`` is then not called). ``metrics()["written"]`` counts the
+        lines of the container's output; lines ``logger`` writes elsewhere
+        are its own to count.
         """
         try:
             record = self._plan.settle(logger, method_name, event_dict)
