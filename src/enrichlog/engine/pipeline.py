@@ -471,9 +471,19 @@ class EventPipeline:
             self._runtime.call_soon(self._pump)
 
     def _oldest_pending_seq(self) -> int:
-        with self._lock:
-            heads = [lane[0].seq for lane in (self._order, self._normal, self._urgent) if lane]
-            return min(heads) if heads else self._next_seq
+        """The sequence number of the oldest event not yet written (the next
+        one to be submitted when none is pending). On the loop, without the
+        logging threads' lock: they only append (a newer event) or, to
+        evict, pop a head (an older one): a stale read only makes it lower,
+        and a flush waiter then waits for the next pass."""
+        oldest = self._next_seq
+        for lane in (self._order, self._normal, self._urgent):
+            try:
+                seq = lane[0].seq
+            except IndexError:  # empty, or emptied under us
+                continue
+            oldest = min(oldest, seq)
+        return oldest
 
     def _release_flush_waiters(self) -> None:
         oldest = self._oldest_pending_seq()

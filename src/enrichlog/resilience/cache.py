@@ -192,14 +192,6 @@ class EnricherCache:
             now = self._clock()
             self._store(key, _Entry(None, now + self._error_ttl, error), now)
 
-    def failure_of(self, key: Hashable) -> Exception | None:
-        """The failure remembered for ``key`` (``None``: none, or expired).
-        Counts nothing: :meth:`get` counted the lookup as a miss."""
-        entry = self._entries.get(key)
-        if entry is None or entry.error is None or self._clock() >= entry.expires_at:
-            return None
-        return entry.error
-
     def delete(self, key: Hashable) -> None:
         """Forget ``key``, and any computation of it in progress.
 

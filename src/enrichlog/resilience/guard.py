@@ -355,14 +355,8 @@ class EnricherGuard:
             name=enricher.name,
         )
         self.breaker.add_listener(_report_state_change)
-        # What lookup() reads on a cache hit, bound once: the enricher's key
-        # function and the cache's own entries and clock.
         self._cache_key = enricher.cache_key
-        entries: OrderedDict[Hashable, Any] = (
-            self.cache._entries if self.cache is not None else OrderedDict()
-        )
-        self._entry_of = entries.get
-        self._clock = self.cache._clock if self.cache is not None else time.monotonic
+        self.use_cache(self.cache)
         self.retry: RetryPolicy | None = (
             RetryPolicy(
                 options.retry_attempts,
@@ -406,6 +400,16 @@ class EnricherGuard:
         self.overloaded = 0
         self.batch_calls = 0
         self.batch_keys = 0
+
+    def use_cache(self, cache: EnricherCache | None) -> None:
+        """Make ``cache`` this enricher's cache (a test's, reading a fake
+        clock, say)."""
+        self.cache = cache
+        # What lookup() reads on a cache hit, bound once: the cache's own
+        # entries and clock.
+        entries: OrderedDict[Hashable, Any] = cache._entries if cache is not None else OrderedDict()
+        self._entry_of = entries.get
+        self._clock = cache._clock if cache is not None else time.monotonic
 
     @property
     def longest(self) -> float:
@@ -711,19 +715,15 @@ class EnricherGuard:
             return
         try:
             lookup = self.enricher.cache_key(snapshot)
-            hit: Outcome | None = None if lookup is None else self._cache_get(lookup)
+            answered: Outcome | None = None if lookup is None else self._answered(lookup)
         except BaseException as exc:  # a failing or unhashable key: a reason only
             sink(*key, self._failed(error_outcome(exc)), 0.0)
             return
         if lookup is None:
             sink(*key, NO_CHANGES, 0.0)
             return
-        if hit is not None:  # filled by a batch since the logging thread looked
-            sink(*key, hit, 0.0)
-            return
-        failure = self._remembered_failure(lookup)
-        if failure is not None:
-            sink(*key, failure, 0.0)
+        if answered is not None:  # cached or failed since the logging thread looked
+            sink(*key, answered, 0.0)
             return
         waiter = (snapshot, sink, key)
         fetching = self._fetching.get(lookup)
@@ -748,16 +748,21 @@ class EnricherGuard:
                 # together share a batch.
                 loop.call_soon(self._flush, loop)
 
-    def _cache_get(self, key: Hashable) -> Outcome | None:
-        # count=False: lookup() counted this event's hit or miss already.
-        cache = self.cache
-        return None if cache is None else cache.get(key, count=False)
-
-    def _remembered_failure(self, key: Hashable) -> Outcome | None:
-        """The outcome of a batch that failed for ``key`` within the cache's
-        ``error_ttl`` (the same reason again, without a backend call)."""
-        cache = self.cache
-        error = None if cache is None else cache.failure_of(key)
+    def _answered(self, key: Hashable) -> Outcome | None:
+        """What the cache says of ``key`` now: its value, or the reason of a
+        failure remembered for ``error_ttl``; ``None`` when it must be looked
+        up. One read of the entry, counting nothing: lookup() counted this
+        event's hit or miss already."""
+        if self.cache is None:
+            return None
+        entry = self._entry_of(key)
+        if entry is None or self._clock() >= entry.expires_at:
+            return None
+        error = entry.error
+        if error is None:
+            entry.used = True
+            value: Outcome = entry.value
+            return value
         return error.outcome if isinstance(error, _EnrichmentFailedError) else None
 
     def _remember_failure(self, keys: Iterable[Hashable], outcome: Outcome) -> None:

@@ -385,11 +385,13 @@ def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock)
     """Give the guard a cache and a breaker that read ``clock``, configured as
     the guard's own (which read the real clock)."""
     if guard.cache is not None:
-        guard.cache = EnricherCache(
-            options.cache_max_size,
-            options.cache_ttl,
-            error_ttl=options.cache_error_ttl,
-            clock=clock,
+        guard.use_cache(
+            EnricherCache(
+                options.cache_max_size,
+                options.cache_ttl,
+                error_ttl=options.cache_error_ttl,
+                clock=clock,
+            )
         )
     guard.breaker = CircuitBreaker(
         options.failure_threshold,
