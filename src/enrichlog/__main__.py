@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from .cli import seconds
 
 __all__ = ["main"]
 
@@ -22,16 +23,6 @@ def _version() -> str:
         return version("enrichlog")
     except PackageNotFoundError:  # run from a source tree that is not installed
         return "unknown"
-
-
-def _zero_or_more_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +86,7 @@ def _add_scale_out_commands(commands: Any) -> None:
     )
     worker.add_argument(
         "--stats-interval",
-        type=_zero_or_more_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="seconds between metrics lines on stderr; 0 = only at exit (default 30)",

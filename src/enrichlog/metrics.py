@@ -23,6 +23,8 @@ from typing import Any
 __all__ = [
     "BUCKETS",
     "FAILURE_REASONS",
+    "TRANSPORT_COUNTERS",
+    "WORKER_COUNTERS",
     "EnricherMetrics",
     "LatencyHistogram",
     "LatencySummary",
@@ -57,6 +59,28 @@ FAILURE_REASONS: tuple[str, ...] = (
     "circuit_open",
     "unavailable",
     "invalid_return",
+)
+
+#: What a producer's scale-out transport counts (``TransportMetrics``).
+TRANSPORT_COUNTERS: tuple[str, ...] = (
+    "published",
+    "duplicates",
+    "spooled",
+    "replayed",
+    "spool_dropped",
+    "rejected",
+    "publish_errors",
+)
+
+#: What an enrichment worker counts (``WorkerMetrics``).
+WORKER_COUNTERS: tuple[str, ...] = (
+    "consumed",
+    "acknowledged",
+    "nacked",
+    "dead_lettered",
+    "redelivered",
+    "duplicates_skipped",
+    "write_failed",
 )
 
 

@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
 from .exceptions import EnricherConfigError
+from .metrics import WORKER_COUNTERS
 from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, decode_event
 from .transport.config import TransportConfig
@@ -301,18 +302,7 @@ class Worker:
         self._written_ids: OrderedDict[str, None] = OrderedDict()
         self._in_flight: dict[str, _Delivery] = {}
         self._js: JetStreamContext | None = None
-        self._counts = dict.fromkeys(
-            (
-                "consumed",
-                "acknowledged",
-                "nacked",
-                "dead_lettered",
-                "redelivered",
-                "duplicates_skipped",
-                "write_failed",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(WORKER_COUNTERS, 0)
         self._lag: int | None = None
         self._ack_pending: int | None = None
 

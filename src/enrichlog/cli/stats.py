@@ -38,6 +38,7 @@ from ..metrics import (
     MetricsSnapshot,
 )
 from ..uri.masking import mask_secrets, mask_uri
+from . import positive_seconds
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -309,7 +310,7 @@ class _Exposition:
     def _part(self, counter: str, **gauges: str) -> dict[str, int] | None:
         """A transport's or a worker's figures: the counter by ``result`` and
         the gauges there are (``None`` when the exposition has none)."""
-        if f"{counter}" not in self._samples:
+        if counter not in self._samples:
             return None
         part = {result: int(count) for result, count in self.by(counter, "result").items()}
         for key, name in gauges.items():
@@ -630,18 +631,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--file", type=Path, help="a JSON snapshot: container.metrics().as_dict(), json.dump'ed"
     )
     parser.add_argument(
-        "--interval", type=_positive, default=2.0, help="seconds between refreshes (default 2)"
+        "--interval",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between refreshes (default 2)",
     )
     parser.add_argument(
         "--once", action="store_true", help="print one snapshot as plain text, then exit"
     )
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
-    return value

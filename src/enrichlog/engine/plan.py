@@ -23,7 +23,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -44,7 +43,7 @@ from ..resilience.outcome import (
     UNAVAILABLE,
     Outcome,
     changes_of,
-    error_outcome,
+    hook_failed,
     isolated_copy,
     take_interrupt,
 )
@@ -563,11 +562,8 @@ def _call_sync(
         result = enrich(logger, method_name, copy)
     except structlog.DropEvent:
         return FILTERED
-    except (KeyboardInterrupt, SystemExit) as exc:
-        INTERRUPTS.append((threading.get_ident(), exc))
-        return error_outcome(exc)
     except BaseException as exc:
-        return error_outcome(exc)
+        return hook_failed(exc)
     finally:
         IN_ENRICHMENT.reset(marked)
     if result is None:

@@ -39,6 +39,8 @@ from ..exceptions import EnricherConfigError, EnrichlogError
 from ..metrics import (
     BUCKETS,
     FAILURE_REASONS,
+    TRANSPORT_COUNTERS,
+    WORKER_COUNTERS,
     EnricherMetrics,
     LatencyHistogram,
     LatencySummary,
@@ -442,28 +444,6 @@ def _families(reading: _Reading) -> list[Metric]:
     return families.built
 
 
-#: What a producer's transport counts, as ``enrichlog_transport_events_total{result}``.
-_TRANSPORT_RESULTS = (
-    "published",
-    "duplicates",
-    "spooled",
-    "replayed",
-    "spool_dropped",
-    "rejected",
-    "publish_errors",
-)
-#: What a worker counts, as ``enrichlog_worker_messages_total{result}``.
-_WORKER_RESULTS = (
-    "consumed",
-    "acknowledged",
-    "nacked",
-    "dead_lettered",
-    "redelivered",
-    "duplicates_skipped",
-    "write_failed",
-)
-
-
 def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
     """A producer's transport and a worker's counters (docs/scale-out.md),
     when the process has them."""
@@ -476,14 +456,15 @@ def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
             "cap, rejected, and failed publish attempts.",
             ("result",),
         )
-        for result in _TRANSPORT_RESULTS:
+        for result in TRANSPORT_COUNTERS:
             events.add_metric([result], transport.get(result, 0))
-        for name, key, doc in (
+        _part_gauges(
+            families,
+            transport,
             ("enrichlog_transport_queued", "queued", "Events waiting to be published."),
             ("enrichlog_transport_spool_bytes", "spool_bytes", "Bytes in the on-disk spool."),
             ("enrichlog_transport_connected", "connected", "1 while connected to the broker."),
-        ):
-            families.gauge(name, doc).add_metric([], float(transport.get(key) or 0))
+        )
     worker = totals.worker
     if worker is not None:
         messages = families.counter(
@@ -493,12 +474,12 @@ def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
             "the output refused.",
             ("result",),
         )
-        for result in _WORKER_RESULTS:
+        for result in WORKER_COUNTERS:
             messages.add_metric([result], worker.get(result, 0))
-        families.gauge(
-            "enrichlog_worker_in_flight", "Events fetched and not yet answered."
-        ).add_metric([], worker.get("in_flight", 0))
-        for name, key, doc in (
+        _part_gauges(
+            families,
+            worker,
+            ("enrichlog_worker_in_flight", "in_flight", "Events fetched and not yet answered."),
             (
                 "enrichlog_worker_consumer_lag",
                 "consumer_lag",
@@ -509,9 +490,18 @@ def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
                 "ack_pending",
                 "Events delivered and not yet acknowledged.",
             ),
-        ):
-            if worker.get(key) is not None:
-                families.gauge(name, doc).add_metric([], worker[key])
+        )
+
+
+def _part_gauges(
+    families: _Families, part: Mapping[str, Any], *gauges: tuple[str, str, str]
+) -> None:
+    """``(name, key, doc)`` gauges of a transport's or a worker's figures;
+    one it does not know yet (``None``) is left out."""
+    for name, key, doc in gauges:
+        value = part.get(key)
+        if value is not None:
+            families.gauge(name, doc).add_metric([], float(value))
 
 
 def _pipeline_families(families: _Families, reading: _Reading) -> None:

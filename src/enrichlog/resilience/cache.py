@@ -141,13 +141,11 @@ class EnricherCache:
         entry = self._entries.get(key)
         return entry is not None and entry.error is None and self._clock() < entry.expires_at
 
-    def get(self, key: Hashable, default: Any = None, *, count: bool = True) -> Any:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         """Return the value cached for ``key``, or ``default``.
 
         A missing or expired key, or a remembered failure, is a miss. A hit
         marks the entry used (spared by the next eviction that reaches it).
-        ``count=False`` leaves the
-        counters alone, for a caller that already counted this lookup.
 
         Safe to call from any thread without a lock: under the GIL the
         lookup is one C call, and marking the entry used one attribute store;
@@ -164,11 +162,11 @@ class EnricherCache:
             if self._clock() < entry.expires_at:
                 if entry.error is None:
                     entry.used = True
-                    self._hits += count
+                    self._hits += 1
                     return entry.value
             else:
                 self._drop_expired(key, entry)
-        self._misses += count
+        self._misses += 1
         return default
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:

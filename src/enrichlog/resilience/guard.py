@@ -21,7 +21,6 @@ import contextvars
 import functools
 import itertools
 import logging
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -40,7 +39,6 @@ from .outcome import (
     CIRCUIT_OPEN,
     FILTERED,
     IMMUTABLE,
-    INTERRUPTS,
     INVALID_RETURN,
     OVERLOADED,
     TIMEOUT,
@@ -48,6 +46,7 @@ from .outcome import (
     Outcome,
     changes_of,
     error_outcome,
+    hook_failed,
     isolated_copy,
 )
 from .retry import RetryPolicy
@@ -459,15 +458,8 @@ class EnricherGuard:
                     missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
                     if missed is not None:
                         return missed
-            except Exception as exc:  # cache_key() raised, or its key is unhashable
-                return self._failed(error_outcome(exc))
-            except (KeyboardInterrupt, SystemExit) as exc:
-                # Re-raised on the application's thread once its event is
-                # written; on the loop a reason, nothing more.
-                INTERRUPTS.append((threading.get_ident(), exc))
-                return self._failed(error_outcome(exc))
-            except BaseException as exc:  # user code: a reason, never a lost event
-                return self._failed(error_outcome(exc))
+            except BaseException as exc:  # cache_key() raised, or its key is unhashable
+                return self._failed(hook_failed(exc))
         if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
             self.skipped_open += 1
             return CIRCUIT_OPEN

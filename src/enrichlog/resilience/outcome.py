@@ -25,6 +25,7 @@ __all__ = [
     "Outcome",
     "changes_of",
     "error_outcome",
+    "hook_failed",
     "isolated_copy",
     "take_interrupt",
 ]
@@ -59,7 +60,6 @@ on purpose, and no line is written."""
 
 _ERROR_OUTCOMES: dict[type[BaseException], Outcome] = {}
 
-#: Values an enricher cannot change in place, so its copy may share them.
 #: Values with no parts an enricher could change in place: a copy of the event
 #: shares them. (A tuple is immutable but may hold a dict: it is looked into.)
 IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
@@ -163,6 +163,16 @@ def _isolated(value: Any) -> Any:
 #: its event is written (:func:`take_interrupt`); elsewhere it stays a
 #: reason. Empty but for that moment, so the hot path only checks it.
 INTERRUPTS: list[tuple[int, BaseException]] = []
+
+
+def hook_failed(exc: BaseException) -> Outcome:
+    """The outcome of an enricher's hook that raised ``exc`` on the calling
+    thread; a ``KeyboardInterrupt`` or ``SystemExit`` is also kept for
+    :func:`take_interrupt`, so that the application's thread gets it back
+    once its event is written."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        INTERRUPTS.append((threading.get_ident(), exc))
+    return error_outcome(exc)
 
 
 def take_interrupt() -> BaseException | None:
