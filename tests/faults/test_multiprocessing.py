@@ -10,10 +10,13 @@ fork: 4 children x 1,000 events; forkserver and spawn: 2 children x 1,000
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from enrichlog import AsyncEnricher, configure_logging, get_logger
 from tests.faults.runner import Run, run_script
 
 METHODS = [
@@ -87,3 +90,30 @@ def test_pool_workers_replaced_after_each_task_write_every_event(tmp_path: Path)
     summary = run.summary
 
     assert (8000, 8000, 8000) == (summary["logged"], summary["lines"], summary["distinct"])
+
+
+class SeesItsSignalMask(AsyncEnricher):
+    """Records the signals blocked on the thread it runs on."""
+
+    name = "mask"
+
+    masks: list[set[int]] = []  # noqa: RUF012 - read by the test
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        SeesItsSignalMask.masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        return event_dict
+
+
+def test_enrichlogs_threads_leave_sigterm_to_the_main_thread(tmp_path: Path) -> None:
+    # A pool worker blocked on the pool's queue lock never ran its SIGTERM
+    # handler when the kernel gave the signal to enrichlog's runtime thread:
+    # terminate() then waited for it forever (about one run in twenty).
+    container = configure_logging(
+        enrichers=[SeesItsSignalMask()], output=str(tmp_path / "out.log"), delivery="inline"
+    )
+    get_logger().info("e")
+    main_thread_mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    container.shutdown()
+
+    assert {signal.SIGTERM, signal.SIGINT} <= SeesItsSignalMask.masks[0]
+    assert signal.SIGTERM not in main_thread_mask

@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -31,6 +32,7 @@ __all__ = [
     "EnrichmentRuntime",
     "LoopRuntime",
     "Runtime",
+    "leave_signals_to_the_main_thread",
     "resolver",
     "set_result",
 ]
@@ -38,6 +40,25 @@ __all__ = [
 _T = TypeVar("_T")
 
 _report = logging.getLogger("enrichlog")
+
+#: Signals an application handles (or dies of) on its main thread.
+_PROCESS_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block, in the calling thread (one of enrichlog's own), the signals
+    an application handles, so that the kernel delivers them to its main
+    thread. A signal taken by another thread only flags Python's handler for
+    the main thread to run; a main thread blocked on a lock or a semaphore
+    (a ``multiprocessing`` pool worker waiting for work, say) is then never
+    woken to run it, and SIGTERM does nothing."""
+    if hasattr(signal, "pthread_sigmask"):
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _PROCESS_SIGNALS)
 
 
 class DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
@@ -98,6 +119,7 @@ class DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
         return future
 
     def _serve(self) -> None:
+        leave_signals_to_the_main_thread()
         if self._init is not None:
             self._init()
         while True:
@@ -287,6 +309,7 @@ class EnrichmentRuntime:
             loop.set_default_executor(DaemonThreadPool(thread_name_prefix=f"{self._name}-default"))
 
             def serve() -> None:
+                leave_signals_to_the_main_thread()
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
                 try:

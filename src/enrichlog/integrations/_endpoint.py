@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from ..engine.runtime import leave_signals_to_the_main_thread
+
 __all__ = ["MetricsEndpoint"]
 
 
@@ -30,12 +32,15 @@ class MetricsEndpoint:
         self._server = server
         self.port: int = server.server_address[1]
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            args=(self._POLL,),
+            target=self._serve,
             name=f"enrichlog-metrics:{self.port}",
             daemon=True,
         )
         self._thread.start()
+
+    def _serve(self) -> None:
+        leave_signals_to_the_main_thread()
+        self._server.serve_forever(self._POLL)
 
     @classmethod
     def start(cls, host: str, port: int) -> MetricsEndpoint:

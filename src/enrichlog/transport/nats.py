@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from ..engine.runtime import leave_signals_to_the_main_thread
 from ..exceptions import EnricherConfigError
 from ..uri.masking import mask_secrets
 from .codec import EVENT_ID, encode_event, new_event_id
@@ -428,6 +429,7 @@ class NatsTransport:
         thread.start()
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        leave_signals_to_the_main_thread()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._run())
