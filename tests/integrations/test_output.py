@@ -164,3 +164,135 @@ def test_reopen_never_raises_when_the_path_is_gone(tmp_path: Path) -> None:
     finally:
         writer.close()
     assert writer.reopen() is False  # closed
+
+
+# -- lines written together ---------------------------------------------------------
+
+
+class CountingStream(io.BytesIO):
+    """A binary stream that records each write call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.calls: list[bytes] = []
+        self.fail = fail
+
+    def write(self, data: Any) -> int:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.calls.append(bytes(data))
+        return super().write(data)
+
+
+def gathering_writer(stream: CountingStream, limit: int = 65536) -> output_module.LineWriter:
+    writer = output_module.LineWriter(stream, target="counting", owns=False)
+    writer.gather_limit = limit
+    return writer
+
+
+def test_gathered_lines_leave_in_one_write_call_in_order() -> None:
+    stream = CountingStream()
+    writer = gathering_writer(stream)
+
+    assert writer.gather()
+    for n in range(5):
+        writer.msg(f"line {n}".encode())
+    assert [] == stream.calls  # nothing written before write_gathered
+    writer.write_gathered()
+
+    assert [b"line 0\nline 1\nline 2\nline 3\nline 4\n"] == stream.calls
+    assert 5 == writer.written
+    writer.msg(b"after")  # and plain writes again
+    assert b"after\n" == stream.calls[-1]
+
+
+def test_no_gathered_write_call_exceeds_the_limit() -> None:
+    stream = CountingStream()
+    writer = gathering_writer(stream, limit=100)
+    lines = [(f"{n:02d}" + "x" * 30).encode() for n in range(10)]  # 33 bytes with newline
+
+    assert writer.gather()
+    for line in lines:
+        writer.msg(line)
+    writer.write_gathered()
+
+    assert all(len(call) <= 100 for call in stream.calls)
+    assert 4 == len(stream.calls)  # 3 lines (99 bytes) per call
+    assert b"".join(line + b"\n" for line in lines) == b"".join(stream.calls)
+    assert 10 == writer.written
+
+
+def test_a_failed_gathered_write_counts_every_line_and_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer = gathering_writer(CountingStream(fail=True))
+
+    assert writer.gather()
+    for n in range(3):
+        writer.msg(f"line {n}".encode())
+    writer.write_gathered()
+
+    assert (0, 3) == (writer.written, writer.write_failed)
+    reports = [r.getMessage() for r in caplog.records if "could not write" in r.getMessage()]
+    expected = "enrichlog could not write 3 line(s) to counting (OSError: No space left on device)"
+    assert [expected] == reports
+
+
+def test_another_threads_line_waits_behind_the_gathered_lines() -> None:
+    stream = CountingStream()
+    writer = gathering_writer(stream)
+    assert writer.gather()
+    writer.msg(b"first")
+    other = threading.Thread(target=writer.msg, args=(b"from another thread",))
+    other.start()
+    other.join(0.2)
+    assert other.is_alive()  # waits for the lock the gathering thread holds
+    writer.msg(b"second")
+    writer.write_gathered()
+    other.join(5)
+
+    assert [b"first\nsecond\n", b"from another thread\n"] == stream.calls
+
+
+def test_a_sink_never_gathers() -> None:
+    assert not open_output(ListSink()).gather()
+    assert not open_output(io.BytesIO()).gather()
+
+
+def test_files_gather_and_standard_output_keeps_each_write_atomic_in_a_pipe(
+    tmp_path: Path,
+) -> None:
+    file_writer = open_output(str(tmp_path / "out.log"))
+    try:
+        assert 65536 == file_writer.gather_limit
+        assert output_module._PIPE_BUF == open_output("stdout").gather_limit
+    finally:
+        file_writer.close()
+
+
+def test_a_batch_of_finished_events_is_written_with_few_calls_and_none_lost(
+    tmp_path: Path,
+) -> None:
+    from tests.e2e.test_batching import Users
+
+    log_file = tmp_path / "out.log"
+    users = Users(known={i: f"user-{i}" for i in range(300)}, batch_window=0.2)
+    container = configure_logging(enrichers=[users], output=str(log_file), delivery="background")
+    lines_writer = container._lines  # the writer structlog's loggers hold
+    write = lines_writer._write
+    calls: list[bytes] = []
+
+    def counting(data: bytes) -> int:
+        calls.append(data)
+        return write(data)
+
+    lines_writer._write = counting
+    log = get_logger()
+    for user_id in range(300):
+        log.info("request", user_id=user_id)
+    container.shutdown()
+
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [f"user-{i}" for i in range(300)] == [line["user"] for line in lines]
+    assert 300 == sum(call.count(b"\n") for call in calls)
+    assert len(calls) < 30  # 300 lines ready together: a few calls, not 300

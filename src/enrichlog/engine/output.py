@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -98,7 +99,10 @@ class LineWriter:
         "_broken",
         "_closed",
         "_deferred",
+        "_due_report",
         "_flush",
+        "_gathered",
+        "_gathering",
         "_last_report",
         "_lock",
         "_owns",
@@ -107,6 +111,8 @@ class LineWriter:
         "_unreported",
         "_usable",
         "_write",
+        "gather_limit",
+        "line_writer",
         "name",
         "report_interval",
         "target",
@@ -128,6 +134,14 @@ class LineWriter:
         #: makes.
         self._usable = True
         self._deferred: list[bytes] = []
+        self._gathered = 0
+        self._gathering = False
+        self._due_report: tuple[BaseException, int] | None = None
+        #: Bytes one write call may carry when lines are gathered (see
+        #: :meth:`gather`); 0 writes each line with a call of its own.
+        self.gather_limit = 0
+        #: Where the lines go (a :class:`NamedWriter` has its writer's).
+        self.line_writer = self
         self._pid = os.getpid()
         self.target = target
         self.name: str | None = None
@@ -174,13 +188,16 @@ class LineWriter:
             due, count = self._count_failure(failure)
         if due:
             # Outside the lock: a handler may route this back into logging.
-            _report.warning(
-                "enrichlog could not write %d line(s) to %s (%s)%s",
-                count,
-                self.target,
-                _describe(failure),
-                "; it stops trying" if self._broken else "",
-            )
+            self._report_failure(failure, count)
+
+    def _report_failure(self, failure: BaseException, count: int) -> None:
+        _report.warning(
+            "enrichlog could not write %d line(s) to %s (%s)%s",
+            count,
+            self.target,
+            _describe(failure),
+            "; it stops trying" if self._broken else "",
+        )
 
     def _write_unusual(self, line: bytes) -> BaseException | None:
         """With the lock held, for a closed or broken writer: a broken one
@@ -188,7 +205,10 @@ class LineWriter:
         reconfiguration still hold this writer: appending beats losing their
         lines). ``None`` once written, else the failure."""
         if not (self._closed or self._broken):  # writing already, on this thread
-            self._deferred.append(line)
+            if self._gathering:
+                self._gather(line)
+            else:
+                self._deferred.append(line)
             return _DEFERRED
         if self._broken:
             return _BROKEN
@@ -199,6 +219,69 @@ class LineWriter:
         except (OSError, ValueError) as exc:
             return exc
         return None
+
+    def gather(self) -> bool:
+        """Keep the lines this thread writes until :meth:`write_gathered`
+        and write them with as few calls as :attr:`gather_limit` allows: the
+        runtime's loop writes the lines that are ready together this way
+        (one write call, and the GIL released and taken back once, per batch
+        rather than per line). Other threads' lines wait on the lock
+        meanwhile, so lines keep the order they were written in.
+
+        False (nothing is gathered) when the writer does not gather (a sink
+        gets each line in a call of its own), is not usable, or is writing
+        already on this thread. After True, :meth:`write_gathered` must
+        follow (``try``/``finally``): the lock is held until then."""
+        if not self.gather_limit:
+            return False
+        self._lock.acquire()
+        if not self._usable:
+            self._lock.release()
+            return False
+        self._usable = False  # msg() adds to the gathered lines
+        self._gathering = True
+        return True
+
+    def write_gathered(self) -> None:
+        """Write the lines gathered since :meth:`gather`, then let other
+        threads write again; never raises."""
+        try:
+            self._gathering = False
+            self._write_lines()
+            self._usable = not (self._closed or self._broken)
+        finally:
+            self._lock.release()
+        report, self._due_report = self._due_report, None
+        if report is not None:
+            self._report_failure(*report)
+
+    def _gather(self, line: bytes) -> None:
+        """With the lock held, while gathering: keep ``line``; first write
+        what is kept if one call could not carry both."""
+        if self._gathered + len(line) >= self.gather_limit and self._deferred:
+            self._write_lines()
+        self._deferred.append(line)
+        self._gathered += len(line) + 1
+
+    def _write_lines(self) -> None:
+        """With the lock held: the kept lines, with one write call."""
+        lines, self._deferred, self._gathered = self._deferred, [], 0
+        if not lines:
+            return
+        lines.append(b"")
+        # A signal handler that logs meanwhile has its line kept behind these.
+        gathering, self._gathering = self._gathering, False
+        try:
+            self._write(b"\n".join(lines))
+            self._flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream
+            due, count = self._count_failure(exc, len(lines) - 1)
+            if due:
+                self._due_report = (exc, count)
+        else:
+            self.written += len(lines) - 1
+        finally:
+            self._gathering = gathering and not self._broken
 
     def _write_deferred(self) -> None:
         """With the lock held: the lines logged from a signal handler while
@@ -213,13 +296,13 @@ class LineWriter:
             else:
                 self.written += 1
 
-    def _count_failure(self, failure: BaseException) -> tuple[bool, int]:
-        """With the lock held: count a line not written; whether to report."""
+    def _count_failure(self, failure: BaseException, lines: int = 1) -> tuple[bool, int]:
+        """With the lock held: count lines not written; whether to report."""
         if isinstance(failure, BrokenPipeError | ValueError):
             self._broken = True
             self._usable = False
-        self.write_failed += 1
-        self._unreported += 1
+        self.write_failed += lines
+        self._unreported += lines
         now = time.monotonic()
         if now - self._last_report < self.report_interval:
             return False, 0
@@ -280,6 +363,7 @@ class LineWriter:
         with self._lock:
             self._stream, self._write, self._flush = other._stream, other._write, other._flush
             self._owns, self.target, self._closed = other._owns, other.target, False
+            self.gather_limit = other.gather_limit
             self._broken = False
             self._usable = True
 
@@ -331,6 +415,9 @@ class LineWriter:
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._closed = self._broken = False
         self._usable = True
+        # Lines another of the parent's threads was gathering are the
+        # parent's to write.
+        self._deferred, self._gathered, self._gathering = [], 0, False
 
     def __getstate__(self) -> Any:
         raise TypeError("LineWriter cannot be pickled")
@@ -376,6 +463,7 @@ class NamedWriter:
         "failure",
         "fatal",
         "info",
+        "line_writer",
         "log",
         "msg",
         "name",
@@ -386,6 +474,7 @@ class NamedWriter:
 
     def __init__(self, writer: LineWriter, name: str) -> None:
         self.writer = writer
+        self.line_writer = writer
         self.name = name
         self.msg = self.log = self.debug = self.info = self.warn = self.warning = writer.msg
         self.error = self.err = self.critical = self.fatal = writer.msg
@@ -421,10 +510,12 @@ def open_output(target: Any) -> LineWriter:
     """
     if not isinstance(target, str):
         return LineWriter(_sink_stream(target), target=_sink_name(target), owns=False)
-    if target == "stdout":
-        return LineWriter(_binary(sys.stdout), target="stdout", owns=False)
-    if target == "stderr":
-        return LineWriter(_binary(sys.stderr), target="stderr", owns=False)
+    if target in ("stdout", "stderr"):
+        writer = LineWriter(_binary(getattr(sys, target)), target=target, owns=False)
+        # Often a pipe other processes write to as well: a write up to
+        # PIPE_BUF bytes is never interleaved with theirs.
+        writer.gather_limit = _PIPE_BUF
+        return writer
     path = os.path.expanduser(target)
     try:
         stream = open(path, "ab")  # noqa: SIM115 - closed by LineWriter.close
@@ -433,6 +524,7 @@ def open_output(target: Any) -> LineWriter:
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
         ) from None
     writer = LineWriter(stream, target=path, owns=True)
+    writer.gather_limit = _FILE_GATHER_LIMIT
     _files.add(writer)
     _reopen_on_sighup()
     return writer
@@ -537,6 +629,14 @@ class _TextAsBinary:
     def fileno(self) -> int:
         return self._stream.fileno()  # type: ignore[no-any-return]
 
+
+#: Bytes one write call may carry to standard output or error (an atomic
+#: write to a pipe).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
+#: Bytes one write call may carry to a file (appended to: one write call
+#: is never interleaved with another process's).
+_FILE_GATHER_LIMIT = 65536
 
 #: What a broken writer "fails" with: it tries nothing more.
 _BROKEN = BrokenPipeError("the output is broken or closed")

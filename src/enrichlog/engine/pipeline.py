@@ -52,6 +52,10 @@ _SALVAGE_SECONDS = 1.0
 #: caller's p99 in docs/benchmarks.md, "Hot-path choices").
 _PUMP_BUDGET = 16
 
+#: Lines gathered at most before they are written (see
+#: ``EventPipeline._write_together``).
+_GATHER_MAX = 256
+
 
 class _Reporting(threading.local):
     """Per thread: inside a report of dropped events."""
@@ -198,6 +202,7 @@ class EventPipeline:
         #: finished`` is what is pending; both are read without the lock.
         self.finished = 0
         self._in_flight = 0
+        self._write_due = False
         self._high_water = 0
         self._written = 0
         self._filtered = 0
@@ -428,6 +433,14 @@ class EventPipeline:
             return  # written already (shutdown gave up on it)
         item.done = True
         self._in_flight -= 1
+        if not self._write_due:
+            # Once per turn of the loop: the events a batch (or the timers
+            # of one turn) completed are written together.
+            self._write_due = True
+            self._runtime.loop.call_soon(self._write_completed)
+
+    def _write_completed(self) -> None:
+        self._write_due = False
         self._write_ready()
         if not self._sleeping:
             self._pump()
@@ -437,6 +450,11 @@ class EventPipeline:
         write = self.writer.write
         finished = 0
         while order and order[0].done:
+            if len(order) > 1 and order[1].done:
+                together = self._write_together(order)
+                if together:
+                    finished += together
+                    continue
             item = order[0]
             if not item.filtered and write(item.logger, item.method_name, item.event):
                 self._written += 1
@@ -455,6 +473,40 @@ class EventPipeline:
                     self._space.notify_all()
         if self._flush_waiters:
             self._release_flush_waiters()
+
+    def _write_together(self, order: deque[PendingEvent]) -> int:
+        """Several events are ready: write the lines of those that go to the
+        same output with as few write calls as it allows, when it can
+        (``LineWriter.gather``: a write call, and the GIL released and taken
+        back, per batch rather than per line). Returns how many were
+        written; 0 if the output cannot gather.
+
+        Each is popped as it is rendered: the output's lock, held until the
+        lines are written, keeps a logging thread that finds nothing pending
+        (and writes its own line) behind them.
+        """
+        output: Any = getattr(order[0].logger, "line_writer", None)
+        if output is None or not output.gather():
+            return 0
+        write = self.writer.write
+        together: list[PendingEvent] = []
+        try:
+            while order and len(together) < _GATHER_MAX:
+                item = order[0]
+                if not item.done or getattr(item.logger, "line_writer", None) is not output:
+                    break
+                if not item.filtered and write(item.logger, item.method_name, item.event):
+                    self._written += 1
+                else:
+                    self._filtered += 1
+                order.popleft()
+                together.append(item)
+        finally:
+            output.write_gathered()
+        for item in together:
+            if item.on_written is not None:
+                item.on_written()
+        return len(together)
 
     def hold(self) -> None:
         """Queue events without enriching them until :meth:`release` (the
