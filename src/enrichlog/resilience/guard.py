@@ -726,9 +726,13 @@ class EnricherGuard:
         if waiting is not None:
             waiting.append(waiter)
             return
+        size = self.options.batch_size
+        if not len(self._waiting) % size:
+            # The first key of a batch to be (batches are cut from the front,
+            # ``size`` keys each): the call runs in this event's context.
+            self._contexts[lookup] = contextvars.copy_context()
         self._waiting[lookup] = [waiter]
-        self._contexts[lookup] = contextvars.copy_context()
-        if len(self._waiting) >= self.options.batch_size:
+        if len(self._waiting) >= size:
             self._dispatch(loop)
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -780,17 +784,19 @@ class EnricherGuard:
         while self._waiting:
             keys = list(itertools.islice(self._waiting, size))
             batch = _Batch({lookup: self._waiting.pop(lookup) for lookup in keys})
-            contexts = [self._contexts.pop(lookup) for lookup in keys]
+            context = self._contexts.pop(keys[0], None)
+            if context is None:  # not expected: batches are cut as above
+                context = contextvars.copy_context()
             for lookup in keys:
                 self._fetching[lookup] = batch
             self._batches_out += 1
             call = _Call(self._fail_batch, (batch,))
             limiter = self._limiter
             if limiter is None or limiter.try_acquire():
-                call.task = loop.create_task(self._run_batch(call, batch), context=contexts[0])
+                call.task = loop.create_task(self._run_batch(call, batch), context=context)
             else:
                 limiter.wait(
-                    loop, functools.partial(self._batch_granted, call, batch, loop, contexts[0])
+                    loop, functools.partial(self._batch_granted, call, batch, loop, context)
                 )
             if len(self._waiting) < size:
                 break
