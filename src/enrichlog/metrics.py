@@ -51,6 +51,9 @@ BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
+#: The bucket of a duration (bound once: observed for every call and event).
+_bucket_of = bisect.bisect_left
+
 #: The reasons a call or an event's enricher can fail, as counted.
 FAILURE_REASONS: tuple[str, ...] = (
     "error",
@@ -98,9 +101,10 @@ class LatencyHistogram:
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.counts[_bucket_of(BUCKETS, seconds)] += 1
         self.sum += seconds
-        self.max = max(self.max, seconds)
+        if seconds > self.max:
+            self.max = seconds
 
     def summary(self) -> LatencySummary:
         """A frozen copy with the percentiles worked out."""

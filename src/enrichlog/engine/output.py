@@ -177,6 +177,14 @@ class LineWriter:
                         self._write_deferred()
                     return
                 self._usable = not (self._closed or self._broken)
+            elif self._gathering:
+                # Kept with the lines gathered (see gather()); first written
+                # are those kept, if one call could not carry them all.
+                if self._gathered + len(message) >= self.gather_limit and self._deferred:
+                    self._write_lines()
+                self._deferred.append(message)
+                self._gathered += len(message) + 1
+                return
             else:
                 unusual = self._write_unusual(message)
                 if unusual is None:
@@ -205,10 +213,7 @@ class LineWriter:
         reconfiguration still hold this writer: appending beats losing their
         lines). ``None`` once written, else the failure."""
         if not (self._closed or self._broken):  # writing already, on this thread
-            if self._gathering:
-                self._gather(line)
-            else:
-                self._deferred.append(line)
+            self._deferred.append(line)
             return _DEFERRED
         if self._broken:
             return _BROKEN
@@ -254,14 +259,6 @@ class LineWriter:
         report, self._due_report = self._due_report, None
         if report is not None:
             self._report_failure(*report)
-
-    def _gather(self, line: bytes) -> None:
-        """With the lock held, while gathering: keep ``line``; first write
-        what is kept if one call could not carry both."""
-        if self._gathered + len(line) >= self.gather_limit and self._deferred:
-            self._write_lines()
-        self._deferred.append(line)
-        self._gathered += len(line) + 1
 
     def _write_lines(self) -> None:
         """With the lock held: the kept lines, with one write call."""

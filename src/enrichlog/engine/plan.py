@@ -222,7 +222,7 @@ class EnrichmentPlan(Generic[_R]):
         if isinstance(enricher, AsyncEnricher):
             guard = EnricherGuard(enricher, ResolvedOptions.for_enricher(enricher, settings))
             self._guards[enricher.name] = guard
-            return Step(enricher, guard, guard.lookup, guard.start, guard.longest)
+            return Step(enricher, guard, guard.lookup, guard.starter, guard.longest)
         assert isinstance(enricher, SyncEnricher)
         if enricher.blocking:
             return Step(

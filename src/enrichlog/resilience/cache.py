@@ -17,7 +17,7 @@ import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple, ParamSpec, TypeVar, cast, overload
 
@@ -325,22 +325,34 @@ class EnricherCache:
             if self._in_flight.get(key) is flight:
                 del self._in_flight[key]
 
-    def _store(self, key: Hashable, entry: _Entry, now: float) -> None:
-        entries = self._entries
+    def set_many(self, items: Iterable[tuple[Hashable, Any]]) -> None:
+        """:meth:`set` for several keys, with the cache's ttl: one clock
+        read and one lock for them all (a batch's values)."""
+        now = self._clock()
+        expires_at = now + self._ttl
         with self._lock:
-            old = entries.get(key)
-            if old is None:
-                # Make room first, so the size never exceeds max_size, even
-                # for a reader that looks in the middle of this.
-                if len(entries) >= self._max_size:
-                    self._drop_oldest_locked(now)
-            elif old.error is not None:
+            for key, value in items:
+                self._store_locked(key, _Entry(value, expires_at, None), now)
+
+    def _store(self, key: Hashable, entry: _Entry, now: float) -> None:
+        with self._lock:
+            self._store_locked(key, entry, now)
+
+    def _store_locked(self, key: Hashable, entry: _Entry, now: float) -> None:
+        entries = self._entries
+        old = entries.get(key)
+        if old is None:
+            # Make room first, so the size never exceeds max_size, even
+            # for a reader that looks in the middle of this.
+            if len(entries) >= self._max_size:
+                self._drop_oldest_locked(now)
+        else:
+            if old.error is not None:
                 self._errors -= 1
-            if old is not None:
-                del entries[key]  # a new value starts at the new end
-            entries[key] = entry
-            if entry.error is not None:
-                self._errors += 1
+            del entries[key]  # a new value starts at the new end
+        entries[key] = entry
+        if entry.error is not None:
+            self._errors += 1
 
     def _drop_oldest_locked(self, now: float) -> None:
         entries = self._entries

@@ -370,6 +370,11 @@ class EnricherGuard:
         #: Batching (an enricher with ``enrich_many``): keys waiting for the
         #: next batch, keys a dispatched batch is fetching, batches out.
         self.batches = enricher.batches
+        self._batch_size = options.batch_size
+        #: What the plan calls to start one event's call: :meth:`start`, or
+        #: for a batching enricher the collecting of its key (a frame less
+        #: per event).
+        self.starter = self._collect if self.batches else self.start
         self._waiting: dict[Hashable, list[_Waiter]] = {}
         #: The context of the first event waiting for each key: a batch
         #: runs in its first key's (contextvars reach enrich_many as they
@@ -726,7 +731,7 @@ class EnricherGuard:
         if waiting is not None:
             waiting.append(waiter)
             return
-        size = self.options.batch_size
+        size = self._batch_size
         if not len(self._waiting) % size:
             # The first key of a batch to be (batches are cut from the front,
             # ``size`` keys each): the call runs in this event's context.
@@ -897,19 +902,22 @@ class EnricherGuard:
         again."""
         cache = self.cache
         outcomes: list[tuple[Outcome, list[_Waiter]]] = []
+        answered: list[tuple[Hashable, Outcome]] = []
+        applied = self._applied
         for lookup, waiters in batch.waiters.items():
             try:
                 value = values.get(lookup, _MISSING)
             except BaseException as exc:  # a mapping that fails when read
                 outcome = self._failed(error_outcome(exc))
             else:
-                outcome = self._applied(waiters[0][0], value)
-                if cache is not None:
-                    if outcome[2] is None:
-                        cache.set(lookup, outcome)
-                    elif isinstance(value, BaseException):
-                        self._remember_failure((lookup,), outcome)
+                outcome = applied(waiters[0][0], value)
+                if outcome[2] is None:
+                    answered.append((lookup, outcome))
+                elif cache is not None and isinstance(value, BaseException):
+                    self._remember_failure((lookup,), outcome)
             outcomes.append((outcome, waiters))
+        if cache is not None:
+            cache.set_many(answered)
         for outcome, waiters in outcomes:
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
