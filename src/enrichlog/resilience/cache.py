@@ -356,15 +356,16 @@ class EnricherCache:
 
     def _drop_oldest_locked(self, now: float) -> None:
         entries = self._entries
-        spares = len(entries)  # each entry spared once at most: then one goes
-        while True:
-            key, oldest = entries.popitem(last=False)
-            if not oldest.used or now >= oldest.expires_at or spares <= 0:
-                break
-            # Read since it was stored or last spared: a second chance.
-            spares -= 1
-            oldest.used = False
-            entries[key] = oldest
+        key, oldest = entries.popitem(last=False)
+        if oldest.used and now < oldest.expires_at:
+            # Read since it was stored or last spared: a second chance. Each
+            # entry is spared once at most: then one goes.
+            spares = len(entries) + 1
+            while oldest.used and now < oldest.expires_at and spares > 0:
+                spares -= 1
+                oldest.used = False
+                entries[key] = oldest
+                key, oldest = entries.popitem(last=False)
         if oldest.error is not None:
             self._errors -= 1
         if now < oldest.expires_at:

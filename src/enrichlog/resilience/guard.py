@@ -448,21 +448,24 @@ class EnricherGuard:
                 key = self._cache_key(event_dict)
                 # Inside the try: an unhashable key raises here.
                 entry = None if key is None else self._entry_of(key)
-                if entry is not None and self._clock() < entry.expires_at:
-                    error = entry.error
-                    if error is None:
-                        entry.used = True  # spared by the next eviction that reaches it
-                        cache._hits += 1  # the hit EnricherCache.get() would count
-                        hit: Outcome = entry.value
-                        return hit
-                    if isinstance(error, _EnrichmentFailedError):
-                        # A remembered failure: its reason again, here, at once.
-                        cache._hits += 1
-                        return error.outcome
-                if key is not None:
+                if entry is not None:
+                    if self._clock() < entry.expires_at:
+                        error = entry.error
+                        if error is None:
+                            entry.used = True  # spared by the next eviction that reaches it
+                            cache._hits += 1  # the hit EnricherCache.get() would count
+                            hit: Outcome = entry.value
+                            return hit
+                        if isinstance(error, _EnrichmentFailedError):
+                            # A remembered failure: its reason again, here, at once.
+                            cache._hits += 1
+                            return error.outcome
+                    # Expired (or an error the cache keeps for itself).
                     missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
                     if missed is not None:
                         return missed
+                elif key is not None:
+                    cache._misses += 1  # the miss EnricherCache.get() would count
             except BaseException as exc:  # cache_key() raised, or its key is unhashable
                 return self._failed(hook_failed(exc))
         if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
@@ -711,17 +714,27 @@ class EnricherGuard:
             sink(*key, UNAVAILABLE, 0.0)
             return
         try:
-            lookup = self.enricher.cache_key(snapshot)
-            answered: Outcome | None = None if lookup is None else self._answered(lookup)
+            lookup = self._cache_key(snapshot)
+            # Without a cache, _entry_of reads an empty mapping.
+            entry = None if lookup is None else self._entry_of(lookup)
         except BaseException as exc:  # a failing or unhashable key: a reason only
             sink(*key, self._failed(error_outcome(exc)), 0.0)
             return
         if lookup is None:
             sink(*key, NO_CHANGES, 0.0)
             return
-        if answered is not None:  # cached or failed since the logging thread looked
-            sink(*key, answered, 0.0)
-            return
+        if entry is not None and self._clock() < entry.expires_at:
+            # Cached or failed since the logging thread looked: one read of
+            # the entry, counting nothing (lookup() counted this event's hit
+            # or miss already).
+            error = entry.error
+            if error is None:
+                entry.used = True
+                sink(*key, entry.value, 0.0)
+                return
+            if isinstance(error, _EnrichmentFailedError):
+                sink(*key, error.outcome, 0.0)
+                return
         waiter = (snapshot, sink, key)
         fetching = self._fetching.get(lookup)
         if fetching is not None:
@@ -732,12 +745,13 @@ class EnricherGuard:
             waiting.append(waiter)
             return
         size = self._batch_size
-        if not len(self._waiting) % size:
+        queued = len(self._waiting)
+        if not queued % size:
             # The first key of a batch to be (batches are cut from the front,
             # ``size`` keys each): the call runs in this event's context.
             self._contexts[lookup] = contextvars.copy_context()
         self._waiting[lookup] = [waiter]
-        if len(self._waiting) >= size:
+        if queued + 1 >= size:
             self._dispatch(loop)
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -748,23 +762,6 @@ class EnricherGuard:
                 # At the end of this turn of the loop: the events handed in
                 # together share a batch.
                 loop.call_soon(self._flush, loop)
-
-    def _answered(self, key: Hashable) -> Outcome | None:
-        """What the cache says of ``key`` now: its value, or the reason of a
-        failure remembered for ``error_ttl``; ``None`` when it must be looked
-        up. One read of the entry, counting nothing: lookup() counted this
-        event's hit or miss already."""
-        if self.cache is None:
-            return None
-        entry = self._entry_of(key)
-        if entry is None or self._clock() >= entry.expires_at:
-            return None
-        error = entry.error
-        if error is None:
-            entry.used = True
-            value: Outcome = entry.value
-            return value
-        return error.outcome if isinstance(error, _EnrichmentFailedError) else None
 
     def _remember_failure(self, keys: Iterable[Hashable], outcome: Outcome) -> None:
         """Remember a failed lookup of ``keys`` for the cache's ``error_ttl``
@@ -932,7 +929,7 @@ class EnricherGuard:
             result = self.enricher.apply(copy, value)
             if result is None:
                 result = copy
-            elif not isinstance(result, Mapping):
+            elif result.__class__ is not dict and not isinstance(result, Mapping):
                 return self._failed(INVALID_RETURN)
             return (*changes_of(snapshot, result), None)
         except structlog.DropEvent:
