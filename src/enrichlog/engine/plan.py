@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +60,10 @@ __all__ = [
 ]
 
 _report = logging.getLogger("enrichlog")
+
+#: The clock of an event's enrichment latency (bound once: read twice per
+#: event that awaits).
+_monotonic = time.monotonic
 
 #: True in the context every enricher call runs in: an event logged there
 #: (by an enricher, or by a library it calls) is written as it is, never
@@ -400,7 +405,7 @@ class EnrichmentPlan(Generic[_R]):
     ) -> None:
         loop = asyncio.get_running_loop()
         if not enrichment.started:
-            enrichment.started = loop.time()
+            enrichment.started = _monotonic()
         steps = self._levels[index]
         logger, method_name, event = enrichment.logger, enrichment.method_name, enrichment.event
         deliver = self._deliver
@@ -443,7 +448,8 @@ class EnrichmentPlan(Generic[_R]):
             enrichment.outcomes = None
             enrichment.level = index + 1
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
-            complete = self._settle_from(enrichment)
+            if enrichment.level < self.depth:
+                complete = self._settle_from(enrichment)
         except structlog.DropEvent:
             enrichment.filtered = True
             self.finish_unenriched(enrichment)
@@ -453,7 +459,7 @@ class EnrichmentPlan(Generic[_R]):
         if INTERRUPTS:  # raised on the loop: a reason, nothing more
             take_interrupt()
         if complete:
-            self.enrichment_latency.observe(asyncio.get_running_loop().time() - enrichment.started)
+            self.enrichment_latency.observe(_monotonic() - enrichment.started)
             self.enricher_time.observe(enrichment.enricher_time)
             if enrichment.on_done is not None:
                 enrichment.on_done(enrichment)

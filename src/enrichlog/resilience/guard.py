@@ -898,24 +898,27 @@ class EnricherGuard:
         new events in, which must find the keys answered, not fetch them
         again."""
         cache = self.cache
-        outcomes: list[tuple[Outcome, list[_Waiter]]] = []
-        answered: list[tuple[Hashable, Outcome]] = []
+        waiters_of = batch.waiters
+        outcomes: list[Outcome] = []
+        failed = False
         applied = self._applied
-        for lookup, waiters in batch.waiters.items():
+        for lookup, waiters in waiters_of.items():
             try:
                 value = values.get(lookup, _MISSING)
             except BaseException as exc:  # a mapping that fails when read
                 outcome = self._failed(error_outcome(exc))
+                failed = True
             else:
                 outcome = applied(waiters[0][0], value)
-                if outcome[2] is None:
-                    answered.append((lookup, outcome))
-                elif cache is not None and isinstance(value, BaseException):
-                    self._remember_failure((lookup,), outcome)
-            outcomes.append((outcome, waiters))
+                if outcome[2] is not None:
+                    failed = True
+                    if cache is not None and isinstance(value, BaseException):
+                        self._remember_failure((lookup,), outcome)
+            outcomes.append(outcome)
         if cache is not None:
-            cache.set_many(answered)
-        for outcome, waiters in outcomes:
+            answered = zip(waiters_of, outcomes)
+            cache.set_many(answered if not failed else [a for a in answered if a[1][2] is None])
+        for outcome, waiters in zip(outcomes, waiters_of.values()):
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
 
