@@ -103,7 +103,7 @@ class LatencyHistogram:
         """Record one duration."""
         self.counts[_bucket_of(BUCKETS, seconds)] += 1
         self.sum += seconds
-        if seconds > self.max:
+        if seconds > self.max:  # noqa: PLR1730 - no builtin call, once per call and event
             self.max = seconds
 
     def summary(self) -> LatencySummary:

@@ -697,7 +697,7 @@ class EnricherGuard:
 
     # -- batching ----------------------------------------------------------
 
-    def _collect(
+    def _collect(  # noqa: PLR0912 - one frame per event and enricher, on purpose
         self,
         loop: asyncio.AbstractEventLoop,
         logger: WrappedLogger,
@@ -916,9 +916,9 @@ class EnricherGuard:
                         self._remember_failure((lookup,), outcome)
             outcomes.append(outcome)
         if cache is not None:
-            answered = zip(waiters_of, outcomes)
+            answered = zip(waiters_of, outcomes, strict=True)
             cache.set_many(answered if not failed else [a for a in answered if a[1][2] is None])
-        for outcome, waiters in zip(outcomes, waiters_of.values()):
+        for outcome, waiters in zip(outcomes, waiters_of.values(), strict=True):
             for _, sink, key in waiters:
                 sink(*key, outcome, seconds)
 
