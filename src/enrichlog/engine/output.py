@@ -48,6 +48,11 @@ class TailWriter:
 
     __slots__ = ("tail",)
 
+    #: The lines it writes go to the events' outputs, which may gather them
+    #: (see LineWriter.gather); a writer that publishes events instead
+    #: (scale-out) has no such attribute.
+    writes_lines = True
+
     def __init__(self, tail: Iterable[Processor] = ()) -> None:
         self.tail = list(tail)
 
@@ -269,6 +274,8 @@ class LineWriter:
         # A signal handler that logs meanwhile has its line kept behind these.
         gathering, self._gathering = self._gathering, False
         try:
+            if self._closed:  # by a signal handler's shutdown meanwhile: as msg() would
+                self._reopen()
             self._write(b"\n".join(lines))
             self._flush()
         except (OSError, ValueError) as exc:  # ValueError: a closed stream

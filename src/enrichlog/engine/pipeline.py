@@ -171,6 +171,9 @@ class EventPipeline:
         self._runtime = runtime
         self._plan = plan
         self.writer = writer
+        #: Whether lines ready together may be written together (a writer
+        #: that publishes events instead writes no lines).
+        self._gathers = getattr(writer, "writes_lines", False)
         runtime.add_exit_hook(self._write_leftovers)
         self._queue_size = queue_size
         self._overflow = overflow
@@ -450,7 +453,7 @@ class EventPipeline:
         write = self.writer.write
         finished = 0
         while order and order[0].done:
-            if len(order) > 1 and order[1].done:
+            if self._gathers and len(order) > 1 and order[1].done:
                 together = self._write_together(order)
                 if together:
                     finished += together

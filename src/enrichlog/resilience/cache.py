@@ -330,9 +330,18 @@ class EnricherCache:
         read and one lock for them all (a batch's values)."""
         now = self._clock()
         expires_at = now + self._ttl
+        entries = self._entries
+        max_size = self._max_size
         with self._lock:
             for key, value in items:
-                self._store_locked(key, _Entry(value, expires_at, None), now)
+                # _store_locked() without a frame per key.
+                old = entries.pop(key, None)  # a new value starts at the new end
+                if old is None:
+                    if len(entries) >= max_size:
+                        self._drop_oldest_locked(now)
+                elif old.error is not None:
+                    self._errors -= 1
+                entries[key] = _Entry(value, expires_at, None)
 
     def _store(self, key: Hashable, entry: _Entry, now: float) -> None:
         with self._lock:
