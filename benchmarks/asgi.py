@@ -103,7 +103,14 @@ async def _start_enrichlog(backend: Backend, requests: int) -> tuple[Any, str]:
     """enrichlog on the running loop, started without blocking it; and its runtime."""
     enrichers = [SleepLookup(name, LOOKUP_SECONDS, backend) for name in NAMES]
     container = configure_logging(
-        enrichers=enrichers, runtime="loop", output=DEVNULL, queue_size=requests + 1_000
+        enrichers=enrichers,
+        runtime="loop",
+        output=DEVNULL,
+        queue_size=requests + 1_000,
+        # As many calls in flight per enricher as the application has requests
+        # in flight: the default (64) would queue calls behind a limit that
+        # protects a backend, which the inline baseline does not have.
+        enricher_max_concurrency=CONCURRENCY,
     )
     await container.astartup()
     return container, "loop"
