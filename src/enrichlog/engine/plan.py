@@ -33,7 +33,7 @@ from structlog.typing import EventDict, WrappedLogger
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, _FunctionEnricher
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
-from ..resilience.guard import EnricherGuard
+from ..resilience.guard import EnricherGuard, lookup_all
 from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
@@ -174,6 +174,23 @@ class Step:
 
 _R = TypeVar("_R", bound=Enrichment)
 
+#: Settles a level's steps for one event: an outcome per step, ``None`` for
+#: each that must await.
+LevelSettler = Callable[[WrappedLogger, str, EventDict], list[Outcome | None]]
+
+
+def _level_settler(level: Sequence[Step]) -> LevelSettler:
+    guards = tuple(step.guard for step in level if step.guard is not None)
+    if len(guards) == len(level):  # every step an async enricher's guard.lookup
+        return functools.partial(lookup_all, guards)
+    return functools.partial(_settle_each, tuple(step.settle for step in level))
+
+
+def _settle_each(
+    settlers: Sequence[Settle], logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> list[Outcome | None]:
+    return [settle(logger, method_name, event_dict) for settle in settlers]
+
 
 class EnrichmentPlan(Generic[_R]):
     """The compiled levels of a container's enrichers, and how to run them.
@@ -200,7 +217,9 @@ class EnrichmentPlan(Generic[_R]):
         self._error_field = settings.error_field
         self._guards: dict[str, EnricherGuard] = {}
         self._levels = tuple(tuple(self._compile(e, settings) for e in level) for level in levels)
-        self._settlers = tuple(tuple(step.settle for step in level) for level in self._levels)
+        #: Per level: what settles its steps on the calling thread, in one
+        #: call (the guards of an all-async level are looked up in one frame).
+        self._settlers = tuple(_level_settler(level) for level in self._levels)
         #: How many levels an event goes through.
         self.depth = len(self._levels)
         # Every step of the first level runs on the loop whatever happens
@@ -294,11 +313,9 @@ class EnrichmentPlan(Generic[_R]):
             # no cache): the loop settles it, the caller only hands off.
             return self._record(logger, method_name, event_dict, 0, None)
         index = -1
-        for settlers in self._settlers:
+        for settle_level in self._settlers:
             index += 1
-            outcomes: list[Outcome | None] = []
-            for settle in settlers:
-                outcomes.append(settle(logger, method_name, event_dict))  # noqa: PERF401
+            outcomes = settle_level(logger, method_name, event_dict)
             if None in outcomes:
                 return self._record(logger, method_name, event_dict, index, outcomes)
             failed = False
@@ -388,7 +405,7 @@ class EnrichmentPlan(Generic[_R]):
                     enrichment.method_name,
                     enrichment.event,
                 )
-                outcomes = [settle(logger, method_name, event) for settle in settlers[index]]
+                outcomes = settlers[index](logger, method_name, event)
             if None in outcomes:
                 enrichment.outcomes = outcomes
                 self._start_calls(enrichment, index, outcomes)

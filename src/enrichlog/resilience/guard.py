@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -433,45 +433,10 @@ class EnricherGuard:
 
         Returns the cached outcome on a cache hit, a skip outcome when the
         enricher is unavailable or its circuit is open, and ``None`` when the
-        enricher has to run on the runtime loop.
+        enricher has to run on the runtime loop. (:func:`lookup_all` for the
+        guards of a level at once.)
         """
-        # Once per enricher of every event, on the logging thread. A cache
-        # hit is read here rather than through EnricherCache.get(): one
-        # Python frame less per enricher (docs/benchmarks.md, "Hot-path
-        # choices"); misses, expiry and eviction stay the cache's business.
-        if not self.enricher.available:
-            self.skipped_unavailable += 1
-            return UNAVAILABLE
-        cache = self.cache
-        if cache is not None:
-            try:
-                key = self._cache_key(event_dict)
-                # Inside the try: an unhashable key raises here.
-                entry = None if key is None else self._entry_of(key)
-                if entry is not None:
-                    if self._clock() < entry.expires_at:
-                        error = entry.error
-                        if error is None:
-                            entry.used = True  # spared by the next eviction that reaches it
-                            cache._hits += 1  # the hit EnricherCache.get() would count
-                            hit: Outcome = entry.value
-                            return hit
-                        if isinstance(error, _EnrichmentFailedError):
-                            # A remembered failure: its reason again, here, at once.
-                            cache._hits += 1
-                            return error.outcome
-                    # Expired (or an error the cache keeps for itself).
-                    missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
-                    if missed is not None:
-                        return missed
-                elif key is not None:
-                    cache._misses += 1  # the miss EnricherCache.get() would count
-            except BaseException as exc:  # cache_key() raised, or its key is unhashable
-                return self._failed(hook_failed(exc))
-        if self.breaker.state is CircuitState.OPEN and self.breaker.retry_in() > 0:
-            self.skipped_open += 1
-            return CIRCUIT_OPEN
-        return None
+        return lookup_all((self,), logger, method_name, event_dict)[0]
 
     # -- on the runtime loop ----------------------------------------------
 
@@ -1130,3 +1095,72 @@ def _abandon_sink(abandon: Callable[[Outcome], object]) -> Sink:
 def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
     level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
     _report.log(level, "enricher %r: circuit %s -> %s", breaker.name, old.value, new.value)
+
+
+def lookup_all(
+    guards: Sequence[EnricherGuard],
+    logger: WrappedLogger,
+    method_name: str,
+    event_dict: EventDict,
+) -> list[Outcome | None]:
+    """:meth:`EnricherGuard.lookup` for each of ``guards``, in one frame.
+
+    Once per level of every event, on the logging thread: the guards of a
+    level are looked up in one loop rather than a frame each, and a cache
+    hit is read here rather than through EnricherCache.get()
+    (docs/benchmarks.md, "Hot-path choices"); misses, expiry and eviction
+    stay the cache's business.
+    """
+    del logger, method_name  # a cache key is the event's business
+    outcomes: list[Outcome | None] = []
+    # The clock is read once for the level (guards share the monotonic one).
+    clock: Callable[[], float] | None = None
+    now = 0.0
+    for guard in guards:
+        if not guard.enricher.available:
+            guard.skipped_unavailable += 1
+            outcomes.append(UNAVAILABLE)
+            continue
+        cache = guard.cache
+        if cache is not None:
+            try:
+                key = guard._cache_key(event_dict)
+                # Inside the try: an unhashable key raises here.
+                entry = None if key is None else guard._entry_of(key)
+                if entry is not None:
+                    if guard._clock is not clock:
+                        clock = guard._clock
+                        now = clock()
+                    if now < entry.expires_at:
+                        error = entry.error
+                        if error is None:
+                            entry.used = True  # spared by the next eviction that reaches it
+                            cache._hits += 1  # the hit EnricherCache.get() would count
+                            outcomes.append(entry.value)
+                            continue
+                        if isinstance(error, _EnrichmentFailedError):
+                            # A remembered failure: its reason again, here, at once.
+                            cache._hits += 1
+                            outcomes.append(error.outcome)
+                            continue
+                    # Expired (or an error the cache keeps for itself).
+                    missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
+                    if missed is not None:
+                        outcomes.append(missed)
+                        continue
+                elif key is not None:
+                    cache._misses += 1  # the miss EnricherCache.get() would count
+            except BaseException as exc:  # cache_key() raised, or its key is unhashable
+                outcomes.append(guard._failed(hook_failed(exc)))
+                continue
+        breaker = guard.breaker
+        if breaker.state is _OPEN and breaker.retry_in() > 0:
+            guard.skipped_open += 1
+            outcomes.append(CIRCUIT_OPEN)
+        else:
+            outcomes.append(None)
+    return outcomes
+
+
+#: Bound once: read for every enricher of every event that is not a hit.
+_OPEN = CircuitState.OPEN
