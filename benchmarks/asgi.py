@@ -81,6 +81,10 @@ async def _request(app: App, user_id: int) -> None:
     }
 
     async def receive() -> dict[str, Any]:
+        # A server's receive() waits for the socket: the request yields to the
+        # loop once, as it would in a real server. (Without it, each client ran
+        # all its requests in one step, and their events piled up unenriched.)
+        await asyncio.sleep(0)
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
@@ -120,7 +124,8 @@ async def _run_enrichlog(requests: int) -> dict[str, Any]:
     backend = Backend()
     container, runtime = await _start_enrichlog(backend, requests)
     log_call_ns: list[int] = []
-    app = make_app(get_logger(), log_call_ns, [])
+    # A concrete bound logger, as for plain structlog (common.plain_structlog).
+    app = make_app(get_logger().bind(), log_call_ns, [])
     await _request(app, -1)  # warm-up
     await container.aflush()
     log_call_ns.clear()
