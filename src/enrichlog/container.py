@@ -222,6 +222,9 @@ class LoggingContainer:
         # there.
         self._lines: LineWriter | None = None
         self._lines_before = (0, 0)
+        #: The lines written and failed when the container shut down: the
+        #: shared writer goes on counting for the container that follows.
+        self._lines_at_shutdown: tuple[int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
 
@@ -271,6 +274,7 @@ class LoggingContainer:
                     self._start_in_the_thread()
             self._lines = _install(self.chain(), self.output, self.settings)
             self._lines_before = (self._lines.written, self._lines.write_failed)
+            self._lines_at_shutdown = None
             self._running = True
             _live.add(self)
             atexit.register(self._at_exit)
@@ -511,9 +515,9 @@ class LoggingContainer:
             self._restore_sigterm_handler()
             _live.discard(self)
         finally:
-            report = DrainReport(
-                {key: value for key, value in self._counts().items() if key in _REPORTED}
-            )
+            counts = self._counts()
+            self._lines_at_shutdown = (counts["written"], counts["write_failed"])
+            report = DrainReport({key: value for key, value in counts.items() if key in _REPORTED})
             report.update({key: drained[key] for key in _DRAINED if key in drained})
             # Metrics: keep the final counters; stop /metrics, releasing its port.
             _observability.container_stopped(self)
@@ -525,7 +529,9 @@ class LoggingContainer:
         """Lines written (by any thread) and failed, events dropped, filtered
         and still pending, calls abandoned, renderer fallbacks."""
         pipeline = self._pipeline.metrics()
-        if self._lines is not None:
+        if self._lines_at_shutdown is not None:
+            written, write_failed = self._lines_at_shutdown
+        elif self._lines is not None:
             written = self._lines.written - self._lines_before[0]
             write_failed = self._lines.write_failed - self._lines_before[1]
         else:  # not installed: only the lines the runtime wrote are known

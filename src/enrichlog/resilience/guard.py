@@ -1057,6 +1057,12 @@ class EnricherGuard:
         if self.options.max_concurrency is not None:
             self._limiter = _Limiter(self.options.max_concurrency, self.timeout)
         self.lingering = set()
+        # The parent's batches: their calls ran on its loop and never come
+        # back here. A key left "fetching" would keep every child event with
+        # it waiting for nothing.
+        self._waiting, self._contexts, self._fetching = {}, {}, {}
+        self._batches_out = 0
+        self._flush_scheduled = False
 
     def metrics(self) -> EnricherMetrics:
         """This enricher's counters, latency and breaker state."""
@@ -1097,7 +1103,7 @@ def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: Circui
     _report.log(level, "enricher %r: circuit %s -> %s", breaker.name, old.value, new.value)
 
 
-def lookup_all(
+def lookup_all(  # noqa: PLR0912 - once per level of every event: one frame on purpose
     guards: Sequence[EnricherGuard],
     logger: WrappedLogger,
     method_name: str,
