@@ -84,7 +84,9 @@ class TailWriter:
 
 
 class LineWriter:
-    """Writes one line per call to a binary stream, flushing each line.
+    """Writes one line per call to a binary stream, flushing each line (or,
+    between :meth:`gather` and :meth:`write_gathered`, the lines of one
+    thread together, with as few write calls as :attr:`gather_limit` allows).
 
     Every structlog level method (``info``, ``error``...) is an alias of
     :meth:`msg`, like structlog's ``BytesLogger``. A write never raises into
