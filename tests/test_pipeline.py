@@ -217,3 +217,30 @@ def test_events_that_need_no_await_take_no_in_flight_slot(runtime: EnrichmentRun
     pipeline.flush(5)
 
     assert (["awaits", "complete"], 1) == (lines.events, len(plan.started))
+
+
+def test_an_interrupt_while_waking_the_loop_still_wakes_it_then_reaches_the_caller(
+    runtime: EnrichmentRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal handler's KeyboardInterrupt landing in the wake used to leave
+    # the loop said awake and asleep: every later event waited for shutdown.
+    plan, lines = FakePlan(), Lines()
+    pipeline = make(runtime, plan, lines)
+    call_soon = runtime.call_soon
+    interrupts = [KeyboardInterrupt()]
+
+    def interrupted_once(*args: Any) -> Any:
+        if interrupts:
+            raise interrupts.pop()
+        return call_soon(*args)
+
+    monkeypatch.setattr(runtime, "call_soon", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.submit(event("first"))
+    pipeline.submit(event("second"))
+
+    wait_for_started(plan, 2)
+    for enrichment in plan.started:
+        complete(runtime, enrichment)
+    assert pipeline.flush(5)
+    assert ["first", "second"] == lines.events

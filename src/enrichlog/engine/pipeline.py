@@ -52,6 +52,10 @@ _SALVAGE_SECONDS = 1.0
 #: caller's p99 in docs/benchmarks.md, "Hot-path choices").
 _PUMP_BUDGET = 16
 
+#: Tries to wake the loop while interrupts keep landing (each try takes
+#: microseconds; signals do not come that fast).
+_WAKE_ATTEMPTS = 100
+
 #: Lines gathered at most before they are written (see
 #: ``EventPipeline._write_together``).
 _GATHER_MAX = 256
@@ -239,33 +243,55 @@ class EventPipeline:
         if self.state is not _ACCEPTING:
             self._plan.finish_unenriched(item)
         normal, urgent = self._normal, self._urgent
-        with self._lock:
-            # The common case (accepting, room in the queue) decides nothing
-            # more: no frame of its own. (The state is read again under the
-            # lock: a drain may have begun since.)
-            if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
-                result = QUEUED
-            else:
-                result = self._admit(item, may_block)
-            if result == QUEUED:
-                item.seq = self._next_seq
-                self._next_seq += 1
-                self.queued += 1
-                (urgent if item.urgent else normal).append(item)
-                depth = len(normal) + len(urgent)
-                if depth > self._high_water:  # noqa: PLR1730 - no builtin call per event
-                    self._high_water = depth
-            wake = result == QUEUED and self._sleeping
+        wake = False
+        try:
+            with self._lock:
+                # The common case (accepting, room in the queue) decides
+                # nothing more: no frame of its own. (The state is read again
+                # under the lock: a drain may have begun since.)
+                if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
+                    result = QUEUED
+                else:
+                    result = self._admit(item, may_block)
+                if result == QUEUED:
+                    item.seq = self._next_seq
+                    self._next_seq += 1
+                    self.queued += 1
+                    (urgent if item.urgent else normal).append(item)
+                    depth = len(normal) + len(urgent)
+                    if depth > self._high_water:  # noqa: PLR1730 - no builtin call per event
+                        self._high_water = depth
+                    if self._sleeping:
+                        self._sleeping = False
+                        wake = True
+            if self._dropped_items:
+                self._after_drops()
+        finally:
+            # Even when an interrupt (a signal handler's KeyboardInterrupt)
+            # lands meanwhile: a loop said awake and never woken would sleep
+            # with events queued until shutdown.
             if wake:
-                self._sleeping = False
-        if self._dropped_items:
-            self._after_drops()
-        if wake:
+                self._wake()
+        return result
+
+    def _wake(self) -> None:
+        """Schedule the pump on the loop, whatever interrupts the caller
+        meanwhile: an interrupt is held until the loop is woken, then
+        raised. (A second pump scheduled by a retry does nothing.)"""
+        interrupt: BaseException | None = None
+        for _ in range(_WAKE_ATTEMPTS):
             try:
                 self._runtime.call_soon(self._pump)
             except RuntimeError:  # stopped under us: its exit hook writes the queue
                 self._sleeping = True
-        return result
+            except BaseException as exc:
+                interrupt = exc
+                continue
+            break
+        else:
+            self._sleeping = True  # the next log call wakes it
+        if interrupt is not None:
+            raise interrupt
 
     def _admit(self, item: PendingEvent, may_block: bool) -> int:
         """With the lock held, when the pipeline is not accepting or the
@@ -438,9 +464,10 @@ class EventPipeline:
         self._in_flight -= 1
         if not self._write_due:
             # Once per turn of the loop: the events a batch (or the timers
-            # of one turn) completed are written together.
-            self._write_due = True
+            # of one turn) completed are written together. (Flagged once
+            # scheduled: an interrupt in between costs a second, idle, call.)
             self._runtime.loop.call_soon(self._write_completed)
+            self._write_due = True
 
     def _write_completed(self) -> None:
         self._write_due = False

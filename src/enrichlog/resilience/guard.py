@@ -719,7 +719,6 @@ class EnricherGuard:
         if queued + 1 >= size:
             self._dispatch(loop)
         elif not self._flush_scheduled:
-            self._flush_scheduled = True
             window = self.options.batch_window
             if window:
                 loop.call_later(window, self._flush, loop)
@@ -727,6 +726,9 @@ class EnricherGuard:
                 # At the end of this turn of the loop: the events handed in
                 # together share a batch.
                 loop.call_soon(self._flush, loop)
+            # Flagged once scheduled: an interrupt in between (runtime="loop"
+            # on the main thread) costs a second flush, not a lost one.
+            self._flush_scheduled = True
 
     def _remember_failure(self, keys: Iterable[Hashable], outcome: Outcome) -> None:
         """Remember a failed lookup of ``keys`` for the cache's ``error_ttl``
@@ -925,8 +927,8 @@ class EnricherGuard:
         if released:
             self._batches_out -= 1
             if self._waiting and loop is not None and not self._flush_scheduled:
-                self._flush_scheduled = True
                 loop.call_soon(self._flush, loop)
+                self._flush_scheduled = True
 
     def _success(
         self,
