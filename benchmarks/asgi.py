@@ -32,6 +32,7 @@ from common import (
     Context,
     SleepLookup,
     distribution,
+    paired_ratio,
     plain_structlog,
     sleep_lookup,
     us,
@@ -248,7 +249,7 @@ def bench_asgi(ctx: Context) -> None:
 def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
     plain, ours, floor = summary["structlog"], summary["enrichlog"], summary["task_per_lookup"]
     label = f"enrichlog runtime: {runtime}"
-    p99_ratio = _paired(ours, plain, "p99_us")
+    p99_ratio = paired_ratio(ours, plain, "p99_us")
     ctx.results.add(
         Check(
             "asgi",
@@ -262,7 +263,7 @@ def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
             note=f"{label}; p50 {us(ours['p50_us'])} vs {us(plain['p50_us'])}",
         )
     )
-    cpu_ratio = _paired(ours, plain, "cpu_us_per_request")
+    cpu_ratio = paired_ratio(ours, plain, "cpu_us_per_request")
     ctx.results.add(
         Check(
             "asgi",
@@ -277,7 +278,7 @@ def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
             f"{ours['requests_per_s']:,.0f} vs {plain['requests_per_s']:,.0f} requests/s",
         )
     )
-    floor_ratio = _paired(floor, plain, "cpu_us_per_request")
+    floor_ratio = paired_ratio(floor, plain, "cpu_us_per_request")
     ctx.results.add(
         Check(
             "asgi",
@@ -291,12 +292,4 @@ def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
             note="the least that enriching after the log call costs: info() starts a task per "
             f"lookup and returns; enrichlog is {cpu_ratio / floor_ratio:.2f}x this",
         )
-    )
-
-
-def _paired(ours: dict[str, Any], baseline: dict[str, Any], key: str) -> float:
-    """The median over rounds of ours / baseline, each round's runs made back to back."""
-    return statistics.median(
-        mine[key] / theirs[key]
-        for mine, theirs in zip(ours["rounds"], baseline["rounds"], strict=True)
     )

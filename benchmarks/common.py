@@ -179,6 +179,21 @@ def median_of(runs: Sequence[Mapping[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def paired_ratio(ours: Mapping[str, Any], baseline: Mapping[str, Any], key: str) -> float:
+    """The median over rounds of ours / baseline, each round's runs made back
+    to back: the machine's speed, which drifts from minute to minute on a
+    shared host, cancels out of each ratio."""
+    return statistics.median(paired_ratios(ours, baseline, key))
+
+
+def paired_ratios(ours: Mapping[str, Any], baseline: Mapping[str, Any], key: str) -> list[float]:
+    """ours / baseline for each round (both summaries hold ``rounds``)."""
+    return [
+        mine[key] / theirs[key]
+        for mine, theirs in zip(ours["rounds"], baseline["rounds"], strict=True)
+    ]
+
+
 def time_block(info: Callable[..., Any], events: int) -> float:
     """The mean cost of one ``info("checkout", ...)`` call over ``events`` calls (µs), in
     CPU time of the calling thread: time the thread spends descheduled while a

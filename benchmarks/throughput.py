@@ -15,7 +15,6 @@ per event. Variants alternate round by round; figures are medians over rounds.
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,8 @@ from common import (
     SleepLookup,
     distribution,
     median_of,
+    paired_ratio,
+    paired_ratios,
     plain_structlog,
     rate,
     sleep_lookup,
@@ -161,21 +162,6 @@ def _alternate(
 #: Rounds of the sections with a target (quick, full): each gives a ratio of
 #: the two variants run back to back, and the check reads their median.
 TARGET_ROUNDS = (1, 5)
-
-
-def paired_ratio(ours: dict, baseline: dict, key: str) -> float:
-    """The median over rounds of ours / baseline, each round's two runs made
-    back to back: the machine's speed, which drifts from minute to minute on
-    a shared host, cancels out of each ratio."""
-    return statistics.median(paired_ratios(ours, baseline, key))
-
-
-def paired_ratios(ours: dict, baseline: dict, key: str) -> list[float]:
-    """ours / baseline for each round."""
-    return [
-        mine[key] / theirs[key]
-        for mine, theirs in zip(ours["rounds"], baseline["rounds"], strict=True)
-    ]
 
 
 def _spread(ours: dict, baseline: dict, key: str) -> str:

@@ -447,38 +447,32 @@ def _families(reading: _Reading) -> list[Metric]:
 def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
     """A producer's transport and a worker's counters (docs/scale-out.md),
     when the process has them."""
-    transport = totals.transport
-    if transport is not None:
-        events = families.counter(
-            "enrichlog_transport_events_total",
-            "Events of the scale-out transport: published to the stream, duplicates the "
-            "server recognised, spooled to disk, replayed from it, dropped past the spool "
-            "cap, rejected, and failed publish attempts.",
-            ("result",),
-        )
-        for result in TRANSPORT_COUNTERS:
-            events.add_metric([result], transport.get(result, 0))
-        _part_gauges(
+    if totals.transport is not None:
+        _part_families(
             families,
-            transport,
+            totals.transport,
+            (
+                "enrichlog_transport_events_total",
+                "Events of the scale-out transport: published to the stream, duplicates the "
+                "server recognised, spooled to disk, replayed from it, dropped past the spool "
+                "cap, rejected, and failed publish attempts.",
+                TRANSPORT_COUNTERS,
+            ),
             ("enrichlog_transport_queued", "queued", "Events waiting to be published."),
             ("enrichlog_transport_spool_bytes", "spool_bytes", "Bytes in the on-disk spool."),
             ("enrichlog_transport_connected", "connected", "1 while connected to the broker."),
         )
-    worker = totals.worker
-    if worker is not None:
-        messages = families.counter(
-            "enrichlog_worker_messages_total",
-            "Messages of an enrichment worker: consumed (redelivered: delivered before), "
-            "acknowledged, nacked for a retry, dead-lettered, duplicates skipped, and lines "
-            "the output refused.",
-            ("result",),
-        )
-        for result in WORKER_COUNTERS:
-            messages.add_metric([result], worker.get(result, 0))
-        _part_gauges(
+    if totals.worker is not None:
+        _part_families(
             families,
-            worker,
+            totals.worker,
+            (
+                "enrichlog_worker_messages_total",
+                "Messages of an enrichment worker: consumed (redelivered: delivered before), "
+                "acknowledged, nacked for a retry, dead-lettered, duplicates skipped, and lines "
+                "the output refused.",
+                WORKER_COUNTERS,
+            ),
             ("enrichlog_worker_in_flight", "in_flight", "Events fetched and not yet answered."),
             (
                 "enrichlog_worker_consumer_lag",
@@ -493,11 +487,19 @@ def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
         )
 
 
-def _part_gauges(
-    families: _Families, part: Mapping[str, Any], *gauges: tuple[str, str, str]
+def _part_families(
+    families: _Families,
+    part: Mapping[str, Any],
+    counter: tuple[str, str, tuple[str, ...]],
+    *gauges: tuple[str, str, str],
 ) -> None:
-    """``(name, key, doc)`` gauges of a transport's or a worker's figures;
-    one it does not know yet (``None``) is left out."""
+    """A transport's or a worker's figures: the ``(name, doc, results)``
+    counter by ``result``, and ``(name, key, doc)`` gauges (one it does not
+    know yet, ``None``, is left out)."""
+    name, doc, results = counter
+    family = families.counter(name, doc, ("result",))
+    for result in results:
+        family.add_metric([result], part.get(result, 0))
     for name, key, doc in gauges:
         value = part.get(key)
         if value is not None:

@@ -330,18 +330,9 @@ class EnricherCache:
         read and one lock for them all (a batch's values)."""
         now = self._clock()
         expires_at = now + self._ttl
-        entries = self._entries
-        max_size = self._max_size
         with self._lock:
             for key, value in items:
-                # _store_locked() without a frame per key.
-                old = entries.pop(key, None)  # a new value starts at the new end
-                if old is None:
-                    if len(entries) >= max_size:
-                        self._drop_oldest_locked(now)
-                elif old.error is not None:
-                    self._errors -= 1
-                entries[key] = _Entry(value, expires_at, None)
+                self._store_locked(key, _Entry(value, expires_at, None), now)
 
     def _store(self, key: Hashable, entry: _Entry, now: float) -> None:
         with self._lock:
@@ -349,16 +340,14 @@ class EnricherCache:
 
     def _store_locked(self, key: Hashable, entry: _Entry, now: float) -> None:
         entries = self._entries
-        old = entries.get(key)
+        old = entries.pop(key, None)  # a new value starts at the new end
         if old is None:
             # Make room first, so the size never exceeds max_size, even
             # for a reader that looks in the middle of this.
             if len(entries) >= self._max_size:
                 self._drop_oldest_locked(now)
-        else:
-            if old.error is not None:
-                self._errors -= 1
-            del entries[key]  # a new value starts at the new end
+        elif old.error is not None:
+            self._errors -= 1
         entries[key] = entry
         if entry.error is not None:
             self._errors += 1

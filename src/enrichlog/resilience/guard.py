@@ -449,13 +449,12 @@ class EnricherGuard:
         sink: Sink,
         key: tuple[Any, ...],
     ) -> None:
-        """Run the enricher for one event in a task of its own (on ``loop``,
-        in the current context); ``sink(*key, outcome, seconds)`` gets its
-        outcome exactly once: when the call ends, or at once when it is
-        abandoned. A call cancelled by shutdown delivers nothing."""
-        if self.batches:
-            self._collect(loop, logger, method_name, snapshot, sink, key)
-            return
+        """Run the (non-batching) enricher for one event in a task of its
+        own (on ``loop``, in the current context); ``sink(*key, outcome,
+        seconds)`` gets its outcome exactly once: when the call ends, or at
+        once when it is abandoned. A call cancelled by shutdown delivers
+        nothing. (:attr:`starter` is this, or a batching enricher's
+        collecting of the event's key.)"""
         call = _Call(sink, key)
         limiter = self._limiter
         if self.cache is not None:
