@@ -19,6 +19,7 @@ from enrichlog.engine.pipeline import (
     EventPipeline,
     PendingEvent,
     PipelineState,
+    _Reporting,
 )
 from enrichlog.engine.plan import Enrichment
 from enrichlog.engine.runtime import EnrichmentRuntime
@@ -244,3 +245,26 @@ def test_an_interrupt_while_waking_the_loop_still_wakes_it_then_reaches_the_call
         complete(runtime, enrichment)
     assert pipeline.flush(5)
     assert ["first", "second"] == lines.events
+
+
+def test_only_the_reporting_thread_is_marked_as_reporting() -> None:
+    """The hot path reads ``anywhere`` (a plain attribute) before the
+    thread's own flag: both must say the truth, on each thread, and go back
+    to rest when the report ends, even when it raises."""
+    reporting = _Reporting()
+    seen_elsewhere: list[bool] = []
+    assert not reporting.anywhere
+    assert not reporting.active
+    with reporting.reporting():
+        assert reporting.anywhere == 1
+        assert reporting.active
+        other = threading.Thread(target=lambda: seen_elsewhere.append(reporting.active))
+        other.start()
+        other.join()
+    assert seen_elsewhere == [False]
+    assert not reporting.anywhere
+    assert not reporting.active
+    with pytest.raises(ZeroDivisionError), reporting.reporting():
+        1 / 0  # noqa: B018 - a handler that fails while reporting
+    assert not reporting.anywhere
+    assert not reporting.active

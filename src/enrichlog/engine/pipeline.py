@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from structlog.typing import EventDict, WrappedLogger
@@ -61,10 +61,37 @@ _WAKE_ATTEMPTS = 100
 _GATHER_MAX = 256
 
 
-class _Reporting(threading.local):
-    """Per thread: inside a report of dropped events."""
+class _Reporting:
+    """Which threads are inside a report of dropped events.
 
-    active = False
+    Each event reads :attr:`anywhere`, a plain attribute (a thread-local's
+    costs three times as much); only while some thread reports is the
+    thread's own flag read.
+    """
+
+    def __init__(self) -> None:
+        #: Threads reporting now (changed under the lock, read without).
+        self.anywhere = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def active(self) -> bool:
+        """This thread is reporting."""
+        return bool(self.anywhere) and getattr(self._local, "active", False)
+
+    @contextlib.contextmanager
+    def reporting(self) -> Iterator[None]:
+        """Mark this thread as reporting meanwhile."""
+        with self._lock:
+            self.anywhere += 1
+        self._local.active = True
+        try:
+            yield
+        finally:
+            self._local.active = False
+            with self._lock:
+                self.anywhere -= 1
 
 
 #: Set while a thread reports dropped events: an event logged meanwhile (the
@@ -126,8 +153,8 @@ class PendingEvent(Enrichment):
         logger: WrappedLogger,
         method_name: str,
         event: EventDict,
-        level: int,
-        outcomes: list[Any] | None,
+        level: int = 0,
+        outcomes: list[Any] | None = None,
     ) -> None:
         # Enrichment.__init__'s fields, set here: one frame less per event
         # handed off.
@@ -230,7 +257,7 @@ class EventPipeline:
         """Every event submitted so far is written or dropped."""
         return self.queued == self.finished
 
-    def submit(self, item: PendingEvent, *, may_block: bool = True) -> int:
+    def submit(self, item: PendingEvent, may_block: bool = True) -> int:
         """Queue ``item``; return :data:`QUEUED`, :data:`DROPPED` (by the
         overflow policy, counted) or :data:`CLOSED` (the caller writes it).
 
@@ -249,16 +276,18 @@ class EventPipeline:
                 # The common case (accepting, room in the queue) decides
                 # nothing more: no frame of its own. (The state is read again
                 # under the lock: a drain may have begun since.)
-                if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
+                depth = len(normal) + len(urgent)
+                if self.state is _ACCEPTING and depth < self._queue_size:
                     result = QUEUED
                 else:
                     result = self._admit(item, may_block)
+                    depth = len(normal) + len(urgent)  # room may have been made
                 if result == QUEUED:
                     item.seq = self._next_seq
                     self._next_seq += 1
                     self.queued += 1
                     (urgent if item.urgent else normal).append(item)
-                    depth = len(normal) + len(urgent)
+                    depth += 1
                     if depth > self._high_water:  # noqa: PLR1730 - no builtin call per event
                         self._high_water = depth
                     if self._sleeping:
@@ -374,8 +403,7 @@ class EventPipeline:
         if due:
             # Through the stdlib logger; a handler that routes it back into
             # structlog gets it written as it is, never queued here.
-            REPORTING.active = True
-            try:
+            with REPORTING.reporting():
                 _report.warning(
                     "enrichlog dropped %d event(s): the queue of %d is full "
                     "(overflow=%s); see container.metrics()",
@@ -383,8 +411,6 @@ class EventPipeline:
                     self._queue_size,
                     self._overflow,
                 )
-            finally:
-                REPORTING.active = False
 
     # -- runtime loop ----------------------------------------------------------
 

@@ -116,8 +116,8 @@ class Enrichment:
         logger: WrappedLogger,
         method_name: str,
         event: EventDict,
-        level: int,
-        outcomes: list[Outcome | None] | None,
+        level: int = 0,
+        outcomes: list[Outcome | None] | None = None,
     ) -> None:
         self.logger = logger
         self.method_name = method_name
@@ -296,6 +296,14 @@ class EnrichmentPlan(Generic[_R]):
 
     # -- the calling thread ------------------------------------------------
 
+    @property
+    def settler(self) -> Callable[[WrappedLogger, str, EventDict], _R | None]:
+        """What the calling thread runs for each event: :meth:`settle`, or,
+        when nothing of the first level can settle there, the record class
+        itself (a record of an event with nothing settled yet; a frame less
+        per event)."""
+        return self._record if self._first_level_awaits else self.settle
+
     def settle(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _R | None:
         """Enrich ``event_dict`` in place as far as possible without awaiting.
 
@@ -311,7 +319,8 @@ class EnrichmentPlan(Generic[_R]):
         if self._first_level_awaits:
             # Nothing of the first level can finish here (no sync enricher,
             # no cache): the loop settles it, the caller only hands off.
-            return self._record(logger, method_name, event_dict, 0, None)
+            # (The processor calls the record class directly: see settler.)
+            return self._record(logger, method_name, event_dict)
         index = -1
         for settle_level in self._settlers:
             index += 1
@@ -337,7 +346,7 @@ class EnrichmentPlan(Generic[_R]):
     ) -> _R:
         """The record of an event nothing was settled for yet (the enrichers
         are still starting): all of it is settled on the loop."""
-        return self._record(logger, method_name, event_dict, 0, None)
+        return self._record(logger, method_name, event_dict)
 
     def complete_record(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _R:
         """The record of an event that needs no more enrichment (it settled

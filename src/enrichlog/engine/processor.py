@@ -26,7 +26,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
-from .pipeline import DROPPED, QUEUED, REPORTING, EventPipeline, PendingEvent
+from .pipeline import CLOSED, DROPPED, QUEUED, REPORTING, EventPipeline, PendingEvent
 from .plan import IN_ENRICHMENT, INTERRUPTS, EnrichmentPlan, take_interrupt
 from .runtime import Runtime, resolver, set_result
 
@@ -92,7 +92,7 @@ class AsyncEnricherProcessor:
         inline_wait: float,
     ) -> None:
         self._plan = plan
-        self._settle: Callable[[WrappedLogger, str, EventDict], PendingEvent | None] = plan.settle
+        self._settle: Callable[[WrappedLogger, str, EventDict], PendingEvent | None] = plan.settler
         self._pipeline = pipeline
         self._owner = owner
         self._runtime = runtime
@@ -116,7 +116,7 @@ class AsyncEnricherProcessor:
         on the calling thread (an enricher not started yet would be skipped
         as unavailable); events queue, and the loop settles them once the
         enrichers are up. Swaps the settling function: no cost per event."""
-        self._settle = self._plan.unsettled_record if deferred else self._plan.settle
+        self._settle = self._plan.unsettled_record if deferred else self._plan.settler
 
     def startup(self, timeout: float | None = None) -> dict[str, bool]:
         """Start the runtime and the enrichers (blocking); which started."""
@@ -191,16 +191,22 @@ class AsyncEnricherProcessor:
         if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
             # The exception is only current on this thread, now.
             event_dict["exc_info"] = sys.exc_info()
-        if REPORTING.active:
+        if REPORTING.anywhere and REPORTING.active:
             # Logged while this thread reports dropped events (the report
             # routed back into structlog by a handler): written as it is.
             return False
         waiters = _async_waiters()
+        # A thread that runs an event loop must not block on a full queue.
+        on_loop = _running_loop() is not None  # the C fast path
+        item.context = _copy_context()
+        if waiters is None and (on_loop or self.background):
+            # Nobody waits for the line (the common case): queue and go.
+            # (Positional: a keyword call misses the fast path of a call.)
+            result = self._pipeline.submit(item, not on_loop)
+            return result != CLOSED  # queued, or dropped by the overflow policy
         future: asyncio.Future[None] | None = None
         written: _thread.LockType | None = None
         on_written: Callable[[], object] | None = None
-        # A thread that runs an event loop must not block on a full queue.
-        on_loop = _running_loop() is not None  # the C fast path
         if waiters is not None:
             # ainfo() and friends: the caller awaits this future on its loop.
             loop = asyncio.get_running_loop()
@@ -217,9 +223,8 @@ class AsyncEnricherProcessor:
             written = _thread.allocate_lock()
             written.acquire()
             on_written = written.release
-        item.context = _copy_context()
         item.on_written = on_written
-        result = self._pipeline.submit(item, may_block=not on_loop)
+        result = self._pipeline.submit(item, not on_loop)
         if result != QUEUED:
             if future is not None and not future.done():
                 future.set_result(None)
