@@ -368,3 +368,43 @@ def test_forked_child_gets_a_fresh_runtime_and_no_parent_events(tmp_path: Path) 
     assert 1 == len(pids["parent"])
     assert 1 == len(pids["child"])
     assert pids["parent"] != pids["child"]
+
+
+class GatedRequestIdCopier(Gate):
+    """Holds every event until opened, then copies the caller's request id."""
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict = await super().enrich_async(logger, method_name, event_dict)
+        event_dict["seen_request_id"] = REQUEST_ID.get()
+        # A call's own changes stay in its own copy of the context.
+        REQUEST_ID.set("changed-by-the-enricher")
+        return event_dict
+
+
+def test_queued_events_keep_the_context_they_were_logged_in(log_file: Path) -> None:
+    """Events handed off from equal contexts share one copy of it while they
+    wait (a backlog holds one context, not one per event); a change of a
+    variable between two log calls still reaches only the later events, and
+    what an enricher's call sets never reaches another event."""
+    copier = GatedRequestIdCopier(name="rid", timeout=10.0)
+    container = configure_logging(enrichers=[copier], output=str(log_file), delivery="background")
+    log = get_logger()
+    expected: list[str] = []
+
+    def run_in_a_fresh_context() -> None:
+        for request_id in ("a", "a", "b", "b", "a"):
+            REQUEST_ID.set(request_id)
+            for _ in range(3):
+                log.info("queued", n=len(expected))
+                expected.append(request_id)
+        REQUEST_ID.set("-")
+        log.info("queued", n=len(expected))
+        expected.append("-")
+
+    contextvars.Context().run(run_in_a_fresh_context)
+    copier.opened.set()
+    container.flush(10.0)
+
+    lines = read_lines(log_file)
+    assert list(range(len(expected))) == [line["n"] for line in lines]
+    assert expected == [line["seen_request_id"] for line in lines]

@@ -100,6 +100,9 @@ class AsyncEnricherProcessor:
         self._inline_wait = inline_wait
         #: Events an enricher filtered out (``DropEvent``) on a logging thread.
         self.filtered = 0
+        #: The context of the last event handed off, shared by the next ones
+        #: while their callers' contexts are equal to it (see _hand_off).
+        self._last_context: contextvars.Context | None = None
 
     @property
     def levels(self) -> tuple[tuple[Enricher, ...], ...]:
@@ -198,7 +201,21 @@ class AsyncEnricherProcessor:
         waiters = _async_waiters()
         # A thread that runs an event loop must not block on a full queue.
         on_loop = _running_loop() is not None  # the C fast path
-        item.context = _copy_context()
+        # The caller's context, shared with the events handed off before it
+        # while it is equal to theirs (same variables, same values; the same
+        # mapping underneath in the common case, a pointer comparison): a
+        # backlog of queued events then holds one context, not one each,
+        # which the garbage collector would walk again and again. Sharing is
+        # safe: enrichment only reads it (every call runs in a copy of its
+        # own), and once the loop has started an event its context is marked
+        # as enriching, so it compares unequal and the next caller's own
+        # copy is kept.
+        context = _copy_context()
+        if context == self._last_context:
+            context = self._last_context
+        else:
+            self._last_context = context
+        item.context = context
         if waiters is None and (on_loop or self.background):
             # Nobody waits for the line (the common case): queue and go.
             # (Positional: a keyword call misses the fast path of a call.)
