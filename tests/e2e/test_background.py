@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from enrichlog.container import configure_logging, get_logger
-from enrichlog.enricher import AsyncEnricher
+from enrichlog.enricher import AsyncEnricher, SyncEnricher
 from tests.helpers import read_lines
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -408,3 +408,148 @@ def test_queued_events_keep_the_context_they_were_logged_in(log_file: Path) -> N
     lines = read_lines(log_file)
     assert list(range(len(expected))) == [line["n"] for line in lines]
     assert expected == [line["seen_request_id"] for line in lines]
+
+
+STATE: contextvars.ContextVar[Any] = contextvars.ContextVar("state")
+
+
+class GatedStateReader(Gate):
+    """Holds every event until opened, then reads the caller's ``STATE``."""
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict = await super().enrich_async(logger, method_name, event_dict)
+        state = STATE.get(None)
+        event_dict["seen_user"] = state.get("user") if isinstance(state, dict) else repr(state)
+        return event_dict
+
+
+def test_queued_events_keep_their_own_objects_of_equal_value(log_file: Path) -> None:
+    """Two requests whose context variables hold equal but distinct objects
+    (an empty per-request dict each) are not confused: an event is enriched
+    with its own request's object, as it is when enrichment runs, even though
+    the two were equal when logged."""
+    reader = GatedStateReader(name="state", timeout=10.0)
+    container = configure_logging(enrichers=[reader], output=str(log_file), delivery="background")
+    log = get_logger()
+    states: list[dict[str, Any]] = []
+
+    def request(n: int) -> None:
+        state: dict[str, Any] = {}
+        STATE.set(state)
+        log.info("request", n=n)
+        states.append(state)
+
+    for n in range(4):
+        contextvars.Context().run(request, n)
+    for n, state in enumerate(states):
+        state["user"] = f"user-{n}"  # filled after the log call, before enrichment
+    reader.opened.set()
+    container.flush(10.0)
+
+    assert [f"user-{n}" for n in range(4)] == [line["seen_user"] for line in read_lines(log_file)]
+
+
+class Unequal:
+    """A value that refuses to be compared (as numpy arrays and SQL
+    expressions do)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise TypeError("Boolean value of this clause is not defined")
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return "Unequal()"
+
+
+def test_a_context_value_that_cannot_be_compared_costs_no_event(log_file: Path) -> None:
+    reader = GatedStateReader(name="state", timeout=10.0)
+    container = configure_logging(enrichers=[reader], output=str(log_file), delivery="background")
+    log = get_logger()
+
+    def requests() -> None:
+        for n in range(6):
+            STATE.set(Unequal())  # a new one each time: same key, values never equal
+            log.info("request", n=n)
+
+    contextvars.Context().run(requests)
+    reader.opened.set()
+    container.flush(10.0)
+
+    lines = read_lines(log_file)
+    assert list(range(6)) == [line["n"] for line in lines]
+    assert all(line["seen_user"] == "Unequal()" for line in lines)
+
+
+STAGE: contextvars.ContextVar[int] = contextvars.ContextVar("stage", default=-1)
+
+
+class SetStage(SyncEnricher):
+    """A sync enricher of the second level (it runs on the loop) that passes
+    its event's number to the third level through a context variable."""
+
+    def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        STAGE.set(event_dict["n"])
+        return event_dict
+
+
+class ReadStage(AsyncEnricher):
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0)
+        event_dict["stage_seen"] = STAGE.get()
+        return event_dict
+
+
+def test_what_enrichment_sets_in_a_context_stays_with_its_event(log_file: Path) -> None:
+    """Events logged from one unchanged context share it while queued; what
+    an enricher sets in the context of one event never reaches another."""
+    gate = Gate(name="gate", timeout=10.0)
+    container = configure_logging(
+        enrichers=[
+            gate,
+            SetStage(name="set_stage", dependencies="gate"),
+            ReadStage(name="read_stage", dependencies="set_stage"),
+        ],
+        output=str(log_file),
+        delivery="background",
+    )
+    log = get_logger()
+    for n in range(20):
+        log.info("staged", n=n)
+    gate.opened.set()
+    container.flush(10.0)
+
+    lines = read_lines(log_file)
+    assert list(range(20)) == [line["n"] for line in lines]
+    assert [line["n"] for line in lines] == [line["stage_seen"] for line in lines]
+    assert -1 == STAGE.get()  # and nothing reached the application's own context
+
+
+def test_events_from_an_unchanged_context_share_one_copy_while_queued(log_file: Path) -> None:
+    """What the sharing is for: a backlog logged from one unchanged context
+    holds one context object; a variable set in between starts another."""
+    gate = Gate(name="gate", timeout=10.0)
+    container = configure_logging(enrichers=[gate], output=str(log_file), delivery="background")
+    log = get_logger()
+    container._pipeline.hold()  # queued, not started: the records stay in line
+
+    def burst() -> None:
+        for n in range(3):
+            log.info("burst", n=n)
+        REQUEST_ID.set("changed")
+        for n in range(3, 5):
+            log.info("burst", n=n)
+
+    contextvars.Context().run(burst)
+    contexts = [item.context for item in container._pipeline._normal]
+    container._pipeline.release()
+    gate.opened.set()
+    container.flush(10.0)
+
+    assert 5 == len(contexts)
+    assert contexts[0] is contexts[1] is contexts[2]
+    assert contexts[3] is contexts[4]
+    assert contexts[2] is not contexts[3]
+    assert "changed" == contexts[3][REQUEST_ID]
+    assert REQUEST_ID not in contexts[0]
+    assert 5 == len(read_lines(log_file))

@@ -477,7 +477,11 @@ class EventPipeline:
         if item.level < self._plan.depth:
             item.on_done = self._on_enriched
             assert item.context is not None
-            if not item.context.run(self._plan.advance, item):
+            # In a copy: events logged from an unchanged context share one
+            # (the processor's hand-off), which nothing done here (the
+            # IN_ENRICHMENT mark, a sync enricher setting a variable) may
+            # reach.
+            if not item.context.copy().run(self._plan.advance, item):
                 return True
         item.done = True
         return False
