@@ -146,7 +146,7 @@ class PendingEvent(Enrichment):
         done: enrichment finished: the line can be written in its turn.
     """
 
-    __slots__ = ("context", "done", "on_written", "seq", "urgent")
+    __slots__ = ("done", "on_written", "seq", "urgent")
 
     def __init__(
         self,
@@ -477,10 +477,10 @@ class EventPipeline:
         if item.level < self._plan.depth:
             item.on_done = self._on_enriched
             assert item.context is not None
-            # In a copy: events logged from an unchanged context share one
-            # (the processor's hand-off), which nothing done here (the
-            # IN_ENRICHMENT mark, a sync enricher setting a variable) may
-            # reach.
+            # In a copy: events logged where no variable is set share one
+            # empty context (the processor's hand-off), which nothing done
+            # here (the IN_ENRICHMENT mark, a sync enricher setting a
+            # variable) may reach.
             if not item.context.copy().run(self._plan.advance, item):
                 return True
         item.done = True

@@ -91,6 +91,8 @@ class Enrichment:
         on_done: called with the record, on the loop, when an event that
             could not complete at once has completed (set by whoever advances
             it).
+        context: the caller's contextvars, which each level of the event
+            starts in (a copy of them); ``None``: the current context.
 
     Whoever queues events may subclass it with fields of its own (the
     pipeline's :class:`~enrichlog.engine.pipeline.PendingEvent` does), so that
@@ -98,6 +100,7 @@ class Enrichment:
     """
 
     __slots__ = (
+        "context",
         "enricher_time",
         "event",
         "filtered",
@@ -137,6 +140,7 @@ class Enrichment:
         #: sum of its calls' durations: the metrics of events that await.
         self.started = 0.0
         self.enricher_time = 0.0
+        self.context: contextvars.Context | None = None
 
 
 class Step:
@@ -426,6 +430,21 @@ class EnrichmentPlan(Generic[_R]):
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
         return True
 
+    def _next_levels(self, enrichment: Enrichment) -> bool:
+        """Settle and start the levels after one that completed, in a copy
+        of the event's own context: the outcome that completed the level
+        may have arrived in another event's (a batch's call runs in its
+        first event's, a timer an enricher shares in the context of the
+        event that armed it)."""
+        context = enrichment.context
+        if context is None:
+            return self._settle_from(enrichment)
+        return context.copy().run(self._settle_marked, enrichment)
+
+    def _settle_marked(self, enrichment: Enrichment) -> bool:
+        IN_ENRICHMENT.set(True)
+        return self._settle_from(enrichment)
+
     def _start_calls(
         self, enrichment: Enrichment, index: int, outcomes: list[Outcome | None]
     ) -> None:
@@ -475,7 +494,7 @@ class EnrichmentPlan(Generic[_R]):
             enrichment.level = index + 1
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
             if enrichment.level < self.depth:
-                complete = self._settle_from(enrichment)
+                complete = self._next_levels(enrichment)
         except structlog.DropEvent:
             enrichment.filtered = True
             self.finish_unenriched(enrichment)

@@ -17,7 +17,6 @@ import _thread
 import asyncio
 import contextvars
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -60,35 +59,9 @@ _in_enrichment = IN_ENRICHMENT.get
 _async_waiters = ASYNC_WAITER.get
 _running_loop = asyncio._get_running_loop
 _copy_context = contextvars.copy_context
-_referents = gc.get_referents
-
-
-def _variables_of_probe() -> bool:
-    """Whether a context's variables can be told apart by identity: a copy
-    refers to its variables' mapping (``gc.get_referents``), two copies of an
-    unchanged context to the very same one, and setting a variable makes a
-    new one. True on CPython; elsewhere queued events keep a copy each."""
-
-    def probe() -> bool:
-        first = _referents(_copy_context())
-        same = _referents(_copy_context())
-        _PROBE.set(True)
-        changed = _referents(_copy_context())
-        return (
-            len(first) == len(same) == len(changed) == 1
-            and first[0] is same[0]
-            and changed[0] is not first[0]
-        )
-
-    try:
-        return contextvars.Context().run(probe)
-    except Exception:  # any surprise: no sharing
-        return False
-
-
-_PROBE: contextvars.ContextVar[bool] = contextvars.ContextVar("enrichlog_probe")
-#: Queued events share their caller's context while it is the same one.
-_SHARES_CONTEXTS = _variables_of_probe()
+#: The context of every event logged where no context variable is set: one
+#: object for them all (see _hand_off).
+_EMPTY_CONTEXT = contextvars.Context()
 
 
 class AsyncEnricherProcessor:
@@ -130,10 +103,6 @@ class AsyncEnricherProcessor:
         self._inline_wait = inline_wait
         #: Events an enricher filtered out (``DropEvent``) on a logging thread.
         self.filtered = 0
-        #: The variables of the last event's context, and that context: the
-        #: next events share it while their callers' variables are the very
-        #: same (see _hand_off). One attribute: threads replace it whole.
-        self._last_context: tuple[object, contextvars.Context] = (None, contextvars.Context())
 
     @property
     def levels(self) -> tuple[tuple[Enricher, ...], ...]:
@@ -232,21 +201,16 @@ class AsyncEnricherProcessor:
         waiters = _async_waiters()
         # A thread that runs an event loop must not block on a full queue.
         on_loop = _running_loop() is not None  # the C fast path
-        # The caller's context, shared with the event handed off before it
-        # while nothing was set in it since (its variables are the very same
-        # mapping: no value is compared, so no user __eq__ runs): a backlog
-        # of queued events then holds one context, not one each, which the
-        # garbage collector would walk again and again. Nothing changes a
-        # shared context: the loop starts each event in a copy of its own.
+        # The caller's context; where it has no variable at all (a script, a
+        # worker thread), one shared empty context: a backlog of queued
+        # events then holds no context of its own each, which the garbage
+        # collector would walk again and again. (A context with variables
+        # is kept whole: no public API tells an unchanged one from an equal
+        # one, and equal is not the same; see docs/architecture.md.)
+        # Nothing changes a shared context: each level of an event starts in
+        # a copy of its own.
         context = _copy_context()
-        if _SHARES_CONTEXTS:
-            variables = _referents(context)[0]
-            last = self._last_context
-            if variables is last[0]:
-                context = last[1]
-            else:
-                self._last_context = (variables, context)
-        item.context = context
+        item.context = context if context else _EMPTY_CONTEXT
         if waiters is None and (on_loop or self.background):
             # Nobody waits for the line (the common case): queue and go.
             # (Positional: a keyword call misses the fast path of a call.)
