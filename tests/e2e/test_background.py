@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -696,3 +698,46 @@ def test_a_log_call_raises_no_audit_event_a_hook_could_refuse(tmp_path: Path) ->
     assert 100 == len(lines)
     assert 50 == sum(1 for line in lines if line["event"] == "under audit")
     assert all(line.get("tag") == "seen" for line in lines)
+
+
+class Payload:
+    """A per-request object, held by a context variable."""
+
+
+PAYLOAD: contextvars.ContextVar[Payload | None] = contextvars.ContextVar("payload", default=None)
+
+
+def test_a_finished_request_s_context_is_not_kept_alive(log_file: Path) -> None:
+    """An enricher's timers (deadlines, waits for a slot) are shared by its
+    calls; they must not keep the context of the event that armed them, and
+    with it a request's objects, alive; nor may a level's timeout, once the
+    level is complete. (An outside test found a request's object alive after
+    shutdown, held by a deadline timer; each event's level timer held the
+    event until it fired, level_timeout later.)"""
+    container = configure_logging(
+        enrichers=[RequestIdCopier(name="rid", timeout=8.0, max_concurrency=4)],
+        output=str(log_file),
+        delivery="background",
+        level_timeout=2.0,  # under the enricher's timeout: a timer per level
+    )
+    log = get_logger()
+
+    def request() -> weakref.ref[Payload]:
+        payload = Payload()
+        PAYLOAD.set(payload)
+        for n in range(3):
+            log.info("request", n=n)
+        return weakref.ref(payload)
+
+    payload = contextvars.Context().run(request)
+    container.flush(10.0)
+    log.info("another request")  # a later call re-arms the shared timers
+    container.flush(10.0)
+    gc.collect()
+    alive_while_running = payload() is not None
+    container.shutdown(10.0)
+    gc.collect()
+
+    assert not alive_while_running
+    assert payload() is None
+    assert 4 == len(read_lines(log_file))

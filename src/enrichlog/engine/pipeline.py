@@ -170,6 +170,7 @@ class PendingEvent(Enrichment):
         self.enricher_time = 0.0
         self.starting = False
         self.context: contextvars.Context | None = None
+        self.level_timer: asyncio.TimerHandle | None = None
         self.on_written: Callable[[], object] | None = None
         self.urgent = method_name in URGENT_METHODS
         self.seq = 0

@@ -72,6 +72,12 @@ IN_ENRICHMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "enrichlog_in_enrichment", default=False
 )
 
+#: What the guards' own timers run in: no event's context (a timer an
+#: enricher shares would keep the context of the event that armed it alive,
+#: and deliver in it), marked as enrichment like every enricher call.
+_TIMER_CONTEXT = contextvars.Context()
+_TIMER_CONTEXT.run(IN_ENRICHMENT.set, True)
+
 #: Runs a blocking callable in a worker thread: ``await run(fn, *args)``.
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -105,6 +111,7 @@ class Enrichment:
         "event",
         "filtered",
         "level",
+        "level_timer",
         "logger",
         "method_name",
         "on_done",
@@ -141,6 +148,9 @@ class Enrichment:
         self.started = 0.0
         self.enricher_time = 0.0
         self.context: contextvars.Context | None = None
+        #: The level timeout's timer while the level runs (cancelled when it
+        #: completes: a timer left to fire would keep the event alive).
+        self.level_timer: asyncio.TimerHandle | None = None
 
 
 class Step:
@@ -248,7 +258,11 @@ class EnrichmentPlan(Generic[_R]):
 
     def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
         if isinstance(enricher, AsyncEnricher):
-            guard = EnricherGuard(enricher, ResolvedOptions.for_enricher(enricher, settings))
+            guard = EnricherGuard(
+                enricher,
+                ResolvedOptions.for_enricher(enricher, settings),
+                timer_context=_TIMER_CONTEXT,
+            )
             self._guards[enricher.name] = guard
             return Step(enricher, guard, guard.lookup, guard.starter, guard.longest)
         assert isinstance(enricher, SyncEnricher)
@@ -466,7 +480,13 @@ class EnrichmentPlan(Generic[_R]):
             enrichment.starting = False
         if enrichment.waiting and self._level_timers[index]:
             assert self._level_timeout is not None
-            loop.call_later(self._level_timeout, self._level_expired, enrichment, index)
+            enrichment.level_timer = loop.call_later(
+                self._level_timeout,
+                self._level_expired,
+                enrichment,
+                index,
+                context=_TIMER_CONTEXT,
+            )
 
     def _deliver_outcome(
         self,
@@ -488,6 +508,10 @@ class EnrichmentPlan(Generic[_R]):
         enrichment.waiting -= 1
         if enrichment.waiting or enrichment.starting:
             return  # the rest of the level, or its starter, merges it
+        timer = enrichment.level_timer
+        if timer is not None:
+            enrichment.level_timer = None
+            timer.cancel()  # the level is complete: let go of the event now
         complete = True
         try:
             enrichment.outcomes = None
@@ -510,6 +534,7 @@ class EnrichmentPlan(Generic[_R]):
                 enrichment.on_done(enrichment)
 
     def _level_expired(self, enrichment: Enrichment, index: int) -> None:
+        enrichment.level_timer = None
         if enrichment.level != index or enrichment.outcomes is None:
             return
         for position, outcome in enumerate(enrichment.outcomes):

@@ -142,11 +142,28 @@ class _Deadlines:
     ``on_abandoned``.
     """
 
-    __slots__ = ("_calls", "_grace", "_handle", "_loop", "_on_abandoned", "_reprieved", "_timeout")
+    __slots__ = (
+        "_calls",
+        "_context",
+        "_grace",
+        "_handle",
+        "_loop",
+        "_on_abandoned",
+        "_reprieved",
+        "_timeout",
+    )
 
-    def __init__(self, timeout: float, on_abandoned: Callable[[_Call], None]) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        on_abandoned: Callable[[_Call], None],
+        context: contextvars.Context,
+    ) -> None:
         self._timeout = timeout
         self._on_abandoned = on_abandoned
+        #: What the timer runs in: not the context of whichever event armed
+        #: it, which it would keep alive and hand to what it delivers.
+        self._context = context
         self._calls: deque[_Call] = deque()
         self._grace: deque[_Call] = deque()
         self._handle: asyncio.TimerHandle | None = None
@@ -175,7 +192,7 @@ class _Deadlines:
             # No timer, or one for a later grace check only.
             if handle is not None:
                 handle.cancel()
-            self._handle = loop.call_at(at, self._fire)
+            self._handle = loop.call_at(at, self._fire, context=self._context)
 
     def _fire(self) -> None:
         loop = self._loop
@@ -186,7 +203,7 @@ class _Deadlines:
         if not self._reprieved and calls and now - calls[0].at > _REPRIEVE_AFTER:
             # A timer due now runs after the callbacks already ready.
             self._reprieved = True
-            self._handle = loop.call_at(now, self._fire)
+            self._handle = loop.call_at(now, self._fire, context=self._context)
             return
         self._reprieved = False
         late_after = max(self._timeout * _LATE_FRACTION, _LATE_SECONDS)
@@ -213,7 +230,7 @@ class _Deadlines:
             queue[0].at + extra for queue, extra in ((calls, 0.0), (grace, ABANDON_GRACE)) if queue
         ]
         if upcoming:
-            self._handle = loop.call_at(min(upcoming), self._fire)
+            self._handle = loop.call_at(min(upcoming), self._fire, context=self._context)
 
     def cancel_all(self) -> None:
         """Cancel every call in progress (the runtime is giving up)."""
@@ -234,11 +251,13 @@ class _Limiter:
     order: one loop timer walks the FIFO.
     """
 
-    __slots__ = ("_free", "_handle", "_loop", "_timeout", "_waiters")
+    __slots__ = ("_context", "_free", "_handle", "_loop", "_timeout", "_waiters")
 
-    def __init__(self, size: int, timeout: float) -> None:
+    def __init__(self, size: int, timeout: float, context: contextvars.Context) -> None:
         self._free = size
         self._timeout = timeout
+        #: What the timer runs in (as for :class:`_Deadlines`).
+        self._context = context
         self._waiters: deque[tuple[float, Callable[[bool], bool]]] = deque()
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,7 +275,7 @@ class _Limiter:
             self._loop, self._handle = loop, None
         self._waiters.append((loop.time() + self._timeout, grant))
         if self._handle is None:
-            self._handle = loop.call_at(self._waiters[0][0], self._expire)
+            self._handle = loop.call_at(self._waiters[0][0], self._expire, context=self._context)
 
     async def acquire(self) -> bool:
         """Wait for a slot; False when none came within the timeout."""
@@ -291,7 +310,7 @@ class _Limiter:
             _, grant = waiters.popleft()
             grant(False)
         if waiters:
-            self._handle = loop.call_at(waiters[0][0], self._expire)
+            self._handle = loop.call_at(waiters[0][0], self._expire, context=self._context)
 
 
 def _resolve_slot(slot: asyncio.Future[bool], granted: bool) -> bool:
@@ -335,8 +354,17 @@ class EnricherGuard:
     there.
     """
 
-    def __init__(self, enricher: AsyncEnricher, options: ResolvedOptions) -> None:
+    def __init__(
+        self,
+        enricher: AsyncEnricher,
+        options: ResolvedOptions,
+        *,
+        timer_context: contextvars.Context | None = None,
+    ) -> None:
         self.enricher = enricher
+        #: What the guard's own timers (deadlines, waits for a slot, a batch
+        #: window) run in: none of the events' contexts.
+        self._timer_context = timer_context if timer_context is not None else contextvars.Context()
         self.name = enricher.name
         self.options = options
         self.timeout = options.timeout
@@ -366,7 +394,7 @@ class EnricherGuard:
             if options.retry_attempts > 1
             else None
         )
-        self._deadlines = _Deadlines(options.timeout, self._abandoned)
+        self._deadlines = _Deadlines(options.timeout, self._abandoned, self._timer_context)
         #: Batching (an enricher with ``enrich_many``): keys waiting for the
         #: next batch, keys a dispatched batch is fetching, batches out.
         self.batches = enricher.batches
@@ -386,7 +414,7 @@ class EnricherGuard:
         self._limiter = (
             None
             if options.max_concurrency is None
-            else _Limiter(options.max_concurrency, options.timeout)
+            else _Limiter(options.max_concurrency, options.timeout, self._timer_context)
         )
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
@@ -720,11 +748,11 @@ class EnricherGuard:
         elif not self._flush_scheduled:
             window = self.options.batch_window
             if window:
-                loop.call_later(window, self._flush, loop)
+                loop.call_later(window, self._flush, loop, context=self._timer_context)
             else:
                 # At the end of this turn of the loop: the events handed in
                 # together share a batch.
-                loop.call_soon(self._flush, loop)
+                loop.call_soon(self._flush, loop, context=self._timer_context)
             # Flagged once scheduled: an interrupt in between (runtime="loop"
             # on the main thread) costs a second flush, not a lost one.
             self._flush_scheduled = True
@@ -926,7 +954,7 @@ class EnricherGuard:
         if released:
             self._batches_out -= 1
             if self._waiting and loop is not None and not self._flush_scheduled:
-                loop.call_soon(self._flush, loop)
+                loop.call_soon(self._flush, loop, context=self._timer_context)
                 self._flush_scheduled = True
 
     def _success(
@@ -1054,9 +1082,11 @@ class EnricherGuard:
         self.breaker.after_fork_in_child()
         if self.cache is not None:
             self.cache.after_fork_in_child()
-        self._deadlines = _Deadlines(self.timeout, self._abandoned)
+        self._deadlines = _Deadlines(self.timeout, self._abandoned, self._timer_context)
         if self.options.max_concurrency is not None:
-            self._limiter = _Limiter(self.options.max_concurrency, self.timeout)
+            self._limiter = _Limiter(
+                self.options.max_concurrency, self.timeout, self._timer_context
+            )
         self.lingering = set()
         # The parent's batches: their calls ran on its loop and never come
         # back here. A key left "fetching" would keep every child event with
