@@ -743,11 +743,11 @@ class LoggingContainer:
             plan.finish_unenriched(record)
             return event_dict
         done = threading.Event()
-        context = contextvars.copy_context()
+        record.context = contextvars.copy_context()  # this thread's, now
 
         def advance() -> None:
             record.on_done = lambda _record: done.set()
-            if context.run(plan.advance, record):
+            if plan.advance(record):
                 done.set()
 
         try:

@@ -49,13 +49,25 @@ class Gate(AsyncEnricher):
         return event_dict
 
 
-class RequestIdCopier(AsyncEnricher):
-    """Copies the caller's request id contextvar into the event."""
+class CopyVar(AsyncEnricher):
+    """Copies a context variable, as the enricher sees it, into the event
+    (after yielding to the loop once)."""
+
+    def __init__(self, var: contextvars.ContextVar[Any], field: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.var, self.field = var, field
 
     async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         await asyncio.sleep(0)
-        event_dict["seen_request_id"] = REQUEST_ID.get()
+        event_dict[self.field] = self.var.get()
         return event_dict
+
+
+class RequestIdCopier(CopyVar):
+    """Copies the caller's request id contextvar into the event."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(REQUEST_ID, "seen_request_id", **kw)
 
 
 def test_background_log_call_returns_before_enrichment(log_file: Path) -> None:
@@ -495,13 +507,6 @@ class SetStage(SyncEnricher):
         return event_dict
 
 
-class ReadStage(AsyncEnricher):
-    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        await asyncio.sleep(0)
-        event_dict["stage_seen"] = STAGE.get()
-        return event_dict
-
-
 def test_what_enrichment_sets_in_a_context_stays_with_its_event(log_file: Path) -> None:
     """Events logged from one unchanged context share it while queued; what
     an enricher sets in the context of one event never reaches another."""
@@ -510,7 +515,7 @@ def test_what_enrichment_sets_in_a_context_stays_with_its_event(log_file: Path) 
         enrichers=[
             gate,
             SetStage(name="set_stage", dependencies="gate"),
-            ReadStage(name="read_stage", dependencies="set_stage"),
+            CopyVar(STAGE, "stage_seen", name="read_stage", dependencies="set_stage"),
         ],
         output=str(log_file),
         delivery="background",
@@ -597,12 +602,6 @@ class SlowOrStubborn(AsyncEnricher):
         return event_dict
 
 
-class NextRid(AsyncEnricher):
-    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        event_dict["next_rid"] = RID.get()
-        return event_dict
-
-
 class NextRidSync(SyncEnricher):
     def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         event_dict["next_sync_rid"] = RID.get()
@@ -622,7 +621,7 @@ def test_every_level_of_an_event_runs_in_its_own_context(log_file: Path, first: 
     container = configure_logging(
         enrichers=[
             enricher,
-            NextRid(name="next", dependencies="first", timeout=2.0),
+            CopyVar(RID, "next_rid", name="next", dependencies="first", timeout=2.0),
             NextRidSync(name="next_sync", dependencies="first"),
         ],
         output=str(log_file),

@@ -477,12 +477,7 @@ class EventPipeline:
         """Advance ``item``; True if it awaits (takes an in-flight slot)."""
         if item.level < self._plan.depth:
             item.on_done = self._on_enriched
-            assert item.context is not None
-            # In a copy: events logged where no variable is set share one
-            # empty context (the processor's hand-off), which nothing done
-            # here (the IN_ENRICHMENT mark, a sync enricher setting a
-            # variable) may reach.
-            if not item.context.copy().run(self._plan.advance, item):
+            if not self._plan.advance(item):  # in a copy of the event's context
                 return True
         item.done = True
         return False

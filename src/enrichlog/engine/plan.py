@@ -394,8 +394,22 @@ class EnrichmentPlan(Generic[_R]):
         that needs them. True if the event is complete now; otherwise its
         ``on_done`` is called once it is. Never raises.
 
-        Runs in the event's own context (a copy of the caller's), which it
-        marks :data:`IN_ENRICHMENT` for the calls it starts."""
+        Runs in a copy of the event's own context (see :meth:`_own_context`),
+        marked :data:`IN_ENRICHMENT` for the calls it starts."""
+        return self._own_context(enrichment).run(self._advance_marked, enrichment)
+
+    @staticmethod
+    def _own_context(enrichment: Enrichment) -> contextvars.Context:
+        """A fresh copy of the event's context (the caller's, captured when
+        it was logged; the current one if none was), which each level of the
+        event starts in: the outcome that completed the level before may
+        have arrived in another event's (a batch's call runs in its first
+        event's), and events may share one context (see the processor's
+        hand-off), which nothing done for one of them may change."""
+        context = enrichment.context
+        return context.copy() if context is not None else contextvars.copy_context()
+
+    def _advance_marked(self, enrichment: Enrichment) -> bool:
         IN_ENRICHMENT.set(True)
         try:
             return self._settle_from(enrichment)
@@ -443,17 +457,6 @@ class EnrichmentPlan(Generic[_R]):
             enrichment.level = index + 1
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
         return True
-
-    def _next_levels(self, enrichment: Enrichment) -> bool:
-        """Settle and start the levels after one that completed, in a copy
-        of the event's own context: the outcome that completed the level
-        may have arrived in another event's (a batch's call runs in its
-        first event's, a timer an enricher shares in the context of the
-        event that armed it)."""
-        context = enrichment.context
-        if context is None:
-            return self._settle_from(enrichment)
-        return context.copy().run(self._settle_marked, enrichment)
 
     def _settle_marked(self, enrichment: Enrichment) -> bool:
         IN_ENRICHMENT.set(True)
@@ -518,7 +521,7 @@ class EnrichmentPlan(Generic[_R]):
             enrichment.level = index + 1
             self._merge(enrichment.event, index, outcomes)  # type: ignore[arg-type]
             if enrichment.level < self.depth:
-                complete = self._next_levels(enrichment)
+                complete = self._own_context(enrichment).run(self._settle_marked, enrichment)
         except structlog.DropEvent:
             enrichment.filtered = True
             self.finish_unenriched(enrichment)
