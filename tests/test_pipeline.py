@@ -163,6 +163,33 @@ def test_drop_new_lets_an_error_push_out_the_newest_lower_level_event(
     assert (QUEUED, 1) == (result, pipeline.metrics()["dropped_by_kind"]["evicted"])
 
 
+def test_the_high_water_is_the_deepest_the_queue_has_been(runtime: EnrichmentRuntime) -> None:
+    # The loop records it when it takes events, and metrics() reads the
+    # current depth too: no logging thread pays for it.
+    plan, lines = FakePlan(), Lines()
+    pipeline = make(runtime, plan, lines, max_in_flight=1)
+    pipeline.submit(event("in flight"))
+    wait_for_started(plan, 1)
+    for name in "abcd":
+        pipeline.submit(event(name))
+    while_queued = pipeline.metrics()["queue_high_water"]
+
+    for index in range(5):
+        wait_for_started(plan, index + 1)
+        complete(runtime, plan.started[index])
+    pipeline.flush(5)
+    pipeline.submit(event("alone"))
+    wait_for_started(plan, 6)
+    complete(runtime, plan.started[5])
+    pipeline.flush(5)
+
+    assert (4, 4, 0) == (
+        while_queued,
+        pipeline.metrics()["queue_high_water"],
+        pipeline.metrics()["queue_depth"],
+    )
+
+
 def test_closing_still_queues_events_but_completes_them_unenriched(
     runtime: EnrichmentRuntime,
 ) -> None:

@@ -273,24 +273,23 @@ class EventPipeline:
         normal, urgent = self._normal, self._urgent
         wake = False
         try:
+            # A ``with``, not acquire()/try/release(): an interrupt raised
+            # right after acquire() returns (a signal handler runs there)
+            # would land before the ``try`` and leave the lock held.
             with self._lock:
                 # The common case (accepting, room in the queue) decides
                 # nothing more: no frame of its own. (The state is read again
                 # under the lock: a drain may have begun since.)
-                depth = len(normal) + len(urgent)
-                if self.state is _ACCEPTING and depth < self._queue_size:
+                if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
                     result = QUEUED
                 else:
                     result = self._admit(item, may_block)
-                    depth = len(normal) + len(urgent)  # room may have been made
                 if result == QUEUED:
-                    item.seq = self._next_seq
-                    self._next_seq += 1
+                    item.seq = seq = self._next_seq
+                    self._next_seq = seq + 1
                     self.queued += 1
                     (urgent if item.urgent else normal).append(item)
-                    depth += 1
-                    if depth > self._high_water:  # noqa: PLR1730 - no builtin call per event
-                        self._high_water = depth
+                    # (The high water is taken by the loop: see _note_depth.)
                     if self._sleeping:
                         self._sleeping = False
                         wake = True
@@ -441,6 +440,17 @@ class EventPipeline:
             if empty:
                 return
 
+    def _note_depth(self) -> None:
+        """Record the queue's depth as its high water if it is the highest
+        yet. Called by the loop before it takes events: between two takes
+        the queue only grows (an eviction makes room for the event that
+        replaces it), so its highest depth is the one found here, or the
+        current one (see :meth:`metrics`). Logging threads so never pay for
+        it."""
+        depth = len(self._normal) + len(self._urgent)
+        if depth > self._high_water:  # noqa: PLR1730 - no builtin call per pass
+            self._high_water = depth
+
     def _take(self, room: int) -> tuple[list[PendingEvent], bool]:
         """Up to ``room`` queued events, oldest first across both lanes; and
         whether the queue is empty now (the loop then says it sleeps).
@@ -451,6 +461,7 @@ class EventPipeline:
         """
         batch: list[PendingEvent] = []
         normal, urgent = self._normal, self._urgent
+        self._note_depth()
         while room > 0:
             try:
                 if urgent and (not normal or urgent[0].seq < normal[0].seq):
@@ -722,6 +733,7 @@ class EventPipeline:
         """
         self._plan.cancel_calls()
         with self._lock:
+            self._note_depth()
             queued = sorted([*self._normal, *self._urgent], key=lambda item: item.seq)
             self._normal.clear()
             self._urgent.clear()
@@ -753,6 +765,7 @@ class EventPipeline:
         ends, it is the only one that touches this state."""
         with self._lock:
             self.state = PipelineState.STOPPED
+            self._note_depth()
             leftovers = sorted(
                 [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
             )
@@ -790,7 +803,7 @@ class EventPipeline:
             "dropped": sum(self._dropped.values()),
             "dropped_by_kind": dict(self._dropped),
             "queue_depth": depth,
-            "queue_high_water": self._high_water,
+            "queue_high_water": max(self._high_water, depth),
             "queue_size": self._queue_size,
             "in_flight": self._in_flight,
             "pending": self.pending,

@@ -190,10 +190,11 @@ class AsyncEnricherProcessor:
         """Queue the event for the runtime and wait as the caller must;
         False if the pipeline refused it (the caller writes it)."""
         event_dict = item.event
-        exc_info = event_dict.get("exc_info")
-        if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
-            # The exception is only current on this thread, now.
-            event_dict["exc_info"] = sys.exc_info()
+        if "exc_info" in event_dict:
+            exc_info = event_dict["exc_info"]
+            if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
+                # The exception is only current on this thread, now.
+                event_dict["exc_info"] = sys.exc_info()
         if REPORTING.anywhere and REPORTING.active:
             # Logged while this thread reports dropped events (the report
             # routed back into structlog by a handler): written as it is.
