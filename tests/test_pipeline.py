@@ -190,6 +190,31 @@ def test_the_high_water_is_the_deepest_the_queue_has_been(runtime: EnrichmentRun
     )
 
 
+def test_a_queue_that_was_full_reports_its_size_as_its_high_water(
+    runtime: EnrichmentRuntime,
+) -> None:
+    plan, lines = FakePlan(), Lines()
+    pipeline = make(runtime, plan, lines, queue_size=2, max_in_flight=1, overflow="drop_new")
+    pipeline.submit(event("in flight"))
+    wait_for_started(plan, 1)
+    pipeline.submit(event("a"))
+    pipeline.submit(event("b"))
+    pipeline.submit(event("failure", "error"))  # pushes out "b"
+    pipeline.submit(event("one too many"))  # dropped
+
+    for index in range(3):
+        wait_for_started(plan, index + 1)
+        complete(runtime, plan.started[index])
+    pipeline.flush(5)
+    metrics = pipeline.metrics()
+
+    assert (2, 0, ["in flight", "a", "failure"]) == (
+        metrics["queue_high_water"],
+        metrics["queue_depth"],
+        lines.events,
+    )
+
+
 def test_closing_still_queues_events_but_completes_them_unenriched(
     runtime: EnrichmentRuntime,
 ) -> None:

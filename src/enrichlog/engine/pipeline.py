@@ -239,6 +239,9 @@ class EventPipeline:
         self._in_flight = 0
         self._write_due = False
         self._high_water = 0
+        #: The queue was full at least once (its high water is then its
+        #: size): set by logging threads, under the lock.
+        self._filled = False
         self._written = 0
         self._filtered = 0
         self._dropped: dict[str, int] = {"overflow": 0, "evicted": 0}
@@ -350,6 +353,7 @@ class EventPipeline:
 
     def _make_room(self, item: PendingEvent, may_block: bool) -> bool:
         """With the lock held and the queue full: free a slot or refuse."""
+        self._filled = True
         if self._overflow == "block" and may_block:
             deadline = time.monotonic() + self._block_timeout
             self._blocked += 1
@@ -447,7 +451,12 @@ class EventPipeline:
         replaces it), so its highest depth is the one found here, or the
         current one (see :meth:`metrics`). Logging threads so never pay for
         it."""
-        depth = len(self._normal) + len(self._urgent)
+        # Without the lock: the urgent lane first. An eviction pops a lower
+        # event before its urgent replacement is appended, so read in this
+        # order the sum is never more than the queue held at once (it may
+        # be one less, but evictions happen only in a full queue, which
+        # metrics() reports as such).
+        depth = len(self._urgent) + len(self._normal)
         if depth > self._high_water:  # noqa: PLR1730 - no builtin call per pass
             self._high_water = depth
 
@@ -803,7 +812,9 @@ class EventPipeline:
             "dropped": sum(self._dropped.values()),
             "dropped_by_kind": dict(self._dropped),
             "queue_depth": depth,
-            "queue_high_water": max(self._high_water, depth),
+            "queue_high_water": (
+                self._queue_size if self._filled else max(self._high_water, depth)
+            ),
             "queue_size": self._queue_size,
             "in_flight": self._in_flight,
             "pending": self.pending,
