@@ -195,3 +195,29 @@ def test_sync_shutdown_on_the_loop_writes_pending_events_at_once(log_file: Path)
         (report["written"], report["pending"]),
         [line["event"] for line in read_lines(log_file)],
     )
+
+
+def test_an_interrupt_in_the_output_reaches_the_application_once_the_loop_has_written(
+    log_file: Path,
+) -> None:
+    # A Ctrl-C landing in a line's write on the application's loop (main
+    # thread): the runtime finishes its bookkeeping, the other lines are
+    # written, then the interrupt leaves the loop for the application.
+    from tests.integrations.test_output import SinkRaisingOnce
+
+    sink = SinkRaisingOnce(KeyboardInterrupt)
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        container = configure_logging(enrichers=[OnTheLoop()], output=sink, runtime="loop")
+        await container.astartup()
+        for name in "abcd":
+            get_logger().info(name)
+        seen["flushed"] = await container.aflush(5)
+        seen["counts"] = (container.metrics()["written"], container.metrics()["write_failed"])
+        await asyncio.sleep(1)  # the interrupt arrives first
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+
+    assert ({"flushed": True, "counts": (3, 1)}, ["a", "c", "d"]) == (seen, sink.lines)

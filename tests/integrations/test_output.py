@@ -78,6 +78,106 @@ def test_a_failing_sink_never_raises_into_the_log_call(caplog: pytest.LogCapture
     )
 
 
+class SinkRaisingOnce:
+    """A sink whose ``call``-th write raises ``error`` (a Ctrl-C landing in
+    its write looks the same), then works again."""
+
+    def __init__(self, error: type[BaseException], call: int = 2) -> None:
+        self.error, self.call = error, call
+        self.attempts = 0
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.attempts += 1
+        if self.attempts == self.call:
+            raise self.error()
+        self.lines.append(json.loads(text)["event"])
+
+
+class FlushInterruptedOnce(io.BytesIO):
+    """A binary stream whose first flush is interrupted, as a SIGINT landing
+    in a file's flush interrupts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def flush(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        super().flush()
+
+
+@pytest.mark.parametrize("error", [GeneratorExit, BaseException])
+def test_a_sink_raising_a_base_exception_is_a_failed_write_and_logging_goes_on(
+    error: type[BaseException],
+) -> None:
+    sink = SinkRaisingOnce(error)
+    container = configure_logging(output=sink)
+    for name in ("a", "b", "c", "d"):
+        get_logger().info(name)
+
+    assert (["a", "c", "d"], 3, 1) == (
+        sink.lines,
+        container.metrics()["written"],
+        container.metrics()["write_failed"],
+    )
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_in_the_output_reaches_the_caller_and_logging_goes_on(
+    error: type[BaseException],
+) -> None:
+    # On the main thread, where signal handlers run, an interrupt raised in
+    # the output's write is the application's: it is raised again, and the
+    # writer is not left marked as writing (it kept every later line for good).
+    sink = SinkRaisingOnce(error)
+    container = configure_logging(output=sink)
+    get_logger().info("a")
+    with pytest.raises(error):
+        get_logger().info("b")
+    for name in ("c", "d"):
+        get_logger().info(name)
+
+    assert (["a", "c", "d"], 3, 1, True) == (
+        sink.lines,
+        container.metrics()["written"],
+        container.metrics()["write_failed"],
+        container.flush(5),
+    )
+
+
+def test_an_interrupted_flush_counts_its_line_as_written() -> None:
+    stream = FlushInterruptedOnce()
+    container = configure_logging(output=stream)
+    with pytest.raises(KeyboardInterrupt):
+        get_logger().info("interrupted")
+    get_logger().info("after")
+
+    assert (["interrupted", "after"], 2, 0) == (
+        [json.loads(line)["event"] for line in stream.getvalue().splitlines()],
+        container.metrics()["written"],
+        container.metrics()["write_failed"],
+    )
+
+
+def test_an_interrupt_raised_by_a_sink_on_the_runtime_thread_is_a_failed_write() -> None:
+    # No signal handler runs there: the sink raised it itself, and the
+    # runtime goes on writing.
+    async def handed_off(_logger: Any, _method: str, event_dict: Any) -> Any:
+        return event_dict  # awaits: the runtime writes the line
+
+    sink = SinkRaisingOnce(KeyboardInterrupt)
+    container = configure_logging(output=sink, delivery="background", enrichers=[handed_off])
+    for name in ("a", "b", "c", "d"):
+        get_logger().info(name, user_id=1)
+    container.flush(5)
+
+    assert (3, 1) == (container.metrics()["written"], container.metrics()["write_failed"])
+    assert 3 == len(sink.lines)
+
+
 def test_a_sink_survives_resolving_the_settings() -> None:
     sink = io.StringIO()  # an iterator: pydantic would dump it as one
     settings = resolve_settings(LoggingSettings(output=sink), {"level": "debug"})

@@ -13,6 +13,7 @@ a sink is any object with a ``write(str)`` method, which gets each line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -60,9 +61,11 @@ class TailWriter:
         """Run the tail and write the line; never raises. Returns whether a
         line was written (a processor may drop the event on purpose)."""
         event: Any = event_dict
+        writing = False
         try:
             for processor in self.tail:
                 event = processor(logger, method_name, event)
+            writing = True
             if isinstance(event, str | bytes | bytearray):
                 getattr(logger, method_name)(event)
             elif isinstance(event, tuple):
@@ -72,7 +75,13 @@ class TailWriter:
                 getattr(logger, method_name)(**event)
         except structlog.DropEvent:
             return False
-        except Exception as exc:
+        except BaseException as exc:
+            if writing and not isinstance(exc, Exception):
+                # An interrupt that landed in the output's write, on the
+                # main thread (LineWriter counted the line): raised once
+                # the runtime's bookkeeping is done.
+                _raise_later(exc)
+                return True
             # A processor of the tail failed: the event is still written,
             # as plainly as it can be.
             _report.exception("enrichlog: rendering an event failed; writing it plainly")
@@ -81,6 +90,22 @@ class TailWriter:
             except Exception:
                 return False
         return True
+
+
+def _raise_later(interrupt: BaseException) -> None:
+    """Raise ``interrupt`` from the loop running on this thread, in a
+    callback of its own (the runtime on the application's loop: the pipeline
+    finishes what it was doing first), or here and now on a thread that
+    runs no loop."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise interrupt from None
+    loop.call_soon(_reraise, interrupt)
+
+
+def _reraise(interrupt: BaseException) -> None:
+    raise interrupt
 
 
 class LineWriter:
@@ -161,8 +186,10 @@ class LineWriter:
     def __repr__(self) -> str:
         return f"<LineWriter {self.target}>"
 
-    def msg(self, message: bytes | str) -> None:
-        """Write ``message`` and a newline, then flush; never raises."""
+    def msg(self, message: bytes | str) -> None:  # noqa: PLR0912 - once per line: one frame
+        """Write ``message`` and a newline, then flush. Never raises, but for
+        an interrupt landing in the write on the main thread (see
+        :meth:`_interrupted`)."""
         # Once per line, on every thread: the common case (bytes, a stream
         # that works) is one test, one lock, two calls and a count.
         if message.__class__ is not bytes:
@@ -174,15 +201,23 @@ class LineWriter:
                 self._usable = False
                 try:
                     self._write(message + b"\n")
-                    self._flush()
                 except (OSError, ValueError) as exc:  # ValueError: a closed stream
                     failure: BaseException = exc
+                except BaseException as exc:  # see _interrupted()
+                    failure = self._interrupted(exc, written=False)
                 else:
-                    self.written += 1
-                    self._usable = True
-                    if self._deferred:
-                        self._write_deferred()
-                    return
+                    try:
+                        self._flush()
+                    except (OSError, ValueError) as exc:
+                        failure = exc
+                    except BaseException as exc:
+                        failure = self._interrupted(exc, written=True)
+                    else:
+                        self.written += 1
+                        self._usable = True
+                        if self._deferred:
+                            self._write_deferred()
+                        return
                 self._usable = not (self._closed or self._broken)
             elif self._gathering:
                 # Kept with the lines gathered (see gather()); first written
@@ -214,6 +249,32 @@ class LineWriter:
             "; it stops trying" if self._broken else "",
         )
 
+    def _interrupted(self, exc: BaseException, *, written: bool) -> BaseException:
+        """With the lock held: the stream's write (or, ``written``, its
+        flush) raised ``exc``, which is not an ``OSError``: a signal
+        handler's ``KeyboardInterrupt`` or ``SystemExit`` landing in it, or
+        a sink's own ``BaseException``. The writer stays usable either way
+        (left marked as writing, it would keep every later line for good).
+
+        An interrupt on the main thread, where signal handlers run, is the
+        application's: the line counts as written if the write call
+        returned, the lines logged meanwhile are written, and the interrupt
+        is raised again. Anything else, and anything on another thread
+        (where no signal handler runs: the stream raised it itself), is a
+        failed write, returned as such."""
+        self._usable = not (self._closed or self._broken)
+        if isinstance(exc, KeyboardInterrupt | SystemExit) and (
+            threading.current_thread() is threading.main_thread()
+        ):
+            if written:
+                self.written += 1
+            else:
+                self.write_failed += 1
+            if self._usable and self._deferred:
+                self._write_deferred()
+            raise exc
+        return OSError(f"the output raised {type(exc).__name__}")
+
     def _write_unusual(self, line: bytes) -> BaseException | None:
         """With the lock held, for a closed or broken writer: a broken one
         writes nothing; a closed file is reopened (loggers cached before a
@@ -230,6 +291,8 @@ class LineWriter:
             self._flush()
         except (OSError, ValueError) as exc:
             return exc
+        except BaseException as exc:  # see _interrupted()
+            return self._interrupted(exc, written=False)
         return None
 
     def gather(self) -> bool:
@@ -280,10 +343,15 @@ class LineWriter:
                 self._reopen()
             self._write(b"\n".join(lines))
             self._flush()
-        except (OSError, ValueError) as exc:  # ValueError: a closed stream
-            due, count = self._count_failure(exc, len(lines) - 1)
+        except BaseException as exc:  # ValueError: a closed stream
+            failure: BaseException = exc
+            if not isinstance(exc, OSError | ValueError):
+                # Gathered lines are written by the runtime: never raised
+                # (see _interrupted() for the caller's own line).
+                failure = OSError(f"the output raised {type(exc).__name__}")
+            due, count = self._count_failure(failure, len(lines) - 1)
             if due:
-                self._due_report = (exc, count)
+                self._due_report = (failure, count)
         else:
             self.written += len(lines) - 1
         finally:
@@ -297,7 +365,7 @@ class LineWriter:
             try:
                 self._write(line + b"\n")
                 self._flush()
-            except (OSError, ValueError):
+            except BaseException:  # a signal handler's line: never raised
                 self.write_failed += 1
             else:
                 self.written += 1
