@@ -111,6 +111,24 @@ def test_invalid_environment_value_is_rejected_naming_the_field(
         LoggingSettings()
 
 
+@pytest.mark.parametrize("overrides", [{}, {"level": "debug"}])
+def test_settings_that_are_not_logging_settings_are_rejected_naming_their_type(
+    overrides: dict[str, str],
+) -> None:
+    with pytest.raises(
+        EnricherConfigError, match="settings: expected a LoggingSettings, got 'dict'"
+    ):
+        configure_logging(settings={"level": "info"}, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("enrichers", "named"), [(5, "'int'"), ("env://?fields=a", "'str'")])
+def test_enrichers_that_are_not_a_list_are_rejected_naming_their_type(
+    enrichers: object, named: str
+) -> None:
+    with pytest.raises(EnricherConfigError, match=f"enrichers: expected a list .* got {named}"):
+        configure_logging(enrichers=enrichers)  # type: ignore[arg-type]
+
+
 def test_unknown_keyword_is_rejected_with_a_suggestion() -> None:
     with pytest.raises(EnricherConfigError, match="'levle' \\(did you mean 'level'\\?\\)"):
         LoggingSettings(levle="info")  # type: ignore[call-arg]

@@ -38,10 +38,10 @@ from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import EnrichmentRuntime, LoopRuntime, Runtime
 from .enricher import Enricher
-from .exceptions import EnrichlogError
+from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
-from .settings import LoggingSettings, resolve_settings
+from .settings import LoggingSettings, require_settings, resolve_settings
 from .transport import transport_for
 
 if TYPE_CHECKING:
@@ -145,9 +145,10 @@ class LoggingContainer:
     def __init__(
         self, settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
     ) -> None:
+        require_settings(settings)
         self.settings = settings = settings or LoggingSettings()
         self.registry = EnricherRegistry(
-            [*(_from_uri(e) for e in enrichers), *self._uri_enrichers()]
+            [*(_from_uri(e) for e in _enricher_list(enrichers)), *self._uri_enrichers()]
         )
         levels = self.registry.levels()
         # -- scale-out (enrichlog.transport): publish instead of writing ----
@@ -934,6 +935,19 @@ def _install(chain: list[Processor], output: LineWriter, settings: LoggingSettin
         cache_logger_on_first_use=True,
     )
     return writer
+
+
+def _enricher_list(enrichers: object) -> Iterable[object]:
+    """``enrichers`` if it is a collection of enrichers; else a
+    configuration error naming what was given (a lone URI string would
+    otherwise be read as one URI per character)."""
+    if isinstance(enrichers, str | bytes) or not isinstance(enrichers, Iterable):
+        raise EnricherConfigError(
+            f"enrichers: expected a list of enrichers (instances, processors, async "
+            f"functions or URIs), got {type(enrichers).__name__!r}; wrap a single one in a "
+            "list"
+        )
+    return enrichers
 
 
 def configure_logging(

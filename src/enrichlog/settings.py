@@ -543,6 +543,7 @@ def resolve_settings(
         EnricherConfigError: a setting is unknown, invalid or unreadable; the
             message names each field at fault (secrets masked).
     """
+    require_settings(settings)
     try:
         if settings is None:
             return LoggingSettings(**overrides)
@@ -561,6 +562,18 @@ def resolve_settings(
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise EnricherConfigError(f"invalid logging settings: {mask_secrets(problems)}") from None
+
+
+def require_settings(settings: object) -> None:
+    """Raise :class:`EnricherConfigError` unless ``settings`` is ``None`` or
+    a :class:`LoggingSettings` (a dict of settings is a common slip)."""
+    if settings is None or isinstance(settings, LoggingSettings):
+        return
+    raise EnricherConfigError(
+        f"settings: expected a LoggingSettings, got {type(settings).__name__!r}; pass "
+        "settings as keyword arguments (configure_logging(level='info')) or build "
+        "LoggingSettings(...) from them"
+    )
 
 
 def unknown_settings(values: Mapping[str, Any]) -> None:
