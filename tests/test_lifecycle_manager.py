@@ -4,6 +4,7 @@ the caller's event loop, without a container or a runtime."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from structlog.typing import EventDict, WrappedLogger
 
@@ -83,3 +84,56 @@ def test_a_failed_start_is_reported_in_status_and_does_not_stop_the_others() -> 
         {"good": True, "bad": False},
         "startup failed: ConnectionError",
     ) == (started, manager.status()["bad"]["last_error"])
+
+
+class SlowPool(Pool):
+    """Starts once ``release`` is set: a start-up slower than the wait."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = asyncio.Event()
+        self.attempts = 0
+
+    async def _startup(self) -> None:
+        self.attempts += 1
+        await self.release.wait()
+        await super()._startup()
+
+
+def test_a_start_up_slower_than_the_wait_goes_on_in_the_background() -> None:
+    # Past the timeout the wait ends, not the start-up: a slow start is not a
+    # failed one (it used to be cancelled there, and never tried again).
+    pool = SlowPool("slow")
+    manager = EnricherLifecycleManager([pool], health_check_interval=0.01)
+
+    async def start() -> tuple[bool, bool, int]:
+        try:
+            await manager.startup_all(timeout=0.05)
+        except TimeoutError:
+            timed_out = True
+        await asyncio.sleep(0.1)  # health-check rounds meanwhile start no second one
+        pool.release.set()
+        for _ in range(500):
+            if pool.available:
+                break
+            await asyncio.sleep(0.01)
+        available = pool.available
+        await manager.shutdown_all()
+        return timed_out, available, pool.attempts
+
+    assert (True, True, 1) == asyncio.run(start())
+    assert ["started", "stopped"] == pool.events
+
+
+def test_shutdown_stops_a_start_up_still_going_on() -> None:
+    pool = SlowPool("slow")
+    manager = EnricherLifecycleManager([pool])
+
+    async def start_then_stop() -> None:
+        with contextlib.suppress(TimeoutError):
+            await manager.startup_all(timeout=0.01)
+        await manager.shutdown_all()
+
+    asyncio.run(start_then_stop())
+
+    assert (False, 1, []) == (pool.is_started, pool.attempts, pool.events)

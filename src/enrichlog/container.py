@@ -322,7 +322,7 @@ class LoggingContainer:
 
     async def _startup_then_release(self) -> None:
         try:
-            await asyncio.wait_for(self._lifecycle.startup_all(), self.settings.startup_timeout)
+            await self._lifecycle.startup_all(self.settings.startup_timeout)
         except TimeoutError:
             _report.warning(
                 "enrichlog: enrichers still starting after %ss; events go on, skipping "
@@ -347,7 +347,7 @@ class LoggingContainer:
         """
         self._runtime.start()
         self._engine_started = True
-        return self._runtime.run(self._lifecycle.startup_all(), timeout)
+        return self._runtime.run(self._lifecycle.startup_all(timeout), timeout)
 
     async def astart_enrichers(self) -> dict[str, bool]:
         """:meth:`start_enrichers` for async code."""

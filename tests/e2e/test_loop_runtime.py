@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,61 @@ def test_an_interrupt_in_the_output_reaches_the_application_once_the_loop_has_wr
         asyncio.run(main())
 
     assert ({"flushed": True, "counts": (3, 1)}, ["a", "c", "d"]) == (seen, sink.lines)
+
+
+def _wait_until_available(container: Any, name: str) -> bool:
+    for _ in range(500):
+        if container.health()[name]["available"]:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_an_enricher_slower_to_start_than_startup_timeout_is_used_once_up_thread(
+    log_file: Path,
+) -> None:
+    # Past startup_timeout the wait ends, not the start-up (it used to be
+    # cancelled there and never tried again).
+    container = configure_logging(
+        enrichers=[OnTheLoop(startup_seconds=0.3)], output=str(log_file), startup_timeout=0.05
+    )
+    get_logger().info("early")
+    up = _wait_until_available(container, "pool")
+    get_logger().info("late")
+    container.shutdown()
+
+    lines = {line["event"]: line for line in read_lines(log_file)}
+    assert (True, None, True) == (
+        up,
+        lines["early"].get("same_loop"),
+        lines["late"].get("same_loop"),
+    )
+
+
+def test_an_enricher_slower_to_start_than_startup_timeout_is_used_once_up_loop(
+    log_file: Path,
+) -> None:
+    async def main() -> tuple[bool, bool]:
+        container = configure_logging(
+            enrichers=[OnTheLoop(startup_seconds=0.3)],
+            output=str(log_file),
+            runtime="loop",
+            startup_timeout=0.05,
+        )
+        await container.astartup()
+        waited = 0
+        while not container.health()["pool"]["available"] and waited < 500:
+            await asyncio.sleep(0.01)
+            waited += 1
+        await get_logger().ainfo("late")
+        available = container.health()["pool"]["available"]
+        await container.ashutdown()
+        return available, waited > 0
+
+    available, waited = asyncio.run(main())
+
+    assert (True, True, True) == (
+        available,
+        waited,
+        read_lines(log_file)[-1].get("same_loop"),
+    )

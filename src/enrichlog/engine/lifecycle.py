@@ -59,6 +59,10 @@ class EnricherLifecycleManager:
         self._checker: asyncio.Task[None] | None = None
         self._reported: set[str] = set()  # start-up failures already reported
         self._retries: dict[str, asyncio.Task[None]] = {}
+        #: The start-up of every enricher, going on past a timed-out wait.
+        self._startup: asyncio.Future[Any] | None = None
+        #: Enrichers whose start-up is running (never two at once).
+        self._starting: set[str] = set()
         for enricher in enrichers:
             self.register_enricher(enricher)
 
@@ -72,11 +76,24 @@ class EnricherLifecycleManager:
         """The managed enrichers in registration order."""
         return tuple(self._enrichers)
 
-    async def startup_all(self) -> dict[str, bool]:
-        """Start every enricher concurrently; return which ones started."""
-        await asyncio.gather(*(self._start(e) for e in self._enrichers))
+    async def startup_all(self, timeout: float | None = None) -> dict[str, bool]:
+        """Start every enricher concurrently; return which ones started.
+
+        Raises:
+            TimeoutError: some were still starting after ``timeout`` seconds.
+                They go on starting in the background (skipped as
+                unavailable until they are up; :meth:`shutdown_all` stops
+                them): a slow start is not a failed one.
+        """
+        loop = asyncio.get_running_loop()
+        startup = asyncio.gather(*(self._start(e) for e in self._enrichers))
+        self._startup = startup
         if self._interval is not None and self._checker is None:
-            self._checker = asyncio.get_running_loop().create_task(self._check_periodically())
+            self._checker = loop.create_task(self._check_periodically())
+        try:
+            await asyncio.wait_for(asyncio.shield(startup), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"enrichers still starting after {timeout}s") from None
         return {e.name: e.available for e in self._enrichers}
 
     async def _start(self, enricher: Enricher) -> None:
@@ -103,6 +120,9 @@ class EnricherLifecycleManager:
         return await self._try_start(enricher)
 
     async def _try_start(self, enricher: Enricher) -> bool:
+        if enricher.name in self._starting:
+            return False  # starting already (a slow start-up a health check finds)
+        self._starting.add(enricher.name)
         try:
             await enricher.startup()
         except asyncio.CancelledError:
@@ -119,16 +139,19 @@ class EnricherLifecycleManager:
                 mask_secrets(str(exc)),
             )
             return False
+        finally:
+            self._starting.discard(enricher.name)
         self._reported.discard(enricher.name)
         return True
 
     async def shutdown_all(self) -> None:
         """Stop the health checks, then every enricher, dependants first."""
-        for task in [*self._retries.values(), *([self._checker] if self._checker else [])]:
+        tasks = [self._startup, *self._retries.values(), self._checker]
+        for task in [task for task in tasks if task is not None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._checker = None
+        self._checker = self._startup = None
         self._retries.clear()
         for enricher in reversed(self._enrichers):
             try:
@@ -195,7 +218,8 @@ class EnricherLifecycleManager:
 
     def after_fork_in_child(self) -> None:
         """In a forked child: every enricher starts afresh on the new loop."""
-        self._checker = None
+        self._checker = self._startup = None
         self._retries = {}
+        self._starting = set()
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
