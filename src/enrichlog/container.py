@@ -226,6 +226,12 @@ class LoggingContainer:
         #: The lines written and failed when the container shut down: the
         #: shared writer goes on counting for the container that follows.
         self._lines_at_shutdown: tuple[int, int] | None = None
+        #: The writer's own counts when this container's were taken at
+        #: shutdown, and those a container replacing another (by
+        #: configure_logging) starts counting from: every line written in
+        #: between, by threads still logging, counts for the new one.
+        self._lines_mark: tuple[LineWriter, int, int] | None = None
+        self._handover: tuple[LineWriter, int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
 
@@ -274,7 +280,11 @@ class LoggingContainer:
                 else:
                     self._start_in_the_thread()
             self._lines = _install(self.chain(), self.output, self.settings)
-            self._lines_before = (self._lines.written, self._lines.write_failed)
+            handover, self._handover = self._handover, None
+            if handover is not None and handover[0] is self._lines:
+                self._lines_before = handover[1:]
+            else:
+                self._lines_before = (self._lines.written, self._lines.write_failed)
             self._lines_at_shutdown = None
             self._running = True
             _live.add(self)
@@ -516,7 +526,10 @@ class LoggingContainer:
             self._restore_sigterm_handler()
             _live.discard(self)
         finally:
-            counts = self._counts()
+            lines = self._lines
+            if lines is not None:
+                self._lines_mark = (lines, lines.written, lines.write_failed)
+            counts = self._counts(self._lines_mark)
             self._lines_at_shutdown = (counts["written"], counts["write_failed"])
             report = DrainReport({key: value for key, value in counts.items() if key in _REPORTED})
             report.update({key: drained[key] for key in _DRAINED if key in drained})
@@ -526,15 +539,21 @@ class LoggingContainer:
             self._shut_down.set()
         return report
 
-    def _counts(self) -> dict[str, int]:
+    def _counts(self, mark: tuple[LineWriter, int, int] | None = None) -> dict[str, int]:
         """Lines written (by any thread) and failed, events dropped, filtered
-        and still pending, calls abandoned, renderer fallbacks."""
+        and still pending, calls abandoned, renderer fallbacks; the lines
+        as of ``mark`` (the writer's counts, read once) when given."""
         pipeline = self._pipeline.metrics()
         if self._lines_at_shutdown is not None:
             written, write_failed = self._lines_at_shutdown
         elif self._lines is not None:
-            written = self._lines.written - self._lines_before[0]
-            write_failed = self._lines.write_failed - self._lines_before[1]
+            _, now_written, now_failed = mark or (
+                None,
+                self._lines.written,
+                self._lines.write_failed,
+            )
+            written = now_written - self._lines_before[0]
+            write_failed = now_failed - self._lines_before[1]
         else:  # not installed: only the lines the runtime wrote are known
             written, write_failed = pipeline["written"], 0
         return {
@@ -988,6 +1007,7 @@ def configure_logging(
         previous = _current
         if previous is not None:
             previous.shutdown()  # refused from its own runtime: nothing changed yet
+            container._handover = previous._lines_mark
         _current = None
         container.start()
         _current = container

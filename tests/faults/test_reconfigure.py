@@ -100,6 +100,30 @@ def test_reconfiguring_while_threads_log_writes_every_event_exactly_once(log_fil
     assert (logged, logged) == (len(events), sum(events.values()))
 
 
+def test_reconfiguring_while_threads_log_counts_every_line_in_some_container(
+    log_file: Path,
+) -> None:
+    # Lines written while one container hands over to the next (threads
+    # still logging between the first one's last count and the next one's
+    # first) count for the next one: they used to count for neither.
+    containers = [_configure(log_file, 0)]
+    producers = Producers()
+
+    producers.start()
+    for round_ in range(1, 11):
+        time.sleep(0.02)
+        containers.append(_configure(log_file, round_))
+    logged = producers.finish()
+    containers[-1].shutdown()
+
+    metrics = [container.metrics() for container in containers]
+    assert (logged, logged, logged) == (
+        sum(_events(log_file).values()),
+        sum(m["written"] for m in metrics),
+        sum(m["events_in"] for m in metrics),
+    )
+
+
 def test_many_threads_reconfiguring_at_once_leave_one_running_container(log_file: Path) -> None:
     _configure(log_file, 0)
     producers = Producers()
