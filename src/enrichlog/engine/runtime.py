@@ -416,20 +416,31 @@ class EnrichmentRuntime:
 #: Seconds the loop thread waits, when it ends, for tasks to finish after
 #: their cancellation; one that ignores it is left behind.
 _CANCEL_GRACE = 1.0
+#: Rounds of cancellation at most (each may start the calls queued for a slot).
+_CANCEL_ROUNDS = 100
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        _, stubborn = loop.run_until_complete(asyncio.wait(tasks, timeout=_CANCEL_GRACE))
-        if stubborn:
-            _report.warning(
-                "enrichlog: %d enricher call(s) ignored their cancellation at shutdown "
-                "and were left behind",
-                len(stubborn),
-            )
+    # In rounds: a call cancelled frees its concurrency slot, and the call
+    # queued for that slot starts as a new task, which the next round
+    # cancels (left pending, each would be "destroyed but pending" at exit).
+    cancelled: set[asyncio.Task[Any]] = set()
+    stubborn: set[asyncio.Task[Any]] = set()
+    for _ in range(_CANCEL_ROUNDS):
+        tasks = {t for t in asyncio.all_tasks(loop) if not t.done()} - cancelled
+        if not tasks:
+            break
+        cancelled |= tasks
+        for task in tasks:
+            task.cancel()
+        _, left = loop.run_until_complete(asyncio.wait(tasks, timeout=_CANCEL_GRACE))
+        stubborn |= left
+    if stubborn:
+        _report.warning(
+            "enrichlog: %d enricher call(s) ignored their cancellation at shutdown "
+            "and were left behind",
+            len(stubborn),
+        )
     with contextlib.suppress(Exception):
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
