@@ -130,12 +130,18 @@ class RequestContextMiddleware:
                     message["headers"] = headers
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(
+        # The whole structlog context as it was before the request is put
+        # back after it: what the endpoint bound (``bind_contextvars``) must
+        # not leak into the next request where requests share a context (a
+        # server or a test client that runs them in the caller's task).
+        before = structlog.contextvars.get_contextvars()
+        structlog.contextvars.bind_contextvars(
             request_id=request_id,
             method=scope.get("method"),
             path=scope.get("path"),
             client=_client(scope),
-        ):
+        )
+        try:
             started = time.perf_counter()
             try:
                 await self.app(scope, receive, send_with_request_id)
@@ -154,6 +160,9 @@ class RequestContextMiddleware:
                     status=500 if status is None else status,
                     duration_ms=_elapsed_ms(started),
                 )
+        finally:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(**before)
 
 
 def _elapsed_ms(started: float) -> float:

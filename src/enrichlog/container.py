@@ -120,14 +120,16 @@ def current_container() -> LoggingContainer | None:
 
 
 def reset_logging() -> None:
-    """Shut the current container down (if any), forget it, and reset
-    structlog to its defaults: a clean slate, as between tests."""
+    """Shut the current container down (if any), forget it, reset structlog
+    to its defaults and clear the structlog context variables bound in the
+    current context (``bind_contextvars``): a clean slate, as between tests."""
     global _current
     with _current_lock:
         current, _current = _current, None
     if current is not None:
         current.shutdown()
     structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 class LoggingContainer:

@@ -185,6 +185,34 @@ async def test_concurrent_requests_keep_their_own_context_and_nothing_leaks() ->
         assert event["request_id"] == event["seen_request_id"]
 
 
+async def test_what_an_endpoint_binds_does_not_leak_into_the_next_request() -> None:
+    # Requests run one after the other in the caller's task (a test client
+    # such as httpx.ASGITransport does): what the first endpoint binds stays
+    # in its own lines and leaves with it.
+    async def login(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/login":
+            structlog.contextvars.bind_contextvars(user_id="alice")
+        get_logger("app").info("handled")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    structlog.contextvars.bind_contextvars(deployment="blue")  # the caller's own
+    try:
+        async with configure_logging(output=LineSink(), runtime="loop", enrichers=[Echo()]):
+            app = RequestContextMiddleware(login)
+            async with capture_events() as events:
+                await call(app, "/login")
+                await call(app, "/public")
+            left = structlog.contextvars.get_contextvars()
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+    assert {"deployment": "blue"} == left
+    assert [("/login", "alice"), ("/login", "alice"), ("/public", None), ("/public", None)] == [
+        (event["path"], event.get("user_id")) for event in events
+    ]
+
+
 async def test_an_exception_logs_status_500_and_is_reraised() -> None:
     async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise RuntimeError("boom")

@@ -81,6 +81,36 @@ def test_capture_events_returns_the_enriched_events_when_the_block_ends() -> Non
     ]
 
 
+@pytest.mark.parametrize("delivery", ["background", "inline"])
+def test_capture_events_holds_only_what_was_logged_in_the_block(delivery: str) -> None:
+    # Events logged before the block and still pending (background) are
+    # written, and so recorded, before it starts; a nested block holds its
+    # own events only.
+    configure_logging(enrichers=[User(delay=0.05)], output=LineSink(), delivery=delivery)
+    log = get_logger("app")
+    for user_id in range(5):
+        log.info("before", user_id=user_id)
+    with capture_events() as outer:
+        log.info("outer", user_id=10)
+        with capture_events() as inner:
+            log.info("inner", user_id=11)
+
+    assert (["outer", "inner"], ["inner"]) == (
+        [event["event"] for event in outer],
+        [event["event"] for event in inner],
+    )
+
+
+async def test_capture_events_in_async_code_holds_only_what_was_logged_in_the_block() -> None:
+    async with configure_logging(enrichers=[User(delay=0.05)], output=LineSink(), runtime="loop"):
+        log = get_logger("app")
+        log.info("before", user_id=1)
+        async with capture_events() as events:
+            await log.ainfo("inside", user_id=2)
+
+    assert ["inside"] == [event["event"] for event in events]
+
+
 async def test_capture_events_in_async_code_on_the_applications_loop() -> None:
     async with configure_logging(output=LineSink(), enrichers=[User()], runtime="loop"):
         async with capture_events() as events:
@@ -297,6 +327,16 @@ def test_reset_logging_shuts_down_and_forgets_the_container() -> None:
     assert current_container() is None
     assert not container.running
     assert not structlog.is_configured()
+
+
+def test_reset_logging_clears_the_structlog_context_variables() -> None:
+    # A test's bind_contextvars must not show in the next test's lines.
+    configure_logging(output=LineSink())
+    structlog.contextvars.bind_contextvars(user_id="from the last test")
+
+    reset_logging()
+
+    assert {} == structlog.contextvars.get_contextvars()
 
 
 # -- the pytest plugin ----------------------------------------------------------------------

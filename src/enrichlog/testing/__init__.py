@@ -115,7 +115,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         self.events.append(event)
         return event_dict
 
-    def _start(self) -> LoggingContainer:
+    def _running(self) -> LoggingContainer:
         container = self._container or current_container()
         if container is None or not container.running:
             raise EnrichlogError(
@@ -123,12 +123,19 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
                 "first (or use the enrichlog_container fixture of "
                 "enrichlog.testing.pytest_plugin)"
             )
-        container.add_tap(self._tap)
-        self._active = container
         return container
 
+    def _start(self, container: LoggingContainer) -> None:
+        container.add_tap(self._tap)
+        self._active = container
+
     def __enter__(self) -> list[EventDict]:
-        self._start()
+        container = self._running()
+        # What was logged before the block is written before it starts:
+        # pending events are recorded when they are written, and those are
+        # not the block's.
+        container.flush(self._timeout)
+        self._start(container)
         return self.events
 
     def __exit__(
@@ -146,7 +153,9 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             container.remove_tap(self._tap)
 
     async def __aenter__(self) -> list[EventDict]:
-        self._start()
+        container = self._running()
+        await container.aflush(self._timeout)  # as __enter__ does
+        self._start(container)
         return self.events
 
     async def __aexit__(

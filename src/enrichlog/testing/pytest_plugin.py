@@ -71,8 +71,9 @@ def enrichlog_container(
     enrichlog_output: LineSink,
 ) -> Iterator[LoggingContainer]:
     """A container configured for this test, shut down afterwards (and
-    structlog reset). Its settings: ``output`` is ``enrichlog_output``, then
-    ``enrichlog_settings``, then the test's ``@pytest.mark.enrichlog(...)``."""
+    structlog reset, its context variables cleared). Its settings:
+    ``output`` is ``enrichlog_output``, then ``enrichlog_settings``, then
+    the test's ``@pytest.mark.enrichlog(...)``."""
     marker = request.node.get_closest_marker("enrichlog")
     settings: dict[str, Any] = {
         "output": enrichlog_output,
