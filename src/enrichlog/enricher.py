@@ -136,11 +136,14 @@ class Enricher:
         #: attribute, kept by :meth:`startup`, :meth:`shutdown` and
         #: :meth:`health_check`.
         self.available = False
-        #: The most recent failure, for ``container.health()``: a start-up or
-        #: health-check failure (``startup failed: ConnectionError``), or the
-        #: reason of the last failed call (``timeout``); ``None`` once it
-        #: starts or passes a health check again.
+        #: The most recent failure, for ``container.health()``: while the
+        #: enricher is unavailable, its start-up or health-check failure
+        #: (``startup failed: ConnectionError``); otherwise the reason of its
+        #: last failed call (``timeout``), kept after it recovers; ``None``
+        #: if none.
         self.last_error: str | None = None
+        #: The reason of the last failed call (see :meth:`record_failure`).
+        self.last_call_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -185,7 +188,7 @@ class Enricher:
                 raise
             self._started = True
             self.available = True
-            self.last_error = None
+            self.last_error = self.last_call_error
 
     async def shutdown(self) -> None:
         """Run :meth:`_shutdown` once if the enricher was started; idempotent."""
@@ -214,15 +217,21 @@ class Enricher:
         except BaseException:  # any failure means unhealthy
             healthy = False
         self.available = healthy and self._started
-        self.last_error = None if healthy else "health check failed"
+        self.last_error = self.last_call_error if healthy else "health check failed"
         return healthy
+
+    def record_failure(self, reason: str) -> None:
+        """A call failed for ``reason``: the most recent failure, kept after
+        the enricher recovers (a passing health check or a new start-up
+        does not clear it)."""
+        self.last_error = self.last_call_error = reason
 
     def after_fork_in_child(self) -> None:
         """Mark the enricher not started (after ``fork()``: its pools belong
         to the parent's event loop, so it starts afresh in the child)."""
         self._started = False
         self.available = False
-        self.last_error = None
+        self.last_error = self.last_call_error = None
         self._lock = None
 
     async def _startup(self) -> None:

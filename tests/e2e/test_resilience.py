@@ -933,6 +933,39 @@ def test_health_shows_an_enricher_that_failed_its_health_check(log_file: Path) -
     )
 
 
+class FailsWhileDown(Switchable):
+    """Switchable whose calls fail while it is unhealthy."""
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        if not self.healthy:
+            raise ConnectionError("db down")
+        return await super().enrich_async(logger, method_name, event_dict)
+
+
+def test_the_last_error_is_kept_after_the_enricher_recovers(log_file: Path) -> None:
+    # With health checks on, each passing check used to clear it: "the
+    # enricher's most recent failure reason, kept after it recovers".
+    db = FailsWhileDown()
+    container = configure(log_file, [db], health_check_interval=0.05)
+    db.healthy = False
+    get_logger().info("while down")
+    container.flush(5)
+    went_down = wait_until(lambda: not container.health()["db"]["available"])
+    while_down = container.health()["db"]["last_error"]
+    db.healthy = True
+    came_back = wait_until(lambda: container.health()["db"]["available"])
+    time.sleep(0.2)  # more passing health checks
+
+    assert (True, "health check failed", True, "error: ConnectionError") == (
+        went_down,
+        while_down,
+        came_back,
+        container.health()["db"]["last_error"],
+    )
+
+
 # -- property: no event lost ----------------------------------------------------------------
 
 

@@ -1035,7 +1035,7 @@ class EnricherGuard:
         failure, give its slot back, and tell its caller to stop waiting."""
         self.abandoned += 1
         self._reasons["timeout"] = self._reasons.get("timeout", 0) + 1
-        self.enricher.last_error = "timeout (abandoned: ignored cancellation)"
+        self.enricher.record_failure("timeout (abandoned: ignored cancellation)")
         if call.permit is not None:
             self.breaker.record_failure(call.permit)
         if self._limiter is not None:
@@ -1067,7 +1067,7 @@ class EnricherGuard:
         assert reason is not None
         kind = reason.partition(":")[0]
         self._reasons[kind] = self._reasons.get(kind, 0) + 1
-        self.enricher.last_error = reason
+        self.enricher.record_failure(reason)
         return outcome
 
     def cancel_calls(self) -> None:
