@@ -351,6 +351,24 @@ def test_secrets_never_appear_in_errors(uri: str) -> None:
     assert "***" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "table=users&columns=name&ssl=Sup3rS3cretPW",  # the Params model's own keys
+        "table=users&columns=name&min_size=Sup3rS3cretPW",
+        "table=users&columns=name&timeout=Sup3rS3cretPW",  # a common key
+    ],
+)
+def test_a_rejected_value_is_never_echoed(query: str) -> None:
+    # A secret pasted into the wrong key is refused without being shown, in
+    # the detail and in the URI the message quotes.
+    with pytest.raises(EnricherConfigError) as caught:
+        EnricherFactory.build(f"postgres-lookup://app:pw@db/app?{query}")
+
+    assert "Sup3rS3cretPW" not in "".join(traceback.format_exception(caught.value))
+    assert "=***" in str(caught.value)
+
+
 @pytest.mark.parametrize("separator", ["/", "?", "#"])
 def test_unescaped_password_is_masked_and_explained(separator: str) -> None:
     uri = f"test-lookup://me:Xyzzy{separator}Qwerty-Sesame@db/"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlencode, urlsplit
@@ -98,14 +98,41 @@ class _Fail:
     """Makes errors about one URI: prefixed with the masked URI, scrubbed of
     its secret values."""
 
-    def __init__(self, masked: str, secrets: Sequence[str] = (), *, rest: str = "") -> None:
+    def __init__(
+        self,
+        masked: str,
+        secrets: Sequence[str] = (),
+        *,
+        rest: str = "",
+        uri: str | None = None,
+        secret_keys: Collection[str] = (),
+    ) -> None:
         self.masked = masked
         self.secrets = secrets
         self.rest = rest  # the URI after its authority, while parsing
+        self._uri = uri
+        self._secret_keys = secret_keys
 
     def __call__(self, detail: str) -> EnricherConfigError:
         shown = mask_secrets(scrub(detail, self.secrets))
         return EnricherConfigError(f"enricher URI {self.masked!r}: {shown}")
+
+    def rejected(
+        self, exc: ValidationError, names: Mapping[str, str] | None = None
+    ) -> EnricherConfigError:
+        """The error for a validation that failed: the URI it shows masks
+        the values of the query keys at fault as well (a rejected value is
+        never echoed: it may be a secret in the wrong place)."""
+        detail = _validation_detail(exc, names)
+        keys = {
+            (names or {}).get(str(error["loc"][0]), str(error["loc"][0]))
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+            if error["loc"] and error["loc"][0] not in URI_PARTS
+        }
+        if self._uri is None or not keys:
+            return self(detail)
+        masked = mask_uri(self._uri, {*self._secret_keys, *keys})
+        return _Fail(masked, self.secrets)(detail)
 
 
 # -- parsing -----------------------------------------------------------------
@@ -252,7 +279,7 @@ def _split_common(
     try:
         return CommonParams.model_validate(given), rest
     except ValidationError as exc:
-        raise fail(_validation_detail(exc, written)) from None
+        raise fail.rejected(exc, written) from None
 
 
 def _validate_params(
@@ -293,7 +320,7 @@ def _validate_params(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise fail(_validation_detail(exc)) from None
+        raise fail.rejected(exc) from None
 
 
 def _accepted_keys(fields: Mapping[str, Any], is_async: bool) -> str:
@@ -329,7 +356,7 @@ def _construct(enricher_cls: type[Enricher], kwargs: dict[str, Any], fail: _Fail
     try:
         return enricher_cls(**kwargs)
     except ValidationError as exc:
-        raise fail(_validation_detail(exc)) from None
+        raise fail.rejected(exc) from None
     except ValueError as exc:  # EnricherConfigError is a ValueError too
         raise fail(str(exc)) from None
     except Exception as exc:
@@ -439,7 +466,12 @@ class EnricherFactory:
             raise _Fail(mask_uri(uri))(str(exc)) from exc.__cause__
         model = params_model(enricher_cls)
         secret_keys = secret_fields(model)
-        fail = _Fail(mask_uri(uri, secret_keys), _secret_values(uri, parsed, secret_keys))
+        fail = _Fail(
+            mask_uri(uri, secret_keys),
+            _secret_values(uri, parsed, secret_keys),
+            uri=uri,
+            secret_keys=secret_keys,
+        )
         common, rest = _split_common(parsed.query, enricher_cls, fail)
         params = _validate_params(
             model, parsed, rest, fail, is_async=issubclass(enricher_cls, AsyncEnricher)
