@@ -30,6 +30,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -129,6 +130,34 @@ class OutputSink:
         self._template = target if _FIELD.search(target) else None
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Refuse, at start, an output that cannot be written: a file that
+        cannot be opened for appending, or, for a path with placeholders,
+        a directory before the first placeholder that does not exist (a
+        typo would otherwise send every event to the dead-letter stream).
+
+        Raises:
+            EnricherConfigError: naming the output and why.
+        """
+        if self.target in ("stdout", "stderr"):
+            return
+        if self._template is None:
+            try:
+                with open(os.path.expanduser(self.target), "ab"):
+                    pass
+            except OSError as exc:
+                raise EnricherConfigError(
+                    f"output {self.target!r} cannot be opened for appending: {exc.strerror or exc}"
+                ) from None
+            return
+        first = _FIELD.search(self.target)
+        prefix = self.target[: first.start()] if first is not None else self.target
+        fixed = os.path.dirname(os.path.expanduser(prefix))
+        if fixed and not os.path.isdir(fixed):
+            raise EnricherConfigError(
+                f"output {self.target!r}: the directory {fixed!r} does not exist"
+            )
 
     def target_for(self, event: dict[str, Any]) -> str:
         """The output ``event`` goes to."""
@@ -287,6 +316,7 @@ class Worker:
                 f"placeholders), not to {type(settings.output).__name__}"
             )
         self._sink = OutputSink(settings.output)
+        self._sink.check()
         self._max_in_flight = min(settings.max_in_flight, settings.queue_size)
         self._stats_interval = stats_interval
         self._stats_out = stats_out

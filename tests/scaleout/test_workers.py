@@ -333,3 +333,31 @@ def test_a_producer_reports_its_transport_in_metrics_and_prometheus(
         and sample.labels == {"result": "published"}
     ]
     assert [20.0] == published
+
+
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [
+        ("{tmp}/missing/out.log", "cannot be opened for appending"),
+        ("{tmp}/missing/{{service}}.log", "does not exist"),
+    ],
+)
+def test_a_worker_refuses_an_output_it_cannot_write_at_start(
+    streams: Streams, tmp_path: Path, output: str, said: str
+) -> None:
+    # As an application's configure_logging does: a typo in the path used to
+    # start a worker that sent every event to the dead-letter stream.
+    target = output.format(tmp=tmp_path)
+    started = subprocess.run(
+        [sys.executable, "-m", "enrichlog", "worker"],
+        env=worker_env(streams, target),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 1 == started.returncode
+    assert f"error: output {target!r}" in started.stderr
+    assert said in started.stderr
+    assert "Traceback" not in started.stderr
