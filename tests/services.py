@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,6 +168,15 @@ class Request:
 
 
 @dataclass
+class Drip:
+    """An answer body sent a byte at a time, ``interval`` seconds apart (a
+    server that is slow, not silent: each read gets something)."""
+
+    payload: bytes
+    interval: float
+
+
+@dataclass
 class JsonBackend:
     """What :class:`HttpBackend` serves: ``GET /users/<id>`` answers
     ``users[id]`` (the segment percent-decoded, as a web framework routes),
@@ -243,12 +253,24 @@ class HttpBackend:
                         Request("GET", self.path, {k.lower(): v for k, v in self.headers.items()})
                     )
                 status, body = backend.route(self.path)
+                drip = body if isinstance(body, Drip) else None
+                if drip is not None:
+                    body = drip.payload
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if drip is None:
+                    self.wfile.write(payload)
+                    return
+                try:
+                    for index in range(len(payload)):
+                        self.wfile.write(payload[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(drip.interval)
+                except OSError:
+                    pass  # the client gave up
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: pytest shows failures, not access logs

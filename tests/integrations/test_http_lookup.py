@@ -21,7 +21,7 @@ from enrichlog.exceptions import EnricherConfigError
 from enrichlog.settings import LoggingSettings
 from enrichlog.uri.factory import EnricherFactory
 from tests.helpers import read_lines
-from tests.services import HttpBackend
+from tests.services import Drip, HttpBackend
 
 ERRORS = "enrichment_errors"
 USERS = {
@@ -255,6 +255,36 @@ async def test_a_failing_key_fails_alone_and_a_batch_of_failures_fails(
 
     assert "ann" == found[("users", 1)]["name"]
     assert "HTTPStatusError" == type(found[("fail", 2)]).__name__
+
+
+async def test_an_answer_slower_than_read_timeout_fails_its_key_alone(
+    backend: HttpBackend,
+) -> None:
+    # A server that sends a byte every 0.1 s never lets one read wait
+    # read_timeout: the whole exchange is bounded, and the other keys of the
+    # batch keep their answers (they used to time out with it).
+    backend.backend.answer = lambda path: (
+        (200, Drip(b'{"name": "zed", "padding": "..........."}', 0.1))
+        if path == "/slow/9"
+        else None
+    )
+    mixed = EnricherFactory.build(
+        uri(backend, path="/{kind}/{id}", query="name=mixed&connect_timeout=0.2&read_timeout=0.3")
+    )
+    await mixed.startup()
+    started = time.monotonic()
+    try:
+        found = await mixed.enrich_many([("users", 1), ("slow", 9), ("users", 2)])  # type: ignore[attr-defined]
+    finally:
+        elapsed = time.monotonic() - started
+        await mixed.shutdown()
+
+    assert ("ann", "bob", "ReadTimeout") == (
+        found[("users", 1)]["name"],
+        found[("users", 2)]["name"],
+        type(found[("slow", 9)]).__name__,
+    )
+    assert elapsed < 2.0  # the drip takes 4 s
 
 
 def test_error_answers_are_recorded(backend: HttpBackend, log_file: Path) -> None:

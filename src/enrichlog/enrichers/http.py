@@ -171,6 +171,8 @@ class HttpLookupEnricher(LookupEnricher):
                 f"{params.auth_env!r}, which is not set"
             )
         self._client: Any = None
+        #: One per connection: a request's deadline starts once it has one.
+        self._slots: asyncio.Semaphore | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -211,6 +213,7 @@ class HttpLookupEnricher(LookupEnricher):
             follow_redirects=False,
             trust_env=False,  # no proxy or netrc credentials picked up behind the user's back
         )
+        self._slots = asyncio.Semaphore(params.max_connections)
 
     async def _shutdown(self) -> None:
         client, self._client = self._client, None
@@ -275,7 +278,21 @@ class HttpLookupEnricher(LookupEnricher):
         return {key: value for key, value in zip(unique, results, strict=True) if value is not None}
 
     async def _get(self, client: Any, key: tuple[Any, ...]) -> Any:
-        response = await client.get(self.url_path(key))
+        # httpx's read timeout bounds each read, not the answer: a server
+        # that sends a byte now and then would hold the key (and the batch
+        # it is in) until the engine's timeout. Once the request has a
+        # connection, the whole exchange gets connect_timeout + read_timeout,
+        # and past it fails this key alone with ReadTimeout.
+        params, slots = self.params, self._slots
+        assert slots is not None
+        async with slots:
+            try:
+                async with asyncio.timeout(params.connect_timeout + params.read_timeout):
+                    response = await client.get(self.url_path(key))
+            except TimeoutError:
+                raise self._httpx.ReadTimeout(
+                    f"no complete answer within {params.read_timeout}s"
+                ) from None
         if response.status_code in _MISSING_STATUS:
             return None
         response.raise_for_status()  # anything else that is not 2xx
