@@ -626,8 +626,12 @@ class Worker:
     async def _retry_or_dead_letter(self, delivery: _Delivery) -> None:
         reason = delivery.reason or "not written (dropped by the worker's queue)"
         if delivery.deliveries >= self.settings.max_deliver:
+            # The event as it arrived, not as enrichment left it: a replay
+            # enriches it afresh (a field it already had would win).
+            original = decode_event(delivery.messages[0].data)
+            original[EVENT_ID] = delivery.event_id
             await self._dead_letter(
-                delivery.messages, delivery.event, delivery.event_id, delivery.deliveries, reason
+                delivery.messages, original, delivery.event_id, delivery.deliveries, reason
             )
             return
         delay = redelivery_delay(

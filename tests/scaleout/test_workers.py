@@ -361,3 +361,25 @@ def test_a_worker_refuses_an_output_it_cannot_write_at_start(
     assert f"error: output {target!r}" in started.stderr
     assert said in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_a_dead_letter_holds_the_event_as_it_arrived_not_as_enriched(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Replayed, it is enriched afresh: a field enrichment had added would
+    # otherwise be kept (a key the event already has wins).
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    get_logger().info("order", tenant="broken")
+    container.shutdown()
+    (tmp_path / "broken.log").mkdir()
+    env = worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1", enrichers="hostname://")
+    worker = start_worker(env)
+    wait_until(lambda: len(dead_letters(streams)) >= 1, 30, "a dead letter")
+    worker.stop()
+    (letter,) = dead_letters(streams)
+
+    assert ("order", "broken", False) == (
+        letter.event["event"],
+        letter.event["tenant"],
+        "hostname" in letter.event,
+    )
