@@ -364,7 +364,10 @@ class AsyncEnricher(Enricher):
         values = await self.enrich_many((key,))
         if key not in values:
             return event_dict  # a missing key adds nothing and is no error
-        return self.apply(event_dict, values[key])
+        value = values[key]
+        if isinstance(value, BaseException):
+            raise value  # the key failed alone: here, the call fails
+        return self.apply(event_dict, value)
 
     @property
     def batches(self) -> bool:

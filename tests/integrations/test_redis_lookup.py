@@ -139,16 +139,21 @@ async def test_json_values_and_failures(users: str) -> None:
     await merged.startup()
     try:
         documents = await whole.enrich_many([(1,), (2,), (3,)])  # type: ignore[attr-defined]
-        with pytest.raises(json.JSONDecodeError):
-            await whole.enrich_many([(1,), ("bad",)])  # type: ignore[attr-defined]
+        # A value that cannot be read fails its key alone: its exception is
+        # the key's value, and the other keys of the batch keep theirs.
+        mixed = await whole.enrich_many([(1,), ("bad",)])  # type: ignore[attr-defined]
+        not_an_object = await merged.enrich_many([(2,)])  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match="under into="):
-            await merged.enrich_many([(2,)])  # type: ignore[attr-defined]
+            await merged.enrich_async(None, "info", {"d": 2})  # one key: the call fails
         event = await merged.enrich_async(None, "info", {"d": 1, "age": 7})
     finally:
         await whole.shutdown()
         await merged.shutdown()
 
     assert {(1,): {"name": "ann", "age": 41, "tags": ["a"]}, (2,): ["x", "y"]} == documents
+    assert documents[(1,)] == mixed[(1,)]
+    assert isinstance(mixed[("bad",)], json.JSONDecodeError)
+    assert "under into=" in str(not_an_object[(2,)])
     assert {"d": 1, "age": 7, "name": "ann", "tags": ["a"]} == event
 
 
@@ -159,12 +164,18 @@ async def test_a_key_of_another_type_fails_the_lookup(users: str) -> None:
     )  # a string, read as hash
     await enricher.startup()
     try:
+        # The command's error is the key's value: that key fails alone.
+        found = await enricher.enrich_many([(1,)])  # type: ignore[attr-defined]
         with pytest.raises(Exception, match="WRONGTYPE") as caught:
-            await enricher.enrich_many([(1,)])  # type: ignore[attr-defined]
+            await enricher.enrich_async(None, "info", {"user_id": 1})
     finally:
         await enricher.shutdown()
 
-    assert "ResponseError" == type(caught.value).__name__
+    assert ("ResponseError", "ResponseError") == (
+        type(found[(1,)]).__name__,
+        type(caught.value).__name__,
+    )
+    assert "WRONGTYPE" in str(found[(1,)])
 
 
 # -- batching --------------------------------------------------------------------

@@ -181,7 +181,8 @@ class RedisLookupEnricher(LookupEnricher):
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
         """Read every key in one round trip: ``{key: value}`` for the keys
         that exist (hashes as ``{field: value}``, strings as ``str``, JSON as
-        parsed)."""
+        parsed). A value that cannot be read (not JSON, a key of another
+        type) fails its key alone: its exception is the key's value."""
         # cache_key() made each key a tuple; duplicates are read once.
         unique = [key for key in dict.fromkeys(keys) if isinstance(key, tuple)]
         if not unique:
@@ -189,7 +190,14 @@ class RedisLookupEnricher(LookupEnricher):
         values = await self.fetch([self.redis_key(key) for key in unique])
         found: dict[Hashable, Any] = {}
         for key, value in zip(unique, values, strict=True):
-            decoded = self._decode(value)
+            if isinstance(value, Exception):  # this command failed (WRONGTYPE)
+                found[key] = value
+                continue
+            try:
+                decoded = self._decode(value)
+            except Exception as exc:
+                found[key] = exc
+                continue
             if decoded is not None:
                 found[key] = decoded
         return found
@@ -205,7 +213,8 @@ class RedisLookupEnricher(LookupEnricher):
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hgetall(name)
-                values = await pipe.execute()
+                # A command's error is its key's value, not the batch's.
+                values = await pipe.execute(raise_on_error=False)
         else:
             values = await client.mget(names)
         return values
