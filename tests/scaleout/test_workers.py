@@ -5,6 +5,7 @@ come back with ``dlq replay``."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from enrichlog import configure_logging, get_logger
+from enrichlog.cli.dlq import run_dlq
 from enrichlog.transport.config import TransportConfig
 from enrichlog.transport.deadletter import read_dead_letters
 
@@ -383,3 +385,22 @@ def test_a_dead_letter_holds_the_event_as_it_arrived_not_as_enriched(
         letter.event["tenant"],
         "hostname" in letter.event,
     )
+
+
+class _ReaderGone(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_dlq_list_into_a_pipe_whose_reader_stopped_is_quiet(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dlq list | head`: the broken pipe reaches the command line, which
+    # exits 141 quietly, as every command does (it printed "error: ...").
+    monkeypatch.setenv("ENRICHLOG_TRANSPORT", streams.uri())
+    err = io.StringIO()
+
+    with pytest.raises(BrokenPipeError):
+        run_dlq("list", out=_ReaderGone(), err=err)
+
+    assert "" == err.getvalue()

@@ -36,6 +36,8 @@ def run_dlq(
         return asyncio.run(_run(config, action, sequences, replay_all, keep, limit, fmt, out))
     except EnrichlogError as exc:
         print(f"error: {exc}", file=err)
+    except BrokenPipeError:
+        raise  # its reader stopped reading (| head): 141, quietly, as every command
     except Exception as exc:
         print(f"error: {mask_secrets(f'{type(exc).__name__}: {exc}')}", file=err)
     return 1
