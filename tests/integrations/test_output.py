@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,41 @@ def test_a_batch_of_finished_events_is_written_with_few_calls_and_none_lost(
     assert [f"user-{i}" for i in range(300)] == [line["user"] for line in lines]
     assert 300 == sum(call.count(b"\n") for call in calls)
     assert len(calls) < 30  # 300 lines ready together: a few calls, not 300
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_wrapped_logger_raising_an_interrupt_on_the_runtime_thread_does_not_stop_it() -> None:
+    # A chain in the application's own structlog configuration, its logger
+    # raising KeyboardInterrupt once on the runtime's thread (where no signal
+    # handler runs): that line is not written, the runtime goes on.
+    import structlog
+
+    from enrichlog.container import build_processor_chain
+    from enrichlog.engine.processor import AsyncEnricherProcessor
+
+    async def handed_off(_logger: Any, _method: str, event_dict: Any) -> Any:
+        return event_dict
+
+    class RaisingOnce:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+            self.calls = 0
+
+        def info(self, line: str) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            self.lines.append(line)
+
+    chain = build_processor_chain(LoggingSettings(delivery="background"), [handed_off])
+    processor = next(p for p in chain if isinstance(p, AsyncEnricherProcessor))
+    processor.startup()
+    logger = RaisingOnce()
+    log = structlog.wrap_logger(logger, processors=chain)
+    for i in range(4):
+        log.info("e", i=i)
+    started = time.monotonic()
+    report = processor.shutdown()
+
+    assert (3, 4, 0) == (len(logger.lines), logger.calls, report["pending"])
+    assert time.monotonic() - started < 5  # the runtime answered its shutdown

@@ -77,11 +77,19 @@ class TailWriter:
             return False
         except BaseException as exc:
             if writing and not isinstance(exc, Exception):
-                # An interrupt that landed in the output's write, on the
-                # main thread (LineWriter counted the line): raised once
-                # the runtime's bookkeeping is done.
-                _raise_later(exc)
-                return True
+                if threading.current_thread() is threading.main_thread():
+                    # An interrupt that landed in the output's write, on the
+                    # main thread (LineWriter counted the line): raised
+                    # once the runtime's bookkeeping is done.
+                    _raise_later(exc)
+                    return True
+                # The wrapped logger raised it on the runtime's thread, which
+                # must go on: a line not written.
+                _report.warning(
+                    "enrichlog: the output raised %s; the line was not written",
+                    type(exc).__name__,
+                )
+                return False
             # A processor of the tail failed: the event is still written,
             # as plainly as it can be.
             _report.exception("enrichlog: rendering an event failed; writing it plainly")
