@@ -283,10 +283,9 @@ class LoggingContainer:
                     self._start_in_the_thread()
             self._lines = _install(self.chain(), self.output, self.settings)
             handover, self._handover = self._handover, None
-            if handover is not None and handover[0] is self._lines:
-                self._lines_before = handover[1:]
-            else:
-                self._lines_before = (self._lines.written, self._lines.write_failed)
+            if handover is None or handover[0] is not self._lines:
+                handover = (self._lines, self._lines.written, self._lines.write_failed)
+            self._lines_before = handover[1:]
             self._lines_at_shutdown = None
             self._running = True
             _live.add(self)
@@ -528,9 +527,7 @@ class LoggingContainer:
             self._restore_sigterm_handler()
             _live.discard(self)
         finally:
-            lines = self._lines
-            if lines is not None:
-                self._lines_mark = (lines, lines.written, lines.write_failed)
+            self._lines_mark = self._read_lines()
             counts = self._counts(self._lines_mark)
             self._lines_at_shutdown = (counts["written"], counts["write_failed"])
             report = DrainReport({key: value for key, value in counts.items() if key in _REPORTED})
@@ -541,6 +538,12 @@ class LoggingContainer:
             self._shut_down.set()
         return report
 
+    def _read_lines(self) -> tuple[LineWriter, int, int] | None:
+        """The installed writer and its counts of lines written and failed,
+        read once; ``None`` when none is installed."""
+        lines = self._lines
+        return None if lines is None else (lines, lines.written, lines.write_failed)
+
     def _counts(self, mark: tuple[LineWriter, int, int] | None = None) -> dict[str, int]:
         """Lines written (by any thread) and failed, events dropped, filtered
         and still pending, calls abandoned, renderer fallbacks; the lines
@@ -548,14 +551,9 @@ class LoggingContainer:
         pipeline = self._pipeline.metrics()
         if self._lines_at_shutdown is not None:
             written, write_failed = self._lines_at_shutdown
-        elif self._lines is not None:
-            _, now_written, now_failed = mark or (
-                None,
-                self._lines.written,
-                self._lines.write_failed,
-            )
-            written = now_written - self._lines_before[0]
-            write_failed = now_failed - self._lines_before[1]
+        elif (mark := mark or self._read_lines()) is not None:
+            written = mark[1] - self._lines_before[0]
+            write_failed = mark[2] - self._lines_before[1]
         else:  # not installed: only the lines the runtime wrote are known
             written, write_failed = pipeline["written"], 0
         return {

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
+from .engine.output import open_for_appending
 from .exceptions import EnricherConfigError
 from .metrics import WORKER_COUNTERS
 from .settings import LoggingSettings
@@ -143,13 +144,7 @@ class OutputSink:
         if self.target in ("stdout", "stderr"):
             return
         if self._template is None:
-            try:
-                with open(os.path.expanduser(self.target), "ab"):
-                    pass
-            except OSError as exc:
-                raise EnricherConfigError(
-                    f"output {self.target!r} cannot be opened for appending: {exc.strerror or exc}"
-                ) from None
+            open_for_appending(self.target).close()
             return
         first = _FIELD.search(self.target)
         prefix = self.target[: first.start()] if first is not None else self.target

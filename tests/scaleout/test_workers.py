@@ -167,17 +167,25 @@ def test_poison_events_are_dead_lettered_then_replayed(
     assert 6 == metrics["nacked"]  # two retries each before the third delivery
 
 
-def test_dlq_show_prints_the_dead_letter(
-    streams: Streams, tmp_path: Path, start_worker: Any
-) -> None:
+def one_dead_letter(streams: Streams, tmp_path: Path, start_worker: Any, **settings: str) -> Any:
+    """Publish one event whose output cannot be written, let a worker (with
+    ``settings``) dead-letter it at once, and return the dead letter."""
     container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
     get_logger().info("order", tenant="broken")
     container.shutdown()
     (tmp_path / "broken.log").mkdir()
-    worker = start_worker(worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1"))
+    env = worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1", **settings)
+    worker = start_worker(env)
     wait_until(lambda: len(dead_letters(streams)) >= 1, 30, "a dead letter")
     worker.stop()
     (letter,) = dead_letters(streams)
+    return letter
+
+
+def test_dlq_show_prints_the_dead_letter(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    letter = one_dead_letter(streams, tmp_path, start_worker)
 
     shown = subprocess.run(
         [sys.executable, "-m", "enrichlog", "dlq", "show", str(letter.sequence)],
@@ -370,15 +378,7 @@ def test_a_dead_letter_holds_the_event_as_it_arrived_not_as_enriched(
 ) -> None:
     # Replayed, it is enriched afresh: a field enrichment had added would
     # otherwise be kept (a key the event already has wins).
-    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
-    get_logger().info("order", tenant="broken")
-    container.shutdown()
-    (tmp_path / "broken.log").mkdir()
-    env = worker_env(streams, tmp_path / "{tenant}.log", max_deliver="1", enrichers="hostname://")
-    worker = start_worker(env)
-    wait_until(lambda: len(dead_letters(streams)) >= 1, 30, "a dead letter")
-    worker.stop()
-    (letter,) = dead_letters(streams)
+    letter = one_dead_letter(streams, tmp_path, start_worker, enrichers="hostname://")
 
     assert ("order", "broken", False) == (
         letter.event["event"],

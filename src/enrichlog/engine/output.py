@@ -34,7 +34,14 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ..exceptions import EnricherConfigError
 from .chain import last_resort_line
 
-__all__ = ["LineWriter", "NamedWriter", "TailWriter", "open_output", "reopen_files"]
+__all__ = [
+    "LineWriter",
+    "NamedWriter",
+    "TailWriter",
+    "open_for_appending",
+    "open_output",
+    "reopen_files",
+]
 
 _report = logging.getLogger("enrichlog")
 
@@ -114,6 +121,29 @@ def _raise_later(interrupt: BaseException) -> None:
 
 def _reraise(interrupt: BaseException) -> None:
     raise interrupt
+
+
+def _as_failure(exc: BaseException) -> BaseException:
+    """What a failed write counts and reports: ``exc`` when it is a stream's
+    own error (``OSError``, ``ValueError`` for a closed stream), else an
+    ``OSError`` naming it (anything else the stream raised)."""
+    if isinstance(exc, OSError | ValueError):
+        return exc
+    return OSError(f"the output raised {type(exc).__name__}")
+
+
+def open_for_appending(target: str) -> IO[bytes]:
+    """The file ``target`` (``~`` expanded) opened for appending.
+
+    Raises:
+        EnricherConfigError: it cannot be, naming it and why.
+    """
+    try:
+        return open(os.path.expanduser(target), "ab")  # the caller closes it
+    except OSError as exc:
+        raise EnricherConfigError(
+            f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
+        ) from None
 
 
 class LineWriter:
@@ -281,7 +311,7 @@ class LineWriter:
             if self._usable and self._deferred:
                 self._write_deferred()
             raise exc
-        return OSError(f"the output raised {type(exc).__name__}")
+        return _as_failure(exc)
 
     def _write_unusual(self, line: bytes) -> BaseException | None:
         """With the lock held, for a closed or broken writer: a broken one
@@ -351,12 +381,10 @@ class LineWriter:
                 self._reopen()
             self._write(b"\n".join(lines))
             self._flush()
-        except BaseException as exc:  # ValueError: a closed stream
-            failure: BaseException = exc
-            if not isinstance(exc, OSError | ValueError):
-                # Gathered lines are written by the runtime: never raised
-                # (see _interrupted() for the caller's own line).
-                failure = OSError(f"the output raised {type(exc).__name__}")
+        except BaseException as exc:
+            # Gathered lines are written by the runtime: never raised (see
+            # _interrupted() for the caller's own line).
+            failure = _as_failure(exc)
             due, count = self._count_failure(failure, len(lines) - 1)
             if due:
                 self._due_report = (failure, count)
@@ -598,14 +626,8 @@ def open_output(target: Any) -> LineWriter:
         # PIPE_BUF bytes is never interleaved with theirs.
         writer.gather_limit = _PIPE_BUF
         return writer
-    path = os.path.expanduser(target)
-    try:
-        stream = open(path, "ab")  # noqa: SIM115 - closed by LineWriter.close
-    except OSError as exc:
-        raise EnricherConfigError(
-            f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
-        ) from None
-    writer = LineWriter(stream, target=path, owns=True)
+    stream = open_for_appending(target)  # closed by LineWriter.close
+    writer = LineWriter(stream, target=os.path.expanduser(target), owns=True)
     writer.gather_limit = _FILE_GATHER_LIMIT
     _files.add(writer)
     _reopen_on_sighup()
