@@ -153,6 +153,84 @@ def test_unknown_option_keyword_is_rejected_naming_it() -> None:
         UserLookupEnricher(cache_tll=5)
 
 
+class _Batching(AsyncEnricher):
+    def cache_key(self, event_dict: EventDict) -> Any:
+        return event_dict.get("user_id")
+
+    async def enrich_many(self, keys: Any) -> Any:
+        return {}
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        return event_dict
+
+
+class _AsyncApply(_Batching):
+    async def apply(self, event_dict: EventDict, value: Any) -> EventDict:  # type: ignore[override]
+        return event_dict
+
+
+class _AsyncCacheKey(_Batching):
+    async def cache_key(self, event_dict: EventDict) -> Any:  # type: ignore[override]
+        return 1
+
+
+class _SyncEnrichMany(_Batching):
+    def enrich_many(self, keys: Any) -> Any:  # type: ignore[override]
+        return {}
+
+
+class _SyncEnrichAsync(AsyncEnricher):
+    def enrich_async(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:  # type: ignore[override]
+        return event_dict
+
+
+class _SyncStartup(UserLookupEnricher):
+    def _startup(self) -> None:  # type: ignore[override]
+        pass
+
+
+class _AsyncEnrich(SyncEnricher):
+    async def enrich(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:  # type: ignore[override]
+        return event_dict
+
+
+# Found by an outside tester: `async def apply` was accepted and every event
+# then failed with invalid_return and "coroutine was never awaited"; `async def
+# cache_key` silently used coroutine objects as keys (no cache, no dedup).
+@pytest.mark.parametrize(
+    ("cls", "method", "needs"),
+    [
+        (_AsyncApply, "apply", "plain method"),
+        (_AsyncCacheKey, "cache_key", "plain method"),
+        (_AsyncEnrich, "enrich", "plain method"),
+        (_SyncEnrichMany, "enrich_many", "async def"),
+        (_SyncEnrichAsync, "enrich_async", "async def"),
+        (_SyncStartup, "_startup", "async def"),
+    ],
+)
+def test_a_method_of_the_wrong_kind_is_refused_at_construction(
+    cls: type[Enricher], method: str, needs: str
+) -> None:
+    with pytest.raises(EnricherConfigError, match=rf"{method}\(\) must be .*{needs}"):
+        cls(name="culprit")
+
+
+def test_a_decorated_awaited_method_is_taken_as_it_is() -> None:
+    import functools
+
+    def traced(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)  # returns the coroutine
+
+        return wrapper
+
+    class Traced(UserLookupEnricher):
+        enrich_async = traced(UserLookupEnricher.enrich_async)
+
+    assert "traced" == Traced(name="traced").name
+
+
 def test_options_holds_what_the_enricher_sets_itself() -> None:
     enricher = Declared(cache_ttl=60)
 

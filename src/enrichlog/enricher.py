@@ -65,6 +65,39 @@ def _as_names(value: str | Iterable[str], owner: str) -> tuple[str, ...]:
     return names
 
 
+#: Methods the runtime calls and uses the result of: an ``async def`` there
+#: returns a coroutine, never a value.
+_PLAIN_METHODS = ("cache_key", "apply", "is_transient", "enrich")
+
+#: Methods the runtime awaits.
+_AWAITED_METHODS = ("enrich_async", "enrich_many", "_startup", "_shutdown", "_health_check")
+
+
+def _check_methods(cls: type, name: str) -> None:
+    """Refuse a method written ``async def`` where a value is expected, or
+    ``def`` where it is awaited: the mistake would otherwise show only at run
+    time, as a reason on every event."""
+    for method in _PLAIN_METHODS:
+        fn = getattr(cls, method, None)
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise EnricherConfigError(
+                f"enricher {name!r}: {method}() must be a plain method (def), "
+                f"not async def: its result is used as it is, never awaited"
+            )
+    for method in _AWAITED_METHODS:
+        fn = getattr(cls, method, None)
+        if (
+            inspect.isfunction(fn)
+            and not inspect.iscoroutinefunction(fn)
+            # A decorated method (functools.wraps) may return an awaitable.
+            and not hasattr(fn, "__wrapped__")
+        ):
+            raise EnricherConfigError(
+                f"enricher {name!r}: {method}() must be a coroutine function "
+                f"(async def): the runtime awaits it"
+            )
+
+
 class Enricher:
     """What every enricher has: identity, ordering and a lifecycle.
 
@@ -116,6 +149,7 @@ class Enricher:
                 f"enricher of type {type(self).__name__}: name must be a "
                 f"non-empty string, got {resolved!r}"
             )
+        _check_methods(type(self), resolved)
         self.name = resolved
         self.dependencies = _as_names(
             self.dependencies if dependencies is None else dependencies, resolved

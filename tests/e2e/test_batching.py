@@ -371,3 +371,67 @@ def test_apply_returning_no_mapping_is_an_invalid_return(log_file: Path) -> None
     container.shutdown()
 
     assert [{"users": "invalid_return"}] * 2 == [ln[ERRORS] for ln in read_lines(log_file)]
+
+
+def _wait_for(condition: Any) -> None:
+    for _ in range(2_000):
+        if condition():
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("timed out")
+
+
+# Found by an outside tester: a batch skipped as a whole (circuit open, no
+# concurrency slot in time) gave each of its events the reason, but counted
+# one skip for the batch; the docs count skipped *events*.
+def test_a_batch_skipped_because_the_circuit_opened_counts_each_event(log_file: Path) -> None:
+    gate = threading.Event()
+    users = Users(gate=gate, fail=ConnectionError("db down"), failure_threshold=1)
+    container = configure(log_file, users)
+    log_users([0])
+    _wait_for(lambda: len(users.calls) == 1)
+    log_users([1])
+    _wait_for(lambda: len(users.calls) == 2)  # two batches out: the next keys gather
+    log_users(range(2, 12))
+    gate.set()  # both calls fail: the circuit opens before the gathered keys go
+    container.flush(10)
+    reasons = container.metrics().enrichers["users"].failures_by_reason
+    container.shutdown()
+
+    skipped = [ln for ln in read_lines(log_file) if ln[ERRORS] == {"users": "circuit_open"}]
+    assert (2, 10, 10) == (len(users.calls), len(skipped), reasons["circuit_open"])
+
+
+class Stubborn(Users):
+    """Its first call ignores its cancellation until the gate opens."""
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        if self.calls:
+            return await super().enrich_many(keys)
+        self.calls.append(list(keys))
+        assert self.gate is not None
+        while not self.gate.is_set():
+            try:
+                await asyncio.sleep(0.001)
+            except asyncio.CancelledError:
+                pass
+        return {}
+
+
+def test_a_batch_that_got_no_concurrency_slot_counts_each_event_overloaded(
+    log_file: Path,
+) -> None:
+    gate = threading.Event()
+    users = Stubborn(gate=gate, max_concurrency=1, timeout=0.1)
+    container = configure(log_file, users)
+    log_users([0])  # holds the only slot past its timeout and the grace
+    _wait_for(lambda: len(users.calls) == 1)
+    log_users(range(1, 11))
+    _wait_for(lambda: container.metrics().enrichers["users"].abandoned == 1)
+    gate.set()
+    container.flush(10)
+    reasons = container.metrics().enrichers["users"].failures_by_reason
+    container.shutdown()
+
+    overloaded = [ln for ln in read_lines(log_file) if ln[ERRORS] == {"users": "overloaded"}]
+    assert (10, 10) == (len(overloaded), reasons["overloaded"])

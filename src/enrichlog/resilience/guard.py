@@ -336,6 +336,10 @@ class _Batch:
     def __init__(self, waiters: dict[Hashable, list[_Waiter]]) -> None:
         self.waiters = waiters
 
+    def events(self) -> int:
+        """How many events wait for the batch."""
+        return sum(map(len, self.waiters.values()))
+
 
 class _EnrichmentFailedError(Exception):
     """Carries a failure outcome out of a shared (single-flight) computation."""
@@ -806,7 +810,7 @@ class EnricherGuard:
         granted: bool,
     ) -> bool:
         if not granted:
-            self.overloaded += 1
+            self.overloaded += batch.events()
             self._batch_done(batch, loop)
             call.deliver(OVERLOADED, 0.0)
             return False
@@ -823,11 +827,12 @@ class EnricherGuard:
             if limiter is not None:
                 limiter.release()
             self._batch_done(batch, loop)
+            # Skips are counted per event, as for events looked up alone.
             if not self.enricher.available:
-                self.skipped_unavailable += 1
+                self.skipped_unavailable += batch.events()
                 call.deliver(UNAVAILABLE, 0.0)
             else:
-                self.skipped_open += 1
+                self.skipped_open += batch.events()
                 call.deliver(CIRCUIT_OPEN, 0.0)
             return
         keys = list(batch.waiters)
@@ -863,6 +868,8 @@ class EnricherGuard:
         seconds = self._deadlines.clock() - call.at + self.timeout
         self.latency.observe(seconds)
         if failure is not None:
+            if failure is OVERLOADED:  # a skip (the loop fell behind): per event
+                self.overloaded += batch.events() - 1
             call.deliver(failure, seconds)
         elif not call.delivered:
             call.delivered = True
