@@ -192,6 +192,13 @@ class EnrichlogHandler(logging.Handler):
             getattr(self._logger(container, name), method)(message, **fields)
         except Exception:
             self.handleError(record)
+        except BaseException:
+            # An interrupt can only come from the signal on the main thread;
+            # elsewhere it is user code's (a value's __repr__), and the
+            # thread logging (enrichlog's runtime, a worker) must go on.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            self.handleError(record)
         finally:
             if token is not None:
                 IN_ENRICHMENT.reset(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import threading
@@ -411,10 +412,8 @@ class Stubborn(Users):
         self.calls.append(list(keys))
         assert self.gate is not None
         while not self.gate.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.001)
-            except asyncio.CancelledError:
-                pass
         return {}
 
 

@@ -20,6 +20,17 @@ from enrichlog import AsyncEnricher, SyncEnricher, configure_logging, get_logger
 
 SURROGATE = b"caf\xe9".decode("utf-8", "surrogateescape")
 
+
+class RaisesOnRepr:
+    def __init__(self, exc: type[BaseException]) -> None:
+        self.exc = exc
+
+    def __repr__(self) -> str:
+        raise self.exc
+
+    __str__ = __repr__
+
+
 _CYCLE: list[Any] = []
 _CYCLE.append(_CYCLE)
 
@@ -43,6 +54,12 @@ ODD: dict[str, dict[Any, Any]] = {
     "set value": {"v": {1, 2}},
     "object value": {"v": object()},
     "cyclic value": {"v": _CYCLE},
+    # Found by an outside tester (each wrote a last-resort line without the
+    # event's fields, or raised into the caller):
+    "enormous int": {"v": 10**5000},  # past the interpreter's decimal digits limit
+    "level not a string": {"level": 42},  # the console pads it as text
+    "repr raising an interrupt": {"v": RaisesOnRepr(KeyboardInterrupt)},
+    "repr raising cancellation": {"v": RaisesOnRepr(asyncio.CancelledError)},
 }
 MESSAGES = [*ODD, SURROGATE]  # the surrogate as the message itself, too
 
@@ -171,3 +188,38 @@ def test_a_logfmt_key_containing_equals_cannot_forge_another_field(
 
     pairs = _logfmt_pairs(log_file.read_text().strip())
     assert ["info"] == [value for key, value in pairs if key == "level"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "logfmt", "console"])
+@pytest.mark.parametrize(
+    "odd",
+    [{"k" + SURROGATE: 1}, {"n": 10**5000}, {"level": 42}, {"v": RaisesOnRepr(SystemExit)}],
+    ids=["surrogate key", "enormous int", "level not a string", "repr raising"],
+)
+def test_a_fallback_line_keeps_the_event_s_other_fields(
+    log_file: Path, fmt: str, odd: dict[Any, Any]
+) -> None:
+    # Found by an outside tester: in logfmt a surrogate key, in every format an
+    # int past 4,300 digits, in the console a `level` that is no string gave a
+    # last-resort line holding the message alone.
+    class Adds(SyncEnricher):
+        name = "adds"
+
+        def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict.update(odd)
+            return event_dict
+
+    container = configure_logging(
+        enrichers=[Adds()], output=str(log_file), format=fmt, delivery="inline"
+    )
+    get_logger().warning("login failed", user="alice", request_id="r-1")
+    fallbacks = container.metrics()["render_fallbacks"]
+    container.shutdown()
+
+    line = log_file.read_bytes().decode("utf-8", "backslashreplace")
+    assert ("alice", "r-1", "login failed", line.count("render_error")) == (
+        "alice" * ("alice" in line),
+        "r-1" * ("r-1" in line),
+        "login failed" * ("login failed" in line),
+        fallbacks,
+    ), line

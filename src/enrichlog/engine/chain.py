@@ -12,6 +12,8 @@ written with its odd values shown by ``repr`` and a ``render_error`` field.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import math
 import sys
@@ -64,12 +66,17 @@ class SafeRenderer:
             # A copy: the console renderer pops keys as it goes, and a
             # failure halfway must leave the event whole for the fallback.
             return self._render(logger, method_name, dict(event_dict))
-        except Exception as exc:
+        except BaseException as exc:  # a value's __repr__ may raise anything
             self.fallbacks += 1
-            safe = _printable_event(event_dict, exc, keys=_plain_key)
-            try:
+            with contextlib.suppress(BaseException):
+                safe = _printable_event(event_dict, exc, keys=_plain_key)
                 return self._render(logger, method_name, safe)
-            except Exception:
+            try:
+                # Every value as text: a field the renderer expects to be a
+                # string (the console's ``level``) may be anything.
+                safe = _printable_event(event_dict, exc, keys=_plain_key, values=_as_text)
+                return self._render(logger, method_name, safe)
+            except BaseException:
                 return last_resort_line(event_dict, exc)
 
 
@@ -102,11 +109,11 @@ class _SafeJSONRenderer(structlog.processors.JSONRenderer):
             event_dict = self._exceptions(logger, name, event_dict)
         try:
             return self._dumps(event_dict, **self._dumps_kw)
-        except Exception as exc:
+        except BaseException as exc:  # a value's __str__ may raise anything
             self.fallbacks += 1
             try:
                 return json.dumps(_printable_event(event_dict, exc, keys=_text), ensure_ascii=True)
-            except Exception:
+            except BaseException:
                 return last_resort_line(event_dict, exc)
 
 
@@ -121,7 +128,7 @@ class _SafeExceptionRenderer(structlog.processors.ExceptionRenderer):
                 exc_info = _figure_out_exc_info(exc_info)
                 if exc_info:
                     event_dict["exception"] = self.format_exception(exc_info)
-            except Exception as exc:
+            except BaseException as exc:
                 event_dict["exception"] = f"<exception not formattable: {type(exc).__name__}>"
         return event_dict
 
@@ -136,15 +143,28 @@ def _text(key: object) -> str:
 
 
 def _plain_key(key: object) -> str:
-    """A key logfmt and the console can write: no spaces, ``=`` or quotes."""
-    text = _text(key).translate(_INVALID_KEY_CHARS)
-    return "".join(c if c > " " else "_" for c in text) or "_"
+    """A key logfmt and the console can write: printable (a lone surrogate
+    shown as its ``\\udcxx`` escape), without spaces, ``=`` or quotes."""
+    text = _text(key)
+    if not text.isprintable():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.translate(_INVALID_KEY_CHARS)
+    return "".join(c if c.isprintable() else "_" for c in text) or "_"
 
 
 def _printable_event(
-    event_dict: EventDict, exc: Exception, *, keys: Callable[[object], str]
+    event_dict: EventDict,
+    exc: BaseException,
+    *,
+    keys: Callable[[object], str],
+    values: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
-    safe = _printable(event_dict, keys, 0)
+    """A copy of the event that a renderer can write: keys by ``keys``,
+    values made plain (or all turned by ``values``), and ``render_error``."""
+    if values is None:
+        safe = _printable(event_dict, keys, 0)
+    else:
+        safe = {keys(k): values(v) for k, v in event_dict.items()}
     safe["render_error"] = f"{type(exc).__name__}: {_repr(exc)[:200]}"
     return safe  # type: ignore[no-any-return]
 
@@ -154,7 +174,7 @@ def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
     if kind is str or kind is bool or value is None:
         return value
     if kind is int:
-        return value if -(2**63) <= value < 2**64 else str(value)
+        return value if -(2**63) <= value < 2**64 else _int_text(value)
     if kind is float:
         return value if math.isfinite(value) else str(value)
     if depth < _MAX_DEPTH:
@@ -163,6 +183,19 @@ def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
         if isinstance(value, list | tuple):
             return [_printable(v, keys, depth + 1) for v in value]
     return _repr(value)
+
+
+def _as_text(value: object) -> str:
+    return value if type(value) is str else _repr(value)
+
+
+def _int_text(value: int) -> str:
+    """``value`` in decimal, or in hexadecimal past the interpreter's limit
+    on decimal digits (``sys.set_int_max_str_digits``), which has none."""
+    try:
+        return str(value)
+    except ValueError:
+        return hex(value)
 
 
 def last_resort_line(event_dict: EventDict, exc: BaseException) -> str:
@@ -176,8 +209,10 @@ def last_resort_line(event_dict: EventDict, exc: BaseException) -> str:
 
 def _repr(value: object) -> str:
     try:
+        if type(value) is int:
+            return _int_text(value)
         return repr(value)
-    except Exception as exc:
+    except BaseException as exc:  # a __repr__ may raise anything, interrupts included
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
@@ -194,12 +229,26 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
             serializer=orjson.dumps if orjson is not None else json.dumps,
         )
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=_console_exceptions(colors=colors)
+        )
     elif fmt == "logfmt":
         renderer = _plain_keys(structlog.processors.LogfmtRenderer())
     else:
         raise ValueError(f"unknown format {fmt!r}; expected json, console or logfmt")
     return SafeRenderer(renderer)
+
+
+def _console_exceptions(*, colors: bool) -> structlog.typing.ExceptionRenderer:
+    """How the console shows a traceback: rich's, when installed, without
+    local variables (where passwords and tokens live; showing them also
+    calls every local's ``__repr__`` again) and in colour only when the
+    lines are; else the plain one."""
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(
+        show_locals=False, color_system="truecolor" if colors else None
+    )
 
 
 def _plain_keys(

@@ -92,19 +92,33 @@ class TailWriter:
                     return True
                 # The wrapped logger raised it on the runtime's thread, which
                 # must go on: a line not written.
-                _report.warning(
+                _report_quietly(
+                    _report.warning,
                     "enrichlog: the output raised %s; the line was not written",
                     type(exc).__name__,
                 )
                 return False
             # A processor of the tail failed: the event is still written,
-            # as plainly as it can be.
-            _report.exception("enrichlog: rendering an event failed; writing it plainly")
+            # as plainly as it can be, and counted as a fallback.
+            renderer = self.tail[-1] if self.tail else None
+            if renderer is not None and hasattr(renderer, "fallbacks"):
+                renderer.fallbacks += 1
+            _report_quietly(
+                _report.exception, "enrichlog: rendering an event failed; writing it plainly"
+            )
             try:
                 getattr(logger, method_name)(last_resort_line(event_dict, exc))
             except Exception:
                 return False
         return True
+
+
+def _report_quietly(report: Callable[..., object], message: str, *args: object) -> None:
+    """Report through the stdlib logger ``enrichlog``, which may lead back
+    into structlog (the stdlib bridge) and fail again the same way: whatever
+    the report raises is dropped, so that the writer goes on."""
+    with contextlib.suppress(BaseException):  # the report is the only thing lost
+        report(message, *args)
 
 
 def _raise_later(interrupt: BaseException) -> None:

@@ -827,13 +827,7 @@ class EnricherGuard:
             if limiter is not None:
                 limiter.release()
             self._batch_done(batch, loop)
-            # Skips are counted per event, as for events looked up alone.
-            if not self.enricher.available:
-                self.skipped_unavailable += batch.events()
-                call.deliver(UNAVAILABLE, 0.0)
-            else:
-                self.skipped_open += batch.events()
-                call.deliver(CIRCUIT_OPEN, 0.0)
+            self._skip_batch(call, batch)
             return
         keys = list(batch.waiters)
         self.calls += 1
@@ -874,6 +868,16 @@ class EnricherGuard:
         elif not call.delivered:
             call.delivered = True
             self._apply_batch(batch, values, seconds)  # type: ignore[arg-type]
+
+    def _skip_batch(self, call: _Call, batch: _Batch) -> None:
+        """The batch is not called (unavailable, or the circuit is open):
+        counted per event, as for events looked up alone."""
+        if not self.enricher.available:
+            self.skipped_unavailable += batch.events()
+            call.deliver(UNAVAILABLE, 0.0)
+        else:
+            self.skipped_open += batch.events()
+            call.deliver(CIRCUIT_OPEN, 0.0)
 
     def _batch_failure(
         self, call: _Call, permit: Permit, values: object, task: asyncio.Task[Any]

@@ -1,0 +1,81 @@
+"""Found by the fifth outside attack round (a tester with only the README
+and the docs), each kept as a test. (The others of that round are kept
+beside the behaviour they test: rendering, batching, enricher shapes.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+
+class Passes(AsyncEnricher):
+    name = "passes"
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict["passed"] = True
+        return event_dict
+
+
+class RaisesOnRepr:
+    def __init__(self, exc: type[BaseException]) -> None:
+        self.exc = exc
+
+    def __repr__(self) -> str:
+        raise self.exc
+
+    __str__ = __repr__
+
+
+@pytest.mark.parametrize(
+    "exc", [KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit]
+)
+def test_a_report_that_fails_again_through_the_stdlib_bridge_costs_no_event(
+    log_file: Path, exc: type[BaseException]
+) -> None:
+    # The console renderer failed on a value whose __repr__ raised; the report
+    # of that failure went through the stdlib bridge into the same renderer,
+    # whose traceback showed the locals (the value again): the interrupt left
+    # the runtime thread (KeyboardInterrupt, SystemExit: every later event
+    # lost) or wedged its loop (CancelledError, GeneratorExit).
+    container = configure_logging(
+        enrichers=[Passes()],
+        output=str(log_file),
+        format="console",
+        stdlib=True,
+        delivery="background",
+        shutdown_timeout=5,
+    )
+    log = get_logger("app")
+    log.info("bad", v=RaisesOnRepr(exc))
+    for i in range(100):
+        log.info("good", i=i)
+    flushed = container.flush(10)
+    runtime_alive = any(t.name == "enrichlog-runtime" for t in threading.enumerate())
+    report = container.shutdown()
+
+    lines = log_file.read_text().splitlines()
+    assert (True, True, 0) == (flushed, runtime_alive, report["pending"])
+    assert 100 == sum("passed=True" in line for line in lines if " good " in line)
+    assert 1 == sum(" bad " in line for line in lines)
+
+
+def test_the_console_shows_no_local_variables_in_a_traceback(log_file: Path) -> None:
+    # Locals are where passwords live; the JSON renderer already left them out.
+    container = configure_logging(output=str(log_file), format="console", delivery="inline")
+    password = "hunter" + str(2)  # the secret that must not be written (not in the source)
+    try:
+        raise ValueError("login failed")
+    except ValueError:
+        get_logger().exception("login failed")
+    container.shutdown()
+
+    text = log_file.read_text()
+    assert "ValueError" in text
+    assert password not in text
+    assert "\x1b[" not in text  # and no colour codes in a file
