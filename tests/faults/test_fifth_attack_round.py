@@ -79,3 +79,50 @@ def test_the_console_shows_no_local_variables_in_a_traceback(log_file: Path) -> 
     assert "ValueError" in text
     assert password not in text
     assert "\x1b[" not in text  # and no colour codes in a file
+
+
+class SlowUser(AsyncEnricher):
+    name = "user"
+    cache_ttl = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def cache_key(self, event_dict: Any) -> Any:
+        return event_dict.get("user_id")
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        event_dict["user_name"] = "alice"
+        return event_dict
+
+
+class SlowUsers(SlowUser):
+    async def enrich_many(self, keys: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        return dict.fromkeys(keys, "alice")
+
+    def apply(self, event_dict: Any, value: Any) -> Any:
+        event_dict["user_name"] = value
+        return event_dict
+
+
+@pytest.mark.parametrize("enricher", [SlowUser, SlowUsers], ids=["per event", "batched"])
+def test_events_that_share_a_lookup_in_flight_count_as_cache_hits(
+    log_file: Path, enricher: type[SlowUser]
+) -> None:
+    # Every event that joined the one call in flight counted as a miss: 50
+    # misses, hit rate 0, for one backend call.
+    user = enricher()
+    container = configure_logging(enrichers=[user], output=str(log_file), delivery="background")
+    for _ in range(50):
+        get_logger().info("burst", user_id=42)
+    container.flush(10)
+    metrics = container.metrics()["enrichers"]["user"]
+    container.shutdown()
+
+    assert (1, 49, 1) == (user.calls, metrics["cache_hits"], metrics["cache_misses"])
+    assert 0.98 == metrics["cache"]["hit_rate"]

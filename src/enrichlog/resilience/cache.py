@@ -269,9 +269,9 @@ class EnricherCache:
         Counting: a caller served from the cache (a value or a remembered
         failure) is a hit, and so is one that joins a computation already in
         progress, since it causes no extra call of ``fn``; only the caller
-        that starts the computation is a miss. ``count=False`` leaves the
-        counters alone, for a caller that already counted this lookup with
-        :meth:`get`.
+        that starts the computation is a miss. ``count=False``: the caller
+        counted this lookup as a miss with :meth:`get` already; it stays one
+        if this caller starts the computation, and becomes a hit otherwise.
 
         Raises:
             Exception: whatever ``fn`` raised, to the callers that shared
@@ -282,7 +282,10 @@ class EnricherCache:
         entry = self._entries.get(key)
         if entry is not None:
             if self._clock() < entry.expires_at:
-                self._hits += count
+                if count:
+                    self._hits += 1
+                else:
+                    self.hit_after_miss()
                 entry.used = True
                 if entry.error is not None:
                     raise CachedError(
@@ -300,10 +303,19 @@ class EnricherCache:
                 self._compute(key, fn, flight), name=f"enrichlog-cache-{key!r}"
             )
             flight.task.add_done_callback(_retrieve_exception)
+        elif count:
+            self._hits += 1
         else:
-            self._hits += count
+            self.hit_after_miss()
         # The shield keeps this caller's cancellation from reaching the task.
         return await asyncio.shield(flight.task)
+
+    def hit_after_miss(self) -> None:
+        """A lookup counted as a miss was served without a call after all
+        (it joined a computation in progress, or the value arrived
+        meanwhile): count it as the hit it is."""
+        self._misses -= 1
+        self._hits += 1
 
     async def _compute(self, key: Hashable, fn: Callable[[], Any], flight: _Flight) -> Any:
         try:

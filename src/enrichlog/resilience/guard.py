@@ -719,26 +719,36 @@ class EnricherGuard:
         if lookup is None:
             sink(*key, NO_CHANGES, 0.0)
             return
+        cache = self.cache
         if entry is not None and self._clock() < entry.expires_at:
-            # Cached or failed since the logging thread looked: one read of
-            # the entry, counting nothing (lookup() counted this event's hit
-            # or miss already).
+            # Cached or failed since the logging thread looked (and counted
+            # a miss): one read of the entry, a hit after all.
             error = entry.error
             if error is None:
                 entry.used = True
+                if cache is not None:
+                    cache.hit_after_miss()
                 sink(*key, entry.value, 0.0)
                 return
             if isinstance(error, _EnrichmentFailedError):
+                if cache is not None:
+                    cache.hit_after_miss()
                 sink(*key, error.outcome, 0.0)
                 return
         waiter = (snapshot, sink, key)
+        # An event whose key is asked already causes no call: a hit, as
+        # for the cache's single flight.
         fetching = self._fetching.get(lookup)
         if fetching is not None:
             fetching.waiters[lookup].append(waiter)
+            if cache is not None:
+                cache.hit_after_miss()
             return
         waiting = self._waiting.get(lookup)
         if waiting is not None:
             waiting.append(waiter)
+            if cache is not None:
+                cache.hit_after_miss()
             return
         size = self._batch_size
         queued = len(self._waiting)
