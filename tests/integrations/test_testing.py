@@ -399,3 +399,34 @@ def test_the_plugin_shuts_the_container_down_after_each_test(pytester: pytest.Py
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
 
     result.assert_outcomes(passed=2)
+
+
+def test_each_test_s_level_holds_for_a_module_level_logger(pytester: pytest.Pytester) -> None:
+    # Found by an outside tester: a module-level logger kept the level of the
+    # first test that used it, so a test's result depended on the tests before.
+    pytester.makeconftest('pytest_plugins = ["enrichlog.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        """
+        import pytest
+        from enrichlog import get_logger
+
+        log = get_logger("app")
+
+        def test_a_at_info(enrichlog_container, enrichlog_output):
+            log.debug("hidden")
+            log.info("shown")
+            assert ["shown"] == [e["event"] for e in enrichlog_output.events()]
+
+        @pytest.mark.enrichlog(level="debug")
+        def test_b_at_debug(enrichlog_container, enrichlog_output):
+            log.debug("checkout")
+            assert ["checkout"] == [e["event"] for e in enrichlog_output.events()]
+
+        def test_c_at_info_again(enrichlog_container, enrichlog_output):
+            log.debug("hidden")
+            assert [] == enrichlog_output.events()
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+    result.assert_outcomes(passed=3)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from ..container import LoggingContainer, configure_logging, reset_logging
 from . import FakeClock, LineSink
@@ -82,6 +83,11 @@ def enrichlog_container(
     }
     reset_logging()
     container = configure_logging(**settings)
+    # A logger is bound once, at its first use, with the level of that
+    # moment (cached: the level costs a log call nothing). In tests each
+    # test's level must hold, also for a module-level logger a test before
+    # used: bound afresh at every call here.
+    structlog.configure(cache_logger_on_first_use=False)
     try:
         yield container
     finally:
