@@ -376,3 +376,56 @@ def test_a_forked_child_leaves_the_endpoint_to_its_parent(tmp_path: Path) -> Non
 
     assert 0 == result.returncode, result.stderr
     assert "child 0\nparent serves True\n" == result.stdout
+
+
+FORK_TOTALS_SCRIPT = """
+import os
+from prometheus_client import CollectorRegistry, generate_latest
+from enrichlog import configure_logging, get_logger
+from enrichlog.integrations.prometheus import register
+
+def written(registry):
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith('enrichlog_events_total{result="written"}'):
+            return int(float(line.split()[-1]))
+
+registry = CollectorRegistry()
+register(registry=registry)
+log = get_logger()
+configure_logging(output=os.devnull, delivery="background")
+for _ in range(50):
+    log.info("first")
+container = configure_logging(output=os.devnull, delivery="background")
+for _ in range(100):
+    log.info("second")
+container.flush(10)
+print("parent", written(registry))
+read, write = os.pipe()
+if os.fork() == 0:
+    for _ in range(10):
+        log.info("child")
+    container.flush(10)
+    os.write(write, f"child {written(registry)} {container.metrics()['written']}".encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 100).decode())
+container.shutdown()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_s_totals_count_its_own_events_only(tmp_path: Path) -> None:
+    # Found by an outside tester: the child's totals held the 50 lines of the
+    # parent's replaced container besides its own 10 (its running container
+    # already counted its own only).
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_TOTALS_SCRIPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    assert "parent 150\nchild 10 10\n" == result.stdout

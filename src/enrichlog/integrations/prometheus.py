@@ -147,8 +147,12 @@ class _Tracker:
         self._stopped = MetricsSnapshot()
 
     def after_fork_in_child(self) -> None:
-        """A fresh lock: a thread of the parent may have held this one."""
+        """A fresh lock (a thread of the parent may have held this one), and
+        none of the parent's totals: a child's metrics count its own events
+        only, as its running container's do."""
         self._lock = threading.Lock()
+        self._finals = weakref.WeakKeyDictionary()
+        self._stopped = MetricsSnapshot()
 
     def follow(self, container: LoggingContainer) -> None:
         timeouts = _enricher_timeouts(container)
