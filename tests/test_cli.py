@@ -585,3 +585,25 @@ def test_worker_refuses_a_negative_stats_interval(tmp_path: Path) -> None:
 
     assert 2 == result.returncode
     assert "expected a number of seconds >= 0, not '-5'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [("missing-dir/app.log", "No such file or directory"), (".", "Is a directory")],
+)
+def test_check_refuses_an_output_configure_logging_cannot_open(
+    tmp_path: Path, output: str, reason: str
+) -> None:
+    # Found by an outside tester: check said "ok" for an output that
+    # configure_logging then refused.
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_OUTPUT": output})
+
+    assert 1 == result.returncode
+    assert f"error: output {output!r} cannot be opened for appending: {reason}" in result.stderr
+
+
+def test_check_creates_no_output_file(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_OUTPUT": "app.log"})
+
+    assert 0 == result.returncode, result.stderr
+    assert not (tmp_path / "app.log").exists()

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TextIO
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ..engine.output import appending_problem
 from ..engine.registry import EnricherRegistry
 from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError
@@ -120,6 +121,12 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         settings = LoggingSettings.model_construct(enrichers=_uris_alone(problems))
     more, enrichers, _ = _problems_and_levels(settings)
     problems.extend(more)
+    output = settings.output
+    if isinstance(output, str) and output not in ("stdout", "stderr"):
+        # configure_logging refuses an output it cannot open: so does check.
+        problem = appending_problem(output)
+        if problem is not None:
+            problems.append(mask_secrets(problem))
     for problem in problems:
         print(f"error: {problem}", file=err)
     if problems:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -158,6 +159,26 @@ def open_for_appending(target: str) -> IO[bytes]:
         raise EnricherConfigError(
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
         ) from None
+
+
+def appending_problem(target: str) -> str | None:
+    """Why the file ``target`` could not be opened for appending, found
+    without opening (or creating) it, as ``python -m enrichlog check``
+    must; ``None`` when nothing stands in the way."""
+    path = os.path.abspath(os.path.expanduser(target))
+    if os.path.isdir(path):
+        code = errno.EISDIR
+    elif os.path.exists(path):
+        code = 0 if os.access(path, os.W_OK) else errno.EACCES
+    else:
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            code = errno.ENOENT
+        else:
+            code = 0 if os.access(parent, os.W_OK | os.X_OK) else errno.EACCES
+    if not code:
+        return None
+    return f"output {target!r} cannot be opened for appending: {os.strerror(code)}"
 
 
 class LineWriter:
