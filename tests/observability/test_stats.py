@@ -319,3 +319,38 @@ def test_a_workers_and_a_transports_figures_are_read_back_and_shown() -> None:
     )
     assert "published 3, spooled 1, spool dropped 0, queued 2" in screen
     assert "consumed 5, acknowledged 4, nacked 1, dead-lettered 0, lag 7" in screen
+
+
+def test_waiting_longer_than_the_calls_took_is_not_shown_as_a_negative_saving(
+    tmp_path: Path,
+) -> None:
+    # Found by an outside tester: one enricher, a burst waiting for its
+    # concurrency slots: "concurrency saved -104% of enricher time".
+    import asyncio
+
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+    class Slow(AsyncEnricher):
+        name = "slow"
+        max_concurrency = 2
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            await asyncio.sleep(0.005)
+            return event_dict
+
+    container = configure_logging(
+        enrichers=[Slow()], output=str(tmp_path / "out.log"), delivery="background"
+    )
+    for _ in range(40):
+        get_logger().info("burst")
+    container.flush(10)
+    snapshot = container.metrics()
+    container.shutdown()
+
+    shown = pipeline(render_text(Stats(snapshot)))
+    assert snapshot.enrichment_latency.sum > snapshot.enricher_time.sum
+    assert "concurrency saved" not in shown
+    assert shown["waiting added"].endswith(
+        "to enricher time (calls waited for a concurrency slot or a busy loop)"
+    )
+    assert not shown["waiting added"].startswith("-")

@@ -462,7 +462,18 @@ def _pipeline_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, str]
     ]
     if s.enricher_time.sum > 0:
         saved = 1.0 - s.enrichment_latency.sum / s.enricher_time.sum
-        rows.append(("concurrency saved", f"{100 * saved:.0f}% of enricher time"))
+        if saved >= 0:
+            rows.append(("concurrency saved", f"{100 * saved:.0f}% of enricher time"))
+        else:
+            # Events waited longer than their calls took: for concurrency
+            # slots, or for a loop too busy to start them.
+            rows.append(
+                (
+                    "waiting added",
+                    f"{-100 * saved:.0f}% to enricher time (calls waited for a "
+                    "concurrency slot or a busy loop)",
+                )
+            )
     if s.transport is not None:
         t = s.transport
         rows.append(
