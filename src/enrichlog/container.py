@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import functools
 import logging
@@ -20,7 +21,7 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,36 @@ class DrainReport(dict[str, int]):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+#: The code of ``logging.Handler.handle``, which holds the handler's lock
+#: while the handler formats and writes a record.
+_HANDLE_CODE = logging.Handler.handle.__code__
+
+
+@contextlib.contextmanager
+def _handler_locks_released() -> Iterator[None]:
+    """Release, meanwhile, the locks of the stdlib handlers this thread is
+    inside (a formatter waiting for enrichment): an enricher's own record
+    (a database driver's warning) goes to the same handler from the
+    runtime's thread, which would wait for the lock while this thread waits
+    for it, and no timer of the loop could fire. The handler is formatting,
+    not writing, so another record may be written meanwhile."""
+    released: list[tuple[Any, Any]] = []
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code is _HANDLE_CODE:
+            lock = getattr(frame.f_locals.get("self"), "lock", None)
+            # An RLock of this thread (the one Handler.createLock makes):
+            # released whatever its depth, as threading.Condition does.
+            if lock is not None and getattr(lock, "_is_owned", lambda: False)():
+                released.append((lock, lock._release_save()))
+        frame = frame.f_back
+    try:
+        yield
+    finally:
+        for lock, state in reversed(released):
+            lock._acquire_restore(state)
 
 
 def get_logger(*args: Any, **initial_values: Any) -> Any:
@@ -775,7 +806,9 @@ class LoggingContainer:
         except RuntimeError:  # stopped meanwhile
             plan.finish_unenriched(record)
             return event_dict
-        if not done.wait(plan.wait_bound() + 1.0):
+        with _handler_locks_released():
+            finished = done.wait(plan.wait_bound() + 1.0)
+        if not finished:
             # Cannot happen while the guards keep their deadlines. A copy: a
             # merge arriving late on the loop must not change it under the
             # formatter that renders it.

@@ -300,6 +300,35 @@ def test_formatter_enrichment_never_raises_and_records_what_failed() -> None:
     assert "dropped one" == dropped["event"]  # a formatter must write its line
 
 
+def test_an_enricher_logging_to_the_formatter_s_own_handler_does_not_stall_it() -> None:
+    # Found by an outside tester: the logging thread held the handler's lock
+    # while it waited; the enricher's record (a driver's warning) waited for
+    # that lock on the runtime's thread, so no timer of the loop fired: every
+    # record took 2.5 s and was written without its fields or a reason.
+    logger, stream = formatter_handler(FormatterEnrichment())
+
+    class Chatty(AsyncEnricher):
+        name = "chatty"
+        timeout = 5.0
+
+        async def enrich_async(
+            self, logger_: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            logger.warning("driver says hi")  # to the same handler
+            event_dict["chatty"] = 1
+            return event_dict
+
+    container = configure_logging(output=LineSink(), enrichers=[Chatty()])
+    for i in range(3):
+        logger.info("record %d", i)
+    container.shutdown()
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    records = [line for line in lines if line["event"].startswith("record")]
+    assert [1, 1, 1] == [line.get("chatty") for line in records]
+    assert 3 == sum(line["event"] == "driver says hi" for line in lines)
+
+
 def test_the_containers_own_processor_in_a_formatter_would_raise() -> None:
     container = configure_logging(output=LineSink(), enrichers=[Tenant()])
     logger, _ = formatter_handler(container.processor)
