@@ -144,7 +144,9 @@ def _as_failure(exc: BaseException) -> BaseException:
     ``OSError`` naming it (anything else the stream raised)."""
     if isinstance(exc, OSError | ValueError):
         return exc
-    return OSError(f"the output raised {type(exc).__name__}")
+    failure = OSError(f"the output raised {type(exc).__name__}")
+    failure.__cause__ = exc
+    return failure
 
 
 def open_for_appending(target: str) -> IO[bytes]:
@@ -786,6 +788,10 @@ _DEFERRED = InterruptedError("deferred")
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{type(exc).__name__}: {exc.strerror}"
+    if isinstance(exc, OSError):
+        if exc.strerror:
+            return f"{type(exc).__name__}: {exc.strerror}"
+        cause = exc.__cause__
+        if cause is not None:  # the output's own exception, carried as a failed write
+            return f"{type(cause).__name__}, raised by the output"
     return type(exc).__name__
