@@ -140,6 +140,24 @@ def test_capture_events_keeps_the_exception_unformatted_and_skips_filtered_event
     assert "exception" in sink.events()[0]  # the line itself is rendered as usual
 
 
+@pytest.mark.parametrize("raised", [False, True], ids=["block ran", "block raised"])
+def test_capture_events_that_cannot_complete_its_list_says_so(raised: bool) -> None:
+    # Found by an outside tester: with a slow event, the block ended with an
+    # empty list, silently, and the event was never added.
+    container = configure_logging(
+        enrichers=[User(delay=0.3, timeout=5.0)], output=LineSink(), delivery="background"
+    )
+    with pytest.raises(EnrichlogError if not raised else KeyError) as caught:  # noqa: PT012
+        with capture_events(timeout=0.01):
+            get_logger().info("slow", user_id=1)
+            if raised:
+                raise KeyError("the test's own failure wins")
+    container.shutdown()
+
+    if not raised:
+        assert "still pending after 0.01 s, so the list is incomplete" in str(caught.value)
+
+
 def test_capture_events_without_a_container_says_what_to_do() -> None:
     with pytest.raises(EnrichlogError, match="call configure_logging"):
         with capture_events():

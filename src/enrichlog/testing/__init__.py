@@ -84,8 +84,8 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
     formatted). Events an enricher
     filtered out or a level dropped are not there. At the end of the block
     everything logged in it is flushed (at most ``timeout`` seconds), so the
-    list is complete when the block ends; lines are still written to the
-    container's output.
+    list is complete when the block ends (else the block raises
+    ``EnrichlogError``); lines are still written to the container's output.
 
     Args:
         container: the container whose events to record; ``None``: the
@@ -93,7 +93,8 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         timeout: seconds the end of the block waits for pending events.
 
     Raises:
-        EnrichlogError: no container runs. In async code with
+        EnrichlogError: no container runs, or events logged in the block
+            were still pending after ``timeout``. In async code with
             ``runtime="loop"``, use ``async with``: a plain ``with`` cannot
             wait on the loop it runs on.
     """
@@ -140,7 +141,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     def __exit__(
         self,
-        _exc_type: type[BaseException] | None,
+        exc_type: type[BaseException] | None,
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
@@ -148,9 +149,19 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         if container is None:
             return
         try:
-            container.flush(self._timeout)
+            flushed = container.flush(self._timeout)
         finally:
             container.remove_tap(self._tap)
+        self._check_complete(flushed, exc_type)
+
+    def _check_complete(self, flushed: bool, exc_type: type[BaseException] | None) -> None:
+        """An incomplete list is an error, not a quiet surprise in the
+        test's assertions (unless the block raised already)."""
+        if not flushed and exc_type is None:
+            raise EnrichlogError(
+                f"capture_events(): events logged in the block were still pending after "
+                f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
+            )
 
     async def __aenter__(self) -> list[EventDict]:
         container = self._running()
@@ -160,7 +171,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     async def __aexit__(
         self,
-        _exc_type: type[BaseException] | None,
+        exc_type: type[BaseException] | None,
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
@@ -168,9 +179,10 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         if container is None:
             return
         try:
-            await container.aflush(self._timeout)
+            flushed = await container.aflush(self._timeout)
         finally:
             container.remove_tap(self._tap)
+        self._check_complete(flushed, exc_type)
 
 
 # -- one enricher --------------------------------------------------------------------
