@@ -88,7 +88,7 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     formatted with its arguments is shown unformatted."""
     try:
         message = record.getMessage()
-    except Exception:
+    except BaseException:  # an argument's __str__ may raise anything, as in rendering
         message = f"{_printable(record.msg)} (not formattable with its arguments)"
     fields = {
         key: value
@@ -105,11 +105,11 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
 def _printable(value: object) -> str:
     """``str(value)``, else its ``repr``, else a placeholder naming its type:
     a message object whose ``__str__`` raises still makes a line."""
-    with contextlib.suppress(Exception):  # user code: try repr instead
+    with contextlib.suppress(BaseException):  # user code: try repr instead
         return str(value)
     try:
         return repr(value)
-    except Exception:  # user code: name the type instead
+    except BaseException:  # user code: name the type instead
         return f"<unprintable {type(value).__name__}>"
 
 
@@ -198,7 +198,8 @@ class EnrichlogHandler(logging.Handler):
             # thread logging (enrichlog's runtime, a worker) must go on.
             if threading.current_thread() is threading.main_thread():
                 raise
-            self.handleError(record)
+            with contextlib.suppress(BaseException):  # it shows the same args again
+                self.handleError(record)
         finally:
             if token is not None:
                 IN_ENRICHMENT.reset(token)

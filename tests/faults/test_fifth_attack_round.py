@@ -5,6 +5,9 @@ beside the behaviour they test: rendering, batching, enricher shapes.)"""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,46 @@ def test_events_that_share_a_lookup_in_flight_count_as_cache_hits(
 
     assert (1, 49, 1) == (user.calls, metrics["cache_hits"], metrics["cache_misses"])
     assert 0.98 == metrics["cache"]["hit_rate"]
+
+
+STDLIB_ARGUMENT_SCRIPT = """
+import logging, sys, threading
+from enrichlog import configure_logging
+
+class RaisesOnRepr:
+    def __repr__(self):
+        raise KeyboardInterrupt
+    __str__ = __repr__
+
+container = configure_logging(output=sys.argv[1], stdlib=True, delivery="background")
+
+def work():
+    logging.getLogger("lib").warning("v=%s", RaisesOnRepr())
+    logging.getLogger("lib").warning("after")
+
+worker = threading.Thread(target=work)
+worker.start()
+worker.join(10)
+container.shutdown()
+"""
+
+
+def test_a_stdlib_argument_raising_an_interrupt_costs_neither_the_record_nor_the_thread(
+    log_file: Path,
+) -> None:
+    # In a process of its own: pytest's log capture is a stdlib handler too,
+    # and would format the record (and raise) before enrichlog's does.
+    result = subprocess.run(
+        [sys.executable, "-c", STDLIB_ARGUMENT_SCRIPT, str(log_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    assert "Exception in thread" not in result.stderr
+    assert [
+        "v=%s (not formattable with its arguments)",
+        "after",
+    ] == [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
