@@ -149,6 +149,14 @@ def _as_failure(exc: BaseException) -> BaseException:
     return failure
 
 
+def _append_unbuffered(path: str) -> IO[bytes]:
+    """``path`` opened for appending without a buffer: each line is written
+    by the call that writes it, so a failed write (a full disk) leaves no
+    bytes behind that a later write would put into the file, and what the
+    counters say was written is what the file holds."""
+    return open(path, "ab", buffering=0)
+
+
 def open_for_appending(target: str) -> IO[bytes]:
     """The file ``target`` (``~`` expanded) opened for appending.
 
@@ -156,7 +164,7 @@ def open_for_appending(target: str) -> IO[bytes]:
         EnricherConfigError: it cannot be, naming it and why.
     """
     try:
-        return open(os.path.expanduser(target), "ab")  # the caller closes it
+        return _append_unbuffered(os.path.expanduser(target))  # the caller closes it
     except OSError as exc:
         raise EnricherConfigError(
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
@@ -205,6 +213,7 @@ class LineWriter:
         "__weakref__",  # the registry of files reopened on SIGHUP
         "_broken",
         "_closed",
+        "_cut_in",
         "_deferred",
         "_due_report",
         "_flush",
@@ -213,8 +222,11 @@ class LineWriter:
         "_last_report",
         "_lock",
         "_owns",
+        "_partial",
         "_pid",
+        "_reopens",
         "_stream",
+        "_torn",
         "_unreported",
         "_usable",
         "_write",
@@ -237,8 +249,19 @@ class LineWriter:
         self._owns = owns
         self._closed = False
         self._broken = False
-        #: Neither closed, broken nor writing: the only test a line's write
-        #: makes.
+        #: A write the stream took only part of cut a line: the next line
+        #: ends that fragment first (see _complete).
+        self._torn = False
+        #: Bytes of the current write the stream took (see _complete).
+        self._partial = 0
+        #: Times :meth:`reopen` pointed the stream at a new file (shared by
+        #: the writers of one stream: see :meth:`retarget`), and that count
+        #: when a line was cut: a fragment left in the file before is not
+        #: ended in the new one.
+        self._reopens = [0]
+        self._cut_in = 0
+        #: Neither closed, broken, torn nor writing: the only test a line's
+        #: write makes.
         self._usable = True
         self._deferred: list[bytes] = []
         self._gathered = 0
@@ -274,8 +297,11 @@ class LineWriter:
                 # Unusable while it writes: a signal handler that logs on this
                 # thread meanwhile has its line written after this one.
                 self._usable = False
+                line = message + b"\n"
                 try:
-                    self._write(message + b"\n")
+                    done = self._write(line)
+                    if done is not None and done < len(line):  # a full disk...
+                        self._complete(line, done)
                 except (OSError, ValueError) as exc:  # ValueError: a closed stream
                     failure: BaseException = exc
                 except BaseException as exc:  # see _interrupted()
@@ -293,7 +319,7 @@ class LineWriter:
                         if self._deferred:
                             self._write_deferred()
                         return
-                self._usable = not (self._closed or self._broken)
+                self._usable = not (self._closed or self._broken or self._torn)
             elif self._gathering:
                 # Kept with the lines gathered (see gather()); first written
                 # are those kept, if one call could not carry them all.
@@ -337,7 +363,7 @@ class LineWriter:
         is raised again. Anything else, and anything on another thread
         (where no signal handler runs: the stream raised it itself), is a
         failed write, returned as such."""
-        self._usable = not (self._closed or self._broken)
+        self._usable = not (self._closed or self._broken or self._torn)
         if isinstance(exc, KeyboardInterrupt | SystemExit) and (
             threading.current_thread() is threading.main_thread()
         ):
@@ -355,6 +381,8 @@ class LineWriter:
         writes nothing; a closed file is reopened (loggers cached before a
         reconfiguration still hold this writer: appending beats losing their
         lines). ``None`` once written, else the failure."""
+        if self._torn and not (self._closed or self._broken):
+            return self._write_after_fragment(line)
         if not (self._closed or self._broken):  # writing already, on this thread
             self._deferred.append(line)
             return _DEFERRED
@@ -368,6 +396,49 @@ class LineWriter:
             return exc
         except BaseException as exc:  # see _interrupted()
             return self._interrupted(exc, written=False)
+        return None
+
+    def _complete(self, data: bytes, done: int) -> None:
+        """With the lock held: write the rest of ``data``, of which the
+        stream took only ``done`` bytes (a disk that filled up). Raises what
+        the stream raises; a line then cut stays cut in the file, so the next
+        line starts on a line of its own (_write_after_fragment)."""
+        self._partial = done
+        while done < len(data):
+            try:
+                more = self._write(data[done:])
+            except BaseException:
+                self._cut(data, done)
+                raise
+            if not more:  # nothing taken, and no error: the same as one
+                self._cut(data, done)
+                raise OSError(errno.EIO, "the output took only part of a line")
+            done += more
+            self._partial = done
+
+    def _cut(self, data: bytes, done: int) -> None:
+        self._torn = data[done - 1 : done] != b"\n"
+        self._cut_in = self._reopens[0]
+
+    def _ends_fragment(self) -> bool:
+        """A cut line was left in the file this stream writes to now."""
+        return self._torn and self._cut_in == self._reopens[0]
+
+    def _write_after_fragment(self, line: bytes) -> BaseException | None:
+        """With the lock held, after a cut line: end the fragment (unless
+        the file was reopened since), then write ``line``. ``None`` once
+        written, else the failure."""
+        data = (b"\n" if self._ends_fragment() else b"") + line + b"\n"
+        try:
+            done = self._write(data)
+            if done is not None and done < len(data):
+                self._complete(data, done)
+        except (OSError, ValueError) as exc:
+            return exc
+        except BaseException as exc:  # see _interrupted()
+            return self._interrupted(exc, written=False)
+        self._torn = False
+        self._usable = not (self._closed or self._broken)
         return None
 
     def gather(self) -> bool:
@@ -398,7 +469,7 @@ class LineWriter:
         try:
             self._gathering = False
             self._write_lines()
-            self._usable = not (self._closed or self._broken)
+            self._usable = not (self._closed or self._broken or self._torn)
         finally:
             self._lock.release()
         report, self._due_report = self._due_report, None
@@ -413,19 +484,30 @@ class LineWriter:
         lines.append(b"")
         # A signal handler that logs meanwhile has its line kept behind these.
         gathering, self._gathering = self._gathering, False
+        data = b"\n".join(lines)
+        prefixed = self._ends_fragment()
+        if prefixed:
+            data = b"\n" + data  # ends the fragment a cut line left
+        self._partial = 0
         try:
             if self._closed:  # by a signal handler's shutdown meanwhile: as msg() would
                 self._reopen()
-            self._write(b"\n".join(lines))
+            done = self._write(data)
+            if done is not None and done < len(data):
+                self._complete(data, done)
             self._flush()
         except BaseException as exc:
             # Gathered lines are written by the runtime: never raised (see
-            # _interrupted() for the caller's own line).
+            # _interrupted() for the caller's own line). Those the stream
+            # took whole before it failed are written.
+            whole = max(0, data.count(b"\n", 0, self._partial) - prefixed)
+            self.written += whole
             failure = _as_failure(exc)
-            due, count = self._count_failure(failure, len(lines) - 1)
+            due, count = self._count_failure(failure, len(lines) - 1 - whole)
             if due:
                 self._due_report = (failure, count)
         else:
+            self._torn = False
             self.written += len(lines) - 1
         finally:
             self._gathering = gathering and not self._broken
@@ -509,9 +591,10 @@ class LineWriter:
         """
         with self._lock:
             self._stream, self._write, self._flush = other._stream, other._write, other._flush
+            self._reopens = other._reopens
             self._owns, self.target, self._closed = other._owns, other.target, False
             self.gather_limit = other.gather_limit
-            self._broken = False
+            self._broken = self._torn = False
             self._usable = True
 
     def release(self, other: LineWriter, timeout: float = 5.0) -> bool:
@@ -523,7 +606,7 @@ class LineWriter:
         try:
             if self._stream is other._stream and self is not other:
                 self._closed = self._owns
-                self._usable = not self._closed and not self._broken
+                self._usable = not (self._closed or self._broken or self._torn)
         finally:
             self._lock.release()
         return True
@@ -531,9 +614,10 @@ class LineWriter:
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
         # hold this writer: appending beats losing their lines.
-        stream = open(self.target, "ab")  # noqa: SIM115 - held open on purpose
+        stream = _append_unbuffered(self.target)
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
-        self._closed = False
+        self._reopens = [0]
+        self._closed = self._torn = False
         self._usable = not self._broken
 
     def after_fork_in_child(self) -> None:
@@ -551,7 +635,7 @@ class LineWriter:
         # be inside msg() already (each line is still one write call).
         self._lock = threading.RLock()
         if self._owns:
-            stream: IO[bytes] = open(self.target, "ab")  # noqa: SIM115 - closed by close()
+            stream: IO[bytes] = _append_unbuffered(self.target)
         else:
             try:
                 descriptor = self._stream.fileno()
@@ -560,7 +644,8 @@ class LineWriter:
             stream = open(os.dup(descriptor), "wb", buffering=0)  # noqa: SIM115
             self._owns = True  # the duplicate is ours to close
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
-        self._closed = self._broken = False
+        self._reopens = [0]
+        self._closed = self._broken = self._torn = False
         self._usable = True
         # Lines another of the parent's threads was gathering are the
         # parent's to write.
@@ -593,6 +678,7 @@ class LineWriter:
             return False
         finally:
             os.close(fresh)
+        self._reopens[0] += 1
         return True
 
 
@@ -664,7 +750,9 @@ def open_output(target: Any) -> LineWriter:
         writer.gather_limit = _PIPE_BUF
         return writer
     stream = open_for_appending(target)  # closed by LineWriter.close
-    writer = LineWriter(stream, target=os.path.expanduser(target), owns=True)
+    # The absolute path: reopened after a rotation, a relative one would
+    # follow the process's working directory wherever it has moved since.
+    writer = LineWriter(stream, target=os.path.abspath(os.path.expanduser(target)), owns=True)
     writer.gather_limit = _FILE_GATHER_LIMIT
     _files.add(writer)
     _reopen_on_sighup()
