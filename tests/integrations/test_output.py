@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -553,3 +554,31 @@ def test_a_relative_output_reopens_where_it_was_opened_after_a_chdir(
 
     assert ["after"] == [ln["event"] for ln in read_lines(tmp_path / "first" / "app.log")]
     assert not (tmp_path / "later" / "app.log").exists()
+
+
+def test_a_process_without_standard_output_counts_its_lines_as_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by an outside tester: `python app.py >&-` (sys.stdout is None)
+    # made configure_logging() raise AttributeError.
+    monkeypatch.setattr(sys, "stdout", None)
+    container = configure_logging(output="stdout", delivery="inline")
+    for _ in range(5):
+        get_logger().info("nowhere")
+    report = container.shutdown()
+
+    assert (0, 5) == (report["written"], report["write_failed"])
+
+
+def test_a_text_only_standard_output_gets_non_ascii_lines_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A text stream answers a write in characters, not bytes: read as a write
+    # cut short, the rest of the line would have been written again.
+    text = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", text)
+    container = configure_logging(output="stdout", delivery="inline")
+    get_logger().info("café ☃")
+    container.shutdown()
+
+    assert ["café ☃"] == [json.loads(line)["event"] for line in text.getvalue().splitlines()]

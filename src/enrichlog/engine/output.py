@@ -812,10 +812,23 @@ def _reopen_on_sighup() -> None:
 
 
 def _binary(stream: Any) -> IO[bytes]:
+    if stream is None:  # a process started without it (``python app.py >&-``)
+        return _Missing()  # type: ignore[return-value]
     buffer = getattr(stream, "buffer", None)
     if buffer is not None:
         return buffer  # type: ignore[no-any-return]
     return _TextAsBinary(stream)  # type: ignore[return-value]
+
+
+class _Missing:
+    """The standard stream of a process that has none (``sys.stdout`` is
+    ``None``): every line is a failed write, as to a closed stream."""
+
+    def write(self, data: bytes) -> int:
+        raise ValueError("the process has no such stream (it is None)")
+
+    def flush(self) -> None:
+        pass
 
 
 class _TextAsBinary:
@@ -830,8 +843,11 @@ class _TextAsBinary:
         self._flush = getattr(stream, "flush", None) if sink else stream.flush
 
     def write(self, data: bytes) -> int:
+        # The bytes taken, all of them: a text stream answers in characters,
+        # which LineWriter would read as a write cut short.
         if not self._sink:
-            return self._stream.write(data.decode("utf-8", "replace"))  # type: ignore[no-any-return]
+            self._stream.write(data.decode("utf-8", "replace"))
+            return len(data)
         try:
             self._stream.write(data.decode("utf-8", "replace"))
         except Exception as exc:
