@@ -607,3 +607,23 @@ def test_check_creates_no_output_file(tmp_path: Path) -> None:
 
     assert 0 == result.returncode, result.stderr
     assert not (tmp_path / "app.log").exists()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "static://?upstream=postgres://app:SEK#RET@db/x",
+        "static://?api_key=SEK#RET",
+        "static://?api_key=SEK&RET",
+    ],
+)
+def test_check_masks_a_secret_holding_an_unescaped_hash_or_ampersand(
+    tmp_path: Path, uri: str
+) -> None:
+    # Found by an outside tester: the part after '#' or '&' showed (or, nested,
+    # the whole password).
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_ENRICHERS": uri})
+
+    assert 1 == result.returncode
+    assert "RET" not in result.stderr
+    assert "SEK" not in result.stderr

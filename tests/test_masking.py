@@ -128,6 +128,14 @@ def test_names_that_are_not_secret(name: str) -> None:
         ),
         ("x://h/?key=visible&sort_key=hidden", "x://h/?key=visible&sort_key=***"),
         ("x://u:pa/ss@h/db", "x://u:***@h/db"),
+        # Found by an outside tester: an unescaped '#' or '&' in a secret.
+        (
+            "static://?upstream=postgres://app:SEK#RET@db/x",
+            "static://?upstream=postgres://app:***@db/x",
+        ),
+        ("static://?api_key=SEK#RET", "static://?api_key=***#***"),
+        ("static://?api_key=SEK&RET&a=1", "static://?api_key=***&***&a=1"),
+        ("static://?a=1#fragment", "static://?a=1#fragment"),
     ],
 )
 def test_mask_uri(uri: str, masked: str) -> None:
@@ -164,6 +172,7 @@ def test_mask_uri_leaves_a_uri_without_secrets_unchanged() -> None:
         ("sent Bearer abc.def", "sent Bearer ***"),
         ("see postgres%3A%2F%2Fapp%3As3cret%40db here", "see postgres://app:***@db here"),
         ("x://u:pa'ss@h/db", "x://u:***@h/db"),
+        ("failed: {'token': b'SEKRET', 'n': 1}", "failed: {'token': b'***', 'n': 1}"),
     ],
 )
 def test_mask_secrets(text: str, masked: str) -> None:

@@ -85,8 +85,8 @@ _PAIR = re.compile(
     (?P<key_quote>['"]?)
     [ \t]*[=:][ \t]*
     (?P<value>
-        "(?:[^"\\]|\\.)*"
-      | '(?:[^'\\]|\\.)*'
+        b?"(?:[^"\\]|\\.)*"                  # b: a bytes repr
+      | b?'(?:[^'\\]|\\.)*'
       | (?:(?i:bearer|basic|digest|negotiate)[ \t]+)?[^\s&,;'"<>()\[\]{}]+
     )
     """,
@@ -244,10 +244,27 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     else:
         before_query, hash_, fragment = before_query.partition("#")
     masked = head + sep + netloc + _mask_text(before_query, depth + 1)
+    secret_last = False
     if qmark:
-        fields = [_mask_field(field, secret_keys, depth) for field in query.split("&")]
+        fields = []
+        for field in query.split("&"):
+            if secret_last and "=" not in field:
+                # The rest of a secret value holding an unescaped '&'.
+                fields.append(MASK)
+                continue
+            shown = _mask_field(field, secret_keys, depth)
+            secret_last = shown == f"{field.partition('=')[0]}={MASK}"
+            fields.append(shown)
         masked += "?" + "&".join(fields)
-    return masked + hash_ + _mask_text(fragment, depth + 1)
+    if secret_last and hash_:
+        # The rest of a secret value holding an unescaped '#'.
+        return masked + hash_ + MASK
+    masked += hash_ + _mask_text(fragment, depth + 1)
+    if hash_ and "@" in fragment:
+        # A password cut by an unescaped '#' (``postgres://app:pa#ss@db``,
+        # nested in a query value too): up to the '@' after it.
+        masked = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", masked)
+    return masked
 
 
 def _mask_field(field: str, secret_keys: frozenset[str], depth: int) -> str:
@@ -293,6 +310,8 @@ def _mask_pair(match: re.Match[str]) -> str:
     if not is_secret_name(match["key"]):
         return match.group()
     value = match["value"]
+    prefix = "b" if value[:2] in {"b'", 'b"'} else ""
+    value = value[len(prefix) :]
     quoted = value[:1] in {"'", '"'}
     if match["key_quote"] and not quoted:
         # "'token': Input should be ..." is a message about a key, not a
@@ -301,7 +320,7 @@ def _mask_pair(match: re.Match[str]) -> str:
         after = match.string[match.end() :].lstrip()[:1]
         if after not in {"", ",", "}", "]", ")"}:
             return match.group()
-    shown = f"{value[0]}{MASK}{value[0]}" if quoted else MASK
+    shown = f"{prefix}{value[0]}{MASK}{value[0]}" if quoted else MASK
     return match.group()[: match.start("value") - match.start()] + shown
 
 
@@ -326,6 +345,8 @@ def _decodings(text: str) -> list[str]:
 
 
 def _unquoted(value: str) -> str:
+    if value[:2] in {"b'", 'b"'}:
+        value = value[1:]  # a bytes repr
     if len(value) >= 2 and value[0] == value[-1] and value[0] in {"'", '"'}:
         return value[1:-1]
     return value
