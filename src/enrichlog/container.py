@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
@@ -491,13 +492,14 @@ class LoggingContainer:
         self._refuse_on_runtime_thread("shutdown()")
         if not self._claim_shutdown():
             return self._awaited_report()
+        deadline = time.monotonic() + self._timeout(timeout)
         drained: dict[str, int] = {}
         try:
             if self._engine_started:
                 drained = self._stop_engine(self._timeout(timeout))
             drained.update(self._stop_transport(self._timeout(timeout)))
         finally:
-            report = self._finish_shutdown(drained)
+            report = self._finish_shutdown(drained, deadline)
         return report
 
     async def ashutdown(self, timeout: float | None = None) -> DrainReport:
@@ -509,13 +511,14 @@ class LoggingContainer:
             return await anyio.to_thread.run_sync(self.shutdown, timeout)
         if not self._claim_shutdown():
             return await asyncio.to_thread(self._awaited_report)
+        deadline = time.monotonic() + self._timeout(timeout)
         drained: dict[str, int] = {}
         try:
             if self._engine_started:
                 drained = await self._astop_engine(self._timeout(timeout))
             drained.update(await asyncio.to_thread(self._stop_transport, self._timeout(timeout)))
         finally:
-            report = self._finish_shutdown(drained)
+            report = self._finish_shutdown(drained, deadline)
         return report
 
     def _stop_transport(self, timeout: float) -> dict[str, int]:
@@ -539,15 +542,18 @@ class LoggingContainer:
         self._shut_down.wait(self.settings.shutdown_timeout * 3 + 5)
         return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
 
-    def _finish_shutdown(self, drained: dict[str, int]) -> DrainReport:
-        """Close the output, forget the exit and signal hooks, and report."""
+    def _finish_shutdown(self, drained: dict[str, int], deadline: float) -> DrainReport:
+        """Close the output, forget the exit and signal hooks, and report.
+        An output blocked in a write is waited for until ``deadline`` (the
+        drain's own, already spent when the drain waited for it), then left
+        as it is."""
         try:
             if self._stdlib_bridge is not None:
                 remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None
             if self.output is not None:
                 released = _installed_writer is None or _installed_writer.release(
-                    self.output, self.settings.shutdown_timeout
+                    self.output, max(0.1, deadline - time.monotonic())
                 )
                 # A writer blocked in a write (a reader that stopped reading)
                 # is left as it is: waiting for it once is enough.

@@ -162,6 +162,24 @@ def test_shutdown_returns_in_time_when_the_output_blocks() -> None:
     assert run.summary["shutdown_seconds"] <= 1 + 3.0
 
 
+@pytest.mark.slow
+def test_a_blocked_output_is_waited_for_once_at_shutdown() -> None:
+    # Found by an outside tester: shutdown waited shutdown_timeout for the
+    # drain, then as long again for the output's lock (2 x 3 s + 1 s here),
+    # and counted lines of the batch being written both as written and as
+    # pending.
+    env = {"EVENTS": "5000", "SHUTDOWN_TIMEOUT": "3", "FLUSH_TIMEOUT": "0.5"}
+    with _pipe_nobody_reads() as stdout:
+        run = run_script(
+            "failing_output.py", "stdout", "background", env=env, stdout=stdout, timeout=30
+        )
+
+    report = run.summary["report"]
+    assert [] == run.summary["raised"]
+    assert run.summary["shutdown_seconds"] <= 3 + 2.5  # the drain's timeout, plus about a second
+    assert 5_000 == report["written"] + report["pending"] + report["write_failed"]
+
+
 def test_every_failed_line_is_reported_by_the_end_of_shutdown() -> None:
     run = run_script("failing_output.py", "/dev/full", "background")
 

@@ -548,10 +548,9 @@ class LineWriter:
         pipe whose reader stopped reading blocks its writer for good)."""
         if not self._lock.acquire(timeout=timeout):
             _report.warning(
-                "enrichlog: the output %s has been blocked for %.1fs (its reader is not "
-                "reading?); it is left as it is",
+                "enrichlog: the output %s is blocked in a write that does not return (its "
+                "reader is not reading?); it is left as it is",
                 self.target,
-                timeout,
             )
             return
         try:

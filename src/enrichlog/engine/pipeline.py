@@ -244,6 +244,9 @@ class EventPipeline:
         self._filled = False
         self._written = 0
         self._filtered = 0
+        #: The output a batch of lines is being written to, and its count of
+        #: lines written before the batch (see _unwritten).
+        self._batch_output: tuple[Any, int] | None = None
         self._dropped: dict[str, int] = {"overflow": 0, "evicted": 0}
         self._unreported_drops = 0
         self._dropped_items: list[PendingEvent] = []
@@ -255,6 +258,16 @@ class EventPipeline:
     def pending(self) -> int:
         """Events queued and not yet written or dropped."""
         return self.queued - self.finished
+
+    def _unwritten(self) -> int:
+        """:attr:`pending`, less the lines of a batch being written that
+        its output has written already: what the reports call pending."""
+        batch = self._batch_output
+        if batch is None:
+            return self.pending
+        output, before = batch
+        written: int = output.written
+        return max(0, self.pending - max(0, written - before))
 
     @property
     def idle(self) -> bool:
@@ -566,6 +579,9 @@ class EventPipeline:
             return 0
         write = self.writer.write
         together: list[PendingEvent] = []
+        # Lines of the batch the output wrote are no longer pending, though
+        # the batch is not finished (an output that blocks mid-batch).
+        self._batch_output = (output, output.written)
         try:
             while order and len(together) < _GATHER_MAX:
                 item = order[0]
@@ -579,6 +595,7 @@ class EventPipeline:
                 together.append(item)
         finally:
             output.write_gathered()
+            self._batch_output = None
         for item in together:
             if item.on_written is not None:
                 item.on_written()
@@ -729,7 +746,7 @@ class EventPipeline:
         return {
             "written": self._written,
             "dropped": sum(self._dropped.values()),
-            "pending": self.pending,
+            "pending": self._unwritten(),
         }
 
     def abandon_enrichment(self) -> None:
@@ -817,5 +834,5 @@ class EventPipeline:
             ),
             "queue_size": self._queue_size,
             "in_flight": self._in_flight,
-            "pending": self.pending,
+            "pending": self._unwritten(),
         }
