@@ -172,3 +172,65 @@ def test_a_stdlib_argument_raising_an_interrupt_costs_neither_the_record_nor_the
         "v=%s (not formattable with its arguments)",
         "after",
     ] == [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+
+
+CYCLIC_CHAIN_SCRIPT = """
+import sys
+from enrichlog import configure_logging, get_logger
+
+container = configure_logging(
+    output=sys.argv[1], format=sys.argv[2], delivery=sys.argv[3], shutdown_timeout=2
+)
+log = get_logger()
+try:
+    try:
+        raise KeyError("inner")
+    except KeyError as inner:
+        try:
+            raise ValueError("outer") from inner
+        except ValueError as outer:
+            inner.__cause__ = outer  # a loop: outer -> inner -> outer
+            raise
+except ValueError:
+    log.exception("cyclic cause")
+for i in range(100):
+    log.info("after", i=i)
+print(dict(container.shutdown()))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["console", "json", "logfmt"])
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_an_exception_chain_that_loops_is_written_and_logging_goes_on(
+    tmp_path: Path, fmt: str, delivery: str
+) -> None:
+    # Found by an outside tester: with the console format, rich followed the
+    # loop without end: the log call never returned (inline), or the runtime
+    # thread never did (background), and memory grew by gigabytes.
+    out = tmp_path / "out.log"
+    result = subprocess.run(
+        [sys.executable, "-c", CYCLIC_CHAIN_SCRIPT, str(out), fmt, delivery],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    assert "'written': 101" in result.stdout
+    assert "'pending': 0" in result.stdout
+    assert "ValueError" in out.read_text()
+
+
+def test_a_chain_that_shares_an_exception_is_no_loop() -> None:
+    from enrichlog.engine.chain import _chain_loops
+
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise ValueError("outer") from inner  # cause and context: the same
+    except ValueError as outer:
+        shared = outer
+
+    assert not _chain_loops(shared)

@@ -18,11 +18,11 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.processors import _figure_out_exc_info
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 from ..settings import LEVELS, LoggingSettings
 
@@ -246,9 +246,50 @@ def _console_exceptions(*, colors: bool) -> structlog.typing.ExceptionRenderer:
     lines are; else the plain one."""
     if importlib.util.find_spec("rich") is None:
         return structlog.dev.plain_traceback
-    return structlog.dev.RichTracebackFormatter(
+    rich_traceback = structlog.dev.RichTracebackFormatter(
         show_locals=False, color_system="truecolor" if colors else None
     )
+
+    def console_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
+        # rich follows __cause__/__context__ without end when they loop
+        # (an exception made its own cause's cause): the log call never
+        # returned, and memory grew. The standard library stops at a loop.
+        if _chain_loops(exc_info[1]):
+            structlog.dev.plain_traceback(sio, exc_info)
+        else:
+            rich_traceback(sio, exc_info)
+
+    return console_traceback
+
+
+#: Exceptions a chain is followed through at most, looking for a loop.
+_CHAIN_LIMIT = 1_000
+
+
+def _chain_loops(exc: BaseException | None, budget: list[int] | None = None) -> bool:
+    """Whether the chain a traceback shows from ``exc`` (its ``__cause__``,
+    else its unsuppressed ``__context__``, and so on; the members of an
+    exception group each with theirs) comes back to an exception already
+    in it, or runs past :data:`_CHAIN_LIMIT` exceptions in all."""
+    budget = [_CHAIN_LIMIT] if budget is None else budget
+    seen: set[int] = set()
+    current = exc
+    while current is not None:
+        budget[0] -= 1
+        if id(current) in seen or budget[0] < 0:
+            return True
+        seen.add(id(current))
+        members = getattr(current, "exceptions", None)
+        if isinstance(current, BaseExceptionGroup) and isinstance(members, tuple | list):
+            if any(_chain_loops(member, budget) for member in members):
+                return True
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return False
 
 
 def _plain_keys(
