@@ -280,9 +280,12 @@ def _chain_loops(exc: BaseException | None, budget: list[int] | None = None) -> 
             return True
         seen.add(id(current))
         members = getattr(current, "exceptions", None)
-        if isinstance(current, BaseExceptionGroup) and isinstance(members, tuple | list):
-            if any(_chain_loops(member, budget) for member in members):
-                return True
+        if (
+            isinstance(current, BaseExceptionGroup)
+            and isinstance(members, tuple | list)
+            and any(_chain_loops(member, budget) for member in members)
+        ):
+            return True
         if current.__cause__ is not None:
             current = current.__cause__
         elif not current.__suppress_context__:
