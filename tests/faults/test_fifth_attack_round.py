@@ -5,6 +5,7 @@ beside the behaviour they test: rendering, batching, enricher shapes.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -234,3 +235,52 @@ def test_a_chain_that_shares_an_exception_is_no_loop() -> None:
         shared = outer
 
     assert not _chain_loops(shared)
+
+
+class Slow(AsyncEnricher):
+    name = "slow"
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        await asyncio.sleep(0.05)
+        event_dict["slow"] = 1
+        return event_dict
+
+
+def _log_from_deep_inside(log: Any) -> None:
+    def handler() -> None:
+        try:
+            raise ValueError("boom")
+        except ValueError as exc:
+            log.error("failed", exc_info=exc)
+            raise
+
+    def request() -> None:
+        handler()
+
+    with contextlib.suppress(ValueError):
+        request()
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_an_exception_instance_is_shown_as_it_was_when_logged(
+    log_file: Path, delivery: str
+) -> None:
+    # Found by an outside tester: in background delivery, exc_info=<instance>
+    # was formatted when the line was written, by then with the frames it
+    # had gone up through (request, the test) since the log call.
+    container = configure_logging(enrichers=[Slow()], output=str(log_file), delivery=delivery)
+    _log_from_deep_inside(get_logger())
+    container.shutdown()
+
+    exception = json.loads(log_file.read_text())["exception"][0]
+    assert ["handler"] == [frame["name"] for frame in exception["frames"]]
+
+
+async def test_an_exception_instance_is_shown_as_it_was_when_logged_on_the_loop(
+    log_file: Path,
+) -> None:
+    async with configure_logging(enrichers=[Slow()], output=str(log_file), runtime="loop"):
+        _log_from_deep_inside(get_logger())
+
+    exception = json.loads(log_file.read_text())["exception"][0]
+    assert ["handler"] == [frame["name"] for frame in exception["frames"]]

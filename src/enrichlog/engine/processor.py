@@ -192,7 +192,11 @@ class AsyncEnricherProcessor:
         event_dict = item.event
         if "exc_info" in event_dict:
             exc_info = event_dict["exc_info"]
-            if exc_info is True or (exc_info and not isinstance(exc_info, tuple | BaseException)):
+            if isinstance(exc_info, BaseException):
+                # Its traceback as of now: it grows as the exception goes on
+                # up the stack, before the line is written.
+                event_dict["exc_info"] = (type(exc_info), exc_info, exc_info.__traceback__)
+            elif exc_info is True or (exc_info and not isinstance(exc_info, tuple)):
                 # The exception is only current on this thread, now.
                 event_dict["exc_info"] = sys.exc_info()
         if REPORTING.anywhere and REPORTING.active:
