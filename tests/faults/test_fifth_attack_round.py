@@ -282,5 +282,5 @@ async def test_an_exception_instance_is_shown_as_it_was_when_logged_on_the_loop(
     async with configure_logging(enrichers=[Slow()], output=str(log_file), runtime="loop"):
         _log_from_deep_inside(get_logger())
 
-    exception = json.loads(log_file.read_text())["exception"][0]
+    exception = json.loads(await asyncio.to_thread(log_file.read_text))["exception"][0]
     assert ["handler"] == [frame["name"] for frame in exception["frames"]]
