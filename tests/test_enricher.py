@@ -97,7 +97,7 @@ def test_invalid_name_is_rejected(name: Any) -> None:
 
 
 def test_empty_dependency_name_is_rejected_naming_the_enricher() -> None:
-    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*dependency"):
+    with pytest.raises(EnricherConfigError, match=r"'user_lookup'.*dependencies"):
         UserLookupEnricher(dependencies=["tenant", ""])
 
 
@@ -464,3 +464,71 @@ def test_register_enricher_registers_nothing_globally() -> None:
     second = register_enricher(add_host, name="host")
 
     assert first is not second
+
+
+def _kept_wrapped(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+def test_a_decorated_async_def_processor_is_awaited() -> None:
+    # Found by an outside tester: a functools.wraps decorator hid the async
+    # def, so the coroutine was taken as the event (invalid_return, "never
+    # awaited" per event).
+    @_kept_wrapped
+    async def flags(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        event_dict["flags"] = 1
+        return event_dict
+
+    assert isinstance(as_enricher(flags), AsyncEnricher)
+
+
+def test_an_async_generator_processor_is_refused() -> None:
+    async def flags(logger: Any, method_name: str, event_dict: EventDict) -> Any:
+        yield event_dict
+
+    with pytest.raises(EnricherConfigError, match="'flags': an async generator function"):
+        as_enricher(flags)
+
+
+class _WrappedAsyncEnrich(SyncEnricher):
+    @_kept_wrapped
+    async def enrich(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:  # type: ignore[override]
+        return event_dict
+
+
+def test_a_sync_enricher_whose_enrich_is_a_decorated_async_def_is_refused() -> None:
+    with pytest.raises(EnricherConfigError, match=r"enrich\(\) must be a plain method"):
+        _WrappedAsyncEnrich(name="wrapped")
+
+
+def _passes(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    return event_dict
+
+
+class _Plain(SyncEnricher):
+    def enrich(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        return event_dict
+
+
+# Found by an outside tester: a bare TypeError naming nothing, or "yes"
+# taken as True.
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: register_enricher(_passes, name="x", dependencies=5), "'x': dependencies must be"),
+        (lambda: _Plain(name="x", dependencies=5), "'x': dependencies must be a name or a list"),
+        (lambda: _Plain(name="x", provides=5), "'x': provides must be a name or a list"),
+        (lambda: _Plain(name="x", blocking="yes"), "'x': blocking must be True or False"),
+        (lambda: register_enricher(_passes, name="x", blocking="yes"), "'x': blocking must be"),
+        (lambda: register_enricher(_Plain(name="x"), priority=1.5), "'x': priority must be"),
+    ],
+)
+def test_a_bad_argument_is_a_config_error_naming_the_enricher(make: Any, message: str) -> None:
+    with pytest.raises(EnricherConfigError, match=message):
+        make()

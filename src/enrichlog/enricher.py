@@ -54,15 +54,25 @@ def _default_name(cls: type) -> str:
     return _CAMEL_BOUNDARY.sub("_", base).lower()
 
 
-def _as_names(value: str | Iterable[str], owner: str) -> tuple[str, ...]:
+def _as_names(
+    value: str | Iterable[str], owner: str, what: str = "dependencies"
+) -> tuple[str, ...]:
     # A bare string is one name, not a sequence of one-letter names.
-    names = (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        names: tuple[object, ...] = (value,)
+    else:
+        try:
+            names = tuple(value)
+        except TypeError:
+            raise EnricherConfigError(
+                f"enricher {owner!r}: {what} must be a name or a list of names, got {value!r}"
+            ) from None
     for dep in names:
         if not isinstance(dep, str) or not dep:
             raise EnricherConfigError(
-                f"enricher {owner!r}: dependency names must be non-empty strings, got {dep!r}"
+                f"enricher {owner!r}: {what} must be non-empty strings, got {dep!r}"
             )
-    return names
+    return names  # type: ignore[return-value]
 
 
 #: Methods the runtime calls and uses the result of: an ``async def`` there
@@ -79,7 +89,7 @@ def _check_methods(cls: type, name: str) -> None:
     time, as a reason on every event."""
     for method in _PLAIN_METHODS:
         fn = getattr(cls, method, None)
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if _is_coroutine_function(fn) or _is_async_generator_function(fn):
             raise EnricherConfigError(
                 f"enricher {name!r}: {method}() must be a plain method (def), "
                 f"not async def: its result is used as it is, never awaited"
@@ -162,7 +172,9 @@ class Enricher:
                 f"enricher {resolved!r}: priority must be an integer, got {chosen_priority!r}"
             )
         self.priority = chosen_priority
-        self.provides = _as_names(self.provides if provides is None else provides, resolved)
+        self.provides = _as_names(
+            self.provides if provides is None else provides, resolved, "provides"
+        )
         self._started = False
         self._lock: anyio.Lock | None = None
         #: Started and healthy: the runtime calls the enricher; otherwise it
@@ -448,7 +460,12 @@ class SyncEnricher(Enricher):
         blocking: bool | None = None,
     ) -> None:
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
-        self.blocking = self.blocking if blocking is None else bool(blocking)
+        chosen = self.blocking if blocking is None else blocking
+        if not isinstance(chosen, bool):  # "yes" would read as True, "false" too
+            raise EnricherConfigError(
+                f"enricher {self.name!r}: blocking must be True or False, got {chosen!r}"
+            )
+        self.blocking = chosen
 
     def enrich(
         self, logger: WrappedLogger, method_name: str, event_dict: EventDict
@@ -495,10 +512,29 @@ def _callable_name(obj: Callable[..., Any]) -> str:
 
 
 def _is_async_callable(obj: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(obj):
+    """An ``async def`` function or callable object, also behind a decorator
+    that keeps ``__wrapped__`` (``functools.wraps``): its wrapper returns the
+    coroutine, to be awaited."""
+    if _is_coroutine_function(obj):
         return True
     call = getattr(obj, "__call__", None)  # noqa: B004 - we want the method itself
-    return call is not None and inspect.iscoroutinefunction(call)
+    return call is not None and _is_coroutine_function(call)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    try:
+        unwrapped = inspect.unwrap(fn)  # type: ignore[arg-type]
+    except ValueError:  # a __wrapped__ loop
+        unwrapped = fn
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(unwrapped)
+
+
+def _is_async_generator_function(fn: object) -> bool:
+    try:
+        unwrapped = inspect.unwrap(fn)  # type: ignore[arg-type]
+    except ValueError:
+        unwrapped = fn
+    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(unwrapped)
 
 
 def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
@@ -519,6 +555,11 @@ def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
 def _function_enricher(fn: Callable[..., Any], options: dict[str, Any], blocking: bool) -> Enricher:
     options.setdefault("name", _callable_name(fn))
     _check_processor_arity(fn, options["name"])
+    if _is_async_generator_function(fn):
+        raise EnricherConfigError(
+            f"enricher {options['name']!r}: an async generator function (async def with "
+            "yield) cannot enrich an event; return the event dict from an async def"
+        )
     if _is_async_callable(fn):
         if blocking:
             raise EnricherConfigError(
@@ -620,6 +661,11 @@ def register_enricher(
     """
 
     def register(target: object) -> Enricher:
+        shown = name if name is not None else _callable_name(target)  # type: ignore[arg-type]
+        if not isinstance(blocking, bool):
+            raise EnricherConfigError(
+                f"enricher {shown!r}: blocking must be True or False, got {blocking!r}"
+            )
         if isinstance(target, Enricher):
             return _configure_instance(target, name, dependencies, priority, blocking)
         if callable(target) and not isinstance(target, type):
@@ -649,6 +695,10 @@ def _configure_instance(
     if deps:
         enricher.dependencies = deps
     if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise EnricherConfigError(
+                f"enricher {enricher.name!r}: priority must be an integer, got {priority!r}"
+            )
         enricher.priority = priority
     if blocking:
         if not isinstance(enricher, SyncEnricher):

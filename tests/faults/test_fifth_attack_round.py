@@ -284,3 +284,57 @@ async def test_an_exception_instance_is_shown_as_it_was_when_logged_on_the_loop(
 
     exception = json.loads(await asyncio.to_thread(log_file.read_text))["exception"][0]
     assert ["handler"] == [frame["name"] for frame in exception["frames"]]
+
+
+def test_a_plain_function_returning_a_coroutine_is_invalid_and_leaves_no_warning(
+    log_file: Path,
+) -> None:
+    import warnings
+
+    async def lookup(event_dict: Any) -> Any:
+        return event_dict
+
+    def flags(logger: Any, method_name: str, event_dict: Any) -> Any:
+        return lookup(event_dict)  # should have been async def and awaited
+
+    container = configure_logging(enrichers=[flags], output=str(log_file), delivery="inline")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            get_logger().info("e")
+        container.shutdown()
+        import gc
+
+        gc.collect()
+
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [{"flags": "invalid_return"}] * 3 == [line["enrichment_errors"] for line in lines]
+    assert [] == [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_health_keeps_the_last_failure_of_sync_and_blocking_enrichers(log_file: Path) -> None:
+    # Found by an outside tester: their lines said why, health() said None.
+    from enrichlog import SyncEnricher, register_enricher
+
+    class Fails(SyncEnricher):
+        name = "fails"
+
+        def enrich(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            raise ValueError("bad row")
+
+    def blocks(logger: Any, method_name: str, event_dict: Any) -> Any:
+        raise KeyError("missing")
+
+    container = configure_logging(
+        enrichers=[Fails(), register_enricher(blocks, blocking=True)],
+        output=str(log_file),
+        delivery="inline",
+    )
+    get_logger().info("e")
+    health = container.health()
+    container.shutdown()
+
+    assert ("error: ValueError", "error: KeyError") == (
+        health["fails"]["last_error"],
+        health["blocks"]["last_error"],
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -570,6 +571,10 @@ class EnrichmentPlan(Generic[_R]):
                 raise structlog.DropEvent
             if reason is not None:
                 errors[step.name] = reason
+                if step.guard is None:
+                    # A sync enricher has no guard to keep its last failure
+                    # for health(); an async one's guard keeps it already.
+                    step.enricher.record_failure(reason)
         if self._error_field is not None:
             existing = event_dict.get(self._error_field)
             if isinstance(existing, dict):
@@ -650,6 +655,10 @@ def _call_sync(
     try:
         updated, removed = changes_of(snapshot, result)
     except Exception:  # not a mapping, or one that fails when read
+        if inspect.iscoroutine(result):
+            # A plain function that returned a coroutine: closed, so that
+            # it does not warn "never awaited" once per event.
+            result.close()
         return INVALID_RETURN
     return (updated, removed, None)
 
