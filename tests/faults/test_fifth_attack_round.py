@@ -338,3 +338,23 @@ def test_health_keeps_the_last_failure_of_sync_and_blocking_enrichers(log_file: 
         health["fails"]["last_error"],
         health["blocks"]["last_error"],
     )
+
+
+@pytest.mark.parametrize("fmt", ["console", "json", "logfmt"])
+def test_an_exception_group_in_its_own_chain_is_written_with_its_error(
+    log_file: Path, fmt: str
+) -> None:
+    # Found by an outside tester after the fix above: a group that a member's
+    # cause leads back to sent the loop check into endless recursion (1.5 s
+    # per event, a line of 80,000 characters about enrichlog's RecursionError).
+    container = configure_logging(output=str(log_file), format=fmt, delivery="inline")
+    inner = ValueError("the-original-error")
+    group = ExceptionGroup("my-group", [inner])
+    inner.__cause__ = group
+    get_logger().error("request failed", exc_info=group)
+    fallbacks = container.metrics()["render_fallbacks"]
+    container.shutdown()
+
+    text = log_file.read_text()
+    assert ("the-original-error" in text, "my-group" in text) == (True, True)
+    assert (0, "RecursionError" in text) == (fallbacks, False)

@@ -266,32 +266,31 @@ def _console_exceptions(*, colors: bool) -> structlog.typing.ExceptionRenderer:
 _CHAIN_LIMIT = 1_000
 
 
-def _chain_loops(exc: BaseException | None, budget: list[int] | None = None) -> bool:
+def _chain_loops(exc: BaseException | None) -> bool:
     """Whether the chain a traceback shows from ``exc`` (its ``__cause__``,
     else its unsuppressed ``__context__``, and so on; the members of an
     exception group each with theirs) comes back to an exception already
-    in it, or runs past :data:`_CHAIN_LIMIT` exceptions in all."""
-    budget = [_CHAIN_LIMIT] if budget is None else budget
+    shown, or runs past :data:`_CHAIN_LIMIT` exceptions in all. Without
+    recursion (a group inside its own chain), and an exception reached twice
+    through a group's members counts as a loop too: the plain formatter
+    shows such a chain well enough."""
     seen: set[int] = set()
-    current = exc
-    while current is not None:
-        budget[0] -= 1
-        if id(current) in seen or budget[0] < 0:
-            return True
-        seen.add(id(current))
-        members = getattr(current, "exceptions", None)
-        if (
-            isinstance(current, BaseExceptionGroup)
-            and isinstance(members, tuple | list)
-            and any(_chain_loops(member, budget) for member in members)
-        ):
-            return True
-        if current.__cause__ is not None:
-            current = current.__cause__
-        elif not current.__suppress_context__:
-            current = current.__context__
-        else:
-            current = None
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        while current is not None:
+            if id(current) in seen or len(seen) >= _CHAIN_LIMIT:
+                return True
+            seen.add(id(current))
+            members = getattr(current, "exceptions", None)
+            if isinstance(current, BaseExceptionGroup) and isinstance(members, tuple | list):
+                todo.extend(member for member in members if isinstance(member, BaseException))
+            if current.__cause__ is not None:
+                current = current.__cause__
+            elif not current.__suppress_context__:
+                current = current.__context__
+            else:
+                current = None
     return False
 
 
