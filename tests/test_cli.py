@@ -615,6 +615,9 @@ def test_check_creates_no_output_file(tmp_path: Path) -> None:
         "static://?upstream=postgres://app:SEK#RET@db/x",
         "static://?api_key=SEK#RET",
         "static://?api_key=SEK&RET",
+        "static://?upstream=postgres://app:SEK&RET@db/x",
+        "static://?upstream=http://h/x?password=SEK&RET",
+        "static://?upstream=http://h/x?token=SEK#RET",
     ],
 )
 def test_check_masks_a_secret_holding_an_unescaped_hash_or_ampersand(
@@ -627,3 +630,14 @@ def test_check_masks_a_secret_holding_an_unescaped_hash_or_ampersand(
     assert 1 == result.returncode
     assert "RET" not in result.stderr
     assert "SEK" not in result.stderr
+
+
+def test_check_does_not_name_the_rest_of_a_transport_token_cut_at_an_ampersand(
+    tmp_path: Path,
+) -> None:
+    uri = "nats://localhost:4222?stream=LOGS&subject=logs.app&token=SEK&RET"
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_TRANSPORT": uri})
+
+    assert 1 == result.returncode
+    assert "percent-encode it as %26" in result.stderr
+    assert ("SEK" in result.stderr, "RET" in result.stderr) == (False, False)

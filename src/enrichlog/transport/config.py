@@ -123,9 +123,14 @@ class TransportConfig:
 
 def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, str]:
     query: dict[str, str] = {}
+    previous = ""
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key not in _KEYS:
+            if previous == "token" and not value and "=" not in text.partition(f"&{key}")[2][:1]:
+                # The rest of a token cut at a raw '&': not named.
+                raise fail("the token holds a raw '&': percent-encode it as %26")
             raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
+        previous = key
         if key in query:
             raise fail(f"query key {key!r} is given twice")
         query[key] = value

@@ -184,8 +184,12 @@ def _parse_query(query: str, fail: _Fail) -> list[tuple[str, str]]:
         bad = next((index for index, field in enumerate(fields) if "=" not in field), 0)
         if not fields[bad]:
             raise fail("query: an empty query field (a doubled '&'?) is not key=value") from None
-        if any(is_secret_name(unquote_plus(field.partition("=")[0])) for field in fields[:bad]):
-            # After a secret, the field may be the rest of it, cut at a raw '&'.
+        if any(
+            is_secret_name(unquote_plus(field.partition("=")[0])) or "://" in field
+            for field in fields[:bad]
+        ) or any(char in fields[bad] for char in "@:"):
+            # After a secret or a nested URI, the field may be the rest of
+            # it (a password cut at a raw '&'): not shown.
             raise fail("query: a field is not key=value (percent-encode '&' as %26)") from None
         raise fail(f"query: {fields[bad]!r} is not key=value") from None
 

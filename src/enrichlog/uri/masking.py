@@ -246,18 +246,12 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     masked = head + sep + netloc + _mask_text(before_query, depth + 1)
     secret_last = False
     if qmark:
-        fields = []
-        for field in query.split("&"):
-            if secret_last and "=" not in field:
-                # The rest of a secret value holding an unescaped '&'.
-                fields.append(MASK)
-                continue
-            shown = _mask_field(field, secret_keys, depth)
-            secret_last = shown == f"{field.partition('=')[0]}={MASK}"
-            fields.append(shown)
+        fields = [_mask_field(field, secret_keys, depth) for field in _fields(query)]
+        # The fragment may be the rest of a secret value holding an
+        # unescaped '#' (of this URI's last field, or of a URI nested in it).
+        secret_last = fields[-1].endswith(MASK)
         masked += "?" + "&".join(fields)
     if secret_last and hash_:
-        # The rest of a secret value holding an unescaped '#'.
         return masked + hash_ + MASK
     masked += hash_ + _mask_text(fragment, depth + 1)
     if hash_ and "@" in fragment:
@@ -265,6 +259,19 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
         # nested in a query value too): up to the '@' after it.
         masked = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", masked)
     return masked
+
+
+def _fields(query: str) -> list[str]:
+    """The ``key=value`` fields of ``query``; a piece without ``=`` after a
+    field is taken as the rest of that field's value, which held an
+    unescaped ``&`` (a secret, or a nested URI's password or query)."""
+    fields: list[str] = []
+    for piece in query.split("&"):
+        if fields and "=" in fields[-1] and "=" not in piece:
+            fields[-1] += "&" + piece
+        else:
+            fields.append(piece)
+    return fields
 
 
 def _mask_field(field: str, secret_keys: frozenset[str], depth: int) -> str:
