@@ -641,3 +641,13 @@ def test_check_does_not_name_the_rest_of_a_transport_token_cut_at_an_ampersand(
     assert 1 == result.returncode
     assert "percent-encode it as %26" in result.stderr
     assert ("SEK" in result.stderr, "RET" in result.stderr) == (False, False)
+
+
+@pytest.mark.parametrize("output", ["/proc/self/status", "x" * 300 + ".log"])
+def test_check_refuses_what_opening_the_output_refuses(tmp_path: Path, output: str) -> None:
+    # Found by the re-test of the fix above: check guessed from permissions,
+    # and passed a name too long or a file that cannot be appended to.
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_OUTPUT": output})
+
+    assert 1 == result.returncode
+    assert "cannot be opened for appending" in result.stderr

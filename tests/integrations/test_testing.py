@@ -448,3 +448,16 @@ def test_each_test_s_level_holds_for_a_module_level_logger(pytester: pytest.Pyte
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
 
     result.assert_outcomes(passed=3)
+
+
+def test_capture_events_entered_while_earlier_events_are_pending_says_so() -> None:
+    # Found by the re-test of the fix above: the entry flush timed out and an
+    # event logged before the block was recorded as the block's.
+    container = configure_logging(
+        enrichers=[User(delay=0.3, timeout=5.0)], output=LineSink(), delivery="background"
+    )
+    get_logger().info("before", user_id=1)
+    with pytest.raises(EnrichlogError, match="logged before the block were still pending"):
+        with capture_events(timeout=0.01):
+            get_logger().info("inside", user_id=2)
+    container.shutdown()

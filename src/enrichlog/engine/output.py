@@ -172,23 +172,29 @@ def open_for_appending(target: str) -> IO[bytes]:
 
 
 def appending_problem(target: str) -> str | None:
-    """Why the file ``target`` could not be opened for appending, found
-    without opening (or creating) it, as ``python -m enrichlog check``
-    must; ``None`` when nothing stands in the way."""
-    path = os.path.abspath(os.path.expanduser(target))
-    if os.path.isdir(path):
-        code = errno.EISDIR
-    elif os.path.exists(path):
-        code = 0 if os.access(path, os.W_OK) else errno.EACCES
-    else:
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            code = errno.ENOENT
+    """Why the file ``target`` could not be opened for appending, as
+    ``python -m enrichlog check`` must find out: by the same system call
+    :func:`open_for_appending` makes, leaving nothing behind (an existing
+    file is opened without being written; a new one is created and removed
+    again). ``None`` when nothing stands in the way."""
+    path = os.path.expanduser(target)
+    try:
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            # Created only if nobody else did meanwhile, so that what is
+            # removed is ours.
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+            os.close(descriptor)
+            os.unlink(path)
         else:
-            code = 0 if os.access(parent, os.W_OK | os.X_OK) else errno.EACCES
-    if not code:
-        return None
-    return f"output {target!r} cannot be opened for appending: {os.strerror(code)}"
+            try:
+                os.lseek(descriptor, 0, os.SEEK_END)  # as open(..., "ab") does
+            finally:
+                os.close(descriptor)
+    except OSError as exc:
+        return f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
+    return None
 
 
 class LineWriter:

@@ -135,9 +135,17 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         # What was logged before the block is written before it starts:
         # pending events are recorded when they are written, and those are
         # not the block's.
-        container.flush(self._timeout)
+        self._check_entered(container.flush(self._timeout))
         self._start(container)
         return self.events
+
+    def _check_entered(self, flushed: bool) -> None:
+        if not flushed:
+            raise EnrichlogError(
+                f"capture_events(): events logged before the block were still pending "
+                f"after {self._timeout:g} s, and would be recorded as the block's; give a "
+                f"larger timeout"
+            )
 
     def __exit__(
         self,
@@ -165,7 +173,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     async def __aenter__(self) -> list[EventDict]:
         container = self._running()
-        await container.aflush(self._timeout)  # as __enter__ does
+        self._check_entered(await container.aflush(self._timeout))  # as __enter__ does
         self._start(container)
         return self.events
 
