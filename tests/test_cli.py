@@ -651,3 +651,23 @@ def test_check_refuses_what_opening_the_output_refuses(tmp_path: Path, output: s
 
     assert 1 == result.returncode
     assert "cannot be opened for appending" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ENRICHLOG_ENRICHERS", "static://?upstream=postgres://app:SEK&RET@db/x?sslmode=require"),
+        ("ENRICHLOG_TRANSPORT", "nats://127.0.0.1:4222?stream=S&subject=a.b&enrich=SEKRET"),
+        ("ENRICHLOG_TRANSPORT", "nats://127.0.0.1:4222?stream=S&subject=a.b&colour=SEKRET"),
+    ],
+)
+def test_check_neither_shows_nor_uses_a_rejected_value(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    # Found by a second re-test: a nested password cut by '&' before the
+    # nested URI's own query was shown (and 'RET@db/x?sslmode' became a
+    # static field); a transport URI's rejected values were echoed.
+    result = run_cli(tmp_path, "check", env={variable: value})
+
+    assert 1 == result.returncode
+    assert ("SEK" in result.stderr, "RET" in result.stderr) == (False, False)

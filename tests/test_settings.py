@@ -375,3 +375,11 @@ def test_resolve_settings_applies_overrides_to_given_settings() -> None:
     given = LoggingSettings(level="error")
 
     assert ("debug", "error") == (resolve_settings(given, {"level": "debug"}).level, given.level)
+
+
+def test_the_json_of_the_settings_masks_a_transport_password_holding_a_space() -> None:
+    # Found by a second re-test: repr() masked it, model_dump_json() did not.
+    settings = LoggingSettings(transport="nats://app:Qx7 Zq9@127.0.0.1:4222?stream=S&subject=a.b")
+
+    assert "Zq9" not in settings.model_dump_json()
+    assert "nats://app:***@127.0.0.1:4222" in settings.model_dump_json()

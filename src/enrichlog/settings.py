@@ -477,6 +477,9 @@ class LoggingSettings(BaseSettings):
             dumped["enrichers"] = [
                 mask_uri(uri) if isinstance(uri, str) else uri for uri in dumped["enrichers"]
             ]
+        if isinstance(dumped, dict) and isinstance(dumped.get("transport"), str):
+            # As a URI, not as text: a password may hold a space.
+            dumped["transport"] = mask_uri(dumped["transport"])
         return mask_mapping(dumped) if isinstance(dumped, dict) else dumped
 
     @field_validator("error_field", "level_timeout", "health_check_interval", mode="before")

@@ -76,7 +76,12 @@ class TransportConfig:
         """
 
         def fail(problem: str) -> EnricherConfigError:
-            return EnricherConfigError(f"transport URI {mask_uri(uri)!r}: {problem}")
+            # The value of a query key at fault is never echoed: it may be
+            # a secret pasted in the wrong place.
+            rejected = set(re.findall(r"query key '([^']*)'", problem))
+            return EnricherConfigError(
+                f"transport URI {mask_uri(uri, secret_keys=rejected)!r}: {problem}"
+            )
 
         try:
             parts = urlsplit(uri.strip())

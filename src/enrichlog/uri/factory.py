@@ -178,20 +178,32 @@ def _parse_netloc(netloc: str, fail: _Fail) -> dict[str, Any]:
 
 def _parse_query(query: str, fail: _Fail) -> list[tuple[str, str]]:
     try:
-        return parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        fields = query.split("&")
-        bad = next((index for index, field in enumerate(fields) if "=" not in field), 0)
-        if not fields[bad]:
-            raise fail("query: an empty query field (a doubled '&'?) is not key=value") from None
-        if any(
-            is_secret_name(unquote_plus(field.partition("=")[0])) or "://" in field
-            for field in fields[:bad]
-        ) or any(char in fields[bad] for char in "@:"):
-            # After a secret or a nested URI, the field may be the rest of
-            # it (a password cut at a raw '&'): not shown.
-            raise fail("query: a field is not key=value (percent-encode '&' as %26)") from None
-        raise fail(f"query: {fields[bad]!r} is not key=value") from None
+        raise _query_error(query, fail) from None
+    if any(char in key for key, _ in pairs for char in "@/?"):
+        # No parameter is named so: the rest of a value cut at a raw '&' (a
+        # nested URI's password and query), which must neither be shown
+        # nor become a field.
+        raise fail("query: a field is not key=value (percent-encode '&' as %26)")
+    return pairs
+
+
+def _query_error(query: str, fail: _Fail) -> EnricherConfigError:
+    """The error for a query that is not ``key=value&...``; a field that
+    may be the rest of a secret is not quoted."""
+    fields = query.split("&")
+    bad = next((index for index, field in enumerate(fields) if "=" not in field), 0)
+    if not fields[bad]:
+        return fail("query: an empty query field (a doubled '&'?) is not key=value")
+    if any(
+        is_secret_name(unquote_plus(field.partition("=")[0])) or "://" in field
+        for field in fields[:bad]
+    ) or any(char in fields[bad] for char in "@:"):
+        # After a secret or a nested URI, the field may be the rest of it (a
+        # password cut at a raw '&'): not shown.
+        return fail("query: a field is not key=value (percent-encode '&' as %26)")
+    return fail(f"query: {fields[bad]!r} is not key=value")
 
 
 def _parse(uri: str) -> _ParsedURI:

@@ -262,12 +262,17 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
 
 
 def _fields(query: str) -> list[str]:
-    """The ``key=value`` fields of ``query``; a piece without ``=`` after a
-    field is taken as the rest of that field's value, which held an
-    unescaped ``&`` (a secret, or a nested URI's password or query)."""
+    """The ``key=value`` fields of ``query``; a piece without ``=``, or
+    whose key holds ``@``, ``/``, ``?`` or ``:``, after a field is taken as
+    the rest of that field's value, which held an unescaped ``&`` (a
+    secret, or a nested URI's password or query)."""
     fields: list[str] = []
     for piece in query.split("&"):
-        if fields and "=" in fields[-1] and "=" not in piece:
+        key, eq, _ = piece.partition("=")
+        # No key, or none a query would have ('ss@db/x?sslmode' is the rest
+        # of a password and the nested URI's own query).
+        continues = not eq or any(char in key for char in "@/?:")
+        if fields and "=" in fields[-1] and continues:
             fields[-1] += "&" + piece
         else:
             fields.append(piece)
