@@ -203,6 +203,8 @@ def test_dlq_show_prints_the_dead_letter(
         body["deliveries"],
         body["event"]["event"],
     )
+    # "The dead letter in full" (found by an outside tester: it left this out).
+    assert body["stream_sequence"] >= 1
 
 
 def test_worker_keeps_running_on_an_empty_stream(

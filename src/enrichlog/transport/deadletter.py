@@ -50,6 +50,8 @@ class DeadLetter:
         event: the original event (``None`` when it was not a JSON object;
             ``payload`` then holds its text).
         payload: the original payload's text, when ``event`` is ``None``.
+        stream_sequence: where the event was in the event stream (0 when
+            the dead letter does not say).
     """
 
     sequence: int
@@ -61,6 +63,7 @@ class DeadLetter:
     subject: str
     event: dict[str, Any] | None
     payload: str | None = None
+    stream_sequence: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -119,7 +122,15 @@ def _parse(sequence: int, data: bytes | None) -> DeadLetter:
         subject=str(body.get("subject", "")),
         event=event if isinstance(event, dict) else None,
         payload=None if isinstance(event, dict) else str(body.get("payload", "")),
+        stream_sequence=_int(body.get("stream_sequence")),
     )
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return 0
 
 
 async def get_dead_letter(
