@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from enrichlog import AsyncEnricher, configure_logging, get_logger
+from tests.faults.test_rendering import RaisesOnRepr
 
 
 class Passes(AsyncEnricher):
@@ -24,16 +25,6 @@ class Passes(AsyncEnricher):
     async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         event_dict["passed"] = True
         return event_dict
-
-
-class RaisesOnRepr:
-    def __init__(self, exc: type[BaseException]) -> None:
-        self.exc = exc
-
-    def __repr__(self) -> str:
-        raise self.exc
-
-    __str__ = __repr__
 
 
 @pytest.mark.parametrize(

@@ -365,17 +365,21 @@ container.shutdown()
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_leaves_the_endpoint_to_its_parent(tmp_path: Path) -> None:
     # The child has no server thread: its shutdown must not wait for one.
+    assert "child 0\nparent serves True\n" == _run_python(FORK_SCRIPT, tmp_path)
+
+
+def _run_python(script: str, cwd: Path) -> str:
+    """What ``script`` prints, run by a Python of its own (which must end well)."""
     result = subprocess.run(
-        [sys.executable, "-c", FORK_SCRIPT],
-        cwd=tmp_path,
+        [sys.executable, "-c", script],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-
     assert 0 == result.returncode, result.stderr
-    assert "child 0\nparent serves True\n" == result.stdout
+    return result.stdout
 
 
 FORK_TOTALS_SCRIPT = """
@@ -418,14 +422,4 @@ def test_a_forked_child_s_totals_count_its_own_events_only(tmp_path: Path) -> No
     # Found by an outside tester: the child's totals held the 50 lines of the
     # parent's replaced container besides its own 10 (its running container
     # already counted its own only).
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_TOTALS_SCRIPT],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert 0 == result.returncode, result.stderr
-    assert "parent 150\nchild 10 10\n" == result.stdout
+    assert "parent 150\nchild 10 10\n" == _run_python(FORK_TOTALS_SCRIPT, tmp_path)
