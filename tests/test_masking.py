@@ -148,6 +148,7 @@ def test_names_that_are_not_secret(name: str) -> None:
             "static://?upstream=http://h/x?token=***#***",
         ),
         ("static://?service=a&b", "static://?service=a&b"),
+        ("http://api:8443/v1?a=1#frag@x", "http://api:8443/v1?a=1#frag@x"),  # a port, no password
         (  # the nested URI with a query of its own: found by a second re-test
             "static://?upstream=postgres://app:pa&ss@db/x?sslmode=require",
             "static://?upstream=postgres://app:***@db/x?sslmode=require",

@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -121,11 +122,21 @@ def _handler_locks_released() -> Iterator[None]:
     frame: FrameType | None = sys._getframe()
     while frame is not None:
         if frame.f_code is _HANDLE_CODE:
-            lock = getattr(frame.f_locals.get("self"), "lock", None)
+            # The innermost handler only: the one formatting. One further
+            # out (a MemoryHandler flushing its buffer into this one) is in
+            # the middle of its own work, as is a rotating file handler
+            # (which formats to decide whether to roll over).
+            handler = frame.f_locals.get("self")
+            lock = getattr(handler, "lock", None)
             # An RLock of this thread (the one Handler.createLock makes):
             # released whatever its depth, as threading.Condition does.
-            if lock is not None and getattr(lock, "_is_owned", lambda: False)():
+            if (
+                lock is not None
+                and not isinstance(handler, logging.handlers.BaseRotatingHandler)
+                and getattr(lock, "_is_owned", lambda: False)()
+            ):
                 released.append((lock, lock._release_save()))
+            break
         frame = frame.f_back
     try:
         yield

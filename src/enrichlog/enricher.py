@@ -89,7 +89,7 @@ def _check_methods(cls: type, name: str) -> None:
     time, as a reason on every event."""
     for method in _PLAIN_METHODS:
         fn = getattr(cls, method, None)
-        if _is_coroutine_function(fn) or _is_async_generator_function(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise EnricherConfigError(
                 f"enricher {name!r}: {method}() must be a plain method (def), "
                 f"not async def: its result is used as it is, never awaited"
@@ -512,29 +512,14 @@ def _callable_name(obj: Callable[..., Any]) -> str:
 
 
 def _is_async_callable(obj: Callable[..., Any]) -> bool:
-    """An ``async def`` function or callable object, also behind a decorator
-    that keeps ``__wrapped__`` (``functools.wraps``): its wrapper returns the
-    coroutine, to be awaited."""
-    if _is_coroutine_function(obj):
+    """An ``async def`` function or callable object. Judged by the function
+    itself, not by one it wraps: a sync wrapper of an ``async def`` may run
+    it to the end (``asyncio.run``, ``async_to_sync``) and return a value;
+    a decorator of an ``async def`` should be an ``async def`` too."""
+    if inspect.iscoroutinefunction(obj):
         return True
     call = getattr(obj, "__call__", None)  # noqa: B004 - we want the method itself
-    return call is not None and _is_coroutine_function(call)
-
-
-def _is_coroutine_function(fn: object) -> bool:
-    try:
-        unwrapped = inspect.unwrap(fn)  # type: ignore[arg-type]
-    except ValueError:  # a __wrapped__ loop
-        unwrapped = fn
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(unwrapped)
-
-
-def _is_async_generator_function(fn: object) -> bool:
-    try:
-        unwrapped = inspect.unwrap(fn)  # type: ignore[arg-type]
-    except ValueError:
-        unwrapped = fn
-    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(unwrapped)
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
@@ -555,7 +540,7 @@ def _check_processor_arity(obj: Callable[..., Any], name: str) -> None:
 def _function_enricher(fn: Callable[..., Any], options: dict[str, Any], blocking: bool) -> Enricher:
     options.setdefault("name", _callable_name(fn))
     _check_processor_arity(fn, options["name"])
-    if _is_async_generator_function(fn):
+    if inspect.isasyncgenfunction(fn):
         raise EnricherConfigError(
             f"enricher {options['name']!r}: an async generator function (async def with "
             "yield) cannot enrich an event; return the event dict from an async def"

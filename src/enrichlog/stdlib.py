@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from .engine.chain import raise_if_interrupt
 from .engine.plan import IN_ENRICHMENT
 from .settings import LEVELS
 
@@ -88,7 +89,8 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     formatted with its arguments is shown unformatted."""
     try:
         message = record.getMessage()
-    except BaseException:  # an argument's __str__ may raise anything, as in rendering
+    except BaseException as exc:  # an argument's __str__ may raise anything, as in rendering
+        raise_if_interrupt(exc)
         message = f"{_printable(record.msg)} (not formattable with its arguments)"
     fields = {
         key: value
@@ -105,11 +107,14 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
 def _printable(value: object) -> str:
     """``str(value)``, else its ``repr``, else a placeholder naming its type:
     a message object whose ``__str__`` raises still makes a line."""
-    with contextlib.suppress(BaseException):  # user code: try repr instead
+    try:
         return str(value)
+    except BaseException as exc:  # user code: try repr instead
+        raise_if_interrupt(exc)
     try:
         return repr(value)
-    except BaseException:  # user code: name the type instead
+    except BaseException as exc:  # user code: name the type instead
+        raise_if_interrupt(exc)
         return f"<unprintable {type(value).__name__}>"
 
 

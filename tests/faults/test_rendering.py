@@ -58,7 +58,7 @@ ODD: dict[str, dict[Any, Any]] = {
     # event's fields, or raised into the caller):
     "enormous int": {"v": 10**5000},  # past the interpreter's decimal digits limit
     "level not a string": {"level": 42},  # the console pads it as text
-    "repr raising an interrupt": {"v": RaisesOnRepr(KeyboardInterrupt)},
+    "repr raising GeneratorExit": {"v": RaisesOnRepr(GeneratorExit)},
     "repr raising cancellation": {"v": RaisesOnRepr(asyncio.CancelledError)},
 }
 MESSAGES = [*ODD, SURROGATE]  # the surrogate as the message itself, too
@@ -193,7 +193,7 @@ def test_a_logfmt_key_containing_equals_cannot_forge_another_field(
 @pytest.mark.parametrize("fmt", ["json", "logfmt", "console"])
 @pytest.mark.parametrize(
     "odd",
-    [{"k" + SURROGATE: 1}, {"n": 10**5000}, {"level": 42}, {"v": RaisesOnRepr(SystemExit)}],
+    [{"k" + SURROGATE: 1}, {"n": 10**5000}, {"level": 42}, {"v": RaisesOnRepr(GeneratorExit)}],
     ids=["surrogate key", "enormous int", "level not a string", "repr raising"],
 )
 def test_a_fallback_line_keeps_the_event_s_other_fields(
@@ -223,3 +223,20 @@ def test_a_fallback_line_keeps_the_event_s_other_fields(
         "login failed" * ("login failed" in line),
         fallbacks,
     ), line
+
+
+def test_an_interrupt_in_a_render_on_the_main_thread_reaches_the_application(
+    log_file: Path,
+) -> None:
+    # Ctrl-C landing while the main thread renders its own line is the
+    # application's, as in the output's write: raised, not written as a
+    # render_error (found by a review of the fallback above). On other
+    # threads it is survived (tests/faults/test_fifth_attack_round.py).
+    container = configure_logging(output=str(log_file), format="console", delivery="inline")
+    with pytest.raises(KeyboardInterrupt):
+        get_logger().info("interrupted", v=RaisesOnRepr(KeyboardInterrupt))
+    get_logger().info("after")
+    container.shutdown()
+
+    lines = log_file.read_text().splitlines()
+    assert (1, True) == (len(lines), "] after" in lines[0])

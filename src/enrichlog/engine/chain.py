@@ -12,11 +12,11 @@ written with its odd values shown by ``repr`` and a ``render_error`` field.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import math
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
@@ -67,16 +67,20 @@ class SafeRenderer:
             # failure halfway must leave the event whole for the fallback.
             return self._render(logger, method_name, dict(event_dict))
         except BaseException as exc:  # a value's __repr__ may raise anything
+            raise_if_interrupt(exc)
             self.fallbacks += 1
-            with contextlib.suppress(BaseException):
+            try:
                 safe = _printable_event(event_dict, exc, keys=_plain_key)
                 return self._render(logger, method_name, safe)
+            except BaseException as again:
+                raise_if_interrupt(again)
             try:
                 # Every value as text: a field the renderer expects to be a
                 # string (the console's ``level``) may be anything.
                 safe = _printable_event(event_dict, exc, keys=_plain_key, values=_as_text)
                 return self._render(logger, method_name, safe)
-            except BaseException:
+            except BaseException as again:
+                raise_if_interrupt(again)
                 return last_resort_line(event_dict, exc)
 
 
@@ -110,10 +114,12 @@ class _SafeJSONRenderer(structlog.processors.JSONRenderer):
         try:
             return self._dumps(event_dict, **self._dumps_kw)
         except BaseException as exc:  # a value's __str__ may raise anything
+            raise_if_interrupt(exc)
             self.fallbacks += 1
             try:
                 return json.dumps(_printable_event(event_dict, exc, keys=_text), ensure_ascii=True)
-            except BaseException:
+            except BaseException as again:
+                raise_if_interrupt(again)
                 return last_resort_line(event_dict, exc)
 
 
@@ -129,6 +135,7 @@ class _SafeExceptionRenderer(structlog.processors.ExceptionRenderer):
                 if exc_info:
                     event_dict["exception"] = self.format_exception(exc_info)
             except BaseException as exc:
+                raise_if_interrupt(exc)
                 event_dict["exception"] = f"<exception not formattable: {type(exc).__name__}>"
         return event_dict
 
@@ -212,8 +219,20 @@ def _repr(value: object) -> str:
         if type(value) is int:
             return _int_text(value)
         return repr(value)
-    except BaseException as exc:  # a __repr__ may raise anything, interrupts included
+    except BaseException as exc:  # a __repr__ may raise anything
+        raise_if_interrupt(exc)
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+
+
+def raise_if_interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` again if it may be the application's interrupt: a
+    ``KeyboardInterrupt`` or ``SystemExit`` on the main thread, where signal
+    handlers run (Ctrl-C landing in a render). Anywhere else it can only
+    come from user code (a value's ``__repr__``) and is survived."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit) and (
+        threading.current_thread() is threading.main_thread()
+    ):
+        raise exc
 
 
 def make_renderer(fmt: str, *, colors: bool = False) -> Processor:

@@ -171,6 +171,19 @@ def open_for_appending(target: str) -> IO[bytes]:
         ) from None
 
 
+def _whole_lines(lines: list[bytes], taken: int) -> int:
+    """How many of ``lines`` (joined by newlines, the last one empty) are
+    whole in the first ``taken`` bytes: a line may hold newlines of its own
+    (a console traceback), so they are not counted."""
+    whole, end = 0, 0
+    for line in lines[:-1]:
+        end += len(line) + 1
+        if end > taken:
+            break
+        whole += 1
+    return whole
+
+
 def appending_problem(target: str) -> str | None:
     """Why the file ``target`` could not be opened for appending, as
     ``python -m enrichlog check`` must find out: by the same system call
@@ -223,6 +236,7 @@ class LineWriter:
         "_deferred",
         "_due_report",
         "_flush",
+        "_fragmenting",
         "_gathered",
         "_gathering",
         "_last_report",
@@ -260,6 +274,8 @@ class LineWriter:
         self._torn = False
         #: Bytes of the current write the stream took (see _complete).
         self._partial = 0
+        #: Ending a cut line's fragment (see _write_after_fragment).
+        self._fragmenting = False
         #: Times :meth:`reopen` pointed the stream at a new file (shared by
         #: the writers of one stream: see :meth:`retarget`), and that count
         #: when a line was cut: a fragment left in the file before is not
@@ -387,7 +403,7 @@ class LineWriter:
         writes nothing; a closed file is reopened (loggers cached before a
         reconfiguration still hold this writer: appending beats losing their
         lines). ``None`` once written, else the failure."""
-        if self._torn and not (self._closed or self._broken):
+        if self._torn and not (self._closed or self._broken or self._fragmenting):
             return self._write_after_fragment(line)
         if not (self._closed or self._broken):  # writing already, on this thread
             self._deferred.append(line)
@@ -435,6 +451,7 @@ class LineWriter:
         the file was reopened since), then write ``line``. ``None`` once
         written, else the failure."""
         data = (b"\n" if self._ends_fragment() else b"") + line + b"\n"
+        self._fragmenting = True  # a signal handler's line waits (see _write_unusual)
         try:
             done = self._write(data)
             if done is not None and done < len(data):
@@ -443,8 +460,13 @@ class LineWriter:
             return exc
         except BaseException as exc:  # see _interrupted()
             return self._interrupted(exc, written=False)
-        self._torn = False
-        self._usable = not (self._closed or self._broken)
+        else:
+            self._torn = False
+        finally:
+            self._fragmenting = False
+            self._usable = not (self._closed or self._broken or self._torn)
+        if self._deferred:
+            self._write_deferred()
         return None
 
     def gather(self) -> bool:
@@ -490,14 +512,16 @@ class LineWriter:
         lines.append(b"")
         # A signal handler that logs meanwhile has its line kept behind these.
         gathering, self._gathering = self._gathering, False
-        data = b"\n".join(lines)
-        prefixed = self._ends_fragment()
-        if prefixed:
-            data = b"\n" + data  # ends the fragment a cut line left
+        prefixed = False
+        data = b""
         self._partial = 0
         try:
             if self._closed:  # by a signal handler's shutdown meanwhile: as msg() would
                 self._reopen()
+            data = b"\n".join(lines)
+            prefixed = self._ends_fragment()
+            if prefixed:
+                data = b"\n" + data  # ends the fragment a cut line left
             done = self._write(data)
             if done is not None and done < len(data):
                 self._complete(data, done)
@@ -506,7 +530,7 @@ class LineWriter:
             # Gathered lines are written by the runtime: never raised (see
             # _interrupted() for the caller's own line). Those the stream
             # took whole before it failed are written.
-            whole = max(0, data.count(b"\n", 0, self._partial) - prefixed)
+            whole = _whole_lines(lines, self._partial - prefixed)
             self.written += whole
             failure = _as_failure(exc)
             due, count = self._count_failure(failure, len(lines) - 1 - whole)

@@ -542,6 +542,10 @@ class EventPipeline:
             if self._gathers and len(order) > 1 and order[1].done:
                 together = self._write_together(order)
                 if together:
+                    # Counted as each batch is written: a later one may
+                    # block (an output whose reader stalled), and these
+                    # are no longer pending meanwhile.
+                    self.finished += together
                     finished += together
                     continue
             item = order[0]
@@ -552,11 +556,11 @@ class EventPipeline:
             # Popped only once written: until then the event still counts
             # as pending, and a caller's next event must queue behind it.
             order.popleft()
+            self.finished += 1
             finished += 1
             if item.on_written is not None:
                 item.on_written()
         if finished:
-            self.finished += finished
             if self._blocked:
                 with self._lock:
                     self._space.notify_all()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,11 +182,16 @@ def _parse_query(query: str, fail: _Fail) -> list[tuple[str, str]]:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
         raise _query_error(query, fail) from None
-    if any(char in key for key, _ in pairs for char in "@/?"):
-        # No parameter is named so: the rest of a value cut at a raw '&' (a
-        # nested URI's password and query), which must neither be shown
-        # nor become a field.
-        raise fail("query: a field is not key=value (percent-encode '&' as %26)")
+    fields = query.split("&")
+    for previous, field in itertools.pairwise(fields):
+        key = field.partition("=")[0]
+        if any(char in key for char in "@/?") and (
+            "://" in previous or is_secret_name(unquote_plus(previous.partition("=")[0]))
+        ):
+            # After a nested URI or a secret, such a key ('ss@db/x?sslmode')
+            # is the rest of its value cut at a raw '&', which must neither
+            # be shown nor become a field.
+            raise fail("query: a field is not key=value (percent-encode '&' as %26)")
     return pairs
 
 
