@@ -560,10 +560,9 @@ class EventPipeline:
             finished += 1
             if item.on_written is not None:
                 item.on_written()
-        if finished:
-            if self._blocked:
-                with self._lock:
-                    self._space.notify_all()
+        if finished and self._blocked:
+            with self._lock:
+                self._space.notify_all()
         if self._flush_waiters:
             self._release_flush_waiters()
 
