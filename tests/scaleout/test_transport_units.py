@@ -79,11 +79,19 @@ def test_uri_errors_name_the_problem(uri: str, problem: str) -> None:
 
 def test_uri_errors_mask_secrets() -> None:
     with pytest.raises(EnricherConfigError) as caught:
-        configure_logging(transport="nats://app:s3cret@broker?token=t0ps3cret&colour=blue")
+        configure_logging(transport="nats://app:s3cret@broker?colour=blue&token=t0ps3cret")
 
     assert "colour" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert "t0ps3cret" not in str(caught.value)
+
+
+def test_an_unknown_key_right_after_the_token_is_not_named() -> None:
+    # It may be the rest of a token holding a raw '&' ('t0ps&3cret=x').
+    with pytest.raises(EnricherConfigError, match="follows the token") as caught:
+        configure_logging(transport="nats://broker?token=t0ps&3cret=x")
+
+    assert "3cret" not in str(caught.value)
 
 
 def test_settings_mask_the_transport() -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ..exceptions import EnricherConfigError
-from ..uri.masking import mask_uri
+from ..uri.masking import MASK, mask_uri
 
 __all__ = ["DEFAULT_PORT", "TransportConfig", "subject_matches"]
 
@@ -79,9 +79,11 @@ class TransportConfig:
             # The value of a query key at fault is never echoed: it may be
             # a secret pasted in the wrong place.
             rejected = set(re.findall(r"query key '([^']*)'", problem))
-            return EnricherConfigError(
-                f"transport URI {mask_uri(uri, secret_keys=rejected)!r}: {problem}"
-            )
+            shown = mask_uri(uri, secret_keys=rejected)
+            if _AFTER_TOKEN in problem:
+                # What follows the token may be the rest of it: not shown.
+                shown = shown.partition("token=")[0] + f"token={MASK}&{MASK}"
+            return EnricherConfigError(f"transport URI {shown!r}: {problem}")
 
         try:
             parts = urlsplit(uri.strip())
@@ -126,14 +128,21 @@ class TransportConfig:
         )
 
 
+#: The problem of an unknown query key right after the token.
+_AFTER_TOKEN = "an unknown query key follows the token"  # noqa: S105 - a message
+
+
 def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, str]:
     query: dict[str, str] = {}
     previous = ""
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key not in _KEYS:
-            if previous == "token" and not value and "=" not in text.partition(f"&{key}")[2][:1]:
-                # The rest of a token cut at a raw '&': not named.
-                raise fail("the token holds a raw '&': percent-encode it as %26")
+            if previous == "token":
+                # Perhaps the rest of a token cut at a raw '&': not named.
+                raise fail(
+                    f"{_AFTER_TOKEN} (does the token hold a raw '&'? percent-encode it as "
+                    f"%26); accepted keys: {', '.join(_KEYS)}"
+                )
             raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
         previous = key
         if key in query:
