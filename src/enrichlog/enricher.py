@@ -75,6 +75,20 @@ def _as_names(
     return names  # type: ignore[return-value]
 
 
+def _checked_priority(value: object, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EnricherConfigError(f"enricher {owner!r}: priority must be an integer, got {value!r}")
+    return value
+
+
+def _checked_blocking(value: object, owner: str) -> bool:
+    if not isinstance(value, bool):  # "yes" would read as True, "false" too
+        raise EnricherConfigError(
+            f"enricher {owner!r}: blocking must be True or False, got {value!r}"
+        )
+    return value
+
+
 #: Methods the runtime calls and uses the result of: an ``async def`` there
 #: returns a coroutine, never a value.
 _PLAIN_METHODS = ("cache_key", "apply", "is_transient", "enrich")
@@ -166,12 +180,7 @@ class Enricher:
         )
         if resolved in self.dependencies:
             raise EnricherConfigError(f"enricher {resolved!r} depends on itself")
-        chosen_priority = self.priority if priority is None else priority
-        if isinstance(chosen_priority, bool) or not isinstance(chosen_priority, int):
-            raise EnricherConfigError(
-                f"enricher {resolved!r}: priority must be an integer, got {chosen_priority!r}"
-            )
-        self.priority = chosen_priority
+        self.priority = _checked_priority(self.priority if priority is None else priority, resolved)
         self.provides = _as_names(
             self.provides if provides is None else provides, resolved, "provides"
         )
@@ -460,12 +469,9 @@ class SyncEnricher(Enricher):
         blocking: bool | None = None,
     ) -> None:
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
-        chosen = self.blocking if blocking is None else blocking
-        if not isinstance(chosen, bool):  # "yes" would read as True, "false" too
-            raise EnricherConfigError(
-                f"enricher {self.name!r}: blocking must be True or False, got {chosen!r}"
-            )
-        self.blocking = chosen
+        self.blocking = _checked_blocking(
+            self.blocking if blocking is None else blocking, self.name
+        )
 
     def enrich(
         self, logger: WrappedLogger, method_name: str, event_dict: EventDict
@@ -647,10 +653,7 @@ def register_enricher(
 
     def register(target: object) -> Enricher:
         shown = name if name is not None else _callable_name(target)  # type: ignore[arg-type]
-        if not isinstance(blocking, bool):
-            raise EnricherConfigError(
-                f"enricher {shown!r}: blocking must be True or False, got {blocking!r}"
-            )
+        _checked_blocking(blocking, shown)
         if isinstance(target, Enricher):
             return _configure_instance(target, name, dependencies, priority, blocking)
         if callable(target) and not isinstance(target, type):
@@ -680,11 +683,7 @@ def _configure_instance(
     if deps:
         enricher.dependencies = deps
     if priority is not None:
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise EnricherConfigError(
-                f"enricher {enricher.name!r}: priority must be an integer, got {priority!r}"
-            )
-        enricher.priority = priority
+        enricher.priority = _checked_priority(priority, enricher.name)
     if blocking:
         if not isinstance(enricher, SyncEnricher):
             raise EnricherConfigError(

@@ -16,15 +16,7 @@ from typing import Any
 import pytest
 
 from enrichlog import AsyncEnricher, configure_logging, get_logger
-from tests.faults.test_rendering import RaisesOnRepr
-
-
-class Passes(AsyncEnricher):
-    name = "passes"
-
-    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
-        event_dict["passed"] = True
-        return event_dict
+from tests.faults.test_rendering import Passes, RaisesOnRepr
 
 
 @pytest.mark.parametrize(

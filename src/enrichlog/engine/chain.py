@@ -224,14 +224,20 @@ def _repr(value: object) -> str:
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
 
 
-def raise_if_interrupt(exc: BaseException) -> None:
-    """Raise ``exc`` again if it may be the application's interrupt: a
+def is_application_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` may be the application's interrupt: a
     ``KeyboardInterrupt`` or ``SystemExit`` on the main thread, where signal
-    handlers run (Ctrl-C landing in a render). Anywhere else it can only
-    come from user code (a value's ``__repr__``) and is survived."""
-    if isinstance(exc, KeyboardInterrupt | SystemExit) and (
+    handlers run (Ctrl-C landing in a render or a write). Anywhere else it
+    can only come from user code (a value's ``__repr__``, a sink)."""
+    return isinstance(exc, KeyboardInterrupt | SystemExit) and (
         threading.current_thread() is threading.main_thread()
-    ):
+    )
+
+
+def raise_if_interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` again if it may be the application's interrupt (see
+    :func:`is_application_interrupt`); anything else is survived."""
+    if is_application_interrupt(exc):
         raise exc
 
 

@@ -33,7 +33,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..exceptions import EnricherConfigError
-from .chain import last_resort_line
+from .chain import is_application_interrupt, last_resort_line
 
 __all__ = [
     "LineWriter",
@@ -341,7 +341,7 @@ class LineWriter:
                         if self._deferred:
                             self._write_deferred()
                         return
-                self._usable = not (self._closed or self._broken or self._torn)
+                self._refresh_usable()
             elif self._gathering:
                 # Kept with the lines gathered (see gather()); first written
                 # are those kept, if one call could not carry them all.
@@ -385,10 +385,8 @@ class LineWriter:
         is raised again. Anything else, and anything on another thread
         (where no signal handler runs: the stream raised it itself), is a
         failed write, returned as such."""
-        self._usable = not (self._closed or self._broken or self._torn)
-        if isinstance(exc, KeyboardInterrupt | SystemExit) and (
-            threading.current_thread() is threading.main_thread()
-        ):
+        self._refresh_usable()
+        if is_application_interrupt(exc):
             if written:
                 self.written += 1
             else:
@@ -419,6 +417,18 @@ class LineWriter:
         except BaseException as exc:  # see _interrupted()
             return self._interrupted(exc, written=False)
         return None
+
+    def _refresh_usable(self) -> None:
+        """With the lock held: usable unless closed, broken or torn (each
+        line then takes the slower way, _write_unusual)."""
+        self._usable = not (self._closed or self._broken or self._torn)
+
+    def _write_all(self, data: bytes) -> None:
+        """With the lock held: write ``data``, finishing a write the stream
+        took only part of (see _complete). (msg() does the same inline.)"""
+        done = self._write(data)
+        if done is not None and done < len(data):
+            self._complete(data, done)
 
     def _complete(self, data: bytes, done: int) -> None:
         """With the lock held: write the rest of ``data``, of which the
@@ -453,9 +463,7 @@ class LineWriter:
         data = (b"\n" if self._ends_fragment() else b"") + line + b"\n"
         self._fragmenting = True  # a signal handler's line waits (see _write_unusual)
         try:
-            done = self._write(data)
-            if done is not None and done < len(data):
-                self._complete(data, done)
+            self._write_all(data)
         except (OSError, ValueError) as exc:
             return exc
         except BaseException as exc:  # see _interrupted()
@@ -464,7 +472,7 @@ class LineWriter:
             self._torn = False
         finally:
             self._fragmenting = False
-            self._usable = not (self._closed or self._broken or self._torn)
+            self._refresh_usable()
         if self._deferred:
             self._write_deferred()
         return None
@@ -497,7 +505,7 @@ class LineWriter:
         try:
             self._gathering = False
             self._write_lines()
-            self._usable = not (self._closed or self._broken or self._torn)
+            self._refresh_usable()
         finally:
             self._lock.release()
         report, self._due_report = self._due_report, None
@@ -522,9 +530,7 @@ class LineWriter:
             prefixed = self._ends_fragment()
             if prefixed:
                 data = b"\n" + data  # ends the fragment a cut line left
-            done = self._write(data)
-            if done is not None and done < len(data):
-                self._complete(data, done)
+            self._write_all(data)
             self._flush()
         except BaseException as exc:
             # Gathered lines are written by the runtime: never raised (see
@@ -635,7 +641,7 @@ class LineWriter:
         try:
             if self._stream is other._stream and self is not other:
                 self._closed = self._owns
-                self._usable = not (self._closed or self._broken or self._torn)
+                self._refresh_usable()
         finally:
             self._lock.release()
         return True

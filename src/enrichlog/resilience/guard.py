@@ -739,12 +739,7 @@ class EnricherGuard:
         # An event whose key is asked already causes no call: a hit, as
         # for the cache's single flight.
         fetching = self._fetching.get(lookup)
-        if fetching is not None:
-            fetching.waiters[lookup].append(waiter)
-            if cache is not None:
-                cache.hit_after_miss()
-            return
-        waiting = self._waiting.get(lookup)
+        waiting = fetching.waiters[lookup] if fetching is not None else self._waiting.get(lookup)
         if waiting is not None:
             waiting.append(waiter)
             if cache is not None:

@@ -75,13 +75,14 @@ class TransportConfig:
                 message shows it masked and names the part at fault.
         """
 
-        def fail(problem: str) -> EnricherConfigError:
-            # The value of a query key at fault is never echoed: it may be
-            # a secret pasted in the wrong place.
-            rejected = set(re.findall(r"query key '([^']*)'", problem))
-            shown = mask_uri(uri, secret_keys=rejected)
-            if _AFTER_TOKEN in problem:
-                # What follows the token may be the rest of it: not shown.
+        def fail(
+            problem: str, *, rejected: str | None = None, after_token: bool = False
+        ) -> EnricherConfigError:
+            # The value of the query key at fault (``rejected``) is never
+            # echoed: it may be a secret pasted in the wrong place; nor is
+            # what follows the token when it may be the rest of it.
+            shown = mask_uri(uri, secret_keys=() if rejected is None else (rejected,))
+            if after_token:
                 shown = shown.partition("token=")[0] + f"token={MASK}&{MASK}"
             return EnricherConfigError(f"transport URI {shown!r}: {problem}")
 
@@ -103,9 +104,10 @@ class TransportConfig:
         consumer = query.get("consumer", "enrichlog")
         dlq = dlq_subject or f"enrichlog.dlq.{stream}"
         enrich = query.get("enrich")
-        problem = _check_names(stream, subject, consumer, dlq, enrich)
-        if problem:
-            raise fail(problem)
+        wrong = _check_names(stream, subject, consumer, dlq, enrich)
+        if wrong is not None:
+            key, problem = wrong
+            raise fail(problem, rejected=key)
         host = parts.hostname or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
@@ -128,11 +130,7 @@ class TransportConfig:
         )
 
 
-#: The problem of an unknown query key right after the token.
-_AFTER_TOKEN = "an unknown query key follows the token"  # noqa: S105 - a message
-
-
-def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, str]:
+def _query(text: str, fail: Callable[..., EnricherConfigError]) -> dict[str, str]:
     query: dict[str, str] = {}
     previous = ""
     for key, value in parse_qsl(text, keep_blank_values=True):
@@ -140,13 +138,16 @@ def _query(text: str, fail: Callable[[str], EnricherConfigError]) -> dict[str, s
             if previous == "token":
                 # Perhaps the rest of a token cut at a raw '&': not named.
                 raise fail(
-                    f"{_AFTER_TOKEN} (does the token hold a raw '&'? percent-encode it as "
-                    f"%26); accepted keys: {', '.join(_KEYS)}"
+                    "an unknown query key follows the token (does the token hold a raw "
+                    f"'&'? percent-encode it as %26); accepted keys: {', '.join(_KEYS)}",
+                    after_token=True,
                 )
-            raise fail(f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}")
+            raise fail(
+                f"unknown query key {key!r}; accepted keys: {', '.join(_KEYS)}", rejected=key
+            )
         previous = key
         if key in query:
-            raise fail(f"query key {key!r} is given twice")
+            raise fail(f"query key {key!r} is given twice", rejected=key)
         query[key] = value
     return query
 
@@ -157,26 +158,27 @@ def _is_subject(text: str) -> bool:
 
 def _check_names(
     stream: str, subject: str, consumer: str, dlq: str, enrich: str | None
-) -> str | None:
-    """What is wrong with the names, if anything."""
+) -> tuple[str | None, str] | None:
+    """What is wrong with the names, if anything: the query key at fault
+    (``None``: no one key) and the problem."""
     if not _NAME.fullmatch(stream):
-        return (
+        return "stream", (
             "query key 'stream': a stream name is letters, digits, '-' and '_' "
             "(no '.', '*', '>' or spaces)"
         )
     if not _is_subject(subject):
-        return (
+        return "subject", (
             "query key 'subject': expected dot-separated tokens without spaces or "
             "wildcards, such as logs.app"
         )
     if not _NAME.fullmatch(consumer):
-        return "query key 'consumer': letters, digits, '-' and '_' only"
+        return "consumer", "query key 'consumer': letters, digits, '-' and '_' only"
     if enrich not in (None, "local", "remote"):
-        return "query key 'enrich': expected 'local' or 'remote'"
+        return "enrich", "query key 'enrich': expected 'local' or 'remote'"
     if not _is_subject(dlq):
-        return f"dead-letter subject {dlq!r}: expected dot-separated tokens"
+        return None, f"dead-letter subject {dlq!r}: expected dot-separated tokens"
     if dlq == subject:
-        return "the dead-letter subject must differ from the subject"
+        return None, "the dead-letter subject must differ from the subject"
     return None
 
 

@@ -185,14 +185,18 @@ def _parse_query(query: str, fail: _Fail) -> list[tuple[str, str]]:
     fields = query.split("&")
     for previous, field in itertools.pairwise(fields):
         key = field.partition("=")[0]
-        if any(char in key for char in "@/?") and (
-            "://" in previous or is_secret_name(unquote_plus(previous.partition("=")[0]))
-        ):
+        if any(char in key for char in "@/?") and _may_be_cut(previous):
             # After a nested URI or a secret, such a key ('ss@db/x?sslmode')
             # is the rest of its value cut at a raw '&', which must neither
             # be shown nor become a field.
             raise fail("query: a field is not key=value (percent-encode '&' as %26)")
     return pairs
+
+
+def _may_be_cut(field: str) -> bool:
+    """Whether the value of query ``field`` may have been cut at a raw '&'
+    that it held: a secret's, or a nested URI's (its password or query)."""
+    return "://" in field or is_secret_name(unquote_plus(field.partition("=")[0]))
 
 
 def _query_error(query: str, fail: _Fail) -> EnricherConfigError:
@@ -202,10 +206,9 @@ def _query_error(query: str, fail: _Fail) -> EnricherConfigError:
     bad = next((index for index, field in enumerate(fields) if "=" not in field), 0)
     if not fields[bad]:
         return fail("query: an empty query field (a doubled '&'?) is not key=value")
-    if any(
-        is_secret_name(unquote_plus(field.partition("=")[0])) or "://" in field
-        for field in fields[:bad]
-    ) or any(char in fields[bad] for char in "@:"):
+    if any(_may_be_cut(field) for field in fields[:bad]) or any(
+        char in fields[bad] for char in "@:"
+    ):
         # After a secret or a nested URI, the field may be the rest of it (a
         # password cut at a raw '&'): not shown.
         return fail("query: a field is not key=value (percent-encode '&' as %26)")

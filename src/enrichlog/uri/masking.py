@@ -254,24 +254,22 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     if secret_last and hash_:
         return masked + hash_ + MASK
     masked += hash_ + _mask_text(fragment, depth + 1)
-    if hash_ and "@" in fragment and _cut_by_hash(uri.partition("#")[0]):
+    if hash_ and _cut_by_hash(uri.partition("#")[0], fragment):
         # A password cut by an unescaped '#' (``postgres://app:pa#ss@db``,
         # nested in a query value too): up to the '@' after it.
         masked = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", masked)
     return masked
 
 
-def _cut_by_hash(before: str) -> bool:
-    """Whether the last URI in ``before`` (the text before a '#') ends in
-    an authority that a '#' cut inside its password: ``user:pa`` with no
-    '@', its "port" not a number (``api:8443`` is a host and its port)."""
+def _cut_by_hash(before: str, fragment: str) -> bool:
+    """Whether a '#' cut the password of the last URI in ``before`` (the
+    text before it), ``fragment`` holding the rest: see
+    :func:`password_cut_short` (``api:8443`` is a host and its port)."""
     starts = list(_URI_START.finditer(before))
     if not starts:
         return False
-    tail = before[starts[-1].end() :]
-    authority = tail[: min((i for i in (tail.find(c) for c in "/?") if i >= 0), default=len(tail))]
-    port_text = authority.partition(":")[2]
-    return "@" not in authority and bool(port_text) and not port_text.isdigit()
+    netloc, _ = _split_authority(before[starts[-1].end() :])
+    return password_cut_short(netloc, "#" + fragment)
 
 
 def _fields(query: str) -> list[str]:
