@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -42,7 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
-from .engine.output import open_for_appending
+from .engine.output import append_unbuffered, open_for_appending
 from .exceptions import EnricherConfigError
 from .metrics import WORKER_COUNTERS
 from .settings import LoggingSettings
@@ -123,13 +124,17 @@ class OutputSink:
 
     A write reports its failure instead of raising, and a file that failed
     is opened again on the next write, so an output that comes back is used
-    again.
+    again. Files are written without a buffer, so a failed line leaves no
+    bytes behind for a later write to put into the file; a line the disk
+    took only part of (it filled up) stays a broken line of its own: the
+    next line written there starts on a new line.
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
         self._template = target if _FIELD.search(target) else None
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+        self._torn: set[str] = set()  # targets that end in a cut line
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -161,18 +166,26 @@ class OutputSink:
         return _FIELD.sub(lambda match: _path_part(event.get(match[1])), self._template)
 
     def write(self, target: str, line: bytes) -> str | None:
-        """Write ``line`` and a newline to ``target`` and flush; ``None``
-        when written, else why not."""
+        """Write ``line`` and a newline to ``target``; ``None`` when
+        written, else why not."""
         with self._lock:
+            data, done = b"", 0
             try:
                 handle = self._handle(target)
-                handle.write(line + b"\n")
-                handle.flush()
             except (OSError, ValueError) as exc:
-                self._forget(target)
-                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                return f"output {target!r} cannot be written: {type(exc).__name__}: {detail}"
-        return None
+                failure: BaseException | None = exc
+            else:
+                # After a cut line, end it first.
+                data = (b"\n" if target in self._torn else b"") + line + b"\n"
+                done, failure = _write_whole(handle, data)
+            if failure is None:
+                self._torn.discard(target)
+                return None
+            if done and data[done - 1 : done] != b"\n":
+                self._torn.add(target)
+            self._forget(target)
+        detail = failure.strerror if isinstance(failure, OSError) and failure.strerror else failure
+        return f"output {target!r} cannot be written: {type(failure).__name__}: {detail}"
 
     def _handle(self, target: str) -> IO[bytes]:
         if target == "stdout":
@@ -181,7 +194,9 @@ class OutputSink:
             return sys.stderr.buffer
         handle = self._files.get(target)
         if handle is None:
-            handle = open(target, "ab")  # noqa: SIM115 - kept open, closed by close()
+            handle = append_unbuffered(os.path.expanduser(target))  # closed by close()
+            if target in self._torn and os.fstat(handle.fileno()).st_size == 0:
+                self._torn.discard(target)  # a new file (the old one rotated away)
             self._files[target] = handle
             while len(self._files) > _MAX_OPEN_FILES:
                 _, oldest = self._files.popitem(last=False)
@@ -202,6 +217,23 @@ class OutputSink:
         with self._lock:
             for target in list(self._files):
                 self._forget(target)
+
+
+def _write_whole(handle: IO[bytes], data: bytes) -> tuple[int, BaseException | None]:
+    """Write all of ``data``, again for what a write left over (a disk that
+    filled up takes only part); how many bytes were written, and the
+    failure, if any."""
+    done = 0
+    try:
+        while done < len(data):
+            taken = handle.write(data[done:] if done else data)
+            if not taken:  # nothing taken, and no error: the same as one
+                return done, OSError(errno.EIO, "the output took only part of a line")
+            done += taken
+        handle.flush()
+    except (OSError, ValueError) as exc:
+        return done, exc
+    return done, None
 
 
 async def _poll(condition: Callable[[], bool], deadline: float) -> None:

@@ -5,6 +5,8 @@ worker's output, and a producer whose broker is unreachable."""
 from __future__ import annotations
 
 import builtins
+import errno
+import io
 import json
 import math
 from pathlib import Path
@@ -265,6 +267,83 @@ def test_output_sink_routes_by_field_and_reports_failures(tmp_path: Path) -> Non
     assert reason is not None
     assert "IsADirectoryError" in reason
     assert "{}\n" == (tmp_path / "acme.log").read_text()
+
+
+class _FillingDisk(io.RawIOBase):
+    """A file on a disk that fills up: takes ``room`` bytes in all, then
+    refuses with ENOSPC until ``room`` is raised again."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = self._file.write(bytes(data)[: self.room])
+        assert taken is not None
+        self.room -= taken
+        return taken
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def test_output_sink_writes_unbuffered_and_starts_after_a_cut_line_anew(tmp_path: Path) -> None:
+    target = str(tmp_path / "worker.log")
+    sink = OutputSink(target)
+    assert sink.write(target, b'{"n":1}') is None
+    assert isinstance(sink._files[target], io.RawIOBase)  # no buffer to keep failed bytes
+    disk = _FillingDisk(tmp_path / "worker.log", room=4)
+    sink._files[target] = disk
+
+    cut = sink.write(target, b'{"n":2}')  # 4 bytes taken, then the disk is full
+    assert cut is not None
+    assert "OSError: No space left on device" in cut
+    assert disk.closed  # forgotten: opened again on the next write
+    sink._files[target] = _FillingDisk(tmp_path / "worker.log", room=0)
+    assert sink.write(target, b'{"n":2}') is not None  # nothing taken: still cut
+    assert sink.write(target, b'{"n":2}') is None  # the redelivery, on a new line
+    assert sink.write(target, b'{"n":3}') is None
+    sink.close()
+
+    assert (tmp_path / "worker.log").read_bytes() == b'{"n":1}\n{"n"\n{"n":2}\n{"n":3}\n'
+
+
+def test_output_sink_forgets_a_cut_line_when_the_file_was_rotated_away(tmp_path: Path) -> None:
+    target = str(tmp_path / "worker.log")
+    sink = OutputSink(target)
+    sink._files[target] = _FillingDisk(tmp_path / "worker.log", room=3)
+    assert sink.write(target, b'{"n":1}') is not None
+    (tmp_path / "worker.log").rename(tmp_path / "worker.log.1")
+
+    assert sink.write(target, b'{"n":1}') is None
+    sink.close()
+
+    assert (tmp_path / "worker.log").read_bytes() == b'{"n":1}\n'
+    assert (tmp_path / "worker.log.1").read_bytes() == b'{"n'
+
+
+def test_output_sink_writes_where_its_check_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sink = OutputSink("~/worker.log")
+    sink.check()
+
+    assert sink.write(sink.target_for({}), b"{}") is None
+    sink.close()
+
+    assert (tmp_path / "worker.log").read_bytes() == b"{}\n"
+    assert not (tmp_path / "~").exists()
 
 
 # -- a producer whose broker is unreachable ---------------------------------------------------

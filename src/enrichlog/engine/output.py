@@ -39,6 +39,7 @@ __all__ = [
     "LineWriter",
     "NamedWriter",
     "TailWriter",
+    "append_unbuffered",
     "open_for_appending",
     "open_output",
     "reopen_files",
@@ -149,7 +150,7 @@ def _as_failure(exc: BaseException) -> BaseException:
     return failure
 
 
-def _append_unbuffered(path: str) -> IO[bytes]:
+def append_unbuffered(path: str) -> IO[bytes]:
     """``path`` opened for appending without a buffer: each line is written
     by the call that writes it, so a failed write (a full disk) leaves no
     bytes behind that a later write would put into the file, and what the
@@ -164,7 +165,7 @@ def open_for_appending(target: str) -> IO[bytes]:
         EnricherConfigError: it cannot be, naming it and why.
     """
     try:
-        return _append_unbuffered(os.path.expanduser(target))  # the caller closes it
+        return append_unbuffered(os.path.expanduser(target))  # the caller closes it
     except OSError as exc:
         raise EnricherConfigError(
             f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
@@ -649,7 +650,7 @@ class LineWriter:
     def _reopen(self) -> None:
         # Loggers cached by the application before a reconfiguration still
         # hold this writer: appending beats losing their lines.
-        stream = _append_unbuffered(self.target)
+        stream = append_unbuffered(self.target)
         self._stream, self._write, self._flush = stream, stream.write, stream.flush
         self._reopens = [0]
         self._closed = self._torn = False
@@ -670,7 +671,7 @@ class LineWriter:
         # be inside msg() already (each line is still one write call).
         self._lock = threading.RLock()
         if self._owns:
-            stream: IO[bytes] = _append_unbuffered(self.target)
+            stream: IO[bytes] = append_unbuffered(self.target)
         else:
             try:
                 descriptor = self._stream.fileno()
