@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from enrichlog import configure_logging
+from enrichlog.exceptions import EnricherConfigError
+
 SECRET = "hunter2-Sesame"
 TOKEN = "tok-9f8e7d6c5b"
 
@@ -652,6 +655,23 @@ def test_check_refuses_what_opening_the_output_refuses(tmp_path: Path, output: s
 
     assert 1 == result.returncode
     assert "cannot be opened for appending" in result.stderr
+
+
+@pytest.mark.parametrize("output", ["afile/", "afile/x/", "afile/x", ".", "missing/app.log"])
+def test_check_gives_the_reason_configure_logging_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    # Left over from the fourth round: for a path ending in '/' under a file,
+    # check said "Not a directory" where configure_logging said "Is a directory".
+    (tmp_path / "afile").touch()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EnricherConfigError) as refused:
+        configure_logging(output=output)
+
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_OUTPUT": output})
+
+    assert 1 == result.returncode
+    assert f"error: {refused.value}" in result.stderr.splitlines()
 
 
 @pytest.mark.parametrize(

@@ -194,18 +194,19 @@ def appending_problem(target: str) -> str | None:
     path = os.path.expanduser(target)
     try:
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
-        except FileNotFoundError:
             # Created only if nobody else did meanwhile, so that what is
-            # removed is ours.
+            # removed is ours; with O_CREAT, as open() asks, so that the
+            # system gives the same reason (a path ending in '/').
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-            os.close(descriptor)
-            os.unlink(path)
-        else:
+        except FileExistsError:
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
             try:
                 os.lseek(descriptor, 0, os.SEEK_END)  # as open(..., "ab") does
             finally:
                 os.close(descriptor)
+        else:
+            os.close(descriptor)
+            os.unlink(path)
     except OSError as exc:
         return f"output {target!r} cannot be opened for appending: {exc.strerror or exc}"
     return None
