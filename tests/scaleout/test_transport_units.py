@@ -370,6 +370,9 @@ def test_unreachable_broker_spools_and_counts_what_the_cap_drops(tmp_path: Path)
     assert 0 < report["spool_dropped"]
     assert 200 == report["spooled"] + report["spool_dropped"]
     assert 0 == report["published"]
+    # Still on disk after shutdown (it read 0 once the spool was closed).
+    on_disk = sum(path.stat().st_size for path in tmp_path.rglob("*.spool"))
+    assert 0 < transport.metrics().spool_bytes <= on_disk
 
 
 def test_enrichers_run_in_the_workers_unless_asked_to_run_here() -> None:

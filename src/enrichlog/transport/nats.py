@@ -309,6 +309,7 @@ class NatsTransport:
         self._held: list[Record] = []  # being published: older than anything else
         self._held_from_spool = False
         self._spool: Spool | None = None
+        self._spool_left = 0  # bytes on disk when the spool was closed
         self._spool_problem: str | None = None
         self._spool_records = 0
         self._thread: threading.Thread | None = None
@@ -467,6 +468,7 @@ class NatsTransport:
             self._active = False
             self._thread = None
             if self._spool is not None:
+                self._spool_left = max(self._spool.size, 0)
                 self._spool.close()
                 self._spool = None
             left = self._spool_records
@@ -742,7 +744,7 @@ class NatsTransport:
                 queued=len(self._memory) + (0 if self._held_from_spool else len(self._held)),
                 spooled=self._spooled,
                 replayed=self._replayed,
-                spool_bytes=spool.size if spool is not None else 0,
+                spool_bytes=spool.size if spool is not None else self._spool_left,
                 spool_dropped=self._spool_dropped,
                 rejected=self._rejected,
                 publish_errors=self._publish_errors,
