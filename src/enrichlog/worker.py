@@ -414,6 +414,7 @@ class Worker:
             await asyncio.to_thread(self.container.shutdown)
             return
         helpers: list[asyncio.Task[Any]] = []
+        subscription: Any = None
         try:
             js = self._js = client.jetstream()
             await ensure_stream(js, self.config.stream, self.config.subject)
@@ -439,6 +440,9 @@ class Worker:
             await asyncio.gather(*helpers, return_exceptions=True)
             with contextlib.suppress(Exception):  # the acknowledgements leave first
                 await client.flush(timeout=2)
+            if subscription is not None:  # the last line's lag: after them
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._read_lag(subscription), 2.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2.0)
             self._sink.close()
@@ -719,9 +723,12 @@ class Worker:
         period = min(self._stats_interval, 2.0) if self._stats_interval > 0 else 2.0
         while True:
             with contextlib.suppress(Exception):
-                info = await subscription.consumer_info()
-                self._lag, self._ack_pending = info.num_pending, info.num_ack_pending
+                await self._read_lag(subscription)
             await asyncio.sleep(period)
+
+    async def _read_lag(self, subscription: Any) -> None:
+        info = await subscription.consumer_info()
+        self._lag, self._ack_pending = info.num_pending, info.num_ack_pending
 
     async def _print_stats(self) -> None:
         if self._stats_interval <= 0:

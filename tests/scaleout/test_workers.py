@@ -257,6 +257,9 @@ def test_sigterm_finishes_and_acknowledges_what_is_in_flight(
     assert 0 == stopped["in_flight"]
     assert written_first == stopped["acknowledged"]
     assert written_first < 300
+    # The last line's figures are read after the acknowledgements left (they
+    # were up to two seconds old).
+    assert (300 - written_first, 0) == (stopped["consumer_lag"], stopped["ack_pending"])
 
     second = start_worker(worker_env(streams, outputs[1], max_in_flight="40"), *slow)
     wait_until(
