@@ -1053,6 +1053,12 @@ def configure_logging(
     # The output is the last thing that can fail: open it before the
     # previous configuration is taken down.
     container.output = open_output(resolved.output)
+    if container.processor is not None and isinstance(container._runtime, LoopRuntime):
+        try:
+            LoopRuntime.running_loop()  # none: refused before anything is taken down
+        except EnricherConfigError:
+            container.output.close()
+            raise
     with _current_lock:
         previous = _current
         if previous is not None:

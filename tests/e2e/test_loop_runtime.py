@@ -43,6 +43,24 @@ def test_starting_without_a_running_loop_is_a_configuration_error(log_file: Path
         configure_logging(enrichers=[OnTheLoop()], output=str(log_file), runtime="loop")
 
 
+def test_a_refused_loop_runtime_leaves_the_running_container_as_it_was(log_file: Path) -> None:
+    # Found by an outside tester: the error came after the running container
+    # had been shut down (its enricher stopped, later events unenriched).
+    running = configure_logging(enrichers=[OnTheLoop()], output=str(log_file))
+    get_logger().info("before")
+
+    with pytest.raises(EnricherConfigError, match=r"runtime='loop'.*none is running"):
+        configure_logging(enrichers=[OnTheLoop()], output=str(log_file), runtime="loop")
+
+    assert running.health()["pool"]["started"]
+    get_logger().info("after")
+    report = running.shutdown()
+    assert 2 == report["written"]
+    assert [("before", True), ("after", True)] == [  # enriched, by the running enricher
+        (line["event"], line["same_loop"]) for line in read_lines(log_file)
+    ]
+
+
 def test_enrichers_start_and_run_on_the_applications_loop_in_its_thread(
     log_file: Path,
 ) -> None:

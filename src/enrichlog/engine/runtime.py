@@ -502,8 +502,9 @@ class LoopRuntime:
         is the application's)."""
         return self._owned
 
-    def start(self) -> None:
-        """Bind to the loop running in this thread.
+    @staticmethod
+    def running_loop() -> asyncio.AbstractEventLoop:
+        """The loop running in this thread, which :meth:`start` binds to.
 
         Raises:
             EnricherConfigError: no event loop is running here.
@@ -516,6 +517,15 @@ class LoopRuntime:
                 "'async with configure_logging(...)', or 'await container.astartup()'), "
                 "or use runtime='thread'"
             )
+        return loop
+
+    def start(self) -> None:
+        """Bind to the loop running in this thread.
+
+        Raises:
+            EnricherConfigError: no event loop is running here.
+        """
+        loop = self.running_loop()
         if loop is self._loop:
             return
         self._loop, self._thread_id = loop, threading.get_ident()
