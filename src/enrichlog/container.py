@@ -1062,8 +1062,13 @@ def configure_logging(
     with _current_lock:
         previous = _current
         if previous is not None:
+            # Lines written while this call hands over count for the new
+            # container; those written after a shutdown of the application's
+            # own, when no container ran, for none.
+            handing_over = not previous.closed
             previous.shutdown()  # refused from its own runtime: nothing changed yet
-            container._handover = previous._lines_mark
+            if handing_over:
+                container._handover = previous._lines_mark
         _current = None
         container.start()
         _current = container

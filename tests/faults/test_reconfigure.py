@@ -14,6 +14,7 @@ from typing import Any
 
 import enrichlog.container as container_module
 from enrichlog import AsyncEnricher, LoggingContainer, SyncEnricher, configure_logging, get_logger
+from tests.helpers import read_lines
 
 PRODUCERS = 4
 
@@ -122,6 +123,24 @@ def test_reconfiguring_while_threads_log_counts_every_line_in_some_container(
         sum(m["written"] for m in metrics),
         sum(m["events_in"] for m in metrics),
     )
+
+
+def test_lines_written_after_a_shutdown_count_for_no_later_container(tmp_path: Path) -> None:
+    # Found by an outside tester: a line logged after the application shut a
+    # container down (no container running) counted for the next one, to
+    # another output (written 3 for the 2 lines it wrote).
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    shut = configure_logging(output=str(first))
+    get_logger().info("a1")
+    shut.shutdown()
+    get_logger().info("between")  # no container runs
+    replacing = configure_logging(output=str(second))
+    get_logger().info("b1")
+    get_logger().info("b2")
+    report = replacing.shutdown()
+
+    assert (1, 2) == (shut.metrics()["written"], report["written"])
+    assert (2, 2) == (len(read_lines(second)), replacing.metrics()["events_in"])
 
 
 def test_many_threads_reconfiguring_at_once_leave_one_running_container(log_file: Path) -> None:
