@@ -477,9 +477,17 @@ class LoggingContainer:
 
     # -- flush and shutdown --------------------------------------------------
 
+    def enriches_on_this_thread(self) -> bool:
+        """Whether enrichment runs on the calling thread (the application's
+        loop with ``runtime="loop"``, or an enricher's thread), where
+        :meth:`flush` cannot wait for it."""
+        return self._runtime.in_runtime_thread()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Block until everything logged before the call is written (or
-        dropped); return whether that happened within ``timeout``."""
+        dropped); return whether that happened within ``timeout``. On the
+        thread enrichment runs on, it cannot wait: ``False`` at once while
+        events are pending (``await`` :meth:`aflush` on the loop)."""
         return self._pipeline.flush(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:

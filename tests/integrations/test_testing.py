@@ -120,6 +120,21 @@ async def test_capture_events_in_async_code_on_the_applications_loop() -> None:
     assert ["user-4", "user-5"] == [e["user_name"] for e in events]
 
 
+async def test_capture_events_in_a_plain_with_on_the_applications_loop_says_use_async_with() -> (
+    None
+):
+    # Found by an outside tester: the error said the events were still
+    # pending "after 3 s" (no wait happened) and to give a larger timeout.
+    async with configure_logging(output=LineSink(), enrichers=[User()], runtime="loop") as c:
+        assert c.enriches_on_this_thread()
+        with (
+            pytest.raises(EnrichlogError, match=r"use 'async with capture_events\(\)"),
+            capture_events(timeout=3),
+        ):
+            get_logger().info("sync call on the loop", user_id=4)
+        assert not await asyncio.to_thread(c.enriches_on_this_thread)
+
+
 def test_capture_events_keeps_the_exception_unformatted_and_skips_filtered_events() -> None:
     def only_checkouts(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if event_dict["event"] != "checkout":

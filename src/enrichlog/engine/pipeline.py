@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from structlog.typing import EventDict, WrappedLogger
 
 from .plan import Enrichment, EnrichmentPlan
-from .runtime import Runtime, resolver, set_result
+from .runtime import LoopRuntime, Runtime, resolver, set_result
 
 __all__ = [
     "CLOSED",
@@ -207,6 +207,11 @@ class EventPipeline:
         #: that publishes events instead writes no lines).
         self._gathers = getattr(writer, "writes_lines", False)
         runtime.add_exit_hook(self._write_leftovers)
+        if isinstance(runtime, LoopRuntime):
+            # The application's loop ends (asyncio.run cancels what it has):
+            # calls started since are cancelled too, while it still turns,
+            # not left to be "destroyed but pending" when it closes.
+            runtime.add_exit_hook(self._cancel_calls_at_exit)
         self._queue_size = queue_size
         self._overflow = overflow
         self._block_timeout = block_timeout
@@ -779,6 +784,12 @@ class EventPipeline:
     def _finish_unenriched(self, item: PendingEvent) -> None:
         self._plan.finish_unenriched(item)
         item.done = True
+
+    def _cancel_calls_at_exit(self) -> None:
+        """Loop runtime exit hook: cancel the enricher calls in progress,
+        unless the loop has closed already (nothing of it runs again)."""
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+            self._plan.cancel_calls()
 
     def stop_accepting(self) -> None:
         """Refuse every new event (callers write their own): the runtime is

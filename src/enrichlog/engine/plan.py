@@ -231,6 +231,8 @@ class EnrichmentPlan(Generic[_R]):
         self._level_timeout = settings.level_timeout
         self._error_field = settings.error_field
         self._guards: dict[str, EnricherGuard] = {}
+        #: Calls of blocking sync enrichers waiting for their worker thread.
+        self._blocking: set[asyncio.Task[None]] = set()
         self._levels = tuple(tuple(self._compile(e, settings) for e in level) for level in levels)
         #: Per level: what settles its steps on the calling thread, in one
         #: call (the guards of an all-async level are looked up in one frame).
@@ -428,11 +430,14 @@ class EnrichmentPlan(Generic[_R]):
         """Cancel every enricher call in progress (shutdown gave up)."""
         for guard in self._guards.values():
             guard.cancel_calls()
+        for task in list(self._blocking):
+            task.cancel()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh locks, timers and slots for every guard."""
         for guard in self._guards.values():
             guard.after_fork_in_child()
+        self._blocking = set()  # the parent's loop's
         self.enrichment_latency = LatencyHistogram()
         self.enricher_time = LatencyHistogram()
 
@@ -592,7 +597,11 @@ class EnrichmentPlan(Generic[_R]):
         sink: Callable[..., object],
         key: tuple[Any, ...],
     ) -> None:
-        loop.create_task(self._run_blocking(enricher, logger, method_name, snapshot, sink, key))
+        task = loop.create_task(
+            self._run_blocking(enricher, logger, method_name, snapshot, sink, key)
+        )
+        self._blocking.add(task)
+        task.add_done_callback(self._blocking.discard)
 
     async def _run_blocking(
         self,

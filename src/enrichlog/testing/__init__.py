@@ -135,12 +135,13 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         # What was logged before the block is written before it starts:
         # pending events are recorded when they are written, and those are
         # not the block's.
-        self._check_entered(container.flush(self._timeout))
+        self._check_entered(container.flush(self._timeout), container)
         self._start(container)
         return self.events
 
-    def _check_entered(self, flushed: bool) -> None:
+    def _check_entered(self, flushed: bool, container: LoggingContainer) -> None:
         if not flushed:
+            _refuse_plain_with_on_the_loop(container, "before the block")
             raise EnrichlogError(
                 f"capture_events(): events logged before the block were still pending "
                 f"after {self._timeout:g} s, and would be recorded as the block's; give a "
@@ -160,12 +161,15 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = container.flush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type)
+        self._check_complete(flushed, exc_type, container)
 
-    def _check_complete(self, flushed: bool, exc_type: type[BaseException] | None) -> None:
+    def _check_complete(
+        self, flushed: bool, exc_type: type[BaseException] | None, container: LoggingContainer
+    ) -> None:
         """An incomplete list is an error, not a quiet surprise in the
         test's assertions (unless the block raised already)."""
         if not flushed and exc_type is None:
+            _refuse_plain_with_on_the_loop(container, "in the block")
             raise EnrichlogError(
                 f"capture_events(): events logged in the block were still pending after "
                 f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
@@ -173,7 +177,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     async def __aenter__(self) -> list[EventDict]:
         container = self._running()
-        self._check_entered(await container.aflush(self._timeout))  # as __enter__ does
+        self._check_entered(await container.aflush(self._timeout), container)  # as __enter__
         self._start(container)
         return self.events
 
@@ -190,7 +194,19 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = await container.aflush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type)
+        self._check_complete(flushed, exc_type, container)
+
+
+def _refuse_plain_with_on_the_loop(container: LoggingContainer, when: str) -> None:
+    """A plain ``with`` on the loop a ``runtime="loop"`` container enriches
+    on cannot wait for the events (it would block that loop): say so, rather
+    than that they were still pending after a wait that did not happen."""
+    if container.enriches_on_this_thread():
+        raise EnrichlogError(
+            f"capture_events(): events logged {when} were still pending, and a plain 'with' "
+            "on the event loop that enriches them (runtime='loop') cannot wait for them "
+            "without blocking it; use 'async with capture_events() as events:'"
+        )
 
 
 # -- one enricher --------------------------------------------------------------------
