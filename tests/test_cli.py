@@ -657,6 +657,18 @@ def test_check_refuses_what_opening_the_output_refuses(tmp_path: Path, output: s
     assert "cannot be opened for appending" in result.stderr
 
 
+def test_check_counts_a_bad_entry_of_the_enricher_list_once(tmp_path: Path) -> None:
+    # Found by an outside tester: "enrichers.1: ..." and "enrichers: ...",
+    # "2 problem(s) found" for one.
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_ENRICHERS": '["static://?a=1", 5]'})
+
+    assert 1 == result.returncode
+    assert [
+        "error: invalid logging settings: enrichers.1: Input should be a valid string",
+        "1 problem(s) found",
+    ] == result.stderr.splitlines()
+
+
 @pytest.mark.parametrize("output", ["afile/", "afile/x/", "afile/x", ".", "missing/app.log"])
 def test_check_gives_the_reason_configure_logging_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str

@@ -328,6 +328,30 @@ def test_invalid_json_in_enricher_options_names_the_variable(
     assert caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize("option", ["api_key", "password"])
+def test_an_unknown_option_named_like_a_secret_keeps_its_message(option: str) -> None:
+    # Found by an outside tester: "enricher_options.user.api_key: *** inputs
+    # are not permitted" (the masking took "Extra" for the key's value).
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(enricher_options={"user": {option: "hunter2"}})
+
+    assert str(caught.value) == (
+        f"invalid logging settings: enricher_options.user.{option}: Extra inputs are not permitted"
+    )
+
+
+def test_spaces_around_the_output_are_not_part_of_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Found by an outside tester: "stdout " made a file named "stdout " (the
+    # level was trimmed already).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENRICHLOG_OUTPUT", "stdout ")
+    assert "stdout" == LoggingSettings().output
+    monkeypatch.setenv("ENRICHLOG_OUTPUT", " app.log\n")
+    assert "app.log" == LoggingSettings().output
+
+
 def test_invalid_json_in_the_dotenv_file_says_so(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("ENRICHLOG_ENRICHER_OPTIONS={user: 1}\n")
 

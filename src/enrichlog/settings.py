@@ -89,7 +89,9 @@ def _output_target(value: Any) -> str | TextSink:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("output is empty; expected 'stdout', 'stderr' or a file path")
-        return value
+        # Spaces around it are a slip of a .env file or a shell (as for the
+        # level), not part of a path: "stdout " means standard output.
+        return value.strip()
     if callable(getattr(value, "write", None)):
         return value  # type: ignore[no-any-return]
     raise ValueError(
@@ -559,12 +561,15 @@ def resolve_settings(
             {**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
         )
     except ValidationError as exc:
+        # Each message masked on its own: masked after its location, a
+        # secret-like name ("api_key: Extra inputs...") lost the message's
+        # first word. (Locations are names, never values.)
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: "
-            f"{error['msg'].removeprefix('Value error, ')}"
+            f"{mask_secrets(error['msg'].removeprefix('Value error, '))}"
             for error in exc.errors(include_url=False, include_input=False)
         )
-        raise EnricherConfigError(f"invalid logging settings: {mask_secrets(problems)}") from None
+        raise EnricherConfigError(f"invalid logging settings: {problems}") from None
 
 
 def require_settings(settings: object) -> None:

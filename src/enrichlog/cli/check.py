@@ -96,13 +96,20 @@ def _uris_alone(problems: list[str]) -> list[str]:
     except (OSError, UnicodeDecodeError):
         return []  # the .env file cannot be read: already reported
     except ValidationError as exc:
-        messages = [
-            f"invalid logging settings: enrichers: {error['msg'].removeprefix('Value error, ')}"
+        # As the settings name them (enrichers.1: ...), so that one the
+        # settings' own message reported already is not counted twice.
+        details = [
+            f"{'.'.join(str(part) for part in error['loc'])}: "
+            f"{mask_secrets(error['msg'].removeprefix('Value error, '))}"
             for error in exc.errors(include_url=False, include_input=False)
         ]
     except ValueError as exc:
-        messages = [f"invalid logging settings: ENRICHLOG_ENRICHERS: {exc}"]
-    problems.extend(mask_secrets(m) for m in messages if mask_secrets(m) not in problems)
+        details = [f"ENRICHLOG_ENRICHERS: {mask_secrets(str(exc))}"]
+    problems.extend(
+        f"invalid logging settings: {detail}"
+        for detail in details
+        if not any(detail in problem for problem in problems)
+    )
     return []
 
 
