@@ -414,7 +414,7 @@ def test_constructible_in_code() -> None:
 
     assert ("user", 0.3, 10) == (enricher.name, enricher.timeout, enricher.max_concurrency)
     assert ("name",) == enricher.provides
-    assert ("acme", 7) == enricher.cache_key({"tenant": "acme", "user_id": 7})
+    assert ("acme", "7") == enricher.cache_key({"tenant": "acme", "user_id": 7})
     assert "/t/acme/u/7" == enricher.url_path(("acme", 7))
     assert enricher.cache_key({"user_id": 7}) is None
 

@@ -178,6 +178,83 @@ async def test_a_key_of_another_type_fails_the_lookup(users: str) -> None:
     assert "WRONGTYPE" in str(found[(1,)])
 
 
+@pytest.mark.services
+@pytest.mark.parametrize("kind", ["hash", "string", "json"])
+async def test_a_value_that_is_not_utf8_fails_its_key_alone(redis_prefix: str, kind: str) -> None:
+    # Found by an outside tester: decoded by the client, one such value
+    # failed its whole batch (UnicodeDecodeError for every key, remembered
+    # for the good ones too).
+    good: Any = {"name": "ann"} if kind == "hash" else '{"name": "ann"}'
+    bad: Any = {"name": b"\xff\xfe"} if kind == "hash" else b"\xff\xfe"
+    with redis_client() as client:
+        for name, value in ((f"{redis_prefix}v:good", good), (f"{redis_prefix}v:bad", bad)):
+            if kind == "hash":
+                client.hset(name, mapping=value)
+            else:
+                client.set(name, value)
+    enricher = EnricherFactory.build(f"{BASE}?key={redis_prefix}v:{{k}}&type={kind}&into=v")
+    await enricher.startup()
+    try:
+        found = await enricher.enrich_many([("good",), ("bad",)])  # type: ignore[attr-defined]
+    finally:
+        await enricher.shutdown()
+
+    expected = {"name": "ann"} if kind != "string" else '{"name": "ann"}'
+    assert expected == found[("good",)]
+    assert isinstance(found[("bad",)], UnicodeDecodeError)
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(("kind", "stored"), [("string", "hash"), ("json", "list")])
+async def test_a_key_of_another_type_fails_its_key_for_strings_and_json(
+    redis_prefix: str, kind: str, stored: str
+) -> None:
+    # Found by an outside tester: one MGET read a hash (or a list) as a
+    # missing key, so a wrong type= went unseen.
+    with redis_client() as client:
+        client.set(f"{redis_prefix}v:good", '{"name": "ann"}')
+        if stored == "hash":
+            client.hset(f"{redis_prefix}v:other", mapping={"name": "bob"})
+        else:
+            client.rpush(f"{redis_prefix}v:other", "bob")
+    enricher = EnricherFactory.build(f"{BASE}?key={redis_prefix}v:{{k}}&type={kind}&into=v")
+    await enricher.startup()
+    try:
+        found = await enricher.enrich_many(  # type: ignore[attr-defined]
+            [("good",), ("other",), ("missing",)]
+        )
+    finally:
+        await enricher.shutdown()
+
+    assert {("good",), ("other",)} == set(found)
+    assert "WRONGTYPE" in str(found[("other",)])
+
+
+@pytest.mark.services
+def test_values_python_finds_equal_are_looked_up_as_the_keys_they_fill_in(
+    redis_prefix: str, log_file: Path
+) -> None:
+    # Found by an outside tester: 1, 1.0 and True... shared one cache entry
+    # (and one key in a batch): k=1.0 got the value of user:1, not user:1.0.
+    with redis_client() as client:
+        for suffix in ("1", "1.0", "0", "-0.0"):
+            client.set(f"{redis_prefix}u:{suffix}", f"value of {suffix}")
+    container = configure(log_file, f"{BASE}?key={redis_prefix}u:{{k}}&type=string&into=v")
+    for value in (1, 1.0, 0, -0.0):  # in one batch
+        get_logger().info("together", k=value)
+    container.flush(10)
+    for value in (1.0, 1, -0.0, 0):  # then from the cache
+        get_logger().info("one by one", k=value)
+    container.shutdown()
+
+    assert [
+        *("value of 1", "value of 1.0", "value of 0", "value of -0.0"),
+        *("value of 1.0", "value of 1", "value of -0.0", "value of 0"),
+    ] == [
+        line["v"] for line in read_lines(log_file)
+    ]
+
+
 # -- batching --------------------------------------------------------------------
 
 
@@ -302,7 +379,7 @@ def test_constructible_in_code() -> None:
     )
 
     assert ("user", 4, 2) == (enricher.name, enricher.max_concurrency, enricher.params.db)
-    assert ("acme", 7) == enricher.cache_key({"tenant": "acme", "user_id": 7, "x": 1})
+    assert ("acme", "7") == enricher.cache_key({"tenant": "acme", "user_id": 7, "x": 1})
     assert enricher.cache_key({"tenant": "acme"}) is None
     assert "user:acme:7" == enricher.redis_key(("acme", 7))
 

@@ -18,7 +18,9 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any, TextIO
+from uuid import UUID
 
 import structlog
 from structlog.processors import _figure_out_exc_info
@@ -241,6 +243,18 @@ def raise_if_interrupt(exc: BaseException) -> None:
         raise exc
 
 
+def _json_default(value: Any) -> Any:
+    """A value JSON has no type for: UUIDs (also a database driver's own
+    UUID type) and decimals as their text, exactly; otherwise structlog's
+    way (``__structlog__()``, else ``repr``)."""
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
 def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
     """The renderer for ``json``, ``console`` or ``logfmt``, made safe; the
     JSON one also formats exceptions (structured, without local variables:
@@ -252,6 +266,7 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
             serializer=orjson.dumps if orjson is not None else json.dumps,
+            default=_json_default,
         )
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(

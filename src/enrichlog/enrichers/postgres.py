@@ -16,10 +16,15 @@ SQL identifiers and quoted. Many keys are looked up in one query
 from __future__ import annotations
 
 import asyncio
+import datetime
+import math
 import re
+import struct
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from structlog.typing import EventDict
@@ -43,7 +48,7 @@ _DATABASE = re.compile(r"/[^/]+\Z")
 _CLOSE_TIMEOUT = 5.0
 
 _INT_BITS = {"int2": 16, "int4": 32, "int8": 64}
-_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "citext"})
+_TEXT_TYPES = frozenset({"text", "varchar", "name", "citext"})
 
 
 def _sql_name(value: str, what: str) -> str:
@@ -90,6 +95,92 @@ def _uuid_key(value: Any) -> Any:
         return None
 
 
+def _numeric_key(value: Any) -> Any:
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))  # 0.1 as 0.1, not its binary expansion
+    if isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return number if number.is_finite() else None
+    return None
+
+
+def _float_key(value: Any) -> Any:
+    if isinstance(value, UUID):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _float4_key(value: Any) -> Any:
+    """As the column holds it (single precision), so that the row's key
+    read back is the value asked for."""
+    number = _float_key(value)
+    if number is None:
+        return None
+    try:
+        single: float = struct.unpack("f", struct.pack("f", number))[0]
+    except OverflowError:
+        return None
+    return single if math.isfinite(single) else None  # beyond single precision
+
+
+def _bpchar_key(value: Any) -> Any:
+    """``char(n)`` compares without trailing spaces, and reads back padded:
+    both sides without them."""
+    return _text_key(value).rstrip(" ")
+
+
+def _timestamptz_key(text: str) -> datetime.datetime:
+    moment = datetime.datetime.fromisoformat(text)
+    # Without an offset, UTC (as asyncpg sends it), and comparable with the
+    # aware timestamp the row's key reads back as.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
+
+
+def _iso_key(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """Dates, times and timestamps: given in events as ISO 8601 text."""
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):
+            return None
+        try:
+            return parse(value.strip())
+        except ValueError:
+            return None
+
+    return convert
+
+
+def _as_given(value: Any) -> Any:
+    return value
+
+
+def _row_key(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """How a row's key column, read back, is compared with the values asked
+    for (converted by ``convert``)."""
+    if convert is _bpchar_key:
+        return lambda value: value.rstrip(" ")  # read back padded
+    if convert is _as_given:
+        return str
+    return _as_given
+
+
+_ISO_TYPES: dict[str, Callable[[str], Any]] = {
+    "date": datetime.date.fromisoformat,
+    "timestamp": datetime.datetime.fromisoformat,
+    "timestamptz": _timestamptz_key,
+    "time": datetime.time.fromisoformat,
+}
+
+
 def _key_converter(type_name: str) -> Callable[[Any], Any]:
     """How an event value becomes a parameter for a key column of this type
     (``None``: it cannot match any row, so it is not sent). A value of the
@@ -98,11 +189,21 @@ def _key_converter(type_name: str) -> Callable[[Any], Any]:
     element = type_name.removesuffix("[]")
     if element in _INT_BITS:
         return _int_key(_INT_BITS[element])
+    if element == "bpchar":
+        return _bpchar_key
     if element in _TEXT_TYPES:
         return _text_key
     if element == "uuid":
         return _uuid_key
-    return lambda value: value  # other types: asyncpg decides
+    if element == "numeric":
+        return _numeric_key
+    if element == "float4":
+        return _float4_key
+    if element == "float8":
+        return _float_key
+    if element in _ISO_TYPES:
+        return _iso_key(_ISO_TYPES[element])
+    return _as_given  # other types: asyncpg decides (see enrich_many)
 
 
 class PostgresLookupEnricher(LookupEnricher):
@@ -234,7 +335,7 @@ class PostgresLookupEnricher(LookupEnricher):
         )
         self._field = params.event_field
         self._pool: Any = None
-        self._convert: Callable[[Any], Any] = lambda value: value
+        self._convert: Callable[[Any], Any] = _as_given
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -297,9 +398,15 @@ class PostgresLookupEnricher(LookupEnricher):
     # -- lookups -----------------------------------------------------------
 
     def cache_key(self, event_dict: EventDict) -> Hashable | None:
-        """``(value of the from field,)``; ``None`` (no lookup) when the
-        field is missing or not usable as a key."""
+        """``(value of the from field,)`` as the key column's type takes it
+        (``1.0`` is ``1`` for an integer column and ``'1.0'`` for a text
+        one, so values Python finds equal are one key only when they find
+        one row); ``None`` (no lookup) when the field is missing or its
+        value is not usable as a key or cannot match the key column."""
         value = key_value(event_dict.get(self._field), self.params.max_key_length)
+        if value is None:
+            return None
+        value = self._convert(value)
         return None if value is None else (value,)
 
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
@@ -313,16 +420,45 @@ class PostgresLookupEnricher(LookupEnricher):
                 wanted.setdefault(value, []).append(key)
         if not wanted:
             return {}
-        rows = await self.fetch(list(wanted))
         found: dict[Hashable, Any] = {}
+        try:
+            rows = await self.fetch(list(wanted))
+        except self._asyncpg.exceptions.DataError:
+            # A key column of a type not converted above, and a value asyncpg
+            # could not send: asked one by one, such a value fails its key
+            # alone, not the batch.
+            if self._convert is not _as_given or len(wanted) == 1:
+                raise
+            rows = await self._fetch_one_by_one(wanted, found)
         columns = self.params.columns
+        read = _row_key(self._convert)
+        if self._convert is _as_given:
+            # Given as it is (an inet as text), read back as the driver's type
+            # (an IPv4Address): matched by their text.
+            by_text: dict[Any, list[Hashable]] = {}
+            for value, keys in wanted.items():
+                by_text.setdefault(str(value), []).extend(keys)
+            wanted = by_text
         for row in rows:
             # Several rows for one key (a key column that is not unique):
             # the first returned wins.
-            for key in wanted.get(row[0], ()):
+            for key in wanted.get(read(row[0]), ()):
                 if key not in found:
                     found[key] = {column: row[i] for i, column in enumerate(columns, 1)}
         return found
+
+    async def _fetch_one_by_one(
+        self, wanted: dict[Any, list[Hashable]], found: dict[Hashable, Any]
+    ) -> list[Any]:
+        """The rows of each value of ``wanted`` asked alone; a value refused
+        with ``DataError`` fails its keys (their value in ``found``)."""
+        rows: list[Any] = []
+        for value, keys in wanted.items():
+            try:
+                rows.extend(await self.fetch([value]))
+            except self._asyncpg.exceptions.DataError as exc:
+                found.update(dict.fromkeys(keys, exc))
+        return rows
 
     async def fetch(self, values: list[Any]) -> Sequence[Any]:
         """Run the lookup query for ``values``: the one backend call of a batch."""

@@ -8,8 +8,8 @@ reads the hash ``user:<user_id>`` (``HGETALL``) and adds
 ``{"user": {field: value, ...}}``. With ``type=string`` the key holds a
 plain string, with ``type=json`` a JSON document (``GET``). Built on
 redis-py's asyncio client (the ``redis`` extra) with a connection pool; many
-keys are read in one round trip (a pipeline of ``HGETALL``, or one
-``MGET``). See ``docs/integrations/redis.md``.
+keys are read in one round trip (a pipeline of ``HGETALL``, or of
+``GET``). See ``docs/integrations/redis.md``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,9 @@ class RedisLookupEnricher(LookupEnricher):
             timeout=None,
             socket_connect_timeout=params.connect_timeout,
             client_name=params.client_name,
-            decode_responses=True,
+            # Bytes, decoded here key by key: decoded by the client, one
+            # value that is not UTF-8 failed the whole batch.
+            decode_responses=False,
         )
         client = self._redis.Redis(connection_pool=pool)
         try:
@@ -204,24 +206,27 @@ class RedisLookupEnricher(LookupEnricher):
 
     async def fetch(self, names: list[str]) -> list[Any]:
         """Read the Redis keys ``names`` in one round trip (a pipeline of
-        ``HGETALL``, or one ``MGET``): the one backend call of a batch."""
+        ``HGETALL``, or of ``GET``): the one backend call of a batch. Values
+        are bytes; a command's error (a key of another type: ``WRONGTYPE``)
+        is its key's value, not the batch's. (``MGET`` would read a key of
+        another type as missing.)"""
         client = self._client
         if client is None:
             raise RuntimeError(f"enricher {self.name!r} is not started")
-        values: list[Any]
-        if self.params.type == "hash":
-            async with client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.hgetall(name)
-                # A command's error is its key's value, not the batch's.
-                values = await pipe.execute(raise_on_error=False)
-        else:
-            values = await client.mget(names)
+        read = "hgetall" if self.params.type == "hash" else "get"
+        async with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                getattr(pipe, read)(name)
+            values: list[Any] = await pipe.execute(raise_on_error=False)
         return values
 
     def _decode(self, value: Any) -> Any:
         if value is None or value == {}:  # a missing key: None from GET, {} from HGETALL
             return None
+        if isinstance(value, dict):
+            value = {field.decode(): item.decode() for field, item in value.items()}
+        elif isinstance(value, bytes):
+            value = value.decode()
         if self.params.type == "json":
             value = json.loads(value)
             if not isinstance(value, dict) and (self.into is None or self.params.fields):
