@@ -240,3 +240,31 @@ def test_an_interrupt_in_a_render_on_the_main_thread_reaches_the_application(
 
     lines = log_file.read_text().splitlines()
     assert (1, True) == (len(lines), "] after" in lines[0])
+
+
+def test_uuids_and_decimals_are_written_as_their_text(log_file: Path) -> None:
+    # Found by an outside tester (a database driver's own UUID type, and
+    # numeric columns): "UUID('...')" and "Decimal('12.50')" in JSON lines.
+    import decimal
+    import json
+    import uuid
+
+    class DriverUUID(uuid.UUID):  # as asyncpg's: a subclass orjson does not take
+        pass
+
+    identifier = "0b8c1fd6-51f5-4a6f-9c5e-6b1f2b3c4d5e"
+    configure_logging(output=str(log_file))
+    get_logger().info(
+        "e",
+        account=DriverUUID(identifier),
+        balance=decimal.Decimal("12.50"),
+        plain=uuid.UUID(identifier),
+    )
+    from enrichlog.container import current_container
+
+    container = current_container()
+    assert container is not None
+    container.shutdown()
+
+    line = json.loads(log_file.read_text())
+    assert (identifier, "12.50", identifier) == (line["account"], line["balance"], line["plain"])
