@@ -16,6 +16,7 @@ priority; :func:`as_enricher` turns whatever a user passed to
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
@@ -41,6 +42,12 @@ __all__ = [
     "as_enricher",
     "register_enricher",
 ]
+
+#: The loop time by which the running ``enrich_many`` call must return: set
+#: by the runtime in the call's own context (see AsyncEnricher.batch_deadline).
+BATCH_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "enrichlog_batch_deadline", default=None
+)
 
 DEFAULT_PRIORITY = 100
 
@@ -437,10 +444,23 @@ class AsyncEnricher(Enricher):
         :meth:`enrich_async`: the runtime collects the keys of the events
         waiting for this enricher, without duplicates or keys its cache holds,
         and makes one call for them. A key missing from the result adds
-        nothing to its events and is not an error; an exception fails every
-        event of the batch with the same reason.
+        nothing to its events and is not an error; an exception as a key's
+        value fails that key's events alone (a ``TimeoutError`` as the
+        reason ``timeout``), and is retried (when ``retry_attempts`` allows
+        and :meth:`is_transient` says so) for that key alone; an exception
+        raised fails every event of the batch with the same reason.
         """
         raise NotImplementedError(f"{type(self).__name__} must override enrich_many()")
+
+    @staticmethod
+    def batch_deadline() -> float | None:
+        """Inside :meth:`enrich_many`: the event loop's time
+        (``loop.time()``) at which the runtime times the call out, failing
+        every key still unanswered; ``None`` anywhere else. An enricher that
+        asks its backend key by key can give up on the keys that would miss
+        it a little earlier (their value a ``TimeoutError``), so that the
+        keys answered in time keep their values."""
+        return BATCH_DEADLINE.get()
 
     def apply(self, event_dict: EventDict, value: Any) -> EventDict | None:
         """Put ``value`` (what :meth:`enrich_many` returned for this event's

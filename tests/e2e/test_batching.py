@@ -182,6 +182,73 @@ def test_an_exception_as_a_value_fails_that_key_alone(log_file: Path) -> None:
     ]
 
 
+class Flaky(Users):
+    """Answers a key with ConnectionError its first ``failures[key]`` times."""
+
+    def __init__(self, failures: dict[int, int], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.failures = failures
+        self.deadlines: list[float | None] = []
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        self.deadlines.append(self.batch_deadline())
+        found = dict(await super().enrich_many(keys))
+        for key in keys:
+            if self.failures.get(key, 0) > 0:  # type: ignore[call-overload]
+                self.failures[key] -= 1  # type: ignore[index]
+                found[key] = ConnectionError("reset")
+        return found
+
+
+def test_a_key_that_failed_transiently_is_retried_alone(log_file: Path) -> None:
+    # Found by an outside tester: retries ran only for a batch that failed as
+    # a whole, so under load (keys batched) a transient failure was not
+    # retried. Each key gets retry_attempts attempts in all.
+    users = Flaky({2: 1, 3: 5}, retry_attempts=3, retry_base_delay=0.001, batch_window=WINDOW)
+    container = configure(log_file, users)
+    log_users([1, 2, 3])
+    container.flush(10)
+    retries = container.metrics().enrichers["users"].retries
+    container.shutdown()
+
+    assert [[1, 2, 3], [2, 3], [3]] == users.calls
+    assert 2 == retries  # backend calls made again
+    assert [("user-1", None), ("user-2", None), (None, {"users": "error: ConnectionError"})] == [
+        (ln.get("user"), ln.get(ERRORS)) for ln in read_lines(log_file)
+    ]
+
+
+def test_a_timeout_error_as_a_value_or_raised_is_the_reason_timeout(log_file: Path) -> None:
+    users = Users(known={1: "ann", 2: TimeoutError("no answer")})
+    container = configure(log_file, users, delivery="inline")
+    log_users([1, 2])
+    users.fail = TimeoutError("pool exhausted")
+    log_users([3])
+    container.shutdown()
+
+    assert [None, {"users": "timeout"}, {"users": "timeout"}] == [
+        ln.get(ERRORS) for ln in read_lines(log_file)
+    ]
+
+
+def test_enrich_many_knows_when_the_runtime_times_it_out(log_file: Path) -> None:
+    users = Flaky({}, timeout=0.5)
+    container = configure(log_file, users, delivery="inline")
+    loop = container._runtime.loop
+    before = asyncio.run_coroutine_threadsafe(_loop_time(), loop).result()
+    log_users([1])
+    container.shutdown()
+
+    (deadline,) = users.deadlines
+    assert deadline is not None
+    assert before + 0.5 <= deadline < before + 0.5 + 5.0
+    assert users.batch_deadline() is None  # outside a call
+
+
+async def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def test_a_failed_batch_is_remembered_for_cache_error_ttl(log_file: Path) -> None:
     users = Users(fail=ConnectionError("db down"), cache_error_ttl=60)
     container = configure(log_file, users, delivery="inline")

@@ -287,6 +287,67 @@ async def test_an_answer_slower_than_read_timeout_fails_its_key_alone(
     assert elapsed < 2.0  # the drip takes 4 s
 
 
+def test_a_key_slower_than_the_timeout_fails_alone_in_its_batch(
+    backend: HttpBackend, log_file: Path
+) -> None:
+    # Found by an outside tester: with read_timeout (5 s) above the enricher's
+    # timeout (0.5 s), one slow key timed out its whole batch, and the keys
+    # answered at once were remembered as failed.
+    backend.backend.answer = lambda path: (
+        (200, Drip(b'{"name": "zed", "padding": "....................."}', 0.1))
+        if path == "/users/9"
+        else None
+    )
+    container = configure(
+        log_file, uri(backend, query="into=user&fields=name&timeout=0.5&batch_window=0.05")
+    )
+    for user_id in (1, 9, 2):  # one batch
+        get_logger().info("together", user_id=user_id)
+    container.flush(10)
+    get_logger().info("again", user_id=1)  # from the cache, not an error
+    container.shutdown()
+
+    assert [
+        ("together", {"name": "ann"}, None),
+        ("together", None, {"http_lookup": "timeout"}),
+        ("together", {"name": "bob"}, None),
+        ("again", {"name": "ann"}, None),
+    ] == [(line["event"], line.get("user"), line.get(ERRORS)) for line in read_lines(log_file)]
+    assert 1 == paths(backend).count("/users/1")
+
+
+def test_a_transient_failure_of_one_key_is_retried_in_its_batch(
+    backend: HttpBackend, log_file: Path
+) -> None:
+    # Found by an outside tester: a 503 was retried when its key was looked up
+    # alone, never in a batch with a healthy key.
+    failures = {"/users/2": 2}
+
+    def answer(path: str) -> tuple[int, Any] | None:
+        if failures.get(path, 0) > 0:
+            failures[path] -= 1
+            return 503, {"error": "busy"}
+        return None
+
+    backend.backend.answer = answer
+    container = configure(
+        log_file,
+        uri(
+            backend,
+            query="into=user&fields=name&batch_window=0.05&retry_attempts=3&retry_base_delay=0.01",
+        ),
+    )
+    for user_id in (1, 2):  # one batch
+        get_logger().info("together", user_id=user_id)
+    container.flush(10)
+    metrics = container.metrics()["enrichers"]["http_lookup"]
+    container.shutdown()
+
+    assert [{"name": "ann"}, {"name": "bob"}] == [line.get("user") for line in read_lines(log_file)]
+    assert (1, 3) == (paths(backend).count("/users/1"), paths(backend).count("/users/2"))
+    assert 2 == metrics["retries"]
+
+
 def test_error_answers_are_recorded(backend: HttpBackend, log_file: Path) -> None:
     answers: dict[str, tuple[int, Any]] = {
         "/users/401": (401, {"error": "no"}),

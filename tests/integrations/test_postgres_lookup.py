@@ -340,7 +340,8 @@ def test_values_python_finds_equal_find_their_own_rows_in_a_text_column(
     table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
     pg_fetch(f"CREATE TABLE {table} (login text PRIMARY KEY, plan text)")
     pg_fetch(
-        f"INSERT INTO {table} VALUES ('1', 'one'), ('1.0', 'one point oh'), ('0', 'zero'), ('-0.0', 'minus zero')"
+        f"INSERT INTO {table} VALUES ('1', 'one'), ('1.0', 'one point oh'), ('0', 'zero'), "
+        "('-0.0', 'minus zero')"
     )
     container = configure(log_file, f"{pg_uri}?table={table}&key=login&columns=plan")
     try:

@@ -250,9 +250,7 @@ def test_values_python_finds_equal_are_looked_up_as_the_keys_they_fill_in(
     assert [
         *("value of 1", "value of 1.0", "value of 0", "value of -0.0"),
         *("value of 1.0", "value of 1", "value of -0.0", "value of 0"),
-    ] == [
-        line["v"] for line in read_lines(log_file)
-    ]
+    ] == [line["v"] for line in read_lines(log_file)]
 
 
 # -- batching --------------------------------------------------------------------

@@ -41,6 +41,9 @@ _TEMPLATE_SAFE = "/:@!$&'()*+,;=-._~%"
 _MISSING_STATUS = frozenset({404, 410})
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 _CLOSE_TIMEOUT = 5.0
+#: Seconds before the engine's timeout at most at which a batch's keys still
+#: unanswered give up (a tenth of the time left, when less).
+_DEADLINE_MARGIN = 0.05
 
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -266,8 +269,14 @@ class HttpLookupEnricher(LookupEnricher):
         if len(unique) == 1:
             value = await self._get(client, unique[0])
             return {} if value is None else {unique[0]: value}
+        # A key still unanswered a little before the engine's timeout fails
+        # alone (TimeoutError: the reason 'timeout'), so that one slow key
+        # does not time out the keys answered in time.
+        deadline = self.batch_deadline()
+        if deadline is not None:
+            deadline -= min(_DEADLINE_MARGIN, (deadline - asyncio.get_running_loop().time()) / 10)
         results = await asyncio.gather(
-            *(self._get(client, key) for key in unique), return_exceptions=True
+            *(self._get_before(deadline, client, key) for key in unique), return_exceptions=True
         )
         failures = [result for result in results if isinstance(result, BaseException)]
         for failure in failures:
@@ -276,6 +285,13 @@ class HttpLookupEnricher(LookupEnricher):
         if failures and len(failures) == len(results):
             raise failures[0]
         return {key: value for key, value in zip(unique, results, strict=True) if value is not None}
+
+    async def _get_before(self, deadline: float | None, client: Any, key: tuple[Any, ...]) -> Any:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._get(client, key)
+        except TimeoutError:
+            raise TimeoutError("no answer before the enricher's timeout") from None
 
     async def _get(self, client: Any, key: tuple[Any, ...]) -> Any:
         # httpx's read timeout bounds each read, not the answer: a server

@@ -436,8 +436,8 @@ class PostgresLookupEnricher(LookupEnricher):
             # Given as it is (an inet as text), read back as the driver's type
             # (an IPv4Address): matched by their text.
             by_text: dict[Any, list[Hashable]] = {}
-            for value, keys in wanted.items():
-                by_text.setdefault(str(value), []).extend(keys)
+            for value, of_value in wanted.items():
+                by_text.setdefault(str(value), []).extend(of_value)
             wanted = by_text
         for row in rows:
             # Several rows for one key (a key column that is not unique):

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from ..enricher import AsyncEnricher
+from ..enricher import BATCH_DEADLINE, AsyncEnricher
 from ..exceptions import CachedError
 from ..metrics import FAILURE_REASONS, EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
@@ -842,18 +842,14 @@ class EnricherGuard:
         task = call.task
         assert task is not None
         self._deadlines.begin(call)
+        BATCH_DEADLINE.set(call.at)  # in this batch's own context
         cancelling = task.cancelling()
         values: object
         try:
             if self.retry is None:
                 values = await self.enricher.enrich_many(keys)
             else:
-                values = await self.retry.run(
-                    lambda: self.enricher.enrich_many(keys),
-                    deadline=call.at,
-                    clock=self._deadlines.clock,
-                    on_retry=self._on_retry,
-                )
+                values = await self._many_with_retries(keys, call.at)
         except BaseException as exc:
             failure: Outcome | None = self._failure(call, permit, exc, task, cancelling)
         else:
@@ -873,6 +869,61 @@ class EnricherGuard:
         elif not call.delivered:
             call.delivered = True
             self._apply_batch(batch, values, seconds)  # type: ignore[arg-type]
+
+    async def _many_with_retries(self, keys: list[Hashable], deadline: float) -> object:
+        """``enrich_many(keys)``, retried as a whole while it raises a
+        transient failure; then, with the attempts left, again for the keys
+        whose value is a transient failure (each key has at most
+        ``retry_attempts`` attempts), never sleeping past ``deadline``."""
+        retry = self.retry
+        assert retry is not None
+        clock = self._deadlines.clock
+        attempt = 1
+
+        def on_retry(failed: int, exc: BaseException, delay: float) -> None:
+            nonlocal attempt
+            attempt = failed + 1
+            self._on_retry(failed, exc, delay)
+
+        values = await retry.run(
+            lambda: self.enricher.enrich_many(keys),
+            deadline=deadline,
+            clock=clock,
+            on_retry=on_retry,
+        )
+        while attempt < retry.attempts and isinstance(values, Mapping):
+            try:
+                failed = [
+                    key
+                    for key in keys
+                    if isinstance(value := values.get(key), Exception) and retry.is_transient(value)
+                ]
+            except Exception:  # a mapping that fails when read: _apply_batch says so
+                break
+            if not failed:
+                break
+            delay = retry.backoff(attempt)
+            if clock() + delay > deadline:
+                break
+            self._on_retry(attempt, values[failed[0]], delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                again = await self.enricher.enrich_many(failed)
+            except Exception as exc:
+                if not retry.is_transient(exc):
+                    break
+                again = dict.fromkeys(failed, exc)
+            if not isinstance(again, Mapping):
+                break
+            values = dict(values)
+            for key in failed:
+                value = again.get(key, _MISSING)
+                if value is _MISSING:
+                    del values[key]  # not there now: adds nothing
+                else:
+                    values[key] = value
+        return values
 
     def _skip_batch(self, call: _Call, batch: _Batch) -> None:
         """The batch is not called (unavailable, or the circuit is open):

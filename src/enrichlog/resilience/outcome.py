@@ -66,7 +66,11 @@ IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def error_outcome(exc: BaseException) -> Outcome:
-    """The outcome for an enricher that raised ``exc`` (``error: Type``)."""
+    """The outcome for an enricher that raised ``exc`` (``error: Type``);
+    ``timeout`` for a ``TimeoutError`` (a lookup of its own that timed out,
+    as good as the runtime's timeout)."""
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT
     kind = type(exc)
     outcome = _ERROR_OUTCOMES.get(kind)
     if outcome is None:
