@@ -139,6 +139,21 @@ def test_an_unset_auth_variable_is_a_configure_time_error(log_file: Path) -> Non
         configure(log_file, "http-lookup://127.0.0.1/u/{id}?auth_env=ENRICHLOG_TEST_NO_SUCH_TOKEN")
 
 
+@pytest.mark.parametrize("token", ["", "  ", "abc\r\nX-Injected: 1", "tök", "abc\x7f"])
+def test_a_token_no_header_can_carry_is_a_configure_time_error(
+    log_file: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # Found by an outside tester: blank or CR/LF tokens were accepted and
+    # every event then failed (LocalProtocolError).
+    monkeypatch.setenv("ENRICHLOG_TEST_TOKEN", token)
+    with pytest.raises(
+        EnricherConfigError, match="'ENRICHLOG_TEST_TOKEN' named by auth_env is"
+    ) as caught:
+        configure(log_file, "http-lookup://127.0.0.1/u/{id}?auth_env=ENRICHLOG_TEST_TOKEN")
+
+    assert token.strip() == "" or token not in str(caught.value)
+
+
 def test_credentials_in_the_uri_are_refused_and_masked(log_file: Path) -> None:
     with pytest.raises(EnricherConfigError) as caught:
         configure(log_file, "http-lookup://app:s3cret-pw@127.0.0.1/u/{id}")

@@ -253,6 +253,24 @@ def test_values_python_finds_equal_are_looked_up_as_the_keys_they_fill_in(
     ] == [line["v"] for line in read_lines(log_file)]
 
 
+@pytest.mark.services
+def test_a_redis_hash_field_named_like_the_error_field_is_not_written_there(
+    redis_prefix: str, log_file: Path
+) -> None:
+    # Found by an outside tester: the field was written as enrichment_errors.
+    with redis_client() as client:
+        client.hset(f"{redis_prefix}u:1", mapping={"name": "ann", "enrichment_errors": "forged"})
+    container = configure_logging(
+        enrichers=[f"redis-lookup://127.0.0.1:6379/0?key={redis_prefix}u:{{k}}"],
+        output=str(log_file),
+    )
+    get_logger().info("e", k=1)
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert ("ann", False) == (line["name"], "enrichment_errors" in line)
+
+
 # -- batching --------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, _FunctionEnricher
+from ..exceptions import EnricherConfigError
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
 from ..resilience.guard import EnricherGuard, lookup_all
@@ -260,11 +261,18 @@ class EnrichmentPlan(Generic[_R]):
         self.enricher_time = LatencyHistogram()
 
     def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
+        if settings.error_field is not None and settings.error_field in enricher.provides:
+            raise EnricherConfigError(
+                f"enricher {enricher.name!r} provides {settings.error_field!r}, the key of the "
+                "error_field setting, where enrichlog records which enrichers failed; an "
+                "enricher's fields there are left out: choose another key (into=...)"
+            )
         if isinstance(enricher, AsyncEnricher):
             guard = EnricherGuard(
                 enricher,
                 ResolvedOptions.for_enricher(enricher, settings),
                 timer_context=_TIMER_CONTEXT,
+                error_field=settings.error_field,
             )
             self._guards[enricher.name] = guard
             return Step(enricher, guard, guard.lookup, guard.starter, guard.longest)
@@ -277,7 +285,9 @@ class EnrichmentPlan(Generic[_R]):
                 functools.partial(self._start_blocking, enricher),
                 self._sync_timeout,
             )
-        settle: Settle = functools.partial(_call_sync, _enrich_function(enricher))
+        settle: Settle = functools.partial(
+            _call_sync, _enrich_function(enricher), settings.error_field
+        )
         return Step(enricher, None, settle, None, 0.0)
 
     # -- views -----------------------------------------------------------------
@@ -620,7 +630,13 @@ class EnrichmentPlan(Generic[_R]):
         try:
             async with asyncio.timeout(self._sync_timeout):
                 outcome: Outcome = await self._run_blocking_fn(
-                    context.run, _call_in_worker, enricher, logger, method_name, snapshot
+                    context.run,
+                    _call_in_worker,
+                    enricher,
+                    self._error_field,
+                    logger,
+                    method_name,
+                    snapshot,
                 )
         except TimeoutError:
             outcome = TIMEOUT
@@ -635,6 +651,7 @@ def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -
 
 def _call_sync(
     enrich: Callable[[WrappedLogger, str, EventDict], Any],
+    error_field: str | None,
     logger: WrappedLogger,
     method_name: str,
     snapshot: EventDict,
@@ -662,7 +679,7 @@ def _call_sync(
     if result is None:
         result = copy
     try:
-        updated, removed = changes_of(snapshot, result)
+        updated, removed = changes_of(snapshot, result, error_field)
     except Exception:  # not a mapping, or one that fails when read
         if inspect.iscoroutine(result):
             # A plain function that returned a coroutine: closed, so that
@@ -682,10 +699,14 @@ def _enrich_function(enricher: SyncEnricher) -> Callable[[WrappedLogger, str, Ev
 
 
 def _call_in_worker(
-    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
+    enricher: SyncEnricher,
+    error_field: str | None,
+    logger: WrappedLogger,
+    method_name: str,
+    snapshot: EventDict,
 ) -> Outcome:
     """:func:`_call_sync` in a worker thread: an interrupt stays a reason."""
-    outcome = _call_sync(enricher.enrich, logger, method_name, snapshot)
+    outcome = _call_sync(enricher.enrich, error_field, logger, method_name, snapshot)
     if INTERRUPTS:
         take_interrupt()
     return outcome

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from structlog.typing import EventDict
 
 from ..enricher import AsyncEnricher
@@ -27,6 +27,7 @@ from ..exceptions import EnricherConfigError
 __all__ = [
     "DEFAULT_MAX_KEY_LENGTH",
     "FieldName",
+    "IntoField",
     "KeyTemplate",
     "KeyValue",
     "LookupEnricher",
@@ -48,6 +49,22 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 FieldName = Annotated[str, Field(min_length=1)]
 """An event key: any non-empty string."""
+
+# Keys every event has: a value put there with setdefault would never land.
+_EVENT_KEYS = frozenset({"event", "level", "timestamp"})
+
+
+def _free_key(value: str) -> str:
+    if value in _EVENT_KEYS:
+        raise ValueError(
+            f"into names a key every event has ({', '.join(sorted(_EVENT_KEYS))}), so the "
+            "looked-up value would never be added; choose another key"
+        )
+    return value
+
+
+IntoField = Annotated[str, Field(min_length=1), AfterValidator(_free_key)]
+"""Where a looked-up value goes: an event key that events do not all have."""
 
 KeyValue = str | int | float | UUID
 """The event values a lookup accepts as (part of) a key."""

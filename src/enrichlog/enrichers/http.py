@@ -27,7 +27,13 @@ from structlog.typing import EventDict
 
 from ..exceptions import EnricherConfigError
 from ..uri.params import CommaSeparated
-from ._lookup import DEFAULT_MAX_KEY_LENGTH, FieldName, KeyTemplate, LookupEnricher, require_module
+from ._lookup import (
+    DEFAULT_MAX_KEY_LENGTH,
+    IntoField,
+    KeyTemplate,
+    LookupEnricher,
+    require_module,
+)
 
 __all__ = ["HttpLookupEnricher"]
 
@@ -79,7 +85,7 @@ class HttpLookupEnricher(LookupEnricher):
         port: Annotated[int, Field(ge=1, le=65535)] | None = None
         path: str = "/"
         scheme: Literal["http", "https"] = "http"
-        into: FieldName | None = None
+        into: IntoField | None = None
         fields: CommaSeparated = ()
         auth_env: str | None = None
         auth_header: str = "Authorization"
@@ -168,11 +174,8 @@ class HttpLookupEnricher(LookupEnricher):
             template.placeholders,
             template.fields,
         )
-        if params.auth_env is not None and params.auth_env not in os.environ:
-            raise EnricherConfigError(
-                f"enricher {self.name!r}: auth_env names the environment variable "
-                f"{params.auth_env!r}, which is not set"
-            )
+        if params.auth_env is not None:
+            self._token()  # refused at configure time, naming the variable
         self._client: Any = None
         #: One per connection: a request's deadline starts once it has one.
         self._slots: asyncio.Semaphore | None = None
@@ -185,15 +188,32 @@ class HttpLookupEnricher(LookupEnricher):
         if params.auth_env is not None:
             # Read at each start, so a restarted (or forked) enricher sends
             # the current credentials.
-            token = os.environ.get(params.auth_env)
-            if token is None:
-                raise EnricherConfigError(
-                    f"enricher {self.name!r}: the environment variable "
-                    f"{params.auth_env!r} named by auth_env is not set"
-                )
+            token = self._token()
             scheme = params.auth_scheme
             headers[params.auth_header] = f"{scheme} {token}" if scheme else token
         return headers
+
+    def _token(self) -> str:
+        """The value of the ``auth_env`` variable, which must be usable in a
+        header: set, not blank, printable ASCII (never shown in errors).
+
+        Raises:
+            EnricherConfigError: naming the variable, not its value.
+        """
+        name = self.params.auth_env
+        token = os.environ.get(name) if name is not None else None
+        if token is None:
+            raise EnricherConfigError(
+                f"enricher {self.name!r}: the environment variable {name!r} named by "
+                "auth_env is not set"
+            )
+        if not token.strip() or not all(" " <= char <= "~" for char in token):
+            raise EnricherConfigError(
+                f"enricher {self.name!r}: the environment variable {name!r} named by "
+                "auth_env is blank or holds characters a header cannot (a line break, "
+                "a control or non-ASCII character)"
+            )
+        return token
 
     async def _startup(self) -> None:
         """Create the client; no request is sent."""

@@ -33,6 +33,7 @@ from ..uri.params import CommaSeparated
 from ._lookup import (
     DEFAULT_MAX_KEY_LENGTH,
     FieldName,
+    IntoField,
     LookupEnricher,
     key_value,
     reject_extra_keys,
@@ -242,7 +243,7 @@ class PostgresLookupEnricher(LookupEnricher):
         key: str = "id"
         from_: FieldName | None = Field(None, alias="from")
         columns: Annotated[CommaSeparated, Field(min_length=1)]
-        into: FieldName | None = None
+        into: IntoField | None = None
         min_size: Annotated[int, Field(ge=0)] = 1
         max_size: Annotated[int, Field(ge=1)] = 10
         connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0

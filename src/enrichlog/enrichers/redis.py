@@ -24,7 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from structlog.typing import EventDict
 
 from ..uri.params import CommaSeparated
-from ._lookup import DEFAULT_MAX_KEY_LENGTH, FieldName, KeyTemplate, LookupEnricher, require_module
+from ._lookup import (
+    DEFAULT_MAX_KEY_LENGTH,
+    IntoField,
+    KeyTemplate,
+    LookupEnricher,
+    require_module,
+)
 
 __all__ = ["RedisLookupEnricher"]
 
@@ -61,7 +67,7 @@ class RedisLookupEnricher(LookupEnricher):
         path: str = "/0"
         key: str
         type: Literal["hash", "string", "json"] = "hash"
-        into: FieldName | None = None
+        into: IntoField | None = None
         fields: CommaSeparated = ()
         max_connections: Annotated[int, Field(ge=1)] = 10
         connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 2.0

@@ -364,8 +364,12 @@ class EnricherGuard:
         options: ResolvedOptions,
         *,
         timer_context: contextvars.Context | None = None,
+        error_field: str | None = None,
     ) -> None:
         self.enricher = enricher
+        #: The key of the runtime's reasons, which the enricher's changes
+        #: never set (see changes_of).
+        self._error_field = error_field
         #: What the guard's own timers (deadlines, waits for a slot, a batch
         #: window) run in: none of the events' contexts.
         self._timer_context = timer_context if timer_context is not None else contextvars.Context()
@@ -995,7 +999,7 @@ class EnricherGuard:
                 result = copy
             elif result.__class__ is not dict and not isinstance(result, Mapping):
                 return self._failed(INVALID_RETURN)
-            return (*changes_of(snapshot, result), None)
+            return (*changes_of(snapshot, result, self._error_field), None)
         except structlog.DropEvent:
             return FILTERED
         except BaseException as exc:  # user code on the loop: a reason, nothing more
@@ -1044,7 +1048,7 @@ class EnricherGuard:
             self.breaker.record_failure(permit)
             return self._failed(INVALID_RETURN)
         try:
-            updated, removed = changes_of(snapshot, result)
+            updated, removed = changes_of(snapshot, result, self._error_field)
         except Exception:  # a mapping that fails when read
             self.breaker.record_failure(permit)
             return self._failed(INVALID_RETURN)

@@ -81,14 +81,17 @@ def error_outcome(exc: BaseException) -> Outcome:
 
 
 def changes_of(
-    before: Mapping[str, Any], after: Mapping[str, Any]
+    before: Mapping[str, Any], after: Mapping[str, Any], reserved: str | None = None
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """What an enricher did to its copy of the event: (set keys, removed keys).
 
     A value is unchanged when it is the very object the event had (its copy
     shares immutable values) or, for a copied container, an equal one.
-    Raises whatever reading ``after`` raises (a mapping that fails when read
-    is the enricher's fault: the caller turns it into ``invalid_return``).
+    ``reserved`` (the error field) is left out of both: it holds the
+    runtime's reasons, which no enricher (nor a backend's row or answer it
+    merges into the event) may set or remove. Raises whatever reading
+    ``after`` raises (a mapping that fails when read is the enricher's
+    fault: the caller turns it into ``invalid_return``).
     """
     # Once per enricher call: a plain loop with bound lookups is about a
     # third cheaper than the equivalent comprehensions.
@@ -101,8 +104,12 @@ def changes_of(
         ):
             updated[key] = value
     if len(after) - len(updated) >= len(before):
-        return updated, ()  # every key of before is still there
-    return updated, tuple(key for key in before if key not in after)
+        removed: tuple[str, ...] = ()  # every key of before is still there
+    else:
+        removed = tuple(key for key in before if key not in after and key != reserved)
+    if reserved is not None:
+        updated.pop(reserved, None)
+    return updated, removed
 
 
 #: A key a mapping does not have.

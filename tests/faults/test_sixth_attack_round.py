@@ -1,0 +1,101 @@
+"""Found by the sixth outside attack round (testers with only the README and
+the docs), each kept as a test. (The others of that round are kept beside
+the behaviour they test: the lookups, batching, the loop runtime.)"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import AsyncEnricher, EnricherConfigError, configure_logging, get_logger
+from tests.helpers import read_lines
+
+ERRORS = "enrichment_errors"
+
+
+def forging_sync(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    event_dict[ERRORS] = "forged by a sync enricher"
+    event_dict["sync"] = True
+    return event_dict
+
+
+class ForgingAsync(AsyncEnricher):
+    name = "forging_async"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict[ERRORS] = {"other": "forged by an async enricher"}
+        event_dict["async"] = True
+        return event_dict
+
+
+class ForgingBatch(AsyncEnricher):
+    """A backend whose rows hold a field named like the error field."""
+
+    name = "forging_batch"
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return event_dict.get("k")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        return {key: {ERRORS: "forged by a row", "row": key} for key in keys}
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict.update(value)
+        return event_dict
+
+
+class Down(AsyncEnricher):
+    name = "down"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        raise ConnectionError("down")
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_no_enricher_or_backend_row_sets_the_error_field(log_file: Path, delivery: str) -> None:
+    # Found by an outside tester: an HTTP answer, a Redis hash or a row with a
+    # field named enrichment_errors was written there ("forged"), or merged
+    # with the real reasons when another enricher failed.
+    container = configure_logging(
+        enrichers=[forging_sync, ForgingAsync(), ForgingBatch()],
+        output=str(log_file),
+        delivery=delivery,
+    )
+    get_logger().info("clean", k=1)
+    container.shutdown()
+    configure_logging(
+        enrichers=[forging_sync, ForgingAsync(), ForgingBatch(), Down()],
+        output=str(log_file),
+        delivery=delivery,
+    )
+    get_logger().info("one failed", k=2)
+    configure_logging(output=str(log_file)).shutdown()
+
+    clean, failed = read_lines(log_file)
+    assert (True, True, 1) == (clean["sync"], clean["async"], clean["row"])
+    assert ERRORS not in clean
+    assert {"down": "error: ConnectionError"} == failed[ERRORS]
+    assert (True, True, 2) == (failed["sync"], failed["async"], failed["row"])
+
+
+def test_an_enricher_that_provides_the_error_field_is_refused(log_file: Path) -> None:
+    with pytest.raises(EnricherConfigError, match=r"enricher 'forging_async' provides '"):
+        configure_logging(enrichers=[ForgingAsync(provides=[ERRORS])], output=str(log_file))
+    with pytest.raises(EnricherConfigError, match=r"query key 'into': into names a key every"):
+        configure_logging(
+            enrichers=["redis-lookup://127.0.0.1:6379/0?key=u:{k}&into=event"],
+            output=str(log_file),
+        )
+    uri = "redis-lookup://127.0.0.1:6379/0?key=u:{k}&into=" + ERRORS
+    with pytest.raises(EnricherConfigError, match=r"provides 'enrichment_errors'"):
+        configure_logging(enrichers=[uri], output=str(log_file))
+    # With the error field elsewhere, that key is an ordinary one.
+    configure_logging(enrichers=[uri], output=str(log_file), error_field="errors").shutdown()
