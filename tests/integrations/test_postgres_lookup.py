@@ -302,6 +302,8 @@ async def test_key_columns_of_other_types_take_the_values_that_can_match(
         await enricher.startup()
         cache_keys = [enricher.cache_key({"k": value}) for value in [*asked, *unusable]]
         found = await enricher.enrich_many(keys)
+        # What the engine sends: the cache keys, converted already.
+        by_cache_key = await enricher.enrich_many([cache_keys[0]])
     finally:
         await enricher.shutdown()
         pg_fetch(f"DROP TABLE {table}")
@@ -309,7 +311,36 @@ async def test_key_columns_of_other_types_take_the_values_that_can_match(
     assert {(value,): {"plan": "pro"} for value in asked} == found
     assert [None] * len(unusable) == cache_keys[len(asked) :]  # not looked up
     assert 1 == len(set(cache_keys[: len(asked)]))  # one row: one key
-    assert 1 == len(enricher.queries)
+    assert {cache_keys[0]: {"plan": "pro"}} == by_cache_key
+    assert 2 == len(enricher.queries)
+
+
+@pytest.mark.services
+def test_a_bad_value_leaves_the_good_keys_of_its_batch_enriched(
+    pg_uri: str, log_file: Path
+) -> None:
+    # Found by an outside tester (end to end, as the unit above did not):
+    # a numeric key column, five good keys and 'n/a' in one batch.
+    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
+    pg_fetch(f"CREATE TABLE {table} (id numeric PRIMARY KEY, v text)")
+    pg_fetch(f"INSERT INTO {table} SELECT g, 'n' || g FROM generate_series(1, 10) g")
+    container = configure(log_file, f"{pg_uri}?table={table}&from=k&key=id&columns=v&into=r")
+    try:
+        get_logger().info("alone", k=7)
+        container.flush(10)
+        for value in (1, "2", 3.0, "n/a", 4, "5.00"):
+            get_logger().info("batch", k=value)
+        container.shutdown()
+    finally:
+        pg_fetch(f"DROP TABLE {table}")
+
+    assert [
+        ("alone", {"v": "n7"}),
+        *[("batch", {"v": f"n{i}"}) for i in (1, 2, 3)],
+        ("batch", None),
+        *[("batch", {"v": f"n{i}"}) for i in (4, 5)],
+    ] == [(line["event"], line.get("r")) for line in read_lines(log_file)]
+    assert all(ERRORS not in line for line in read_lines(log_file))
 
 
 @pytest.mark.services

@@ -97,6 +97,8 @@ def _uuid_key(value: Any) -> Any:
 
 
 def _numeric_key(value: Any) -> Any:
+    if isinstance(value, Decimal):  # converted already (a cache key)
+        return value if value.is_finite() else None
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
@@ -146,10 +148,12 @@ def _timestamptz_key(text: str) -> datetime.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
-def _iso_key(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+def _iso_key(parse: Callable[[str], Any], kind: type) -> Callable[[Any], Any]:
     """Dates, times and timestamps: given in events as ISO 8601 text."""
 
     def convert(value: Any) -> Any:
+        if isinstance(value, kind):  # converted already (a cache key)
+            return value
         if not isinstance(value, str):
             return None
         try:
@@ -174,18 +178,20 @@ def _row_key(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _as_given
 
 
-_ISO_TYPES: dict[str, Callable[[str], Any]] = {
-    "date": datetime.date.fromisoformat,
-    "timestamp": datetime.datetime.fromisoformat,
-    "timestamptz": _timestamptz_key,
-    "time": datetime.time.fromisoformat,
+_ISO_TYPES: dict[str, tuple[Callable[[str], Any], type]] = {
+    "date": (datetime.date.fromisoformat, datetime.date),
+    "timestamp": (datetime.datetime.fromisoformat, datetime.datetime),
+    "timestamptz": (_timestamptz_key, datetime.datetime),
+    "time": (datetime.time.fromisoformat, datetime.time),
 }
 
 
 def _key_converter(type_name: str) -> Callable[[Any], Any]:
     """How an event value becomes a parameter for a key column of this type
     (``None``: it cannot match any row, so it is not sent). A value of the
-    wrong type would make asyncpg refuse the whole batch."""
+    wrong type would make asyncpg refuse the whole batch. Each converter
+    takes what it returns as it is: cache keys, converted once, are what
+    enrich_many receives."""
     # The parameter is an array: asyncpg names it "int4[]".
     element = type_name.removesuffix("[]")
     if element in _INT_BITS:
@@ -203,7 +209,7 @@ def _key_converter(type_name: str) -> Callable[[Any], Any]:
     if element == "float8":
         return _float_key
     if element in _ISO_TYPES:
-        return _iso_key(_ISO_TYPES[element])
+        return _iso_key(*_ISO_TYPES[element])
     return _as_given  # other types: asyncpg decides (see enrich_many)
 
 
