@@ -669,6 +669,20 @@ def test_check_counts_a_bad_entry_of_the_enricher_list_once(tmp_path: Path) -> N
     ] == result.stderr.splitlines()
 
 
+def test_check_still_checks_the_uris_beside_a_bad_entry(tmp_path: Path) -> None:
+    # Found by the re-test of the fix above: the URIs beside an entry that is
+    # not a string were no longer checked.
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_ENRICHERS": '[5, "nosuch://"]'})
+
+    assert 1 == result.returncode
+    assert [
+        "error: invalid logging settings: enrichers.0: Input should be a valid string",
+        "error: enricher URI 'nosuch://': unknown scheme 'nosuch'; known schemes: env, "
+        "hostname, http-lookup, otel, postgres-lookup, process, redis-lookup, static",
+        "2 problem(s) found",
+    ] == result.stderr.splitlines()
+
+
 @pytest.mark.parametrize("output", ["afile/", "afile/x/", "afile/x", ".", "missing/app.log"])
 def test_check_gives_the_reason_configure_logging_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str

@@ -1061,12 +1061,25 @@ def configure_logging(
     # The output is the last thing that can fail: open it before the
     # previous configuration is taken down.
     container.output = open_output(resolved.output)
-    if container.processor is not None and isinstance(container._runtime, LoopRuntime):
-        try:
-            LoopRuntime.running_loop()  # none: refused before anything is taken down
-        except EnricherConfigError:
-            container.output.close()
-            raise
+    try:
+        # What can still refuse the configuration, before anything of the
+        # previous one is taken down: no loop for runtime="loop"; a stream
+        # that conflicts with the transport's subject.
+        if container.processor is not None and isinstance(container._runtime, LoopRuntime):
+            LoopRuntime.running_loop()
+        transport, running = container.transport, _current
+        # (Not while the running container's transport holds the spool this
+        # one takes over once it stops: it would take another slot, and
+        # leave what the first one spooled to the next process.)
+        if transport is not None and not (
+            running is not None
+            and running.transport is not None
+            and transport.shares_spool_with(running.transport)
+        ):
+            transport.start()  # container.start() finds it started
+    except EnricherConfigError:
+        container.output.close()
+        raise
     with _current_lock:
         previous = _current
         if previous is not None:

@@ -4,6 +4,7 @@ application logs loses nothing (the spool is replayed)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,6 +52,33 @@ def test_a_conflicting_stream_is_a_configuration_error(streams: Streams, tmp_pat
             spool_dir=str(tmp_path / "s"),
         )
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_refused_transport_leaves_the_running_container_as_it_was(
+    streams: Streams, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by an outside tester: the conflicting stream was found after the
+    # running container had been shut down (its enrichers stopped, later
+    # events unenriched), with a report that events were being spooled.
+    async def make(js: Any) -> None:
+        await js.add_stream(name=streams.stream, subjects=[f"{streams.subject}.other"])
+
+    js_call(make)
+
+    def stamp(logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict["stamped"] = True
+        return event_dict
+
+    log_file = tmp_path / "app.log"
+    running = configure_logging(enrichers=[stamp], output=str(log_file))
+    with pytest.raises(EnricherConfigError, match="do not capture"):
+        configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "s"))
+
+    assert not running.closed
+    get_logger().info("after")
+    running.shutdown()
+    assert [True] == [json.loads(line)["stamped"] for line in log_file.read_text().splitlines()]
+    assert "spooled until it is fixed" not in caplog.text
 
 
 @pytest.mark.slow

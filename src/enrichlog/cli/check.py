@@ -80,7 +80,9 @@ class _EnricherUris(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    enrichers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Any entries: the settings report one that is not a string already, and
+    # the URIs beside it are still checked.
+    enrichers: Annotated[list[Any], NoDecode] = Field(default_factory=list)
 
     @field_validator("enrichers", mode="before")
     @classmethod
@@ -92,7 +94,7 @@ def _uris_alone(problems: list[str]) -> list[str]:
     """The URIs of ``ENRICHLOG_ENRICHERS`` when the settings as a whole are
     invalid; a problem with the list itself is added to ``problems``."""
     try:
-        return _EnricherUris().enrichers
+        return [uri for uri in _EnricherUris().enrichers if isinstance(uri, str)]
     except (OSError, UnicodeDecodeError):
         return []  # the .env file cannot be read: already reported
     except ValidationError as exc:

@@ -113,14 +113,15 @@ class HttpLookupEnricher(LookupEnricher):
         @classmethod
         def _header_name(cls, value: str) -> str:
             if not _HEADER_NAME.match(value):
-                raise ValueError(f"auth_header {value!r} is not a header name")
+                # Not echoed: a rejected value may be a misplaced secret.
+                raise ValueError("auth_header is not a header name (letters, digits, '-'...)")
             return value
 
         @field_validator("auth_scheme")
         @classmethod
         def _auth_scheme(cls, value: str) -> str:
             if value and not _HEADER_NAME.match(value):
-                raise ValueError(f"auth_scheme {value!r} is not a single word such as Bearer")
+                raise ValueError("auth_scheme is not a single word such as Bearer")
             return value
 
         @field_validator("health_path")
@@ -207,11 +208,15 @@ class HttpLookupEnricher(LookupEnricher):
                 f"enricher {self.name!r}: the environment variable {name!r} named by "
                 "auth_env is not set"
             )
-        if not token.strip() or not all(" " <= char <= "~" for char in token):
+        if (
+            not token.strip()
+            or token != token.strip()
+            or not all(" " <= char <= "~" for char in token)
+        ):
             raise EnricherConfigError(
                 f"enricher {self.name!r}: the environment variable {name!r} named by "
-                "auth_env is blank or holds characters a header cannot (a line break, "
-                "a control or non-ASCII character)"
+                "auth_env is blank, starts or ends with a space, or holds characters a "
+                "header cannot (a line break, a control or non-ASCII character)"
             )
         return token
 

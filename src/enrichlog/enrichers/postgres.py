@@ -96,19 +96,28 @@ def _uuid_key(value: Any) -> Any:
         return None
 
 
+def _numeric(number: Decimal) -> Decimal | None:
+    """``number`` if a ``numeric`` column can hold it: finite, at most
+    131072 digits before the point and 16383 after."""
+    if not number.is_finite():
+        return None
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    return number if exponent >= -16383 and number.adjusted() < 131072 else None
+
+
 def _numeric_key(value: Any) -> Any:
     if isinstance(value, Decimal):  # converted already (a cache key)
-        return value if value.is_finite() else None
+        return _numeric(value)
     if isinstance(value, int):
-        return Decimal(value)
+        return _numeric(Decimal(value))
     if isinstance(value, float):
-        return Decimal(repr(value))  # 0.1 as 0.1, not its binary expansion
+        return _numeric(Decimal(repr(value)))  # 0.1 as 0.1, not its binary expansion
     if isinstance(value, str):
         try:
-            number = Decimal(value.strip())
+            return _numeric(Decimal(value.strip()))
         except InvalidOperation:
             return None
-        return number if number.is_finite() else None
     return None
 
 
@@ -139,6 +148,12 @@ def _bpchar_key(value: Any) -> Any:
     """``char(n)`` compares without trailing spaces, and reads back padded:
     both sides without them."""
     return _text_key(value).rstrip(" ")
+
+
+def _timestamp_key(text: str) -> datetime.datetime:
+    # As PostgreSQL reads such text into a timestamp without time zone: the
+    # offset is dropped (the driver refuses an aware value for that type).
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=None)
 
 
 def _timestamptz_key(text: str) -> datetime.datetime:
@@ -180,7 +195,7 @@ def _row_key(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 _ISO_TYPES: dict[str, tuple[Callable[[str], Any], type]] = {
     "date": (datetime.date.fromisoformat, datetime.date),
-    "timestamp": (datetime.datetime.fromisoformat, datetime.datetime),
+    "timestamp": (_timestamp_key, datetime.datetime),
     "timestamptz": (_timestamptz_key, datetime.datetime),
     "time": (datetime.time.fromisoformat, datetime.time),
 }
@@ -431,10 +446,11 @@ class PostgresLookupEnricher(LookupEnricher):
         try:
             rows = await self.fetch(list(wanted))
         except self._asyncpg.exceptions.DataError:
-            # A key column of a type not converted above, and a value asyncpg
-            # could not send: asked one by one, such a value fails its key
-            # alone, not the batch.
-            if self._convert is not _as_given or len(wanted) == 1:
+            # A value the driver could not send, or the server refused (a key
+            # column of a type not converted above, a value out of the
+            # column's range): asked one by one, it fails its key alone, not
+            # the batch.
+            if len(wanted) == 1:
                 raise
             rows = await self._fetch_one_by_one(wanted, found)
         columns = self.params.columns

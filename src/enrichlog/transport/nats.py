@@ -393,6 +393,16 @@ class NatsTransport:
 
     # -- start and stop ----------------------------------------------------------
 
+    def shares_spool_with(self, other: object) -> bool:
+        """Whether ``other`` (another transport) spools into the same
+        directory: while it runs it holds the slot this one would take over."""
+        mine, theirs = self._spool_dir, getattr(other, "_spool_dir", None)
+        if mine is None or theirs is None:
+            return False
+        return bool(
+            os.path.abspath(os.path.expanduser(mine)) == os.path.abspath(os.path.expanduser(theirs))
+        )
+
     def start(self, wait: float | None = None) -> None:
         """Start the publisher; wait up to ``wait`` seconds (default: the
         connect timeout and a second) for its first connection, so that a
@@ -591,7 +601,8 @@ class NatsTransport:
         try:
             await ensure_stream(self._js, config.stream, config.subject)
         except EnricherConfigError as exc:
-            if self._config_error is None:
+            if self._config_error is None and self._first_attempt.is_set():
+                # (At start, start() raises it instead: nothing is spooled.)
                 _report.error("enrichlog: %s; events are spooled until it is fixed", exc)
             self._config_error = exc
             await self._disconnect()
