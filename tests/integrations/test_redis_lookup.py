@@ -395,7 +395,7 @@ def test_constructible_in_code() -> None:
     )
 
     assert ("user", 4, 2) == (enricher.name, enricher.max_concurrency, enricher.params.db)
-    assert ("acme", "7") == enricher.cache_key({"tenant": "acme", "user_id": 7, "x": 1})
+    assert ("acme", 7) == enricher.cache_key({"tenant": "acme", "user_id": 7, "x": 1})
     assert enricher.cache_key({"tenant": "acme"}) is None
     assert "user:acme:7" == enricher.redis_key(("acme", 7))
 

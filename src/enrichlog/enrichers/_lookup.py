@@ -171,18 +171,18 @@ class KeyTemplate:
         literals.append(pending)
         return cls(text, tuple(literals), tuple(placeholders), tuple(dict.fromkeys(placeholders)))
 
-    def key(self, event_dict: EventDict, max_length: int) -> tuple[str, ...] | None:
-        """The values of :attr:`fields` in ``event_dict`` as the text they
-        are filled in as, or ``None`` when one is missing or unusable as a
-        key (see :func:`key_value`). As text, values that Python finds equal
-        but that fill in differently (``1``, ``1.0``, ``-0.0``...) are not
-        one key for the cache or a batch."""
-        values: list[str] = []
+    def key(self, event_dict: EventDict, max_length: int) -> tuple[KeyValue, ...] | None:
+        """The values of :attr:`fields` in ``event_dict``, or ``None`` when
+        one is missing or unusable as a key (see :func:`key_value`). A float
+        is given as the text it fills in as: Python finds ``1`` and ``1.0``,
+        or ``0.0`` and ``-0.0``, equal, and they would be one key for the
+        cache or a batch, though they fill in differently."""
+        values: list[KeyValue] = []
         for field in self.fields:
             value = key_value(event_dict.get(field), max_length)
             if value is None:
                 return None
-            values.append(value if value.__class__ is str else str(value))
+            values.append(str(value) if value.__class__ is float else value)
         return tuple(values)
 
     def render(self, key: Iterable[str]) -> str:

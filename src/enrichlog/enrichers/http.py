@@ -299,7 +299,8 @@ class HttpLookupEnricher(LookupEnricher):
         # does not time out the keys answered in time.
         deadline = self.batch_deadline()
         if deadline is not None:
-            deadline -= min(_DEADLINE_MARGIN, (deadline - asyncio.get_running_loop().time()) / 10)
+            left = deadline - asyncio.get_running_loop().time()
+            deadline -= max(0.0, min(_DEADLINE_MARGIN, left / 10))
         results = await asyncio.gather(
             *(self._get_before(deadline, client, key) for key in unique), return_exceptions=True
         )

@@ -420,24 +420,24 @@ class PostgresLookupEnricher(LookupEnricher):
     # -- lookups -----------------------------------------------------------
 
     def cache_key(self, event_dict: EventDict) -> Hashable | None:
-        """``(value of the from field,)`` as the key column's type takes it
-        (``1.0`` is ``1`` for an integer column and ``'1.0'`` for a text
-        one, so values Python finds equal are one key only when they find
-        one row); ``None`` (no lookup) when the field is missing or its
-        value is not usable as a key or cannot match the key column."""
+        """``(value of the from field,)``, a float with its text beside it;
+        ``None`` (no lookup) when the field is missing or its value is not
+        usable as a key. (Python finds ``1`` and ``1.0``, or ``0.0`` and
+        ``-0.0``, equal; for a text key column they are different rows. Not
+        converted here: a cache hit pays nothing for the column's type.)"""
         value = key_value(event_dict.get(self._field), self.params.max_key_length)
         if value is None:
             return None
-        value = self._convert(value)
-        return None if value is None else (value,)
+        return (value, repr(value)) if value.__class__ is float else (value,)
 
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
         """One query for all ``keys``: ``{key: {column: value}}`` for the
         keys that have a row."""
         wanted: dict[Any, list[Hashable]] = {}
         for key in keys:
-            # cache_key() made each key a 1-tuple; anything else matches nothing.
-            value = self._convert(key[0]) if isinstance(key, tuple) and len(key) == 1 else None
+            # cache_key() made each key a tuple of the value (and, for a
+            # float, its text); anything else matches nothing.
+            value = self._convert(key[0]) if isinstance(key, tuple) and 0 < len(key) < 3 else None
             if value is not None:
                 wanted.setdefault(value, []).append(key)
         if not wanted:

@@ -76,6 +76,9 @@ _BATCHES_OUT = 2
 
 #: A key the backend's answer does not mention.
 _MISSING = object()
+#: Seconds before a batch call's deadline (at most; a tenth of the time left
+#: when less) by which keys asked again must have their answers.
+_KEY_RETRY_MARGIN = 0.05
 
 #: Outcomes that say the enricher was never asked: not remembered per key.
 _NOT_CACHED = (CIRCUIT_OPEN, FILTERED, UNAVAILABLE, OVERLOADED)
@@ -907,13 +910,20 @@ class EnricherGuard:
             if not failed:
                 break
             delay = retry.backoff(attempt)
-            if clock() + delay > deadline:
+            # The keys asked again must be done a little before the call's
+            # deadline: past it, the runtime would time out the whole call,
+            # the keys answered already with it.
+            ends = deadline - min(_KEY_RETRY_MARGIN, (deadline - clock()) / 10)
+            if clock() + delay >= ends:
                 break
             self._on_retry(attempt, values[failed[0]], delay)
             await asyncio.sleep(delay)
             attempt += 1
             try:
-                again = await self.enricher.enrich_many(failed)
+                async with asyncio.timeout_at(ends):
+                    again = await self.enricher.enrich_many(failed)
+            except TimeoutError:
+                break  # the first answers stand
             except Exception as exc:
                 if not retry.is_transient(exc):
                     break
