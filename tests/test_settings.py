@@ -352,6 +352,16 @@ def test_spaces_around_the_output_are_not_part_of_it(
     assert "app.log" == LoggingSettings().output
 
 
+def test_a_secret_in_an_error_location_is_masked() -> None:
+    # Found by a review of the fix above: the location was no longer masked,
+    # and an enricher_options key may be a URI with its password.
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(enricher_options={"postgres://app:S3CRETpw@db/x": {"timeout": "soon"}})
+
+    assert "S3CRETpw" not in str(caught.value)
+    assert "enricher_options.postgres://app:***@db/x.timeout" in str(caught.value)
+
+
 def test_invalid_json_in_the_dotenv_file_says_so(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("ENRICHLOG_ENRICHER_OPTIONS={user: 1}\n")
 

@@ -561,15 +561,21 @@ def resolve_settings(
             {**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
         )
     except ValidationError as exc:
-        # Each message masked on its own: masked after its location, a
-        # secret-like name ("api_key: Extra inputs...") lost the message's
-        # first word. (Locations are names, never values.)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: "
-            f"{mask_secrets(error['msg'].removeprefix('Value error, '))}"
+            validation_problem(error)
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise EnricherConfigError(f"invalid logging settings: {problems}") from None
+
+
+def validation_problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``location: message``, each masked on its own:
+    masked together, a secret-like name ("api_key: Extra inputs...") lost
+    the message's first word; and a location may hold a user's key (an
+    ``enricher_options`` name that is a URI with its password)."""
+    location = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{mask_secrets(location)}: {mask_secrets(message)}"
 
 
 def require_settings(settings: object) -> None:

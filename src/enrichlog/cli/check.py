@@ -15,7 +15,7 @@ from ..engine.registry import EnricherRegistry
 from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError
 from ..options import ResolvedOptions
-from ..settings import LoggingSettings, resolve_settings
+from ..settings import LoggingSettings, resolve_settings, validation_problem
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets
 from .plan import PlanFormat, describe_plan, render_plan
@@ -101,8 +101,7 @@ def _uris_alone(problems: list[str]) -> list[str]:
         # As the settings name them (enrichers.1: ...), so that one the
         # settings' own message reported already is not counted twice.
         details = [
-            f"{'.'.join(str(part) for part in error['loc'])}: "
-            f"{mask_secrets(error['msg'].removeprefix('Value error, '))}"
+            validation_problem(error)
             for error in exc.errors(include_url=False, include_input=False)
         ]
     except ValueError as exc:
