@@ -1067,16 +1067,10 @@ def configure_logging(
         # that conflicts with the transport's subject.
         if container.processor is not None and isinstance(container._runtime, LoopRuntime):
             LoopRuntime.running_loop()
-        transport, running = container.transport, _current
-        # (Not while the running container's transport holds the spool this
-        # one takes over once it stops: it would take another slot, and
-        # leave what the first one spooled to the next process.)
-        if transport is not None and not (
-            running is not None
-            and running.transport is not None
-            and transport.shares_spool_with(running.transport)
-        ):
-            transport.start()  # container.start() finds it started
+        if container.transport is not None:
+            # Not started here: the running container's transport may hold
+            # the spool this one takes over once that one stops.
+            container.transport.check_stream()
     except EnricherConfigError:
         container.output.close()
         raise

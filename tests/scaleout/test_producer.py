@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from enrichlog import configure_logging, get_logger
+from enrichlog import LoggingSettings, configure_logging, get_logger
 from enrichlog.exceptions import EnricherConfigError
+from enrichlog.transport import transport_for
 from tests.services import tcp_proxy
 
 from .conftest import NATS_HOST, NATS_PORT, Streams, js_call, stream_event_ids, wait_until
@@ -79,6 +80,44 @@ def test_a_refused_transport_leaves_the_running_container_as_it_was(
     running.shutdown()
     assert [True] == [json.loads(line)["stamped"] for line in log_file.read_text().splitlines()]
     assert "spooled until it is fixed" not in caplog.text
+
+
+def test_a_refused_transport_leaves_a_running_transport_of_the_same_spool_as_it_was(
+    streams: Streams, tmp_path: Path
+) -> None:
+    # Found by a review of the fix above: with the spool directory of the
+    # running container's transport (by default, one per stream), the check
+    # was skipped, and the refusal came after the running one was shut down.
+    spool = str(tmp_path / "spool")
+    running = configure_logging(transport=streams.uri(), spool_dir=spool)
+    other = streams.uri().replace(f"subject={streams.subject}", f"subject={streams.subject}x")
+    with pytest.raises(EnricherConfigError, match="do not capture"):
+        configure_logging(transport=other, spool_dir=spool)
+
+    assert not running.closed
+    get_logger().info("after")
+    report = running.shutdown()
+    assert 1 == report["published"]
+
+
+def test_a_conflict_met_after_start_stopped_waiting_is_reported(
+    streams: Streams, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a review: a conflict met by a publisher that no start() waits
+    # for (a forked child's, or one slower than start's wait) went unreported.
+    async def make(js: Any) -> None:
+        await js.add_stream(name=streams.stream, subjects=[f"{streams.subject}.other"])
+
+    js_call(make)
+    transport = transport_for(
+        LoggingSettings(transport=streams.uri(), spool_dir=str(tmp_path / "s"))
+    )
+    assert transport is not None
+    transport.start(wait=0.0)
+    try:
+        wait_until(lambda: "spooled until it is fixed" in caplog.text, 10, "the report")
+    finally:
+        transport.stop(1.0)
 
 
 @pytest.mark.slow

@@ -310,6 +310,7 @@ class NatsTransport:
         self._held_from_spool = False
         self._spool: Spool | None = None
         self._spool_left = 0  # bytes on disk when the spool was closed
+        self._starting = False  # start() waits for the first attempt
         self._spool_problem: str | None = None
         self._spool_records = 0
         self._thread: threading.Thread | None = None
@@ -393,15 +394,47 @@ class NatsTransport:
 
     # -- start and stop ----------------------------------------------------------
 
-    def shares_spool_with(self, other: object) -> bool:
-        """Whether ``other`` (another transport) spools into the same
-        directory: while it runs it holds the slot this one would take over."""
-        mine, theirs = self._spool_dir, getattr(other, "_spool_dir", None)
-        if mine is None or theirs is None:
-            return False
-        return bool(
-            os.path.abspath(os.path.expanduser(mine)) == os.path.abspath(os.path.expanduser(theirs))
+    def check_stream(self) -> None:
+        """Find what :meth:`start` would refuse, without starting: connect
+        once and make sure the stream captures the subject (creating it if
+        missing, as start does). A broker that does not answer is no error:
+        the publisher checks the stream when it does.
+
+        Raises:
+            EnricherConfigError: the stream exists and does not capture the
+                subject, or the subject belongs to another stream.
+        """
+        refused: list[EnricherConfigError] = []
+
+        async def probe() -> None:
+            try:
+                client = await connect(
+                    self.config,
+                    name="enrichlog-check",
+                    reconnect=False,
+                    timeout=self._connect_timeout,
+                )
+            except Exception:
+                return  # unreachable: checked once it answers
+            try:
+                js = client.jetstream(timeout=self._publish_timeout)
+                await ensure_stream(js, self.config.stream, self.config.subject)
+            except EnricherConfigError as exc:
+                refused.append(exc)
+            except Exception:  # noqa: S110 - the publisher meets it again, and reports it
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+        # On a thread of its own: the caller may be inside a running loop.
+        thread = threading.Thread(
+            target=asyncio.run, args=(probe(),), name="enrichlog-stream-check", daemon=True
         )
+        thread.start()
+        thread.join(2 * self._connect_timeout + self._publish_timeout + 1.0)
+        if refused:
+            raise refused[0]
 
     def start(self, wait: float | None = None) -> None:
         """Start the publisher; wait up to ``wait`` seconds (default: the
@@ -419,8 +452,12 @@ class NatsTransport:
             self._active = True
             self._stopping = False
             self._open_spool()
+            self._starting = True  # a refusal meanwhile is raised here, not reported
             self._start_thread()
-        self._first_attempt.wait(self._connect_timeout + 1.0 if wait is None else wait)
+        try:
+            self._first_attempt.wait(self._connect_timeout + 1.0 if wait is None else wait)
+        finally:
+            self._starting = False
         if self._config_error is not None:
             error = self._config_error
             self.stop(0.0)
@@ -601,8 +638,9 @@ class NatsTransport:
         try:
             await ensure_stream(self._js, config.stream, config.subject)
         except EnricherConfigError as exc:
-            if self._config_error is None and self._first_attempt.is_set():
-                # (At start, start() raises it instead: nothing is spooled.)
+            if self._config_error is None and not self._starting:
+                # (While start() waits for this attempt, it raises the error
+                # instead: nothing is spooled.)
                 _report.error("enrichlog: %s; events are spooled until it is fixed", exc)
             self._config_error = exc
             await self._disconnect()
