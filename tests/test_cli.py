@@ -669,6 +669,21 @@ def test_check_counts_a_bad_entry_of_the_enricher_list_once(tmp_path: Path) -> N
     ] == result.stderr.splitlines()
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "static://?enrichment_errors=x",
+        "redis-lookup://127.0.0.1:6379/0?key=u:{k}&into=enrichment_errors",
+    ],
+)
+def test_check_refuses_an_enricher_that_provides_the_error_field(tmp_path: Path, uri: str) -> None:
+    # Found by a review: configure_logging refused it, check said ok.
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_ENRICHERS": uri})
+
+    assert 1 == result.returncode
+    assert "provides 'enrichment_errors', the key of the error_field setting" in result.stderr
+
+
 def test_check_still_checks_the_uris_beside_a_bad_entry(tmp_path: Path) -> None:
     # Found by the re-test of the fix above: the URIs beside an entry that is
     # not a string were no longer checked.

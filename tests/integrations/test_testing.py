@@ -135,6 +135,24 @@ async def test_capture_events_in_a_plain_with_on_the_applications_loop_says_use_
         assert not await asyncio.to_thread(c.enriches_on_this_thread)
 
 
+async def test_an_async_capture_that_times_out_on_the_loop_says_so() -> None:
+    # Found by a review: the message said to use 'async with', from inside one.
+    class Slow(AsyncEnricher):
+        name = "slow"
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            await asyncio.sleep(1)
+            return event_dict
+
+    async with configure_logging(output=LineSink(), enrichers=[Slow()], runtime="loop"):
+        with pytest.raises(EnrichlogError, match=r"still pending after 0\.05 s") as caught:
+            async with capture_events(timeout=0.05):
+                get_logger().info("slow")
+        assert "async with" not in str(caught.value)
+
+
 def test_capture_events_keeps_the_exception_unformatted_and_skips_filtered_events() -> None:
     def only_checkouts(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if event_dict["event"] != "checkout":

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..engine.output import appending_problem
+from ..engine.plan import check_provides
 from ..engine.registry import EnricherRegistry
 from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError
@@ -42,6 +43,10 @@ def _problems_and_levels(
         except EnrichlogError as exc:
             problems.append(str(exc))
     for enricher in enrichers:
+        try:
+            check_provides(enricher, settings.error_field)
+        except EnrichlogError as exc:
+            problems.append(str(exc))
         if isinstance(enricher, AsyncEnricher):
             try:
                 ResolvedOptions.for_enricher(enricher, settings)

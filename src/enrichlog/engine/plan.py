@@ -261,12 +261,7 @@ class EnrichmentPlan(Generic[_R]):
         self.enricher_time = LatencyHistogram()
 
     def _compile(self, enricher: Enricher, settings: LoggingSettings) -> Step:
-        if settings.error_field is not None and settings.error_field in enricher.provides:
-            raise EnricherConfigError(
-                f"enricher {enricher.name!r} provides {settings.error_field!r}, the key of the "
-                "error_field setting, where enrichlog records which enrichers failed; an "
-                "enricher's fields there are left out: choose another key (into=...)"
-            )
+        check_provides(enricher, settings.error_field)
         if isinstance(enricher, AsyncEnricher):
             guard = EnricherGuard(
                 enricher,
@@ -643,6 +638,21 @@ class EnrichmentPlan(Generic[_R]):
         except asyncio.CancelledError:
             return  # shutdown gave up on the event: written without this call
         sink(*key, outcome, clock() - started)
+
+
+def check_provides(enricher: Enricher, error_field: str | None) -> None:
+    """Refuse an enricher that declares the error field among its keys.
+
+    Raises:
+        EnricherConfigError: naming the enricher and the key.
+    """
+    if error_field is not None and error_field in enricher.provides:
+        raise EnricherConfigError(
+            f"enricher {enricher.name!r} provides {error_field!r}, the key of the error_field "
+            "setting, where enrichlog records which enrichers failed (an enricher's fields "
+            "there are left out); give its fields another key (for a lookup, into=), or the "
+            "error_field setting another name"
+        )
 
 
 def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:

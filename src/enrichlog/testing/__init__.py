@@ -135,13 +135,16 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         # What was logged before the block is written before it starts:
         # pending events are recorded when they are written, and those are
         # not the block's.
-        self._check_entered(container.flush(self._timeout), container)
+        self._check_entered(container.flush(self._timeout), container, plain=True)
         self._start(container)
         return self.events
 
-    def _check_entered(self, flushed: bool, container: LoggingContainer) -> None:
+    def _check_entered(
+        self, flushed: bool, container: LoggingContainer, *, plain: bool = False
+    ) -> None:
         if not flushed:
-            _refuse_plain_with_on_the_loop(container, "before the block")
+            if plain:
+                _refuse_plain_with_on_the_loop(container, "before the block")
             raise EnrichlogError(
                 f"capture_events(): events logged before the block were still pending "
                 f"after {self._timeout:g} s, and would be recorded as the block's; give a "
@@ -161,15 +164,21 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = container.flush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type, container)
+        self._check_complete(flushed, exc_type, container, plain=True)
 
     def _check_complete(
-        self, flushed: bool, exc_type: type[BaseException] | None, container: LoggingContainer
+        self,
+        flushed: bool,
+        exc_type: type[BaseException] | None,
+        container: LoggingContainer,
+        *,
+        plain: bool = False,
     ) -> None:
         """An incomplete list is an error, not a quiet surprise in the
         test's assertions (unless the block raised already)."""
         if not flushed and exc_type is None:
-            _refuse_plain_with_on_the_loop(container, "in the block")
+            if plain:
+                _refuse_plain_with_on_the_loop(container, "in the block")
             raise EnrichlogError(
                 f"capture_events(): events logged in the block were still pending after "
                 f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
