@@ -134,7 +134,9 @@ class OutputSink:
         self.target = target
         self._template = target if _FIELD.search(target) else None
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
-        self._torn: set[str] = set()  # targets that end in a cut line
+        #: Targets that end in a cut line, with the identity of that file
+        #: (device, inode; None for a standard stream).
+        self._torn: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
 
     def check(self) -> None:
@@ -179,24 +181,27 @@ class OutputSink:
                 data = (b"\n" if target in self._torn else b"") + line + b"\n"
                 done, failure = _write_whole(handle, data)
             if failure is None:
-                self._torn.discard(target)
+                self._torn.pop(target, None)
                 return None
             if done and data[done - 1 : done] != b"\n":
-                self._torn.add(target)
+                self._torn[target] = _identity(handle)
+            elif done:  # what was cut ended at a newline
+                self._torn.pop(target, None)
             self._forget(target)
         detail = failure.strerror if isinstance(failure, OSError) and failure.strerror else failure
         return f"output {target!r} cannot be written: {type(failure).__name__}: {detail}"
 
     def _handle(self, target: str) -> IO[bytes]:
-        if target == "stdout":
-            return sys.stdout.buffer
-        if target == "stderr":
-            return sys.stderr.buffer
+        if target in ("stdout", "stderr"):
+            buffer = getattr(getattr(sys, target), "buffer", None)
+            if buffer is None:  # started without it (>&-), or replaced by a text-only one
+                raise OSError(errno.EBADF, f"the process has no binary {target}")
+            return buffer  # type: ignore[no-any-return]
         handle = self._files.get(target)
         if handle is None:
             handle = append_unbuffered(os.path.expanduser(target))  # closed by close()
-            if target in self._torn and os.fstat(handle.fileno()).st_size == 0:
-                self._torn.discard(target)  # a new file (the old one rotated away)
+            if target in self._torn and self._torn[target] != _identity(handle):
+                del self._torn[target]  # another file (the cut one was rotated away)
             self._files[target] = handle
             while len(self._files) > _MAX_OPEN_FILES:
                 _, oldest = self._files.popitem(last=False)
@@ -217,6 +222,15 @@ class OutputSink:
         with self._lock:
             for target in list(self._files):
                 self._forget(target)
+
+
+def _identity(handle: IO[bytes]) -> tuple[int, int] | None:
+    """The device and inode of the file ``handle`` writes, if it is one."""
+    try:
+        status = os.fstat(handle.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file (io.UnsupportedOperation: OSError)
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _write_whole(handle: IO[bytes], data: bytes) -> tuple[int, BaseException | None]:

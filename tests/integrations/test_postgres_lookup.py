@@ -291,7 +291,7 @@ async def test_text_and_uuid_key_columns(pg_uri: str) -> None:
             ["2024-01-02T03:04:05", "2024-01-02T03:04:05+02:00"],  # the offset dropped
             ["n/a"],
         ),
-        ("time", "03:04:05", ["03:04:05"], ["n/a"]),
+        ("time", "03:04:05", ["03:04:05", "03:04:05+02:00"], ["n/a"]),
         ("char(6)", "ab", ["ab", "ab  "], []),
     ],
 )

@@ -331,6 +331,32 @@ def test_output_sink_forgets_a_cut_line_when_the_file_was_rotated_away(tmp_path:
     assert (tmp_path / "worker.log.1").read_bytes() == b'{"n'
 
 
+def test_output_sink_leaves_no_blank_line_after_ending_a_cut_line(tmp_path: Path) -> None:
+    # Found by a review: a write that ended the cut line (its newline taken)
+    # and then failed left the target "cut", so the next line began with a
+    # second newline: a blank line.
+    target = str(tmp_path / "worker.log")
+    sink = OutputSink(target)
+    sink._files[target] = _FillingDisk(tmp_path / "worker.log", room=4)
+    assert sink.write(target, b'{"n":1}') is not None  # cut after 4 bytes
+    sink._files[target] = _FillingDisk(tmp_path / "worker.log", room=1)
+    assert sink.write(target, b'{"n":1}') is not None  # only the newline that ends it
+    assert sink.write(target, b'{"n":1}') is None
+    sink.close()
+
+    assert b'{"n"\n{"n":1}\n' == (tmp_path / "worker.log").read_bytes()
+
+
+def test_output_sink_reports_a_missing_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: with sys.stdout None (a worker started with >&-) the
+    # write raised AttributeError instead of reporting a failure.
+    monkeypatch.setattr("sys.stdout", None)
+    reason = OutputSink("stdout").write("stdout", b"{}")
+
+    assert reason is not None
+    assert "the process has no binary stdout" in reason
+
+
 def test_output_sink_writes_where_its_check_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

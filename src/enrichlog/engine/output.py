@@ -192,6 +192,10 @@ def appending_problem(target: str) -> str | None:
     file is opened without being written; a new one is created and removed
     again). ``None`` when nothing stands in the way."""
     path = os.path.expanduser(target)
+    if os.path.islink(path):
+        # Followed, as open() follows it (O_EXCL would not): to the file it
+        # names, created if missing.
+        path = os.path.realpath(path)
     try:
         try:
             # Created only if nobody else did meanwhile, so that what is

@@ -156,6 +156,11 @@ def _timestamp_key(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text).replace(tzinfo=None)
 
 
+def _time_key(text: str) -> datetime.time:
+    # As PostgreSQL reads such text into a time without time zone.
+    return datetime.time.fromisoformat(text).replace(tzinfo=None)
+
+
 def _timestamptz_key(text: str) -> datetime.datetime:
     moment = datetime.datetime.fromisoformat(text)
     # Without an offset, UTC (as asyncpg sends it), and comparable with the
@@ -197,7 +202,7 @@ _ISO_TYPES: dict[str, tuple[Callable[[str], Any], type]] = {
     "date": (datetime.date.fromisoformat, datetime.date),
     "timestamp": (_timestamp_key, datetime.datetime),
     "timestamptz": (_timestamptz_key, datetime.datetime),
-    "time": (datetime.time.fromisoformat, datetime.time),
+    "time": (_time_key, datetime.time),
 }
 
 
