@@ -786,10 +786,15 @@ class EventPipeline:
         item.done = True
 
     def _cancel_calls_at_exit(self) -> None:
-        """Loop runtime exit hook: cancel the enricher calls in progress,
-        unless the loop has closed already (nothing of it runs again)."""
-        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
-            self._plan.cancel_calls()
+        """Loop runtime exit hook: cancel the enricher calls in progress, on
+        the loop's thread (a stop that gave up waiting for the loop runs the
+        hooks on its own), unless the loop has closed (nothing of it runs
+        again)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            if self._runtime.in_runtime_thread():
+                self._plan.cancel_calls()
+            else:
+                self._runtime.loop.call_soon_threadsafe(self._plan.cancel_calls)
 
     def stop_accepting(self) -> None:
         """Refuse every new event (callers write their own): the runtime is
