@@ -99,3 +99,69 @@ def test_an_enricher_that_provides_the_error_field_is_refused(log_file: Path) ->
         configure_logging(enrichers=[uri], output=str(log_file))
     # With the error field elsewhere, that key is an ordinary one.
     configure_logging(enrichers=[uri], output=str(log_file), error_field="errors").shutdown()
+
+
+def _cyclic_dict() -> dict[str, Any]:
+    value: dict[str, Any] = {"name": "loop"}
+    value["self"] = value
+    return value
+
+
+def _cyclic_list() -> list[Any]:
+    value: list[Any] = [1]
+    value.append(value)
+    return value
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def stamp(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    event_dict["stamped"] = True
+    return event_dict
+
+
+class Stamps(AsyncEnricher):
+    name = "stamps"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict["stamped"] = True
+        return event_dict
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "blocking"])
+def test_a_value_that_holds_itself_or_nests_deep_is_enriched_and_written(
+    log_file: Path, kind: str
+) -> None:
+    # Found by an outside tester: with a sync enricher the log call raised
+    # RecursionError (the event lost, counted nowhere); with an async one the
+    # enricher, never called, failed with RecursionError and its breaker
+    # opened for every later event. (Copying the event for the enricher
+    # recursed without end.)
+    from enrichlog import register_enricher
+
+    enricher: Any = {
+        "sync": stamp,
+        "async": Stamps(failure_threshold=2),
+        "blocking": register_enricher(stamp, name="stamp_blocking", blocking=True),
+    }[kind]
+    container = configure_logging(enrichers=[enricher], output=str(log_file))
+    log = get_logger()
+    for _ in range(3):
+        log.info("cyclic dict", payload=_cyclic_dict())
+        log.info("cyclic list", payload=_cyclic_list())
+        log.info("deep", payload=_nested(600))
+        log.info("deeper than the recursion limit", payload=_nested(5000))
+    log.info("plain")
+    report = container.shutdown()
+
+    lines = read_lines(log_file)
+    assert (13, 13) == (report["written"], len(lines))
+    assert all(line.get("stamped") for line in lines)
+    assert all(ERRORS not in line for line in lines)

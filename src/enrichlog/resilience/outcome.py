@@ -139,8 +139,26 @@ def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
         return copy  # the common, flat event: checked in C, nothing to copy
     for key, value in copy.items():
         if type(value) not in IMMUTABLE:
-            copy[key] = _isolated(value)
+            try:
+                copy[key] = _isolated(value)
+            except RecursionError:  # a value that holds itself, or nested very deep
+                copy[key] = _copied_or_shared(value)
     return copy
+
+
+def _copied_or_shared(value: Any) -> Any:
+    """``value`` copied by ``copy.deepcopy``, which follows cycles; shared
+    when even that fails (nested deeper than the interpreter's recursion
+    limit): the event is still enriched and written, and only an enricher
+    that changes such a value in place could reach the application's."""
+    import copy  # noqa: PLC0415 - rare
+
+    try:
+        return copy.deepcopy(value)
+    except RecursionError:
+        return value
+    except Exception:  # an object that cannot be copied: shared, as in _isolated
+        return value
 
 
 def _isolated(value: Any) -> Any:
