@@ -276,6 +276,9 @@ class LoggingContainer:
         #: configure_logging) starts counting from: every line written in
         #: between, by threads still logging, counts for the new one.
         self._lines_mark: tuple[LineWriter, int, int] | None = None
+        #: When the flush at interpreter exit started waiting, the time by
+        #: which the exit's shutdown must be done (one shutdown_timeout in all).
+        self._exit_deadline: float | None = None
         self._handover: tuple[LineWriter, int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
@@ -693,7 +696,15 @@ class LoggingContainer:
             )
 
     def _at_exit(self) -> None:
-        self.shutdown()
+        deadline = self._exit_deadline
+        if deadline is None:
+            self.shutdown()
+            return
+        # What the flush at interpreter exit waited counts: the process ends
+        # within about one shutdown_timeout, not two. (A tenth of it at
+        # least, for the enrichers to close their connections.)
+        floor = self.settings.shutdown_timeout / 10
+        self.shutdown(max(floor, deadline - time.monotonic()))
 
     def _after_fork_in_child(self) -> None:
         if not self._running:
@@ -1135,7 +1146,9 @@ def _drain_before_interpreter_exit() -> None:
 def _flush_live_containers() -> None:
     for container in list(_live):
         if container.running:
-            container.flush(container.settings.shutdown_timeout)
+            timeout = container.settings.shutdown_timeout
+            container._exit_deadline = time.monotonic() + timeout
+            container.flush(timeout)
 
 
 def _after_fork_in_child() -> None:

@@ -404,6 +404,48 @@ def test_shutdown_runs_at_interpreter_exit(tmp_path: Path) -> None:
     assert "stopped" == marker.read_text()
 
 
+def test_an_exit_that_cannot_drain_in_time_waits_one_shutdown_timeout(tmp_path: Path) -> None:
+    # Found by an outside tester: the flush when the interpreter starts to
+    # exit waited shutdown_timeout, then the atexit shutdown waited it again.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, atexit, json, sys, time
+        from enrichlog.container import configure_logging, get_logger
+        from enrichlog.enricher import AsyncEnricher
+
+        class Slow(AsyncEnricher):
+            timeout = 5.0
+            max_concurrency = 4
+
+            async def enrich_async(self, logger, method_name, event_dict):
+                await asyncio.sleep(0.5)
+                return event_dict
+
+        ended = {{}}
+        # Registered first, so it runs last: after enrichlog's own exit.
+        atexit.register(lambda: print(json.dumps(time.monotonic() - ended["at"])))
+        configure_logging(
+            enrichers=[Slow()],
+            output={str(tmp_path / "out.log")!r},
+            shutdown_timeout=4.0,
+            queue_size=2000,
+        )
+        for index in range(2000):
+            get_logger().info("queued", index=index)
+        ended["at"] = time.monotonic()
+        """
+    )
+
+    child = subprocess.run(
+        [sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True
+    )
+
+    assert 2000 == len((tmp_path / "out.log").read_text().splitlines())
+    # About 4 s (the flush and the shutdown share it), not 8; generous for a
+    # busy machine.
+    assert float(child.stdout.split()[-1]) < 6.5
+
+
 # -- health ----------------------------------------------------------------------
 
 
