@@ -165,3 +165,27 @@ def test_a_value_that_holds_itself_or_nests_deep_is_enriched_and_written(
     assert (13, 13) == (report["written"], len(lines))
     assert all(line.get("stamped") for line in lines)
     assert all(ERRORS not in line for line in lines)
+
+
+def test_logfmt_quotes_and_escapes_every_value_that_is_not_plain(log_file: Path) -> None:
+    # Found by an outside tester: a tab, a carriage return or another control
+    # character went out raw and unquoted, so `user=mallory<TAB>admin` read
+    # back as two fields, and a raw CR split the line in universal-newline mode.
+    values = ["mallory\tadmin", "ok\rlevel=error", "a\x1b[31m", "a\x00b", "a\x85b", "a\u2028b"]
+    container = configure_logging(output=str(log_file), format="logfmt")
+    for value in values:
+        get_logger().info("e", user=value, plain="ok", spaced="a b")
+    container.shutdown()
+
+    raw = log_file.read_bytes().split(b"\n")[:-1]
+    assert len(values) == len(raw)
+    assert all(line.isascii() and b"\r" not in line for line in raw)
+    assert [
+        'user="mallory\\tadmin"',
+        'user="ok\\rlevel=error"',
+        'user="a\\x1b[31m"',
+        'user="a\\x00b"',
+        'user="a\\x85b"',
+        'user="a\\u2028b"',
+    ] == [line.decode().split(" plain=")[0] for line in raw]
+    assert all(b' plain=ok spaced="a b" event=e' in line for line in raw)

@@ -273,7 +273,7 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
             colors=colors, exception_formatter=_console_exceptions(colors=colors)
         )
     elif fmt == "logfmt":
-        renderer = _plain_keys(structlog.processors.LogfmtRenderer())
+        renderer = _plain_keys(_LogfmtRenderer())
     else:
         raise ValueError(f"unknown format {fmt!r}; expected json, console or logfmt")
     return SafeRenderer(renderer)
@@ -332,6 +332,60 @@ def _chain_loops(exc: BaseException | None) -> bool:
             else:
                 current = None
     return False
+
+
+class _LogfmtRenderer(structlog.processors.LogfmtRenderer):
+    """structlog's logfmt, with every value that is not plain quoted and
+    escaped: structlog quotes only values with a space, ``=`` or a quote,
+    and escapes only line feeds, so a tab, a carriage return or another
+    control character went out raw (``user=mallory\tadmin=1`` reads back
+    as two fields in readers that end a value at any blank, and a raw CR
+    splits the line for a reader in universal-newline mode)."""
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> str:
+        elements: list[str] = []
+        for key, value in self._ordered_items(event_dict):
+            if value is None:
+                elements.append(f"{key}=")
+                continue
+            if isinstance(value, bool):
+                if self.bool_as_flag and value:
+                    elements.append(key)
+                    continue
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            if text.isprintable() and not any(char in text for char in ' ="'):
+                elements.append(f"{key}={text}")
+            else:
+                elements.append(f'{key}="{_logfmt_escaped(text)}"')
+        return " ".join(elements)
+
+
+_LOGFMT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _logfmt_escaped(text: str) -> str:
+    r"""``text`` for a quoted logfmt value: backslash, quote, line feed,
+    carriage return and tab as ``\\``, ``\"``, ``\n``, ``\r``, ``\t``; any
+    other character that is not printable as ``\xNN``, ``\uNNNN`` or
+    ``\UNNNNNNNN``."""
+    out = []
+    for char in text:
+        escape = _LOGFMT_ESCAPES.get(char)
+        if escape is not None:
+            out.append(escape)
+        elif char.isprintable() or char == " ":
+            out.append(char)
+        else:
+            code = ord(char)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _plain_keys(
