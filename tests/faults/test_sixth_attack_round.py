@@ -189,3 +189,42 @@ def test_logfmt_quotes_and_escapes_every_value_that_is_not_plain(log_file: Path)
         'user="a\\u2028b"',
     ] == [line.decode().split(" plain=")[0] for line in raw]
     assert all(b' plain=ok spaced="a b" event=e' in line for line in raw)
+
+
+def test_without_orjson_tuples_that_hold_themselves_or_nest_deep_are_written(
+    tmp_path: Path,
+) -> None:
+    # Found by an outside tester: such tuples crash orjson (the process);
+    # the documented way out is the standard library's encoder.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["orjson"] = None  # as without the extra
+        from enrichlog import configure_logging, get_logger
+        cycle = []
+        cycle.append((cycle,))
+        deep = ()
+        for _ in range(100_000):
+            deep = (deep,)
+        container = configure_logging(output=sys.argv[1])
+        for value in (cycle, {"t": (cycle,)}, deep):
+            get_logger().info("odd", payload=value)
+        get_logger().info("after")
+        print(container.shutdown()["written"])
+        """
+    )
+    out = tmp_path / "out.log"
+    child = subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert (0, "4") == (child.returncode, child.stdout.strip())
+    assert ["odd", "odd", "odd", "after"] == [line["event"] for line in read_lines(out)]
