@@ -228,3 +228,67 @@ def test_without_orjson_tuples_that_hold_themselves_or_nest_deep_are_written(
 
     assert (0, "4") == (child.returncode, child.stdout.strip())
     assert ["odd", "odd", "odd", "after"] == [line["event"] for line in read_lines(out)]
+
+
+class _Unprintable:
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unprintable)
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _deep_tuple(depth: int) -> tuple[Any, ...]:
+    deep: tuple[Any, ...] = ()
+    for _ in range(depth):
+        deep = (deep,)
+    return deep
+
+
+# The keys themselves (not in the events: orjson could not render those).
+_KEYS: dict[str, Hashable] = {
+    "unprintable": _Unprintable(),
+    "deep": _deep_tuple(3000),
+    "plain": "plain",
+}
+
+
+class KeyedByAnything(AsyncEnricher):
+    name = "keyed"
+    cache_error_ttl = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable | None:
+        return _KEYS[event_dict["key"]]
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        self.calls += 1
+        event_dict["looked_up"] = True
+        return event_dict
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_cache_key_whose_repr_fails_is_looked_up_like_any_other(
+    log_file: Path, delivery: str
+) -> None:
+    # Found by an outside tester: the key's repr() named the lookup's task;
+    # when it failed, that event failed (RuntimeError, RecursionError) and
+    # every later one with the key got AttributeError, for good.
+    enricher = KeyedByAnything()
+    container = configure_logging(enrichers=[enricher], output=str(log_file), delivery=delivery)
+    for key in ("unprintable", "unprintable", "deep", "deep", "plain"):
+        get_logger().info("e", key=key)
+    container.shutdown()
+
+    lines = read_lines(log_file)
+    assert [True] * 5 == [line.get("looked_up") for line in lines]
+    assert all(ERRORS not in line for line in lines)
+    assert 3 == enricher.calls  # one per key: the cache answers the others

@@ -289,18 +289,19 @@ class EnricherCache:
                 entry.used = True
                 if entry.error is not None:
                     raise CachedError(
-                        f"Cached error for key {key!r}: {entry.error!r}"
+                        f"Cached error for key {_key_text(key)}: {_key_text(entry.error)}"
                     ) from entry.error
                 return entry.value
             self._drop_expired(key, entry)
         flight = self._in_flight.get(key)
         if flight is None:
             self._misses += count
+            name = f"enrichlog-cache-{_key_text(key)}"  # before anything is registered
             # Registered before the task exists, so that even an eagerly
             # started task finds itself in charge of the key.
             flight = self._in_flight[key] = _Flight()
             flight.task = asyncio.get_running_loop().create_task(
-                self._compute(key, fn, flight), name=f"enrichlog-cache-{key!r}"
+                self._compute(key, fn, flight), name=name
             )
             flight.task.add_done_callback(_retrieve_exception)
         elif count:
@@ -565,3 +566,16 @@ def cached_enricher(
         return wrapper
 
     return decorate
+
+
+def _key_text(key: object, limit: int = 200) -> str:
+    """``repr(key)`` cut to ``limit`` characters, for names and messages: a
+    key whose ``repr`` fails (a tuple nested past the recursion limit, an
+    object whose ``__repr__`` raises) is named by its type instead."""
+    try:
+        text = repr(key)
+    except BaseException as exc:  # anything a user's __repr__ raises
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return f"<{type(key).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
