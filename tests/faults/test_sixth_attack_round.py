@@ -292,3 +292,33 @@ def test_a_cache_key_whose_repr_fails_is_looked_up_like_any_other(
     assert [True] * 5 == [line.get("looked_up") for line in lines]
     assert all(ERRORS not in line for line in lines)
     assert 3 == enricher.calls  # one per key: the cache answers the others
+
+
+def test_logfmt_keys_made_plain_take_no_other_fields_value(log_file: Path) -> None:
+    # Found by a re-test: 'a b', 'a_b' and 'a=b' all became a_b, and only one
+    # value survived; an application's own render_error was overwritten; an
+    # empty key was written as it is (a line starting with '=').
+    container = configure_logging(output=str(log_file), format="logfmt")
+    log = get_logger()
+    log.info("e", **{"a b": "1", "a_b": "2", "a=b": "3"})
+    log.info("e", **{"": "empty", "render_error": "mine"})
+    container.shutdown()
+
+    first, second = log_file.read_text().splitlines()
+    assert first.startswith("a_b=1 a_b_2=2 a_b_3=3 event=e ")
+    assert second.startswith("_=empty event=e ")
+    assert ' render_error_2=mine render_error="ValueError' in second
+
+
+def test_console_lines_escape_control_characters(log_file: Path) -> None:
+    # Found by a re-test: ESC, CR, NEL, U+2028 and other controls went to the
+    # file (or terminal) raw: one event read as several lines, or coloured it.
+    container = configure_logging(output=str(log_file), format="console")
+    get_logger().info("msg\x1b[31m\rover", v="a\x85b\u2028c\x0bd", t="a\tb")
+    container.shutdown()
+
+    text = log_file.read_text()
+    assert 1 == len(text.splitlines())
+    assert "\x1b" not in text
+    assert "msg\\x1b[31m\\x0dover" in text
+    assert "a\\x85b\\u2028c\\x0bd" in text

@@ -144,7 +144,7 @@ class _SafeExceptionRenderer(structlog.processors.ExceptionRenderer):
 
 #: How deep a printable copy goes before it shows a value by ``repr``.
 _MAX_DEPTH = 16
-_INVALID_KEY_CHARS = str.maketrans({" ": "_", "=": "_", '"': "_", "\n": "_", "\t": "_"})
+_INVALID_KEY_CHARS = str.maketrans({" ": "_", "=": "_", '"': "_", "\\": "_", "\n": "_", "\t": "_"})
 
 
 def _text(key: object) -> str:
@@ -173,9 +173,28 @@ def _printable_event(
     if values is None:
         safe = _printable(event_dict, keys, 0)
     else:
-        safe = {keys(k): values(v) for k, v in event_dict.items()}
+        safe = _unique_keys(((keys(k), values(v)) for k, v in event_dict.items()))
+    if "render_error" in safe:  # the application's own: kept beside ours
+        safe[_free_key(safe, "render_error")] = safe.pop("render_error")
     safe["render_error"] = f"{type(exc).__name__}: {_repr(exc)[:200]}"
     return safe  # type: ignore[no-any-return]
+
+
+def _unique_keys(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A dict of ``items`` where a key made plain that another already took
+    (``a b`` and ``a_b``) gets a suffix instead of overwriting its value."""
+    made: dict[str, Any] = {}
+    for key, value in items:
+        made[_free_key(made, key) if key in made else key] = value
+    return made
+
+
+def _free_key(taken: Mapping[str, Any], key: str) -> str:
+    """``key`` with the first suffix ``_2``, ``_3``... that ``taken`` lacks."""
+    number = 2
+    while f"{key}_{number}" in taken:
+        number += 1
+    return f"{key}_{number}"
 
 
 def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
@@ -188,7 +207,7 @@ def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
         return value if math.isfinite(value) else str(value)
     if depth < _MAX_DEPTH:
         if isinstance(value, dict):
-            return {keys(k): _printable(v, keys, depth + 1) for k, v in value.items()}
+            return _unique_keys((keys(k), _printable(v, keys, depth + 1)) for k, v in value.items())
         if isinstance(value, list | tuple):
             return [_printable(v, keys, depth + 1) for v in value]
     return _repr(value)
@@ -269,8 +288,10 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
             default=_json_default,
         )
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=_console_exceptions(colors=colors)
+        renderer = _escaping_controls(
+            structlog.dev.ConsoleRenderer(
+                colors=colors, exception_formatter=_console_exceptions(colors=colors)
+            )
         )
     elif fmt == "logfmt":
         renderer = _plain_keys(_LogfmtRenderer())
@@ -388,6 +409,36 @@ def _logfmt_escaped(text: str) -> str:
     return "".join(out)
 
 
+#: What the console shows escaped in text values and the message: control
+#: characters but the line feed and tab (ESC would reach the terminal raw,
+#: CR overwrite the line), DEL, the C1 controls and the Unicode line and
+#: paragraph separators (which split the line for many readers).
+_CONSOLE_ESCAPES = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+    if code not in (0x0A, 0x09)
+}
+_CONSOLE_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def _escaping_controls(
+    render: Callable[[WrappedLogger, str, EventDict], Any],
+) -> Callable[[WrappedLogger, str, EventDict], Any]:
+    """The console renderer, given the event's text values with their
+    control characters escaped (see :data:`_CONSOLE_ESCAPES`): a value
+    cannot colour the terminal, overwrite a line, or break one where a
+    reader of the file would. Line feeds stay (a message or a traceback may
+    span lines on purpose)."""
+
+    def render_escaped(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        for key, value in event_dict.items():
+            if value.__class__ is str and not value.isprintable():
+                event_dict[key] = value.translate(_CONSOLE_ESCAPES)
+        return render(logger, name, event_dict)
+
+    return render_escaped
+
+
 def _plain_keys(
     render: Callable[[WrappedLogger, str, EventDict], Any],
 ) -> Callable[[WrappedLogger, str, EventDict], Any]:
@@ -406,7 +457,7 @@ def _plain_keys(
 
 
 def _is_plain(key: str) -> bool:
-    return key.isprintable() and not any(char in key for char in ' ="')
+    return bool(key) and key.isprintable() and not any(char in key for char in ' ="\\')
 
 
 def render_fallbacks(processors: Iterable[Processor]) -> int:
