@@ -8,7 +8,13 @@ retries and a concurrency limit, and never loses an event.
 
 from __future__ import annotations
 
-from .container import LoggingContainer, build_processor_chain, configure_logging, get_logger
+from .container import (
+    LoggingContainer,
+    build_processor_chain,
+    configure_logging,
+    current_container,
+    get_logger,
+)
 from .engine.lifecycle import EnricherLifecycleManager
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
@@ -54,6 +60,7 @@ __all__ = [
     "build_processor_chain",
     "cached_enricher",
     "configure_logging",
+    "current_container",
     "get_logger",
     "register_enricher",
 ]
