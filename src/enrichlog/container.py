@@ -276,9 +276,9 @@ class LoggingContainer:
         #: configure_logging) starts counting from: every line written in
         #: between, by threads still logging, counts for the new one.
         self._lines_mark: tuple[LineWriter, int, int] | None = None
-        #: When the flush at interpreter exit started waiting, the time by
-        #: which the exit's shutdown must be done (one shutdown_timeout in all).
-        self._exit_deadline: float | None = None
+        #: Seconds the flush at interpreter exit waited: the exit's shutdown
+        #: has the rest of one shutdown_timeout.
+        self._exit_flush_took: float | None = None
         self._handover: tuple[LineWriter, int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
@@ -696,15 +696,16 @@ class LoggingContainer:
             )
 
     def _at_exit(self) -> None:
-        deadline = self._exit_deadline
-        if deadline is None:
+        took = self._exit_flush_took
+        if took is None:
             self.shutdown()
             return
         # What the flush at interpreter exit waited counts: the process ends
-        # within about one shutdown_timeout, not two. (A tenth of it at
+        # within about one shutdown_timeout, not two. (Not the time the
+        # application's threads logged on after it; and a tenth of it at
         # least, for the enrichers to close their connections.)
-        floor = self.settings.shutdown_timeout / 10
-        self.shutdown(max(floor, deadline - time.monotonic()))
+        timeout = self.settings.shutdown_timeout
+        self.shutdown(max(timeout / 10, timeout - took))
 
     def _after_fork_in_child(self) -> None:
         if not self._running:
@@ -1096,7 +1097,11 @@ def configure_logging(
             if handing_over:
                 container._handover = previous._lines_mark
         _current = None
-        container.start()
+        try:
+            container.start()
+        except BaseException:
+            container.output.close()  # (a conflict the probe could not see)
+            raise
         _current = container
     return container
 
@@ -1146,9 +1151,9 @@ def _drain_before_interpreter_exit() -> None:
 def _flush_live_containers() -> None:
     for container in list(_live):
         if container.running:
-            timeout = container.settings.shutdown_timeout
-            container._exit_deadline = time.monotonic() + timeout
-            container.flush(timeout)
+            started = time.monotonic()
+            container.flush(container.settings.shutdown_timeout)
+            container._exit_flush_took = time.monotonic() - started
 
 
 def _after_fork_in_child() -> None:

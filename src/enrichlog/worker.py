@@ -200,8 +200,12 @@ class OutputSink:
         handle = self._files.get(target)
         if handle is None:
             handle = append_unbuffered(os.path.expanduser(target))  # closed by close()
-            if target in self._torn and self._torn[target] != _identity(handle):
-                del self._torn[target]  # another file (the cut one was rotated away)
+            if target in self._torn and (
+                self._torn[target] != _identity(handle) or os.fstat(handle.fileno()).st_size == 0
+            ):
+                # Another file (the cut one rotated away), or the same one
+                # emptied (copytruncate): nothing to end.
+                del self._torn[target]
             self._files[target] = handle
             while len(self._files) > _MAX_OPEN_FILES:
                 _, oldest = self._files.popitem(last=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -444,6 +445,46 @@ def test_an_exit_that_cannot_drain_in_time_waits_one_shutdown_timeout(tmp_path: 
     # About 4 s (the flush and the shutdown share it), not 8; generous for a
     # busy machine.
     assert float(child.stdout.split()[-1]) < 6.5
+
+
+def test_events_of_threads_that_log_after_main_returns_are_still_enriched(
+    tmp_path: Path,
+) -> None:
+    # Found by a review of the fix above: the time the application's threads
+    # logged after main returned counted against the exit's shutdown, which
+    # then had a tenth of shutdown_timeout: their events went unenriched.
+    script = textwrap.dedent(
+        f"""
+        import asyncio, threading, time
+        from enrichlog.container import configure_logging, get_logger
+        from enrichlog.enricher import AsyncEnricher
+
+        class Slow(AsyncEnricher):
+            async def enrich_async(self, logger, method_name, event_dict):
+                await asyncio.sleep(0.3)
+                event_dict["slow"] = "done"
+                return event_dict
+
+        configure_logging(
+            enrichers=[Slow()],
+            output={str(tmp_path / "out.log")!r},
+            shutdown_timeout=3.0,
+            delivery="background",
+        )
+
+        def late():
+            time.sleep(3.5)  # past shutdown_timeout after main returned
+            for index in range(5):
+                get_logger().info("late", index=index)
+
+        threading.Thread(target=late).start()
+        """
+    )
+
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+    lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
+    assert ["done"] * 5 == [line.get("slow") for line in lines]
 
 
 # -- health ----------------------------------------------------------------------

@@ -315,10 +315,12 @@ def test_console_lines_escape_control_characters(log_file: Path) -> None:
     # file (or terminal) raw: one event read as several lines, or coloured it.
     container = configure_logging(output=str(log_file), format="console")
     get_logger().info("msg\x1b[31m\rover", v="a\x85b\u2028c\x0bd", t="a\tb")
+    get_logger().info("key", **{"k\x1b[31mey\r": 1})  # a review: keys too
     container.shutdown()
 
     text = log_file.read_text()
-    assert 1 == len(text.splitlines())
+    assert 2 == len(text.splitlines())
     assert "\x1b" not in text
+    assert "k\\x1b[31mey\\x0d=1" in text
     assert "msg\\x1b[31m\\x0dover" in text
     assert "a\\x85b\\u2028c\\x0bd" in text

@@ -254,6 +254,29 @@ def test_values_python_finds_equal_are_looked_up_as_the_keys_they_fill_in(
 
 
 @pytest.mark.services
+def test_an_enum_member_and_the_value_it_equals_are_two_keys(
+    redis_prefix: str, log_file: Path
+) -> None:
+    # Found by a review: a (str, Enum) member shared a cache entry with the
+    # plain string it equals, though it fills in as "Plan.GOLD".
+    import enum
+
+    class Plan(str, enum.Enum):  # noqa: UP042 - on purpose: its str() is "Plan.GOLD"
+        GOLD = "gold"
+
+    with redis_client() as client:
+        client.set(f"{redis_prefix}p:{Plan.GOLD}", "the member's")
+        client.set(f"{redis_prefix}p:gold", "the string's")
+    container = configure(log_file, f"{BASE}?key={redis_prefix}p:{{k}}&type=string&into=v")
+    get_logger().info("member", k=Plan.GOLD)
+    container.flush(10)
+    get_logger().info("string", k="gold")
+    container.shutdown()
+
+    assert ["the member's", "the string's"] == [line["v"] for line in read_lines(log_file)]
+
+
+@pytest.mark.services
 def test_a_redis_hash_field_named_like_the_error_field_is_not_written_there(
     redis_prefix: str, log_file: Path
 ) -> None:

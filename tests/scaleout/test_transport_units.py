@@ -9,6 +9,7 @@ import errno
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,23 @@ def test_output_sink_leaves_no_blank_line_after_ending_a_cut_line(tmp_path: Path
     sink.close()
 
     assert b'{"n"\n{"n":1}\n' == (tmp_path / "worker.log").read_bytes()
+
+
+def test_output_sink_starts_a_file_emptied_in_place_without_a_blank_line(
+    tmp_path: Path,
+) -> None:
+    # Found by a review: after a cut line, a file truncated in place
+    # (logrotate's copytruncate) kept its inode, and began with a newline.
+    target = str(tmp_path / "worker.log")
+    sink = OutputSink(target)
+    sink._files[target] = _FillingDisk(tmp_path / "worker.log", room=3)
+    assert sink.write(target, b'{"n":1}') is not None
+    os.truncate(target, 0)
+
+    assert sink.write(target, b'{"n":2}') is None
+    sink.close()
+
+    assert b'{"n":2}\n' == (tmp_path / "worker.log").read_bytes()
 
 
 def test_output_sink_reports_a_missing_stdout(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -431,9 +431,14 @@ def _escaping_controls(
     span lines on purpose)."""
 
     def render_escaped(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        if not all(key.isprintable() for key in event_dict if isinstance(key, str)):
+            event_dict = {
+                key.translate(_CONSOLE_ESCAPES) if isinstance(key, str) else key: value
+                for key, value in event_dict.items()
+            }
         for key, value in event_dict.items():
-            if value.__class__ is str and not value.isprintable():
-                event_dict[key] = value.translate(_CONSOLE_ESCAPES)
+            if isinstance(value, str) and not value.isprintable():
+                event_dict[key] = str(value).translate(_CONSOLE_ESCAPES)
         return render(logger, name, event_dict)
 
     return render_escaped

@@ -173,16 +173,19 @@ class KeyTemplate:
 
     def key(self, event_dict: EventDict, max_length: int) -> tuple[KeyValue, ...] | None:
         """The values of :attr:`fields` in ``event_dict``, or ``None`` when
-        one is missing or unusable as a key (see :func:`key_value`). A float
-        is given as the text it fills in as: Python finds ``1`` and ``1.0``,
-        or ``0.0`` and ``-0.0``, equal, and they would be one key for the
-        cache or a batch, though they fill in differently."""
+        one is missing or unusable as a key (see :func:`key_value`). A value
+        that is not exactly a ``str``, ``int`` or ``UUID`` is given as the
+        text it fills in as: Python finds ``1`` and ``1.0``, ``0.0`` and
+        ``-0.0``, or a ``(str, Enum)`` member and its value, equal, and they
+        would be one key for the cache or a batch, though they fill in
+        differently."""
         values: list[KeyValue] = []
         for field in self.fields:
             value = key_value(event_dict.get(field), max_length)
             if value is None:
                 return None
-            values.append(str(value) if value.__class__ is float else value)
+            kind = value.__class__
+            values.append(value if kind is str or kind is int or kind is UUID else str(value))
         return tuple(values)
 
     def render(self, key: Iterable[str]) -> str:

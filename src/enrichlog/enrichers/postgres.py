@@ -425,15 +425,21 @@ class PostgresLookupEnricher(LookupEnricher):
     # -- lookups -----------------------------------------------------------
 
     def cache_key(self, event_dict: EventDict) -> Hashable | None:
-        """``(value of the from field,)``, a float with its text beside it;
-        ``None`` (no lookup) when the field is missing or its value is not
-        usable as a key. (Python finds ``1`` and ``1.0``, or ``0.0`` and
-        ``-0.0``, equal; for a text key column they are different rows. Not
-        converted here: a cache hit pays nothing for the column's type.)"""
+        """``(value of the from field,)``, a float with its text beside it, a
+        subclass (an Enum member) with its class; ``None`` (no lookup) when
+        the field is missing or its value is not usable as a key. (Python
+        finds ``1`` and ``1.0``, or ``0.0`` and ``-0.0``, equal; for a text
+        key column they are different rows. Not converted here: a cache hit
+        pays nothing for the column's type.)"""
         value = key_value(event_dict.get(self._field), self.params.max_key_length)
         if value is None:
             return None
-        return (value, repr(value)) if value.__class__ is float else (value,)
+        kind = value.__class__
+        if kind is str or kind is int or kind is UUID:
+            return (value,)
+        # A float with its text; a subclass (an Enum member) with its class:
+        # not one key with the plain value it equals.
+        return (value, repr(value)) if kind is float else (value, kind)
 
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
         """One query for all ``keys``: ``{key: {column: value}}`` for the

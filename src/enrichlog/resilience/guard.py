@@ -919,14 +919,13 @@ class EnricherGuard:
             self._on_retry(attempt, values[failed[0]], delay)
             await asyncio.sleep(delay)
             attempt += 1
+            scope = asyncio.timeout_at(ends)
             try:
-                async with asyncio.timeout_at(ends):
+                async with scope:
                     again = await self.enricher.enrich_many(failed)
-            except TimeoutError:
-                break  # the first answers stand
             except Exception as exc:
-                if not retry.is_transient(exc):
-                    break
+                if scope.expired() or not retry.is_transient(exc):
+                    break  # out of time, or not worth it: the first answers stand
                 again = dict.fromkeys(failed, exc)
             if not isinstance(again, Mapping):
                 break
