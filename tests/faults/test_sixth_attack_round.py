@@ -4,6 +4,7 @@ the behaviour they test: the lookups, batching, the loop runtime.)"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,40 @@ def test_console_lines_escape_control_characters(log_file: Path) -> None:
     assert "k\\x1b[31mey\\x0d=1" in text
     assert "msg\\x1b[31m\\x0dover" in text
     assert "a\\x85b\\u2028c\\x0bd" in text
+
+
+class _Shows:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+@pytest.mark.parametrize("colors", [False, True])
+def test_console_escapes_what_objects_and_tracebacks_show(colors: bool) -> None:
+    # Found by a re-test of the fix above: an exception or an object as the
+    # message, an object's repr() as a value, and the exception's text in a
+    # traceback went out raw.
+    from enrichlog.engine.chain import make_renderer
+
+    render = make_renderer("console", colors=colors)
+    hostile = "x\x1b[2J\x1b[31m\rFAKE\u2028y\x85z"
+    lines = [
+        render(None, "error", {"event": ValueError(hostile)}),
+        render(None, "info", {"event": _Shows(hostile), "user": _Shows(hostile)}),
+    ]
+    try:
+        raise ValueError(hostile)
+    except ValueError:
+        lines.append(render(None, "error", {"event": "failed", "exc_info": sys.exc_info()}))
+
+    for line in lines:
+        shown = line.replace("\x1b[", "") if colors else line  # the renderer's own colours
+        assert "\x1b[2J" not in line
+        assert "\r" not in shown
+        assert "\u2028" not in shown
+        assert "\x85" not in shown
+    assert "x\\x1b[2J\\x1b[31m\\x0dFAKE\\u2028y\\x85z" in lines[0]

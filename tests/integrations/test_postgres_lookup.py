@@ -372,6 +372,25 @@ async def test_a_value_asyncpg_cannot_send_fails_its_key_alone(pg_uri: str) -> N
 
 
 @pytest.mark.services
+def test_an_int_flag_member_finds_its_row_in_an_integer_column(
+    pg_uri: str, pg_table: str, log_file: Path
+) -> None:
+    # Found by a re-test: asyncpg refused an IntFlag member (DataError) when
+    # it was looked up alone, and found the row when batched with a plain 1.
+    import enum
+
+    class Flag(enum.IntFlag):
+        FIRST = 1
+
+    container = configure(log_file, f"{pg_uri}?table={pg_table}&from=k&columns=name&into=u")
+    get_logger().info("flag", k=Flag.FIRST)
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert ({"name": "ann"}, None) == (line.get("u"), line.get(ERRORS))
+
+
+@pytest.mark.services
 def test_values_python_finds_equal_find_their_own_rows_in_a_text_column(
     pg_uri: str, log_file: Path
 ) -> None:

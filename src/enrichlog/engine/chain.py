@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -291,7 +292,8 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
         renderer = _escaping_controls(
             structlog.dev.ConsoleRenderer(
                 colors=colors, exception_formatter=_console_exceptions(colors=colors)
-            )
+            ),
+            colors=colors,
         )
     elif fmt == "logfmt":
         renderer = _plain_keys(_LogfmtRenderer())
@@ -419,27 +421,58 @@ _CONSOLE_ESCAPES = {
     if code not in (0x0A, 0x09)
 }
 _CONSOLE_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+#: A colour code: the only escape sequence a coloured console line keeps.
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+_SGR_SPLIT = re.compile(r"(\x1b\[[0-9;]*m)")
 
 
 def _escaping_controls(
-    render: Callable[[WrappedLogger, str, EventDict], Any],
+    render: Callable[[WrappedLogger, str, EventDict], Any], *, colors: bool
 ) -> Callable[[WrappedLogger, str, EventDict], Any]:
-    """The console renderer, given the event's text values with their
-    control characters escaped (see :data:`_CONSOLE_ESCAPES`): a value
-    cannot colour the terminal, overwrite a line, or break one where a
-    reader of the file would. Line feeds stay (a message or a traceback may
-    span lines on purpose)."""
+    """The console renderer with control characters escaped (see
+    :data:`_CONSOLE_ESCAPES`): nothing logged can colour the terminal,
+    overwrite a line, or break one where a reader of the file would. Line
+    feeds stay (a message or a traceback may span lines on purpose).
+
+    Without colours the renderer adds no control character of its own, so
+    its whole output is escaped: keys, values, the message, whatever
+    ``str()`` or ``repr()`` of an object gives, tracebacks. With colours its
+    own escape sequences must stay, so what goes in is escaped instead: text
+    keys and values, the message's ``str()``, and other values' ``repr()``
+    (which the renderer shows anyway); an exception's own text in a
+    traceback is escaped in the output, all but colour codes."""
+    if not colors:
+
+        def render_plain(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+            line = render(logger, name, event_dict)
+            return line if line.isprintable() else line.translate(_CONSOLE_ESCAPES)
+
+        return render_plain
 
     def render_escaped(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
-        if not all(key.isprintable() for key in event_dict if isinstance(key, str)):
-            event_dict = {
-                key.translate(_CONSOLE_ESCAPES) if isinstance(key, str) else key: value
-                for key, value in event_dict.items()
-            }
+        escaped: EventDict = {}
         for key, value in event_dict.items():
+            if isinstance(key, str) and not key.isprintable():
+                key = key.translate(_CONSOLE_ESCAPES)  # noqa: PLW2901 - the escaped key
+            if key == "exc_info":
+                pass  # the traceback formatter's
+            elif key == "event" and not isinstance(value, str):
+                value = str(value)  # noqa: PLW2901 - shown by its str()
+            elif not isinstance(value, str | int | float | bool | type(None)):
+                value = repr(value)  # noqa: PLW2901 - shown by its repr() anyway
             if isinstance(value, str) and not value.isprintable():
-                event_dict[key] = str(value).translate(_CONSOLE_ESCAPES)
-        return render(logger, name, event_dict)
+                value = str(value).translate(_CONSOLE_ESCAPES)  # noqa: PLW2901
+            escaped[key] = value
+        line = render(logger, name, escaped)
+        if line.isprintable():
+            return line
+        # What is left (a traceback's exception text): everything but the
+        # colour codes (SGR sequences) the renderer and the traceback
+        # formatter write themselves.
+        return "".join(
+            part if _SGR.fullmatch(part) else part.translate(_CONSOLE_ESCAPES)
+            for part in _SGR_SPLIT.split(line)
+        )
 
     return render_escaped
 

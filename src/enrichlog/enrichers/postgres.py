@@ -78,7 +78,7 @@ def _int_key(bits: int) -> Callable[[Any], Any]:
             value = int(text) if digits.isascii() and digits.isdigit() and len(text) <= 21 else None
         if not isinstance(value, int) or not low <= value <= high:
             return None
-        return value
+        return int(value)  # a plain int: the driver refuses some subclasses (IntFlag)
 
     return convert
 
