@@ -159,6 +159,21 @@ def test_only_http_urls_are_read() -> None:
         read_stats(url="file:///etc/passwd")
 
 
+def test_the_header_names_the_url_without_its_secrets(live: LoggingContainer) -> None:
+    # Found by an outside tester: the error named the URL masked, the header
+    # of a successful read in clear.
+    url = f"http://ops:S3CRETpw@127.0.0.1:{live.metrics_port}/metrics?token=TOKSECRET"
+
+    result = stats_command("--url", url)
+
+    assert 0 == result.returncode, result.stderr
+    assert result.stdout.startswith(
+        f"enrichlog stats (http://ops:***@127.0.0.1:{live.metrics_port}/metrics?token=***)"
+    )
+    assert "S3CRETpw" not in result.stdout
+    assert "TOKSECRET" not in result.stdout
+
+
 def test_an_unreadable_url_is_named_without_its_secrets() -> None:
     # Found by the attack round: the error quoted the password and token.
     with pytest.raises(EnrichlogError) as caught:

@@ -582,7 +582,7 @@ def run_stats(
     or an extra is missing (said on ``err``).
     """
     out, err = out or sys.stdout, err or sys.stderr
-    source = url if url is not None else str(file)
+    source = mask_uri(url) if url is not None else str(file)  # never the URL's secrets
     try:
         stats = read_stats(url, file)
         if once or not out.isatty():
