@@ -27,9 +27,11 @@ it goes to :data:`logging.lastResort` (standard error), so nothing loops.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -189,12 +191,19 @@ class EnrichlogHandler(logging.Handler):
             _last_resort(record)
             return
         name = record.name
-        unenriched = depth > 0 or name == "enrichlog" or name.startswith("enrichlog.")
+        own = name == "enrichlog" or name.startswith("enrichlog.")
         _depth.value = depth + 1
-        token = IN_ENRICHMENT.set(True) if unenriched else None
+        token = IN_ENRICHMENT.set(True) if depth > 0 and not own else None
         try:
             method, message, fields = record_to_event(record)
-            getattr(self._logger(container, name), method)(message, **fields)
+            log = getattr(self._logger(container, name), method)
+            if own:
+                # enrichlog's own report (a breaker that opened, a retry) is
+                # often made while some event is enriched: not in that
+                # event's context, whose request id it would carry.
+                contextvars.Context().run(_unenriched, log, message, fields)
+            else:
+                log(message, **fields)
         except Exception:
             self.handleError(record)
         except BaseException:
@@ -298,3 +307,9 @@ class FormatterEnrichment:
         if container is None or not container.running:
             return event_dict
         return container.enrich_now(method_name, event_dict, logger)
+
+
+def _unenriched(log: Callable[..., Any], message: Any, fields: dict[str, Any]) -> None:
+    """``log(message, **fields)``, marked as enrichment: written as it is."""
+    IN_ENRICHMENT.set(True)
+    log(message, **fields)

@@ -362,3 +362,25 @@ def test_console_escapes_what_objects_and_tracebacks_show(colors: bool) -> None:
         assert "\u2028" not in shown
         assert "\x85" not in shown
     assert "x\\x1b[2J\\x1b[31m\\x0dFAKE\\u2028y\\x85z" in lines[0]
+
+
+def test_enrichlogs_own_reports_carry_no_events_context(log_file: Path) -> None:
+    # Found by an outside tester: the "circuit closed -> open" report came
+    # out with the request id of whichever request's event opened it.
+    import structlog
+
+    container = configure_logging(
+        enrichers=[Down(failure_threshold=1)], output=str(log_file), stdlib=True
+    )
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    try:
+        get_logger().info("request")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    container.shutdown()
+
+    lines = read_lines(log_file)
+    reports = [line for line in lines if line.get("logger") == "enrichlog"]
+    assert ["req-1"] == [line.get("request_id") for line in lines if line["event"] == "request"]
+    assert reports
+    assert all("request_id" not in line for line in reports)
