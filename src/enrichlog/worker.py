@@ -647,6 +647,10 @@ class Worker:
             try:
                 if delivery.written or delivery.filtered:
                     self._remember(delivery.event_id)
+                    # Copies that arrived while it was in flight (a replay,
+                    # a redelivery) get no line of their own: skipped, as
+                    # those arriving after it was written.
+                    self._counts["duplicates_skipped"] += len(delivery.messages) - 1
                     await self._ack(delivery.messages)
                 else:
                     if delivery.reason is not None:

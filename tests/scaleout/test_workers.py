@@ -241,6 +241,39 @@ def test_degraded_enrichment_is_written_and_acknowledged(
     assert (5, 0, 0) == (metrics["acknowledged"], metrics["nacked"], metrics["dead_lettered"])
 
 
+def test_copies_of_an_event_in_flight_count_as_duplicates_skipped(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by an outside tester: a copy that arrived while its event was in
+    # flight (a replay, a redelivery) was acknowledged with no line and no
+    # counter: 600 acknowledged for 300 lines and 0 duplicates_skipped.
+    async def publish(js: Any) -> None:
+        await js.add_stream(name=streams.stream, subjects=[streams.subject])
+        for copy in ("a", "b"):
+            for index in range(20):
+                body = json.dumps({"event": "twice", "event_id": f"dup-{index}", "level": "info"})
+                await js.publish(
+                    streams.subject, body.encode(), headers={"Nats-Msg-Id": f"{copy}-{index}"}
+                )
+
+    js_call(publish)
+    output = tmp_path / "out.log"
+    worker = start_worker(
+        worker_env(streams, output), "--enrichers", "tests.scaleout.worker_enrichers:slow"
+    )
+
+    wait_until(lambda: len(lines_of(output)) >= 20, 30, "20 lines")
+    assert 0 == worker.stop()
+
+    assert 20 == len({line["event_id"] for line in lines_of(output)}) == len(lines_of(output))
+    metrics = worker.final_metrics()
+    assert (40, 40, 20) == (
+        metrics["consumed"],
+        metrics["acknowledged"],
+        metrics["duplicates_skipped"],
+    )
+
+
 def test_sigterm_finishes_and_acknowledges_what_is_in_flight(
     streams: Streams, tmp_path: Path, start_worker: Any
 ) -> None:
