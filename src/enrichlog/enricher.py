@@ -49,6 +49,18 @@ BATCH_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "enrichlog_batch_deadline", default=None
 )
 
+#: Seconds before a batch call's deadline (at most; a tenth of the time left
+#: when less) by which keys still unanswered, or asked again, give up.
+_DEADLINE_MARGIN = 0.05
+
+
+def shortly_before(deadline: float, now: float) -> float:
+    """A moment a little before ``deadline`` (both on the loop's clock): what
+    is still unanswered then fails alone, and the call still returns before
+    the runtime times it out as a whole."""
+    return deadline - max(0.0, min(_DEADLINE_MARGIN, (deadline - now) / 10))
+
+
 DEFAULT_PRIORITY = 100
 
 _E = TypeVar("_E", bound="Enricher")

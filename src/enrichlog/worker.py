@@ -200,12 +200,12 @@ class OutputSink:
         handle = self._files.get(target)
         if handle is None:
             handle = append_unbuffered(os.path.expanduser(target))  # closed by close()
-            if target in self._torn and (
-                self._torn[target] != _identity(handle) or os.fstat(handle.fileno()).st_size == 0
-            ):
-                # Another file (the cut one rotated away), or the same one
-                # emptied (copytruncate): nothing to end.
-                del self._torn[target]
+            if target in self._torn:
+                status = os.fstat(handle.fileno())
+                if status.st_size == 0 or self._torn[target] != (status.st_dev, status.st_ino):
+                    # Another file (the cut one rotated away), or the same
+                    # one emptied (copytruncate): nothing to end.
+                    del self._torn[target]
             self._files[target] = handle
             while len(self._files) > _MAX_OPEN_FILES:
                 _, oldest = self._files.popitem(last=False)

@@ -4,7 +4,7 @@ the tables, keys and backends each test creates and removes."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,6 +27,23 @@ def pg_uri() -> str:
     """``postgres-lookup://`` up to the database; skips without PostgreSQL."""
     require_service("PostgreSQL", PG_HOST, PG_PORT)
     return f"postgres-lookup://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
+
+
+@pytest.fixture
+def pg_scratch(pg_uri: str) -> Iterator[Callable[[str], str]]:
+    """Makes tables ``enrichlog_test_<random> (<columns>)`` on demand; drops
+    them afterwards."""
+    made: list[str] = []
+
+    def make(columns: str) -> str:
+        table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
+        pg_fetch(f"CREATE TABLE {table} ({columns})")
+        made.append(table)
+        return table
+
+    yield make
+    for table in made:
+        pg_fetch(f"DROP TABLE IF EXISTS {table}")
 
 
 @pytest.fixture

@@ -296,13 +296,17 @@ async def test_text_and_uuid_key_columns(pg_uri: str) -> None:
     ],
 )
 async def test_key_columns_of_other_types_take_the_values_that_can_match(
-    pg_uri: str, column: str, stored: str, asked: list[Any], unusable: list[Any]
+    pg_uri: str,
+    pg_scratch: Callable[[str], str],
+    column: str,
+    stored: str,
+    asked: list[Any],
+    unusable: list[Any],
 ) -> None:
     # Found by an outside tester: with a numeric key, one value such as 'n/a'
     # failed its whole batch (DataError, remembered for the good keys too);
     # with a date key, every value did (ISO text was not converted).
-    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
-    pg_fetch(f"CREATE TABLE {table} (k {column} PRIMARY KEY, plan text)")
+    table = pg_scratch(f"k {column} PRIMARY KEY, plan text")
     pg_fetch(f"INSERT INTO {table} VALUES ($1::text::{column}, 'pro')", stored)
     enricher = CountingLookup(
         params=EnricherFactory.build(f"{pg_uri}?table={table}&key=k&columns=plan").params  # type: ignore[attr-defined]
@@ -312,11 +316,10 @@ async def test_key_columns_of_other_types_take_the_values_that_can_match(
         await enricher.startup()
         cache_keys = [enricher.cache_key({"k": value}) for value in [*asked, *unusable]]
         found = await enricher.enrich_many(keys)
-        # What the engine sends: the cache keys, converted already.
+        # What the engine sends: the cache keys.
         by_cache_key = await enricher.enrich_many([cache_keys[0]])
     finally:
         await enricher.shutdown()
-        pg_fetch(f"DROP TABLE {table}")
 
     assert {(value,): {"plan": "pro"} for value in asked} == found
     assert 1 == len(enricher.queries[0])  # one row: one value asked; the unusable not sent
@@ -326,22 +329,18 @@ async def test_key_columns_of_other_types_take_the_values_that_can_match(
 
 @pytest.mark.services
 def test_a_bad_value_leaves_the_good_keys_of_its_batch_enriched(
-    pg_uri: str, log_file: Path
+    pg_uri: str, pg_scratch: Callable[[str], str], log_file: Path
 ) -> None:
     # Found by an outside tester (end to end, as the unit above did not):
     # a numeric key column, five good keys and 'n/a' in one batch.
-    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
-    pg_fetch(f"CREATE TABLE {table} (id numeric PRIMARY KEY, v text)")
+    table = pg_scratch("id numeric PRIMARY KEY, v text")
     pg_fetch(f"INSERT INTO {table} SELECT g, 'n' || g FROM generate_series(1, 10) g")
     container = configure(log_file, f"{pg_uri}?table={table}&from=k&key=id&columns=v&into=r")
-    try:
-        get_logger().info("alone", k=7)
-        container.flush(10)
-        for value in (1, "2", 3.0, "n/a", 4, "5.00"):
-            get_logger().info("batch", k=value)
-        container.shutdown()
-    finally:
-        pg_fetch(f"DROP TABLE {table}")
+    get_logger().info("alone", k=7)
+    container.flush(10)
+    for value in (1, "2", 3.0, "n/a", 4, "5.00"):
+        get_logger().info("batch", k=value)
+    container.shutdown()
 
     assert [
         ("alone", {"v": "n7"}),
@@ -353,11 +352,12 @@ def test_a_bad_value_leaves_the_good_keys_of_its_batch_enriched(
 
 
 @pytest.mark.services
-async def test_a_value_asyncpg_cannot_send_fails_its_key_alone(pg_uri: str) -> None:
+async def test_a_value_asyncpg_cannot_send_fails_its_key_alone(
+    pg_uri: str, pg_scratch: Callable[[str], str]
+) -> None:
     # A key column of a type enrichlog does not convert (inet): asyncpg
     # decides, and a value it refuses fails its own key, not the batch.
-    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
-    pg_fetch(f"CREATE TABLE {table} (k inet PRIMARY KEY, plan text)")
+    table = pg_scratch("k inet PRIMARY KEY, plan text")
     pg_fetch(f"INSERT INTO {table} VALUES ('10.0.0.1', 'pro')")
     enricher = EnricherFactory.build(f"{pg_uri}?table={table}&key=k&columns=plan")
     try:
@@ -365,7 +365,6 @@ async def test_a_value_asyncpg_cannot_send_fails_its_key_alone(pg_uri: str) -> N
         found = await enricher.enrich_many([("10.0.0.1",), ("n/a",)])  # type: ignore[attr-defined]
     finally:
         await enricher.shutdown()
-        pg_fetch(f"DROP TABLE {table}")
 
     assert {"plan": "pro"} == found[("10.0.0.1",)]
     assert isinstance(found[("n/a",)], asyncpg.DataError)
@@ -392,26 +391,22 @@ def test_an_int_flag_member_finds_its_row_in_an_integer_column(
 
 @pytest.mark.services
 def test_values_python_finds_equal_find_their_own_rows_in_a_text_column(
-    pg_uri: str, log_file: Path
+    pg_uri: str, pg_scratch: Callable[[str], str], log_file: Path
 ) -> None:
     # Found by an outside tester: 1, 1.0 and -0.0 shared one cache entry (and
     # one key in a batch): login=1.0 got the row of '1'.
-    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
-    pg_fetch(f"CREATE TABLE {table} (login text PRIMARY KEY, plan text)")
+    table = pg_scratch("login text PRIMARY KEY, plan text")
     pg_fetch(
         f"INSERT INTO {table} VALUES ('1', 'one'), ('1.0', 'one point oh'), ('0', 'zero'), "
         "('-0.0', 'minus zero')"
     )
     container = configure(log_file, f"{pg_uri}?table={table}&key=login&columns=plan")
-    try:
-        for value in (1, 1.0, 0, -0.0):  # in one batch
-            get_logger().info("together", login=value)
-        container.flush(10)
-        for value in (1.0, 1, -0.0, 0):  # then from the cache
-            get_logger().info("one by one", login=value)
-        container.shutdown()
-    finally:
-        pg_fetch(f"DROP TABLE {table}")
+    for value in (1, 1.0, 0, -0.0):  # in one batch
+        get_logger().info("together", login=value)
+    container.flush(10)
+    for value in (1.0, 1, -0.0, 0):  # then from the cache
+        get_logger().info("one by one", login=value)
+    container.shutdown()
 
     assert [
         *("one", "one point oh", "zero", "minus zero"),
@@ -420,17 +415,15 @@ def test_values_python_finds_equal_find_their_own_rows_in_a_text_column(
 
 
 @pytest.mark.services
-def test_uuid_and_numeric_columns_are_written_as_their_text(pg_uri: str, log_file: Path) -> None:
+def test_uuid_and_numeric_columns_are_written_as_their_text(
+    pg_uri: str, pg_scratch: Callable[[str], str], log_file: Path
+) -> None:
     # Found by an outside tester: "UUID('6f1b...')" and "Decimal('12.50')".
-    table = f"enrichlog_test_{uuid.uuid4().hex[:12]}"
-    pg_fetch(f"CREATE TABLE {table} (id int PRIMARY KEY, account uuid, balance numeric)")
+    table = pg_scratch("id int PRIMARY KEY, account uuid, balance numeric")
     pg_fetch(f"INSERT INTO {table} VALUES (1, '0b8c1fd6-51f5-4a6f-9c5e-6b1f2b3c4d5e', 12.50)")
     container = configure(log_file, f"{pg_uri}?table={table}&columns=account,balance&into=row")
-    try:
-        get_logger().info("checkout", id=1)
-        container.shutdown()
-    finally:
-        pg_fetch(f"DROP TABLE {table}")
+    get_logger().info("checkout", id=1)
+    container.shutdown()
 
     assert {"account": "0b8c1fd6-51f5-4a6f-9c5e-6b1f2b3c4d5e", "balance": "12.50"} == read_lines(
         log_file

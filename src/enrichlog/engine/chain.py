@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from uuid import UUID
 
 import structlog
-from structlog.processors import _figure_out_exc_info
+from structlog.processors import _figure_out_exc_info, _json_fallback_handler
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 from ..settings import LEVELS, LoggingSettings
@@ -269,10 +269,7 @@ def _json_default(value: Any) -> Any:
     way (``__structlog__()``, else ``repr``)."""
     if isinstance(value, UUID | Decimal):
         return str(value)
-    try:
-        return value.__structlog__()
-    except AttributeError:
-        return repr(value)
+    return _json_fallback_handler(value)
 
 
 def make_renderer(fmt: str, *, colors: bool = False) -> Processor:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from structlog.typing import EventDict
 
+from ..enricher import shortly_before
 from ..exceptions import EnricherConfigError
 from ..uri.params import CommaSeparated
 from ._lookup import (
@@ -47,9 +48,6 @@ _TEMPLATE_SAFE = "/:@!$&'()*+,;=-._~%"
 _MISSING_STATUS = frozenset({404, 410})
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 _CLOSE_TIMEOUT = 5.0
-#: Seconds before the engine's timeout at most at which a batch's keys still
-#: unanswered give up (a tenth of the time left, when less).
-_DEADLINE_MARGIN = 0.05
 
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -299,8 +297,7 @@ class HttpLookupEnricher(LookupEnricher):
         # does not time out the keys answered in time.
         deadline = self.batch_deadline()
         if deadline is not None:
-            left = deadline - asyncio.get_running_loop().time()
-            deadline -= max(0.0, min(_DEADLINE_MARGIN, left / 10))
+            deadline = shortly_before(deadline, asyncio.get_running_loop().time())
         results = await asyncio.gather(
             *(self._get_before(deadline, client, key) for key in unique), return_exceptions=True
         )

@@ -107,8 +107,6 @@ def _numeric(number: Decimal) -> Decimal | None:
 
 
 def _numeric_key(value: Any) -> Any:
-    if isinstance(value, Decimal):  # converted already (a cache key)
-        return _numeric(value)
     if isinstance(value, int):
         return _numeric(Decimal(value))
     if isinstance(value, float):
@@ -168,12 +166,10 @@ def _timestamptz_key(text: str) -> datetime.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
-def _iso_key(parse: Callable[[str], Any], kind: type) -> Callable[[Any], Any]:
+def _iso_key(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     """Dates, times and timestamps: given in events as ISO 8601 text."""
 
     def convert(value: Any) -> Any:
-        if isinstance(value, kind):  # converted already (a cache key)
-            return value
         if not isinstance(value, str):
             return None
         try:
@@ -198,20 +194,19 @@ def _row_key(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _as_given
 
 
-_ISO_TYPES: dict[str, tuple[Callable[[str], Any], type]] = {
-    "date": (datetime.date.fromisoformat, datetime.date),
-    "timestamp": (_timestamp_key, datetime.datetime),
-    "timestamptz": (_timestamptz_key, datetime.datetime),
-    "time": (_time_key, datetime.time),
+_ISO_TYPES: dict[str, Callable[[str], Any]] = {
+    "date": datetime.date.fromisoformat,
+    "timestamp": _timestamp_key,
+    "timestamptz": _timestamptz_key,
+    "time": _time_key,
 }
 
 
 def _key_converter(type_name: str) -> Callable[[Any], Any]:
     """How an event value becomes a parameter for a key column of this type
     (``None``: it cannot match any row, so it is not sent). A value of the
-    wrong type would make asyncpg refuse the whole batch. Each converter
-    takes what it returns as it is: cache keys, converted once, are what
-    enrich_many receives."""
+    wrong type would make asyncpg refuse the whole batch. It runs on a
+    cache miss, in enrich_many: cache keys hold the event's value itself."""
     # The parameter is an array: asyncpg names it "int4[]".
     element = type_name.removesuffix("[]")
     if element in _INT_BITS:
@@ -229,7 +224,7 @@ def _key_converter(type_name: str) -> Callable[[Any], Any]:
     if element == "float8":
         return _float_key
     if element in _ISO_TYPES:
-        return _iso_key(*_ISO_TYPES[element])
+        return _iso_key(_ISO_TYPES[element])
     return _as_given  # other types: asyncpg decides (see enrich_many)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from ..enricher import BATCH_DEADLINE, AsyncEnricher
+from ..enricher import BATCH_DEADLINE, AsyncEnricher, shortly_before
 from ..exceptions import CachedError
 from ..metrics import FAILURE_REASONS, EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
@@ -76,9 +76,6 @@ _BATCHES_OUT = 2
 
 #: A key the backend's answer does not mention.
 _MISSING = object()
-#: Seconds before a batch call's deadline (at most; a tenth of the time left
-#: when less) by which keys asked again must have their answers.
-_KEY_RETRY_MARGIN = 0.05
 
 #: Outcomes that say the enricher was never asked: not remembered per key.
 _NOT_CACHED = (CIRCUIT_OPEN, FILTERED, UNAVAILABLE, OVERLOADED)
@@ -913,7 +910,7 @@ class EnricherGuard:
             # The keys asked again must be done a little before the call's
             # deadline: past it, the runtime would time out the whole call,
             # the keys answered already with it.
-            ends = deadline - min(_KEY_RETRY_MARGIN, (deadline - clock()) / 10)
+            ends = shortly_before(deadline, clock())
             if clock() + delay >= ends:
                 break
             self._on_retry(attempt, values[failed[0]], delay)

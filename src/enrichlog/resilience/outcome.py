@@ -147,17 +147,16 @@ def isolated_copy(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _copied_or_shared(value: Any) -> Any:
-    """``value`` copied by ``copy.deepcopy``, which follows cycles; shared
-    when even that fails (nested deeper than the interpreter's recursion
-    limit): the event is still enriched and written, and only an enricher
-    that changes such a value in place could reach the application's."""
+    """``value`` copied by ``copy.deepcopy`` (which follows cycles and keeps
+    a subclass's type); shared when it cannot be copied, or is nested deeper
+    than the interpreter's recursion limit: the event is still enriched and
+    written, and only an enricher that changes such a value in place could
+    reach the application's."""
     import copy  # noqa: PLC0415 - rare
 
     try:
         return copy.deepcopy(value)
-    except RecursionError:
-        return value
-    except Exception:  # an object that cannot be copied: shared, as in _isolated
+    except Exception:  # RecursionError included
         return value
 
 
@@ -176,13 +175,7 @@ def _isolated(value: Any) -> Any:
         unchanged = all(new is old for new, old in zip(items, value, strict=True))
         return value if unchanged else kind(items)
     if isinstance(value, dict | list | set):
-        # Subclasses (OrderedDict, defaultdict...) keep their type.
-        import copy  # noqa: PLC0415 - rare
-
-        try:
-            return copy.deepcopy(value)
-        except Exception:  # an object that cannot be copied: shared, not failed
-            return value
+        return _copied_or_shared(value)  # subclasses (OrderedDict...) keep their type
     return value
 
 

@@ -135,16 +135,15 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         # What was logged before the block is written before it starts:
         # pending events are recorded when they are written, and those are
         # not the block's.
-        self._check_entered(container.flush(self._timeout), container, plain=True)
+        flushed = container.flush(self._timeout)
+        if not flushed:
+            _refuse_plain_with_on_the_loop(container, "before the block")
+        self._check_entered(flushed)
         self._start(container)
         return self.events
 
-    def _check_entered(
-        self, flushed: bool, container: LoggingContainer, *, plain: bool = False
-    ) -> None:
+    def _check_entered(self, flushed: bool) -> None:
         if not flushed:
-            if plain:
-                _refuse_plain_with_on_the_loop(container, "before the block")
             raise EnrichlogError(
                 f"capture_events(): events logged before the block were still pending "
                 f"after {self._timeout:g} s, and would be recorded as the block's; give a "
@@ -164,21 +163,14 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = container.flush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type, container, plain=True)
+        if not flushed and exc_type is None:
+            _refuse_plain_with_on_the_loop(container, "in the block")
+        self._check_complete(flushed, exc_type)
 
-    def _check_complete(
-        self,
-        flushed: bool,
-        exc_type: type[BaseException] | None,
-        container: LoggingContainer,
-        *,
-        plain: bool = False,
-    ) -> None:
+    def _check_complete(self, flushed: bool, exc_type: type[BaseException] | None) -> None:
         """An incomplete list is an error, not a quiet surprise in the
         test's assertions (unless the block raised already)."""
         if not flushed and exc_type is None:
-            if plain:
-                _refuse_plain_with_on_the_loop(container, "in the block")
             raise EnrichlogError(
                 f"capture_events(): events logged in the block were still pending after "
                 f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
@@ -186,7 +178,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
 
     async def __aenter__(self) -> list[EventDict]:
         container = self._running()
-        self._check_entered(await container.aflush(self._timeout), container)  # as __enter__
+        self._check_entered(await container.aflush(self._timeout))  # as __enter__ does
         self._start(container)
         return self.events
 
@@ -203,7 +195,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = await container.aflush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type, container)
+        self._check_complete(flushed, exc_type)
 
 
 def _refuse_plain_with_on_the_loop(container: LoggingContainer, when: str) -> None:
