@@ -426,6 +426,26 @@ def test_to_uri_refuses_an_enricher_built_in_code() -> None:
         EnricherFactory.to_uri(HostnameEnricher())
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "static://?host=web1",
+        "static://?password=s7&other=1",
+        "static://?user=bob&port=80&path=/x",
+    ],
+)
+def test_to_uri_keeps_query_keys_named_like_uri_parts_in_the_query(uri: str) -> None:
+    """Found by an outside tester: a static:// field called host, port,
+    user, password or path was written into the URI's authority or path,
+    which static:// refuses."""
+    enricher = EnricherFactory.build(uri)
+
+    written = EnricherFactory.to_uri(enricher, reveal_secrets=True)
+    again = EnricherFactory.build(written)
+
+    assert (written.startswith("static://?"), again.fields) == (True, enricher.fields)
+
+
 def _optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.none() | strategy
 

@@ -202,6 +202,7 @@ class LoggingContainer:
         self.transport = transport_for(settings)
         #: A worker's counters, reported through metrics() (report_worker_metrics).
         self._worker_metrics: Callable[[], Any] | None = None
+        self._worker_lines: Any = None
         if self.transport is not None and not self.transport.enrich_locally:
             levels = ()  # the workers enrich
         # -- end scale-out ---------------------------------------------------
@@ -613,6 +614,9 @@ class LoggingContainer:
         elif (mark := mark or self._read_lines()) is not None:
             written = mark[1] - self._lines_before[0]
             write_failed = mark[2] - self._lines_before[1]
+        elif self._worker_lines is not None:
+            written = self._worker_lines.written
+            write_failed = self._worker_lines.write_failed
         else:  # not installed: only the lines the runtime wrote are known
             written, write_failed = pipeline["written"], 0
         return {
@@ -896,11 +900,14 @@ class LoggingContainer:
             worker=None if self._worker_metrics is None else self._worker_metrics().as_dict(),
         )
 
-    def report_worker_metrics(self, source: Callable[[], Any]) -> None:
+    def report_worker_metrics(self, source: Callable[[], Any], *, lines: Any = None) -> None:
         """Include ``source()`` (an object with ``as_dict()``: a worker's
         counters) in :meth:`metrics` as ``worker``, and so in Prometheus:
-        how an enrichment worker reports through the engine it runs."""
+        how an enrichment worker reports through the engine it runs.
+        ``lines`` (with ``written`` and ``write_failed`` counts) writes the
+        worker's lines: ``written`` and ``write_failed`` are its counts."""
         self._worker_metrics = source
+        self._worker_lines = lines
 
     def observe(self) -> None:
         """Follow this container for Prometheus and serve ``/metrics`` when

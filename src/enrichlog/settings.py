@@ -161,11 +161,12 @@ class LoggingSettings(BaseSettings):
     """Configuration of a :class:`~enrichlog.container.LoggingContainer`.
 
     Environment variables use the prefix ``ENRICHLOG_`` (``ENRICHLOG_LEVEL``,
-    ``ENRICHLOG_ENRICHERS``...). An invalid value raises pydantic's
-    ``ValidationError``, which names the field at fault; a variable that
-    cannot be read at all (``ENRICHLOG_ENRICHER_OPTIONS`` holding invalid
-    JSON, an unreadable ``.env``) raises
-    :class:`~enrichlog.exceptions.EnricherConfigError` naming it.
+    ``ENRICHLOG_ENRICHERS``...). An invalid value, an unknown keyword or a
+    variable that cannot be read at all (``ENRICHLOG_ENRICHER_OPTIONS``
+    holding invalid JSON, an unreadable ``.env``) raises
+    :class:`~enrichlog.exceptions.EnricherConfigError` naming each field or
+    variable at fault (secrets masked). (``model_validate()``, pydantic's
+    own, raises pydantic's ``ValidationError``.)
 
     ``repr()``, ``str()`` and ``model_dump_json()`` show secrets (URI
     passwords, secret query keys) as ``***``; ``model_dump()`` and the
@@ -455,6 +456,8 @@ class LoggingSettings(BaseSettings):
         unknown_settings({k: v for k, v in values.items() if not k.startswith("_")})
         try:
             super().__init__(**values)
+        except ValidationError as exc:
+            raise invalid_settings(exc) from None
         except SettingsError as exc:
             raise EnricherConfigError(_unreadable_source(exc)) from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -561,11 +564,16 @@ def resolve_settings(
             {**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            validation_problem(error)
-            for error in exc.errors(include_url=False, include_input=False)
-        )
-        raise EnricherConfigError(f"invalid logging settings: {problems}") from None
+        raise invalid_settings(exc) from None
+
+
+def invalid_settings(exc: ValidationError) -> EnricherConfigError:
+    """The error for settings that failed validation: each field at fault
+    and its problem, secrets masked."""
+    problems = "; ".join(
+        validation_problem(error) for error in exc.errors(include_url=False, include_input=False)
+    )
+    return EnricherConfigError(f"invalid logging settings: {problems}")
 
 
 def validation_problem(error: Mapping[str, Any]) -> str:

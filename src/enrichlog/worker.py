@@ -128,10 +128,17 @@ class OutputSink:
     bytes behind for a later write to put into the file; a line the disk
     took only part of (it filled up) stays a broken line of its own: the
     next line written there starts on a new line.
+
+    Attributes:
+        written: lines written.
+        write_failed: lines the output refused (a redelivered event's
+            line counts once per attempt).
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self.written = 0
+        self.write_failed = 0
         self._template = target if _FIELD.search(target) else None
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         #: Targets that end in a cut line, with the identity of that file
@@ -182,7 +189,9 @@ class OutputSink:
                 done, failure = _write_whole(handle, data)
             if failure is None:
                 self._torn.pop(target, None)
+                self.written += 1
                 return None
+            self.write_failed += 1
             if done and data[done - 1 : done] != b"\n":
                 self._torn[target] = _identity(handle)
             elif done:  # what was cut ended at a newline
@@ -354,7 +363,6 @@ class Worker:
         self.container = LoggingContainer(
             settings.model_copy(update={"transport": None}), enrichers
         )
-        self.container.report_worker_metrics(self.metrics)
         if not isinstance(settings.output, str):
             raise EnricherConfigError(
                 "a worker writes to 'stdout', 'stderr' or a path (with {field} "
@@ -362,6 +370,9 @@ class Worker:
             )
         self._sink = OutputSink(settings.output)
         self._sink.check()
+        # Its lines are the sink's: the engine hands each to it, and cannot
+        # tell a line the output refused.
+        self.container.report_worker_metrics(self.metrics, lines=self._sink)
         self._max_in_flight = min(settings.max_in_flight, settings.queue_size)
         self._stats_interval = stats_interval
         self._stats_out = stats_out

@@ -837,6 +837,25 @@ def test_level_timeout_bounds_a_lone_enricher_with_a_longer_own_timeout(
     assert ([{"slow": "timeout"}], True) == (errors_in(log_file), elapsed < 5)
 
 
+def test_an_event_the_level_timeout_cut_off_counts_as_a_timeout_of_its_enricher(
+    log_file: Path,
+) -> None:
+    """The line says ``timeout``; so does the enricher's failure count (the
+    call, still running, counts its own outcome when it ends)."""
+    container = configure(log_file, [Hanging(timeout=30)], level_timeout=0.05)
+
+    for _ in range(3):
+        get_logger().info("hello")
+    metrics = container.metrics()["enrichers"]["slow"]
+
+    assert ([{"slow": "timeout"}] * 3, 3, 3, 0) == (
+        errors_in(log_file),
+        metrics["failures_by_reason"]["timeout"],
+        metrics["calls"],
+        metrics["successes"],
+    )
+
+
 def test_timeout_in_first_level_still_runs_the_next_level(log_file: Path) -> None:
     configure(
         log_file,

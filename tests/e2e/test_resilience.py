@@ -367,6 +367,85 @@ def test_cache_stats_in_metrics_count_one_miss_per_missed_event(log_file: Path) 
     assert (3, 1, 0.75) == (stats["hits"], stats["misses"], stats["hit_rate"])
 
 
+def test_a_cached_enrichers_call_time_counts_in_the_events_enricher_time(
+    log_file: Path,
+) -> None:
+    """Found by an outside tester: an enricher with ``cache_key`` added 0 s
+    to ``enricher_time``, and ``stats`` read the whole call as waiting."""
+
+    class SlowUserLookup(UserLookup):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            await asyncio.sleep(0.02)
+            return await super().enrich_async(logger, method_name, event_dict)
+
+    container = configure(log_file, [SlowUserLookup()])
+    for user_id in range(3):  # three keys: three calls
+        get_logger().info("request", user_id=user_id)
+    enricher_time = container.metrics().enricher_time
+
+    # asyncio.sleep(0.02) never returns early: at least 60 ms in all.
+    assert (3, True) == (enricher_time.count, enricher_time.sum >= 0.06)
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["per-event", "batching"])
+def test_cache_counters_never_go_down_while_events_wait_for_one_key(
+    log_file: Path, batching: bool
+) -> None:
+    """Found by an outside tester: an event handed to the loop counted a miss,
+    then became a hit when it joined the call fetching its key; a scrape in
+    between saw the miss counter go down (a counter reset to Prometheus)."""
+
+    class Lookup(AsyncEnricher):
+        name = "user"
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            event_dict["user"] = "ada"
+            return event_dict
+
+        def cache_key(self, event_dict: EventDict) -> Hashable:
+            return event_dict["user_id"]
+
+    class BatchLookup(AsyncEnricher):
+        name = "user"
+
+        async def enrich_many(self, keys: Any) -> dict[Hashable, str]:
+            return dict.fromkeys(keys, "ada")
+
+        def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+            event_dict["user"] = value
+            return event_dict
+
+        def cache_key(self, event_dict: EventDict) -> Hashable:
+            return event_dict["user_id"]
+
+    def cache_counts(container: LoggingContainer) -> tuple[int, int]:
+        metrics = container.metrics()["enrichers"]["user"]
+        return metrics["cache_misses"], metrics["cache_hits"]
+
+    async def main() -> list[tuple[int, int]]:
+        enricher = BatchLookup() if batching else Lookup()
+        async with configure_logging(
+            enrichers=[enricher], output=str(log_file), runtime="loop"
+        ) as container:
+            log = get_logger()
+            for _ in range(5):  # on the loop: nothing runs until it awaits
+                log.info("request", user_id=7)
+            before = cache_counts(container)
+            await container.aflush()
+            return [before, cache_counts(container)]
+
+    reads = asyncio.run(main())
+
+    assert ([(0, 0), (1, 4)], ["ada"] * 5) == (
+        reads,
+        [line["user"] for line in read_lines(log_file)],
+    )
+
+
 # -- circuit breaker -------------------------------------------------------------------
 
 

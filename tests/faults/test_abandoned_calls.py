@@ -72,6 +72,15 @@ def test_abandoned_calls_are_counted_per_enricher_in_total_and_in_the_report(
     )
 
 
+def test_an_abandoned_call_is_in_the_latency_histogram_while_it_lingers(stubborn: Run) -> None:
+    """Found by an outside tester: an abandoned call was observed only when
+    its coroutine ended, so the histogram's count (documented as the calls
+    made) fell behind ``calls``, for good for a call that never ends."""
+    summary = stubborn.summary
+
+    assert summary["enricher_calls"] == summary["enricher_calls_timed"]
+
+
 def test_a_call_ignoring_its_cancellation_is_given_up_within_a_second_of_its_deadline(
     stubborn: Run,
 ) -> None:

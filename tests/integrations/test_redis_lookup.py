@@ -386,7 +386,7 @@ def test_hostile_event_values_change_nothing(users: str, log_file: Path) -> None
         ("key=user", "has no {field}"),
         ("key=user:{user.__class__}", "{user.__class__}"),
         ("key=user:{id!r}", "{id!r}"),
-        ("key=user:{", "user:{"),
+        ("key=user:{", "query key 'key'"),
         ("key=u:{id}&type=string", "type=string needs into="),
         ("key=u:{id}&type=list", "type"),
         ("key=u:{id}&max_connections=0", "max_connections"),

@@ -354,6 +354,48 @@ def test_a_worker_serves_its_counters_to_prometheus(
     assert ("enrichlog_worker_in_flight", ()) in samples
 
 
+def test_a_workers_lines_the_output_refused_are_write_failures_in_its_exposition(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    """Found by an outside tester: the engine counted each line handed to the
+    worker's output as written, so the write-failure alert stayed silent."""
+    logs = tmp_path / "tenants"
+    logs.mkdir()
+    (logs / "broken.log").mkdir()  # every write to this tenant's file fails
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "spool"))
+    for index in range(6):
+        get_logger().info("order", tenant="acme", index=index)
+    for index in range(2):
+        get_logger().info("order", tenant="broken", index=index)
+    container.shutdown()
+    port = _free_port()
+    env = worker_env(
+        streams,
+        logs / "{tenant}.log",
+        max_deliver="2",
+        redeliver_delay="0.1",
+        metrics_port=str(port),
+    )
+    worker = start_worker(env)
+    wait_until(lambda: len(dead_letters(streams)) >= 2, 30, "2 dead letters")
+
+    def events(result: str) -> float:
+        with contextlib.suppress(OSError):
+            return _scrape(port).get(("enrichlog_events_total", (("result", result),)), -1.0)
+        return -1.0
+
+    wait_until(lambda: events("write_failed") >= 4, 10, "4 write failures exposed")
+    written = events("written")
+    assert 0 == worker.stop()
+
+    # Two events, each refused on both of its deliveries.
+    assert (6.0, 6, 4) == (
+        written,
+        len(lines_of(logs / "acme.log")),
+        worker.final_metrics()["write_failed"],
+    )
+
+
 def test_a_producer_reports_its_transport_in_metrics_and_prometheus(
     streams: Streams, tmp_path: Path
 ) -> None:

@@ -551,8 +551,15 @@ class EnrichmentPlan(Generic[_R]):
         enrichment.level_timer = None
         if enrichment.level != index or enrichment.outcomes is None:
             return
+        steps = self._levels[index]
         for position, outcome in enumerate(enrichment.outcomes):
             if outcome is None:
+                guard = steps[position].guard
+                if guard is not None:
+                    # Counted for the event (its call counts its own outcome
+                    # when it ends): the fields it went without show in the
+                    # enricher's failures, as in the line.
+                    guard.cut_off += 1
                 self._deliver(enrichment, index, position, TIMEOUT)
 
     def _merge(self, event_dict: EventDict, index: int, outcomes: Sequence[Outcome]) -> None:

@@ -584,9 +584,10 @@ def _pipeline_families(families: _Families, reading: _Reading) -> None:
 def _enricher_families(families: _Families, enrichers: Mapping[str, EnricherMetrics]) -> None:
     calls = families.counter(
         "enrichlog_enricher_calls_total",
-        "Enricher outcomes: success (the call returned changes), or the reason it "
-        "failed the event (error, timeout, overloaded, circuit_open, unavailable, "
-        "invalid_return). Cache hits are not counted here.",
+        "Enricher outcomes: calls that succeeded or failed (success, error, timeout, "
+        "invalid_return; a batch call once), and events skipped or cut off without a "
+        "call of their own (overloaded, circuit_open, unavailable; timeout for an event "
+        "a level_timeout cut off). Cache hits are not counted here.",
         ("enricher", "outcome"),
     )
     duration = families.histogram(

@@ -154,20 +154,45 @@ class EnricherCache:
         increment under heavy contention between threads; they are never
         wrong by more than that.
         """
-        # Hot path, once per event on the logging thread: one lookup, one
-        # clock read, one comparison; a ``with lock:`` would nearly double
-        # the cost of a hit (docs/benchmarks.md, "Hot-path choices").
+        # No ``with lock:``: it would nearly double the cost of a hit
+        # (docs/benchmarks.md, "Hot-path choices").
+        entry = self._live(key)
+        if entry is not None and entry.error is None:
+            entry.used = True
+            self._hits += 1
+            return entry.value
+        self._misses += 1
+        return default
+
+    def fresh(self, key: Hashable) -> Any:
+        """The value of ``key``'s live entry (a hit), else ``None`` without
+        counting a miss: the caller counts the lookup when it settles it
+        (:meth:`count_miss`, or :meth:`get_or_compute`)."""
+        entry = self._live(key)
+        if entry is not None and entry.error is None:
+            entry.used = True
+            self._hits += 1
+            return entry.value
+        return None
+
+    def count_hit(self) -> None:
+        """Count a lookup served without a call, made other than through
+        :meth:`get` (a batching enricher's key found cached, or being
+        fetched already)."""
+        self._hits += 1
+
+    def count_miss(self) -> None:
+        """Count a lookup that was not served (as :meth:`count_hit`)."""
+        self._misses += 1
+
+    def _live(self, key: Hashable) -> _Entry | None:
+        """``key``'s entry unless it is missing or expired (then dropped)."""
         entry = self._entries.get(key)
         if entry is not None:
             if self._clock() < entry.expires_at:
-                if entry.error is None:
-                    entry.used = True
-                    self._hits += 1
-                    return entry.value
-            else:
-                self._drop_expired(key, entry)
-        self._misses += 1
-        return default
+                return entry
+            self._drop_expired(key, entry)
+        return None
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Cache ``value`` for ``key`` for ``ttl`` seconds (default: the cache's).
@@ -248,16 +273,10 @@ class EnricherCache:
     # Two overloads so that an ``async def`` function gives its awaited type
     # and a plain one its return type.
     @overload
-    async def get_or_compute(
-        self, key: Hashable, fn: Callable[[], Awaitable[_T]], *, count: bool = True
-    ) -> _T: ...
+    async def get_or_compute(self, key: Hashable, fn: Callable[[], Awaitable[_T]]) -> _T: ...
     @overload
-    async def get_or_compute(
-        self, key: Hashable, fn: Callable[[], _T], *, count: bool = True
-    ) -> _T: ...
-    async def get_or_compute(
-        self, key: Hashable, fn: Callable[[], Any], *, count: bool = True
-    ) -> Any:
+    async def get_or_compute(self, key: Hashable, fn: Callable[[], _T]) -> _T: ...
+    async def get_or_compute(self, key: Hashable, fn: Callable[[], Any]) -> Any:
         """Return the cached value for ``key``, computing it with ``fn`` on a miss.
 
         ``fn`` takes no arguments and returns the value or an awaitable of
@@ -269,9 +288,7 @@ class EnricherCache:
         Counting: a caller served from the cache (a value or a remembered
         failure) is a hit, and so is one that joins a computation already in
         progress, since it causes no extra call of ``fn``; only the caller
-        that starts the computation is a miss. ``count=False``: the caller
-        counted this lookup as a miss with :meth:`get` already; it stays one
-        if this caller starts the computation, and becomes a hit otherwise.
+        that starts the computation is a miss.
 
         Raises:
             Exception: whatever ``fn`` raised, to the callers that shared
@@ -282,10 +299,7 @@ class EnricherCache:
         entry = self._entries.get(key)
         if entry is not None:
             if self._clock() < entry.expires_at:
-                if count:
-                    self._hits += 1
-                else:
-                    self.hit_after_miss()
+                self._hits += 1
                 entry.used = True
                 if entry.error is not None:
                     raise CachedError(
@@ -295,7 +309,7 @@ class EnricherCache:
             self._drop_expired(key, entry)
         flight = self._in_flight.get(key)
         if flight is None:
-            self._misses += count
+            self._misses += 1
             name = f"enrichlog-cache-{_key_text(key)}"  # before anything is registered
             # Registered before the task exists, so that even an eagerly
             # started task finds itself in charge of the key.
@@ -304,19 +318,10 @@ class EnricherCache:
                 self._compute(key, fn, flight), name=name
             )
             flight.task.add_done_callback(_retrieve_exception)
-        elif count:
-            self._hits += 1
         else:
-            self.hit_after_miss()
+            self._hits += 1
         # The shield keeps this caller's cancellation from reaching the task.
         return await asyncio.shield(flight.task)
-
-    def hit_after_miss(self) -> None:
-        """A lookup counted as a miss was served without a call after all
-        (it joined a computation in progress, or the value arrived
-        meanwhile): count it as the hit it is."""
-        self._misses -= 1
-        self._hits += 1
 
     async def _compute(self, key: Hashable, fn: Callable[[], Any], flight: _Flight) -> Any:
         try:

@@ -438,6 +438,9 @@ class EnricherGuard:
         self.skipped_unavailable = 0
         self.abandoned = 0
         self.overloaded = 0
+        #: Events a ``level_timeout`` cut off from a call still running:
+        #: each went without this enricher's fields, reason ``timeout``.
+        self.cut_off = 0
         self.batch_calls = 0
         self.batch_keys = 0
 
@@ -561,19 +564,24 @@ class EnricherGuard:
         """Through the cache: events with one key share one lookup."""
         cache = self.cache
         assert cache is not None
+        started = self._deadlines.clock()
         if not self.enricher.available:
+            cache.count_miss()  # handed over as one (lookup_all)
             self.skipped_unavailable += 1
             outcome = UNAVAILABLE
         else:
             try:
                 key = self.enricher.cache_key(snapshot)
             except Exception as exc:
+                cache.count_miss()
                 outcome = self._failed(error_outcome(exc))
             else:
                 if key is None:
                     return await self._guarded(call, logger, method_name, snapshot)
                 outcome = await self._shared(cache, key, call, logger, method_name, snapshot)
-        call.deliver(outcome, 0.0)
+        # The event's time with this enricher: its key's call, or the part
+        # of it the event waited for.
+        call.deliver(outcome, self._deadlines.clock() - started)
         return outcome
 
     async def _shared(
@@ -604,8 +612,8 @@ class EnricherGuard:
         # events wait for.
         try:
             async with asyncio.timeout(self.timeout + ABANDON_GRACE):
-                # count=False: lookup() already counted this event's hit or miss.
-                shared: Outcome = await cache.get_or_compute(key, compute, count=False)
+                # Counts this event's lookup: lookup_all() handed it over uncounted.
+                shared: Outcome = await cache.get_or_compute(key, compute)
         except _EnrichmentFailedError as failed:
             if failed.outcome in _NOT_CACHED:
                 # Skipped, not failed: the backend was not asked, so there is
@@ -689,7 +697,8 @@ class EnricherGuard:
                     limiter.release()
             # The call started when its deadline was set: no second clock read.
             seconds = self._deadlines.clock() - call.at + self.timeout
-            self.latency.observe(seconds)
+            if call.state != _Call.ABANDONED:  # observed when abandoned
+                self.latency.observe(seconds)
             call.deliver(outcome, seconds)
             return outcome
         call.deliver(outcome, 0.0)
@@ -697,7 +706,7 @@ class EnricherGuard:
 
     # -- batching ----------------------------------------------------------
 
-    def _collect(  # noqa: PLR0912 - one frame per event and enricher, on purpose
+    def _collect(  # noqa: PLR0912, PLR0915 - one frame per event and enricher, on purpose
         self,
         loop: asyncio.AbstractEventLoop,
         logger: WrappedLogger,
@@ -709,7 +718,12 @@ class EnricherGuard:
         """Add this event's key to the next batch (or to the batch already
         fetching it: single flight per key)."""
         del logger, method_name  # enrich_many sees keys, apply sees the event
+        # With a cache, this event's lookup is counted here (lookup_all()
+        # handed it over uncounted): a hit, or a miss.
+        cache = self.cache
         if not self.enricher.available:
+            if cache is not None:
+                cache.count_miss()
             self.skipped_unavailable += 1
             sink(*key, UNAVAILABLE, 0.0)
             return
@@ -718,25 +732,26 @@ class EnricherGuard:
             # Without a cache, _entry_of reads an empty mapping.
             entry = None if lookup is None else self._entry_of(lookup)
         except BaseException as exc:  # a failing or unhashable key: a reason only
+            if cache is not None:
+                cache.count_miss()
             sink(*key, self._failed(error_outcome(exc)), 0.0)
             return
         if lookup is None:
             sink(*key, NO_CHANGES, 0.0)
             return
-        cache = self.cache
         if entry is not None and self._clock() < entry.expires_at:
-            # Cached or failed since the logging thread looked (and counted
-            # a miss): one read of the entry, a hit after all.
+            # Cached or failed since the logging thread looked: one read of
+            # the entry, a hit after all.
             error = entry.error
             if error is None:
                 entry.used = True
                 if cache is not None:
-                    cache.hit_after_miss()
+                    cache.count_hit()
                 sink(*key, entry.value, 0.0)
                 return
             if isinstance(error, _EnrichmentFailedError):
                 if cache is not None:
-                    cache.hit_after_miss()
+                    cache.count_hit()
                 sink(*key, error.outcome, 0.0)
                 return
         waiter = (snapshot, sink, key)
@@ -747,8 +762,10 @@ class EnricherGuard:
         if waiting is not None:
             waiting.append(waiter)
             if cache is not None:
-                cache.hit_after_miss()
+                cache.count_hit()
             return
+        if cache is not None:
+            cache.count_miss()
         size = self._batch_size
         queued = len(self._waiting)
         if not queued % size:
@@ -865,7 +882,8 @@ class EnricherGuard:
                 limiter.release()
             self._batch_done(batch, loop)
         seconds = self._deadlines.clock() - call.at + self.timeout
-        self.latency.observe(seconds)
+        if call.state != _Call.ABANDONED:  # observed when abandoned
+            self.latency.observe(seconds)
         if failure is not None:
             if failure is OVERLOADED:  # a skip (the loop fell behind): per event
                 self.overloaded += batch.events() - 1
@@ -1127,6 +1145,9 @@ class EnricherGuard:
             self.name,
             ABANDON_GRACE,
         )
+        # Its duration so far, now: one that never ends must still count
+        # among the calls made (the histogram's count is the calls).
+        self.latency.observe(ABANDON_GRACE + self.timeout)
         call.deliver(TIMEOUT, ABANDON_GRACE + self.timeout, abandoned=True)
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
@@ -1177,6 +1198,7 @@ class EnricherGuard:
         reasons = dict.fromkeys(FAILURE_REASONS, 0)
         reasons.update(self._reasons)
         reasons["overloaded"] += self.overloaded
+        reasons["timeout"] += self.cut_off
         reasons["circuit_open"] += self.skipped_open
         reasons["unavailable"] += self.skipped_unavailable
         cache = None if self.cache is None else self.cache.stats()
@@ -1236,6 +1258,10 @@ def lookup_all(  # noqa: PLR0912 - once per level of every event: one frame on p
             outcomes.append(UNAVAILABLE)
             continue
         cache = guard.cache
+        # A miss handed to the loop is counted there, once it is known: a
+        # miss, or a hit after all (its key fetched meanwhile), never one
+        # then the other (counters only go up).
+        missed = False
         if cache is not None:
             try:
                 key = guard._cache_key(event_dict)
@@ -1258,18 +1284,19 @@ def lookup_all(  # noqa: PLR0912 - once per level of every event: one frame on p
                             outcomes.append(error.outcome)
                             continue
                     # Expired (or an error the cache keeps for itself).
-                    missed: Outcome | None = cache.get(key)  # counts, expires, or races a set
-                    if missed is not None:
-                        outcomes.append(missed)
+                    value: Outcome | None = cache.fresh(key)  # expires, or races a set
+                    if value is not None:
+                        outcomes.append(value)
                         continue
-                elif key is not None:
-                    cache._misses += 1  # the miss EnricherCache.get() would count
+                missed = key is not None
             except BaseException as exc:  # cache_key() raised, or its key is unhashable
                 outcomes.append(guard._failed(hook_failed(exc)))
                 continue
         breaker = guard.breaker
         if breaker.state is _OPEN and breaker.retry_in() > 0:
             guard.skipped_open += 1
+            if missed and cache is not None:
+                cache._misses += 1  # settled here
             outcomes.append(CIRCUIT_OPEN)
         else:
             outcomes.append(None)

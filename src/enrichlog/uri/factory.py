@@ -125,11 +125,15 @@ class _Fail:
         the values of the query keys at fault as well (a rejected value is
         never echoed: it may be a secret in the wrong place)."""
         detail = _validation_detail(exc, names)
-        keys = {
-            (names or {}).get(str(error["loc"][0]), str(error["loc"][0]))
-            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        at_fault = [
+            error
+            for error in exc.errors(include_url=False, include_context=False)
             if error["loc"] and error["loc"][0] not in URI_PARTS
-        }
+        ]
+        keys = {(names or {}).get(str(error["loc"][0]), str(error["loc"][0])) for error in at_fault}
+        # A validator's own message may quote the value it refused.
+        rejected = [text for error in at_fault for text in _as_given(error.get("input"))]
+        detail = scrub(detail, rejected, quoted_only=True)
         if self._uri is None or not keys:
             return self(detail)
         masked = mask_uri(self._uri, {*self._secret_keys, *keys})
@@ -257,6 +261,19 @@ def _secret_values(uri: str, parsed: _ParsedURI, secret_keys: frozenset[str]) ->
 
 
 # -- validating ----------------------------------------------------------------
+
+
+def _as_given(value: object) -> list[str]:
+    """A rejected value's texts as a message may quote them: the value as
+    the URI wrote it, and each item of a comma-separated list
+    (``columns=a,a``)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        return []
+    # A comma-separated list may arrive split or not yet.
+    items = [part for item in value for part in item.split(",")]
+    return [*value, *items, ",".join(value)]
 
 
 def _describe_loc(loc: tuple[int | str, ...], names: Mapping[str, str]) -> str:
@@ -570,9 +587,12 @@ def _param_items(params: BaseModel) -> dict[str, list[str]]:
     return items
 
 
-def _write_netloc(items: dict[str, list[str]]) -> str:
+def _write_netloc(items: dict[str, list[str]], parts: Collection[str]) -> str:
+    """The authority from the ``parts`` (the URI parts the scheme's
+    parameters declare), taken out of ``items``."""
+
     def one(part: str) -> str | None:
-        values = items.pop(part, None)
+        values = items.pop(part, None) if part in parts else None
         return values[0] if values else None
 
     user, password, host, port = one("user"), one("password"), one("host"), one("port")
@@ -592,8 +612,11 @@ def _write_netloc(items: dict[str, list[str]]) -> str:
 def _write_uri(spec: EnricherSpec) -> str:
     """The canonical URI of ``spec``, secrets included."""
     items = _param_items(spec.params)
-    netloc = _write_netloc(items)
-    path_values = items.pop("path", None)
+    # URI parts are the parameters declared under their names; a query key
+    # of the same name (static://?host=web1: a field to add) stays one.
+    parts = set(URI_PARTS) & set(type(spec.params).model_fields)
+    netloc = _write_netloc(items, parts)
+    path_values = items.pop("path", None) if "path" in parts else None
     path = ""
     if path_values:
         path = quote(path_values[0], safe=_PATH_SAFE)

@@ -163,18 +163,19 @@ def secrets_in(text: str) -> list[str]:
     return [secret for secret in dict.fromkeys(found) if secret and secret != MASK]
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
+def scrub(text: str, secrets: Iterable[str], *, quoted_only: bool = False) -> str:
     """``text`` with each of ``secrets`` replaced by ``***``.
 
     For messages enrichlog did not write (pydantic's, an enricher
     constructor's), which may echo a secret verbatim. A secret shorter than
-    four characters is replaced only where it appears quoted, so that a
-    one-letter password does not mangle every word.
+    four characters, or any with ``quoted_only``, is replaced only where it
+    appears quoted, so that a one-letter password does not mangle every
+    word (nor a rejected ``table=table`` the message's own words).
     """
     for secret in sorted(set(secrets), key=len, reverse=True):
         if not secret:
             continue
-        if len(secret) >= 4:
+        if len(secret) >= 4 and not quoted_only:
             text = text.replace(secret, MASK)
         else:
             for quoted in (repr(secret), f'"{secret}"'):

@@ -137,6 +137,8 @@ summary(
     fast_fields=sorted({str(line.get("stubborn_field")) for line in lines if not line["stubborn"]}),
     metrics_abandoned=metrics["abandoned"],
     enricher_abandoned=metrics["enrichers"]["stubborn"]["abandoned"],
+    enricher_calls=metrics["enrichers"]["stubborn"]["calls"],
+    enricher_calls_timed=metrics["enrichers"]["stubborn"]["latency"]["count"],
     report=dict(report),
     shutdown_seconds=shutdown_seconds,
     shutdown_timeout=shutdown_timeout,
