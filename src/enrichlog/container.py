@@ -39,7 +39,7 @@ from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
 from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
-from .engine.runtime import EnrichmentRuntime, LoopRuntime, Runtime
+from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime
 from .enricher import Enricher
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
@@ -661,10 +661,20 @@ class LoggingContainer:
     async def _astop_engine(self, timeout: float) -> dict[str, int]:
         """:meth:`_stop_engine` on the application's loop: awaited."""
         report = await self._pipeline.aclose(timeout)
-        try:
-            await asyncio.wait_for(self._lifecycle.shutdown_all(), timeout)
-        except TimeoutError:
+        # Not wait_for(): past the timeout it waits for the cancelled
+        # shutdown to end, forever if an enricher's hook ignores it.
+        closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
+        done, _ = await asyncio.wait({closing}, timeout=timeout)
+        if not done:
             _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
+            closing.cancel()
+            done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
+            if not done:
+                _report.warning(
+                    "enrichlog: an enricher's start-up or shutdown ignored its cancellation; "
+                    "it is left running on the loop"
+                )
+                self._closing = closing  # kept: a task nobody holds is collected
         self._pipeline.stop_accepting()
         self._runtime.stop(timeout)
         return report
@@ -713,6 +723,8 @@ class LoggingContainer:
 
     def _after_fork_in_child(self) -> None:
         if not self._running:
+            if self._shutting_down and not self._shut_down.is_set():
+                self._shut_down_in_child()
             return
         self._lock = threading.RLock()
         # Each process counts its own lines: the parent's are its business.
@@ -738,6 +750,27 @@ class LoggingContainer:
             # fork (so one registered now would be lost), then runs its
             # after-fork callbacks: register the exit drain from there.
             mp_util.register_after_fork(self, _finalize_in_multiprocessing_child)
+
+    def _shut_down_in_child(self) -> None:
+        """Forked while another thread of the parent was shutting this
+        container down (or replacing it): that thread is not in the child,
+        so nothing would finish the shutdown and the child's events would
+        wait in a queue nobody takes from. In the child it is shut down, as
+        it is about to be in the parent: the child's log calls write their
+        own events (reason ``unavailable`` for its async enrichers), as after
+        any shutdown; the parent's events are the parent's to write."""
+        self._lock = threading.RLock()
+        if self.output is not None:
+            self.output.after_fork_in_child()
+        self._pipeline.after_fork_in_child(stopped=True)
+        self._plan.after_fork_in_child()
+        self._lines_mark = None
+        self._lines_at_shutdown = (0, 0)
+        self._drain_report = DrainReport(dict.fromkeys(_REPORTED, 0))
+        self._shut_down = threading.Event()
+        self._shut_down.set()
+        atexit.unregister(self._at_exit)
+        _live.discard(self)
 
     # -- taps and synchronous enrichment (enrichlog.testing, enrichlog.stdlib) --
 

@@ -221,6 +221,63 @@ async def test_ainfo_lets_the_caller_loop_run_while_an_enricher_waits(
     ]
 
 
+@pytest.mark.parametrize("setup", ["no-enrichers", "cache-hits", "after-ashutdown"])
+async def test_a_loop_of_ainfo_lets_other_tasks_run_and_can_be_cancelled(
+    log_file: Path, setup: str
+) -> None:
+    """Found by an outside tester: with nothing to await (no async enricher,
+    a cache hit, a container shut down), ``await log.ainfo()`` never yielded:
+    a task logging in a loop starved every other task, its cancellation
+    included; and after ``ashutdown()`` a cancellation arriving as the event
+    was written was swallowed (Python 3.11's ``wait_for``)."""
+
+    class Cached(AsyncEnricher):
+        name = "cached"
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            event_dict["cached"] = True
+            return event_dict
+
+        def cache_key(self, event_dict: EventDict) -> Any:
+            return 1
+
+    container = configure(log_file, [Cached()] if setup != "no-enrichers" else [])
+    log = get_logger()
+    if setup == "cache-hits":
+        await log.ainfo("warm-up")  # the key is cached from here on
+    elif setup == "after-ashutdown":
+        await container.ashutdown()
+    turns = 0
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def log_many() -> int:
+        for _ in range(200):
+            await log.ainfo("again")
+        return turns  # how often the other task ran meanwhile
+
+    async def log_forever() -> None:
+        while True:
+            await log.ainfo("again")
+
+    loop = asyncio.get_running_loop()
+    ticker = loop.create_task(tick())
+    assert await loop.create_task(log_many()) >= 100  # about one turn per call
+    logger = loop.create_task(log_forever())
+    await asyncio.sleep(0.01)
+    logger.cancel()
+    await asyncio.wait([logger], timeout=5)  # not awaited: it might swallow the cancel
+    ticker.cancel()
+
+    assert (True, True) == (logger.done(), logger.done() and logger.cancelled())
+
+
 async def test_ainfo_line_is_in_the_file_when_the_await_returns(
     log_file: Path,
 ) -> None:

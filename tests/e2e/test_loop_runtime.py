@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -334,4 +335,64 @@ def test_an_enricher_slower_to_start_than_startup_timeout_is_used_once_up_loop(
         available,
         waited,
         read_lines(log_file)[-1].get("same_loop"),
+    )
+
+
+@pytest.mark.parametrize("hook", ["_startup", "_shutdown"])
+def test_ashutdown_returns_when_an_enrichers_hook_ignores_its_cancellation(
+    log_file: Path, hook: str
+) -> None:
+    """Found by an outside tester: with ``runtime="loop"``, ``ashutdown()``
+    never returned when an enricher's start-up or shutdown swallowed
+    ``CancelledError`` (``wait_for`` waits for what it cancelled)."""
+
+    class Stubborn(AsyncEnricher):
+        name = "stubborn"
+        holding = True
+
+        async def _hold(self) -> None:
+            while self.holding:  # until the test lets go
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.02)
+
+        async def _startup(self) -> None:
+            if hook == "_startup":
+                await self._hold()
+
+        async def _shutdown(self) -> None:
+            if hook == "_shutdown":
+                await self._hold()
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    enricher = Stubborn()
+
+    async def main() -> tuple[bool, float]:
+        container = configure_logging(
+            enrichers=[enricher],
+            output=str(log_file),
+            runtime="loop",
+            startup_timeout=0.2,
+            shutdown_timeout=0.5,
+        )
+        with contextlib.suppress(Exception):
+            await container.astartup()
+        get_logger().info("kept")
+        started = time.monotonic()
+        closing = asyncio.get_running_loop().create_task(container.ashutdown())
+        await asyncio.wait({closing}, timeout=20)
+        took = time.monotonic() - started
+        enricher.holding = False  # asyncio.run() can end the hook's task now
+        return closing.done(), took
+
+    returned, took = asyncio.run(main())
+
+    # Within shutdown_timeout plus the second the cancelled hook is given.
+    assert (True, True, ["kept"]) == (
+        returned,
+        took < 10,
+        [line["event"] for line in read_lines(log_file)],
     )

@@ -34,3 +34,21 @@ def test_children_forked_while_threads_log_write_every_event_and_so_does_the_par
         summary["parent_lines"],
         summary["parent_distinct"],
     )
+
+
+@pytest.mark.parametrize("what", ["shutdown", "reconfigure"])
+def test_a_child_forked_while_the_parent_shuts_down_writes_its_events(
+    tmp_path: Path, what: str
+) -> None:
+    """The child's container is shut down, as the parent's is about to be:
+    its log calls write their own events at once (no runtime to wait for)."""
+    run = run_script("fork_during_shutdown.py", tmp_path / "out.log", what, timeout=120)
+    summary = run.summary
+
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert (0, list(range(50)), 400) == (
+        summary["child_status"],
+        summary["child_lines"],
+        summary["parent_lines"],
+    )
+    assert summary["child_seconds"] < 10, summary["child_seconds"]

@@ -149,8 +149,9 @@ class EnricherLifecycleManager:
         tasks = [self._startup, *self._retries.values(), self._checker]
         for task in [task for task in tasks if task is not None]:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Waited for, not awaited: its CancelledError is its own, and a
+            # cancellation of this shutdown must not be taken for it.
+            await asyncio.wait({task})
         self._checker = self._startup = None
         self._retries.clear()
         for enricher in reversed(self._enrichers):

@@ -44,12 +44,21 @@ async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, A
         self._proxy_to_logger(name, event, **kw)
     finally:
         ASYNC_WAITER.reset(token)
-    if waiters:
+    if waiters and not waiters[0][0].done():
         future, bound = waiters[0]
         # Bounded like an inline caller's wait; past it the event stays
-        # queued and is written later, and the caller moves on.
+        # queued and is written later, and the caller moves on. Not
+        # wait_for(): in Python 3.11 it returns, swallowing the caller's
+        # cancellation, when the event is written as the cancel arrives.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), bound)
+            async with asyncio.timeout(bound):
+                await asyncio.shield(future)
+    else:
+        # Written already (no enricher to await, cache hits, a container
+        # shut down): still a point where the loop runs its other tasks and
+        # a cancellation reaches the caller, as for structlog's own a*
+        # methods. A loop of ``await log.ainfo()`` must not starve it.
+        await asyncio.sleep(0)
 
 
 def _make_async_method(name: str) -> Callable[..., Coroutine[Any, Any, None]]:

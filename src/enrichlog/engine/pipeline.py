@@ -832,9 +832,14 @@ class EventPipeline:
         if self.state is PipelineState.STOPPED:
             self._leftovers_written.wait(_SALVAGE_SECONDS)
 
-    def after_fork_in_child(self) -> None:
-        """Start empty in a forked child: the parent writes its own events."""
+    def after_fork_in_child(self, *, stopped: bool = False) -> None:
+        """Start empty in a forked child: the parent writes its own events.
+        ``stopped``: the container is shut down in the child; its callers
+        write their own events, with no leftovers to wait for."""
         self._reset_state()
+        if stopped:
+            self.state = PipelineState.STOPPED
+            self._leftovers_written.set()
 
     def metrics(self) -> dict[str, Any]:
         """Counters: events handed off (queued) and the lines the runtime

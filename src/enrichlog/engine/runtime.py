@@ -415,7 +415,7 @@ class EnrichmentRuntime:
 
 #: Seconds the loop thread waits, when it ends, for tasks to finish after
 #: their cancellation; one that ignores it is left behind.
-_CANCEL_GRACE = 1.0
+CANCEL_GRACE = 1.0
 #: Rounds of cancellation at most (each may start the calls queued for a slot).
 _CANCEL_ROUNDS = 100
 
@@ -433,12 +433,12 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         cancelled |= tasks
         for task in tasks:
             task.cancel()
-        _, left = loop.run_until_complete(asyncio.wait(tasks, timeout=_CANCEL_GRACE))
+        _, left = loop.run_until_complete(asyncio.wait(tasks, timeout=CANCEL_GRACE))
         stubborn |= left
     if stubborn:
         _report.warning(
-            "enrichlog: %d enricher call(s) ignored their cancellation at shutdown "
-            "and were left behind",
+            "enrichlog: %d task(s) ignored their cancellation at shutdown and were left "
+            "behind (enricher calls, or an enricher's start-up or shutdown)",
             len(stubborn),
         )
     with contextlib.suppress(Exception):
