@@ -669,7 +669,7 @@ class LoggingContainer:
             _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
-            if not done:
+            if not done or self._lifecycle.unfinished():
                 _report.warning(
                     "enrichlog: an enricher's start-up or shutdown ignored its cancellation; "
                     "it is left running on the loop"
@@ -726,6 +726,13 @@ class LoggingContainer:
             if self._shutting_down and not self._shut_down.is_set():
                 self._shut_down_in_child()
             return
+        if isinstance(self._runtime, LoopRuntime):
+            # Its runtime is the application's loop, the parent's: the
+            # child's application runs its own, if any, and configures
+            # logging on it again to enrich.
+            self._runtime.after_fork_in_child()
+            self._shut_down_in_child()
+            return
         self._lock = threading.RLock()
         # Each process counts its own lines: the parent's are its business.
         if self._lines is not None:
@@ -753,13 +760,15 @@ class LoggingContainer:
 
     def _shut_down_in_child(self) -> None:
         """Forked while another thread of the parent was shutting this
-        container down (or replacing it): that thread is not in the child,
-        so nothing would finish the shutdown and the child's events would
-        wait in a queue nobody takes from. In the child it is shut down, as
-        it is about to be in the parent: the child's log calls write their
-        own events (reason ``unavailable`` for its async enrichers), as after
-        any shutdown; the parent's events are the parent's to write."""
+        container down (or replacing it), or with ``runtime="loop"``: the
+        thread or loop that would finish the shutdown, or run enrichment,
+        is not the child's, and the child's events would wait in a queue
+        nobody takes from. In the child it is shut down: the child's log
+        calls write their own events (reason ``unavailable`` for its async
+        enrichers), as after any shutdown; the parent's events are the
+        parent's to write."""
         self._lock = threading.RLock()
+        self._running, self._shutting_down = False, True
         if self.output is not None:
             self.output.after_fork_in_child()
         self._pipeline.after_fork_in_child(stopped=True)

@@ -340,7 +340,7 @@ def test_an_enricher_slower_to_start_than_startup_timeout_is_used_once_up_loop(
 
 @pytest.mark.parametrize("hook", ["_startup", "_shutdown"])
 def test_ashutdown_returns_when_an_enrichers_hook_ignores_its_cancellation(
-    log_file: Path, hook: str
+    log_file: Path, hook: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by an outside tester: with ``runtime="loop"``, ``ashutdown()``
     never returned when an enricher's start-up or shutdown swallowed
@@ -390,9 +390,52 @@ def test_ashutdown_returns_when_an_enrichers_hook_ignores_its_cancellation(
 
     returned, took = asyncio.run(main())
 
-    # Within shutdown_timeout plus the second the cancelled hook is given.
-    assert (True, True, ["kept"]) == (
+    # Within shutdown_timeout plus the second the cancelled hook is given,
+    # saying what it left on the application's loop.
+    assert (True, True, ["kept"], True) == (
         returned,
         took < 10,
+        [line["event"] for line in read_lines(log_file)],
+        "left running on the loop" in caplog.text,
+    )
+
+
+def test_shutting_down_while_an_enricher_starts_reports_nothing_to_the_applications_loop(
+    log_file: Path,
+) -> None:
+    """Found by an outside tester: the cancelled start-up ended with an
+    exception nobody retrieved, which asyncio reported through the
+    application's own loop exception handler."""
+
+    class SlowToStart(AsyncEnricher):
+        name = "slow"
+
+        async def _startup(self) -> None:
+            await asyncio.sleep(3600)
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        container = configure_logging(
+            enrichers=[SlowToStart()], output=str(log_file), runtime="loop", startup_timeout=0.1
+        )
+        get_logger().info("kept")
+        await asyncio.sleep(0.2)
+        await container.ashutdown()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    import gc
+
+    gc.collect()  # a future's unretrieved exception is reported when it is collected
+
+    assert ([], ["kept"]) == (
+        [ctx.get("message") for ctx in reported],
         [line["event"] for line in read_lines(log_file)],
     )

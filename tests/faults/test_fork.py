@@ -52,3 +52,21 @@ def test_a_child_forked_while_the_parent_shuts_down_writes_its_events(
         summary["parent_lines"],
     )
     assert summary["child_seconds"] < 10, summary["child_seconds"]
+
+
+@pytest.mark.parametrize("where", ["thread", "loop"])
+def test_a_child_forked_from_an_application_with_the_loop_runtime_writes_its_events(
+    tmp_path: Path, where: str
+) -> None:
+    """The parent's loop is not the child's: in the child the container is
+    shut down, and its log calls write their own events at once."""
+    run = run_script("fork_loop_runtime.py", tmp_path / "out.log", where, timeout=120)
+    summary = run.summary
+
+    assert 0 == run.returncode, run.stderr[-2000:]
+    assert (0, list(range(50)), ["seen"]) == (
+        summary["child_status"],
+        summary["child_lines"],
+        summary["parent_tagged"],
+    )
+    assert "Exception ignored" not in run.stderr, run.stderr[-2000:]

@@ -152,6 +152,10 @@ class EnricherLifecycleManager:
             # Waited for, not awaited: its CancelledError is its own, and a
             # cancellation of this shutdown must not be taken for it.
             await asyncio.wait({task})
+            if not task.cancelled():
+                # Retrieved: a cancelled gather() ends with CancelledError as
+                # its exception, which asyncio reports if nobody reads it.
+                task.exception()
         self._checker = self._startup = None
         self._retries.clear()
         for enricher in reversed(self._enrichers):
@@ -166,6 +170,13 @@ class EnricherLifecycleManager:
                     type(exc).__name__,
                     mask_secrets(str(exc)),
                 )
+
+    def unfinished(self) -> int:
+        """How many of its own tasks (start-up, restarts, health checks)
+        are still running: after :meth:`shutdown_all` was cancelled, those
+        that ignored their cancellation."""
+        tasks = [self._startup, *self._retries.values(), self._checker]
+        return sum(1 for task in tasks if task is not None and not task.done())
 
     async def health_check_all(self) -> dict[str, bool]:
         """Check every enricher; restart those that are not started.
