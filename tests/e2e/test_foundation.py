@@ -913,6 +913,39 @@ def test_an_event_the_level_timeout_cut_off_counts_as_a_timeout_of_its_enricher(
     )
 
 
+def test_a_call_queued_for_a_slot_is_not_made_for_an_event_the_level_timeout_cut_off(
+    log_file: Path,
+) -> None:
+    """Found by an outside tester: the calls of cut-off events queued behind
+    the concurrency limit were made later all the same, for nobody (backend
+    load exactly when the backend is slow)."""
+
+    class Slow(AsyncEnricher):
+        name = "slow"
+        started = 0
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            type(self).started += 1
+            await asyncio.sleep(0.1)
+            return event_dict
+
+    container = configure(
+        log_file,
+        [Slow(timeout=5, max_concurrency=1)],
+        level_timeout=0.05,
+        delivery="background",  # all three queued at once, all cut off at 0.05 s
+    )
+    for _ in range(3):
+        get_logger().info("hello")
+    time.sleep(0.6)  # the first call ends at 0.1 s and frees its slot
+    container.shutdown()
+
+    # Only the first call was made; the two queued behind it were dropped.
+    assert ([{"slow": "timeout"}] * 3, 1) == (errors_in(log_file), Slow.started)
+
+
 def test_timeout_in_first_level_still_runs_the_next_level(log_file: Path) -> None:
     configure(
         log_file,

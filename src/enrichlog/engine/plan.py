@@ -269,6 +269,7 @@ class EnrichmentPlan(Generic[_R]):
                 timer_context=_TIMER_CONTEXT,
                 error_field=settings.error_field,
             )
+            guard.still_wanted = _still_waiting
             self._guards[enricher.name] = guard
             return Step(enricher, guard, guard.lookup, guard.starter, guard.longest)
         assert isinstance(enricher, SyncEnricher)
@@ -660,6 +661,14 @@ def check_provides(enricher: Enricher, error_field: str | None) -> None:
             "there are left out); give its fields another key (for a lookup, into=), or the "
             "error_field setting another name"
         )
+
+
+def _still_waiting(enrichment: Enrichment, index: int, position: int) -> bool:
+    """Whether level ``index`` of ``enrichment`` still waits for the step
+    at ``position`` (the key its call delivers to): not once a
+    ``level_timeout`` cut it off."""
+    outcomes = enrichment.outcomes
+    return enrichment.level == index and outcomes is not None and outcomes[position] is None
 
 
 def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -> None:

@@ -426,6 +426,10 @@ class EnricherGuard:
         )
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
+        #: ``still_wanted(*key)``: whether the event of a call queued for a
+        #: concurrency slot still waits for it (set by the plan; an event a
+        #: ``level_timeout`` cut off does not, and its call is not made).
+        self.still_wanted: Callable[..., bool] | None = None
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -531,6 +535,11 @@ class EnricherGuard:
             # Our own burst queued past the timeout: not the enricher's fault.
             self.overloaded += 1
             call.deliver(OVERLOADED, 0.0)
+            return False
+        wanted = self.still_wanted
+        if wanted is not None and call.key and not wanted(*call.key):
+            # Its event went on without it (and counted why): no call for
+            # nobody, and the slot goes to the next waiter.
             return False
         call.task = loop.create_task(
             self._called(call, logger, method_name, snapshot), context=context
