@@ -146,8 +146,7 @@ class EnricherLifecycleManager:
 
     async def shutdown_all(self) -> None:
         """Stop the health checks, then every enricher, dependants first."""
-        tasks = [self._startup, *self._retries.values(), self._checker]
-        for task in [task for task in tasks if task is not None]:
+        for task in self._own_tasks():
             task.cancel()
             # Waited for, not awaited: its CancelledError is its own, and a
             # cancellation of this shutdown must not be taken for it.
@@ -175,8 +174,12 @@ class EnricherLifecycleManager:
         """How many of its own tasks (start-up, restarts, health checks)
         are still running: after :meth:`shutdown_all` was cancelled, those
         that ignored their cancellation."""
+        return sum(1 for task in self._own_tasks() if not task.done())
+
+    def _own_tasks(self) -> list[asyncio.Future[Any]]:
+        """Its start-up, restarts and health checks, as far as they exist."""
         tasks = [self._startup, *self._retries.values(), self._checker]
-        return sum(1 for task in tasks if task is not None and not task.done())
+        return [task for task in tasks if task is not None]
 
     async def health_check_all(self) -> dict[str, bool]:
         """Check every enricher; restart those that are not started.

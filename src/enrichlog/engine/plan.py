@@ -268,8 +268,8 @@ class EnrichmentPlan(Generic[_R]):
                 ResolvedOptions.for_enricher(enricher, settings),
                 timer_context=_TIMER_CONTEXT,
                 error_field=settings.error_field,
+                still_wanted=_still_waiting,
             )
-            guard.still_wanted = _still_waiting
             self._guards[enricher.name] = guard
             return Step(enricher, guard, guard.lookup, guard.starter, guard.longest)
         assert isinstance(enricher, SyncEnricher)

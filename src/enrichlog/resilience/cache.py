@@ -156,24 +156,18 @@ class EnricherCache:
         """
         # No ``with lock:``: it would nearly double the cost of a hit
         # (docs/benchmarks.md, "Hot-path choices").
-        entry = self._live(key)
-        if entry is not None and entry.error is None:
-            entry.used = True
-            self._hits += 1
-            return entry.value
-        self._misses += 1
-        return default
+        entry = self._hit(key)
+        if entry is None:
+            self._misses += 1
+            return default
+        return entry.value
 
     def fresh(self, key: Hashable) -> Any:
         """The value of ``key``'s live entry (a hit), else ``None`` without
         counting a miss: the caller counts the lookup when it settles it
         (:meth:`count_miss`, or :meth:`get_or_compute`)."""
-        entry = self._live(key)
-        if entry is not None and entry.error is None:
-            entry.used = True
-            self._hits += 1
-            return entry.value
-        return None
+        entry = self._hit(key)
+        return None if entry is None else entry.value
 
     def count_hit(self) -> None:
         """Count a lookup served without a call, made other than through
@@ -185,14 +179,20 @@ class EnricherCache:
         """Count a lookup that was not served (as :meth:`count_hit`)."""
         self._misses += 1
 
-    def _live(self, key: Hashable) -> _Entry | None:
-        """``key``'s entry unless it is missing or expired (then dropped)."""
+    def _hit(self, key: Hashable) -> _Entry | None:
+        """``key``'s live entry holding a value, marked used and counted as
+        a hit; ``None`` otherwise (an expired entry is dropped)."""
         entry = self._entries.get(key)
-        if entry is not None:
-            if self._clock() < entry.expires_at:
-                return entry
+        if entry is None:
+            return None
+        if self._clock() >= entry.expires_at:
             self._drop_expired(key, entry)
-        return None
+            return None
+        if entry.error is not None:
+            return None
+        entry.used = True
+        self._hits += 1
+        return entry
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Cache ``value`` for ``key`` for ``ttl`` seconds (default: the cache's).

@@ -365,6 +365,7 @@ class EnricherGuard:
         *,
         timer_context: contextvars.Context | None = None,
         error_field: str | None = None,
+        still_wanted: Callable[..., bool] | None = None,
     ) -> None:
         self.enricher = enricher
         #: The key of the runtime's reasons, which the enricher's changes
@@ -427,9 +428,9 @@ class EnricherGuard:
         #: Abandoned calls still running (they ignored their cancellation).
         self.lingering: set[asyncio.Task[Any]] = set()
         #: ``still_wanted(*key)``: whether the event of a call queued for a
-        #: concurrency slot still waits for it (set by the plan; an event a
+        #: concurrency slot still waits for it (the plan's rule: an event a
         #: ``level_timeout`` cut off does not, and its call is not made).
-        self.still_wanted: Callable[..., bool] | None = None
+        self.still_wanted = still_wanted
         self._reset_counters()
 
     def _reset_counters(self) -> None:
