@@ -25,6 +25,7 @@ from pydantic import (
     PlainValidator,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -393,16 +394,27 @@ class LoggingSettings(BaseSettings):
             return None
         return value.strip() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _valid_transport(self) -> LoggingSettings:
-        # With dlq_subject: the two are checked together, as the producer
-        # and the worker will use them.
-        if self.transport is not None:
+    @field_validator("transport")
+    @classmethod
+    def _valid_transport(cls, value: str | None) -> str | None:
+        if value is not None:
             from .transport.config import TransportConfig  # noqa: PLC0415
 
-            # EnricherConfigError is a ValueError.
-            TransportConfig.parse(self.transport, dlq_subject=self.dlq_subject)
-        return self
+            # EnricherConfigError is a ValueError: pydantic locates it here.
+            TransportConfig.parse(value)
+        return value
+
+    @field_validator("dlq_subject")
+    @classmethod
+    def _valid_dlq_subject(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked with the transport, as the producer and the worker will
+        # use the two (a transport that failed its own check is absent).
+        transport = info.data.get("transport")
+        if value is not None and transport is not None:
+            from .transport.config import TransportConfig  # noqa: PLC0415
+
+            TransportConfig.parse(transport, dlq_subject=value)
+        return value
 
     # -- end of scale-out settings ---------------------------------------------
 

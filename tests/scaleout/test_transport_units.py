@@ -105,6 +105,25 @@ def test_settings_mask_the_transport() -> None:
         assert "t0k" not in shown
 
 
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"transport": "nats://app:s3cret@broker?colour=blue"}, "transport"),
+        ({"transport": "nats://broker", "dlq_subject": "dead letters"}, "dlq_subject"),
+    ],
+)
+def test_a_settings_error_names_the_transport_field_at_fault(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, str], field: str
+) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(f"ENRICHLOG_{name.upper()}", value)
+
+    with pytest.raises(EnricherConfigError, match=f"settings: {field}: transport URI") as caught:
+        LoggingSettings()
+
+    assert "s3cret" not in str(caught.value)
+
+
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENRICHLOG_TRANSPORT", "nats://broker?stream=X")
     monkeypatch.setenv("ENRICHLOG_ENRICH", "local")

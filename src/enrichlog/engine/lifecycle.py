@@ -87,6 +87,10 @@ class EnricherLifecycleManager:
         """
         loop = asyncio.get_running_loop()
         startup = asyncio.gather(*(self._start(e) for e in self._enrichers))
+        # Its outcome is read even when nobody waits for it any more (a
+        # shutdown cancelled while the start-up ignored its cancellation):
+        # asyncio would report an unread CancelledError.
+        startup.add_done_callback(_retrieve)
         self._startup = startup
         if self._interval is not None and self._checker is None:
             self._checker = loop.create_task(self._check_periodically())
@@ -128,6 +132,8 @@ class EnricherLifecycleManager:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
+            if _closing(exc):
+                raise GeneratorExit from None
             if enricher.name in self._reported:
                 return False  # reported once until it starts: retried quietly
             self._reported.add(enricher.name)
@@ -151,10 +157,7 @@ class EnricherLifecycleManager:
             # Waited for, not awaited: its CancelledError is its own, and a
             # cancellation of this shutdown must not be taken for it.
             await asyncio.wait({task})
-            if not task.cancelled():
-                # Retrieved: a cancelled gather() ends with CancelledError as
-                # its exception, which asyncio reports if nobody reads it.
-                task.exception()
+            _retrieve(task)
         self._checker = self._startup = None
         self._retries.clear()
         for enricher in reversed(self._enrichers):
@@ -163,6 +166,8 @@ class EnricherLifecycleManager:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # one enricher must not stop the others
+                if _closing(exc):
+                    raise GeneratorExit from None
                 _report.warning(
                     "enricher %r failed to shut down cleanly (%s: %s)",
                     enricher.name,
@@ -238,3 +243,20 @@ class EnricherLifecycleManager:
         self._starting = set()
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Read the outcome of a finished task of its own: a cancelled gather()
+    ends with CancelledError as its exception, which asyncio reports if
+    nobody reads it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _closing(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from closing the coroutine (a start-up or
+    shutdown abandoned on a loop that stopped, finalised at interpreter
+    exit), possibly replaced by the enricher's lock, which needs the loop
+    that is gone: nothing failed, nothing to report, and the GeneratorExit
+    must go on out for the close to succeed quietly."""
+    return isinstance(exc, GeneratorExit) or isinstance(exc.__context__, GeneratorExit)
