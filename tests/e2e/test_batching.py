@@ -501,3 +501,48 @@ def test_a_batch_that_got_no_concurrency_slot_counts_each_event_overloaded(
 
     overloaded = [ln for ln in read_lines(log_file) if ln[ERRORS] == {"users": "overloaded"}]
     assert (10, 10) == (len(overloaded), reasons["overloaded"])
+
+
+class Stalled(Users):
+    """Its first two calls ignore their cancellation until ``released`` is
+    set (a connection that stopped answering)."""
+
+    released = threading.Event()
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        if len(self.calls) >= 2:
+            return await super().enrich_many(keys)
+        self.calls.append(list(keys))
+        while not self.released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.001)
+        return {}
+
+
+# Found by an outside tester (a PostgreSQL connection stalled behind a
+# proxy): keys that gathered while two abandoned batches were out waited
+# for the next event to arrive, and with none, until shutdown; every later
+# line waited behind them.
+def test_keys_gathered_behind_abandoned_batches_go_without_a_later_event(
+    log_file: Path,
+) -> None:
+    users = Stalled(timeout=0.1)
+    users.released = threading.Event()
+    container = configure(log_file, users)
+    log_users([0])
+    _wait_for(lambda: len(users.calls) == 1)
+    log_users([1])
+    _wait_for(lambda: len(users.calls) == 2)  # two batches out: the next keys gather
+    log_users([2, 3, None])
+
+    try:
+        written = container.flush(10)  # nothing else is logged
+        lines = read_lines(log_file)
+    finally:
+        users.released.set()
+        container.shutdown()
+
+    assert written
+    assert [ln.get("user") for ln in lines] == [None, None, "user-2", "user-3", None]
+    assert [ln.get(ERRORS) for ln in lines[:2]] == [{"users": "timeout"}] * 2
+    assert (container.metrics().enrichers["users"].abandoned, users.calls[2]) == (2, [2, 3])

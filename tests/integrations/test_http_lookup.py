@@ -251,7 +251,7 @@ async def test_enrich_many_sends_the_gets_concurrently_on_one_client(
     assert sorted(["/users/1", "/users/2", "/users/3", "/users/2"]) == sorted(paths(backend))
 
 
-async def test_a_failing_key_fails_alone_and_a_batch_of_failures_fails(
+async def test_a_failing_key_fails_alone_even_when_every_key_fails(
     backend: HttpBackend,
 ) -> None:
     enricher = EnricherFactory.build(uri(backend, path="/fail/{id}"))
@@ -261,17 +261,58 @@ async def test_a_failing_key_fails_alone_and_a_batch_of_failures_fails(
     try:
         # One key failing among others: its exception is its value.
         found = await mixed.enrich_many([("users", 1), ("fail", 2)])  # type: ignore[attr-defined]
-        # Every key failing (the service is down): the call fails, once.
-        for lookup, keys in ((enricher, [(1,)]), (enricher, [(1,), (2,)])):
-            with pytest.raises(Exception, match="500") as caught:
-                await lookup.enrich_many(keys)  # type: ignore[attr-defined]
-            assert "HTTPStatusError" == type(caught.value).__name__
+        # Every key failing: still each its own (the engine counts the call
+        # as one failure for the breaker); a batch of one key raises.
+        every = await enricher.enrich_many([(1,), (2,)])  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="500") as caught:
+            await enricher.enrich_many([(1,)])  # type: ignore[attr-defined]
     finally:
         await enricher.shutdown()
         await mixed.shutdown()
 
     assert "ann" == found[("users", 1)]["name"]
     assert "HTTPStatusError" == type(found[("fail", 2)]).__name__
+    assert ["HTTPStatusError"] * 2 == [type(every[key]).__name__ for key in ((1,), (2,))]
+    assert "HTTPStatusError" == type(caught.value).__name__
+
+
+def test_when_every_key_of_a_batch_fails_each_event_says_why_its_own_failed(
+    backend: HttpBackend, log_file: Path
+) -> None:
+    # Found by an outside tester: every event of a batch whose requests all
+    # failed got the first request's reason (HTTPStatusError for a read
+    # timeout), and kept it from the error cache for cache_error_ttl.
+    backend.backend.answer = lambda path: (
+        (200, Drip(b'{"name": "zed", "padding": "..........."}', 0.1))
+        if path == "/users/8"
+        else (500, {"error": "boom"})
+        if path == "/users/7"
+        else None
+    )
+    container = configure(
+        log_file,
+        uri(backend, query="into=user&fields=name&timeout=2&read_timeout=0.2&batch_window=0.05"),
+        breaker_failure_threshold=1,  # the batch is one failure: the circuit opens
+    )
+    for user_id in (7, 8):  # one batch, every request failing
+        get_logger().info("together", user_id=user_id)
+    container.flush(10)
+    get_logger().info("after", user_id=1)
+    container.shutdown()
+
+    assert [
+        ("together", "error: HTTPStatusError"),
+        ("together", "timeout"),  # httpx.ReadTimeout
+        ("after", "circuit_open"),
+    ] == [(line["event"], line[ERRORS]["http_lookup"]) for line in read_lines(log_file)]
+    metrics = container.metrics().enrichers["http_lookup"]
+    reasons = metrics.failures_by_reason
+    assert (1, 0, 1, 1) == (
+        metrics.batch_calls,
+        metrics.successes,
+        reasons["error"],
+        reasons["timeout"],
+    )
 
 
 async def test_an_answer_slower_than_read_timeout_fails_its_key_alone(

@@ -4,12 +4,17 @@ worker's output, and a producer whose broker is unreachable."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import errno
 import io
 import json
 import math
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from enrichlog.exceptions import EnricherConfigError
 from enrichlog.transport import transport_for
 from enrichlog.transport.codec import decode_event, encode_event
 from enrichlog.transport.config import TransportConfig, subject_matches
+from enrichlog.transport.nats import connect
 from enrichlog.transport.spool import Spool
 from enrichlog.worker import OutputSink, redelivery_delay
 from tests.services import free_port
@@ -448,3 +454,88 @@ def test_enrichers_run_in_the_workers_unless_asked_to_run_here() -> None:
 
     assert 0 == LoggingContainer(remote)._plan.depth
     assert 1 == LoggingContainer(local)._plan.depth
+
+
+async def test_tls_is_required_even_when_the_server_does_not_offer_it() -> None:
+    # Found by an outside tester: nats-py upgrades to TLS only when the
+    # server's greeting asks for it, so tls:// against a server without TLS
+    # (or a man in the middle dropping the flag) sent the password in clear.
+    received = bytearray()
+
+    async def plaintext_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info = {"server_id": "fake", "version": "2.10.0", "max_payload": 1048576, "proto": 1}
+        writer.write(b"INFO " + json.dumps(info).encode() + b"\r\n")
+        await writer.drain()
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(plaintext_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = TransportConfig.parse(f"tls://app:s3cret@127.0.0.1:{port}?token=t0k3n")
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever nats-py raises
+            await connect(config, name="tls-test", reconnect=False, timeout=1.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert received.startswith(b"\x16\x03")  # a TLS ClientHello
+    assert b"CONNECT" not in received
+    assert b"s3cret" not in received
+    assert b"t0k3n" not in received
+
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A nats-server with TLS on a free port, and its self-signed certificate."""
+    if not (os.access(NATS_SERVER, os.X_OK) and shutil.which("openssl")):
+        pytest.skip("needs the nats-server and openssl binaries")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, *subject, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
+    server = subprocess.Popen(
+        [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), *tls],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port, cert
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_tls_connects_to_a_server_with_tls(
+    tls_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, cert = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the documented way to trust a private CA
+    config = TransportConfig.parse(f"tls://127.0.0.1:{port}")
+    for _ in range(100):  # until the server listens
+        try:
+            client = await connect(config, name="tls-test", reconnect=False, timeout=1.0)
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("could not connect to the TLS server")
+    try:
+        subscription = await client.subscribe("tls.test")
+        await client.publish("tls.test", b"over tls")
+        message = await subscription.next_msg(timeout=2)
+    finally:
+        await client.close()
+
+    assert b"over tls" == message.data

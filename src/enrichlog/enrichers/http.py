@@ -282,9 +282,10 @@ class HttpLookupEnricher(LookupEnricher):
     async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
         """GET every key concurrently on the one client (HTTP has no
         multi-get): ``{key: value}`` for the keys found. A request that
-        fails fails its key alone (its exception is the key's value); when
-        every request fails, the batch fails with the first exception, so
-        that a service that is down counts for the circuit breaker."""
+        fails its key alone (its exception is the key's value), also
+        when every request fails: each event then says why its own request
+        failed, and the engine counts such an answer (an exception for
+        every key) as one failure for the circuit breaker."""
         client = self._client
         if client is None:
             raise RuntimeError(f"enricher {self.name!r} is not started")
@@ -301,12 +302,9 @@ class HttpLookupEnricher(LookupEnricher):
         results = await asyncio.gather(
             *(self._get_before(deadline, client, key) for key in unique), return_exceptions=True
         )
-        failures = [result for result in results if isinstance(result, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):  # cancellation, interrupts
-                raise failure
-        if failures and len(failures) == len(results):
-            raise failures[0]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancellation, interrupts
         return {key: value for key, value in zip(unique, results, strict=True) if value is not None}
 
     async def _get_before(self, deadline: float | None, client: Any, key: tuple[Any, ...]) -> Any:

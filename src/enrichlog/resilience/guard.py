@@ -884,7 +884,7 @@ class EnricherGuard:
         except BaseException as exc:
             failure: Outcome | None = self._failure(call, permit, exc, task, cancelling)
         else:
-            failure = self._batch_failure(call, permit, values, task)
+            failure = self._batch_failure(call, permit, values, task, keys)
         finally:
             call.finished = True
             call.task = None
@@ -974,10 +974,19 @@ class EnricherGuard:
             call.deliver(CIRCUIT_OPEN, 0.0)
 
     def _batch_failure(
-        self, call: _Call, permit: Permit, values: object, task: asyncio.Task[Any]
+        self,
+        call: _Call,
+        permit: Permit,
+        values: object,
+        task: asyncio.Task[Any],
+        keys: list[Hashable],
     ) -> Outcome | None:
         """The outcome every event of the batch gets, or ``None`` when the
-        call returned a mapping in time."""
+        call returned a mapping in time (each key's value is then applied,
+        an exception failing its key alone). A mapping that holds an
+        exception for every key asked is a failure for the breaker all the
+        same: the backend answered nothing (an HTTP service that is down
+        fails each request)."""
         if call.state == _Call.ABANDONED:
             return TIMEOUT
         if call.state == _Call.EXPIRED:
@@ -986,8 +995,11 @@ class EnricherGuard:
         if not isinstance(values, Mapping):
             self.breaker.record_failure(permit)
             return self._failed(INVALID_RETURN)
-        self.breaker.record_success(permit)
-        self.successes += 1
+        if _every_key_failed(values, keys):
+            self.breaker.record_failure(permit)
+        else:
+            self.breaker.record_success(permit)
+            self.successes += 1
         return None
 
     def _apply_batch(self, batch: _Batch, values: Mapping[Hashable, Any], seconds: float) -> None:
@@ -1041,8 +1053,14 @@ class EnricherGuard:
 
     def _fail_batch(self, batch: _Batch, outcome: Outcome, seconds: float) -> None:
         """Every event of the batch gets ``outcome`` (the call failed, timed
-        out, was abandoned or never ran)."""
-        self._batch_done(batch, None)
+        out, was abandoned or never ran). On the loop: keys that gathered
+        while the batch was out are dispatched now, not when the next event
+        arrives (after an abandoned call, that may be never)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # shutdown cancelling what is left
+            loop = None
+        self._batch_done(batch, loop)
         self._remember_failure(batch.waiters, outcome)
         for waiters in batch.waiters.values():
             for _, sink, key in waiters:
@@ -1236,6 +1254,14 @@ def _abandon_sink(abandon: Callable[[Outcome], object]) -> Sink:
         abandon(outcome)
 
     return sink
+
+
+def _every_key_failed(values: Mapping[Hashable, Any], keys: list[Hashable]) -> bool:
+    """Whether ``values`` holds an exception for each of ``keys``."""
+    try:
+        return all(isinstance(values.get(key), BaseException) for key in keys)
+    except Exception:  # a mapping that fails when read: _apply_batch says so
+        return False
 
 
 def _report_state_change(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:

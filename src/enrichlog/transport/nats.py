@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -115,8 +116,36 @@ async def connect(
     }
     if config.token:
         options["token"] = config.token
-    client: Client = await nats.connect(**options)
+    tls = config.server.startswith("tls://")
+    client: Client = (_tls_required_client() if tls else nats.aio.client.Client)()
+    await client.connect(**options)
     return client
+
+
+@functools.cache
+def _tls_required_client() -> type[Client]:
+    """The client class for ``tls://``, made on first use (nats-py is an
+    optional dependency)."""
+    from nats.aio.client import Client  # noqa: PLC0415
+
+    class TlsRequired(Client):
+        """A client that upgrades to TLS whatever the server's greeting says.
+
+        nats-py upgrades only when the server's INFO asks for TLS, so with
+        ``tls://`` against a server without TLS, or a man in the middle
+        that drops the flag, it would send the credentials and the events
+        in clear. Here the TLS handshake always follows the greeting (the
+        INFO dict is the one nats-py checks next): a server without TLS
+        fails the handshake, and nothing is sent.
+        """
+
+        async def _process_info(
+            self, info: dict[str, Any], initial_connection: bool = False
+        ) -> None:
+            info["tls_required"] = True
+            await super()._process_info(info, initial_connection)
+
+    return TlsRequired
 
 
 async def unless_stopped(coro: Coroutine[Any, Any, _T], stop: asyncio.Event) -> _T | None:
