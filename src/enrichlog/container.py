@@ -67,7 +67,7 @@ _STARTUP_TIMEOUT = 30.0
 _REPORTED = ("written", "dropped", "pending", "write_failed", "abandoned", "filtered")
 #: What it holds besides when they apply: ``salvaged`` when the drain timed
 #: out; with a transport, what was ``published``, ``spooled`` or lost.
-_DRAINED = ("salvaged", "published", "spooled", "spool_dropped")
+_DRAINED = ("salvaged", "published", "spooled", "spool_dropped", "rejected", "truncated")
 
 _report = logging.getLogger("enrichlog")
 

@@ -72,6 +72,7 @@ TRANSPORT_COUNTERS: tuple[str, ...] = (
     "replayed",
     "spool_dropped",
     "rejected",
+    "truncated",
     "publish_errors",
 )
 

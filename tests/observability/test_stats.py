@@ -332,7 +332,7 @@ def test_a_workers_and_a_transports_figures_are_read_back_and_shown() -> None:
         parsed.worker["nacked"],
         parsed.worker["consumer_lag"],
     )
-    assert "published 3, spooled 1, spool dropped 0, queued 2" in screen
+    assert "published 3, spooled 1, spool dropped 0, rejected 0, truncated 0, queued 2" in screen
     assert "consumed 5, acknowledged 4, nacked 1, dead-lettered 0, lag 7" in screen
 
 

@@ -75,6 +75,15 @@ def streams(nats_server: None) -> Iterator[Streams]:
     run_async(_delete([names.stream, names.dlq_stream]))
 
 
+@pytest.fixture
+def other_streams(nats_server: None) -> Iterator[Streams]:
+    """A second stream and subject of this test's own (another application)."""
+    suffix = uuid.uuid4().hex[:10]
+    names = Streams(stream=f"U{suffix}", subject=f"test.{suffix}.other")
+    yield names
+    run_async(_delete([names.stream, names.dlq_stream]))
+
+
 def js_call(fn: Callable[[Any], Any]) -> Any:
     """``await fn(js)`` on a connection of its own; its result."""
 

@@ -41,6 +41,33 @@ def test_the_stream_is_created_once_and_events_carry_their_id(
     assert b'"odd":"<object object at' in first.data
 
 
+def test_an_event_larger_than_the_servers_maximum_payload_is_cut_to_fit_not_lost(
+    streams: Streams, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by an outside tester: an event above the server's max_payload
+    # (1 MB by default) never reached the stream; counted only as rejected,
+    # reported as "the spool is full ... or the server refused them".
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "s"))
+    log = get_logger()
+    log.info("before")
+    log.info("huge", blob="x" * 2_000_000, small=7)
+    log.info("after")
+    report = container.shutdown()
+
+    async def messages(js: Any) -> list[dict[str, Any]]:
+        return [json.loads((await js.get_msg(streams.stream, seq=n)).data) for n in (1, 2, 3)]
+
+    before, huge, after = js_call(messages)
+    assert (3, 1, 0) == (report["published"], report["truncated"], report["rejected"])
+    assert ("before", "huge", "after") == (before["event"], huge["event"], after["event"])
+    assert {"blob": 2_000_002} == huge["truncated_fields"]
+    assert huge["blob"].startswith("xxx")
+    assert huge["blob"].endswith("…")
+    assert 7 == huge["small"]
+    assert "largest values cut" in caplog.text
+    assert "spool is full" not in caplog.text
+
+
 def test_a_conflicting_stream_is_a_configuration_error(streams: Streams, tmp_path: Path) -> None:
     async def make(js: Any) -> None:
         await js.add_stream(name=streams.stream, subjects=[f"{streams.subject}.other"])
@@ -179,6 +206,33 @@ def test_what_is_left_at_shutdown_is_spooled_and_published_by_the_next_start(
 
     assert 50 == report["published"]
     assert 50 == len(set(stream_event_ids(streams.stream)))
+
+
+def test_a_spool_shared_by_two_applications_is_published_by_each_on_its_own_subject(
+    streams: Streams, other_streams: Streams, tmp_path: Path
+) -> None:
+    # Found by an outside tester: an application that started with the spool
+    # directory another had spooled into published that one's events on its
+    # own subject (into its own stream, to its own workers).
+    spool = str(tmp_path / "spool")
+    with tcp_proxy(NATS_HOST, NATS_PORT) as proxy:
+        proxy.stop()  # the broker is unreachable: everything is spooled
+        container = configure_logging(transport=streams.uri(port=proxy.port), spool_dir=spool)
+        for index in range(10):
+            get_logger().info("checkout", index=index)
+        assert 10 == container.shutdown()["spooled"]
+
+    other = configure_logging(transport=other_streams.uri(), spool_dir=spool)
+    get_logger().info("billing")
+    other_report = other.shutdown()
+    container = configure_logging(transport=streams.uri(), spool_dir=spool)
+    report = container.shutdown()
+
+    assert (1, 10) == (other_report["published"], report["published"])
+    assert (1, 10) == (
+        len(stream_event_ids(other_streams.stream)),
+        len(stream_event_ids(streams.stream)),
+    )
 
 
 def test_a_forked_child_publishes_its_own_events(streams: Streams, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import pytest
 from enrichlog import LoggingSettings, configure_logging, get_logger
 from enrichlog.exceptions import EnricherConfigError
 from enrichlog.transport import transport_for
-from enrichlog.transport.codec import decode_event, encode_event
+from enrichlog.transport.codec import decode_event, encode_event, fit_event
 from enrichlog.transport.config import TransportConfig, subject_matches
 from enrichlog.transport.nats import connect
 from enrichlog.transport.spool import Spool
@@ -539,3 +539,38 @@ async def test_tls_connects_to_a_server_with_tls(
         await client.close()
 
     assert b"over tls" == message.data
+
+
+@pytest.mark.parametrize(
+    ("event", "cut"),
+    [
+        ({"event": "e", "blob": "x" * 300_000, "n": 1}, {"blob"}),
+        ({"event": "e", "a": "é" * 90_000, "b": list(range(40_000))}, {"a", "b"}),
+        ({"event": "é" * 200_000, "level": "info"}, {"event"}),
+    ],
+    ids=["one-large-value", "multibyte-and-a-list", "the-message-itself"],
+)
+def test_fit_event_cuts_the_largest_values_and_lists_them(
+    event: dict[str, Any], cut: set[str]
+) -> None:
+    payload = encode_event({**event, "event_id": "abc"})
+    fitted = fit_event(payload, 100_000)
+    fields = decode_event(fitted)
+
+    assert len(fitted) <= 100_000
+    assert "abc" == fields["event_id"]
+    assert cut == set(fields["truncated_fields"])
+    for name in cut:
+        assert fields[name].endswith("…")
+        assert fields["truncated_fields"][name] > 100_000
+    for name in set(event) - cut:
+        assert event[name] == fields[name]
+
+
+def test_fit_event_keeps_the_essentials_of_an_event_of_many_small_fields() -> None:
+    event = {"event": "many", "level": "warning", "event_id": "abc"}
+    payload = encode_event({**event, **{f"k{i}": i for i in range(50_000)}})
+    fitted = fit_event(payload, 10_000)
+
+    assert {**event, "truncated_fields": {"*": len(payload)}} == decode_event(fitted)
+    assert fit_event(b'{"event":"small"}', 10_000) == b'{"event":"small"}'

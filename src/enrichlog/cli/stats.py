@@ -480,7 +480,8 @@ def _pipeline_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, str]
             (
                 "transport",
                 f"published {t.get('published', 0):,}, spooled {t.get('spooled', 0):,}, "
-                f"spool dropped {t.get('spool_dropped', 0):,}, queued {t.get('queued', 0):,}",
+                f"spool dropped {t.get('spool_dropped', 0):,}, rejected {t.get('rejected', 0):,}, "
+                f"truncated {t.get('truncated', 0):,}, queued {t.get('queued', 0):,}",
             )
         )
     if s.worker is not None:

@@ -459,7 +459,7 @@ def _scale_out_families(families: _Families, totals: MetricsSnapshot) -> None:
                 "enrichlog_transport_events_total",
                 "Events of the scale-out transport: published to the stream, duplicates the "
                 "server recognised, spooled to disk, replayed from it, dropped past the spool "
-                "cap, rejected, and failed publish attempts.",
+                "cap, rejected, published with values cut to fit, and failed publish attempts.",
                 TRANSPORT_COUNTERS,
             ),
             ("enrichlog_transport_queued", "queued", "Events waiting to be published."),

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["EVENT_ID", "decode_event", "encode_event", "new_event_id"]
+__all__ = ["EVENT_ID", "TRUNCATED", "decode_event", "encode_event", "fit_event", "new_event_id"]
 
 try:  # optional extra: several times faster than the stdlib encoder
     import orjson
@@ -23,6 +23,12 @@ except ImportError:  # pragma: no cover - exercised without the extra
 
 #: The field (and ``Nats-Msg-Id`` header) that identifies an event.
 EVENT_ID = "event_id"
+
+#: The field that lists the fields :func:`fit_event` cut, with their sizes.
+TRUNCATED = "truncated_fields"
+
+#: Kept whole by :func:`fit_event` whatever their size (the id is short).
+_KEPT = (EVENT_ID,)
 
 #: How deep :func:`_printable` goes before it shows a value by ``repr``.
 _MAX_DEPTH = 16
@@ -87,3 +93,54 @@ def decode_event(data: bytes) -> dict[str, Any]:
     if isinstance(event, dict):
         return event
     raise ValueError(f"expected a JSON object, got {type(event).__name__}")
+
+
+def fit_event(payload: bytes, limit: int) -> bytes:
+    """The event in ``payload`` cut to at most ``limit`` bytes of JSON, for
+    a broker that refuses larger messages: the largest fields' values are
+    cut to their beginning (a value that is not a string to the beginning
+    of its JSON text) and end with ``…``, each listed in :data:`TRUNCATED`
+    with its size in bytes before; ``payload`` itself when it fits. An
+    event that cannot fit that way (thousands of small fields) keeps only
+    ``event_id``, ``event``, ``level`` and ``timestamp``, themselves cut,
+    and lists the whole event's size as ``"*"``."""
+    if len(payload) <= limit:
+        return payload
+    try:
+        event = decode_event(payload)
+    except ValueError:
+        event = {"event": payload.decode("utf-8", "replace")}
+    event.pop(TRUNCATED, None)
+    essentials = {key: event[key] for key in ("event", "level", "timestamp") if key in event}
+    sizes = {key: len(encode_event({"": value})) - 5 for key, value in event.items()}
+    # Room for the list of cut fields (about 32 bytes each).
+    excess = len(payload) - limit + 512
+    cut: dict[str, int] = {}
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if excess <= 0 or sizes[key] < 256:
+            break  # fits; or what is left is many small fields
+        if key in _KEPT:
+            continue
+        value = event[key]
+        text = value if isinstance(value, str) else encode_event({"": value})[4:-1].decode()
+        head = _head(text, max(0, sizes[key] - excess - 64))
+        event[key] = head + "…"
+        cut[key] = sizes[key]
+        excess -= sizes[key] - len(head.encode()) - 32 - len(key)
+    event[TRUNCATED] = cut
+    fitted = encode_event(event)
+    if len(fitted) <= limit:
+        return fitted
+    minimal: dict[str, Any] = {
+        key: value if len(text := str(value)) < 256 else _head(text, (limit - 512) // 4) + "…"
+        for key, value in essentials.items()
+    }
+    if EVENT_ID in event:
+        minimal[EVENT_ID] = event[EVENT_ID]
+    minimal[TRUNCATED] = {"*": len(payload)}
+    return encode_event(minimal)
+
+
+def _head(text: str, size: int) -> str:
+    """The beginning of ``text`` that fits in ``size`` bytes of UTF-8."""
+    return text.encode("utf-8", "backslashreplace")[:size].decode("utf-8", "ignore")

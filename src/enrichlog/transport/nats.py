@@ -33,6 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -41,7 +42,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ..engine.runtime import leave_signals_to_the_main_thread
 from ..exceptions import EnricherConfigError
 from ..uri.masking import mask_secrets
-from .codec import EVENT_ID, encode_event, new_event_id
+from .codec import EVENT_ID, encode_event, fit_event, new_event_id
 from .config import TransportConfig, subject_matches
 from .spool import Record, Spool
 
@@ -67,6 +68,8 @@ _BATCH = 256
 #: subjects already captured by another stream.
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
+#: Bytes of a message's maximum payload left for its headers.
+_HEADERS_ROOM = 1024
 #: Seconds the server remembers a ``Nats-Msg-Id`` (the stream's duplicate
 #: window) when enrichlog creates the stream.
 DUPLICATE_WINDOW = 120.0
@@ -216,7 +219,10 @@ class TransportMetrics:
             published from it; ``spool_bytes``: bytes still on disk.
         spool_dropped: events lost because the spool was full (or could not
             be written); ``rejected``: events the server refused for good
-            (larger than its maximum payload, say).
+            (larger than the stream's maximum message size, say).
+        truncated: events larger than the server's maximum payload,
+            published with their largest values cut (``truncated_fields``
+            in the event lists them); counted in ``published`` too.
         publish_errors: failed publish rounds (retried).
         connected: whether the publisher is connected now.
     """
@@ -229,6 +235,7 @@ class TransportMetrics:
     spool_bytes: int = 0
     spool_dropped: int = 0
     rejected: int = 0
+    truncated: int = 0
     publish_errors: int = 0
     connected: bool = False
 
@@ -357,9 +364,9 @@ class NatsTransport:
         self._streams_ready = False
         self._outage_reported = False
         self._last_report = -float("inf")
-        self._unreported_drops = 0
+        self._unreported_drops = self._unreported_rejected = self._unreported_truncated = 0
         self._published = self._duplicates = self._spooled = self._replayed = 0
-        self._spool_dropped = self._rejected = self._publish_errors = 0
+        self._spool_dropped = self._rejected = self._publish_errors = self._truncated = 0
 
     # -- the logging side ------------------------------------------------------
 
@@ -414,7 +421,11 @@ class NatsTransport:
     def _open_spool(self) -> Spool | None:
         if self._spool is None and self._spool_dir is not None and self._spool_problem is None:
             try:
-                self._spool = Spool(self._spool_dir, self._spool_max_bytes)
+                # One directory per subject: a process publishes only the
+                # events spooled for its own subject (applications sharing
+                # a directory, or a stream, never publish each other's).
+                directory = Path(self._spool_dir).expanduser() / self.config.subject
+                self._spool = Spool(directory, self._spool_max_bytes)
             except OSError as exc:
                 self._spool_problem = f"{self._spool_dir}: {exc.strerror or exc}"
                 return None
@@ -553,6 +564,8 @@ class NatsTransport:
             "published": self._published,
             "spooled": left,
             "spool_dropped": self._spool_dropped,
+            "rejected": self._rejected,
+            "truncated": self._truncated,
         }
 
     def _keep_leftovers(self) -> None:
@@ -727,8 +740,30 @@ class NatsTransport:
             self._held_from_spool = False
             return self._held
 
-    async def _publish(self, batch: list[Record]) -> None:
+    async def _send(
+        self, js: Any, subject: str, record: Record
+    ) -> tuple[asyncio.Future[Any] | None, bool]:
+        """Publish one record: its acknowledgement's future (``None`` when
+        the server cannot take it), and whether it was cut to fit."""
         from nats.errors import MaxPayloadError  # noqa: PLC0415
+
+        event_id, payload = record
+        headers = {"Nats-Msg-Id": event_id}
+        try:
+            return await js.publish_async(subject, payload, headers=headers), False
+        except MaxPayloadError:
+            pass
+        # Larger than the server takes: its largest values cut to fit
+        # (listed in the event), rather than lost.
+        client = self._client
+        assert client is not None
+        fitted = fit_event(payload, client.max_payload - _HEADERS_ROOM)
+        try:
+            return await js.publish_async(subject, fitted, headers=headers), True
+        except MaxPayloadError:
+            return None, False
+
+    async def _publish(self, batch: list[Record]) -> None:
         from nats.js.errors import APIError  # noqa: PLC0415
 
         js = self._js
@@ -736,14 +771,15 @@ class NatsTransport:
         subject = self.config.subject
         futures: list[asyncio.Future[Any]] = []
         rejected: set[int] = set()
+        truncated = 0
         try:
-            for index, (event_id, payload) in enumerate(batch):
-                try:
-                    futures.append(
-                        await js.publish_async(subject, payload, headers={"Nats-Msg-Id": event_id})
-                    )
-                except MaxPayloadError:
+            for index, record in enumerate(batch):
+                future, cut = await self._send(js, subject, record)
+                if future is None:
                     rejected.add(index)
+                else:
+                    futures.append(future)
+                    truncated += cut
             results = await asyncio.wait_for(
                 asyncio.gather(*futures, return_exceptions=True), self._publish_timeout
             )
@@ -765,6 +801,12 @@ class NatsTransport:
         if transient is not None:
             self._failed_round(transient)
             return  # the whole batch again; the server drops what it has
+        self._count_published(batch, len(rejected), truncated, duplicates)
+
+    def _count_published(
+        self, batch: list[Record], rejected: int, truncated: int, duplicates: int
+    ) -> None:
+        """``batch`` is done: published but ``rejected`` of its events."""
         with self._lock:
             if self._held_from_spool and self._spool is not None:
                 try:
@@ -772,13 +814,14 @@ class NatsTransport:
                 except OSError as exc:
                     self._spool_problem = f"{self._spool.path}: {exc.strerror or exc}"
                 self._spool_records -= len(batch)
-                self._replayed += len(batch) - len(rejected)
+                self._replayed += len(batch) - rejected
             self._held, self._held_from_spool = [], False
-            self._published += len(batch) - len(rejected)
+            self._published += len(batch) - rejected
+            self._truncated += truncated
             self._duplicates += duplicates
-            if rejected:
-                self._rejected += len(rejected)
-                self._unreported_drops += len(rejected)
+            self._rejected += rejected
+            self._unreported_rejected += rejected
+            self._unreported_truncated += truncated
 
     def _failed_round(self, exc: BaseException) -> None:
         from nats.errors import NoRespondersError  # noqa: PLC0415
@@ -798,17 +841,32 @@ class NatsTransport:
             return
         with self._lock:
             drops, self._unreported_drops = self._unreported_drops, 0
+            rejected, self._unreported_rejected = self._unreported_rejected, 0
+            truncated, self._unreported_truncated = self._unreported_truncated, 0
             problem = self._spool_problem
-        if not drops:
+        if not (drops or rejected or truncated):
             return
         self._last_report = now
-        _report.warning(
-            "enrichlog transport lost %d event(s): %s; see container.transport.metrics()",
-            drops,
-            f"the spool cannot be written ({problem})"
-            if problem
-            else f"the spool is full ({self._spool_max_bytes} bytes) or the server refused them",
-        )
+        if drops:
+            _report.warning(
+                "enrichlog transport lost %d event(s): %s; see container.transport.metrics()",
+                drops,
+                f"the spool cannot be written ({problem})"
+                if problem
+                else f"the spool is full ({self._spool_max_bytes} bytes)",
+            )
+        if rejected:
+            _report.warning(
+                "enrichlog transport lost %d event(s): the server refused them (the stream's "
+                "maximum message size, say); see container.transport.metrics()",
+                rejected,
+            )
+        if truncated:
+            _report.warning(
+                "enrichlog transport published %d event(s) larger than the server's maximum "
+                "payload with their largest values cut (listed in their 'truncated_fields')",
+                truncated,
+            )
 
     # -- views ------------------------------------------------------------------------
 
@@ -825,6 +883,7 @@ class NatsTransport:
                 spool_bytes=spool.size if spool is not None else self._spool_left,
                 spool_dropped=self._spool_dropped,
                 rejected=self._rejected,
+                truncated=self._truncated,
                 publish_errors=self._publish_errors,
                 connected=self._connected(),
             )
