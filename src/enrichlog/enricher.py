@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
@@ -118,8 +119,30 @@ _AWAITED_METHODS = ("enrich_async", "enrich_many", "_startup", "_shutdown", "_he
 
 def _check_methods(cls: type, name: str) -> None:
     """Refuse a method written ``async def`` where a value is expected, or
-    ``def`` where it is awaited: the mistake would otherwise show only at run
-    time, as a reason on every event."""
+    ``def`` where it is awaited, a method replaced by a value, and a value
+    put in place of one of enrichlog's read-only properties: the mistake
+    would otherwise show only at run time, as a reason on every event or an
+    error naming nothing."""
+    for method in (*_PLAIN_METHODS, *_AWAITED_METHODS):
+        value = getattr(cls, method, _ABSENT)
+        if value is not _ABSENT and not callable(value):
+            shown = "None" if value is None else f"a value of type {type(value).__name__}"
+            raise EnricherConfigError(
+                f"enricher {name!r}: {method} must be a method, but the class sets it to {shown}"
+            )
+    for attribute in _library_properties(cls):
+        value = inspect.getattr_static(cls, attribute)
+        if not isinstance(value, property):
+            raise EnricherConfigError(
+                f"enricher {name!r}: {attribute} is read-only (computed by enrichlog), "
+                f"but the class sets it to a {type(value).__name__}"
+                + (
+                    "; set each knob as a class attribute (timeout = 1.0) or a constructor "
+                    "keyword"
+                    if attribute == "options"
+                    else ""
+                )
+            )
     for method in _PLAIN_METHODS:
         fn = getattr(cls, method, None)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -139,6 +162,25 @@ def _check_methods(cls: type, name: str) -> None:
                 f"enricher {name!r}: {method}() must be a coroutine function "
                 f"(async def): the runtime awaits it"
             )
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _library_properties(cls: type) -> tuple[str, ...]:
+    """The properties enrichlog's own classes among ``cls``'s bases define."""
+    return tuple(
+        sorted(
+            {
+                attribute
+                for base in cls.__mro__
+                if base.__module__ == __name__
+                for attribute, value in vars(base).items()
+                if isinstance(value, property)
+            }
+        )
+    )
 
 
 class Enricher:

@@ -90,6 +90,8 @@ def _output_target(value: Any) -> str | TextSink:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("output is empty; expected 'stdout', 'stderr' or a file path")
+        if "\x00" in value:
+            raise ValueError("a file path cannot hold a NUL character ('\\x00')")
         # Spaces around it are a slip of a .env file or a shell (as for the
         # level), not part of a path: "stdout " means standard output.
         return value.strip()
@@ -421,8 +423,11 @@ class LoggingSettings(BaseSettings):
     @field_validator("level", mode="before")
     @classmethod
     def _known_level(cls, value: Any) -> Any:
-        if isinstance(value, int) and value in LEVELS.values():
-            return logging.getLevelName(value).lower()
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value in LEVELS.values():
+                return logging.getLevelName(value).lower()
+            numbers = ", ".join(str(number) for number in sorted(set(LEVELS.values())))
+            raise ValueError(f"unknown level number {value}; expected one of {numbers}")
         if not isinstance(value, str):
             return value
         name = value.strip().lower()

@@ -68,6 +68,9 @@ DEDUP_CAPACITY = 100_000
 FETCH_BATCH = 256
 #: Seconds a worker gathers completed events before answering them together.
 ACK_DELAY = 0.005
+#: Seconds a worker waits for its first connection before it reports the
+#: broker unreachable (and keeps trying).
+CONNECT_WAIT = 10.0
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -80,6 +83,13 @@ def redelivery_delay(deliveries: int, base: float, cap: float) -> float:
     and all of it), so events that failed together do not return together."""
     delay = min(cap, base * 2.0 ** max(deliveries - 1, 0))
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not secrecy
+
+
+def _failure(exc: BaseException) -> str:
+    """``Type: text`` for a report, secrets masked; the type alone when
+    the text is empty (a bare ``TimeoutError``), never ``Type: ``."""
+    text = str(exc)
+    return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -380,6 +390,8 @@ class Worker:
         self._min_fetch = max(1, min(FETCH_BATCH, self._max_in_flight // 4))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        #: A stop asked for before :meth:`run` had a loop to set ``_stop`` on.
+        self._stop_early = False
         self._room = asyncio.Event()
         self._done: deque[_Delivery] = deque()
         self._done_lock = threading.Lock()
@@ -406,7 +418,11 @@ class Worker:
     def request_stop(self) -> None:
         """Stop fetching; finish and acknowledge the events in flight, then
         :meth:`run` returns. Safe from a signal handler on the worker's
-        loop, or from another thread."""
+        loop, or from another thread; before :meth:`run`, it makes the run
+        return at once (a stop signal during the command's start)."""
+        # The flag first, the loop next: run() sets the loop before reading
+        # the flag, so one of the two sees the other.
+        self._stop_early = True
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -432,15 +448,23 @@ class Worker:
                 the subject belongs to another stream.
         """
         self._loop = asyncio.get_running_loop()
-        # Followed for Prometheus; /metrics served when metrics_port is set.
-        self.container.observe()
-        try:
-            await asyncio.to_thread(self.container.start_enrichers, 30.0)
-        except TimeoutError:
-            _report.warning("enrichlog worker: enrichers still starting; skipped until they are up")
+        if self._stop_early:
+            self._stop.set()
+        else:
+            # Followed for Prometheus; /metrics served when metrics_port is set.
+            self.container.observe()
+            try:
+                await asyncio.to_thread(self.container.start_enrichers, 30.0)
+            except TimeoutError:
+                _report.warning(
+                    "enrichlog worker: enrichers still starting; skipped until they are up"
+                )
         client = await self._connect()
         if client is None:  # stopped before the broker answered
             await asyncio.to_thread(self.container.shutdown)
+            self._sink.close()
+            # The line every stop ends with, stopped early or not.
+            self._print_line({"enrichlog_worker": self.metrics().as_dict()})
             return
         helpers: list[asyncio.Task[Any]] = []
         subscription: Any = None
@@ -461,7 +485,7 @@ class Worker:
                 asyncio.create_task(self._watch_lag(subscription)),
                 asyncio.create_task(self._print_stats()),
             ]
-            await self._consume(subscription)
+            await self._consume(client, subscription)
             await self._drain()
         finally:
             for helper in helpers:
@@ -481,18 +505,27 @@ class Worker:
         backoff = 0.2
         reported = False
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 # Reconnection once connected is the client's; the first
                 # connection is retried here, so a stop can cut it short.
                 first = connect(self.config, name="enrichlog-worker", reconnect=True)
-                return await unless_stopped(asyncio.wait_for(first, 10.0), self._stop)
+                return await unless_stopped(asyncio.wait_for(first, CONNECT_WAIT), self._stop)
             except Exception as exc:
                 if not reported:
                     reported = True
+                    # The client retries on its own until the wait runs out,
+                    # then says nothing more than TimeoutError: say how long.
+                    waited = round(time.monotonic() - started, 1)
+                    reason = (
+                        f"TimeoutError: no connection within {waited:g}s"
+                        if isinstance(exc, TimeoutError) and not str(exc)
+                        else _failure(exc)
+                    )
                     _report.warning(
                         "enrichlog worker: the broker at %s is unreachable (%s); retrying",
                         self.config.masked,
-                        mask_secrets(f"{type(exc).__name__}: {exc}"),
+                        reason,
                     )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), backoff)
@@ -527,10 +560,19 @@ class Worker:
             )
         return subscription
 
-    async def _consume(self, subscription: Any) -> None:
+    async def _consume(self, client: Client, subscription: Any) -> None:
         import nats.errors  # noqa: PLC0415
 
         while not self._stop.is_set():
+            if not (client.is_connected or client.is_closed):
+                # While the connection is down the client keeps what it is
+                # asked to send, fetch requests too, and sends it all once
+                # reconnected: each request, one per fetch timeout, would
+                # then bring up to `room` events, max_in_flight per second
+                # of the outage at once. Fetch again once connected.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.1)
+                continue
             room = self._max_in_flight - len(self._in_flight)
             # Fetch in batches: a round trip per few freed slots costs more
             # than the events it brings.
@@ -547,7 +589,7 @@ class Worker:
             except Exception as exc:
                 _report.warning(
                     "enrichlog worker: fetch failed (%s); retrying",
-                    mask_secrets(f"{type(exc).__name__}: {exc}"),
+                    _failure(exc),
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.5)
@@ -670,7 +712,7 @@ class Worker:
             except Exception as exc:  # the answer is lost: the server redelivers
                 _report.warning(
                     "enrichlog worker: answering an event failed (%s)",
-                    mask_secrets(f"{type(exc).__name__}: {exc}"),
+                    _failure(exc),
                 )
             finally:
                 self._in_flight.pop(delivery.event_id, None)
@@ -735,7 +777,7 @@ class Worker:
         except Exception as exc:  # cannot dead-letter now: try again later
             _report.warning(
                 "enrichlog worker: dead-lettering failed (%s); retrying later",
-                mask_secrets(f"{type(exc).__name__}: {exc}"),
+                _failure(exc),
             )
             for message in messages:
                 await message.nak(delay=self.settings.redeliver_delay)

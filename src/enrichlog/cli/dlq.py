@@ -4,17 +4,26 @@ dead-lettered, and publishing them again once the cause is fixed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..exceptions import EnricherConfigError, EnrichlogError
 from ..settings import resolve_settings
 from ..transport.config import TransportConfig
 from ..uri.masking import mask_secrets
 
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from ..transport.deadletter import DeadLetter
+
 __all__ = ["run_dlq"]
+
+#: The largest sequence number a stream can have.
+_LAST_SEQUENCE = 2**64 - 1
 
 
 def run_dlq(
@@ -33,13 +42,16 @@ def run_dlq(
     out, err = out or sys.stdout, err or sys.stderr
     try:
         config = _transport(action == "replay" and not (replay_all or sequences))
+        _check_sequences(config, sequences)
         return asyncio.run(_run(config, action, sequences, replay_all, keep, limit, fmt, out))
     except EnrichlogError as exc:
         print(f"error: {exc}", file=err)
     except BrokenPipeError:
         raise  # its reader stopped reading (| head): 141, quietly, as every command
     except Exception as exc:
-        print(f"error: {mask_secrets(f'{type(exc).__name__}: {exc}')}", file=err)
+        # A bare TimeoutError has no text: its name alone, not "TimeoutError: ".
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        print(f"error: {mask_secrets(reason)}", file=err)
     return 1
 
 
@@ -52,6 +64,17 @@ def _transport(nothing_to_replay: bool) -> TransportConfig:
     return TransportConfig.parse(settings.transport, dlq_subject=settings.dlq_subject)
 
 
+def _check_sequences(config: TransportConfig, sequences: Sequence[int]) -> None:
+    """Refuse a sequence number no stream has, before asking the server
+    (which answers 0 or a negative one with a bare "bad request")."""
+    for sequence in sequences:
+        if sequence < 1:
+            raise EnricherConfigError(
+                f"no dead letter {sequence} in {config.dlq_stream}: sequence numbers start "
+                "at 1 (dlq list shows them)"
+            )
+
+
 async def _run(
     config: TransportConfig,
     action: str,
@@ -62,14 +85,7 @@ async def _run(
     fmt: str,
     out: TextIO,
 ) -> int:
-    from nats.js.errors import NotFoundError  # noqa: PLC0415
-
-    from ..transport.deadletter import (  # noqa: PLC0415
-        DeadLetter,
-        get_dead_letter,
-        read_dead_letters,
-        replay,
-    )
+    from ..transport.deadletter import read_dead_letters, replay  # noqa: PLC0415
     from ..transport.nats import connect, ensure_stream  # noqa: PLC0415
 
     client = await connect(config, name="enrichlog-dlq", reconnect=False)
@@ -90,23 +106,66 @@ async def _run(
                         file=out,
                     )
             return 0
-        chosen: list[DeadLetter] = []
-        if replay_all:
-            chosen = await read_dead_letters(js, config, limit=limit)
-        for sequence in sequences:
-            try:
-                chosen.append(await get_dead_letter(js, config, sequence))
-            except NotFoundError:
-                raise EnricherConfigError(
-                    f"no dead letter {sequence} in {config.dlq_stream}"
-                ) from None
+        chosen = await _choose(js, config, sequences, replay_all, limit)
         if action == "show":
             for letter in chosen:
                 print(json.dumps(letter.as_dict(), indent=2), file=out)
             return 0
         await ensure_stream(js, config.stream, config.subject)
-        count = await replay(js, config, chosen, keep=keep)
-        print(f"replayed {count} event(s) to {config.subject}", file=out)
+        done = await replay(js, config, chosen, keep=keep)
+        print(f"replayed {len(done.published)} event(s) to {config.subject}", file=out)
+        if done.already_replayed:
+            print(await _not_again(js, config, done.already_replayed, keep), file=out)
         return 0
     finally:
         await client.close()
+
+
+async def _choose(
+    js: JetStreamContext,
+    config: TransportConfig,
+    sequences: Sequence[int],
+    replay_all: bool,
+    limit: int | None,
+) -> list[DeadLetter]:
+    """The dead letters a command names: every one (``--all``), then those
+    of ``sequences``.
+
+    Raises:
+        EnricherConfigError: a sequence names no dead letter.
+    """
+    from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+    from ..transport.deadletter import get_dead_letter, read_dead_letters  # noqa: PLC0415
+
+    chosen = await read_dead_letters(js, config, limit=limit) if replay_all else []
+    for sequence in sequences:
+        letter = None
+        if sequence <= _LAST_SEQUENCE:  # past it, the server would call it bad JSON
+            with contextlib.suppress(NotFoundError):
+                letter = await get_dead_letter(js, config, sequence)
+        if letter is None:
+            raise EnricherConfigError(
+                f"no dead letter {sequence} in {config.dlq_stream} (dlq list shows them)"
+            )
+        chosen.append(letter)
+    return chosen
+
+
+async def _not_again(
+    js: JetStreamContext, config: TransportConfig, letters: Sequence[DeadLetter], keep: bool
+) -> str:
+    """The line for dead letters a replay did not publish: the server
+    already had them, from an earlier replay within its duplicate window."""
+    try:
+        window = (await js.stream_info(config.stream)).config.duplicate_window
+    except Exception:  # the line says what happened without the figure
+        window = None
+    seconds = f" ({window:g} s)" if window else ""
+    numbers = ", ".join(str(letter.sequence) for letter in letters)
+    # Deleted all the same without --keep: their event is in the stream.
+    fate = "" if keep else "; deleted, as their earlier replay is in the stream"
+    return (
+        f"{len(letters)} event(s) not published again (dead letter {numbers}): already "
+        f"replayed within the duplicate window of {config.stream}{seconds}{fate}"
+    )

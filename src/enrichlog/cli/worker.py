@@ -10,10 +10,15 @@ import logging
 import signal
 import sys
 from collections.abc import Iterable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from ..exceptions import EnricherConfigError, EnrichlogError
 from ..settings import resolve_settings
 from ..uri.masking import mask_secrets
+
+if TYPE_CHECKING:
+    from ..worker import Worker
 
 __all__ = ["load_enrichers", "run_worker"]
 
@@ -50,7 +55,23 @@ def run_worker(
     imports: Sequence[str] = (), enrichers: str | None = None, stats_interval: float = 30.0
 ) -> int:
     """Run a worker until SIGTERM or SIGINT; 0 after a clean stop, 1 on a
-    configuration problem (printed on stderr)."""
+    configuration problem (printed on stderr).
+
+    The signals are taken from the first moment on: one that arrives while
+    the worker is still starting (importing nats-py, building its engine,
+    connecting) stops it as one arriving later does, with exit status 0 and
+    the final metrics line, instead of killing it.
+    """
+    signals = _StopSignals()
+    try:
+        return _run(signals, imports, enrichers, stats_interval)
+    finally:
+        signals.restore()
+
+
+def _run(
+    signals: _StopSignals, imports: Sequence[str], enrichers: str | None, stats_interval: float
+) -> int:
     from ..worker import Worker  # noqa: PLC0415 - imports the engine and nats-py
 
     if not logging.getLogger().handlers:
@@ -68,10 +89,13 @@ def run_worker(
     except EnrichlogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    signals.stop(worker)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # The loop's own handlers from here on: they run request_stop on the
+        # loop, between its callbacks, not in the middle of one.
+        for signum in _SIGNALS:
             loop.add_signal_handler(signum, worker.request_stop)
         await worker.run()
 
@@ -80,4 +104,54 @@ def run_worker(
     except EnrichlogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # Closing the loop put the default handlers back (SIGTERM would kill
+        # again); until the command returns, a signal finds a stopping worker.
+        signals.install()
     return 0
+
+
+#: The signals that stop a worker.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT for a worker command that has no event loop yet,
+    or no longer has one.
+
+    Installed first thing: by default SIGTERM kills the process (status
+    -15, no metrics line) and SIGINT raises ``KeyboardInterrupt`` wherever
+    the start happens to be. Here a signal is remembered until there is a
+    worker, then asks it to stop; :meth:`Worker.request_stop
+    <enrichlog.worker.Worker.request_stop>` before its run makes the run
+    return at once.
+    """
+
+    def __init__(self) -> None:
+        self._worker: Worker | None = None
+        self._received = False
+        self._previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+        self.install()
+
+    def install(self) -> None:
+        """Take the signals (again)."""
+        for signum in _SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Give the signals back to the handlers they had before."""
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: not set from Python, left as it is
+                signal.signal(signum, previous)
+
+    def stop(self, worker: Worker) -> None:
+        """The worker a signal stops from now on; stopped at once when a
+        signal came before it existed."""
+        self._worker = worker
+        if self._received:
+            worker.request_stop()
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self._received = True
+        if self._worker is not None:
+            self._worker.request_stop()

@@ -10,8 +10,13 @@ text, when it was not a JSON object).
 
 Replaying publishes the original event again on the main subject, with a
 message id of its own (``<event_id>:replay:<dead-letter sequence>``), so the
-server's duplicate window does not swallow it, and keeps its ``event_id`` so
-readers of the output still recognise it; then deletes the dead letter.
+server's duplicate window does not swallow it as a copy of the original
+publish, and keeps its ``event_id`` so readers of the output still recognise
+it; then deletes the dead letter. The id is the same at every replay of one
+dead letter, so replaying it again within the main stream's duplicate window
+(a ``--keep`` replay run twice, a command run again after it failed halfway)
+publishes nothing: the server answers that it already has the message, and
+:func:`replay` reports it apart.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ if TYPE_CHECKING:
 
     from .config import TransportConfig
 
-__all__ = ["DeadLetter", "dead_letter_body", "get_dead_letter", "read_dead_letters", "replay"]
+__all__ = [
+    "DeadLetter",
+    "Replayed",
+    "dead_letter_body",
+    "get_dead_letter",
+    "read_dead_letters",
+    "replay",
+]
 
 #: Header naming the dead letter a replayed event comes from.
 REPLAY_HEADER = "Enrichlog-Replay-Of"
@@ -166,14 +178,36 @@ async def read_dead_letters(
     return letters
 
 
+@dataclass(frozen=True)
+class Replayed:
+    """What :func:`replay` did.
+
+    Attributes:
+        published: the dead letters whose event was published again.
+        already_replayed: those the server did not store again: a replay
+            of the same dead letter (the same message id) is already in the
+            main stream, published within its duplicate window.
+    """
+
+    published: tuple[DeadLetter, ...] = ()
+    already_replayed: tuple[DeadLetter, ...] = ()
+
+
 async def replay(
     js: JetStreamContext, config: TransportConfig, letters: list[DeadLetter], *, keep: bool = False
-) -> int:
+) -> Replayed:
     """Publish each dead letter's event on the main subject again, then
-    delete the dead letter (unless ``keep``); how many were replayed."""
-    replayed = 0
+    delete the dead letter (unless ``keep``).
+
+    A dead letter replayed before within the main stream's duplicate window
+    is not stored again (the server says so in its acknowledgement): it is
+    counted in ``already_replayed``, not ``published``, and deleted all the
+    same unless ``keep`` (its event is in the stream, from that replay).
+    """
+    published: list[DeadLetter] = []
+    already: list[DeadLetter] = []
     for letter in letters:
-        await js.publish(
+        ack = await js.publish(
             config.subject,
             letter.original(),
             headers={
@@ -181,7 +215,7 @@ async def replay(
                 REPLAY_HEADER: str(letter.sequence),
             },
         )
+        (already if ack.duplicate else published).append(letter)
         if not keep:
             await js.delete_msg(config.dlq_stream, letter.sequence)
-        replayed += 1
-    return replayed
+    return Replayed(tuple(published), tuple(already))

@@ -144,7 +144,13 @@ class _Fail:
 
 
 def _parse_port(text: str, fail: _Fail) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()):
+        # Not echoed: 'user:password' without '@host' reads as host and port.
+        raise fail(
+            "the port is not a number from 0 to 65535 (or a password is missing the "
+            "'@host' after it)"
+        )
+    if int(text) > 65535:
         raise fail(f"port {text!r} is not a number from 0 to 65535")
     return int(text)
 

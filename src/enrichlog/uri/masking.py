@@ -65,7 +65,11 @@ _TRAILING_NUMBER = re.compile(r"_*\d+\Z")
 # How deep a URI nested in a URI's query is followed; deeper text is masked
 # by the patterns alone, which still hide every password.
 _MAX_DEPTH = 6
-_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-_]*"
+# Bounded: unbounded, every position of a long run of letters (a 20,000
+# character value) was a scheme start scanned to the run's end, quadratic
+# time. A longer scheme still matches by its last 64 characters, so its
+# URI's password is masked all the same.
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-_]{0,63}"
 # A URI in free text: up to whitespace or a quote (messages quote URIs).
 _URI_TOKEN = re.compile(_SCHEME + r"://[^\s'\"<>`]*")
 # Where a URI starts; in a query value or a decoded token, which was one
@@ -76,6 +80,7 @@ _URI_START = re.compile(_SCHEME + "://")
 # password holding a quote): greedy up to the token's last '@', so an '@'
 # later in the query over-masks rather than leaks.
 _URI_PASSWORD = re.compile(r"(?P<head>" + _SCHEME + r"://[^\s:/?#@]*:)(?!\*\*\*@)\S*@")
+_SPACES = re.compile(r"(\s+)")
 # A bare 'Bearer <token>' ('Authorization: Bearer <token>' is a pair).
 _BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
 _PAIR = re.compile(
@@ -92,7 +97,9 @@ _PAIR = re.compile(
     """,
     re.VERBOSE,
 )
-_ENCODED_TOKEN = re.compile(r"[^\s'\"]*%[0-9A-Fa-f]{2}[^\s'\"]*")
+# From the start of a token only (the same matches: a token matches from its
+# start if anywhere), not from each of its characters, which was quadratic.
+_ENCODED_TOKEN = re.compile(r"(?<![^\s'\"])[^\s'\"]*%[0-9A-Fa-f]{2}[^\s'\"]*")
 # Characters left readable when a masked, decoded value is percent-encoded
 # again: a nested URI stays legible, '&', '=', '?' and '#' stay encoded.
 _SHOWN = "*:/@,"
@@ -228,7 +235,17 @@ def _password_of(uri: str) -> str | None:
     userinfo, at, _ = netloc.rpartition("@")
     if at and ":" in userinfo:
         return userinfo.partition(":")[2]
+    if _port_may_be_password(netloc):
+        return netloc.partition(":")[2]
     return None
+
+
+def _port_may_be_password(netloc: str) -> bool:
+    """Whether the port of ``netloc``, an authority without ``@``, is no
+    number: ``user:password`` whose ``@host`` was forgotten reads as a host
+    and a port, the password in the port's place."""
+    port = netloc.partition(":")[2]
+    return "@" not in netloc and not netloc.startswith("[") and bool(port) and not port.isdigit()
 
 
 def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
@@ -239,6 +256,8 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
+    elif _port_may_be_password(netloc):
+        netloc = f"{netloc.partition(':')[0]}:{MASK}"
     before_query, qmark, query = rest.partition("?")
     if qmark:
         query, hash_, fragment = query.partition("#")
@@ -258,8 +277,24 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     if hash_ and _cut_by_hash(uri.partition("#")[0], fragment):
         # A password cut by an unescaped '#' (``postgres://app:pa#ss@db``,
         # nested in a query value too): up to the '@' after it.
-        masked = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", masked)
+        masked = _mask_cut_passwords(masked)
     return masked
+
+
+def _mask_cut_passwords(text: str) -> str:
+    """:data:`_URI_PASSWORD` applied to each token of ``text`` up to its
+    last ``@`` (nothing after it can match): a match is then found from its
+    first candidate, where a failing candidate scanned to the end of the
+    token, quadratic time for a long token of many ``x://``."""
+    if "@" not in text:
+        return text
+    parts = _SPACES.split(text)
+    for index, token in enumerate(parts):
+        last = token.rfind("@")
+        if last > 0:
+            head = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", token[: last + 1])
+            parts[index] = head + token[last + 1 :]
+    return "".join(parts)
 
 
 def _cut_by_hash(before: str, fragment: str) -> bool:
@@ -322,7 +357,7 @@ def _mask_unit(text: str, depth: int) -> str:
 def _mask_text(text: str, depth: int) -> str:
     if depth <= _MAX_DEPTH:
         text = _URI_TOKEN.sub(lambda m: _mask_uri(m.group(), frozenset(), depth + 1), text)
-    text = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+    text = _mask_cut_passwords(text)
     text = _BEARER.sub(f"Bearer {MASK}", text)
     text = _PAIR.sub(_mask_pair, text)
     if depth <= _MAX_DEPTH:

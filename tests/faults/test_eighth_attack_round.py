@@ -1,0 +1,65 @@
+"""Found by the eighth outside attack round (testers with only the README
+and the docs), each kept as a test. (The others of that round are kept
+beside the behaviour they test: batching, the HTTP lookup, masking, the
+transport.)"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import AsyncEnricher, EnricherConfigError, configure_logging, get_logger
+
+
+class Plain(AsyncEnricher):
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict["plain"] = True
+        return event_dict
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"enrich_async": 5}, "enrich_async must be a method, but the class sets it to a value"),
+        ({"enrich_async": None}, "enrich_async must be a method, but the class sets it to None"),
+        ({"cache_key": 5}, "cache_key must be a method"),
+        ({"options": {"timeout": 1}}, "options is read-only"),
+    ],
+    ids=["enrich_async-number", "enrich_async-none", "cache_key-number", "options-dict"],
+)
+def test_a_value_in_place_of_a_method_or_property_is_refused_at_construction(
+    attributes: dict[str, Any], message: str
+) -> None:
+    # enrich_async = 5 was accepted and every event got 'error: TypeError';
+    # options = {...} failed in configure_logging with an AttributeError
+    # naming neither the enricher nor the attribute.
+    cls = type("Odd", (Plain,), attributes)
+
+    with pytest.raises(EnricherConfigError, match=message) as caught:
+        cls()
+    assert "'odd'" in str(caught.value)
+
+
+def test_an_output_path_holding_a_nul_is_a_configuration_error() -> None:
+    # It raised ValueError("embedded null byte"), naming no setting.
+    with pytest.raises(EnricherConfigError, match="output: a file path cannot hold a NUL"):
+        configure_logging(output="bad\x00name.log")
+
+
+def test_an_unknown_level_number_is_named_as_such() -> None:
+    # level=15 said "Input should be a valid string", though 10 is accepted.
+    with pytest.raises(EnricherConfigError, match="unknown level number 15; expected one of 10"):
+        configure_logging(level=15)
+
+    buffer = io.StringIO()
+    container = configure_logging(level=30, output=buffer)
+    get_logger().info("hidden")
+    get_logger().warning("shown")
+    container.shutdown()
+    assert ["shown"] == [json.loads(line)["event"] for line in buffer.getvalue().splitlines()]
