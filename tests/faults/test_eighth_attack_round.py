@@ -5,6 +5,7 @@ transport.)"""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -63,3 +64,28 @@ def test_an_unknown_level_number_is_named_as_such() -> None:
     get_logger().warning("shown")
     container.shutdown()
     assert ["shown"] == [json.loads(line)["event"] for line in buffer.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_message_whose_arguments_do_not_fit_is_written_not_raised(delivery: str) -> None:
+    # log.info("%s %s", 1) raised TypeError into the caller and the event
+    # was lost (plain structlog does the same; enrichlog promises the log
+    # call never raises).
+    buffer = io.StringIO()
+    container = configure_logging(output=buffer, delivery=delivery)
+    log = get_logger()
+    log.info("%s %s", 1)  # noqa: PLE1206 - the mistake under test
+    log.warning("%d items", "many")
+    log.log(40, "%(missing)s", {"other": 1})
+    log.info("%s and %s", 1, 2)
+    asyncio.run(log.ainfo("%s %s", 9))
+    container.shutdown()
+
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [
+        ("%s %s", [1], "TypeError"),
+        ("%d items", ["many"], "TypeError"),
+        ("%(missing)s", [{"other": 1}], "KeyError"),
+        ("1 and 2", None, None),
+        ("%s %s", [9], "TypeError"),
+    ] == [(ln["event"], ln.get("positional_args"), ln.get("format_error")) for ln in lines]

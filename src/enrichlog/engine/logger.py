@@ -28,13 +28,20 @@ from .processor import ASYNC_WAITER
 __all__ = ["make_bound_logger_class"]
 
 
-def _interpolate(event: str, args: tuple[Any, ...]) -> str:
-    # Same rules as structlog's own positional-argument interpolation.
-    if not args:
+def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
+    """structlog's positional interpolation (``event % args``; one non-empty
+    dict is used by name), except that a message and arguments that do not
+    fit (``log.info("%s %s", 1)``) never raise into the caller and lose the
+    event: it keeps the message as written, the arguments in
+    ``positional_args`` and the reason in ``format_error``."""
+    try:
+        if len(args) == 1 and isinstance(args[0], dict) and args[0]:
+            return event % args[0]
+        return event % args
+    except Exception as exc:  # a user's message: a field, never a raise
+        kw.setdefault("positional_args", args)
+        kw.setdefault("format_error", type(exc).__name__)
         return event
-    if len(args) == 1 and isinstance(args[0], dict) and args[0]:
-        return event % args[0]
-    return event % args
 
 
 async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, Any]) -> None:
@@ -61,9 +68,22 @@ async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, A
         await asyncio.sleep(0)
 
 
+def _make_method(name: str) -> Callable[..., Any]:
+    def meth(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolate(event, args, kw)
+        return self._proxy_to_logger(name, event, **kw)
+
+    meth.__name__ = name
+    meth.__doc__ = f"Log at {name} level."
+    return meth
+
+
 def _make_async_method(name: str) -> Callable[..., Coroutine[Any, Any, None]]:
     async def ameth(self: Any, event: str, *args: Any, **kw: Any) -> None:
-        await _log_and_wait(self, name, _interpolate(event, args), kw)
+        if args:
+            event = _interpolate(event, args, kw)
+        await _log_and_wait(self, name, event, kw)
 
     ameth.__name__ = f"a{name}"
     ameth.__doc__ = f"Log at {name} level; await enrichment without blocking the loop."
@@ -105,13 +125,23 @@ def _level_class(min_level: int) -> type[Any]:
     base: type[Any] = structlog.make_filtering_bound_logger(min_level)
     methods: dict[str, Any] = {}
     for level, name in LEVEL_TO_NAME.items():
-        if level >= min_level:
+        if level >= min_level:  # below it, structlog's bare ``return None``s stay
+            methods[name] = _make_method(name)
             methods[f"a{name}"] = _make_async_method(name)
+
+    def log(self: Any, level: int, event: str, *args: Any, **kw: Any) -> Any:
+        if level < min_level:
+            return None
+        if args:
+            event = _interpolate(event, args, kw)
+        return self._proxy_to_logger(LEVEL_TO_NAME[level], event, **kw)
 
     async def alog(self: Any, level: int, event: str, *args: Any, **kw: Any) -> None:
         if level < min_level:
             return
-        await _log_and_wait(self, LEVEL_TO_NAME[level], _interpolate(event, args), kw)
+        if args:
+            event = _interpolate(event, args, kw)
+        await _log_and_wait(self, LEVEL_TO_NAME[level], event, kw)
 
     async def aexception(self: Any, event: str, *args: Any, **kw: Any) -> None:
         kw.setdefault("exc_info", True)
@@ -126,9 +156,11 @@ def _level_class(min_level: int) -> type[Any]:
         base.__init__(self, logger, processors, context)
 
     methods["__init__"] = init
+    methods["log"] = log
     methods["alog"] = alog
     methods["aexception"] = aexception
-    for alias, target in (("afatal", "acritical"), ("awarn", "awarning"), ("amsg", "ainfo")):
-        if target in methods:
-            methods[alias] = methods[target]
+    for alias, target in (("fatal", "critical"), ("warn", "warning"), ("msg", "info")):
+        for prefix in ("", "a"):
+            if prefix + target in methods:
+                methods[prefix + alias] = methods[prefix + target]
     return type("EnrichlogBoundLogger", (base,), methods)
