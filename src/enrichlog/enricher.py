@@ -166,6 +166,29 @@ def _check_methods(cls: type, name: str) -> None:
 
 _ABSENT = object()
 
+#: The longest enricher name: it is a metrics label, a key of every line's
+#: error field and a column of ``plan``.
+_MAX_NAME = 100
+
+
+def _name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit to show in lines, metrics and ``plan``
+    (``None``: nothing): a control character (an escape sequence would
+    reach the terminal of whoever reads ``plan``), a lone surrogate, a
+    comma (lists of names are comma-separated), spaces around it, or its
+    length."""
+    if len(name) > _MAX_NAME:
+        return f"is longer than {_MAX_NAME} characters"
+    if not name.isprintable() or name != name.strip():
+        return "holds a control character, or spaces around it"
+    if "," in name:
+        return "holds a comma (lists of enricher names are comma-separated)"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text (a lone surrogate)"
+    return None
+
 
 @functools.cache
 def _library_properties(cls: type) -> tuple[str, ...]:
@@ -233,6 +256,11 @@ class Enricher:
             raise EnricherConfigError(
                 f"enricher of type {type(self).__name__}: name must be a "
                 f"non-empty string, got {resolved!r}"
+            )
+        problem = _name_problem(resolved)
+        if problem is not None:
+            raise EnricherConfigError(
+                f"enricher of type {type(self).__name__}: name {resolved[:80]!r} {problem}"
             )
         _check_methods(type(self), resolved)
         self.name = resolved

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from structlog.typing import EventDict, WrappedLogger
@@ -89,3 +90,22 @@ def test_a_message_whose_arguments_do_not_fit_is_written_not_raised(delivery: st
         ("1 and 2", None, None),
         ("%s %s", [9], "TypeError"),
     ] == [(ln["event"], ln.get("positional_args"), ln.get("format_error")) for ln in lines]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("\x1b[31mred\nnl", "control character"),
+        ("a,b", "comma"),
+        ("x" * 101, "longer than 100"),
+        (" padded", "spaces around it"),
+    ],
+    ids=["escape-sequence", "comma", "too-long", "padded"],
+)
+def test_an_enricher_name_unfit_to_show_is_refused(name: str, problem: str) -> None:
+    # An escape sequence in a name reached the terminal of whoever ran
+    # `plan`, and broke its table and the Mermaid output.
+    with pytest.raises(EnricherConfigError, match=problem):
+        Plain(name=name)
+    with pytest.raises(EnricherConfigError, match=problem):
+        configure_logging(enrichers=[f"static://?a=1&name={quote(name)}"])
