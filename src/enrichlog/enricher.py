@@ -137,8 +137,7 @@ def _check_methods(cls: type, name: str) -> None:
                 f"enricher {name!r}: {attribute} is read-only (computed by enrichlog), "
                 f"but the class sets it to a {type(value).__name__}"
                 + (
-                    "; set each knob as a class attribute (timeout = 1.0) or a constructor "
-                    "keyword"
+                    "; set each knob as a class attribute (timeout = 1.0) or a constructor keyword"
                     if attribute == "options"
                     else ""
                 )

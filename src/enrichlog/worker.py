@@ -390,8 +390,9 @@ class Worker:
         self._min_fetch = max(1, min(FETCH_BATCH, self._max_in_flight // 4))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
-        #: A stop asked for before :meth:`run` had a loop to set ``_stop`` on.
-        self._stop_early = False
+        #: Set by every request_stop: run() reads it once it has a loop, for
+        #: a stop asked for before (there was no loop to set ``_stop`` on).
+        self._stop_requested = False
         self._room = asyncio.Event()
         self._done: deque[_Delivery] = deque()
         self._done_lock = threading.Lock()
@@ -422,7 +423,7 @@ class Worker:
         return at once (a stop signal during the command's start)."""
         # The flag first, the loop next: run() sets the loop before reading
         # the flag, so one of the two sees the other.
-        self._stop_early = True
+        self._stop_requested = True
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -448,7 +449,7 @@ class Worker:
                 the subject belongs to another stream.
         """
         self._loop = asyncio.get_running_loop()
-        if self._stop_early:
+        if self._stop_requested:
             self._stop.set()
         else:
             # Followed for Prometheus; /metrics served when metrics_port is set.

@@ -109,3 +109,23 @@ def test_an_enricher_name_unfit_to_show_is_refused(name: str, problem: str) -> N
         Plain(name=name)
     with pytest.raises(EnricherConfigError, match=problem):
         configure_logging(enrichers=[f"static://?a=1&name={quote(name)}"])
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_stack_info_renders_the_callers_stack(delivery: str) -> None:
+    # stack_info=True was written as the field "stack_info": true.
+    buffer = io.StringIO()
+    container = configure_logging(output=buffer, delivery=delivery)
+
+    def checkout_handler() -> None:
+        get_logger().info("with stack", stack_info=True)
+
+    checkout_handler()
+    get_logger().info("without", stack_info=False)
+    container.shutdown()
+
+    first, second = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert "stack_info" not in first
+    assert "in checkout_handler" in first["stack"].splitlines()[-2]
+    assert "enrichlog/" not in first["stack"]
+    assert "stack" not in second

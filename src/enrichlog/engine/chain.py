@@ -2,7 +2,7 @@
 
 A container installs::
 
-    merge_contextvars -> add_log_level -> TimeStamper(iso)     (pre_processors)
+    merge_contextvars -> add_level_and_stack -> TimeStamper(iso)     (pre_processors)
       -> AsyncEnricherProcessor (when enrichers are configured)
       -> format_exc_info -> renderer (json / console / logfmt)  (post_processors)
 
@@ -506,11 +506,30 @@ def _stdout_is_tty() -> bool:
     return bool(isatty and isatty())
 
 
+#: structlog's level names for the method names that differ.
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
+#: Renders ``stack_info=True`` as ``stack``, from the first frame outside
+#: structlog and enrichlog (on the logging thread, where the call was made).
+_STACK_INFO = structlog.processors.StackInfoRenderer(additional_ignores=["enrichlog"])
+
+
+def add_level_and_stack(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """structlog's ``add_log_level`` and ``StackInfoRenderer`` in one frame
+    (the stack check costs a dict lookup per event, a processor of its own
+    a Python call)."""
+    event_dict["level"] = _LEVEL_OF_METHOD.get(method_name, method_name)
+    if "stack_info" in event_dict:
+        return _STACK_INFO(logger, method_name, event_dict)
+    return event_dict
+
+
 def pre_processors() -> list[Processor]:
     """What runs on the logging thread before enrichment."""
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        add_level_and_stack,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
 
