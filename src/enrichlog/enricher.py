@@ -123,12 +123,13 @@ def _check_methods(cls: type, name: str) -> None:
     put in place of one of enrichlog's read-only properties: the mistake
     would otherwise show only at run time, as a reason on every event or an
     error naming nothing."""
-    for method in (*_PLAIN_METHODS, *_AWAITED_METHODS):
-        value = getattr(cls, method, _ABSENT)
-        if value is not _ABSENT and not callable(value):
+    for method in (*_PLAIN_METHODS, *_AWAITED_METHODS, *_LIFECYCLE_METHODS):
+        value = inspect.getattr_static(cls, method, _ABSENT)
+        if value is not _ABSENT and not _is_method(value):
             shown = "None" if value is None else f"a value of type {type(value).__name__}"
             raise EnricherConfigError(
-                f"enricher {name!r}: {method} must be a method, but the class sets it to {shown}"
+                f"enricher {name!r}: {method} must be a method (def or async def in the "
+                f"class), but the class sets it to {shown}"
             )
     for attribute in _library_properties(cls):
         value = inspect.getattr_static(cls, attribute)
@@ -164,6 +165,23 @@ def _check_methods(cls: type, name: str) -> None:
 
 
 _ABSENT = object()
+
+#: enrichlog's own lifecycle methods, which the runtime calls.
+_LIFECYCLE_METHODS = ("startup", "shutdown", "health_check")
+
+
+def _is_method(value: object) -> bool:
+    """Whether a class attribute is a method the runtime can call on an
+    instance: a function (a decorated one included), a static or class
+    method, or a descriptor that binds like one (``functools.partialmethod``).
+    A callable object is not: called on the instance it would not get
+    ``self``, and an ``async def __call__`` is one the checks cannot see."""
+    return (
+        inspect.isfunction(value)
+        or isinstance(value, staticmethod | classmethod | functools.partialmethod)
+        or (callable(value) and hasattr(value, "__get__") and not isinstance(value, type))
+    )
+
 
 #: The longest enricher name: it is a metrics label, a key of every line's
 #: error field and a column of ``plan``.

@@ -25,15 +25,33 @@ class Plain(AsyncEnricher):
         return event_dict
 
 
+class _CallableObject:
+    async def __call__(self, *args: Any) -> None:
+        return None
+
+
 @pytest.mark.parametrize(
     ("attributes", "message"),
     [
-        ({"enrich_async": 5}, "enrich_async must be a method, but the class sets it to a value"),
-        ({"enrich_async": None}, "enrich_async must be a method, but the class sets it to None"),
+        ({"enrich_async": 5}, "enrich_async must be a method .*, but the class sets it to a value"),
+        ({"enrich_async": None}, "enrich_async must be a method .*, but the class sets it to None"),
         ({"cache_key": 5}, "cache_key must be a method"),
         ({"options": {"timeout": 1}}, "options is read-only"),
+        # Found by the re-test: a callable object (no self when called on
+        # the instance) and enrichlog's own lifecycle methods.
+        ({"enrich_async": _CallableObject()}, "enrich_async must be a method"),
+        ({"startup": None}, "startup must be a method .*, but the class sets it to None"),
+        ({"shutdown": None}, "shutdown must be a method"),
     ],
-    ids=["enrich_async-number", "enrich_async-none", "cache_key-number", "options-dict"],
+    ids=[
+        "enrich_async-number",
+        "enrich_async-none",
+        "cache_key-number",
+        "options-dict",
+        "enrich_async-callable-object",
+        "startup-none",
+        "shutdown-none",
+    ],
 )
 def test_a_value_in_place_of_a_method_or_property_is_refused_at_construction(
     attributes: dict[str, Any], message: str

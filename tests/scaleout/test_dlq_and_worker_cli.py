@@ -123,6 +123,22 @@ def test_a_replay_the_server_already_had_still_deletes_its_dead_letter(
     assert (1, 0) == (_messages_in(streams.stream), _messages_in(streams.dlq_stream))
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_sequence_given_twice_is_replayed_once(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    # Found by the re-test: `dlq replay 1 1` replayed, deleted, then failed
+    # on the second 1 with a raw BadRequestError; with --keep it counted the
+    # dead letter twice as not published again.
+    monkeypatch.setenv("ENRICHLOG_TRANSPORT", streams.uri())
+    _dead_letter(streams)
+
+    status, out, err = _dlq("replay", [1, 1], keep=keep)
+
+    assert (0, f"replayed 1 event(s) to {streams.subject}\n", "") == (status, out, err)
+    assert (1, int(keep)) == (_messages_in(streams.stream), _messages_in(streams.dlq_stream))
+
+
 @pytest.mark.parametrize("action", ["show", "replay"])
 @pytest.mark.parametrize(
     ("sequence", "said"),

@@ -547,8 +547,12 @@ async def test_tls_connects_to_a_server_with_tls(
         ({"event": "e", "blob": "x" * 300_000, "n": 1}, {"blob"}),
         ({"event": "e", "a": "é" * 90_000, "b": list(range(40_000))}, {"a", "b"}),
         ({"event": "é" * 200_000, "level": "info"}, {"event"}),
+        # Found by the re-test: escaped characters (2 to 6 bytes of JSON
+        # each) made the cut fall short, and the event lost every field.
+        ({"event": "e", "v": '"' * 60_000, "keep": "small"}, {"v"}),
+        ({"event": "e", "v": "a" * 50_000 + "\x01" * 10_000, "keep": "small"}, {"v"}),
     ],
-    ids=["one-large-value", "multibyte-and-a-list", "the-message-itself"],
+    ids=["one-large-value", "multibyte-and-a-list", "the-message-itself", "quotes", "controls"],
 )
 def test_fit_event_cuts_the_largest_values_and_lists_them(
     event: dict[str, Any], cut: set[str]

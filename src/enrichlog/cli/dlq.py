@@ -40,6 +40,8 @@ def run_dlq(
     """Run ``dlq <action>`` against the environment's transport; 0 when it
     worked, 1 with the problem on stderr."""
     out, err = out or sys.stdout, err or sys.stderr
+    # A sequence given twice is one dead letter (replayed, then deleted, once).
+    sequences = list(dict.fromkeys(sequences))
     try:
         config = _transport(action == "replay" and not (replay_all or sequences))
         _check_sequences(config, sequences)

@@ -112,25 +112,14 @@ def fit_event(payload: bytes, limit: int) -> bytes:
         event = {"event": payload.decode("utf-8", "replace")}
     event.pop(TRUNCATED, None)
     essentials = {key: event[key] for key in ("event", "level", "timestamp") if key in event}
-    sizes = {key: len(encode_event({"": value})) - 5 for key, value in event.items()}
-    # Room for the list of cut fields (about 32 bytes each).
-    excess = len(payload) - limit + 512
     cut: dict[str, int] = {}
-    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
-        if excess <= 0 or sizes[key] < 256:
-            break  # fits; or what is left is many small fields
-        if key in _KEPT:
-            continue
-        value = event[key]
-        text = value if isinstance(value, str) else encode_event({"": value})[4:-1].decode()
-        head = _head(text, max(0, sizes[key] - excess - 64))
-        event[key] = head + "…"
-        cut[key] = sizes[key]
-        excess -= sizes[key] - len(head.encode()) - 32 - len(key)
+    for _ in range(3):  # a second pass when escapes made a cut fall short
+        if _cut_largest(event, cut, len(encode_event(event)) - limit + 512):
+            break
     event[TRUNCATED] = cut
-    fitted = encode_event(event)
-    if len(fitted) <= limit:
-        return fitted
+    fitted_event = encode_event(event)
+    if len(fitted_event) <= limit:
+        return fitted_event
     minimal: dict[str, Any] = {
         key: value if len(text := str(value)) < 256 else _head(text, (limit - 512) // 4) + "…"
         for key, value in essentials.items()
@@ -139,6 +128,32 @@ def fit_event(payload: bytes, limit: int) -> bytes:
         minimal[EVENT_ID] = event[EVENT_ID]
     minimal[TRUNCATED] = {"*": len(payload)}
     return encode_event(minimal)
+
+
+def _cut_largest(event: dict[str, Any], cut: dict[str, int], excess: int) -> bool:
+    """Cut ``event``'s largest values, in place, until about ``excess``
+    bytes of its JSON are gone; record each cut field's size before in
+    ``cut`` (its first size). Whether it got there (``False``: run again,
+    or what is left is many small fields)."""
+    if excess <= 0:
+        return True
+    sizes = {key: len(encode_event({"": value})) - 5 for key, value in event.items()}
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if excess <= 0 or sizes[key] < 256:
+            break
+        if key in _KEPT:
+            continue
+        value = event[key]
+        text = value if isinstance(value, str) else encode_event({"": value})[4:-1].decode()
+        # Bytes of JSON per byte of text: quotes, line feeds and control
+        # characters take 2 to 6 once escaped.
+        ratio = sizes[key] / max(1, len(text.encode("utf-8", "surrogatepass")))
+        head = _head(text, max(0, int((sizes[key] - excess - 64) / ratio)))
+        event[key] = head + "…"
+        cut.setdefault(key, sizes[key])
+        # Gone: the value's bytes, less what it is now and its entry in ``cut``.
+        excess -= sizes[key] - (len(encode_event({"": event[key]})) - 5) - 32 - len(key)
+    return excess <= 0
 
 
 def _head(text: str, size: int) -> str:

@@ -115,8 +115,8 @@ class _Fail:
         self._secret_keys = secret_keys
 
     def __call__(self, detail: str) -> EnricherConfigError:
-        shown = mask_secrets(scrub(detail, self.secrets))
-        return EnricherConfigError(f"enricher URI {self.masked!r}: {shown}")
+        shown = _shortened(mask_secrets(scrub(detail, self.secrets)))
+        return EnricherConfigError(f"enricher URI {_shortened(self.masked)!r}: {shown}")
 
     def rejected(
         self, exc: ValidationError, names: Mapping[str, str] | None = None
@@ -140,18 +140,27 @@ class _Fail:
         return _Fail(masked, self.secrets)(detail)
 
 
+#: The most of a URI, or of a detail, an error shows (a 100,000-character
+#: value would make a message of that size).
+_SHOWN_CHARACTERS = 300
+
+
+def _shortened(text: str) -> str:
+    if len(text) <= _SHOWN_CHARACTERS:
+        return text
+    return f"{text[: _SHOWN_CHARACTERS - 1]}… ({len(text):,} characters)"
+
+
 # -- parsing -----------------------------------------------------------------
 
 
 def _parse_port(text: str, fail: _Fail) -> int:
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         # Not echoed: 'user:password' without '@host' reads as host and port.
         raise fail(
             "the port is not a number from 0 to 65535 (or a password is missing the "
             "'@host' after it)"
         )
-    if int(text) > 65535:
-        raise fail(f"port {text!r} is not a number from 0 to 65535")
     return int(text)
 
 

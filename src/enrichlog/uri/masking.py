@@ -242,10 +242,14 @@ def _password_of(uri: str) -> str | None:
 
 def _port_may_be_password(netloc: str) -> bool:
     """Whether the port of ``netloc``, an authority without ``@``, is no
-    number: ``user:password`` whose ``@host`` was forgotten reads as a host
-    and a port, the password in the port's place."""
+    port (not a number, or past 65535): ``user:password`` whose ``@host``
+    was forgotten reads as a host and a port, the password in the port's
+    place. (A password that is a valid port number cannot be told from
+    one.)"""
     port = netloc.partition(":")[2]
-    return "@" not in netloc and not netloc.startswith("[") and bool(port) and not port.isdigit()
+    if "@" in netloc or netloc.startswith("[") or not port:
+        return False
+    return not (port.isascii() and port.isdigit()) or int(port) > 65535
 
 
 def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
