@@ -507,19 +507,22 @@ class Worker:
         reported = False
         while not self._stop.is_set():
             started = time.monotonic()
+            errors: list[Exception] = []
             try:
                 # Reconnection once connected is the client's; the first
                 # connection is retried here, so a stop can cut it short.
-                first = connect(self.config, name="enrichlog-worker", reconnect=True)
+                first = connect(self.config, name="enrichlog-worker", reconnect=True, errors=errors)
                 return await unless_stopped(asyncio.wait_for(first, CONNECT_WAIT), self._stop)
             except Exception as exc:
                 if not reported:
                     reported = True
                     # The client retries on its own until the wait runs out,
-                    # then says nothing more than TimeoutError: say how long.
+                    # then says nothing more than TimeoutError: say how long,
+                    # and what its attempts met (a refused connection, TLS).
                     waited = round(time.monotonic() - started, 1)
                     reason = (
                         f"TimeoutError: no connection within {waited:g}s"
+                        + (f"; last error {_failure(errors[-1])}" if errors else "")
                         if isinstance(exc, TimeoutError) and not str(exc)
                         else _failure(exc)
                     )

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,6 +243,37 @@ def test_an_unreachable_broker_is_reported_with_a_reason_and_secrets_masked(
     assert "s3cret" not in caplog.text
     # Stopped before it ever connected: the metrics line all the same.
     assert json.loads(stats.getvalue().splitlines()[-1])["enrichlog_worker"]["consumed"] == 0
+
+
+def test_an_unreachable_broker_is_reported_with_what_the_attempts_met(
+    streams: Streams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by the re-test: tls:// against the plain server was reported as
+    # "TimeoutError: no connection within 10s", where the producer and dlq
+    # said SSLError: the client's own retries hid it.
+    monkeypatch.setattr(worker_module, "CONNECT_WAIT", 1.5)
+    tls = streams.uri().replace("nats://", "tls://ops:s3cret@")
+    worker = Worker(LoggingSettings(transport=tls, output=str(tmp_path / "out.log")))
+
+    async def run_until_reported() -> None:
+        running = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 10
+        while "unreachable" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        worker.request_stop()
+        await running
+
+    with caplog.at_level(logging.WARNING, logger="enrichlog.worker"):
+        asyncio.run(run_until_reported())
+
+    (message,) = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert re.search(
+        r"\(TimeoutError: no connection within [\d.]+s; last error SSLError: ", message
+    )
+    assert "s3cret" not in caplog.text
 
 
 # -- SIGTERM while a worker starts ---------------------------------------------------

@@ -91,7 +91,12 @@ def import_nats() -> Any:
 
 
 async def connect(
-    config: TransportConfig, *, name: str, reconnect: bool, timeout: float = 2.0
+    config: TransportConfig,
+    *,
+    name: str,
+    reconnect: bool,
+    timeout: float = 2.0,
+    errors: list[Exception] | None = None,
 ) -> Client:
     """A connection to the transport's server.
 
@@ -101,11 +106,15 @@ async def connect(
         reconnect: let the client reconnect by itself (workers, tools);
             the producer reconnects on its own terms instead.
         timeout: seconds a connection attempt may take.
+        errors: gets the client's last error (a caller waiting for a
+            client that retries on its own learns why it does).
     """
     nats = import_nats()
 
-    async def quiet(_exc: Exception) -> None:
-        pass  # every caller reports failures itself, with secrets masked
+    async def quiet(exc: Exception) -> None:
+        # Every caller reports failures itself, with secrets masked.
+        if errors is not None:
+            errors[:] = [exc]
 
     options: dict[str, Any] = {
         "servers": [config.server],
