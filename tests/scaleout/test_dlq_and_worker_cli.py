@@ -140,6 +140,20 @@ def test_a_sequence_given_twice_is_replayed_once(
     assert (1, int(keep)) == (_messages_in(streams.stream), _messages_in(streams.dlq_stream))
 
 
+def test_all_and_sequence_numbers_together_are_refused_before_anything_is_replayed(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the second re-test: `dlq replay --all 5` replayed and deleted
+    # every dead letter, then failed on 5 with a raw ServerError.
+    monkeypatch.setenv("ENRICHLOG_TRANSPORT", streams.uri())
+    _dead_letter(streams)
+
+    status, out, err = _dlq("replay", [1], replay_all=True)
+
+    assert (1, "", "error: give either --all or sequence numbers, not both\n") == (status, out, err)
+    assert (0, 1) == (_messages_in(streams.stream), _messages_in(streams.dlq_stream))
+
+
 @pytest.mark.parametrize("action", ["show", "replay"])
 @pytest.mark.parametrize(
     ("sequence", "said"),

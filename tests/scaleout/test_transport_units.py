@@ -571,6 +571,23 @@ def test_fit_event_cuts_the_largest_values_and_lists_them(
         assert event[name] == fields[name]
 
 
+class _SurrogateRepr:
+    def __repr__(self) -> str:
+        return "x\ud800y"
+
+
+def test_values_json_cannot_hold_keep_every_other_field_on_the_wire() -> None:
+    # Found by the second re-test: an object whose repr holds a lone
+    # surrogate, or an int past 4,300 digits, turned the whole event into
+    # one string (every field, event_id included, lost as a field).
+    event = {"event": "ev", "keep": "small", "obj": _SurrogateRepr(), "n": 10**5000}
+
+    fields = decode_event(encode_event(event))
+
+    assert ("ev", "small", "x\\ud800y") == (fields["event"], fields["keep"], fields["obj"])
+    assert fields["n"].startswith("0x")
+
+
 def test_fit_event_keeps_the_essentials_of_an_event_of_many_small_fields() -> None:
     event = {"event": "many", "level": "warning", "event_id": "abc"}
     payload = encode_event({**event, **{f"k{i}": i for i in range(50_000)}})

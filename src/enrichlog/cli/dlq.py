@@ -42,6 +42,11 @@ def run_dlq(
     out, err = out or sys.stdout, err or sys.stderr
     # A sequence given twice is one dead letter (replayed, then deleted, once).
     sequences = list(dict.fromkeys(sequences))
+    if replay_all and sequences:
+        # --all replays (and deletes) them already: the numbers would then
+        # name dead letters that are gone.
+        print("error: give either --all or sequence numbers, not both", file=err)
+        return 1
     try:
         config = _transport(action == "replay" and not (replay_all or sequences))
         _check_sequences(config, sequences)

@@ -69,7 +69,8 @@ def _printable(value: Any, depth: int) -> Any:
     if isinstance(value, str):  # a lone surrogate is not UTF-8: shown escaped
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, int):
-        return value if -(2**63) <= value < 2**64 else str(value)
+        # Past 64 bits as text; past Python's 4,300 decimal digits in hex.
+        return value if -(2**63) <= value < 2**64 else _int_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if depth < _MAX_DEPTH:
@@ -80,7 +81,14 @@ def _printable(value: Any, depth: int) -> Any:
             }
         if isinstance(value, list | tuple):
             return [_printable(v, depth + 1) for v in value]
-    return _repr(value)
+    return _printable(_repr(value), depth)  # a repr may hold a lone surrogate too
+
+
+def _int_text(value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:
+        return hex(value)
 
 
 def decode_event(data: bytes) -> dict[str, Any]:

@@ -260,6 +260,11 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
+    elif ":" in netloc and not netloc.startswith("[") and rest.startswith("#"):
+        # 'user:pass#word' without '@host': the '#' cut a password that
+        # reads as a port (a number, even), and the rest of it is the
+        # "fragment": both masked, and all that follows.
+        return f"{head}{sep}{netloc.partition(':')[0]}:{MASK}#{MASK}"
     elif _port_may_be_password(netloc):
         netloc = f"{netloc.partition(':')[0]}:{MASK}"
     before_query, qmark, query = rest.partition("?")
