@@ -92,6 +92,15 @@ def _failure(exc: BaseException) -> str:
     return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
+def _unreachable(exc: BaseException, waited: float, errors: list[Exception]) -> str:
+    """Why the first connection failed: ``exc``; for the client's bare
+    TimeoutError, how long it tried and the last error its attempts met."""
+    if not isinstance(exc, TimeoutError) or str(exc):
+        return _failure(exc)
+    reason = f"TimeoutError: no connection within {round(waited, 1):g}s"
+    return f"{reason}; last error {_failure(errors[-1])}" if errors else reason
+
+
 @dataclass(frozen=True)
 class WorkerMetrics:
     """A worker's counters at one moment.
@@ -519,17 +528,10 @@ class Worker:
                     # The client retries on its own until the wait runs out,
                     # then says nothing more than TimeoutError: say how long,
                     # and what its attempts met (a refused connection, TLS).
-                    waited = round(time.monotonic() - started, 1)
-                    reason = (
-                        f"TimeoutError: no connection within {waited:g}s"
-                        + (f"; last error {_failure(errors[-1])}" if errors else "")
-                        if isinstance(exc, TimeoutError) and not str(exc)
-                        else _failure(exc)
-                    )
                     _report.warning(
                         "enrichlog worker: the broker at %s is unreachable (%s); retrying",
                         self.config.masked,
-                        reason,
+                        _unreachable(exc, time.monotonic() - started, errors),
                     )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), backoff)

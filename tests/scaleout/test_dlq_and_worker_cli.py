@@ -225,6 +225,24 @@ def _silent_server() -> Iterator[int]:
             connection.close()
 
 
+def _unreachable_report(worker: Worker, caplog: pytest.LogCaptureFixture) -> str:
+    """Run ``worker`` until it reports its broker unreachable, stop it, and
+    return that report (the only one)."""
+
+    async def run_until_reported() -> None:
+        running = asyncio.create_task(worker.run())
+        deadline = time.monotonic() + 10
+        while "unreachable" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        worker.request_stop()
+        await running
+
+    with caplog.at_level(logging.WARNING, logger="enrichlog.worker"):
+        asyncio.run(run_until_reported())
+    (message,) = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    return message
+
+
 def test_an_unreachable_broker_is_reported_with_a_reason_and_secrets_masked(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,20 +254,8 @@ def test_an_unreachable_broker_is_reported_with_a_reason_and_secrets_masked(
             transport=f"nats://ops:s3cret@127.0.0.1:{port}?stream=S&subject=s.logs",
             output=str(tmp_path / "out.log"),
         )
-        worker = Worker(settings, stats_out=stats)
+        message = _unreachable_report(Worker(settings, stats_out=stats), caplog)
 
-        async def run_until_reported() -> None:
-            running = asyncio.create_task(worker.run())
-            deadline = time.monotonic() + 10
-            while "unreachable" not in caplog.text and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            worker.request_stop()
-            await running
-
-        with caplog.at_level(logging.WARNING, logger="enrichlog.worker"):
-            asyncio.run(run_until_reported())
-
-    (message,) = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert message == (
         f"enrichlog worker: the broker at nats://ops:***@127.0.0.1:{port}?stream=S&subject=s.logs"
         " is unreachable (TimeoutError: no connection within 0.3s); retrying"
@@ -272,18 +278,8 @@ def test_an_unreachable_broker_is_reported_with_what_the_attempts_met(
     tls = streams.uri().replace("nats://", "tls://ops:s3cret@")
     worker = Worker(LoggingSettings(transport=tls, output=str(tmp_path / "out.log")))
 
-    async def run_until_reported() -> None:
-        running = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + 10
-        while "unreachable" not in caplog.text and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        worker.request_stop()
-        await running
+    message = _unreachable_report(worker, caplog)
 
-    with caplog.at_level(logging.WARNING, logger="enrichlog.worker"):
-        asyncio.run(run_until_reported())
-
-    (message,) = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert re.search(
         r"\(TimeoutError: no connection within [\d.]+s; last error SSLError: ", message
     )
