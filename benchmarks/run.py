@@ -73,7 +73,7 @@ SECTIONS = {
         Section("scaling", bench_scaling, (6, 6), (3, 15)),
         Section("background", bench_background, (1, 5), (3, 65)),
         Section("batching", bench_batching, (1, 5), (5, 100)),
-        Section("asgi", bench_asgi, (1, 3), (2, 15)),
+        Section("asgi", bench_asgi, (1, 3), (3, 20)),
         Section("uvloop", bench_uvloop, (2, 6), (4, 40)),
         Section("memory", bench_memory, (2, 2), (20, 300)),
     )
