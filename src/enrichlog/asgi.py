@@ -25,12 +25,19 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
 from typing import Any
 
 import structlog
 
-from .container import LoggingContainer, configure_logging, current_container
+from .container import LoggingContainer, _enricher_list, configure_logging, current_container
 from .settings import LoggingSettings, resolve_settings, unknown_settings
 
 __all__ = ["HealthApp", "RequestContextMiddleware", "health_app", "lifespan"]
@@ -40,7 +47,16 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+#: What a lifespan yields: ``None``, or the state Starlette and FastAPI
+#: copy into each request's ``request.state``.
+LifespanState = Mapping[str, Any] | None
+#: The application's own lifespan: either kind fits.
+AppLifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[LifespanState]]
+#: The lifespan :func:`lifespan` returns. It yields what the application's
+#: lifespan yields, so it is typed ``Any``: Starlette types a lifespan as
+#: yielding ``None`` or as yielding a ``Mapping``, and accepts neither for
+#: one that yields ``Mapping | None``.
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
 
 #: The longest request id taken from a request header; a longer one, or one
 #: with characters outside printable ASCII, is replaced by a generated id.
@@ -68,10 +84,14 @@ class RequestContextMiddleware:
     handles it, and unbound afterwards: every line logged for the request
     carries them, lines enriched later in the background included (the
     context is copied at the log call). The response gets the request id in
-    ``header`` (unless the application set that header itself).
+    ``header`` (unless the application set that header itself), in a
+    start message of its own: the application's message is never changed
+    (it may send the same one for every request).
 
     When the application returns, one access event is logged: ``event``
-    (default ``"request"``) with ``status`` and ``duration_ms``, at ``info``.
+    (default ``"request"``) with ``status`` and ``duration_ms``, at ``info``,
+    and the four request fields passed with it (an endpoint that cleared
+    structlog's context does not take them off the access line).
     When it raises, the event is logged at ``error`` with ``status`` 500
     (or the status already sent, if the response had started) and the
     exception, and the exception is re-raised. WebSocket and lifespan scopes
@@ -117,6 +137,12 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = self._request_id(scope)
+        request = {
+            "request_id": request_id,
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "client": _client(scope),
+        }
         status: int | None = None
         header = (self._header_bytes, request_id.encode("latin-1"))
 
@@ -127,7 +153,11 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers") or ())
                 if not any(name.lower() == self._header_bytes for name, _ in headers):
                     headers.append(header)
-                    message["headers"] = headers
+                # A message of its own, never the application's changed in
+                # place: an application that sends one prebuilt start
+                # message would otherwise carry this request's id into the
+                # next response, where it looks like a header it set itself.
+                message = {**message, "headers": headers}
             await send(message)
 
         # The whole structlog context as it was before the request is put
@@ -135,12 +165,12 @@ class RequestContextMiddleware:
         # not leak into the next request where requests share a context (a
         # server or a test client that runs them in the caller's task).
         before = structlog.contextvars.get_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id,
-            method=scope.get("method"),
-            path=scope.get("path"),
-            client=_client(scope),
-        )
+        structlog.contextvars.bind_contextvars(**request)
+        # The access event passes the request's fields itself: the endpoint
+        # may have cleared the context (``clear_contextvars()`` at the start
+        # of a request, as structlog's docs suggest) in this same task. What
+        # it bound is merged from the context as before; the call's own
+        # fields win over the context's.
         try:
             started = time.perf_counter()
             try:
@@ -152,6 +182,7 @@ class RequestContextMiddleware:
                         status=500 if status is None else status,
                         duration_ms=_elapsed_ms(started),
                         exc_info=exc,
+                        **request,
                     )
                 raise
             if self.access_log:
@@ -159,6 +190,7 @@ class RequestContextMiddleware:
                     self.event,
                     status=500 if status is None else status,
                     duration_ms=_elapsed_ms(started),
+                    **request,
                 )
         finally:
             structlog.contextvars.clear_contextvars()
@@ -173,7 +205,7 @@ def lifespan(
     enrichers: Iterable[object] | None = None,
     *,
     settings: LoggingSettings | None = None,
-    app_lifespan: Lifespan | None = None,
+    app_lifespan: AppLifespan | None = None,
     **overrides: Any,
 ) -> Lifespan:
     """A lifespan for ``FastAPI(lifespan=...)``, Starlette and other
@@ -193,22 +225,23 @@ def lifespan(
         settings: as for :func:`configure_logging`.
         app_lifespan: the application's own lifespan, entered once logging
             is up (its start-up logs are enriched) and left before logging
-            shuts down.
+            shuts down. What it yields is yielded on (Starlette's lifespan
+            state, ``request.state``).
         overrides: ``LoggingSettings`` fields (``stdlib=True``...).
 
     Raises:
-        EnricherConfigError: an unknown setting, at once; anything else
-            invalid when the application starts.
+        EnricherConfigError: an unknown setting, or ``enrichers`` that is
+            not a list of enrichers, at once; anything else invalid when the
+            application starts.
     """
     unknown_settings(overrides)
-    listed = None if enrichers is None else list(enrichers)
+    # As configure_logging() checks it, but at once: a lone URI string would
+    # otherwise be listed as one "URI" per character, and fail at start-up.
+    listed = None if enrichers is None else list(_enricher_list(enrichers))
 
     @contextlib.asynccontextmanager
-    async def run(app: Any) -> AsyncIterator[None]:
-        resolved = resolve_settings(settings, overrides)
-        if "runtime" not in resolved.model_fields_set:
-            resolved = resolve_settings(resolved, {"runtime": "loop"})
-        container = configure_logging(listed, settings=resolved)
+    async def run(app: Any) -> AsyncIterator[LifespanState]:
+        container = configure_logging(listed, settings=_on_the_loop(settings, overrides))
         try:
             await container.astartup()
             state = getattr(app, "state", None)
@@ -216,14 +249,41 @@ def lifespan(
                 with contextlib.suppress(Exception):
                     state.enrichlog = container
             if app_lifespan is None:
-                yield
+                yield None
             else:
-                async with app_lifespan(app):
-                    yield
+                async with app_lifespan(app) as app_state:
+                    yield app_state
         finally:
             await container.ashutdown()
 
     return run
+
+
+def _on_the_loop(settings: LoggingSettings | None, overrides: Mapping[str, Any]) -> LoggingSettings:
+    """``settings`` with ``overrides``, and ``runtime="loop"`` unless the
+    arguments or the environment chose a runtime.
+
+    Whether one was chosen is decided before the overrides are merged: a
+    merged model has every field set (``resolve_settings`` validates a full
+    copy), so ``settings=LoggingSettings(...)`` with any keyword would look
+    as if it chose the default ``runtime="thread"``. Given settings chose
+    one when it is among their fields set (the environment's included);
+    without settings, the environment's ``ENRICHLOG_RUNTIME`` shows in the
+    fields set of the model read from it.
+    """
+    if "runtime" in overrides:
+        return resolve_settings(settings, overrides)
+    if settings is None:
+        resolved = resolve_settings(None, overrides)
+        if "runtime" in resolved.model_fields_set:
+            return resolved
+        # Read again with the runtime, not ``resolved`` revalidated: the
+        # settings' own error is raised once, not wrapped in a second
+        # "invalid logging settings" (event_loop="uvloop" with the loop).
+        return resolve_settings(None, {**overrides, "runtime": "loop"})
+    if "runtime" in settings.model_fields_set:
+        return resolve_settings(settings, overrides)
+    return resolve_settings(settings, {**overrides, "runtime": "loop"})
 
 
 class HealthApp:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -218,6 +218,10 @@ class LoggingContainer:
             [enricher for level in levels for enricher in level],
             health_check_interval=settings.health_check_interval,
         )
+        if isinstance(self._runtime, LoopRuntime):
+            # The loop ends without a shutdown (asyncio.run returns): the
+            # enrichers' pools are closed while it still turns.
+            self._runtime.add_closing_hook(lambda: self._stop_enrichers(settings.shutdown_timeout))
         self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking, PendingEvent)
         self._writer: TailWriter | PublishingWriter = (
             TailWriter(post_processors(settings))
@@ -604,11 +608,17 @@ class LoggingContainer:
         lines = self._lines
         return None if lines is None else (lines, lines.written, lines.write_failed)
 
-    def _counts(self, mark: tuple[LineWriter, int, int] | None = None) -> dict[str, int]:
+    def _counts(
+        self,
+        mark: tuple[LineWriter, int, int] | None = None,
+        pipeline: Mapping[str, Any] | None = None,
+    ) -> dict[str, int]:
         """Lines written (by any thread) and failed, events dropped, filtered
         and still pending, calls abandoned, renderer fallbacks; the lines
-        as of ``mark`` (the writer's counts, read once) when given."""
-        pipeline = self._pipeline.metrics()
+        as of ``mark`` (the writer's counts, read once) when given, the
+        pipeline's counts from its ``pipeline`` metrics when given."""
+        if pipeline is None:
+            pipeline = self._pipeline.metrics()
         if self._lines_at_shutdown is not None:
             written, write_failed = self._lines_at_shutdown
         elif (mark := mark or self._read_lines()) is not None:
@@ -661,6 +671,14 @@ class LoggingContainer:
     async def _astop_engine(self, timeout: float) -> dict[str, int]:
         """:meth:`_stop_engine` on the application's loop: awaited."""
         report = await self._pipeline.aclose(timeout)
+        await self._stop_enrichers(timeout)
+        self._pipeline.stop_accepting()
+        self._runtime.stop(timeout)
+        return report
+
+    async def _stop_enrichers(self, timeout: float) -> None:
+        """Stop the enrichers on this loop, waiting at most ``timeout``
+        seconds, then cancelling them."""
         # Not wait_for(): past the timeout it waits for the cancelled
         # shutdown to end, forever if an enricher's hook ignores it.
         closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
@@ -675,9 +693,6 @@ class LoggingContainer:
                     "it is left running on the loop"
                 )
                 self._closing = closing  # kept: a task nobody holds is collected
-        self._pipeline.stop_accepting()
-        self._runtime.stop(timeout)
-        return report
 
     def _stop_on_the_loop_now(self) -> dict[str, int]:
         """Stop without waiting: on the loop's own thread (waiting would
@@ -910,7 +925,7 @@ class LoggingContainer:
         calls, latency percentiles and the breaker's state.
         """
         pipeline = self._pipeline.metrics()
-        counts = self._counts()
+        counts = self._counts(pipeline=pipeline)  # dropped and its kinds agree
         return MetricsSnapshot(
             delivery=(
                 "background"

@@ -15,6 +15,7 @@ import difflib
 import importlib.util
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
@@ -87,6 +88,15 @@ class TextSink(Protocol):
 
 
 def _output_target(value: Any) -> str | TextSink:
+    if isinstance(value, os.PathLike):
+        # A path object is a file path, always: Path("stdout") is the file
+        # of that name, not standard output.
+        path = os.fsdecode(value)
+        if "\x00" in path:
+            raise ValueError("a file path cannot hold a NUL character ('\\x00')")
+        if not path or path in ("stdout", "stderr"):
+            return os.path.join(".", path)
+        return path
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("output is empty; expected 'stdout', 'stderr' or a file path")
@@ -577,8 +587,10 @@ def resolve_settings(
         unknown_settings(overrides)
         # The output as it is: model_dump() would turn a sink that is an
         # iterator (a file, io.StringIO) into an iterator of its lines.
-        return LoggingSettings.model_validate(
-            {**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
+        # Built as a call, not model_validate(): that runs __init__ too, whose
+        # error pydantic wrapped in one more "invalid logging settings".
+        return LoggingSettings(
+            **{**settings.model_dump(exclude={"output"}), "output": settings.output, **overrides}
         )
     except ValidationError as exc:
         raise invalid_settings(exc) from None

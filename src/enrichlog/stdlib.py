@@ -14,8 +14,10 @@ A record becomes an event with ``event`` (the formatted message), ``logger``
 (the record's name), ``level``, ``exc_info`` when the record has one,
 ``stack`` when it has stack information, and its ``extra=`` fields at the
 top level (except ``event``, ``logger``, ``level`` and ``timestamp``, which
-keep their meaning). contextvars bound with structlog are merged as for any
-event. The per-logger ``levels`` apply by the record's name.
+keep their meaning). A message that cannot be formatted is kept as written,
+with ``positional_args`` and ``format_error`` as enrichlog's own loggers
+give them. contextvars bound with structlog are merged as for any event.
+The per-logger ``levels`` apply by the record's name.
 
 Records of enrichlog's own ``enrichlog`` logger (dropped-event and failure
 reports) are written without enrichment, on the calling thread, and a record
@@ -87,18 +89,34 @@ def _method_for(levelno: int) -> str:
 
 def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]]:
     """``(method name, message, fields)`` of a stdlib record: what
-    :class:`EnrichlogHandler` logs. Never raises: a message that cannot be
-    formatted with its arguments is shown unformatted."""
+    :class:`EnrichlogHandler` logs. Never raises.
+
+    A message that cannot be formatted (``logging.info("%s paid %d",
+    "alice")``, or a message object whose ``__str__`` raises) is kept as
+    written (its ``repr`` when ``str`` fails), with the record's arguments
+    in ``positional_args`` (when it has any) and the exception's type in
+    ``format_error``: the fields enrichlog's own loggers give such a call,
+    so that the arguments are not lost. An ``extra=`` field of either name
+    is kept as given."""
+    failure: BaseException | None = None
     try:
         message = record.getMessage()
     except BaseException as exc:  # an argument's __str__ may raise anything, as in rendering
         raise_if_interrupt(exc)
-        message = f"{_printable(record.msg)} (not formattable with its arguments)"
+        failure = exc
+        message = _printable(record.msg)
     fields = {
         key: value
         for key, value in record.__dict__.items()
         if key not in _RECORD_ATTRIBUTES and key not in _RESERVED and not key.startswith("_")
     }
+    if failure is not None:
+        # As the logger methods' own (engine/logger.py): the arguments as
+        # given (a tuple, or the mapping of a "%(name)s" message), and the
+        # exception's type only; its text may quote an argument.
+        if record.args:
+            fields.setdefault("positional_args", record.args)
+        fields.setdefault("format_error", type(failure).__name__)
     if record.exc_info and record.exc_info[0] is not None:
         fields["exc_info"] = record.exc_info
     if record.stack_info:

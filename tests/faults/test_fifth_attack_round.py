@@ -152,10 +152,12 @@ def test_a_stdlib_argument_raising_an_interrupt_costs_neither_the_record_nor_the
 
     assert 0 == result.returncode, result.stderr
     assert "Exception in thread" not in result.stderr
-    assert [
-        "v=%s (not formattable with its arguments)",
-        "after",
-    ] == [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    first, after = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert ("v=%s", "KeyboardInterrupt", "after") == (
+        first["event"],
+        first["format_error"],
+        after["event"],
+    )
 
 
 CYCLIC_CHAIN_SCRIPT = """

@@ -59,15 +59,19 @@ async def call(
     method: str = "GET",
     headers: list[tuple[bytes, bytes]] | None = None,
     kind: str = "http",
+    state: dict[str, Any] | None = None,
 ) -> tuple[int | None, dict[bytes, bytes], bytes]:
     """One request to ``app``: (status, response headers, body)."""
-    scope = {
+    scope: dict[str, Any] = {
         "type": kind,
         "method": method,
         "path": path,
+        "query_string": b"",
         "headers": headers or [],
         "client": ("10.1.2.3", 5555),
     }
+    if state is not None:  # the lifespan's state, as a server passes it
+        scope["state"] = state
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -234,6 +238,72 @@ async def test_an_exception_logs_status_500_and_is_reraised() -> None:
     assert RuntimeError is access["exc_info"][0]
 
 
+async def test_the_applications_start_message_is_never_changed() -> None:
+    # Found by an outside tester: the header was added into the application's
+    # own start message, so an application that sends one prebuilt message
+    # echoed the first request's id to every later request (the middleware
+    # took its own leftover header for one the application set itself).
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+    body = {"type": "http.response.body", "body": b"ok"}
+
+    async def constant(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+
+    async with configure_logging(output=LineSink(), runtime="loop"):
+        app = RequestContextMiddleware(constant)
+        echoed = [
+            (await call(app, headers=[(b"x-request-id", rid)]))[1][b"x-request-id"]
+            for rid in (b"one", b"two", b"three")
+        ]
+
+    assert [b"one", b"two", b"three"] == echoed
+    assert {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"x-app", b"1")],
+    } == start
+
+
+async def test_the_access_line_keeps_the_request_fields_when_the_endpoint_clears_the_context() -> (
+    None
+):
+    # Found by an outside tester: an endpoint that called
+    # structlog.contextvars.clear_contextvars() (as structlog's docs suggest
+    # per request) took request_id, method, path and client off the access
+    # line, which took them from the context only.
+    async def clearing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(user_id=7)
+        if scope["path"] == "/fail":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with configure_logging(output=LineSink(), runtime="loop"):
+        app = RequestContextMiddleware(clearing)
+        async with capture_events() as events:
+            await call(app, "/ok", headers=[(b"x-request-id", b"r1")])
+            with pytest.raises(RuntimeError, match="boom"):
+                await call(app, "/fail", headers=[(b"x-request-id", b"r2")])
+        assert {} == structlog.contextvars.get_contextvars()
+
+    ok, failed = events
+    for access, request_id, path, level in (
+        (ok, "r1", "/ok", "info"),
+        (failed, "r2", "/fail", "error"),
+    ):
+        assert {
+            "event": "request",
+            "level": level,
+            "request_id": request_id,
+            "method": "GET",
+            "path": path,
+            "client": "10.1.2.3",
+            "user_id": 7,  # what the endpoint bound, as before
+        }.items() <= access.items()
+
+
 async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     seen: list[dict[str, Any]] = []
 
@@ -306,6 +376,39 @@ async def test_lifespan_needs_no_state_and_honours_runtime_from_arguments_or_env
         assert ("thread", "debug") == (container.settings.runtime, container.settings.level)
 
 
+async def test_lifespan_with_settings_and_keywords_still_runs_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by an outside tester: lifespan(settings=LoggingSettings(...),
+    # stdlib=True) ran runtime="thread": the merged settings have every field
+    # set, so the runtime looked chosen. It is decided before merging now.
+    monkeypatch.delenv("ENRICHLOG_RUNTIME", raising=False)
+    async with lifespan(settings=LoggingSettings(level="debug"), output=LineSink())(object()):
+        container = current_container()
+        assert container is not None
+        assert ("loop", "debug") == (container.settings.runtime, container.settings.level)
+    chosen = LoggingSettings(runtime="thread")
+    async with lifespan(settings=chosen, output=LineSink())(object()):
+        container = current_container()
+        assert container is not None
+        assert "thread" == container.settings.runtime
+
+
+async def test_an_invalid_setting_at_start_up_is_reported_once() -> None:
+    # Found by an outside tester: event_loop="uvloop" (valid for the thread
+    # runtime, not for the loop the lifespan chooses) failed with its prefix
+    # twice: "invalid logging settings: settings: invalid logging settings:
+    # settings: ...", the lifespan revalidating settings it had resolved.
+    pytest.importorskip("uvloop")
+    with pytest.raises(EnricherConfigError) as raised:
+        async with lifespan(output=LineSink(), event_loop="uvloop")(object()):
+            pass
+
+    message = str(raised.value)
+    assert "event_loop='uvloop' applies to runtime='thread' only" in message
+    assert 1 == message.count("invalid logging settings")
+
+
 async def test_lifespan_wraps_the_applications_own_lifespan() -> None:
     order: list[str] = []
 
@@ -328,6 +431,67 @@ async def test_lifespan_wraps_the_applications_own_lifespan() -> None:
 def test_lifespan_refuses_an_unknown_setting_at_once() -> None:
     with pytest.raises(EnricherConfigError, match="'levle'"):
         lifespan(levle="debug")
+
+
+@pytest.mark.parametrize(("enrichers", "given"), [(5, "'int'"), ("static://?a=1", "'str'")])
+def test_lifespan_refuses_enrichers_that_are_not_a_list_at_once(enrichers: Any, given: str) -> None:
+    # Found by an outside tester: lifespan(5) raised a bare TypeError, and
+    # lifespan("static://?a=1") listed the string as one URI per character and
+    # failed only at start-up, on the URI 's'; configure_logging() names the
+    # argument.
+    with pytest.raises(EnricherConfigError, match=f"enrichers: expected a list .* got {given}"):
+        lifespan(enrichers)
+
+
+async def test_lifespan_yields_what_the_applications_own_lifespan_yields() -> None:
+    # Found by an outside tester: the state the application's lifespan
+    # yields (Starlette's and FastAPI's lifespan state, request.state.db) was
+    # dropped: lifespan(app_lifespan=own) yielded None.
+    @contextlib.asynccontextmanager
+    async def own(app: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"db": "pool"}
+
+    async with lifespan(output=LineSink(), app_lifespan=own)(object()) as state:
+        assert {"db": "pool"} == state
+    async with lifespan(output=LineSink())(object()) as state:
+        assert state is None
+
+
+async def test_fastapi_request_state_from_the_applications_own_lifespan() -> None:
+    # Found by an outside tester: with lifespan(app_lifespan=own), the state
+    # own yielded never reached request.state (None instead of the pool).
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @contextlib.asynccontextmanager
+    async def own(app: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"db": "pool"}
+
+    app = FastAPI(lifespan=lifespan(output=LineSink(), app_lifespan=own))
+
+    async def root(request: Request) -> JSONResponse:
+        return JSONResponse({"db": getattr(request.state, "db", None)})
+
+    # A plain route: FastAPI cannot resolve a Request annotation imported here.
+    app.add_route("/", root)
+
+    # The lifespan protocol as a server runs it; then a request with a copy
+    # of the lifespan's state in its scope, as a server gives each request.
+    state: dict[str, Any] = {}
+    to_app: asyncio.Queue[Message] = asyncio.Queue()
+    from_app: asyncio.Queue[Message] = asyncio.Queue()
+    running = asyncio.create_task(
+        app({"type": "lifespan", "state": state}, to_app.get, from_app.put)
+    )
+    await to_app.put({"type": "lifespan.startup"})
+    assert "lifespan.startup.complete" == (await from_app.get())["type"]
+    _, _, body = await call(app, state=dict(state))
+    await to_app.put({"type": "lifespan.shutdown"})
+    assert "lifespan.shutdown.complete" == (await from_app.get())["type"]
+    await running
+
+    assert {"db": "pool"} == json.loads(body)
 
 
 # -- the health app ------------------------------------------------------------------------

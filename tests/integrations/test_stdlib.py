@@ -117,11 +117,48 @@ def test_extra_fields_cannot_replace_the_event_keys() -> None:
     assert ("warning", "msg x", {"user_id": 7}) == record_to_event(record)
 
 
-def test_a_message_that_cannot_be_formatted_is_shown_as_it_is() -> None:
-    record = logging.LogRecord("lib", 25, __file__, 1, "%d apples", ("many",), None)
+def test_a_message_that_cannot_be_formatted_keeps_its_arguments() -> None:
+    # Found by an outside tester: logging.info("user %s paid %d", "alice")
+    # became "user %s paid %d (not formattable with its arguments)" and
+    # "alice" was lost, where enrichlog's own log.info() keeps the arguments
+    # in positional_args and the exception's type in format_error.
+    def event(msg: Any, args: Any, **extra: Any) -> tuple[str, str, dict[str, Any]]:
+        record = logging.LogRecord("lib", 25, __file__, 1, msg, args, None)
+        record.__dict__.update(extra)
+        return record_to_event(record)
 
-    method, message, _ = record_to_event(record)
-    assert ("info", "%d apples (not formattable with its arguments)") == (method, message)
+    assert (
+        "info",
+        "user %s paid %d",
+        {"positional_args": ("alice",), "format_error": "TypeError"},
+    ) == event("user %s paid %d", ("alice",))
+    assert (
+        "info",
+        "%d apples",
+        {"positional_args": ("many",), "format_error": "TypeError"},
+    ) == event("%d apples", ("many",))
+    # A "%(name)s" message's mapping, as the record holds it.
+    assert (
+        "info",
+        "%(user)s paid",
+        {"positional_args": {"amount": 3}, "format_error": "KeyError"},
+    ) == event("%(user)s paid", ({"amount": 3},))
+    # An extra= field of the same name is kept as given.
+    assert (
+        "info",
+        "%d",
+        {"positional_args": "mine", "format_error": "TypeError"},
+    ) == event("%d", ("x",), positional_args="mine")
+
+
+def test_a_message_object_whose_str_raises_names_what_raised_without_arguments() -> None:
+    # Found by an outside tester: a message object whose __str__ raised, with
+    # no arguments at all, was shown "(not formattable with its arguments)".
+    record = logging.LogRecord("lib", logging.INFO, __file__, 1, NoStr(), (), None)
+
+    method, message, fields = record_to_event(record)
+    assert message.startswith("<tests.integrations.test_stdlib.NoStr object at ")
+    assert ("info", {"format_error": "ValueError"}) == (method, fields)
 
 
 @pytest.mark.usefixtures("restore_stdlib")
@@ -454,7 +491,49 @@ def test_a_record_whose_message_cannot_be_shown_is_still_written() -> None:
         lib.propagate = True
     report = container.shutdown()
 
-    events = [json.loads(line)["event"] for line in sink.lines]
+    lines = [json.loads(line) for line in sink.lines]
     assert 2 == report.written
-    assert events[0].startswith("<tests.integrations.test_stdlib.NoStr object at ")
-    assert "<unprintable NoStrNoRepr> (not formattable with its arguments)" == events[1]
+    assert lines[0]["event"].startswith("<tests.integrations.test_stdlib.NoStr object at ")
+    assert ("<unprintable NoStrNoRepr>", "ValueError") == (
+        lines[1]["event"],
+        lines[1]["format_error"],
+    )
+
+
+def test_a_stdlib_record_with_the_wrong_arguments_is_written_with_them() -> None:
+    # Found by an outside tester: through the handler, the arguments of a
+    # record that did not fit its message never reached the line.
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    lib = logging.getLogger("tests.wrong_arguments")
+    lib.propagate = False  # pytest's own capture handler would raise on them first
+    lib.setLevel(logging.INFO)
+    handler = EnrichlogHandler()
+    lib.addHandler(handler)
+    try:
+        lib.info("user %s paid %d", "alice")
+        lib.info("amount %d", "12.5 EUR")
+    finally:
+        lib.removeHandler(handler)
+        lib.setLevel(logging.NOTSET)
+        lib.propagate = True
+    get_logger("tests.wrong_arguments").info("user %s paid %d", "alice")
+    container.shutdown()
+
+    short, wrong_type, own = (
+        {key: value for key, value in line.items() if key != "timestamp"} for line in sink.events()
+    )
+    assert {
+        "logger": "tests.wrong_arguments",
+        "level": "info",
+        "event": "user %s paid %d",
+        "positional_args": ["alice"],
+        "format_error": "TypeError",
+    } == short
+    assert ("amount %d", ["12.5 EUR"], "TypeError") == (
+        wrong_type["event"],
+        wrong_type["positional_args"],
+        wrong_type["format_error"],
+    )
+    # The same fields as enrichlog's own logger gives the same call.
+    assert short == own

@@ -208,6 +208,44 @@ def test_what_is_left_at_shutdown_is_spooled_and_published_by_the_next_start(
     assert 50 == len(set(stream_event_ids(streams.stream)))
 
 
+def test_what_forked_children_spooled_is_published_by_the_one_process_started_next(
+    streams: Streams, tmp_path: Path
+) -> None:
+    # Found by an outside tester: a pre-forking server's workers each spooled
+    # into a slot of their own during an outage; the one process started after
+    # them published the first slot only (100 of 400 events).
+    import os
+
+    spool = str(tmp_path / "spool")
+    with tcp_proxy(NATS_HOST, NATS_PORT) as proxy:
+        proxy.stop()
+        container = configure_logging(transport=streams.uri(port=proxy.port), spool_dir=spool)
+        log = get_logger()
+        children = []
+        for child in range(3):
+            pid = os.fork()
+            if pid == 0:
+                status = 1
+                try:
+                    for index in range(20):
+                        log.info("child", child=child, index=index)
+                    status = 0 if container.shutdown()["spooled"] == 20 else 2
+                finally:
+                    os._exit(status)
+            children.append(pid)
+        for index in range(20):
+            log.info("parent", index=index)
+        statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+        assert 20 == container.shutdown()["spooled"]
+    assert [0, 0, 0] == statuses
+
+    container = configure_logging(transport=streams.uri(), spool_dir=spool)
+    report = container.shutdown()
+
+    assert 80 == report["published"]
+    assert 80 == len(set(stream_event_ids(streams.stream)))
+
+
 def test_a_spool_shared_by_two_applications_is_published_by_each_on_its_own_subject(
     streams: Streams, other_streams: Streams, tmp_path: Path
 ) -> None:

@@ -269,6 +269,48 @@ def test_two_processes_never_share_a_slot(tmp_path: Path) -> None:
     assert first.path == Spool(tmp_path, 1 << 20).path  # free again
 
 
+def drain(spool: Spool) -> list[str]:
+    seen: list[str] = []
+    while not spool.empty:
+        batch = spool.peek(100)
+        seen.extend(event_id for event_id, _ in batch)
+        spool.consume(batch)
+    return seen
+
+
+def test_a_spool_takes_over_what_ended_processes_left_in_other_slots(tmp_path: Path) -> None:
+    # Found by an outside tester: a parent and three forked children spooled
+    # into slot-0..3 while the broker was down; the one process started next
+    # published slot-0 only, and the rest stayed on disk for good.
+    ended = [Spool(tmp_path, 1 << 20, segment_bytes=1024) for _ in range(3)]
+    for index, spool in enumerate(ended):
+        spool.append(records(40, start=100 * index))
+    ended[1].consume(ended[1].peek(15))  # part published before it ended
+    with (ended[2].path / f"{10**12:020d}.spool").open("ab") as torn:
+        torn.write(b'id999\t{"i": 9')  # died mid-write
+    for spool in ended:
+        spool.close()
+
+    spool = Spool(tmp_path, 1 << 20)
+
+    assert ended[0].path == spool.path
+    assert 105 == spool.count_records() == len(drain(spool))
+    assert [] == list(tmp_path.glob("slot-*/*.spool"))
+
+
+def test_a_spool_leaves_the_slots_of_running_processes_alone(tmp_path: Path) -> None:
+    running = Spool(tmp_path, 1 << 20)
+    running.append(records(5))
+    ended = Spool(tmp_path, 1 << 20)
+    ended.append(records(7, start=10))
+    ended.close()
+
+    spool = Spool(tmp_path, 1 << 20)
+
+    assert [f"id{i}" for i in range(10, 17)] == drain(spool)
+    assert [f"id{i}" for i in range(5)] == drain(running)
+
+
 # -- the worker's pieces ---------------------------------------------------------------------
 
 

@@ -258,5 +258,15 @@ def _closing(exc: BaseException) -> bool:
     shutdown abandoned on a loop that stopped, finalised at interpreter
     exit), possibly replaced by the enricher's lock, which needs the loop
     that is gone: nothing failed, nothing to report, and the GeneratorExit
-    must go on out for the close to succeed quietly."""
-    return isinstance(exc, GeneratorExit) or isinstance(exc.__context__, GeneratorExit)
+    must go on out for the close to succeed quietly.
+
+    A close comes from outside any task's step; a GeneratorExit while a
+    task runs this coroutine is the enricher's own (``raise
+    GeneratorExit``): a failure like any other, which must not escape into
+    ``shutdown()`` or ``configure_logging()``."""
+    if not (isinstance(exc, GeneratorExit) or isinstance(exc.__context__, GeneratorExit)):
+        return False
+    try:
+        return asyncio.current_task() is None
+    except RuntimeError:  # no loop runs here: finalised after it ended
+        return True

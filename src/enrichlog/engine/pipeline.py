@@ -101,6 +101,8 @@ REPORTING = _Reporting()
 #: What :meth:`EventPipeline.submit` did with an event: queued it, dropped it
 #: under the overflow policy, or refused it (closed: the caller writes it).
 QUEUED, DROPPED, CLOSED = 0, 1, 2
+#: submit()'s own: the application's loop was found closed; see _ended_with_the_loop.
+_LOOP_CLOSED = 3
 
 
 class PipelineState(enum.Enum):
@@ -303,6 +305,8 @@ class EventPipeline:
                 # under the lock: a drain may have begun since.)
                 if self.state is _ACCEPTING and len(normal) + len(urgent) < self._queue_size:
                     result = QUEUED
+                elif self.state is _ACCEPTING and self._loop_closed():
+                    result = _LOOP_CLOSED  # a full queue nothing drains
                 else:
                     result = self._admit(item, may_block)
                 if result == QUEUED:
@@ -322,7 +326,29 @@ class EventPipeline:
             # with events queued until shutdown.
             if wake:
                 self._wake()
+        if result == _LOOP_CLOSED:
+            self._ended_with_the_loop()
+            return self.submit(item, may_block)  # refused now: the caller writes it
         return result
+
+    def _loop_closed(self) -> bool:
+        """Whether enrichment ran on an application's loop that is closed."""
+        runtime = self._runtime
+        return isinstance(runtime, LoopRuntime) and runtime.loop_closed
+
+    def _ended_with_the_loop(self) -> bool:
+        """When the application's loop was closed without ending as
+        ``asyncio.run`` ends it (``run_until_complete()`` then ``close()``:
+        no task was cancelled, so the runtime's exit hooks never ran), run
+        them here, on whichever thread finds it out (nothing of that loop
+        runs again): the pending events are written with what they have,
+        and later ones by their callers, as after ``asyncio.run``. Whether
+        it was so."""
+        runtime = self._runtime
+        if isinstance(runtime, LoopRuntime) and runtime.loop_closed:
+            runtime.run_exit_hooks()
+            return True
+        return False
 
     def _wake(self) -> None:
         """Schedule the pump on the loop, whatever interrupts the caller
@@ -334,6 +360,7 @@ class EventPipeline:
                 self._runtime.call_soon(self._pump)
             except RuntimeError:  # stopped under us: its exit hook writes the queue
                 self._sleeping = True
+                self._ended_with_the_loop()  # ... unless the loop closed without them
             except BaseException as exc:
                 interrupt = exc
                 continue
@@ -662,8 +689,8 @@ class EventPipeline:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted before the call is written or
         dropped; return whether that happened within ``timeout``."""
-        if self.idle:
-            return True
+        if self.idle or self._ended_with_the_loop():
+            return self.idle
         if self._runtime.in_runtime_thread():
             return False  # waiting here would deadlock the loop
         done = threading.Event()
@@ -675,8 +702,8 @@ class EventPipeline:
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` for async code: awaits without blocking the loop."""
-        if self.idle:
-            return True
+        if self.idle or self._ended_with_the_loop():
+            return self.idle
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         target = self._flush_target()
@@ -844,14 +871,15 @@ class EventPipeline:
     def metrics(self) -> dict[str, Any]:
         """Counters: events handed off (queued) and the lines the runtime
         wrote, dropped (by kind), queue depth and high water."""
-        with self._lock:
+        with self._lock:  # drops are counted under it: one consistent view
             depth = len(self._normal) + len(self._urgent)
+            dropped = dict(self._dropped)
         return {
             "handed_off": self._next_seq,
             "written": self._written,
             "filtered": self._filtered,
-            "dropped": sum(self._dropped.values()),
-            "dropped_by_kind": dict(self._dropped),
+            "dropped": sum(dropped.values()),
+            "dropped_by_kind": dropped,
             "queue_depth": depth,
             "queue_high_water": (
                 self._queue_size if self._filled else max(self._high_water, depth)

@@ -458,8 +458,9 @@ class LoopRuntime:
     If the loop ends without the container being shut down (``asyncio.run``
     returning, say), nothing is lost: when ``asyncio.run`` cancels the
     remaining tasks, a guard task of this runtime runs the exit hooks on the
-    loop (pending events are written with what they have), and a loop closed
-    some other way leaves them to the container's exit handler.
+    loop (pending events are written with what they have); a loop closed
+    without that (``run_until_complete()`` then ``close()``) has them run
+    by the first log call, flush or shutdown that finds it closed.
 
     Args:
         name: the prefix of the worker threads' names.
@@ -474,8 +475,10 @@ class LoopRuntime:
         self._executor: DaemonThreadPool | None = None
         self._owned: set[int] = set()  # the pool's worker threads
         self._exit_hooks: list[Callable[[], object]] = []
+        self._closing_hooks: list[Callable[[], Coroutine[Any, Any, object]]] = []
         self._guard: asyncio.Task[None] | None = None
         self._hooks_ran = False
+        self._hooks_lock = threading.Lock()
         self.lingering = False
 
     @property
@@ -495,6 +498,12 @@ class LoopRuntime:
         """Whether the loop is running."""
         loop = self._loop
         return loop is not None and not loop.is_closed() and loop.is_running()
+
+    @property
+    def loop_closed(self) -> bool:
+        """Whether the loop it was started on is closed."""
+        loop = self._loop
+        return loop is not None and loop.is_closed()
 
     @property
     def owned_thread_ids(self) -> set[int]:
@@ -533,11 +542,21 @@ class LoopRuntime:
         self._guard = loop.create_task(self._watch(), name="enrichlog-loop-guard")
 
     async def _watch(self) -> None:
-        """Wait for the loop's end: ``asyncio.run`` cancels every task left."""
+        """Wait for the loop's end: ``asyncio.run`` cancels every task left.
+        Then run the exit hooks, and await the closing hooks (the enrichers'
+        shutdown: their pools belong to this loop, which is about to close)
+        while ``asyncio.run`` waits for the tasks it cancelled."""
         try:
             await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
+            first = not self._hooks_ran
             self.run_exit_hooks()
+            if first:
+                for hook in self._closing_hooks:
+                    try:
+                        await hook()
+                    except Exception:
+                        _report.exception("enrichlog: runtime closing hook failed")
             raise
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -567,11 +586,23 @@ class LoopRuntime:
         """Run ``hook()`` when the runtime stops or the loop ends."""
         self._exit_hooks.append(hook)
 
+    def add_closing_hook(self, hook: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Await ``hook()`` on the loop when it ends as ``asyncio.run`` ends
+        it, without the runtime having been stopped, after the exit hooks."""
+        self._closing_hooks.append(hook)
+
     def run_exit_hooks(self) -> None:
-        """Run the exit hooks once (idempotent)."""
-        if self._hooks_ran:
-            return
-        self._hooks_ran = True
+        """Run the exit hooks once (idempotent, from any thread)."""
+        with self._hooks_lock:
+            if self._hooks_ran:
+                return
+            self._hooks_ran = True
+        guard = self._guard
+        if guard is not None and self.loop_closed:
+            # Pending on a loop that closed without cancelling it: asyncio
+            # would report it destroyed at exit, for a loop it was right
+            # to leave.
+            guard._log_destroy_pending = False  # type: ignore[attr-defined]
         for hook in self._exit_hooks:
             try:
                 hook()

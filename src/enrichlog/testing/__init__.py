@@ -93,8 +93,10 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         timeout: seconds the end of the block waits for pending events.
 
     Raises:
-        EnrichlogError: no container runs, or events logged in the block
-            were still pending after ``timeout``. In async code with
+        EnrichlogError: no container runs, events logged in the block were
+            still pending after ``timeout``, or (following the current
+            container) ``configure_logging()`` replaced it in the block, so
+            later events were not recorded. In async code with
             ``runtime="loop"``, use ``async with``: a plain ``with`` cannot
             wait on the loop it runs on.
     """
@@ -165,15 +167,25 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             container.remove_tap(self._tap)
         if not flushed and exc_type is None:
             _refuse_plain_with_on_the_loop(container, "in the block")
-        self._check_complete(flushed, exc_type)
+        self._check_complete(container, flushed, exc_type)
 
-    def _check_complete(self, flushed: bool, exc_type: type[BaseException] | None) -> None:
+    def _check_complete(
+        self, container: LoggingContainer, flushed: bool, exc_type: type[BaseException] | None
+    ) -> None:
         """An incomplete list is an error, not a quiet surprise in the
         test's assertions (unless the block raised already)."""
-        if not flushed and exc_type is None:
+        if exc_type is not None:
+            return
+        if not flushed:
             raise EnrichlogError(
                 f"capture_events(): events logged in the block were still pending after "
                 f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
+            )
+        if self._container is None and current_container() is not container:
+            raise EnrichlogError(
+                "capture_events(): configure_logging() replaced the container during the "
+                "block, and events logged after it were not recorded; configure logging "
+                "before the block, or capture the new container in a block of its own"
             )
 
     async def __aenter__(self) -> list[EventDict]:
@@ -195,7 +207,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             flushed = await container.aflush(self._timeout)
         finally:
             container.remove_tap(self._tap)
-        self._check_complete(flushed, exc_type)
+        self._check_complete(container, flushed, exc_type)
 
 
 def _refuse_plain_with_on_the_loop(container: LoggingContainer, when: str) -> None:

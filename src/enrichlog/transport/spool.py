@@ -7,8 +7,11 @@ bytes: an event that would pass the cap is refused (the caller counts it).
 
 One process owns a spool at a time: the directory holds *slots*
 (``slot-0``, ``slot-1``...), each locked with ``flock`` by the process using
-it, so the workers of a pre-forking server each take their own, and a
-process that starts after one died takes over what it left and publishes it.
+it, so the workers of a pre-forking server each take their own. A process
+that opens a spool takes over what every process no longer running left in
+the directory (the slots it can lock): fewer processes than before, say
+after an outage that made each forked worker spool in its own slot, still
+publish everything.
 
 A record is one line, ``<event id> TAB <JSON> LF``: the JSON never holds a
 raw line feed, and a line cut short by a crash (no ``LF``) is dropped when
@@ -67,6 +70,7 @@ class Spool:
         self._reader: IO[bytes] | None = None
         self._reader_segment = -1
         self._load()
+        self._adopt_orphans(root)
 
     # -- state on disk ---------------------------------------------------------
 
@@ -74,13 +78,8 @@ class Spool:
         return self.path / f"{number:020d}{_SEGMENT_SUFFIX}"
 
     def _load(self) -> None:
-        numbers = sorted(
-            int(p.name.removesuffix(_SEGMENT_SUFFIX))
-            for p in self.path.glob(f"*{_SEGMENT_SUFFIX}")
-            if p.name.removesuffix(_SEGMENT_SUFFIX).isdigit()
-        )
-        head_segment, head_offset = self._read_head()
-        for number in numbers:
+        head_segment, head_offset = _read_head(self.path)
+        for number in _segment_numbers(self.path):
             path = self._segment_path(number)
             if number < head_segment:  # published before the process ended
                 path.unlink(missing_ok=True)
@@ -92,12 +91,55 @@ class Spool:
             self._head_offset = min(head_offset, self._sizes[head_segment])
         self._drop_published_segments()
 
-    def _read_head(self) -> tuple[int, int]:
-        try:
-            segment, offset = (self.path / "head").read_text().split()
-            return int(segment), int(offset)
-        except (OSError, ValueError):
-            return 0, 0
+    def _adopt_orphans(self, root: Path) -> None:
+        """Move in the unpublished records of the other slots no process
+        holds: their owners ended (a pre-forking server's workers that
+        spooled during an outage, then fewer of them started again)."""
+        if fcntl is None:  # pragma: no cover - no locks: no way to tell
+            return
+        for slot in sorted(root.glob("slot-*")):
+            if slot == self.path or not slot.is_dir():
+                continue
+            lock = _lock(slot)
+            if lock is None:  # a running process's
+                continue
+            try:
+                self._adopt(slot)
+            finally:
+                lock.close()
+
+    def _adopt(self, slot: Path) -> None:
+        """Append ``slot``'s unpublished segments after this spool's own;
+        each is in one slot or the other at any moment (a crash halfway
+        leaves at most one segment in both: its events have ids, which the
+        broker deduplicates)."""
+        head_segment, head_offset = _read_head(slot)
+        moved = False
+        for number in _segment_numbers(slot):
+            path = slot / f"{number:020d}{_SEGMENT_SUFFIX}"
+            if number < head_segment:  # published before its owner ended
+                path.unlink(missing_ok=True)
+                continue
+            size = _drop_partial_line(path)
+            offset = min(head_offset, size) if number == head_segment else 0
+            if offset < size:
+                mine = self._segments[-1] + 1 if self._segments else _FIRST_SEGMENT
+                target = self._segment_path(mine)
+                if offset:
+                    with path.open("rb") as source:
+                        source.seek(offset)
+                        target.write_bytes(source.read())
+                    path.unlink()
+                else:
+                    os.replace(path, target)
+                self._segments.append(mine)
+                self._sizes[mine] = size - offset
+                moved = True
+            else:
+                path.unlink(missing_ok=True)
+        (slot / "head").unlink(missing_ok=True)
+        if moved:
+            self._write_head()
 
     def _write_head(self) -> None:
         segment = self._segments[0] if self._segments else 0
@@ -269,16 +311,42 @@ def _take_slot(root: Path) -> tuple[Path, IO[bytes]]:
     for index in range(_MAX_SLOTS):
         path = root / f"slot-{index}"
         path.mkdir(exist_ok=True)
-        lock = (path / "lock").open("ab")
-        if fcntl is None:
+        lock = _lock(path)
+        if lock is not None:
             return path, lock
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            continue
-        return path, lock
     raise OSError(f"every spool slot of {root} is locked by another process")
+
+
+def _lock(slot: Path) -> IO[bytes] | None:
+    """``slot``'s lock, held until the file is closed; None when another
+    open file (another process, or another spool of this one) holds it."""
+    lock = (slot / "lock").open("ab")
+    if fcntl is None:
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def _read_head(slot: Path) -> tuple[int, int]:
+    """Where publishing stopped in ``slot``: a segment and an offset in it."""
+    try:
+        segment, offset = (slot / "head").read_text().split()
+        return int(segment), int(offset)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def _segment_numbers(slot: Path) -> list[int]:
+    """The numbers of ``slot``'s segment files, oldest first."""
+    return sorted(
+        int(p.name.removesuffix(_SEGMENT_SUFFIX))
+        for p in slot.glob(f"*{_SEGMENT_SUFFIX}")
+        if p.name.removesuffix(_SEGMENT_SUFFIX).isdigit()
+    )
 
 
 def _drop_partial_line(path: Path) -> int:
