@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .engine.chain import raise_if_interrupt
+from .engine.chain import is_application_interrupt, raise_if_interrupt
 from .engine.plan import IN_ENRICHMENT
 from .settings import LEVELS
 
@@ -98,13 +98,25 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
     ``format_error``: the fields enrichlog's own loggers give such a call,
     so that the arguments are not lost. An ``extra=`` field of either name
     is kept as given."""
+    method, message, fields, _ = _event_of(record)
+    return method, message, fields
+
+
+def _event_of(
+    record: logging.LogRecord,
+) -> tuple[str, str, dict[str, Any], BaseException | None]:
+    """:func:`record_to_event`, and the application's interrupt (Ctrl-C on
+    the main thread) met while formatting the message, if one was: the
+    handler writes the record first, then raises it."""
     failure: BaseException | None = None
     try:
         message = record.getMessage()
     except BaseException as exc:  # an argument's __str__ may raise anything, as in rendering
-        raise_if_interrupt(exc)
         failure = exc
-        message = _printable(record.msg)
+        try:
+            message = _printable(record.msg)
+        except BaseException:  # the interrupt again: it is raised once, after the write
+            message = _repr(record.msg)
     fields = {
         key: value
         for key, value in record.__dict__.items()
@@ -121,7 +133,8 @@ def record_to_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]
         fields["exc_info"] = record.exc_info
     if record.stack_info:
         fields["stack"] = record.stack_info
-    return _method_for(record.levelno), message, fields
+    interrupt = failure if failure is not None and is_application_interrupt(failure) else None
+    return _method_for(record.levelno), message, fields, interrupt
 
 
 def _printable(value: object) -> str:
@@ -131,10 +144,14 @@ def _printable(value: object) -> str:
         return str(value)
     except BaseException as exc:  # user code: try repr instead
         raise_if_interrupt(exc)
+    return _repr(value)
+
+
+def _repr(value: object) -> str:
+    """``repr(value)``, else a placeholder naming its type."""
     try:
         return repr(value)
-    except BaseException as exc:  # user code: name the type instead
-        raise_if_interrupt(exc)
+    except BaseException:  # user code: name the type instead (an interrupt: see _event_of)
         return f"<unprintable {type(value).__name__}>"
 
 
@@ -212,8 +229,9 @@ class EnrichlogHandler(logging.Handler):
         own = name == "enrichlog" or name.startswith("enrichlog.")
         _depth.value = depth + 1
         token = IN_ENRICHMENT.set(True) if depth > 0 and not own else None
+        interrupt: BaseException | None = None
         try:
-            method, message, fields = record_to_event(record)
+            method, message, fields, interrupt = _event_of(record)
             log = getattr(self._logger(container, name), method)
             if own:
                 # enrichlog's own report (a breaker that opened, a retry) is
@@ -236,6 +254,8 @@ class EnrichlogHandler(logging.Handler):
             if token is not None:
                 IN_ENRICHMENT.reset(token)
             _depth.value = depth
+        if interrupt is not None:  # Ctrl-C while formatting: written, then raised
+            raise interrupt
 
     def _logger(self, container: LoggingContainer, name: str) -> Any:
         """The bound logger of ``name`` (its level class and its name in

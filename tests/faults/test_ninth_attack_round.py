@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -289,3 +290,112 @@ def test_an_invalid_override_of_given_settings_is_reported_once() -> None:
 
     assert str(raised.value).startswith("invalid logging settings: queue_size: ")
     assert 1 == str(raised.value).count("invalid logging settings")
+
+
+def test_a_child_forked_while_a_thread_spools_never_hangs(tmp_path: Path) -> None:
+    # Found by the outside re-test: with the broker down, a child forked while
+    # another thread of the parent wrote to the spool hung for good inside
+    # fork() (its after-fork handler closed a buffered file whose lock that
+    # thread held at the fork): 1 child in 20 to 30 with a pre-forking
+    # server's traffic.
+    import os
+    import signal
+
+    from enrichlog import LoggingSettings
+    from enrichlog.transport import transport_for
+    from enrichlog.transport.nats import NatsTransport
+
+    # In memory where it can be (/dev/shm): a disk written this fast stalls
+    # its other users (the NATS server's own storage) for seconds after.
+    shm = Path("/dev/shm")
+    spool_dir = (shm if shm.is_dir() else tmp_path) / f"enrichlog-test-{os.getpid()}-spool"
+    transport = transport_for(
+        LoggingSettings(
+            transport="nats://127.0.0.1:1?stream=T&subject=t.fork",  # nobody listens
+            spool_dir=str(spool_dir),
+            queue_size=1,  # every event goes to the spool
+            spool_max_bytes=256 << 20,  # then refused: nothing more is written
+        )
+    )
+    assert isinstance(transport, NatsTransport)
+    transport.start(wait=0.0)
+    payload = b'{"big":"' + b"x" * (256 << 10) + b'"}'
+    stop = threading.Event()
+
+    def spool() -> None:
+        index = 0
+        while not stop.is_set():
+            transport.offer(f"id{index}", payload)
+            index += 1
+
+    writer = threading.Thread(target=spool, daemon=True)
+    writer.start()
+    hung = 0
+    try:
+        for _ in range(10):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            deadline = time.monotonic() + 10
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        writer.join(10)
+        transport.stop(1.0)
+        shutil.rmtree(spool_dir, ignore_errors=True)  # up to 256 MB
+
+    assert 0 == hung
+
+
+INTERRUPTING_RECORD_SCRIPT = """
+import json, logging, sys
+from enrichlog import configure_logging
+
+class Interrupting:
+    def __str__(self):
+        raise KeyboardInterrupt
+    def __repr__(self):
+        return "<Interrupting>"
+
+container = configure_logging(stdlib=True, output=sys.argv[1])
+raised = []
+for message, args in ((Interrupting(), ()), ("value %s", (Interrupting(),))):
+    try:
+        logging.getLogger("t").warning(message, *args)
+    except KeyboardInterrupt:
+        raised.append(True)
+container.shutdown()
+print(json.dumps(raised))
+"""
+
+
+def test_a_stdlib_record_interrupted_while_formatting_is_written_then_raised(
+    tmp_path: Path,
+) -> None:
+    # Found by the outside re-test: Ctrl-C (or a __str__ raising KeyboardInterrupt
+    # or SystemExit) while the bridge formatted a record lost the record.
+    # (In a process of its own: pytest's log capture is a stdlib handler too.)
+    import subprocess
+    import sys
+
+    output = tmp_path / "out.log"
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTING_RECORD_SCRIPT, str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    assert [True, True] == json.loads(result.stdout)
+    lines = [json.loads(text) for text in output.read_text().splitlines()]
+    assert [("<Interrupting>", "KeyboardInterrupt"), ("value %s", "KeyboardInterrupt")] == [
+        (line["event"], line["format_error"]) for line in lines
+    ]

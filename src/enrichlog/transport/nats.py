@@ -909,10 +909,38 @@ class NatsTransport:
         return not self._work()
 
 
+#: The transports whose lock the forking thread holds across ``fork()``.
+_held_across_fork: list[NatsTransport] = []
+
+
+def _before_fork() -> None:
+    """Hold every transport's lock across ``fork()``: no other thread of
+    the parent is then inside the spool's files, whose buffered objects
+    carry a lock of their own that the child would find held for good (its
+    after-fork close hung, and so did ``fork()``). The lock is held only
+    around short spool and queue operations, never around the network."""
+    transports = list(_live)
+    for transport in transports:
+        transport._lock.acquire()
+    _held_across_fork[:] = transports
+
+
+def _release_held_across_fork() -> None:
+    transports = list(_held_across_fork)
+    _held_across_fork.clear()
+    for transport in transports:
+        transport._lock.release()
+
+
 def _after_fork_in_child() -> None:
+    _release_held_across_fork()
     for transport in list(_live):
         transport.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_release_held_across_fork,
+        after_in_child=_after_fork_in_child,
+    )
