@@ -760,18 +760,15 @@ class LoggingContainer:
             self.output.after_fork_in_child()
         self._pipeline.after_fork_in_child()
         self._plan.after_fork_in_child()
+        # Whether or not it enriches here: with a transport and no enricher
+        # of its own, the child's events wait in the transport's queue.
+        _drain_at_multiprocessing_exit(self)
         if self.processor is None:
             return
         try:
             self.start_enrichers(timeout=_STARTUP_TIMEOUT)
         except TimeoutError:
             _report.warning("enrichlog: enrichers slow to restart after fork")
-        mp_util = sys.modules.get("multiprocessing.util")
-        if mp_util is not None:
-            # A multiprocessing child clears its finalizers right after the
-            # fork (so one registered now would be lost), then runs its
-            # after-fork callbacks: register the exit drain from there.
-            mp_util.register_after_fork(self, _finalize_in_multiprocessing_child)
 
     def _shut_down_in_child(self) -> None:
         """Forked while another thread of the parent was shutting this
@@ -795,6 +792,21 @@ class LoggingContainer:
         self._shut_down.set()
         atexit.unregister(self._at_exit)
         _live.discard(self)
+        if self.transport is not None:
+            # The child's log calls hand their events to its transport (a
+            # publisher of its own): published or spooled when it ends.
+            atexit.register(self._drain_in_child)
+            _drain_at_multiprocessing_exit(self)
+
+    def _drain_in_child(self) -> None:
+        """A forked child's drain when it ends: a shutdown as at any exit;
+        for a container shut down in the child (forked during a shutdown),
+        its transport's: what its callers handed over is published, or
+        spooled for the next process."""
+        if self._running:
+            self.shutdown()
+        elif self.transport is not None:
+            self.transport.stop(self.settings.shutdown_timeout)
 
     # -- taps and synchronous enrichment (enrichlog.testing, enrichlog.stdlib) --
 
@@ -1170,16 +1182,33 @@ def configure_logging(
     return container
 
 
+def _drain_at_multiprocessing_exit(container: LoggingContainer) -> None:
+    """In a forked child, if it is a multiprocessing one: have ``container``
+    drained when it ends. A multiprocessing child clears its finalizers
+    right after the fork (so one registered now would be lost), then runs
+    its after-fork callbacks: the exit drain is registered from there."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.register_after_fork(container, _finalize_in_multiprocessing_child)
+
+
 def _finalize_in_multiprocessing_child(container: LoggingContainer) -> None:
     """In a multiprocessing child, drain ``container`` when the child ends:
     such children leave through ``os._exit``, which skips ``atexit``, after
     running multiprocessing's own finalizers."""
     mp = sys.modules.get("multiprocessing")
-    if mp is None or mp.parent_process() is None:
+    if mp is None:
+        return
+    if mp.parent_process() is None:
+        if getattr(mp.current_process(), "_inheriting", False):
+            # Configured while a forkserver or spawn child imports the main
+            # module, before it knows its parent and clears its finalizers:
+            # registered once it has.
+            _drain_at_multiprocessing_exit(container)
         return
     import multiprocessing.util  # noqa: PLC0415 - loaded with multiprocessing
 
-    multiprocessing.util.Finalize(container, container.shutdown, exitpriority=100)
+    multiprocessing.util.Finalize(container, container._drain_in_child, exitpriority=100)
 
 
 _exit_hook_registered = False

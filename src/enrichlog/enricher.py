@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import difflib
 import functools
 import inspect
 import re
@@ -586,8 +587,17 @@ class SyncEnricher(Enricher):
         priority: int | None = None,
         provides: str | Iterable[str] | None = None,
         blocking: bool | None = None,
+        **unknown: Any,
     ) -> None:
+        """Set the identity (see :class:`Enricher`) and ``blocking``.
+
+        Raises:
+            EnricherConfigError: a keyword it does not take, named (a
+                resilience knob: those apply to async enrichers only).
+        """
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
+        if unknown:
+            raise _unknown_sync_keyword(self.name, next(iter(unknown)))
         self.blocking = _checked_blocking(
             self.blocking if blocking is None else blocking, self.name
         )
@@ -598,6 +608,15 @@ class SyncEnricher(Enricher):
         """Add fields to ``event_dict`` (a copy) and return it or ``None``."""
         raise NotImplementedError(f"{type(self).__name__} must override enrich()")
 
+
+# The keywords SyncEnricher takes, as introspection (and the URI factory's
+# check of a class against its Params) sees them: ``**unknown`` is only there
+# to turn a wrong keyword into an error naming the enricher.
+_sync_init = inspect.signature(SyncEnricher.__init__)
+SyncEnricher.__init__.__signature__ = _sync_init.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _sync_init.parameters.values() if p.kind is not p.VAR_KEYWORD]
+)
+del _sync_init
 
 ProcessorFunction = Callable[[WrappedLogger, str, EventDict], Any]
 AsyncProcessorFunction = Callable[[WrappedLogger, str, EventDict], Awaitable[Any]]
@@ -817,3 +836,22 @@ def _cancelled_from_outside() -> bool:
     ``CancelledError`` the hook raised on its own is a failure of the hook)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+_SYNC_KEYWORDS = ("name", "dependencies", "priority", "provides", "blocking")
+
+
+def _unknown_sync_keyword(name: str, keyword: str) -> EnricherConfigError:
+    """The error for a keyword a :class:`SyncEnricher` does not take."""
+    if keyword in EnricherOptions.model_fields:
+        return EnricherConfigError(
+            f"enricher {name!r}: {keyword!r} applies to async enrichers only (a SyncEnricher "
+            "has no resilience attributes: it runs inline, or with blocking=True in a worker "
+            "thread bounded by the enricher_timeout setting)"
+        )
+    close = difflib.get_close_matches(keyword, _SYNC_KEYWORDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return EnricherConfigError(
+        f"enricher {name!r}: unknown keyword {keyword!r}{hint}; a SyncEnricher takes "
+        f"{', '.join(_SYNC_KEYWORDS)}"
+    )

@@ -151,9 +151,33 @@ class LatencySummary:
     buckets: tuple[int, ...] = (0,) * (len(BUCKETS) + 1)
 
 
+class _ReadableAsMapping(Mapping[str, Any]):
+    """A frozen dataclass of counters, also read as the mapping of its
+    :meth:`as_dict` (``metrics["calls"]``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-able): nested dicts and lists, no dataclasses."""
+        return _plain(self)  # type: ignore[no-any-return]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._fields():
+            raise KeyError(key)
+        return _plain(getattr(self, key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class EnricherMetrics:
-    """One async enricher's counters.
+class EnricherMetrics(_ReadableAsMapping):
+    """One async enricher's counters (also readable as a mapping).
 
     Attributes:
         calls: calls made to the enricher (a batch call counts once).
@@ -192,9 +216,13 @@ class EnricherMetrics:
         """Keys per ``enrich_many`` call (0.0 before any)."""
         return self.batch_keys / self.batch_calls if self.batch_calls else 0.0
 
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return (*super()._fields(), "keys_per_batch")  # as in as_dict()
+
 
 @dataclass(frozen=True)
-class MetricsSnapshot(Mapping[str, Any]):
+class MetricsSnapshot(_ReadableAsMapping):
     """A container's counters at one moment.
 
     Attributes:
@@ -244,27 +272,6 @@ class MetricsSnapshot(Mapping[str, Any]):
     enrichers: Mapping[str, EnricherMetrics] = field(default_factory=dict)
     transport: Mapping[str, Any] | None = None
     worker: Mapping[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-able): nested dicts and lists, no dataclasses."""
-        return _plain(self)  # type: ignore[no-any-return]
-
-    # -- read-only mapping of as_dict() ---------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._fields():
-            raise KeyError(key)
-        return _plain(getattr(self, key))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._fields())
-
-    def __len__(self) -> int:
-        return len(self._fields())
-
-    @classmethod
-    def _fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _plain(value: Any) -> Any:

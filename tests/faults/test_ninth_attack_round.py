@@ -399,3 +399,142 @@ def test_a_stdlib_record_interrupted_while_formatting_is_written_then_raised(
     assert [("<Interrupting>", "KeyboardInterrupt"), ("value %s", "KeyboardInterrupt")] == [
         (line["event"], line["format_error"]) for line in lines
     ]
+
+
+MULTIPROCESSING_TRANSPORT_SCRIPT = """
+import multiprocessing, sys
+from enrichlog import configure_logging, get_logger
+
+configure_logging(
+    transport="nats://127.0.0.1:1?stream=T&subject=t.mp",  # nobody listens
+    spool_dir=sys.argv[1],
+    output="/dev/null",
+)
+
+def work(child):
+    log = get_logger()
+    for index in range(50):
+        log.info("child", child=child, index=index)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[2])
+    process = context.Process(target=work, args=(0,))
+    process.start()
+    process.join()
+    with context.Pool(1) as pool:
+        pool.map(work, [1, 2])
+    sys.exit(process.exitcode)
+"""
+
+
+def spooled_events(spool: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line.split(b"\t", 1)[1])
+        for segment in spool.glob("**/*.spool")
+        for line in segment.read_bytes().splitlines()
+    ]
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_multiprocessing_children_hand_every_event_to_the_transport(
+    method: str, tmp_path: Path
+) -> None:
+    # Found by an outside tester: a multiprocessing child of an application
+    # that publishes (no enricher of its own) lost every event still in its
+    # transport's queue when it ended (0 of 50 spooled with the broker down,
+    # 0 to 38 of 50 published with it up): no drain was registered for it.
+    import subprocess
+    import sys
+
+    script = tmp_path / "app.py"  # spawn and forkserver import the main module
+    script.write_text(MULTIPROCESSING_TRANSPORT_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "spool"), method],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    events = spooled_events(tmp_path / "spool")
+    assert 150 == len(events)
+    assert {(child, index) for child in range(3) for index in range(50)} == {
+        (event["child"], event["index"]) for event in events
+    }
+
+
+FORK_DURING_SHUTDOWN_SCRIPT = """
+import os, sys, threading, time
+from enrichlog import configure_logging, get_logger
+
+container = configure_logging(
+    transport="nats://127.0.0.1:1?stream=T&subject=t.down",  # nobody listens
+    spool_dir=sys.argv[1],
+    output="/dev/null",
+)
+get_logger().info("parent")
+shutting_down = threading.Thread(target=container.shutdown)
+shutting_down.start()
+while not container._shutting_down:  # the window lasts about a second
+    time.sleep(0.001)
+pid = os.fork()
+if pid == 0:
+    for index in range(50):
+        get_logger().info("child", index=index)
+    sys.exit(0)
+shutting_down.join()
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_while_the_parent_shuts_down_hands_its_events_to_the_transport(
+    tmp_path: Path,
+) -> None:
+    # Found by an outside tester: with a transport, a child forked while the
+    # parent was in shutdown() handed its events to a transport nothing
+    # drained when it ended: 0 of 50 spooled.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_SHUTDOWN_SCRIPT, str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert 0 == result.returncode, result.stderr
+    events = spooled_events(tmp_path / "spool")
+    children = [event for event in events if event["event"] == "child"]
+    assert list(range(50)) == [event["index"] for event in children]
+    assert 1 == sum(event["event"] == "parent" for event in events)
+
+
+def test_a_sync_enricher_names_a_keyword_it_does_not_take() -> None:
+    # Found by an outside tester: a bare TypeError, with no enricher name.
+    from enrichlog import EnricherConfigError, SyncEnricher
+
+    class Redact(SyncEnricher):
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    with pytest.raises(EnricherConfigError, match="'timeout' applies to async enrichers only"):
+        Redact(timeout=1.0)
+    with pytest.raises(EnricherConfigError, match="did you mean 'priority'"):
+        Redact(priorty=5)
+
+
+def test_enricher_metrics_read_as_a_mapping() -> None:
+    # resilience.md: "EnricherMetrics, also readable as a mapping"; it was not.
+    container = configure_logging(enrichers=[Slow()], output="/dev/null")
+    get_logger().info("one")
+    container.shutdown()
+
+    metrics = container.metrics().enrichers["slow"]
+
+    assert (1, 1) == (metrics["calls"], metrics["successes"])
+    assert metrics.as_dict() == dict(metrics)
