@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .engine.chain import is_application_interrupt, raise_if_interrupt
+from .engine.chain import is_application_interrupt
 from .engine.plan import IN_ENRICHMENT
 from .settings import LEVELS
 
@@ -113,10 +113,7 @@ def _event_of(
         message = record.getMessage()
     except BaseException as exc:  # an argument's __str__ may raise anything, as in rendering
         failure = exc
-        try:
-            message = _printable(record.msg)
-        except BaseException:  # the interrupt again: it is raised once, after the write
-            message = _repr(record.msg)
+        message = _printable(record.msg)
     fields = {
         key: value
         for key, value in record.__dict__.items()
@@ -139,20 +136,15 @@ def _event_of(
 
 def _printable(value: object) -> str:
     """``str(value)``, else its ``repr``, else a placeholder naming its type:
-    a message object whose ``__str__`` raises still makes a line."""
-    try:
-        return str(value)
-    except BaseException as exc:  # user code: try repr instead
-        raise_if_interrupt(exc)
-    return _repr(value)
-
-
-def _repr(value: object) -> str:
-    """``repr(value)``, else a placeholder naming its type."""
-    try:
-        return repr(value)
-    except BaseException:  # user code: name the type instead (an interrupt: see _event_of)
-        return f"<unprintable {type(value).__name__}>"
+    a message object whose ``__str__`` raises still makes a line. (An
+    interrupt met here is the one formatting the record met: raised once the
+    record is written, see :func:`_event_of`.)"""
+    for show in (str, repr):
+        try:
+            return show(value)
+        except BaseException:  # noqa: S112 - user code: try the next way to show it
+            continue
+    return f"<unprintable {type(value).__name__}>"
 
 
 def current_container() -> LoggingContainer | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -353,6 +355,18 @@ def test_a_child_forked_while_a_thread_spools_never_hangs(tmp_path: Path) -> Non
     assert 0 == hung
 
 
+def python(*args: object) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``args`` in a process of its own (pytest's log
+    capture is a stdlib handler too, and a child must end as processes do)."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 INTERRUPTING_RECORD_SCRIPT = """
 import json, logging, sys
 from enrichlog import configure_logging
@@ -381,17 +395,8 @@ def test_a_stdlib_record_interrupted_while_formatting_is_written_then_raised(
     # Found by the outside re-test: Ctrl-C (or a __str__ raising KeyboardInterrupt
     # or SystemExit) while the bridge formatted a record lost the record.
     # (In a process of its own: pytest's log capture is a stdlib handler too.)
-    import subprocess
-    import sys
-
     output = tmp_path / "out.log"
-    result = subprocess.run(
-        [sys.executable, "-c", INTERRUPTING_RECORD_SCRIPT, str(output)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python("-c", INTERRUPTING_RECORD_SCRIPT, output)
 
     assert 0 == result.returncode, result.stderr
     assert [True, True] == json.loads(result.stdout)
@@ -443,18 +448,9 @@ def test_multiprocessing_children_hand_every_event_to_the_transport(
     # that publishes (no enricher of its own) lost every event still in its
     # transport's queue when it ended (0 of 50 spooled with the broker down,
     # 0 to 38 of 50 published with it up): no drain was registered for it.
-    import subprocess
-    import sys
-
     script = tmp_path / "app.py"  # spawn and forkserver import the main module
     script.write_text(MULTIPROCESSING_TRANSPORT_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "spool"), method],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = python(script, tmp_path / "spool", method)
 
     assert 0 == result.returncode, result.stderr
     events = spooled_events(tmp_path / "spool")
@@ -494,16 +490,7 @@ def test_a_child_forked_while_the_parent_shuts_down_hands_its_events_to_the_tran
     # Found by an outside tester: with a transport, a child forked while the
     # parent was in shutdown() handed its events to a transport nothing
     # drained when it ended: 0 of 50 spooled.
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_DURING_SHUTDOWN_SCRIPT, str(tmp_path / "spool")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = python("-c", FORK_DURING_SHUTDOWN_SCRIPT, tmp_path / "spool")
 
     assert 0 == result.returncode, result.stderr
     events = spooled_events(tmp_path / "spool")

@@ -549,9 +549,7 @@ class LoopRuntime:
         try:
             await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
-            first = not self._hooks_ran
-            self.run_exit_hooks()
-            if first:
+            if self.run_exit_hooks():  # not run already by a stop
                 for hook in self._closing_hooks:
                     try:
                         await hook()
@@ -591,11 +589,12 @@ class LoopRuntime:
         it, without the runtime having been stopped, after the exit hooks."""
         self._closing_hooks.append(hook)
 
-    def run_exit_hooks(self) -> None:
-        """Run the exit hooks once (idempotent, from any thread)."""
+    def run_exit_hooks(self) -> bool:
+        """Run the exit hooks once (idempotent, from any thread); whether
+        this call ran them."""
         with self._hooks_lock:
             if self._hooks_ran:
-                return
+                return False
             self._hooks_ran = True
         guard = self._guard
         if guard is not None and self.loop_closed:
@@ -608,6 +607,7 @@ class LoopRuntime:
                 hook()
             except Exception:
                 _report.exception("enrichlog: runtime exit hook failed")
+        return True
 
     def in_runtime_thread(self) -> bool:
         """Whether the current thread is the loop's."""

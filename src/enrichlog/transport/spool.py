@@ -75,7 +75,7 @@ class Spool:
     # -- state on disk ---------------------------------------------------------
 
     def _segment_path(self, number: int) -> Path:
-        return self.path / f"{number:020d}{_SEGMENT_SUFFIX}"
+        return _segment_file(self.path, number)
 
     def _load(self) -> None:
         head_segment, head_offset = _read_head(self.path)
@@ -116,7 +116,7 @@ class Spool:
         head_segment, head_offset = _read_head(slot)
         moved = False
         for number in _segment_numbers(slot):
-            path = slot / f"{number:020d}{_SEGMENT_SUFFIX}"
+            path = _segment_file(slot, number)
             if number < head_segment:  # published before its owner ended
                 path.unlink(missing_ok=True)
                 continue
@@ -338,6 +338,10 @@ def _read_head(slot: Path) -> tuple[int, int]:
         return int(segment), int(offset)
     except (OSError, ValueError):
         return 0, 0
+
+
+def _segment_file(slot: Path, number: int) -> Path:
+    return slot / f"{number:020d}{_SEGMENT_SUFFIX}"
 
 
 def _segment_numbers(slot: Path) -> list[int]:
