@@ -17,6 +17,8 @@ import contextvars
 import functools
 import logging
 import logging.handlers
+import math
+import numbers
 import os
 import signal
 import sys
@@ -44,6 +46,7 @@ from .enricher import Enricher
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
+from .options import MAX_TIMEOUT
 from .settings import LoggingSettings, require_settings, resolve_settings
 from .transport import transport_for
 
@@ -165,8 +168,13 @@ def current_container() -> LoggingContainer | None:
 def reset_logging() -> None:
     """Shut the current container down (if any), forget it, reset structlog
     to its defaults and clear the structlog context variables bound in the
-    current context (``bind_contextvars``): a clean slate, as between tests."""
+    current context (``bind_contextvars``): a clean slate, as between tests.
+
+    Raises:
+        EnrichlogError: called from inside an enricher (nothing changed).
+    """
     global _current
+    _refuse_in_enricher("reset_logging()")
     with _current_lock:
         current, _current = _current, None
     if current is not None:
@@ -496,11 +504,11 @@ class LoggingContainer:
         dropped); return whether that happened within ``timeout``. On the
         thread enrichment runs on, it cannot wait: ``False`` at once while
         events are pending (``await`` :meth:`aflush` on the loop)."""
-        return self._pipeline.flush(timeout)
+        return self._pipeline.flush(_wait_limit("flush()", timeout))
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """:meth:`flush` without blocking the caller's event loop."""
-        return await self._pipeline.aflush(timeout)
+        return await self._pipeline.aflush(_wait_limit("aflush()", timeout))
 
     def shutdown(self, timeout: float | None = None) -> DrainReport:
         """Drain pending events (up to ``timeout``, default the
@@ -513,37 +521,106 @@ class LoggingContainer:
         enrichment without blocking that loop: pending events are written at
         once with what they have; ``await`` :meth:`ashutdown` to drain.
 
+        An interrupt landing while it waits (Ctrl-C, or a signal handler's
+        ``sys.exit()``) stops the wait for enrichment: the pending events are
+        written at once with what they have, as when ``timeout`` runs out,
+        and the interrupt is raised once the container is shut down.
+
         Raises:
             EnrichlogError: called from enrichlog's own runtime (an enricher).
+            TypeError, ValueError: ``timeout`` is not a number of seconds
+                (nothing changed).
         """
         self._refuse_on_runtime_thread("shutdown()")
+        seconds = self._timeout("shutdown()", timeout)
         if not self._claim_shutdown():
             return self._awaited_report()
-        deadline = time.monotonic() + self._timeout(timeout)
+        deadline = time.monotonic() + seconds
         drained: dict[str, int] = {}
+        interrupt: BaseException | None = None
         try:
-            if self._engine_started:
-                drained = self._stop_engine(self._timeout(timeout))
-            drained.update(self._stop_transport(self._timeout(timeout)))
+            drained, interrupt = self._drain_shielded(seconds)
         finally:
             report = self._finish_shutdown(drained, deadline)
+        if interrupt is not None:
+            raise interrupt
         return report
+
+    def _drain(self, timeout: float) -> dict[str, int]:
+        """Drain the engine, then the transport; the drain report."""
+        drained = self._stop_engine(timeout) if self._engine_started else {}
+        drained.update(self._stop_transport(timeout))
+        return drained
+
+    def _drain_shielded(self, timeout: float) -> tuple[dict[str, int], BaseException | None]:
+        """:meth:`_drain`, safe from interrupts; and the interrupt, if any.
+
+        Only the main thread runs signal handlers, so there the drain runs
+        on a thread of its own: an interrupt (Ctrl-C, a handler's
+        ``sys.exit()``) used to cut it short and lose every event still
+        pending. Now the first one gives up waiting for enrichment (the
+        pending events are written at once with what they have, as when the
+        timeout runs out); the drain ends, bounded by ``timeout``, and the
+        caller raises the interrupt.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return self._drain(timeout), None
+        outcome: list[dict[str, int] | BaseException] = []
+        done = threading.Event()
+
+        def drain() -> None:
+            try:
+                outcome.append(self._drain(timeout))
+            except BaseException as exc:  # raised to the caller, below
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        drainer = threading.Thread(target=drain, name="enrichlog-shutdown")
+        try:
+            drainer.start()
+        except RuntimeError:  # no new thread (the interpreter is ending)
+            return self._drain(timeout), None
+        interrupt: BaseException | None = None
+        # An Event, not join(): an interrupted join() takes the thread for
+        # ended (CPython releases the lock the running thread holds).
+        while not done.is_set():
+            try:
+                done.wait()
+            except BaseException as exc:  # an interrupt: hurry, not abandon
+                if interrupt is None:
+                    interrupt = exc
+                    self._hurry_drain()
+        drainer.join()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result, interrupt
+
+    def _hurry_drain(self) -> None:
+        """Stop waiting for enrichment: write the pending events with what
+        they have (the drain then ends as after its timeout)."""
+        runtime = self._runtime
+        if self._engine_started and runtime.is_running and not runtime.in_runtime_thread():
+            with contextlib.suppress(RuntimeError):  # the runtime stopped meanwhile
+                runtime.call_soon(self._pipeline.abandon_enrichment)
 
     async def ashutdown(self, timeout: float | None = None) -> DrainReport:
         """:meth:`shutdown` without blocking the caller's event loop; with
         ``runtime="loop"``, on that loop, the drain is awaited there."""
         self._refuse_on_runtime_thread("ashutdown()")
+        seconds = self._timeout("ashutdown()", timeout)
         runtime = self._runtime
         if not (isinstance(runtime, LoopRuntime) and runtime.in_runtime_thread()):
-            return await anyio.to_thread.run_sync(self.shutdown, timeout)
+            return await anyio.to_thread.run_sync(self.shutdown, seconds)
         if not self._claim_shutdown():
             return await asyncio.to_thread(self._awaited_report)
-        deadline = time.monotonic() + self._timeout(timeout)
+        deadline = time.monotonic() + seconds
         drained: dict[str, int] = {}
         try:
             if self._engine_started:
-                drained = await self._astop_engine(self._timeout(timeout))
-            drained.update(await asyncio.to_thread(self._stop_transport, self._timeout(timeout)))
+                drained = await self._astop_engine(seconds)
+            drained.update(await asyncio.to_thread(self._stop_transport, seconds))
         finally:
             report = self._finish_shutdown(drained, deadline)
         return report
@@ -553,8 +630,10 @@ class LoggingContainer:
         what was published, spooled and lost (nothing without a transport)."""
         return {} if self.transport is None else dict(self.transport.stop(timeout))
 
-    def _timeout(self, timeout: float | None) -> float:
-        return self.settings.shutdown_timeout if timeout is None else timeout
+    def _timeout(self, what: str, timeout: float | None) -> float:
+        """A drain's timeout: ``timeout`` checked, or the setting."""
+        seconds = _wait_limit(what, timeout)
+        return self.settings.shutdown_timeout if seconds is None else seconds
 
     def _claim_shutdown(self) -> bool:
         """True for the one caller that shuts down; the others wait for it."""
@@ -1138,12 +1217,7 @@ def configure_logging(
         EnricherDependencyError: a cycle, missing dependency or duplicate.
     """
     global _current  # noqa: PLW0603 - mirrors structlog.configure's global
-    if IN_ENRICHMENT.get():
-        raise EnrichlogError(
-            "configure_logging() was called from inside an enricher: reconfiguring would "
-            "shut down the container running it. Configure logging from the application; "
-            "this call changed nothing"
-        )
+    _refuse_in_enricher("configure_logging()")
     resolved = resolve_settings(settings, overrides)
     container = LoggingContainer(resolved, enrichers or ())
     # The output is the last thing that can fail: open it before the
@@ -1169,7 +1243,14 @@ def configure_logging(
             # container; those written after a shutdown of the application's
             # own, when no container ran, for none.
             handing_over = not previous.closed
-            previous.shutdown()  # refused from its own runtime: nothing changed yet
+            try:
+                # Refused from its own runtime: nothing changed yet. An
+                # interrupt is raised once it is drained, this one not
+                # installed.
+                previous.shutdown()
+            except BaseException:
+                container.output.close()
+                raise
             if handing_over:
                 container._handover = previous._lines_mark
         _current = None
@@ -1180,6 +1261,43 @@ def configure_logging(
             raise
         _current = container
     return container
+
+
+def _refuse_in_enricher(what: str) -> None:
+    """Refuse ``what`` in enricher code (a call, or its ``_startup``,
+    ``_shutdown`` or ``_health_check``): it would shut down the container
+    running it."""
+    if IN_ENRICHMENT.get():
+        raise EnrichlogError(
+            f"{what} was called from inside an enricher: it would shut down the container "
+            "running it. Configure logging from the application; this call changed nothing"
+        )
+
+
+def _wait_limit(what: str, timeout: object) -> float | None:
+    """The ``timeout`` argument of :meth:`LoggingContainer.flush` or
+    :meth:`~LoggingContainer.shutdown` (and their async forms), checked
+    before anything changes: ``None``, or seconds from 0 (do not wait) to
+    :data:`~enrichlog.options.MAX_TIMEOUT` (one day; more, infinity
+    included, waits that long: the platform's clocks refuse longer waits,
+    which used to fail the drain half-way and lose its events).
+
+    Raises:
+        TypeError: not a number; ValueError: NaN.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"{what}: timeout must be a number of seconds or None, not "
+            f"{type(timeout).__name__}; nothing was changed"
+        )
+    seconds = float(timeout)
+    if math.isnan(seconds):
+        raise ValueError(
+            f"{what}: timeout must be a number of seconds or None, not NaN; nothing was changed"
+        )
+    return min(max(seconds, 0.0), MAX_TIMEOUT)
 
 
 def _drain_at_multiprocessing_exit(container: LoggingContainer) -> None:

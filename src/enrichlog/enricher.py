@@ -464,6 +464,11 @@ class AsyncEnricher(Enricher):
                 a batching class lacks ``cache_key`` or ``apply``.
         """
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
+        if getattr(self, "blocking", False) is not False:
+            raise EnricherConfigError(
+                f"enricher {self.name!r}: blocking applies to sync enrichers only (an "
+                "AsyncEnricher is awaited on the runtime's loop); remove its blocking attribute"
+            )
         given = {knob: getattr(self, knob, None) for knob in EnricherOptions.model_fields}
         given |= {knob: value for knob, value in options.items() if value is not None}
         validated = EnricherOptions.from_code(self.name, given)
@@ -709,6 +714,11 @@ def as_enricher(obj: object) -> Enricher:
     the wrong arity.
     """
     if isinstance(obj, Enricher):
+        if "_started" not in getattr(obj, "__dict__", {"_started": True}):
+            raise EnricherConfigError(
+                f"enricher of type {type(obj).__name__}: its __init__ did not call "
+                "super().__init__(), which sets up the enricher's name, options and state"
+            )
         return obj
     if isinstance(obj, type):
         if issubclass(obj, Enricher):

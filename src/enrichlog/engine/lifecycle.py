@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from ..enricher import Enricher
 from ..uri.masking import mask_secrets
+from .plan import IN_ENRICHMENT
 
 __all__ = ["EnricherLifecycleManager"]
 
@@ -128,7 +129,8 @@ class EnricherLifecycleManager:
             return False  # starting already (a slow start-up a health check finds)
         self._starting.add(enricher.name)
         try:
-            await enricher.startup()
+            with _in_enricher():
+                await enricher.startup()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # KeyboardInterrupt from a _startup must not kill the loop
@@ -162,7 +164,8 @@ class EnricherLifecycleManager:
         self._retries.clear()
         for enricher in reversed(self._enrichers):
             try:
-                await enricher.shutdown()
+                with _in_enricher():
+                    await enricher.shutdown()
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # one enricher must not stop the others
@@ -198,7 +201,8 @@ class EnricherLifecycleManager:
         if not enricher.is_started and not await self._try_start(enricher):
             return False
         was = enricher.available
-        healthy = await enricher.health_check()
+        with _in_enricher():
+            healthy = await enricher.health_check()
         if was and not healthy:
             _report.warning("enricher %r failed its health check; skipping it", enricher.name)
         elif healthy and not was:
@@ -243,6 +247,21 @@ class EnricherLifecycleManager:
         self._starting = set()
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
+
+
+@contextlib.contextmanager
+def _in_enricher() -> Iterator[None]:
+    """Mark an enricher's ``_startup``, ``_shutdown`` or ``_health_check``
+    (and the tasks it starts) as enricher code, as its calls are: an event
+    it logs is written as it is (an ``ainfo`` there used to wait for the
+    very start-up it ran in), and ``configure_logging()`` or ``shutdown()``
+    from there is refused (one in a ``_startup`` used to block the start-up
+    for ``startup_timeout``, or replace the container being started)."""
+    token = IN_ENRICHMENT.set(True)
+    try:
+        yield
+    finally:
+        IN_ENRICHMENT.reset(token)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
