@@ -93,6 +93,10 @@ class TcpProxy:
         self._thread.start()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        #: While set, the server's replies are held back (a slow or broken
+        #: network path): the connections stay open, nothing reaches the
+        #: client.
+        self.holding_replies = False
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -133,15 +137,19 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, replies: bool = False
+        ) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    while replies and self.holding_replies:
+                        await asyncio.sleep(0.01)
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
             self._writers.discard(dst)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, replies=True))
 
 
 @contextlib.contextmanager

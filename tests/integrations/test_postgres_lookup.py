@@ -727,3 +727,34 @@ def test_a_server_that_goes_away_and_comes_back(pg_table: str, log_file: Path) -
     assert ["circuit_open"] * 3 == reasons[3:]  # three failures opened the breaker
     assert all("user" not in line for line in down)
     assert {"name": "ann"} == lines[-1]["user"]
+
+
+@pytest.mark.services
+def test_a_query_cut_short_over_a_stalled_network_is_not_abandoned(
+    pg_table: str, log_file: Path
+) -> None:
+    # Found by an outside tester: with the server's replies held back (a
+    # slow or broken network path), a query past its timeout waited for
+    # asyncpg's cancellation handshake: the call ignored its cancellation,
+    # was abandoned with a warning, and shutdown waited seconds for it.
+    with tcp_proxy(PG_HOST, PG_PORT) as proxy:
+        container = configure(
+            log_file,
+            f"postgres-lookup://{PG_USER}@127.0.0.1:{proxy.port}/{PG_DATABASE}"
+            f"?table={pg_table}&from=user_id&columns=name&into=user&timeout=0.3",
+        )
+        log = get_logger()
+        log.info("up", user_id=1)
+        assert container.flush(10)
+        proxy.holding_replies = True
+        log.info("stalled", user_id=2)
+        assert container.flush(10)
+        metrics = container.metrics()["enrichers"]["postgres_lookup"]
+        report = container.shutdown()
+        proxy.holding_replies = False
+
+    lines = read_lines(log_file)
+    assert {"name": "ann"} == lines[0]["user"]
+    assert "timeout" == lines[1][ERRORS]["postgres_lookup"]
+    assert (0, 1) == (metrics["abandoned"], metrics["failures_by_reason"]["timeout"])
+    assert 0 == report["abandoned"]

@@ -521,3 +521,24 @@ def test_a_server_that_goes_away_and_comes_back(users: str, log_file: Path) -> N
     assert all(reason.startswith("error: ") for reason in reasons[:3])
     assert ["circuit_open"] * 3 == reasons[3:]  # three failures opened the breaker
     assert {"name": "ann", "tier": "gold"} == lines[-1]["user"]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("query", ["", "&into=doc", "&into=doc&fields=name"])
+def test_json_null_and_an_empty_object_add_nothing(
+    query: str, redis_prefix: str, log_file: Path
+) -> None:
+    # Found by an outside tester: JSON null recorded "error: ValueError"
+    # (without into, or with fields), and {} under into added "doc": {}.
+    client = redis_client()
+    client.set(f"{redis_prefix}null", "null")
+    client.set(f"{redis_prefix}empty", "{}")
+    container = configure(
+        log_file, f"{BASE}?key={redis_prefix}{{doc_id}}&type=json{query}&name=docs"
+    )
+    for doc_id in ("null", "empty"):
+        get_logger().info("looked up", doc_id=doc_id)
+    container.shutdown()
+
+    lines = read_lines(log_file)
+    assert [{"doc_id", "event", "level", "timestamp"}] * 2 == [set(line) for line in lines]

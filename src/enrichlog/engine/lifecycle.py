@@ -257,11 +257,14 @@ def _in_enricher() -> Iterator[None]:
     very start-up it ran in), and ``configure_logging()`` or ``shutdown()``
     from there is refused (one in a ``_startup`` used to block the start-up
     for ``startup_timeout``, or replace the container being started)."""
-    token = IN_ENRICHMENT.set(True)
+    previous = IN_ENRICHMENT.get()
+    IN_ENRICHMENT.set(True)
     try:
         yield
     finally:
-        IN_ENRICHMENT.reset(token)
+        # Not reset(token): a start-up left running at exit ends in another
+        # context than the one it began in.
+        IN_ENRICHMENT.set(previous)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -16,6 +16,7 @@ SQL identifiers and quoted. Many keys are looked up in one query
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import math
 import re
@@ -47,6 +48,9 @@ __all__ = ["PostgresLookupEnricher"]
 _SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
 _DATABASE = re.compile(r"/[^/]+\Z")
 _CLOSE_TIMEOUT = 5.0
+#: Seconds a connection whose query was cut short may take to answer its
+#: cancellation before it is closed.
+_RELEASE_GRACE = 2.0
 
 _INT_BITS = {"int2": 16, "int4": 32, "int8": 64}
 _TEXT_TYPES = frozenset({"text", "varchar", "name", "citext"})
@@ -358,6 +362,9 @@ class PostgresLookupEnricher(LookupEnricher):
         self._field = params.event_field
         self._pool: Any = None
         self._convert: Callable[[Any], Any] = _as_given
+        #: Connections handed back in the background (kept: a task nobody
+        #: holds may be collected before it ends).
+        self._releasing: dict[asyncio.Task[None], Any] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -391,6 +398,8 @@ class PostgresLookupEnricher(LookupEnricher):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        for connection in self._releasing.values():
+            connection.terminate()  # its query was cut short: no goodbye to wait for
         try:
             # Graceful: waits for queries in flight, then says goodbye.
             await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
@@ -399,7 +408,7 @@ class PostgresLookupEnricher(LookupEnricher):
             raise
 
     async def _health_check(self) -> bool:
-        return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
+        return self._pool is not None and await self._query("fetchval", "SELECT 1") == 1
 
     def is_transient(self, exc: BaseException) -> bool:
         """OS and timeout errors, lost connections, and a server shutting down
@@ -491,8 +500,43 @@ class PostgresLookupEnricher(LookupEnricher):
 
     async def fetch(self, values: list[Any]) -> Sequence[Any]:
         """Run the lookup query for ``values``: the one backend call of a batch."""
+        rows: Sequence[Any] = await self._query("fetch", self.query, values)
+        return rows
+
+    async def _query(self, method: str, *args: Any) -> Any:
+        """``connection.<method>(*args)`` on a pooled connection.
+
+        Cut short (its timeout, a cancelled call), the query's connection is
+        handed back to the pool in the background: asyncpg first waits for
+        the server to answer the cancellation it sends, which a slow or
+        broken network path holds for as long as it lasts (the call used to
+        wait with it: it ignored its cancellation, was abandoned, and held
+        shutdown for seconds). A connection whose cancellation is not
+        answered within :data:`_RELEASE_GRACE` is closed; the pool opens a
+        new one when it needs one.
+        """
         pool = self._pool
         if pool is None:
             raise RuntimeError(f"enricher {self.name!r} is not started")
-        rows: Sequence[Any] = await pool.fetch(self.query, values)
-        return rows
+        connection = await pool.acquire()
+        try:
+            result = await getattr(connection, method)(*args)
+        except asyncio.CancelledError:
+            task = asyncio.get_running_loop().create_task(_release(pool, connection))
+            self._releasing[task] = connection
+            task.add_done_callback(self._releasing.pop)
+            raise
+        except BaseException:
+            await pool.release(connection)
+            raise
+        await pool.release(connection)
+        return result
+
+
+async def _release(pool: Any, connection: Any) -> None:
+    """Hand back a connection whose query was cut short: once the server
+    answers the cancellation asyncpg sent, or closed after
+    :data:`_RELEASE_GRACE` (asyncpg closes a connection it could not
+    reset in time; the error says no more than that)."""
+    with contextlib.suppress(Exception):
+        await pool.release(connection, timeout=_RELEASE_GRACE)

@@ -235,6 +235,8 @@ class RedisLookupEnricher(LookupEnricher):
             value = value.decode()
         if self.params.type == "json":
             value = json.loads(value)
+            if value is None or value == {}:  # JSON null, or an object like an empty hash
+                return None
             if not isinstance(value, dict) and (self.into is None or self.params.fields):
                 raise ValueError(
                     f"enricher {self.name!r}: a JSON value that is not an object goes "
