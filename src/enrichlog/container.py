@@ -272,6 +272,7 @@ class LoggingContainer:
         # runtime="loop": the enrichers' start-up, running on the loop.
         self._starting: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[DrainReport] | None = None
         self._drain_report: DrainReport | None = None
         self._shutting_down = False
         self._shut_down = threading.Event()
@@ -615,6 +616,15 @@ class LoggingContainer:
             return await anyio.to_thread.run_sync(self.shutdown, seconds)
         if not self._claim_shutdown():
             return await asyncio.to_thread(self._awaited_report)
+        # A task of its own, shielded: a cancelled caller (a wait_for around
+        # it) stops waiting, not the drain (which used to stop half-way, its
+        # report counting the events it had not written yet as pending).
+        draining = asyncio.get_running_loop().create_task(self._ashutdown_on_the_loop(seconds))
+        draining.add_done_callback(_retrieve_outcome)
+        self._draining = draining
+        return await asyncio.shield(draining)
+
+    async def _ashutdown_on_the_loop(self, seconds: float) -> DrainReport:
         deadline = time.monotonic() + seconds
         drained: dict[str, int] = {}
         try:
@@ -732,7 +742,7 @@ class LoggingContainer:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
-                _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
+                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
         # From here log calls write their own events; the runtime's exit hook
         # writes whatever raced the drain, on its own thread.
         self._pipeline.stop_accepting()
@@ -763,7 +773,7 @@ class LoggingContainer:
         closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
         done, _ = await asyncio.wait({closing}, timeout=timeout)
         if not done:
-            _report.warning("enrichlog: enrichers did not shut down within %ss", timeout)
+            _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
             if not done or self._lifecycle.unfinished():
@@ -1272,6 +1282,13 @@ def _refuse_in_enricher(what: str) -> None:
             f"{what} was called from inside an enricher: it would shut down the container "
             "running it. Configure logging from the application; this call changed nothing"
         )
+
+
+def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
+    """Read a task's outcome, so that one nobody awaits any more raises no
+    "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _wait_limit(what: str, timeout: object) -> float | None:

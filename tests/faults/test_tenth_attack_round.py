@@ -260,3 +260,34 @@ def test_a_blocking_attribute_on_an_async_enricher_is_refused() -> None:
 
     with pytest.raises(EnricherConfigError, match="'blocking_async': blocking applies to sync"):
         Blocking()
+
+
+class OneAtATime(AsyncEnricher):
+    name = "one_at_a_time"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0.02)
+        event_dict["enriched"] = True
+        return event_dict
+
+
+async def test_a_cancelled_ashutdown_on_the_loop_still_drains(tmp_path: Path) -> None:
+    # A wait_for around ashutdown() (runtime="loop") stopped the drain
+    # half-way: the report said 9 written and 31 pending, and a second
+    # ashutdown() returned that report at once.
+    output = tmp_path / "out.log"
+    container = configure_logging(
+        enrichers=[OneAtATime()], output=str(output), runtime="loop", max_in_flight=1
+    )
+    await container.astartup()
+    for i in range(40):
+        get_logger().info("queued", id=i)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(container.ashutdown(), 0.1)  # 40 x 20 ms to drain
+    report = await container.ashutdown()
+    assert (report["written"], report["pending"]) == (40, 0)
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["id"] for line in lines] == list(range(40))
+    assert all(line.get("enriched") for line in lines)
