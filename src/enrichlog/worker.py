@@ -1,8 +1,8 @@
 """`Worker`: enriches and writes the events producers published to NATS
 JetStream (``python -m enrichlog worker``).
 
-A worker binds the stream's durable pull consumer (one per stream, shared by
-every worker, so they split the load), fetches only as many events as it has
+A worker binds the stream's durable pull consumer (one per subject, shared by
+every worker of it, so they split the load), fetches only as many events as it has
 room for (``max_in_flight``), and feeds each decoded event to the enrichment
 engine of a :class:`~enrichlog.container.LoggingContainer` built from the
 same settings as an application's: the plan's levels, cache, breaker, retry,
@@ -34,6 +34,7 @@ import logging
 import os
 import random
 import re
+import signal
 import sys
 import threading
 import time
@@ -43,11 +44,11 @@ from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
-from .engine.output import append_unbuffered, open_for_appending
-from .exceptions import EnricherConfigError
+from .engine.output import append_unbuffered, open_for_appending, reopen_files
+from .exceptions import EnricherConfigError, EnrichlogError
 from .metrics import WORKER_COUNTERS
 from .settings import LoggingSettings
-from .transport.codec import EVENT_ID, decode_event
+from .transport.codec import EVENT_ID, ID_HEADER, TRANSPORT_ID, decode_event
 from .transport.config import TransportConfig
 from .transport.deadletter import dead_letter_body
 from .transport.nats import connect, ensure_stream, import_nats, unless_stopped
@@ -68,6 +69,8 @@ DEDUP_CAPACITY = 100_000
 FETCH_BATCH = 256
 #: Seconds a worker gathers completed events before answering them together.
 ACK_DELAY = 0.005
+#: Bytes of a message's maximum size left for a dead letter's headers.
+_HEADERS_ROOM = 512
 #: Seconds a worker waits for its first connection before it reports the
 #: broker unreachable (and keeps trying).
 CONNECT_WAIT = 10.0
@@ -152,12 +155,15 @@ class OutputSink:
         written: lines written.
         write_failed: lines the output refused (a redelivered event's
             line counts once per attempt).
+        closed: why the output can never be written again (a pipe whose
+            reader went away, a closed standard stream), else ``None``.
     """
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.written = 0
         self.write_failed = 0
+        self.closed: str | None = None
         self._template = target if _FIELD.search(target) else None
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         #: Targets that end in a cut line, with the identity of that file
@@ -217,7 +223,12 @@ class OutputSink:
                 self._torn.pop(target, None)
             self._forget(target)
         detail = failure.strerror if isinstance(failure, OSError) and failure.strerror else failure
-        return f"output {target!r} cannot be written: {type(failure).__name__}: {detail}"
+        reason = f"output {target!r} cannot be written: {type(failure).__name__}: {detail}"
+        if self.closed is None and _for_good(target, failure):
+            self.closed = reason
+            if target in ("stdout", "stderr"):
+                _quiet_standard_stream(target)
+        return reason
 
     def _handle(self, target: str) -> IO[bytes]:
         if target in ("stdout", "stderr"):
@@ -249,11 +260,46 @@ class OutputSink:
             with contextlib.suppress(OSError, ValueError):
                 handle.close()
 
+    def reopen(self) -> None:
+        """Reopen the files by their path at their next write (SIGHUP: a
+        log rotation moved them away)."""
+        self.close()
+
     def close(self) -> None:
         """Close the files."""
         with self._lock:
             for target in list(self._files):
                 self._forget(target)
+
+
+def _for_good(target: str, failure: BaseException) -> bool:
+    """Whether a write failure means the output will never take a line
+    again: a pipe whose reader went away (``| head``), a standard stream
+    that is closed. (A file that fails is tried again at its next write.)"""
+    if isinstance(failure, BrokenPipeError):
+        return True
+    if target not in ("stdout", "stderr"):
+        return False
+    return isinstance(failure, ValueError) or (
+        isinstance(failure, OSError) and failure.errno == errno.EBADF
+    )
+
+
+def _quiet_standard_stream(target: str) -> None:
+    """Point a standard stream whose pipe broke at ``/dev/null``: what is
+    left in its buffer would otherwise fail again when the interpreter
+    flushes it at exit, with a traceback."""
+    stream = getattr(sys, target, None)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(
+                null, stream.fileno() if stream is not None else (1 if target == "stdout" else 2)
+            )
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _identity(handle: IO[bytes]) -> tuple[int, int] | None:
@@ -289,6 +335,25 @@ async def _poll(condition: Callable[[], bool], deadline: float) -> None:
         if time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.02)
+
+
+def _event_id(message: Msg, event: dict[str, Any]) -> str:
+    """What identifies the event a message carries: the id enrichlog gave
+    it (:data:`ID_HEADER`: a producer's message id, kept by a replay),
+    whatever the event's own ``event_id`` field holds; for a message from
+    another publisher, its ``event_id`` field when that is a non-empty
+    string, else its ``Nats-Msg-Id``, else ``seq-<stream sequence>``."""
+    headers = message.headers or {}
+    found = headers.get(ID_HEADER)
+    if found:
+        return str(found)
+    field = event.get(EVENT_ID)
+    if isinstance(field, str) and field:
+        return field
+    found = headers.get("Nats-Msg-Id")
+    if found:
+        return str(found)
+    return f"seq-{message.metadata.sequence.stream}"
 
 
 def _path_part(value: object) -> str:
@@ -410,6 +475,10 @@ class Worker:
         self._written_ids: OrderedDict[str, None] = OrderedDict()
         self._in_flight: dict[str, _Delivery] = {}
         self._js: JetStreamContext | None = None
+        self._dead_letter_limit: int | None = None  # bytes a dead letter may take
+        self._subscription: Any = None
+        self._consumer_gone = False  # found deleted: made again by _consume
+        self._failed: str | None = None  # why the run ends with an error
         self._counts = dict.fromkeys(WORKER_COUNTERS, 0)
         self._lag: int | None = None
         self._ack_pending: int | None = None
@@ -452,12 +521,46 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until :meth:`request_stop`; then drain and return.
+        SIGHUP meanwhile reopens the output files (:meth:`reopen_outputs`).
 
         Raises:
-            EnricherConfigError: the stream exists without the subject, or
-                the subject belongs to another stream.
+            EnricherConfigError: the stream exists without the subject, the
+                subject belongs to another stream, or the durable consumer
+                exists for another subject.
+            EnrichlogError: the output closed for good (a pipe whose reader
+                went away): the worker handed back what it held and stopped.
         """
         self._loop = asyncio.get_running_loop()
+        hangup = self._take_sighup(self._loop)
+        try:
+            await self._run()
+        finally:
+            if hangup:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_signal_handler(signal.SIGHUP)
+        if self._failed is not None:
+            raise EnrichlogError(f"{self._failed}; the worker stopped")
+
+    def reopen_outputs(self) -> None:
+        """Reopen the output files by their path (what SIGHUP does, after
+        logrotate moved them away): the worker's own and the engine's."""
+        self._sink.reopen()
+        reopen_files()
+
+    def _take_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """SIGHUP reopens the output files while the worker runs, as in an
+        application, instead of ending the process; from the main thread
+        only (whether it was installed)."""
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is None or threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            loop.add_signal_handler(hup, self.reopen_outputs)
+        except (ValueError, RuntimeError, NotImplementedError):
+            return False
+        return True
+
+    async def _run(self) -> None:
         if self._stop_requested:
             self._stop.set()
         else:
@@ -477,12 +580,16 @@ class Worker:
             self._print_line({"enrichlog_worker": self.metrics().as_dict()})
             return
         helpers: list[asyncio.Task[Any]] = []
-        subscription: Any = None
         try:
             js = self._js = client.jetstream()
             await ensure_stream(js, self.config.stream, self.config.subject)
-            await ensure_stream(js, self.config.dlq_stream, self.config.dlq_subject)
-            subscription = await self._bind(js)
+            dlq_limit = await ensure_stream(js, self.config.dlq_stream, self.config.dlq_subject)
+            # Room for the dead letters' headers (their Nats-Msg-Id).
+            limits = [client.max_payload - _HEADERS_ROOM]
+            if dlq_limit > 0:
+                limits.append(dlq_limit - _HEADERS_ROOM)
+            self._dead_letter_limit = max(min(limits), 1024)
+            self._subscription = await self._bind(js)
             self._print_line(
                 {
                     "enrichlog_worker": "started",
@@ -492,10 +599,10 @@ class Worker:
                 }
             )
             helpers = [
-                asyncio.create_task(self._watch_lag(subscription)),
+                asyncio.create_task(self._watch_lag()),
                 asyncio.create_task(self._print_stats()),
             ]
-            await self._consume(client, subscription)
+            await self._consume(client, js)
             await self._drain()
         finally:
             for helper in helpers:
@@ -503,9 +610,9 @@ class Worker:
             await asyncio.gather(*helpers, return_exceptions=True)
             with contextlib.suppress(Exception):  # the acknowledgements leave first
                 await client.flush(timeout=2)
-            if subscription is not None:  # the last line's lag: after them
+            if self._subscription is not None:  # the last line's lag: after them
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._read_lag(subscription), 2.0)
+                    await asyncio.wait_for(self._read_lag(self._subscription), 2.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2.0)
             self._sink.close()
@@ -551,6 +658,7 @@ class Worker:
             max_ack_pending=-1,  # each worker bounds itself (max_in_flight)
             filter_subject=config.subject,
         )
+        await self._check_consumer(js)
         subscription = await js.pull_subscribe(
             config.subject, durable=config.consumer, stream=config.stream, config=wanted
         )
@@ -566,10 +674,78 @@ class Worker:
             )
         return subscription
 
-    async def _consume(self, client: Client, subscription: Any) -> None:
+    async def _check_consumer(self, js: JetStreamContext) -> None:
+        """Refuse a durable consumer of the stream that exists for another
+        subject: bound as it is, it would give this worker the other
+        subject's events, or none of its own.
+
+        Raises:
+            EnricherConfigError: naming both subjects and the way out.
+        """
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+        config = self.config
+        try:
+            info = await js.consumer_info(config.stream, config.consumer)
+        except NotFoundError:
+            return  # created with this subject's filter
+        filters = [info.config.filter_subject] if info.config.filter_subject else []
+        filters += list(getattr(info.config, "filter_subjects", None) or [])
+        if filters == [config.subject]:
+            return
+        theirs = " and ".join(repr(subject) for subject in filters) or "every subject"
+        raise EnricherConfigError(
+            f"consumer {config.consumer!r} of stream {config.stream!r} exists for {theirs}, "
+            f"not for this worker's subject {config.subject!r} (workers of one stream share "
+            "the consumer named by ?consumer=, enrichlog by default); give the workers of "
+            f"each subject a consumer of their own: ?consumer=<name> in ENRICHLOG_TRANSPORT"
+        )
+
+    async def _rebind(self, js: JetStreamContext) -> None:
+        """The consumer is gone (deleted, or its stream was, and a producer
+        made the stream again): make it again, said loudly, so the worker
+        takes up the stream as it is now instead of waiting for good on a
+        consumer that no longer exists.
+
+        Raises:
+            EnricherConfigError: the stream made again no longer fits.
+        """
+        config = self.config
+        _report.warning(
+            "enrichlog worker: consumer %r of stream %r is gone (deleted, or its stream "
+            "was); making it again",
+            config.consumer,
+            config.stream,
+        )
+        old = self._subscription
+        try:
+            await ensure_stream(js, config.stream, config.subject)
+            self._subscription = await self._bind(js)
+        except EnricherConfigError:
+            raise
+        except Exception as exc:
+            _report.warning(
+                "enrichlog worker: making consumer %r again failed (%s); retrying",
+                config.consumer,
+                _failure(exc),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            return
+        self._consumer_gone = False
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        _report.warning("enrichlog worker: consumer %r made again", config.consumer)
+
+    async def _consume(self, client: Client, js: JetStreamContext) -> None:
         import nats.errors  # noqa: PLC0415
 
         while not self._stop.is_set():
+            if self._consumer_gone and client.is_connected:
+                await self._rebind(js)
+                continue
+            subscription = self._subscription
             if not (client.is_connected or client.is_closed):
                 # While the connection is down the client keeps what it is
                 # asked to send, fetch requests too, and sends it all once
@@ -628,11 +804,17 @@ class Worker:
                 self._dead_letter([message], None, "", deliveries, f"not a JSON object: {exc}")
             )
             return
-        event_id = event.get(EVENT_ID)
-        if not isinstance(event_id, str) or not event_id:
-            headers = message.headers or {}
-            event_id = headers.get("Nats-Msg-Id") or f"seq-{message.metadata.sequence.stream}"
+        event_id = _event_id(message, event)
+        own = event.get(EVENT_ID, event_id)
+        if EVENT_ID not in event:
             event[EVENT_ID] = event_id
+        elif own != event_id and TRANSPORT_ID not in event:
+            # The application's own field is its data, written unchanged;
+            # the transport's id (what duplicates are recognised by) beside it.
+            event[TRANSPORT_ID] = event_id
+        if self._sink.closed is not None:  # fetched as the output closed
+            self._spawn(self._hand_back([message]))
+            return
         if event_id in self._written_ids:
             counts["duplicates_skipped"] += 1
             self._spawn(self._ack([message]))
@@ -714,7 +896,12 @@ class Worker:
                 else:
                     if delivery.reason is not None:
                         self._counts["write_failed"] += 1
-                    await self._retry_or_dead_letter(delivery)
+                    if self._sink.closed is not None:
+                        # Not the event's fault: handed back at once for
+                        # another worker, never dead-lettered.
+                        await self._hand_back(delivery.messages)
+                    else:
+                        await self._retry_or_dead_letter(delivery)
             except Exception as exc:  # the answer is lost: the server redelivers
                 _report.warning(
                     "enrichlog worker: answering an event failed (%s)",
@@ -723,6 +910,26 @@ class Worker:
             finally:
                 self._in_flight.pop(delivery.event_id, None)
         self._room.set()
+
+    async def _hand_back(self, messages: list[Msg]) -> None:
+        """The output is closed for good: ``nak`` without a delay (another
+        worker takes the events) and stop this worker."""
+        self._output_closed()
+        for message in messages:
+            await message.nak()
+        self._counts["nacked"] += len(messages)
+
+    def _output_closed(self) -> None:
+        """Stop, once, because the output can never be written again; the
+        run then ends with an error (a non-zero exit status)."""
+        if self._failed is None and self._sink.closed is not None:
+            self._failed = self._sink.closed
+            _report.error(
+                "enrichlog worker: %s, for good; stopping: the events it holds are handed "
+                "back to the stream for another worker",
+                self._failed,
+            )
+            self.request_stop()
 
     def _remember(self, event_id: str) -> None:
         written = self._written_ids
@@ -741,7 +948,7 @@ class Worker:
             # The event as it arrived, not as enrichment left it: a replay
             # enriches it afresh (a field it already had would win).
             original = decode_event(delivery.messages[0].data)
-            original[EVENT_ID] = delivery.event_id
+            original.setdefault(EVENT_ID, delivery.event_id)
             await self._dead_letter(
                 delivery.messages, original, delivery.event_id, delivery.deliveries, reason
             )
@@ -773,12 +980,14 @@ class Worker:
             deliveries=deliveries,
             subject=first.subject,
             stream_sequence=sequence,
+            limit=self._dead_letter_limit,
         )
         try:
             await js.publish(
                 self.config.dlq_subject,
                 body,
-                headers={"Nats-Msg-Id": f"{event_id or sequence}:dlq:{sequence}"},
+                # (An id of any length from another publisher: its beginning.)
+                headers={"Nats-Msg-Id": f"{(event_id or str(sequence))[:200]}:dlq:{sequence}"},
             )
         except Exception as exc:  # cannot dead-letter now: try again later
             _report.warning(
@@ -800,11 +1009,23 @@ class Worker:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    async def _watch_lag(self, subscription: Any) -> None:
+    async def _watch_lag(self) -> None:
+        """Read the consumer's figures every two seconds; a consumer that
+        is gone (the server answers not found) is made again by the
+        consuming loop (a fetch from it would only time out, silently)."""
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
         period = min(self._stats_interval, 2.0) if self._stats_interval > 0 else 2.0
         while True:
-            with contextlib.suppress(Exception):
-                await self._read_lag(subscription)
+            subscription = self._subscription
+            if subscription is not None and not self._consumer_gone:
+                try:
+                    await self._read_lag(subscription)
+                except NotFoundError:
+                    self._consumer_gone = True
+                    self._room.set()
+                except Exception:  # noqa: S110 - the figures wait for the next reading
+                    pass
             await asyncio.sleep(period)
 
     async def _read_lag(self, subscription: Any) -> None:

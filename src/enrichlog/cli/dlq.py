@@ -18,7 +18,7 @@ from ..uri.masking import mask_secrets
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
-    from ..transport.deadletter import DeadLetter
+    from ..transport.deadletter import DeadLetter, Replayed
 
 __all__ = ["run_dlq"]
 
@@ -50,7 +50,7 @@ def run_dlq(
     try:
         config = _transport(action == "replay" and not (replay_all or sequences))
         _check_sequences(config, sequences)
-        return asyncio.run(_run(config, action, sequences, replay_all, keep, limit, fmt, out))
+        return asyncio.run(_run(config, action, sequences, replay_all, keep, limit, fmt, out, err))
     except EnrichlogError as exc:
         print(f"error: {exc}", file=err)
     except BrokenPipeError:
@@ -91,6 +91,7 @@ async def _run(
     limit: int | None,
     fmt: str,
     out: TextIO,
+    err: TextIO,
 ) -> int:
     from ..transport.deadletter import read_dead_letters, replay  # noqa: PLC0415
     from ..transport.nats import connect, ensure_stream  # noqa: PLC0415
@@ -107,11 +108,7 @@ async def _run(
             else:
                 print(f"{len(letters)} dead-lettered event(s) in {config.dlq_stream}", file=out)
                 for letter in letters:
-                    print(
-                        f"{letter.sequence:>8}  {letter.event_id}  {letter.deliveries} "
-                        f"deliveries  {letter.failed_at}  {letter.reason}",
-                        file=out,
-                    )
+                    print(_list_line(letter), file=out)
             return 0
         chosen = await _choose(js, config, sequences, replay_all, limit)
         if action == "show":
@@ -120,12 +117,62 @@ async def _run(
             return 0
         await ensure_stream(js, config.stream, config.subject)
         done = await replay(js, config, chosen, keep=keep)
-        print(f"replayed {len(done.published)} event(s) to {config.subject}", file=out)
+        print(_replayed_line(config, done), file=out)
         if done.already_replayed:
             print(await _not_again(js, config, done.already_replayed, keep), file=out)
+        if done.refused:
+            reasons = "; ".join(
+                f"dead letter {letter.sequence}: {_safe(letter.malformed or '')}"
+                for letter in done.refused
+            )
+            print(
+                f"error: {len(done.refused)} malformed dead letter(s) not replayed (kept): "
+                f"{reasons}",
+                file=err,
+            )
+            return 1
         return 0
     finally:
         await client.close()
+
+
+def _safe(text: str) -> str:
+    """``text`` for a terminal: control characters (an escape sequence, a
+    carriage return, a line feed) shown escaped, as ``\x1b``, not sent."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _list_line(letter: DeadLetter) -> str:
+    """The ``dlq list`` line of one dead letter."""
+    if letter.malformed is not None:
+        return (
+            f"{letter.sequence:>8}  {_safe(letter.event_id) or '-'}  malformed dead letter: "
+            f"{_safe(letter.malformed)}"
+        )
+    return (
+        f"{letter.sequence:>8}  {_safe(letter.event_id)}  {letter.deliveries} "
+        f"deliveries  {_safe(letter.failed_at)}  {_safe(letter.reason)}"
+    )
+
+
+def _replayed_line(config: TransportConfig, done: Replayed) -> str:
+    """``replayed N event(s) to <subject>``; per subject when they went to
+    several (each to the subject it came from)."""
+    counts: dict[str, int] = {}
+    for letter in (*done.published, *done.already_replayed):
+        subject = done.subjects.get(letter.sequence, config.subject)
+        if letter in done.published:
+            counts[subject] = counts.get(subject, 0) + 1
+        else:
+            counts.setdefault(subject, 0)
+    published = len(done.published)
+    if len(counts) <= 1:
+        subject = next(iter(counts), config.subject)
+        return f"replayed {published} event(s) to {_safe(subject)}"
+    each = ", ".join(f"{_safe(subject)} ({count})" for subject, count in counts.items())
+    return f"replayed {published} event(s) to {each}"
 
 
 async def _choose(

@@ -114,6 +114,9 @@ def _run(
 #: The signals that stop a worker.
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+#: The signal that reopens its output files (logrotate), where there is one.
+_HANGUP: signal.Signals | None = getattr(signal, "SIGHUP", None)
+
 
 class _StopSignals:
     """SIGTERM and SIGINT for a worker command that has no event loop yet,
@@ -130,13 +133,22 @@ class _StopSignals:
     def __init__(self) -> None:
         self._worker: Worker | None = None
         self._received = False
-        self._previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+        taken = (*_SIGNALS, _HANGUP) if _HANGUP is not None else _SIGNALS
+        self._previous = {signum: signal.getsignal(signum) for signum in taken}
         self.install()
 
     def install(self) -> None:
-        """Take the signals (again)."""
+        """Take the signals (again). SIGHUP too: it would end the process
+        while the worker starts or stops; the running worker reopens its
+        output files on it."""
         for signum in _SIGNALS:
             signal.signal(signum, self._handle)
+        if _HANGUP is not None:
+            signal.signal(_HANGUP, self._hang_up)
+
+    def _hang_up(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._worker is not None:
+            self._worker.reopen_outputs()
 
     def restore(self) -> None:
         """Give the signals back to the handlers they had before."""

@@ -14,15 +14,34 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["EVENT_ID", "TRUNCATED", "decode_event", "encode_event", "fit_event", "new_event_id"]
+__all__ = [
+    "EVENT_ID",
+    "ID_HEADER",
+    "TRANSPORT_ID",
+    "TRUNCATED",
+    "decode_event",
+    "encode_event",
+    "fit_event",
+    "new_event_id",
+]
 
 try:  # optional extra: several times faster than the stdlib encoder
     import orjson
 except ImportError:  # pragma: no cover - exercised without the extra
     orjson = None  # type: ignore[assignment]
 
-#: The field (and ``Nats-Msg-Id`` header) that identifies an event.
+#: The field that identifies an event in the lines (set to the transport's
+#: message id, the ``Nats-Msg-Id`` header, unless the application logged a
+#: field of that name itself, which is then written unchanged).
 EVENT_ID = "event_id"
+
+#: The field a worker's line carries the transport's id in when the
+#: application's own ``event_id`` field is something else.
+TRANSPORT_ID = "enrichlog_id"
+
+#: The header a replayed event carries its original message id in (its
+#: ``Nats-Msg-Id`` is the replay's own).
+ID_HEADER = "Enrichlog-Event-Id"
 
 #: The field that lists the fields :func:`fit_event` cut, with their sizes.
 TRUNCATED = "truncated_fields"

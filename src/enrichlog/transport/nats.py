@@ -1,11 +1,14 @@
 """The producer side of scale-out: events published to NATS JetStream.
 
 :class:`PublishingWriter` takes the place of the container's
-``TailWriter``: an event that finished its (local) enrichment is given an
-``event_id``, its exception formatted, encoded as JSON and handed to
+``TailWriter``: an event that finished its (local) enrichment is given a
+message id of its own (also its ``event_id`` field, unless the application
+logged one itself), its exception formatted, encoded as JSON and handed to
 :class:`NatsTransport`, which publishes it in the background with the id as
 ``Nats-Msg-Id`` (so a re-publish after a lost acknowledgement is dropped by
-the server's duplicate window).
+the server's duplicate window) and ``Enrichlog-Event-Id`` (the workers'
+id). An event larger than the stream's maximum message size is rejected:
+counted, reported, and not in the way of the events after it.
 
 The transport keeps events in a bounded memory queue; past it, and while the
 broker is down, they go to a :class:`~enrichlog.transport.spool.Spool` on
@@ -42,7 +45,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ..engine.runtime import leave_signals_to_the_main_thread
 from ..exceptions import EnricherConfigError
 from ..uri.masking import mask_secrets
-from .codec import EVENT_ID, encode_event, fit_event, new_event_id
+from .codec import EVENT_ID, ID_HEADER, encode_event, fit_event, new_event_id
 from .config import TransportConfig, subject_matches
 from .spool import Record, Spool
 
@@ -174,9 +177,10 @@ async def unless_stopped(coro: Coroutine[Any, Any, _T], stop: asyncio.Event) -> 
     return None
 
 
-async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> None:
+async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> int:
     """Create the stream ``name`` for ``subject`` unless it exists; an
-    existing one must capture ``subject``.
+    existing one must capture ``subject``. Returns the stream's maximum
+    message size in bytes (headers and payload; -1: none).
 
     Raises:
         EnricherConfigError: the stream exists without ``subject``, or the
@@ -206,7 +210,7 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> None:
                 raise
             info = await js.stream_info(name)  # another process created it meanwhile
         else:
-            return
+            return -1
     subjects = list(info.config.subjects or [])
     if not any(subject_matches(pattern, subject) for pattern in subjects):
         raise EnricherConfigError(
@@ -214,6 +218,48 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> None:
             f"{subject!r}; use ?stream= to name another stream, or ?subject= one of its "
             "subjects"
         )
+    limit = info.config.max_msg_size
+    return limit if isinstance(limit, int) and limit > 0 else -1
+
+
+def message_size(payload: bytes, headers: dict[str, str]) -> int:
+    """The bytes a JetStream stream counts against its maximum message size
+    (``max_msg_size``): the payload and the headers as they are sent."""
+    if not headers:
+        return len(payload)
+    head = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        head += len(key.encode()) + len(value.encode()) + 4  # "key: value\r\n"
+    return head + len(payload)
+
+
+def settle_publish_errors(js: JetStreamContext) -> None:
+    """Make ``js`` fail a ``publish_async`` future the server refused.
+
+    nats-py (2.x) turns the server's error answer into an exception raised
+    inside its reply handler instead of setting it on the future: the
+    future then never completes and a refusal (``message size exceeds
+    maximum allowed``) looks like a broker that does not answer. The
+    handler is wrapped to set that exception on the future; a client
+    without that handler is left as it is.
+    """
+    from nats.js.errors import Error as JsError  # noqa: PLC0415
+
+    original = getattr(js, "_handle_async_reply", None)
+    if original is None or getattr(original, "_enrichlog_settled", False):
+        return
+
+    async def handle(msg: Any) -> None:
+        try:
+            await original(msg)
+        except JsError as exc:
+            futures = getattr(js, "_publish_async_futures", None) or {}
+            for token, future in list(futures.items()):
+                if msg.subject.endswith("." + token) and not future.done():
+                    future.set_exception(exc)
+
+    handle._enrichlog_settled = True  # type: ignore[attr-defined]
+    js._handle_async_reply = handle  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -228,7 +274,8 @@ class TransportMetrics:
             published from it; ``spool_bytes``: bytes still on disk.
         spool_dropped: events lost because the spool was full (or could not
             be written); ``rejected``: events the server refused for good
-            (larger than the stream's maximum message size, say).
+            (larger than the stream's maximum message size, say): dropped,
+            and reported with the reason.
         truncated: events larger than the server's maximum payload,
             published with their largest values cut (``truncated_fields``
             in the event lists them); counted in ``published`` too.
@@ -300,10 +347,14 @@ class PublishingWriter:
         raise structlog.DropEvent
 
     def _hand(self, event_dict: EventDict) -> None:
-        event_id = event_dict.get(EVENT_ID)
-        if not isinstance(event_id, str) or not event_id or not event_id.isprintable():
-            event_id = event_dict[EVENT_ID] = new_event_id()
-        self._transport.offer(event_id, encode_event(event_dict))
+        # The message id is the transport's own, new for every log call: an
+        # application's field of the same name (two events about one order
+        # logged with event_id="order-123") is its data, written unchanged,
+        # never an id the duplicate window would drop a second event by.
+        message_id = new_event_id()
+        if EVENT_ID not in event_dict:
+            event_dict[EVENT_ID] = message_id
+        self._transport.offer(message_id, encode_event(event_dict))
 
 
 _live: weakref.WeakSet[NatsTransport] = weakref.WeakSet()
@@ -374,6 +425,8 @@ class NatsTransport:
         self._outage_reported = False
         self._last_report = -float("inf")
         self._unreported_drops = self._unreported_rejected = self._unreported_truncated = 0
+        self._max_msg_size = -1  # the stream's, in bytes (-1: none)
+        self._rejection: str | None = None  # why the last event was refused
         self._published = self._duplicates = self._spooled = self._replayed = 0
         self._spool_dropped = self._rejected = self._publish_errors = self._truncated = 0
 
@@ -686,8 +739,9 @@ class NatsTransport:
             return False
         self._client = client
         self._js = client.jetstream(timeout=self._publish_timeout)
+        settle_publish_errors(self._js)
         try:
-            await ensure_stream(self._js, config.stream, config.subject)
+            self._max_msg_size = await ensure_stream(self._js, config.stream, config.subject)
         except EnricherConfigError as exc:
             if self._config_error is None and not self._starting:
                 # (While start() waits for this attempt, it raises the error
@@ -753,11 +807,24 @@ class NatsTransport:
         self, js: Any, subject: str, record: Record
     ) -> tuple[asyncio.Future[Any] | None, bool]:
         """Publish one record: its acknowledgement's future (``None`` when
-        the server cannot take it), and whether it was cut to fit."""
+        the server cannot take it: ``_rejection`` says why), and whether it
+        was cut to fit."""
         from nats.errors import MaxPayloadError  # noqa: PLC0415
 
         event_id, payload = record
-        headers = {"Nats-Msg-Id": event_id}
+        # The id in a header of its own too: it tells a worker the message
+        # comes from enrichlog, whose id this is, whatever the event's own
+        # event_id field holds.
+        headers = {"Nats-Msg-Id": event_id, ID_HEADER: event_id}
+        limit = self._max_msg_size
+        if limit > 0 and message_size(payload, headers) > limit:
+            # The stream refuses it whatever happens: not sent at all (the
+            # server's refusal would only come back as an error).
+            self._rejection = (
+                f"{message_size(payload, headers)} bytes, larger than the maximum message "
+                f"size of stream {self.config.stream!r} ({limit} bytes)"
+            )
+            return None, False
         try:
             return await js.publish_async(subject, payload, headers=headers), False
         except MaxPayloadError:
@@ -770,6 +837,7 @@ class NatsTransport:
         try:
             return await js.publish_async(subject, fitted, headers=headers), True
         except MaxPayloadError:
+            self._rejection = "larger than the server's maximum payload, even cut"
             return None, False
 
     async def _publish(self, batch: list[Record]) -> None:
@@ -803,6 +871,9 @@ class NatsTransport:
         for index, result in zip(positions, results, strict=True):
             if isinstance(result, APIError) and result.code is not None and result.code < 500:
                 rejected.add(index)  # refused for good: retrying cannot help
+                self._rejection = mask_secrets(
+                    f"the server refused it: {result.description or result}"
+                )
             elif isinstance(result, BaseException):
                 transient = result
             elif getattr(result, "duplicate", False):
@@ -853,6 +924,7 @@ class NatsTransport:
             rejected, self._unreported_rejected = self._unreported_rejected, 0
             truncated, self._unreported_truncated = self._unreported_truncated, 0
             problem = self._spool_problem
+            rejection = self._rejection
         if not (drops or rejected or truncated):
             return
         self._last_report = now
@@ -866,9 +938,10 @@ class NatsTransport:
             )
         if rejected:
             _report.warning(
-                "enrichlog transport lost %d event(s): the server refused them (the stream's "
-                "maximum message size, say); see container.transport.metrics()",
+                "enrichlog transport lost %d event(s): the server cannot take them (%s); "
+                "dropped, counted as rejected in container.transport.metrics()",
                 rejected,
+                rejection or "refused",
             )
         if truncated:
             _report.warning(
