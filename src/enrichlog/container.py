@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -366,7 +367,14 @@ class LoggingContainer:
         self.start()
         starting = self._starting
         if starting is not None and not starting.done():
-            await asyncio.shield(starting)
+            try:
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the caller's own cancellation
+                # A shutdown (from another task) cut the start-up short: not
+                # the caller's cancellation.
         return self
 
     def _start_in_the_thread(self) -> None:
@@ -564,7 +572,10 @@ class LoggingContainer:
         timeout runs out); the drain ends, bounded by ``timeout``, and the
         caller raises the interrupt.
         """
-        if threading.current_thread() is not threading.main_thread():
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or self._runtime.in_runtime_thread()  # the loop's own thread: nothing is waited for
+        ):
             return self._drain(timeout), None
         outcome: list[dict[str, int] | BaseException] = []
         done = threading.Event()
@@ -1304,12 +1315,15 @@ def _wait_limit(what: str, timeout: object) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real | Decimal):
         raise TypeError(
             f"{what}: timeout must be a number of seconds or None, not "
             f"{type(timeout).__name__}; nothing was changed"
         )
-    seconds = float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int past a float's range: longer than any wait
+        seconds = math.inf
     if math.isnan(seconds):
         raise ValueError(
             f"{what}: timeout must be a number of seconds or None, not NaN; nothing was changed"

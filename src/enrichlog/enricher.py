@@ -465,10 +465,7 @@ class AsyncEnricher(Enricher):
         """
         super().__init__(name=name, dependencies=dependencies, priority=priority, provides=provides)
         if getattr(self, "blocking", False) is not False:
-            raise EnricherConfigError(
-                f"enricher {self.name!r}: blocking applies to sync enrichers only (an "
-                "AsyncEnricher is awaited on the runtime's loop); remove its blocking attribute"
-            )
+            raise EnricherConfigError(_ASYNC_BLOCKING.format(name=self.name))
         given = {knob: getattr(self, knob, None) for knob in EnricherOptions.model_fields}
         given |= {knob: value for knob, value in options.items() if value is not None}
         validated = EnricherOptions.from_code(self.name, given)
@@ -705,6 +702,12 @@ def _function_enricher(fn: Callable[..., Any], options: dict[str, Any], blocking
     return _FunctionEnricher(fn, blocking=blocking, **options)
 
 
+_ASYNC_BLOCKING = (
+    "enricher {name!r}: blocking applies to sync enrichers only (an AsyncEnricher is "
+    "awaited on the runtime's loop); remove its blocking attribute"
+)
+
+
 def as_enricher(obj: object) -> Enricher:
     """Turn what a user passed as an enricher into an :class:`Enricher`.
 
@@ -719,6 +722,8 @@ def as_enricher(obj: object) -> Enricher:
                 f"enricher of type {type(obj).__name__}: its __init__ did not call "
                 "super().__init__(), which sets up the enricher's name, options and state"
             )
+        if isinstance(obj, AsyncEnricher) and getattr(obj, "blocking", False) is not False:
+            raise EnricherConfigError(_ASYNC_BLOCKING.format(name=obj.name))
         return obj
     if isinstance(obj, type):
         if issubclass(obj, Enricher):

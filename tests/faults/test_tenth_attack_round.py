@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,56 @@ async def test_a_cancelled_ashutdown_on_the_loop_still_drains(tmp_path: Path) ->
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["id"] for line in lines] == list(range(40))
     assert all(line.get("enriched") for line in lines)
+
+
+async def test_configure_logging_on_the_loop_of_a_loop_container_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    # Found by an outside re-test: the shutdown() of the replaced container
+    # ran its drain on a thread of its own (to shield it from interrupts),
+    # which took the loop's own thread for another one and waited for the
+    # loop it was blocking, for the whole shutdown_timeout.
+    output = tmp_path / "out.log"
+    old = configure_logging(
+        enrichers=[OneAtATime()], output=str(output), runtime="loop", shutdown_timeout=30
+    )
+    await old.astartup()
+    for i in range(10):
+        get_logger().info("queued", id=i)
+    replaced = asyncio.get_running_loop().time()
+    configure_logging(output=str(output))
+    assert asyncio.get_running_loop().time() - replaced < 20  # not the 30 s timeout
+    assert sorted(ids(output)) == list(range(10))
+
+
+async def test_astartup_is_not_cancelled_by_a_shutdown_from_another_task(tmp_path: Path) -> None:
+    # A shutdown from another task during the start-up raised CancelledError
+    # in the task awaiting astartup(), which nobody had cancelled.
+    class SlowStart(OneAtATime):
+        async def _startup(self) -> None:
+            await asyncio.sleep(1.0)
+
+    container = configure_logging(
+        enrichers=[SlowStart()], output=str(tmp_path / "out.log"), runtime="loop"
+    )
+    starting = asyncio.ensure_future(container.astartup())
+    await asyncio.sleep(0.1)
+    await container.ashutdown()
+    assert await starting is container
+
+
+def test_blocking_set_on_an_async_enricher_instance_is_refused() -> None:
+    enricher = OneAtATime()
+    enricher.blocking = True  # type: ignore[attr-defined]
+    with pytest.raises(EnricherConfigError, match="blocking applies to sync enrichers only"):
+        configure_logging(enrichers=[enricher], output="/dev/null")
+
+
+@pytest.mark.parametrize(
+    "timeout", [10**400, Decimal("Infinity"), Decimal("30")], ids=["huge", "inf", "decimal"]
+)
+def test_any_real_drain_timeout_is_taken(timeout: object, tmp_path: Path) -> None:
+    container = configure_logging(enrichers=[Sleepy()], output=str(tmp_path / "out.log"))
+    get_logger().info("pending", id=0)
+    assert container.flush(timeout) is True  # type: ignore[arg-type]
+    assert container.shutdown(timeout)["pending"] == 0  # type: ignore[arg-type]
