@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .cli import seconds
+from .cli import positive_count, seconds
 
 __all__ = ["main"]
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"enrichlog {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="log a few enriched events with simulated lookups")
-    demo.add_argument("--events", type=int, default=5, help="events to log (default 5)")
+    demo.add_argument("--events", type=positive_count, default=5, help="events to log (default 5)")
     plan = commands.add_parser("plan", help="print the execution plan the environment configures")
     plan.add_argument("--format", choices=("text", "json", "mermaid"), default="text")
     commands.add_parser("check", help="validate the settings; exit 1 listing the errors")
@@ -126,10 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("worker", "dlq"):
         return _run_scale_out(args)
     if args.command == "demo":
-        from .cli.demo import run_demo  # noqa: PLC0415 - each command imports what it needs
+        from .cli.demo import demo  # noqa: PLC0415 - each command imports what it needs
 
-        run_demo(args.events)
-        return 0
+        return demo(args.events)
     if args.command == "stats":
         from .cli.stats import run_stats  # noqa: PLC0415
 

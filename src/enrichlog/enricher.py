@@ -717,7 +717,9 @@ def as_enricher(obj: object) -> Enricher:
     the wrong arity.
     """
     if isinstance(obj, Enricher):
-        if "_started" not in getattr(obj, "__dict__", {"_started": True}):
+        # hasattr, not obj.__dict__: reading __dict__ turns the instance's
+        # inline attributes into a dict, which every event then pays for.
+        if not hasattr(obj, "_started"):
             raise EnricherConfigError(
                 f"enricher of type {type(obj).__name__}: its __init__ did not call "
                 "super().__init__(), which sets up the enricher's name, options and state"

@@ -3,6 +3,9 @@ configures, and whether the settings are valid."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any, TextIO
@@ -18,7 +21,7 @@ from ..exceptions import EnrichlogError
 from ..options import ResolvedOptions
 from ..settings import LoggingSettings, resolve_settings, validation_problem
 from ..uri.factory import EnricherFactory
-from ..uri.masking import mask_secrets
+from ..uri.masking import mask_secrets, mask_uri
 from .plan import PlanFormat, describe_plan, render_plan
 
 __all__ = ["check", "show_plan"]
@@ -31,11 +34,14 @@ def _problems_and_levels(
     options; every problem found on the way, as messages."""
     problems: list[str] = []
     enrichers: list[Enricher] = []
-    for uri in settings.enrichers:
+    uris: list[tuple[int, str]] = []  # of each enricher: its position, its URI
+    for position, uri in enumerate(settings.enrichers, 1):
         try:
             enrichers.append(EnricherFactory.build(uri))
+            uris.append((position, uri))
         except EnrichlogError as exc:
             problems.append(str(exc))
+    problems += _same_names(enrichers, uris)
     levels: Sequence[Sequence[Enricher]] = ()
     if not problems:
         try:
@@ -53,6 +59,32 @@ def _problems_and_levels(
             except EnrichlogError as exc:
                 problems.append(str(exc))
     return problems, enrichers, levels
+
+
+def _same_names(enrichers: Sequence[Enricher], uris: Sequence[tuple[int, str]]) -> list[str]:
+    """A problem for each name that several URIs give their enrichers,
+    naming the URIs (masked) by their position in ENRICHLOG_ENRICHERS."""
+    by_name: dict[str, list[tuple[int, str]]] = {}
+    for enricher, uri in zip(enrichers, uris, strict=True):
+        by_name.setdefault(enricher.name, []).append(uri)
+    return [
+        f"enrichers {', '.join(f'{position} ({_shown_uri(uri)})' for position, uri in clashing)}"
+        f" of ENRICHLOG_ENRICHERS are all named {name!r}; give all but one another name "
+        "with ?name="
+        for name, clashing in by_name.items()
+        if len(clashing) > 1
+    ]
+
+
+#: The most of a URI a problem about several URIs shows.
+_SHOWN_URI = 80
+
+
+def _shown_uri(uri: str) -> str:
+    shown = mask_uri(uri)
+    if len(shown) > _SHOWN_URI:
+        shown = f"{shown[: _SHOWN_URI - 1]}…"
+    return repr(shown)
 
 
 def show_plan(fmt: PlanFormat, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -135,9 +167,10 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
     more, enrichers, _ = _problems_and_levels(settings)
     problems.extend(more)
     output = settings.output
+    note = None
     if isinstance(output, str) and output not in ("stdout", "stderr"):
         # configure_logging refuses an output it cannot open: so does check.
-        problem = appending_problem(output)
+        problem, note = _output_problem(output)
         if problem is not None:
             problems.append(mask_secrets(problem))
     for problem in problems:
@@ -151,4 +184,38 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         f"output={mask_secrets(settings.output_name)}",
         file=out,
     )
+    if note is not None:
+        print(f"note: {mask_secrets(note)}", file=out)
     return 0
+
+
+def _output_problem(target: str) -> tuple[str | None, str | None]:
+    """Why configure_logging could not open the output file ``target``
+    (or ``None``), and a note about it (or ``None``).
+
+    An existing FIFO, socket or device (``/dev/stdout``, ``/proc/self/fd/1``
+    when they are a pipe, a named pipe) is opened as ``open(target, "ab")``
+    opens it, but without waiting: opening a FIFO without a reader would
+    block until one comes (as configure_logging does), so ``check`` only
+    notes it. Any other path is probed by
+    :func:`~enrichlog.engine.output.appending_problem`, which would create
+    and remove it (no file to make of ``/proc/self/fd/1`` when it is a pipe).
+    """
+    path = os.path.expanduser(target)
+    try:
+        mode = os.stat(path).st_mode  # through symbolic links, as open() goes
+    except OSError:
+        mode = 0
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        return appending_problem(target), None
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and stat.S_ISFIFO(mode):
+            return None, (
+                f"output {target!r} is a named pipe with no reader yet: configure_logging "
+                "waits for one when it opens it"
+            )
+        return f"output {target!r} cannot be opened for appending: {exc.strerror or exc}", None
+    os.close(descriptor)
+    return None, None

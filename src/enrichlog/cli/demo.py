@@ -19,8 +19,9 @@ from structlog.typing import EventDict, WrappedLogger
 
 from ..container import configure_logging, get_logger
 from ..enricher import AsyncEnricher, register_enricher
+from ..exceptions import EnrichlogError
 
-__all__ = ["SimulatedLookup", "critical_path", "demo_enrichers", "run_demo"]
+__all__ = ["SimulatedLookup", "critical_path", "demo", "demo_enrichers", "run_demo"]
 
 
 class SimulatedLookup(AsyncEnricher):
@@ -86,8 +87,30 @@ def critical_path() -> float:
     return max(finish(name) for name in latency)
 
 
+def demo(events: int = 5, err: TextIO | None = None) -> int:
+    """``python -m enrichlog demo``: :func:`run_demo`, and the exit status;
+    a configuration problem (``ENRICHLOG_LEVEL=verbose``) is one line on
+    ``err`` and 1, as ``plan`` and ``check`` report it, not a traceback."""
+    try:
+        run_demo(events)
+    except EnrichlogError as exc:
+        import sys  # noqa: PLC0415 - resolved at call time, like _stdout()
+
+        print(f"error: {exc}", file=err if err is not None else sys.stderr)
+        return 1
+    return 0
+
+
 def run_demo(events: int = 5, out: TextIO | None = None) -> dict[str, float]:
-    """Log ``events`` enriched events to stdout and print a summary."""
+    """Log ``events`` enriched events (1 or more) to stdout and print a
+    summary.
+
+    Raises:
+        ValueError: ``events`` is less than 1.
+        EnrichlogError: the environment's settings are invalid.
+    """
+    if events < 1:
+        raise ValueError(f"events must be 1 or more, not {events}")
     container = configure_logging(
         enrichers=demo_enrichers(), delivery="inline", output="stdout", format="json"
     )

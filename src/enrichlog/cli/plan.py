@@ -22,6 +22,7 @@ from ..options import ResolvedOptions
 from ..settings import LoggingSettings
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets
+from . import printable
 
 __all__ = [
     "PlanFormat",
@@ -184,7 +185,7 @@ def _text_row(entry: Mapping[str, Any]) -> list[str]:
         cache_text = f"ttl {_seconds(cache['ttl'])}, max {cache['max_size']}"
     else:
         cache_text = "off"
-    return [
+    cells = [
         entry["name"],
         entry["kind"],
         entry["source"],
@@ -200,6 +201,9 @@ def _text_row(entry: Mapping[str, Any]) -> list[str]:
         ", ".join(entry["dependencies"]) or "-",
         entry["uri"] or "-",
     ]
+    # A URI or a name may hold a control character (a line break): escaped,
+    # as it would break the table or act on the terminal.
+    return [printable(cell) for cell in cells]
 
 
 def _render_text(description: Mapping[str, Any]) -> str:
@@ -207,8 +211,10 @@ def _render_text(description: Mapping[str, Any]) -> str:
     if delivery != description["effective_delivery"]:
         delivery = f"{delivery} ({description['effective_delivery']})"
     lines = [
-        f"delivery {delivery}, level {description['level']}, "
-        f"format {description['format']}, output {description['output']}"
+        printable(
+            f"delivery {delivery}, level {description['level']}, "
+            f"format {description['format']}, output {description['output']}"
+        )
     ]
     levels = description["levels"]
     if not levels:
@@ -238,7 +244,7 @@ _MERMAID_ESCAPES = {'"': "#quot;", "<": "#lt;", ">": "#gt;"}
 
 def _mermaid_label(*lines: str) -> str:
     text = "<br/>".join(
-        "".join(_MERMAID_ESCAPES.get(char, char) for char in line) for line in lines
+        "".join(_MERMAID_ESCAPES.get(char, char) for char in printable(line)) for line in lines
     )
     return f'"{text}"'
 

@@ -38,7 +38,7 @@ from ..metrics import (
     MetricsSnapshot,
 )
 from ..uri.masking import mask_secrets, mask_uri
-from . import positive_seconds
+from . import positive_seconds, printable
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 _STATES = {0: "closed", 1: "half_open", 2: "open"}
+#: The most of a ``--url`` response read: a process with a thousand enrichers
+#: exposes well under a mebibyte.
+MAX_RESPONSE_BYTES = 16 * 2**20
 _MISSING_RICH = (
     "the live table needs rich, which is not installed; install the extra: "
     "pip install 'enrichlog[stats]' (or print one snapshot with --once)"
@@ -94,6 +97,10 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise EnrichlogError(f"cannot read the snapshot {str(file)!r}: {exc}") from None
+        except RecursionError:
+            raise EnrichlogError(
+                f"cannot read the snapshot {str(file)!r}: nested too deeply"
+            ) from None
         snapshot = snapshot_from_dict(data)
         return Stats(snapshot, taken=time.monotonic(), delivery=snapshot.delivery)
     if url is None:
@@ -103,7 +110,13 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
         raise EnrichlogError(f"--url must be an http:// or https:// address, not {shown!r}")
     try:
         with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - checked above
-            text = response.read().decode("utf-8")
+            body = response.read(MAX_RESPONSE_BYTES + 1)
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise EnrichlogError(
+                f"cannot read {shown}: the response is larger than "
+                f"{MAX_RESPONSE_BYTES // 2**20} MiB, which no enrichlog endpoint sends"
+            )
+        text = body.decode("utf-8")
     except (OSError, ValueError) as exc:
         raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
     snapshot, timeouts = parse_exposition(text)
@@ -147,6 +160,8 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
                 f"not a metrics snapshot: enrichers[{str(name)!r}] is {type(values).__name__}, "
                 "expected the enricher's counters"
             )
+        _check_fields(f"enrichers[{str(name)!r}]", values, _ENRICHER_TEMPLATE)
+    _check_fields("", data, _EMPTY)
     try:
         enrichers = {
             str(name): _enricher_from_dict(str(name), values)
@@ -175,6 +190,68 @@ def snapshot_from_dict(data: Mapping[str, Any]) -> MetricsSnapshot:
 
 
 _NESTED = frozenset({"enrichment_latency", "enricher_time", "enrichers"})
+_ENRICHER_TEMPLATE = EnricherMetrics(name="")
+#: Mappings whose values may be missing (a worker's lag before it knows).
+_MAY_HOLD_NONE = frozenset({"transport", "worker", "cache"})
+
+
+def _check_fields(where: str, values: Mapping[str, Any], template: Any) -> None:
+    """Refuse a field of ``values`` whose type is not that of the same field
+    of ``template`` (a snapshot or its parts, default-valued): a number that
+    is not one, or not finite, a name that is not text, counters by kind that
+    are no mapping of numbers, latencies that are no latency summary."""
+    for key, value in values.items():
+        if not isinstance(key, str) or key not in type(template).__dataclass_fields__:
+            continue  # as_dict() extras (keys_per_batch) and unknown keys: unused
+        expected = getattr(template, key)
+        shown = f"{where}[{key!r}]" if where else repr(key)
+        if isinstance(expected, LatencySummary):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise _not_snapshot(shown, value, "a latency summary")
+            _check_fields(shown, value, expected)
+        elif isinstance(expected, bool | str):
+            if not isinstance(value, str):
+                raise _not_snapshot(shown, value, "text")
+        elif isinstance(expected, int | float):
+            if not _finite_number(value):
+                raise _not_snapshot(shown, value, "a number")
+        elif isinstance(expected, tuple):
+            if not isinstance(value, list | tuple) or not all(map(_finite_number, value)):
+                raise _not_snapshot(shown, value, "a list of finite numbers")
+        elif key != "enrichers" and not _counters(key, value, expected):  # enrichers: by the caller
+            raise _not_snapshot(shown, value, "counters by name (text to finite numbers)")
+
+
+def _counters(key: str, value: object, expected: object) -> bool:
+    """Whether ``value`` fits a field of counters by name whose default is
+    ``expected`` (``{}``, or ``None`` for a part a process may not have)."""
+    if value is None:
+        return expected is None
+    return isinstance(value, Mapping) and all(
+        isinstance(name, str)
+        and (_finite_number(count) or (count is None and key in _MAY_HOLD_NONE))
+        for name, count in value.items()
+    )
+
+
+def _finite_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and abs(value) <= _LARGEST  # first: math.isfinite(10**400) overflows
+        and math.isfinite(value)
+    )
+
+
+def _not_snapshot(where: str, value: object, expected: str) -> EnrichlogError:
+    what = type(value).__name__
+    if isinstance(value, float):
+        what = f"{value}"  # nan, inf
+    return EnrichlogError(f"not a metrics snapshot: {where} is {what}, expected {expected}")
+
+
 _ENRICHER_FIELDS = frozenset(EnricherMetrics.__dataclass_fields__) - {"name", "latency"}
 
 
@@ -215,10 +292,18 @@ def parse_exposition(text: str) -> tuple[MetricsSnapshot, dict[str, float]]:
             if family.name.startswith("enrichlog_")
         }
     except ValueError as exc:
-        raise EnrichlogError(f"not a Prometheus exposition: {exc}") from None
+        raise EnrichlogError(f"not a Prometheus exposition: {printable(str(exc))}") from None
     if "enrichlog_events" not in families:
         raise EnrichlogError("the exposition holds no enrichlog metrics (enrichlog_events_total)")
-    return _Exposition(families).snapshot()
+    try:
+        return _Exposition(families).snapshot()
+    except (ValueError, TypeError, OverflowError) as exc:  # a bucket's 'le' that is no number
+        raise EnrichlogError(f"not enrichlog's metrics: {printable(str(exc))}") from None
+
+
+#: Larger counts than any process makes; beyond it int() and formatting
+#: get slow or fail.
+_LARGEST = 1e18
 
 
 class _Exposition:
@@ -228,6 +313,12 @@ class _Exposition:
         self._samples: dict[str, list[tuple[dict[str, str], float]]] = {}
         for family in families.values():
             for sample in family.samples:
+                if not math.isfinite(sample.value) or abs(sample.value) > _LARGEST:
+                    # enrichlog exposes counts and seconds, never NaN or +Inf.
+                    raise EnrichlogError(
+                        f"not enrichlog's metrics: {printable(sample.name)} has the value "
+                        f"{sample.value}, expected a finite number below 1e18"
+                    )
                 self._samples.setdefault(sample.name, []).append((sample.labels, sample.value))
 
     def value(self, name: str, **labels: str) -> float:
@@ -349,6 +440,7 @@ class _Exposition:
 
 # -- what is shown ----------------------------------------------------------------
 
+
 ENRICHER_COLUMNS = (
     "enricher",
     "calls",
@@ -371,6 +463,10 @@ _LEFT = frozenset({0, _FAILURES, len(ENRICHER_COLUMNS) - 1})
 
 
 def _enricher_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, ...]]:
+    return [tuple(map(printable, row)) for row in _raw_enricher_rows(stats, previous)]
+
+
+def _raw_enricher_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     elapsed = stats.taken - previous.taken if previous is not None else 0.0
     for name, metrics in sorted(stats.snapshot.enrichers.items()):
@@ -497,7 +593,7 @@ def _pipeline_rows(stats: Stats, previous: Stats | None) -> list[tuple[str, str]
         )
     if stats.delivery is not None:
         rows.insert(0, ("delivery", stats.delivery))
-    return rows
+    return [(label, printable(value)) for label, value in rows]
 
 
 def _percentiles(latency: LatencySummary) -> str:
@@ -515,7 +611,7 @@ def render_text(stats: Stats, previous: Stats | None = None, source: str = "") -
     rows = [ENRICHER_COLUMNS, *_enricher_rows(stats, previous)]
     shown = [i for i in range(len(ENRICHER_COLUMNS)) if previous is not None or i != _RATE]
     widths = {i: max(len(row[i]) for row in rows) for i in shown}
-    lines = [f"enrichlog stats{f' ({source})' if source else ''}", ""]
+    lines = [f"enrichlog stats{f' ({printable(source)})' if source else ''}", ""]
     for row in rows:
         cells = [row[i].ljust(widths[i]) if i in _LEFT else row[i].rjust(widths[i]) for i in shown]
         lines.append("  ".join(cells).rstrip())
@@ -549,7 +645,10 @@ def render_rich(stats: Stats, previous: Stats | None = None, source: str = "") -
     for row in _enricher_rows(stats, previous):
         style = {"closed": "green", "half-open": "yellow"}.get(row[-1].split(" ")[0], "bold red")
         failures = Text(row[4], style="red" if row[4] != "-" else "")
-        enrichers.add_row(*row[:4], failures, *row[5:-1], Text(row[-1], style=style))
+        # Text, not str: rich would read '[red]' in a name as its markup.
+        enrichers.add_row(
+            *map(Text, row[:4]), failures, *map(Text, row[5:-1]), Text(row[-1], style=style)
+        )
     pipeline = Table(title="pipeline", title_justify="left", show_header=False, expand=False)
     pipeline.add_column("what", style="bold")
     pipeline.add_column("value")
@@ -557,7 +656,7 @@ def render_rich(stats: Stats, previous: Stats | None = None, source: str = "") -
     alarming = {"dropped": s.dropped, "write failed": s.write_failed}
     for label, value in _pipeline_rows(stats, previous):
         pipeline.add_row(label, Text(value, style="red" if alarming.get(label) else ""))
-    heading = Text(f"enrichlog stats{f' ({source})' if source else ''}", style="bold")
+    heading = Text(f"enrichlog stats{f' ({printable(source)})' if source else ''}", style="bold")
     return Group(heading, enrichers, pipeline)
 
 
@@ -635,6 +734,20 @@ def _count(limit: int | None) -> Iterable[int]:
         index += 1
 
 
+#: The longest ``--interval``: longer cannot be slept (1e300 overflows).
+MAX_INTERVAL = 86400.0
+
+
+def _interval(text: str) -> float:
+    """``--interval``: seconds, more than 0 and at most :data:`MAX_INTERVAL`."""
+    seconds = positive_seconds(text)
+    if seconds > MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_INTERVAL:.0f} seconds (a day), not {text!r}"
+        )
+    return seconds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``stats`` subcommand's options, on an argparse parser."""
     source = parser.add_mutually_exclusive_group(required=True)
@@ -644,9 +757,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=positive_seconds,
+        type=_interval,
         default=2.0,
-        help="seconds between refreshes (default 2)",
+        help="seconds between refreshes (default 2, at most a day)",
     )
     parser.add_argument(
         "--once", action="store_true", help="print one snapshot as plain text, then exit"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import itertools
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnricherConfigError
 from . import schemes
 from .masking import (
+    MASK,
     is_secret_name,
     mask_secrets,
     mask_uri,
@@ -131,13 +133,37 @@ class _Fail:
             if error["loc"] and error["loc"][0] not in URI_PARTS
         ]
         keys = {(names or {}).get(str(error["loc"][0]), str(error["loc"][0])) for error in at_fault}
-        # A validator's own message may quote the value it refused.
-        rejected = [text for error in at_fault for text in _as_given(error.get("input"))]
-        detail = scrub(detail, rejected, quoted_only=True)
+        return self.masking(keys)(detail)
+
+    def hiding(self, part: str) -> _Fail:
+        """This, showing the URI with its ``user`` part as ``***`` when it
+        has no password (``TOKEN@host``: the user may be a token), or its
+        ``path``; a password is masked already."""
+        if self._uri is None:
+            return self
+        head, sep, tail = self.masked.partition("://")
+        netloc, rest = _authority(tail)
+        userinfo, at, hostport = netloc.rpartition("@")
+        if part == "user" and at and ":" not in userinfo:
+            netloc = f"{MASK}@{hostport}"  # no password: the user may be a token
+        elif part == "path" and rest.startswith("/"):
+            end = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
+            rest = f"/{MASK}{rest[end:]}"
+        return _Fail(head + sep + netloc + rest, self.secrets)
+
+    def masking(self, keys: Collection[str]) -> _Fail:
+        """This, showing the URI with the values of query ``keys`` masked
+        too (the keys at fault: a rejected value is never echoed)."""
         if self._uri is None or not keys:
-            return self(detail)
-        masked = mask_uri(self._uri, {*self._secret_keys, *keys})
-        return _Fail(masked, self.secrets)(detail)
+            return self
+        return _Fail(mask_uri(self._uri, {*self._secret_keys, *keys}), self.secrets)
+
+
+def _authority(tail: str) -> tuple[str, str]:
+    """``tail`` (a masked URI after its ``://``) as its authority and the
+    rest."""
+    end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
+    return tail[:end], tail[end:]
 
 
 #: The most of a URI, or of a detail, an error shows (a 100,000-character
@@ -300,12 +326,35 @@ def _describe_loc(loc: tuple[int | str, ...], names: Mapping[str, str]) -> str:
 
 
 def _validation_detail(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
-    # include_input=False: pydantic would otherwise echo the value, which
-    # may be the secret.
+    # pydantic's own messages do not hold the input (it is not asked for:
+    # it may be the secret), but a validator's may quote the value it
+    # refused, in any form: scrubbed of it.
     return "; ".join(
-        f"{_describe_loc(error['loc'], names or {})}: {error['msg'].removeprefix('Value error, ')}"
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        f"{_describe_loc(error['loc'], names or {})}: {_error_message(error)}"
+        for error in exc.errors(include_url=False, include_context=False)
     )
+
+
+def _error_message(error: Any) -> str:
+    """One pydantic error's message; a validator's (a ``ValueError`` or an
+    assertion) without the value it refused."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] in ("value_error", "assertion_error"):
+        return _without_value(message, error.get("input"))
+    return message
+
+
+def _without_value(message: str, rejected: object) -> str:
+    """``message`` with each text of the ``rejected`` value as ``***``:
+    quoted, and as a whole word where it has four characters or more (a
+    shorter one would mangle the message's own words)."""
+    texts = _as_given(rejected)
+    message = scrub(message, texts, quoted_only=True)
+    for text in sorted(set(texts), key=len, reverse=True):
+        if len(text) >= 4:
+            pattern = rf"(?<![\w]){re.escape(text)}(?![\w])"
+            message = re.sub(pattern, lambda _: MASK, message)
+    return message
 
 
 def _split_common(
@@ -353,7 +402,11 @@ def _validate_params(
         if part == "path" and value == "/" and part not in fields:
             continue  # 'scheme:///' and 'scheme:///?k=v' mean no path
         if part not in fields:
-            raise fail(
+            # The rejected part is not echoed: a user part without a
+            # password may be a token ('https://TOKEN@host'), a path a
+            # misplaced password.
+            shown = fail if part in ("host", "port") else fail.hiding(part)
+            raise shown(
                 f"the {part} part is not accepted by scheme {parsed.scheme!r}"
                 + _accepted_parts(fields)
             )
@@ -363,7 +416,9 @@ def _validate_params(
             raise fail(f"{key} belongs in the URI's {key} part, not in its query")
         if key not in fields and not allows_extra(model):
             unknown = sorted({k for k, _ in query if k not in fields})
-            raise fail(
+            # Their values not echoed: a mistyped key may be a mistyped
+            # secret name ('passwrod=...').
+            raise fail.masking(unknown)(
                 f"unknown query key{'s' if len(unknown) > 1 else ''} "
                 f"{', '.join(map(repr, unknown))}; accepted keys: "
                 f"{_accepted_keys(fields, is_async)}"
@@ -378,6 +433,46 @@ def _validate_params(
         return model.model_validate(data)
     except ValidationError as exc:
         raise fail.rejected(exc) from None
+    except Exception as exc:
+        # A validator may raise what pydantic does not turn into a
+        # validation error (KeyError, ZeroDivisionError): still a problem of
+        # this URI, and of the parameter whose value set it off.
+        raise _validator_failed(model, data, exc, fail) from None
+
+
+def _validator_failed(
+    model: type[BaseModel], data: dict[str, Any], exc: Exception, fail: _Fail
+) -> EnricherConfigError:
+    """The error for a ``Params`` validator that raised ``exc``, neither a
+    ``ValueError`` nor an ``AssertionError``: names the parameter whose
+    value sets it off (without it the validation no longer raises that),
+    and never echoes its value."""
+    culprits: list[str] = []
+    for key in data:
+        try:
+            model.model_validate({k: v for k, v in data.items() if k != key})
+        except ValidationError:
+            culprits.append(key)  # fails otherwise without it: a suspect
+        except Exception as again:
+            if type(again) is type(exc):
+                continue
+            culprits.append(key)
+        else:
+            culprits.append(key)
+    culprit = culprits[0] if len(culprits) == 1 else None
+    message = str(exc)
+    for value in data.values():
+        message = _without_value(message, value)
+    keys: list[str] = []
+    if culprit is None:
+        where = "parameters"
+    elif culprit in URI_PARTS:
+        where = culprit
+    else:
+        where, keys = f"query key {culprit!r}", [culprit]
+    return fail.masking(keys)(
+        f"{where}: the validator of {_qualname(model)} failed with {type(exc).__name__}: {message}"
+    )
 
 
 def _accepted_keys(fields: Mapping[str, Any], is_async: bool) -> str:

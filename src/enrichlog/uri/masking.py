@@ -81,6 +81,13 @@ _URI_START = re.compile(_SCHEME + "://")
 # later in the query over-masks rather than leaks.
 _URI_PASSWORD = re.compile(r"(?P<head>" + _SCHEME + r"://[^\s:/?#@]*:)(?!\*\*\*@)\S*@")
 _SPACES = re.compile(r"(\s+)")
+# What ends the text a loose 'user:password@' can be part of (a token), and
+# what ends one of its segments ('/', a query's separators, a list's ',').
+_LOOSE_TOKEN_END = re.compile(r"[\s'\"<>`@]")
+_LOOSE_SEGMENT_END = re.compile(r"[/?#&=,;]")
+# Characters a URL parser drops from anywhere in a URI (urlsplit does):
+# 'pass\nword' is the key 'password' to the enricher that reads the URI.
+_DROPPED_BY_PARSER = str.maketrans("", "", "\t\r\n")
 # A bare 'Bearer <token>' ('Authorization: Bearer <token>' is a pair).
 _BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
 _PAIR = re.compile(
@@ -131,7 +138,7 @@ def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
     encoded value is shown decoded). Works on malformed URIs too: it is what
     error messages show.
     """
-    return _mask_uri(uri, frozenset(secret_keys), 0)
+    return _mask_repeats(_mask_uri(uri, frozenset(secret_keys), 0), uri)
 
 
 def mask_secrets(text: str) -> str:
@@ -164,6 +171,8 @@ def secrets_in(text: str) -> list[str]:
             password = _password_of(form[match.start() :])
             if password:
                 found += [password, unquote(password)]
+        for start, end in _loose_passwords(form):
+            found += [form[start:end], unquote(form[start:end])]
         for match in _PAIR.finditer(form):
             if is_secret_name(match["key"]):
                 found.append(_unquoted(match["value"]))
@@ -290,6 +299,26 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     return masked
 
 
+#: How many of a URI's secret values :func:`_mask_repeats` looks for again
+#: (each is one pass over the URI).
+_MAX_REPEATED = 32
+
+
+def _mask_repeats(masked: str, uri: str) -> str:
+    """``masked`` (``uri`` masked) with each secret value of ``uri`` that
+    shows again elsewhere in it (a user name that is the password,
+    ``postgres://postgres:postgres@db``, a nested URI's) as ``***`` too;
+    not in the scheme, and not a value shorter than four characters, which
+    would mangle the rest."""
+    secrets = [secret for secret in secrets_in(uri) if len(secret) >= 4]
+    head, sep, tail = masked.partition("://")
+    if not secrets or not sep:
+        return masked
+    for secret in sorted(set(secrets), key=len, reverse=True)[:_MAX_REPEATED]:
+        tail = tail.replace(secret, MASK)
+    return head + sep + tail
+
+
 def _mask_cut_passwords(text: str) -> str:
     """:data:`_URI_PASSWORD` applied to each token of ``text`` up to its
     last ``@`` (nothing after it can match): a match is then found from its
@@ -304,6 +333,71 @@ def _mask_cut_passwords(text: str) -> str:
             head = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", token[: last + 1])
             parts[index] = head + token[last + 1 :]
     return "".join(parts)
+
+
+def _loose_passwords(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds the password of a ``user:password@`` (or
+    ``:password@``) that is not after a ``://``: a URI with a slash missing
+    or one too many (``postgres:/app:pw@db``, ``postgres:///app:pw@db``),
+    a mistyped separator (``postgres;//``), no scheme (``app:pw@db``).
+    Each is (start, end) of the password, ``end`` at its ``@``.
+
+    For each ``@``, the nearest segment before it (up to a ``/``, a query's
+    ``?``, ``&`` or ``=``, a ``,`` or ``;``) that holds a ``:`` is the user
+    and password, split at that first ``:``: a password holding a ``/``
+    (``u:pa/ss@h``) or a ``:`` is masked whole, with what follows it up to
+    the ``@``. The ``:`` of a ``://`` is no such split, nor is an already
+    masked password, nor the authority of a ``scheme://`` URI, which the
+    URI masking reads. Later ``@`` with no ``/``, ``?`` or ``#`` before them
+    are part of the password (``u:p@ss@h``). Linear: each ``@`` looks back
+    no further than the ``@`` before it.
+    """
+    found: list[tuple[int, int]] = []
+    limit = 0  # what the previous '@' ended
+    at = text.find("@")
+    while at >= 0:
+        token_start = limit
+        for match in _LOOSE_TOKEN_END.finditer(text, limit, at):
+            token_start = match.end()
+        colon = _loose_colon(text, token_start, at)
+        end = at
+        if colon >= 0 and text[colon + 1 : at] != MASK:
+            # 'u:p@ss@h': an '@' before the host is the password's.
+            following = text.find("@", end + 1)
+            while following >= 0 and not re.search(r"[\s'\"<>`/?#]", text[end + 1 : following]):
+                end, following = following, text.find("@", following + 1)
+            found.append((colon + 1, end))
+        limit = end + 1
+        at = text.find("@", limit)
+    return found
+
+
+def _loose_colon(text: str, start: int, at: int) -> int:
+    """The ':' that splits user and password in ``text[start:at]`` (see
+    :func:`_loose_passwords`), or -1."""
+    bounds = [start, *(m.start() + 1 for m in _LOOSE_SEGMENT_END.finditer(text, start, at)), at + 1]
+    for begin, after in zip(reversed(bounds[:-1]), reversed(bounds[1:]), strict=True):
+        if text.startswith("://", begin - 3) and begin >= 3:
+            # The authority of a URI: what the URI masking found in it
+            # stands (``http://api:8443/v1#frag@x`` has a port).
+            return -1
+        colon = text.find(":", begin, after - 1)
+        while colon >= 0 and text.startswith("//", colon + 1):
+            colon = text.find(":", colon + 1, after - 1)
+        if colon >= 0:
+            return colon
+    return -1
+
+
+def _mask_loose_passwords(text: str) -> str:
+    """``text`` with each password :func:`_loose_passwords` finds as ``***``."""
+    if "@" not in text:
+        return text
+    shown, last = [], 0
+    for start, end in _loose_passwords(text):
+        shown += [text[last:start], MASK]
+        last = end
+    return "".join(shown) + text[last:]
 
 
 def _cut_by_hash(before: str, fragment: str) -> bool:
@@ -340,7 +434,8 @@ def _mask_field(field: str, secret_keys: frozenset[str], depth: int) -> str:
     if not eq:
         return _mask_text(field, depth + 1)
     name = unquote_plus(key)
-    if name in secret_keys or is_secret_name(name):
+    parsed_name = unquote_plus(key.translate(_DROPPED_BY_PARSER))
+    if {name, parsed_name} & secret_keys or is_secret_name(name) or is_secret_name(parsed_name):
         return f"{key}={MASK}"
     masked = _mask_unit(value, depth)
     if masked != value:
@@ -367,6 +462,7 @@ def _mask_text(text: str, depth: int) -> str:
     if depth <= _MAX_DEPTH:
         text = _URI_TOKEN.sub(lambda m: _mask_uri(m.group(), frozenset(), depth + 1), text)
     text = _mask_cut_passwords(text)
+    text = _mask_loose_passwords(text)
     text = _BEARER.sub(f"Bearer {MASK}", text)
     text = _PAIR.sub(_mask_pair, text)
     if depth <= _MAX_DEPTH:

@@ -24,7 +24,15 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, Final, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretBytes, SecretStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    field_validator,
+)
 
 from ..exceptions import EnricherConfigError
 from ..options import EnricherOptions
@@ -67,6 +75,10 @@ COMMON_KEYS: Final = (*IDENTITY_KEYS, *ASYNC_ONLY_KEYS)
 the constructor typed. ``Params`` may not declare fields with these names."""
 
 
+MAX_NAME: Final = 100
+"""The longest enricher name (as :mod:`enrichlog.enricher` checks it)."""
+
+
 def _split_commas(value: Any) -> Any:
     # Repeated query keys arrive as a list of strings, a single one as a str;
     # both may hold comma-separated items.
@@ -103,6 +115,19 @@ class CommonParams(EnricherOptions):
     name: Annotated[str, Field(min_length=1)] | None = None
     dependencies: CommaSeparated = ()
     priority: int | None = None
+
+    @field_validator("dependencies")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked as names are (the enricher's own checks): a name no
+        # enricher can have is a mistake, and a long one would fill the
+        # "not configured" message. Neither is echoed.
+        for name in value:
+            if len(name) > MAX_NAME:
+                raise ValueError(f"a dependency name is longer than {MAX_NAME} characters")
+            if not name.isprintable():
+                raise ValueError("a dependency name holds a control character")
+        return value
 
     def constructor_kwargs(self) -> dict[str, Any]:
         """The keyword arguments these keys mean to an enricher constructor."""

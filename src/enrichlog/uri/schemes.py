@@ -182,7 +182,7 @@ def _load_builtin(scheme: str) -> type:
     try:
         # Importing the module defines its classes, which register their schemes.
         cls = getattr(importlib.import_module(module_name), class_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         # An optional dependency of a built-in enricher may be missing.
         raise EnricherConfigError(
             f"built-in enricher scheme {scheme!r} ({target}) could not be loaded: "
@@ -218,7 +218,9 @@ def _load_plugin(scheme: str, candidates: list[EntryPoint]) -> type:
     _plugin_origins[scheme] = where
     try:
         loaded = ep.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # A module that calls sys.exit() on import is broken like one that
+        # raises: not a reason to end the application (or `check`).
         raise EnricherConfigError(
             f"{where} could not be loaded: {type(exc).__name__}: {exc}"
         ) from exc
