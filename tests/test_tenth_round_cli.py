@@ -337,7 +337,30 @@ def test_check_does_not_wait_for_the_reader_of_a_fifo_output(tmp_path: Path) -> 
         pytest.fail("check waited for a reader of the FIFO")
 
     assert 0 == result.returncode, result.stderr
-    assert "note: output 'logs.fifo' is a named pipe with no reader yet" in result.stdout
+    assert "note: output 'logs.fifo' is a named pipe: not opened by check" in result.stdout
+
+
+def test_check_does_not_end_the_read_of_a_collector_waiting_on_a_fifo(tmp_path: Path) -> None:
+    # Found by the outside re-test: check opened the named pipe and closed
+    # it again, the only writer: the collector reading it got end-of-file.
+    fifo = tmp_path / "logs.fifo"
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_OUTPUT": "logs.fifo"})
+    reader.join(0.5)
+    still_reading = reader.is_alive()
+    with contextlib.suppress(OSError):  # ENXIO: no reader left (the bug)
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # let the reader end
+        os.write(writer, b"end")
+        os.close(writer)
+    reader.join(5)
+
+    assert 0 == result.returncode, result.stderr
+    assert still_reading
+    assert [b"end"] == read
 
 
 # -- 5. stats on junk --------------------------------------------------------------
@@ -586,3 +609,63 @@ def test_a_secret_value_that_shows_again_elsewhere_in_the_uri_is_masked_there(
 ) -> None:
     # A user name that is the password shows the password.
     assert shown == mask_uri(uri)
+
+
+# -- the outside re-test's findings ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgres-lookup:/app:QWPa QWPb@db/app?table=users&columns=name",
+        "postgres-lookup:/app:QWPa'QWPb@db/app?table=t&columns=c",
+        "postgres-lookup:/app:QWPa?QWPb@db/app",
+        "postgres-lookup:///app:QWPa#QWPb@db/app",
+        "redis-lookup:////app:QWPa?QWPb@db/0?key=u:{id}",
+    ],
+)
+def test_a_mistyped_uris_password_with_any_character_is_masked(uri: str) -> None:
+    # Found by the outside re-test: a password holding a space, a quote, a
+    # '?' or a '#' was shown when the URI's '://' was mistyped.
+    with pytest.raises(EnricherConfigError) as raised:
+        EnricherFactory.build(uri)
+    shown = [str(raised.value), mask_uri(uri), repr(LoggingSettings(enrichers=[uri]))]
+    assert not [text for text in shown if "QWPa" in text or "QWPb" in text]
+
+
+def test_the_value_of_an_unknown_postgres_query_key_is_not_echoed() -> None:
+    uri = f"postgres-lookup://app:pw12@db/app?table=users&columns=name&passwrod={SECRET}"
+    with pytest.raises(EnricherConfigError) as raised:
+        EnricherFactory.build(uri)
+    assert SECRET not in str(raised.value)
+    assert "passwrod=***" in str(raised.value)
+
+
+class _Exiting(_Echoing):
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        region: str = "eu"
+
+        @field_validator("region")
+        @classmethod
+        def _refuse(cls, value: str) -> str:
+            raise SystemExit(0)
+
+
+def test_a_validator_raising_system_exit_is_a_config_error() -> None:
+    # Found by the outside re-test: SystemExit(0) from a plugin's validator
+    # ended check with status 0 and no output, and the application silently.
+    EnricherFactory.register("tenth-exit", _Exiting)
+    try:
+        with pytest.raises(EnricherConfigError, match="failed with SystemExit"):
+            EnricherFactory.build("tenth-exit://?region=x")
+    finally:
+        EnricherFactory.unregister("tenth-exit")
+
+
+def test_stats_refuses_a_snapshot_file_without_end(tmp_path: Path) -> None:
+    # stats --file /dev/zero read on until the machine ran out of memory.
+    result = run_cli(tmp_path, "stats", "--file", "/dev/zero", "--once")
+    assert 1 == result.returncode
+    assert "larger than 16 MiB" in result.stderr

@@ -41,6 +41,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
@@ -49,7 +50,7 @@ from .exceptions import EnricherConfigError, EnrichlogError
 from .metrics import WORKER_COUNTERS
 from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, ID_HEADER, TRANSPORT_ID, decode_event
-from .transport.config import TransportConfig
+from .transport.config import TransportConfig, subject_matches
 from .transport.deadletter import dead_letter_body
 from .transport.nats import connect, ensure_stream, import_nats, unless_stopped
 from .uri.masking import mask_secrets
@@ -71,6 +72,11 @@ FETCH_BATCH = 256
 ACK_DELAY = 0.005
 #: Bytes of a message's maximum size left for a dead letter's headers.
 _HEADERS_ROOM = 512
+#: Seconds a worker that made the durable consumer waits before it reads
+#: the consumer again: a worker of another subject that found it missing at
+#: the same moment may make it too, and the server takes that second
+#: creation as an update of the first one's filter.
+CONSUMER_SETTLE = 0.5
 #: Seconds a worker waits for its first connection before it reports the
 #: broker unreachable (and keeps trying).
 CONNECT_WAIT = 10.0
@@ -356,6 +362,29 @@ def _event_id(message: Msg, event: dict[str, Any]) -> str:
     return f"seq-{message.metadata.sequence.stream}"
 
 
+def _place_ids(event: dict[str, Any], event_id: str) -> None:
+    """Put the transport's id ``event_id`` in ``event``: as its
+    ``event_id`` when it has none; beside the application's own
+    ``event_id`` (its data, written unchanged) as ``enrichlog_id``
+    otherwise. ``enrichlog_id`` is the worker's: an application's field of
+    that name is kept as ``enrichlog_id_2`` (the first free suffix), as an
+    application's ``render_error`` becomes ``render_error_2``, so readers
+    that deduplicate by it never merge two events."""
+    if TRANSPORT_ID in event:
+        number = 2
+        while f"{TRANSPORT_ID}_{number}" in event:
+            number += 1
+        event[f"{TRANSPORT_ID}_{number}"] = event.pop(TRANSPORT_ID)
+    if EVENT_ID not in event:
+        event[EVENT_ID] = event_id
+    elif event[EVENT_ID] != event_id:
+        event[TRANSPORT_ID] = event_id
+
+
+def _nothing() -> None:
+    """Nothing to give back."""
+
+
 def _path_part(value: object) -> str:
     text = _UNSAFE.sub("_", str(value)).lstrip(".")[:100] if value is not None else ""
     return text or "unknown"
@@ -479,6 +508,8 @@ class Worker:
         self._subscription: Any = None
         self._consumer_gone = False  # found deleted: made again by _consume
         self._failed: str | None = None  # why the run ends with an error
+        self._refused: EnricherConfigError | None = None  # the consumer is another's
+        self._closing = False  # the run's helpers stop
         self._counts = dict.fromkeys(WORKER_COUNTERS, 0)
         self._lag: int | None = None
         self._ack_pending: int | None = None
@@ -526,18 +557,19 @@ class Worker:
         Raises:
             EnricherConfigError: the stream exists without the subject, the
                 subject belongs to another stream, or the durable consumer
-                exists for another subject.
+                exists for another subject (found at the start, or later: a
+                worker of another subject made it at the same moment).
             EnrichlogError: the output closed for good (a pipe whose reader
                 went away): the worker handed back what it held and stopped.
         """
         self._loop = asyncio.get_running_loop()
-        hangup = self._take_sighup(self._loop)
+        give_back = self._take_sighup(self._loop)
         try:
             await self._run()
         finally:
-            if hangup:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_signal_handler(signal.SIGHUP)
+            give_back()
+        if self._refused is not None:
+            raise self._refused
         if self._failed is not None:
             raise EnrichlogError(f"{self._failed}; the worker stopped")
 
@@ -547,18 +579,38 @@ class Worker:
         self._sink.reopen()
         reopen_files()
 
-    def _take_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def _take_sighup(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """SIGHUP reopens the output files while the worker runs, as in an
         application, instead of ending the process; from the main thread
-        only (whether it was installed)."""
+        only. Returns what gives SIGHUP back to the handler it had before.
+
+        The handler is swapped in and out in one step each way, never
+        through the default one: ``loop.remove_signal_handler`` would put
+        the default back (SIGHUP ends the process) until the caller's own
+        handler returned, a moment in which a rotation's SIGHUP ended a
+        stopping worker (status 129). It runs :meth:`reopen_outputs` on the
+        loop, between its callbacks.
+        """
         hup = getattr(signal, "SIGHUP", None)
         if hup is None or threading.current_thread() is not threading.main_thread():
-            return False
+            return _nothing
+
+        def hang_up(_signum: int, _frame: FrameType | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.reopen_outputs)
+
         try:
-            loop.add_signal_handler(hup, self.reopen_outputs)
-        except (ValueError, RuntimeError, NotImplementedError):
-            return False
-        return True
+            previous = signal.signal(hup, hang_up)
+        except (ValueError, OSError, RuntimeError):  # no signals here
+            return _nothing
+
+        def give_back() -> None:
+            # None: a handler not set from Python, which cannot be put back.
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(hup) is hang_up:
+                    signal.signal(hup, signal.SIG_DFL if previous is None else previous)
+
+        return give_back
 
     async def _run(self) -> None:
         if self._stop_requested:
@@ -605,9 +657,15 @@ class Worker:
             await self._consume(client, js)
             await self._drain()
         finally:
+            # The helpers end on the flag too, and are not waited for long:
+            # nats-py may swallow a cancellation that comes during a request
+            # (the consumer's figures), and the helper would then go on for
+            # good, and the stop with it.
+            self._closing = True
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            if helpers:
+                await asyncio.wait(helpers, timeout=3.0)
             with contextlib.suppress(Exception):  # the acknowledgements leave first
                 await client.flush(timeout=2)
             if self._subscription is not None:  # the last line's lag: after them
@@ -658,11 +716,23 @@ class Worker:
             max_ack_pending=-1,  # each worker bounds itself (max_in_flight)
             filter_subject=config.subject,
         )
-        await self._check_consumer(js)
+        missing = await self._check_consumer(js)
         subscription = await js.pull_subscribe(
             config.subject, durable=config.consumer, stream=config.stream, config=wanted
         )
+        if missing:
+            # Made here, or by another worker at the same moment: one of
+            # another subject that found it missing too made it as well (the
+            # server takes the second creation as an update of the filter).
+            # Read once the other creation, if any, is done.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CONSUMER_SETTLE)
         info = await subscription.consumer_info()
+        refusal = self._filter_refusal(info)
+        if refusal is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+            raise refusal
         existing = info.config.ack_wait
         if existing is not None and abs(existing - self.settings.ack_wait) > 1e-3:
             _report.warning(
@@ -674,10 +744,11 @@ class Worker:
             )
         return subscription
 
-    async def _check_consumer(self, js: JetStreamContext) -> None:
+    async def _check_consumer(self, js: JetStreamContext) -> bool:
         """Refuse a durable consumer of the stream that exists for another
         subject: bound as it is, it would give this worker the other
-        subject's events, or none of its own.
+        subject's events, or none of its own. Whether it is missing (the
+        subscription makes it).
 
         Raises:
             EnricherConfigError: naming both subjects and the way out.
@@ -688,18 +759,53 @@ class Worker:
         try:
             info = await js.consumer_info(config.stream, config.consumer)
         except NotFoundError:
-            return  # created with this subject's filter
+            return True  # created with this subject's filter (checked after)
+        refusal = self._filter_refusal(info)
+        if refusal is not None:
+            raise refusal
+        return False
+
+    def _filter_refusal(self, info: Any) -> EnricherConfigError | None:
+        """The error that refuses the consumer ``info`` describes, unless it
+        is filtered on this worker's subject (``None`` then)."""
+        config = self.config
         filters = [info.config.filter_subject] if info.config.filter_subject else []
         filters += list(getattr(info.config, "filter_subjects", None) or [])
         if filters == [config.subject]:
-            return
+            return None
+        return self._conflict(filters)
+
+    def _conflict(self, filters: list[str]) -> EnricherConfigError:
+        config = self.config
         theirs = " and ".join(repr(subject) for subject in filters) or "every subject"
-        raise EnricherConfigError(
+        return EnricherConfigError(
             f"consumer {config.consumer!r} of stream {config.stream!r} exists for {theirs}, "
             f"not for this worker's subject {config.subject!r} (workers of one stream share "
             "the consumer named by ?consumer=, enrichlog by default); give the workers of "
             f"each subject a consumer of their own: ?consumer=<name> in ENRICHLOG_TRANSPORT"
         )
+
+    def _refuse(self, refusal: EnricherConfigError) -> None:
+        """The consumer turned out to be another subject's (changed by a
+        worker of that subject started at the same moment): stop, and end
+        the run with ``refusal``."""
+        if self._refused is None:
+            self._refused = refusal
+            _report.error("enrichlog worker: %s; stopping", refusal)
+            self.request_stop()
+
+    async def _foreign(self, message: Msg) -> None:
+        """A message of another subject: the consumer's filter is not this
+        worker's (any more). Handed back at once, unwritten, for the
+        workers of its subject; this worker stops with the refusal."""
+        self._counts["nacked"] += 1
+        await message.nak()
+        refusal: EnricherConfigError | None = None
+        subscription = self._subscription
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                refusal = self._filter_refusal(await subscription.consumer_info())
+        self._refuse(refusal or self._conflict([message.subject]))
 
     async def _rebind(self, js: JetStreamContext) -> None:
         """The consumer is gone (deleted, or its stream was, and a producer
@@ -794,24 +900,29 @@ class Worker:
     def _receive(self, message: Msg) -> None:
         counts = self._counts
         counts["consumed"] += 1
+        if not subject_matches(self.config.subject, message.subject):
+            self._spawn(self._foreign(message))
+            return
         deliveries = message.metadata.num_delivered
         if deliveries > 1:
             counts["redelivered"] += 1
         try:
             event = decode_event(message.data)
         except ValueError as exc:
+            # Its id as for any message: the header's (an enrichlog
+            # producer's, or a replay's), else Nats-Msg-Id, else seq-<n>.
             self._spawn(
-                self._dead_letter([message], None, "", deliveries, f"not a JSON object: {exc}")
+                self._dead_letter(
+                    [message],
+                    None,
+                    _event_id(message, {}),
+                    deliveries,
+                    f"not a JSON object: {exc}",
+                )
             )
             return
         event_id = _event_id(message, event)
-        own = event.get(EVENT_ID, event_id)
-        if EVENT_ID not in event:
-            event[EVENT_ID] = event_id
-        elif own != event_id and TRANSPORT_ID not in event:
-            # The application's own field is its data, written unchanged;
-            # the transport's id (what duplicates are recognised by) beside it.
-            event[TRANSPORT_ID] = event_id
+        _place_ids(event, event_id)
         if self._sink.closed is not None:  # fetched as the output closed
             self._spawn(self._hand_back([message]))
             return
@@ -1016,7 +1127,7 @@ class Worker:
         from nats.js.errors import NotFoundError  # noqa: PLC0415
 
         period = min(self._stats_interval, 2.0) if self._stats_interval > 0 else 2.0
-        while True:
+        while not self._closing:
             subscription = self._subscription
             if subscription is not None and not self._consumer_gone:
                 try:
@@ -1031,12 +1142,17 @@ class Worker:
     async def _read_lag(self, subscription: Any) -> None:
         info = await subscription.consumer_info()
         self._lag, self._ack_pending = info.num_pending, info.num_ack_pending
+        refusal = self._filter_refusal(info)
+        if refusal is not None:  # changed under the worker: no longer its own
+            self._refuse(refusal)
 
     async def _print_stats(self) -> None:
         if self._stats_interval <= 0:
             return
         while True:
             await asyncio.sleep(self._stats_interval)
+            if self._closing:
+                return
             self._print_line({"enrichlog_worker": self.metrics().as_dict()})
 
     def _print_line(self, data: dict[str, Any]) -> None:

@@ -411,3 +411,350 @@ def test_sighup_while_the_worker_starts_does_not_end_it(
     worker.process.send_signal(signal.SIGHUP)
     wait_until(lambda: len(lines_of(output)) >= 3, 30, "3 lines")
     assert 0 == worker.stop(), worker.log.read_text()
+
+
+# -- the re-test of the tenth round's scale-out fixes ------------------------------
+
+
+def _max_payload() -> int:
+    async def read(js: Any) -> int:
+        size: int = js._nc.max_payload
+        return size
+
+    result: int = js_call(read)
+    return result
+
+
+def _near_max_payload(event: str, size: int) -> bytes:
+    """A JSON event of exactly ``size`` bytes."""
+    payload = json.dumps({"event": event, "blob": ""}).encode()
+    return json.dumps({"event": event, "blob": "w" * (size - len(payload))}).encode()
+
+
+def test_an_event_just_under_max_payload_is_cut_to_fit_with_its_headers(
+    streams: Streams, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by an outside tester: the cut-to-fit counted the body, not the
+    # ~110 bytes of headers; nats-py took the message, the server answered
+    # "maximum payload exceeded" and closed the connection, the producer
+    # said "unreachable (TimeoutError: )" and every later event was stuck
+    # behind this one, from memory as from the spool.
+    from enrichlog.transport.codec import new_event_id
+    from enrichlog.transport.config import TransportConfig
+    from enrichlog.transport.nats import NatsTransport
+
+    caplog.set_level(logging.WARNING, "enrichlog")
+    limit = _max_payload()
+    config = TransportConfig.parse(streams.uri())
+    spool = tmp_path / "s"
+
+    transport = NatsTransport(config, spool_dir=spool, publish_timeout=3.0)
+    transport.start()
+    transport.offer(new_event_id(), _near_max_payload("from memory", limit - 40))
+    transport.offer(new_event_id(), b'{"event": "small after"}')
+    report = transport.stop(5.0)
+    assert (2, 1, 0, 0) == (
+        report["published"],
+        report["truncated"],
+        report["rejected"],
+        report["spooled"],
+    )
+
+    # Spooled (offered before the publisher starts), then published from there.
+    transport = NatsTransport(config, spool_dir=spool, publish_timeout=3.0)
+    transport.offer(new_event_id(), _near_max_payload("from the spool", limit - 1))
+    transport.offer(new_event_id(), b'{"event": "small after the spooled"}')
+    transport.start()
+    report = transport.stop(5.0)
+    metrics = transport.metrics()
+    assert (2, 1, 0, 0) == (
+        report["published"],
+        report["truncated"],
+        report["rejected"],
+        report["spooled"],
+    )
+    assert 2 == metrics.replayed
+
+    events = [json.loads(m.data) for m in _messages(streams.stream)]
+    assert ["from memory", "small after", "from the spool", "small after the spooled"] == [
+        event["event"] for event in events
+    ]
+    for cut in (events[0], events[2]):
+        assert cut["blob"].endswith("…")
+        assert "blob" in cut["truncated_fields"]
+    assert "unreachable" not in caplog.text
+    assert "maximum payload" in caplog.text
+
+
+def test_a_broker_unreachable_report_never_has_an_empty_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A round that timed out reported "unreachable (TimeoutError: )".
+    from enrichlog.transport.config import TransportConfig
+    from enrichlog.transport.nats import NatsTransport
+
+    caplog.set_level(logging.WARNING, "enrichlog")
+    transport = NatsTransport(
+        TransportConfig.parse("nats://127.0.0.1:1?stream=S&subject=s.x"), publish_timeout=4.0
+    )
+    transport._failed_round(TimeoutError())
+    assert "unreachable" in caplog.text
+    assert "TimeoutError: )" not in caplog.text
+    assert "TimeoutError: no acknowledgement within 4s" in caplog.text
+
+
+def _publish_on(subject: str, count: int, tag: str) -> None:
+    async def publish(js: Any) -> None:
+        for index in range(count):
+            await js.publish(subject, json.dumps({"event": tag, "index": index}).encode())
+
+    js_call(publish)
+
+
+def test_a_consumer_changed_to_another_subject_under_a_worker_is_refused(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by an outside tester: two workers of two subjects started at one
+    # moment both found the default consumer missing and both made it; the
+    # server took the second creation as an update of the first's filter,
+    # and the first worker read (and wrote) the other subject's events.
+    # Here the second creation is made by hand, after the first worker bound.
+    other = f"{streams.subject}.b"
+
+    async def make(js: Any) -> None:
+        await js.add_stream(name=streams.stream, subjects=[streams.subject, other])
+
+    js_call(make)
+    output_a = tmp_path / "a.jsonl"
+    first = start_worker(worker_env(streams, output_a))
+    wait_until(lambda: "started" in first.log.read_text(), 30, "the first worker")
+
+    async def second_creation(js: Any) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        await js.add_consumer(
+            streams.stream,
+            config=ConsumerConfig(
+                durable_name="enrichlog",
+                name="enrichlog",
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_deliver=-1,
+                max_ack_pending=-1,
+                filter_subject=other,
+            ),
+        )
+
+    js_call(second_creation)
+    _publish_on(other, 5, "of b")
+    assert 1 == first.process.wait(30), first.log.read_text()
+    text = first.log.read_text()
+    assert "error: consumer 'enrichlog'" in text
+    assert f"exists for {other!r}" in text
+    assert "?consumer=" in text
+    assert [] == [line for line in lines_of(output_a) if line["event"] == "of b"]
+
+    # Handed back unwritten: the worker of that subject writes them all.
+    env = worker_env(streams, tmp_path / "b.jsonl")
+    env["ENRICHLOG_TRANSPORT"] = streams.uri().replace(streams.subject, other)
+    second = start_worker(env)
+    wait_until(lambda: len(lines_of(tmp_path / "b.jsonl")) >= 5, 30, "the 5 events of b")
+    assert 0 == second.stop()
+    assert 5 == len({line["index"] for line in lines_of(tmp_path / "b.jsonl")})
+
+
+def test_workers_of_two_subjects_started_at_once_never_share_the_consumer(
+    nats_server: None, tmp_path: Path, start_worker: Any
+) -> None:
+    # The race itself: in each try exactly one of the two runs, and neither
+    # writes the other subject's events.
+    import uuid
+
+    from tests.services import run_async
+
+    from .conftest import _delete
+
+    for attempt in range(4):
+        suffix = uuid.uuid4().hex[:10]
+        streams = Streams(stream=f"T{suffix}", subject=f"test.{suffix}.a")
+        other = f"test.{suffix}.b"
+        try:
+
+            async def make(js: Any, streams: Streams = streams, other: str = other) -> None:
+                await js.add_stream(name=streams.stream, subjects=[streams.subject, other])
+
+            js_call(make)
+            _publish_on(streams.subject, 5, "a")
+            _publish_on(other, 5, "b")
+            outputs = {"a": tmp_path / f"{attempt}-a.jsonl", "b": tmp_path / f"{attempt}-b.jsonl"}
+            env_a = worker_env(streams, outputs["a"])
+            env_b = worker_env(streams, outputs["b"])
+            env_b["ENRICHLOG_TRANSPORT"] = streams.uri().replace(streams.subject, other)
+            workers = {"a": start_worker(env_a), "b": start_worker(env_b)}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                done = [name for name, w in workers.items() if w.process.poll() is not None]
+                running = [name for name in workers if name not in done]
+                if done and all(len(lines_of(outputs[name])) >= 5 for name in running):
+                    break
+                time.sleep(0.1)
+            time.sleep(2.5)  # a consumer changed late is found within two seconds
+            codes = {name: worker.stop() for name, worker in workers.items()}
+            assert sorted(codes.values()) == [0, 1], (codes, attempt)
+            for name, output in outputs.items():
+                assert {name} >= {line["event"] for line in lines_of(output)}, (name, attempt)
+            winner = next(name for name, code in codes.items() if code == 0)
+            assert 5 == len(lines_of(outputs[winner]))
+        finally:
+            run_async(_delete([streams.stream, streams.dlq_stream]))
+
+
+def test_an_applications_enrichlog_id_field_never_replaces_the_transport_id(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by an outside tester: an application's own enrichlog_id field
+    # stood where the worker puts the transport's id, so readers that
+    # deduplicate by it (as the docs advise) merged different events.
+    container = configure_logging(transport=streams.uri(), spool_dir=str(tmp_path / "s"))
+    log = get_logger()
+    log.info("a", seq=0, event_id="order-1", enrichlog_id="app-own")
+    log.info("b", seq=1, event_id="order-1", enrichlog_id="app-own")
+    log.info("c", seq=2, enrichlog_id="app-own")
+    log.info("d", seq=3, event_id=7, enrichlog_id="x", enrichlog_id_2="y")
+    assert 4 == container.shutdown()["published"]
+    ids = {json.loads(m.data)["seq"]: m.headers["Nats-Msg-Id"] for m in _messages(streams.stream)}
+
+    output = tmp_path / "out.jsonl"
+    worker = start_worker(worker_env(streams, output))
+    wait_until(lambda: len(lines_of(output)) >= 4, 30, "4 lines")
+    assert 0 == worker.stop()
+    lines = sorted(lines_of(output), key=lambda line: line["seq"])
+    assert [ids[0], ids[1]] == [lines[0]["enrichlog_id"], lines[1]["enrichlog_id"]]
+    assert ["app-own", "app-own"] == [lines[0]["enrichlog_id_2"], lines[1]["enrichlog_id_2"]]
+    assert ["order-1", "order-1"] == [lines[0]["event_id"], lines[1]["event_id"]]
+    # Its event_id is the transport's: no enrichlog_id, the application's kept.
+    assert ids[2] == lines[2]["event_id"]
+    assert "enrichlog_id" not in lines[2]
+    assert "app-own" == lines[2]["enrichlog_id_2"]
+    assert (ids[3], "y", "x") == (
+        lines[3]["enrichlog_id"],
+        lines[3]["enrichlog_id_2"],
+        lines[3]["enrichlog_id_3"],
+    )
+    assert 4 == len({line.get("enrichlog_id", line["event_id"]) for line in lines})
+
+
+def test_sighup_while_the_worker_stops_does_not_end_it(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by an outside tester: SIGHUPs every 10 ms after SIGTERM ended
+    # the worker, status 129 (-1 here): its run put the default SIGHUP
+    # handler back before the command took the signal again, and the
+    # command gave the default back before the process ended.
+    output = tmp_path / "out.jsonl"
+    _produce(streams, tmp_path, 3)
+    for attempt in range(3):
+        worker = start_worker(worker_env(streams, output))
+        wait_until(lambda w=worker: "started" in w.log.read_text(), 30, "the worker")
+        worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while worker.process.poll() is None and time.monotonic() < deadline:
+            try:
+                worker.process.send_signal(signal.SIGHUP)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        assert 0 == worker.stop(), (attempt, worker.log.read_text())
+    assert 3 == len(lines_of(output))
+
+
+def test_a_non_json_message_is_dead_lettered_under_its_headers_id(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # A message that is not JSON, with the id header of an enrichlog
+    # producer, was dead-lettered as seq-<n>, not by its id.
+    from enrichlog.transport.codec import ID_HEADER
+
+    async def publish(js: Any) -> None:
+        from enrichlog.transport.nats import ensure_stream
+
+        await ensure_stream(js, streams.stream, streams.subject)
+        await js.publish(streams.subject, b"not json", headers={ID_HEADER: "hdr-id-1"})
+        await js.publish(streams.subject, b"[1]")
+
+    js_call(publish)
+    worker = start_worker(worker_env(streams, tmp_path / "out.jsonl"))
+    wait_until(
+        lambda: _has_stream(streams.dlq_stream) and len(_messages(streams.dlq_stream)) >= 2,
+        30,
+        "2 dead letters",
+    )
+    assert 0 == worker.stop()
+    letters = [json.loads(m.data) for m in _messages(streams.dlq_stream)]
+    assert ["hdr-id-1", "seq-2"] == [letter["event_id"] for letter in letters]
+
+
+def test_a_dead_letter_without_event_id_is_replayed_with_an_id(streams: Streams) -> None:
+    # A dead letter without event_id was replayed with an empty
+    # Enrichlog-Event-Id and the message id ":replay:<n>".
+    dlq_subject = f"enrichlog.dlq.{streams.stream}"
+
+    async def fill(js: Any) -> None:
+        from enrichlog.transport.nats import ensure_stream
+
+        await ensure_stream(js, streams.stream, streams.subject)
+        await ensure_stream(js, streams.dlq_stream, dlq_subject)
+        for event in ({"event": "no id"}, {"event": "own id", "event_id": "own-7"}):
+            body = {"reason": "r", "deliveries": 1, "subject": streams.subject, "event": event}
+            await js.publish(dlq_subject, json.dumps(body).encode())
+
+    js_call(fill)
+    replay = _dlq(streams, "replay", "--all")
+    assert 0 == replay.returncode, replay.stdout + replay.stderr
+    assert "replayed 2 event(s)" in replay.stdout
+    headers = [m.headers for m in _messages(streams.stream)]
+    expected = f"{streams.dlq_stream}-1"
+    assert (expected, f"{expected}:replay:1") == (
+        headers[0]["Enrichlog-Event-Id"],
+        headers[0]["Nats-Msg-Id"],
+    )
+    assert ("own-7", "own-7:replay:2") == (
+        headers[1]["Enrichlog-Event-Id"],
+        headers[1]["Nats-Msg-Id"],
+    )
+    assert 2 == len(_messages(streams.stream))
+
+
+def test_a_cancellation_swallowed_while_reading_the_consumers_figures_does_not_hang_the_stop(
+    streams: Streams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found while fixing the above: nats-py may swallow a cancellation that
+    # comes during a request; the helper reading the consumer's figures then
+    # went on for good, and the worker's stop waited for it (SIGTERM left
+    # the worker running, its loop idle).
+    import asyncio
+    import contextlib
+    import io
+    import threading
+
+    from enrichlog.settings import LoggingSettings
+    from enrichlog.worker import Worker
+
+    async def swallowing(self: Worker, subscription: Any) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as a request in nats-py may
+            await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(Worker, "_read_lag", swallowing)
+    worker = Worker(
+        LoggingSettings(transport=streams.uri(), output=str(tmp_path / "out.jsonl")),
+        stats_interval=0.01,  # nearly always reading the figures when stopped
+        stats_out=io.StringIO(),
+    )
+    thread = threading.Thread(target=asyncio.run, args=(worker.run(),), daemon=True)
+    thread.start()
+    wait_until(lambda: worker._subscription is not None, 30, "the worker bound")
+    time.sleep(0.35)
+    worker.request_stop()
+    thread.join(15)
+    assert not thread.is_alive()

@@ -208,6 +208,15 @@ def _output_problem(target: str) -> tuple[str | None, str | None]:
         mode = 0
     if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
         return appending_problem(target), None
+    if stat.S_ISFIFO(mode) and not os.path.realpath(path).startswith(("/proc/", "/dev/fd/")):
+        # A named pipe is not opened: closing the only writer would end the
+        # read of a collector already waiting on it.
+        if not os.access(path, os.W_OK):
+            return f"output {target!r} cannot be opened for appending: permission denied", None
+        return None, (
+            f"output {target!r} is a named pipe: not opened by check (configure_logging "
+            "waits for a reader when it opens it)"
+        )
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
     except OSError as exc:

@@ -112,7 +112,11 @@ def run_demo(events: int = 5, out: TextIO | None = None) -> dict[str, float]:
     if events < 1:
         raise ValueError(f"events must be 1 or more, not {events}")
     container = configure_logging(
-        enrichers=demo_enrichers(), delivery="inline", output="stdout", format="json"
+        enrichers=demo_enrichers(),
+        delivery="inline",
+        output="stdout",
+        format="json",
+        transport=None,  # its events are examples: never published to the application's stream
     )
     log = get_logger("demo")
     durations = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import math
 import sys
@@ -94,7 +95,14 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
     """
     if file is not None:
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            with file.open("rb") as snapshot_file:  # capped: /dev/zero is a file too
+                raw = snapshot_file.read(MAX_RESPONSE_BYTES + 1)
+            if len(raw) > MAX_RESPONSE_BYTES:
+                raise EnrichlogError(
+                    f"cannot read the snapshot {str(file)!r}: larger than "
+                    f"{MAX_RESPONSE_BYTES // 2**20} MiB, which no snapshot is"
+                )
+            data = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise EnrichlogError(f"cannot read the snapshot {str(file)!r}: {exc}") from None
         except RecursionError:
@@ -117,7 +125,7 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
                 f"{MAX_RESPONSE_BYTES // 2**20} MiB, which no enrichlog endpoint sends"
             )
         text = body.decode("utf-8")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP at all, say
         raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
     snapshot, timeouts = parse_exposition(text)
     return Stats(snapshot, timeouts, taken=time.monotonic())

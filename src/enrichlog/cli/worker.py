@@ -151,9 +151,18 @@ class _StopSignals:
             self._worker.reopen_outputs()
 
     def restore(self) -> None:
-        """Give the signals back to the handlers they had before."""
+        """Give the signals back to the handlers they had before; all but a
+        default SIGHUP, which is ignored from here on: the worker is gone,
+        but the process still ends (the interpreter's exit, which puts the
+        default back for every handler set from Python), and a rotation's
+        SIGHUP meanwhile would end it with status 129 instead of 0. (The
+        command's process exits next; a program that calls this function
+        and goes on keeps SIGHUP ignored.)"""
+        self._worker = None
         for signum, previous in self._previous.items():
-            if previous is not None:  # None: not set from Python, left as it is
+            if signum == _HANGUP and previous is signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_IGN)
+            elif previous is not None:  # None: not set from Python, left as it is
                 signal.signal(signum, previous)
 
     def stop(self, worker: Worker) -> None:

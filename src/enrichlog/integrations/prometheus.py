@@ -47,6 +47,7 @@ from ..metrics import (
     MetricsSnapshot,
 )
 from ..options import ResolvedOptions
+from ..uri.masking import mask_secrets
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import (
@@ -312,9 +313,9 @@ def container_started(container: LoggingContainer) -> None:
     except OSError as exc:
         _report.warning(
             "enrichlog: cannot serve metrics on %s:%s (%s); the metrics endpoint is off",
-            settings.metrics_host,
+            mask_secrets(settings.metrics_host),
             settings.metrics_port,
-            exc,
+            mask_secrets(str(exc)),
         )
         return
     with _endpoints_lock:

@@ -46,6 +46,7 @@ __all__ = [
     "get_dead_letter",
     "read_dead_letters",
     "replay",
+    "replay_id",
 ]
 
 #: Header naming the dead letter a replayed event comes from.
@@ -297,6 +298,20 @@ def _plain_subject(subject: str) -> bool:
     return all(token and token not in ("*", ">") for token in subject.split("."))
 
 
+def replay_id(config: TransportConfig, letter: DeadLetter) -> str:
+    """The id a replay gives the dead letter's event: its ``event_id``; for
+    a dead letter without one (not written by a worker), the event's own
+    ``event_id`` field when that is a non-empty string, else
+    ``<dead-letter stream>-<sequence>`` (``LOGS_DLQ-4``): the same at every
+    replay of that dead letter, never empty."""
+    if letter.event_id:
+        return letter.event_id
+    own = (letter.event or {}).get(EVENT_ID)
+    if isinstance(own, str) and own:
+        return own
+    return f"{config.dlq_stream}-{letter.sequence}"
+
+
 async def replay(
     js: JetStreamContext, config: TransportConfig, letters: list[DeadLetter], *, keep: bool = False
 ) -> Replayed:
@@ -327,13 +342,14 @@ async def replay(
             subject_matches(pattern, letter.subject) for pattern in patterns
         ):
             subject = letter.subject
+        event_id = replay_id(config, letter)
         ack = await js.publish(
             subject,
             letter.original(),
             headers={
-                "Nats-Msg-Id": f"{letter.event_id}:replay:{letter.sequence}",
+                "Nats-Msg-Id": f"{event_id}:replay:{letter.sequence}",
                 REPLAY_HEADER: str(letter.sequence),
-                ID_HEADER: letter.event_id,
+                ID_HEADER: event_id,
             },
         )
         subjects[letter.sequence] = subject

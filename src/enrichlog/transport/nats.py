@@ -71,8 +71,6 @@ _BATCH = 256
 #: subjects already captured by another stream.
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
-#: Bytes of a message's maximum payload left for its headers.
-_HEADERS_ROOM = 1024
 #: Seconds the server remembers a ``Nats-Msg-Id`` (the stream's duplicate
 #: window) when enrichlog creates the stream.
 DUPLICATE_WINDOW = 120.0
@@ -735,7 +733,7 @@ class NatsTransport:
                 config, name="enrichlog-producer", reconnect=False, timeout=self._connect_timeout
             )
         except Exception as exc:
-            self._note_outage(exc)
+            self._note_outage(exc, f"no connection within {self._connect_timeout:g}s")
             return False
         self._client = client
         self._js = client.jetstream(timeout=self._publish_timeout)
@@ -751,7 +749,7 @@ class NatsTransport:
             await self._disconnect()
             return False
         except Exception as exc:
-            self._note_outage(exc)
+            self._note_outage(exc, f"no answer about stream {config.stream!r}")
             await self._disconnect()
             return False
         self._config_error = None
@@ -764,7 +762,10 @@ class NatsTransport:
             )
         return True
 
-    def _note_outage(self, exc: BaseException) -> None:
+    def _note_outage(self, exc: BaseException, waited: str = "") -> None:
+        """Report the broker unreachable, once per outage, with why: never
+        an empty reason (a bare ``TimeoutError`` says what it waited for,
+        ``waited``, and what the server said last, if anything)."""
         if not self._outage_reported:
             self._outage_reported = True
             where = self._spool.path if self._spool is not None else "memory only"
@@ -772,9 +773,18 @@ class NatsTransport:
                 "enrichlog: the broker at %s is unreachable (%s); events are kept (%s) "
                 "and published when it answers",
                 self.config.masked,
-                mask_secrets(f"{type(exc).__name__}: {exc}"),
+                self._outage_reason(exc, waited),
                 where,
             )
+
+    def _outage_reason(self, exc: BaseException, waited: str) -> str:
+        text = str(exc).strip() or waited or "no detail"
+        reason = f"{type(exc).__name__}: {text}"
+        client = self._client
+        said = client.last_error if client is not None else None
+        if said is not None and said is not exc and str(said).strip():
+            reason += f"; last error from the connection: {type(said).__name__}: {said}"
+        return mask_secrets(reason)
 
     async def _disconnect(self) -> None:
         client, self._client, self._js = self._client, None, None
@@ -808,7 +818,15 @@ class NatsTransport:
     ) -> tuple[asyncio.Future[Any] | None, bool]:
         """Publish one record: its acknowledgement's future (``None`` when
         the server cannot take it: ``_rejection`` says why), and whether it
-        was cut to fit."""
+        was cut to fit.
+
+        Its size is checked here, headers included, before it is sent:
+        nats-py checks the payload alone against the server's maximum
+        payload, and a message that exceeds it with its headers makes the
+        server close the connection ("maximum payload exceeded"), which
+        would fail the round and keep the event at the head of the queue
+        for good.
+        """
         from nats.errors import MaxPayloadError  # noqa: PLC0415
 
         event_id, payload = record
@@ -816,29 +834,46 @@ class NatsTransport:
         # comes from enrichlog, whose id this is, whatever the event's own
         # event_id field holds.
         headers = {"Nats-Msg-Id": event_id, ID_HEADER: event_id}
+        size = message_size(payload, headers)
+        head = size - len(payload)
         limit = self._max_msg_size
-        if limit > 0 and message_size(payload, headers) > limit:
-            # The stream refuses it whatever happens: not sent at all (the
-            # server's refusal would only come back as an error).
-            self._rejection = (
-                f"{message_size(payload, headers)} bytes, larger than the maximum message "
-                f"size of stream {self.config.stream!r} ({limit} bytes)"
-            )
-            return None, False
-        try:
-            return await js.publish_async(subject, payload, headers=headers), False
-        except MaxPayloadError:
-            pass
-        # Larger than the server takes: its largest values cut to fit
-        # (listed in the event), rather than lost.
         client = self._client
         assert client is not None
-        fitted = fit_event(payload, client.max_payload - _HEADERS_ROOM)
-        try:
-            return await js.publish_async(subject, fitted, headers=headers), True
-        except MaxPayloadError:
-            self._rejection = "larger than the server's maximum payload, even cut"
+        max_payload = client.max_payload
+        if limit > 0 and size > limit and (max_payload <= 0 or limit < max_payload):
+            # The stream refuses it whatever happens: not sent at all (the
+            # server's refusal would only come back as an error).
+            self._rejection = self._too_large(size, limit)
             return None, False
+        cut = False
+        if max_payload > 0 and size > max_payload:
+            # Larger than the server takes: its largest values cut to fit
+            # (listed in the event), headers included, rather than lost.
+            payload = fit_event(payload, max_payload - head)
+            cut = True
+            fitted = message_size(payload, headers)
+            if fitted > max_payload:
+                self._rejection = (
+                    f"{size} bytes, larger than the server's maximum payload "
+                    f"({max_payload} bytes), even cut"
+                )
+                return None, False
+            if limit > 0 and fitted > limit:
+                self._rejection = self._too_large(size, limit)
+                return None, False
+        try:
+            return await js.publish_async(subject, payload, headers=headers), cut
+        except MaxPayloadError:  # pragma: no cover - checked above
+            self._rejection = (
+                f"{size} bytes, larger than the server's maximum payload ({max_payload} bytes)"
+            )
+            return None, False
+
+    def _too_large(self, size: int, limit: int) -> str:
+        return (
+            f"{size} bytes, larger than the maximum message size of stream "
+            f"{self.config.stream!r} ({limit} bytes)"
+        )
 
     async def _publish(self, batch: list[Record]) -> None:
         from nats.js.errors import APIError  # noqa: PLC0415
@@ -913,7 +948,7 @@ class NatsTransport:
         client = self._client
         if client is None or not client.is_connected or isinstance(exc, TimeoutError):
             self._streams_ready = False
-            self._note_outage(exc)
+            self._note_outage(exc, f"no acknowledgement within {self._publish_timeout:g}s")
 
     def _report_problems(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -397,6 +397,11 @@ def _validate_params(
     is_async: bool,
 ) -> BaseModel:
     fields = model.model_fields
+    if allows_extra(model):
+        # Its unknown keys are refused by its own validation: their values
+        # are not echoed either (a mistyped 'passwrod=...').
+        aliases = {info.alias for info in fields.values() if info.alias}
+        fail = fail.masking({key for key, _ in query if key not in fields and key not in aliases})
     data: dict[str, Any] = {}
     for part, value in parsed.parts.items():
         if part == "path" and value == "/" and part not in fields:
@@ -415,7 +420,7 @@ def _validate_params(
         if key in URI_PARTS and key in fields:
             raise fail(f"{key} belongs in the URI's {key} part, not in its query")
         if key not in fields and not allows_extra(model):
-            unknown = sorted({k for k, _ in query if k not in fields})
+            unknown = sorted({_shown_key(k) for k, _ in query if k not in fields})
             # Their values not echoed: a mistyped key may be a mistyped
             # secret name ('passwrod=...').
             raise fail.masking(unknown)(
@@ -433,15 +438,31 @@ def _validate_params(
         return model.model_validate(data)
     except ValidationError as exc:
         raise fail.rejected(exc) from None
-    except Exception as exc:
+    except _PLUGIN_FAILURES as exc:
         # A validator may raise what pydantic does not turn into a
-        # validation error (KeyError, ZeroDivisionError): still a problem of
-        # this URI, and of the parameter whose value set it off.
+        # validation error (KeyError, ZeroDivisionError, even SystemExit):
+        # still a problem of this URI, and of the parameter whose value set
+        # it off.
         raise _validator_failed(model, data, exc, fail) from None
 
 
+#: What a plugin's code (a validator, a constructor) may raise that is a
+#: configuration problem, not the application's end: everything but Ctrl-C.
+#: (A SystemExit(0) from a validator used to end `check` with status 0, and
+#: the application, silently.)
+_PLUGIN_FAILURES = (Exception, SystemExit, GeneratorExit)
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or its type's name when even that raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose message cannot be shown>"
+
+
 def _validator_failed(
-    model: type[BaseModel], data: dict[str, Any], exc: Exception, fail: _Fail
+    model: type[BaseModel], data: dict[str, Any], exc: BaseException, fail: _Fail
 ) -> EnricherConfigError:
     """The error for a ``Params`` validator that raised ``exc``, neither a
     ``ValueError`` nor an ``AssertionError``: names the parameter whose
@@ -453,14 +474,14 @@ def _validator_failed(
             model.model_validate({k: v for k, v in data.items() if k != key})
         except ValidationError:
             culprits.append(key)  # fails otherwise without it: a suspect
-        except Exception as again:
+        except _PLUGIN_FAILURES as again:
             if type(again) is type(exc):
                 continue
             culprits.append(key)
         else:
             culprits.append(key)
     culprit = culprits[0] if len(culprits) == 1 else None
-    message = str(exc)
+    message = _describe(exc)
     for value in data.values():
         message = _without_value(message, value)
     keys: list[str] = []
@@ -473,6 +494,16 @@ def _validator_failed(
     return fail.masking(keys)(
         f"{where}: the validator of {_qualname(model)} failed with {type(exc).__name__}: {message}"
     )
+
+
+def _shown_key(key: str) -> str:
+    """A query key as an error shows it: not at all when it is no plain
+    name (``pw?x@db/0?key`` is what a password holding a ``?`` leaves of a
+    malformed URI)."""
+    return key if _PLAIN_KEY.fullmatch(key) else "<a key that is not a plain name>"
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][\w.\-\[\]]{0,63}")
 
 
 def _accepted_keys(fields: Mapping[str, Any], is_async: bool) -> str:
@@ -511,11 +542,12 @@ def _construct(enricher_cls: type[Enricher], kwargs: dict[str, Any], fail: _Fail
         raise fail.rejected(exc) from None
     except ValueError as exc:  # EnricherConfigError is a ValueError too
         raise fail(str(exc)) from None
-    except Exception as exc:
+    except _PLUGIN_FAILURES as exc:
         # A constructor that fails otherwise is still a configuration problem
         # of this URI; its message is scrubbed like any other.
         raise fail(
-            f"{_qualname(enricher_cls)} could not be constructed: {type(exc).__name__}: {exc}"
+            f"{_qualname(enricher_cls)} could not be constructed: "
+            f"{type(exc).__name__}: {_describe(exc)}"
         ) from None
 
 

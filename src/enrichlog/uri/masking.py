@@ -138,7 +138,33 @@ def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
     encoded value is shown decoded). Works on malformed URIs too: it is what
     error messages show.
     """
-    return _mask_repeats(_mask_uri(uri, frozenset(secret_keys), 0), uri)
+    masked = _mask_uri(uri, frozenset(secret_keys), 0)
+    if not _WELL_FORMED.match(uri):
+        masked = _mask_malformed_userinfo(masked)
+    return _mask_repeats(masked, uri)
+
+
+# A URI whose authority its parse reads: 'scheme://' and a host part.
+_WELL_FORMED = re.compile(r"\A\s*[A-Za-z][A-Za-z0-9+.\-]*://[^/]")
+# Where the user part of a malformed URI may start: after what can pass for
+# a scheme and its separator (':', ';', slashes, in any number).
+_USERINFO_START = re.compile(r"\A\s*(?:[A-Za-z][A-Za-z0-9+.\-]*)?[:;]?/*")
+
+
+def _mask_malformed_userinfo(uri: str) -> str:
+    """The last resort for a whole URI whose parse cannot find its user
+    part (a slash missing or one too many, a mistyped separator): the text
+    from the first ``:`` after its scheme to its last ``@`` as ``***``. A
+    password may hold any character (a space, a quote, ``?``, ``#``), which
+    the patterns for text take for its end."""
+    at = uri.rfind("@")
+    if at < 0:
+        return uri
+    start = _USERINFO_START.match(uri)
+    colon = uri.find(":", start.end() if start else 0, at)
+    if colon < 0 or uri[colon + 1 : at] == MASK:
+        return uri
+    return uri[: colon + 1] + MASK + uri[at:]
 
 
 def mask_secrets(text: str) -> str:
