@@ -19,6 +19,7 @@ import pytest
 
 from enrichlog import configure_logging
 from enrichlog.exceptions import EnricherConfigError
+from tests.helpers import run_cli
 
 SECRET = "hunter2-Sesame"
 TOKEN = "tok-9f8e7d6c5b"
@@ -66,27 +67,6 @@ class ReverseDnsEnricher(SyncEnricher):
         event_dict["client_host"] = "localhost"
         return event_dict
 '''
-
-
-def run_cli(
-    cwd: Path, *args: str, env: dict[str, str] | None = None, pythonpath: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m enrichlog args...`` with ``env`` added to a copy of this
-    process's environment without ENRICHLOG_*."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHLOG_")}
-    environment.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        environment["PYTHONPATH"] = str(pythonpath)
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "enrichlog", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from enrichlog.exceptions import EnricherConfigError, EnrichlogError
 from enrichlog.metrics import EnricherMetrics, MetricsSnapshot
 from enrichlog.uri import EnricherFactory
 from enrichlog.uri.masking import mask_secrets, mask_uri, secrets_in
+from tests.helpers import run_cli as run_cli_on
 
 SECRET = "XQZSEK"
 
@@ -49,19 +50,8 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m enrichlog args...`` on the enrichlog this process
     imported, with ``env`` added to this environment without ENRICHLOG_*."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENRICHLOG_")}
     paths = [str(SOURCE)] + ([str(plugins)] if plugins is not None else [])
-    environment["PYTHONPATH"] = os.pathsep.join(paths)
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "enrichlog", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli_on(cwd, *args, env=env, pythonpath=os.pathsep.join(paths))
 
 
 PLUGIN = """

@@ -35,7 +35,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .engine.chain import LoggerLevels, post_processors, pre_processors, render_fallbacks
-from .engine.lifecycle import EnricherLifecycleManager
+from .engine.lifecycle import EnricherLifecycleManager, retrieve_outcome
 from .engine.logger import make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, logger_factory, open_output
 from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
@@ -631,7 +631,7 @@ class LoggingContainer:
         # it) stops waiting, not the drain (which used to stop half-way, its
         # report counting the events it had not written yet as pending).
         draining = asyncio.get_running_loop().create_task(self._ashutdown_on_the_loop(seconds))
-        draining.add_done_callback(_retrieve_outcome)
+        draining.add_done_callback(retrieve_outcome)
         self._draining = draining
         return await asyncio.shield(draining)
 
@@ -1293,13 +1293,6 @@ def _refuse_in_enricher(what: str) -> None:
             f"{what} was called from inside an enricher: it would shut down the container "
             "running it. Configure logging from the application; this call changed nothing"
         )
-
-
-def _retrieve_outcome(task: asyncio.Future[Any]) -> None:
-    """Read a task's outcome, so that one nobody awaits any more raises no
-    "exception was never retrieved"."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _wait_limit(what: str, timeout: object) -> float | None:

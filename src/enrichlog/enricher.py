@@ -32,7 +32,7 @@ from .options import EnricherOptions
 from .resilience.retry import is_transient_error
 from .uri import schemes
 from .uri.masking import mask_secrets
-from .uri.params import check_params
+from .uri.params import MAX_NAME, check_params
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -184,19 +184,14 @@ def _is_method(value: object) -> bool:
     )
 
 
-#: The longest enricher name: it is a metrics label, a key of every line's
-#: error field and a column of ``plan``.
-_MAX_NAME = 100
-
-
 def _name_problem(name: str) -> str | None:
     """What makes ``name`` unfit to show in lines, metrics and ``plan``
     (``None``: nothing): a control character (an escape sequence would
     reach the terminal of whoever reads ``plan``), a lone surrogate, a
     comma (lists of names are comma-separated), spaces around it, or its
     length."""
-    if len(name) > _MAX_NAME:
-        return f"is longer than {_MAX_NAME} characters"
+    if len(name) > MAX_NAME:
+        return f"is longer than {MAX_NAME} characters"
     if not name.isprintable() or name != name.strip():
         return "holds a control character, or spaces around it"
     if "," in name:

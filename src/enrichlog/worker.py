@@ -45,6 +45,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from .container import LoggingContainer
+from .engine.chain import free_key
 from .engine.output import append_unbuffered, open_for_appending, reopen_files
 from .exceptions import EnricherConfigError, EnrichlogError
 from .metrics import WORKER_COUNTERS
@@ -371,10 +372,7 @@ def _place_ids(event: dict[str, Any], event_id: str) -> None:
     application's ``render_error`` becomes ``render_error_2``, so readers
     that deduplicate by it never merge two events."""
     if TRANSPORT_ID in event:
-        number = 2
-        while f"{TRANSPORT_ID}_{number}" in event:
-            number += 1
-        event[f"{TRANSPORT_ID}_{number}"] = event.pop(TRANSPORT_ID)
+        event[free_key(event, TRANSPORT_ID)] = event.pop(TRANSPORT_ID)
     if EVENT_ID not in event:
         event[EVENT_ID] = event_id
     elif event[EVENT_ID] != event_id:

@@ -171,18 +171,25 @@ def _has_stream(name: str) -> bool:
     return result
 
 
-def test_a_worker_refuses_a_shared_consumer_filtered_on_another_subject(
-    streams: Streams, tmp_path: Path, start_worker: Any
-) -> None:
-    # Found by an outside tester: workers of two subjects of one stream
-    # shared the default consumer, filtered on the first one's subject; the
-    # second worker consumed nothing, silently.
+def two_subjects(streams: Streams) -> str:
+    """Make the test's stream with a second subject beside its own; that
+    subject."""
     other = f"{streams.subject}.b"
 
     async def make(js: Any) -> None:
         await js.add_stream(name=streams.stream, subjects=[streams.subject, other])
 
     js_call(make)
+    return other
+
+
+def test_a_worker_refuses_a_shared_consumer_filtered_on_another_subject(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by an outside tester: workers of two subjects of one stream
+    # shared the default consumer, filtered on the first one's subject; the
+    # second worker consumed nothing, silently.
+    other = two_subjects(streams)
     first = start_worker(worker_env(streams, tmp_path / "a.jsonl"))
     wait_until(lambda: "started" in first.log.read_text(), 30, "the first worker")
     env = worker_env(streams, tmp_path / "b.jsonl")
@@ -519,12 +526,7 @@ def test_a_consumer_changed_to_another_subject_under_a_worker_is_refused(
     # server took the second creation as an update of the first's filter,
     # and the first worker read (and wrote) the other subject's events.
     # Here the second creation is made by hand, after the first worker bound.
-    other = f"{streams.subject}.b"
-
-    async def make(js: Any) -> None:
-        await js.add_stream(name=streams.stream, subjects=[streams.subject, other])
-
-    js_call(make)
+    other = two_subjects(streams)
     output_a = tmp_path / "a.jsonl"
     first = start_worker(worker_env(streams, output_a))
     wait_until(lambda: "started" in first.log.read_text(), 30, "the first worker")

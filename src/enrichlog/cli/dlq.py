@@ -14,6 +14,7 @@ from ..exceptions import EnricherConfigError, EnrichlogError
 from ..settings import resolve_settings
 from ..transport.config import TransportConfig
 from ..uri.masking import mask_secrets
+from . import printable
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -122,7 +123,7 @@ async def _run(
             print(await _not_again(js, config, done.already_replayed, keep), file=out)
         if done.refused:
             reasons = "; ".join(
-                f"dead letter {letter.sequence}: {_safe(letter.malformed or '')}"
+                f"dead letter {letter.sequence}: {printable(letter.malformed or '')}"
                 for letter in done.refused
             )
             print(
@@ -136,24 +137,16 @@ async def _run(
         await client.close()
 
 
-def _safe(text: str) -> str:
-    """``text`` for a terminal: control characters (an escape sequence, a
-    carriage return, a line feed) shown escaped, as ``\x1b``, not sent."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
 def _list_line(letter: DeadLetter) -> str:
     """The ``dlq list`` line of one dead letter."""
     if letter.malformed is not None:
         return (
-            f"{letter.sequence:>8}  {_safe(letter.event_id) or '-'}  malformed dead letter: "
-            f"{_safe(letter.malformed)}"
+            f"{letter.sequence:>8}  {printable(letter.event_id) or '-'}  malformed dead letter: "
+            f"{printable(letter.malformed)}"
         )
     return (
-        f"{letter.sequence:>8}  {_safe(letter.event_id)}  {letter.deliveries} "
-        f"deliveries  {_safe(letter.failed_at)}  {_safe(letter.reason)}"
+        f"{letter.sequence:>8}  {printable(letter.event_id)}  {letter.deliveries} "
+        f"deliveries  {printable(letter.failed_at)}  {printable(letter.reason)}"
     )
 
 
@@ -170,8 +163,8 @@ def _replayed_line(config: TransportConfig, done: Replayed) -> str:
     published = len(done.published)
     if len(counts) <= 1:
         subject = next(iter(counts), config.subject)
-        return f"replayed {published} event(s) to {_safe(subject)}"
-    each = ", ".join(f"{_safe(subject)} ({count})" for subject, count in counts.items())
+        return f"replayed {published} event(s) to {printable(subject)}"
+    each = ", ".join(f"{printable(subject)} ({count})" for subject, count in counts.items())
     return f"replayed {published} event(s) to {each}"
 
 

@@ -95,13 +95,8 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
     """
     if file is not None:
         try:
-            with file.open("rb") as snapshot_file:  # capped: /dev/zero is a file too
-                raw = snapshot_file.read(MAX_RESPONSE_BYTES + 1)
-            if len(raw) > MAX_RESPONSE_BYTES:
-                raise EnrichlogError(
-                    f"cannot read the snapshot {str(file)!r}: larger than "
-                    f"{MAX_RESPONSE_BYTES // 2**20} MiB, which no snapshot is"
-                )
+            with file.open("rb") as snapshot_file:
+                raw = _read_capped(snapshot_file, f"the snapshot {str(file)!r}", "the file")
             data = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise EnrichlogError(f"cannot read the snapshot {str(file)!r}: {exc}") from None
@@ -118,17 +113,28 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
         raise EnrichlogError(f"--url must be an http:// or https:// address, not {shown!r}")
     try:
         with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - checked above
-            body = response.read(MAX_RESPONSE_BYTES + 1)
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise EnrichlogError(
-                f"cannot read {shown}: the response is larger than "
-                f"{MAX_RESPONSE_BYTES // 2**20} MiB, which no enrichlog endpoint sends"
-            )
-        text = body.decode("utf-8")
+            text = _read_capped(response, shown, "the response").decode("utf-8")
     except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP at all, say
         raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
     snapshot, timeouts = parse_exposition(text)
     return Stats(snapshot, timeouts, taken=time.monotonic())
+
+
+def _read_capped(source: Any, what: str, whole: str) -> bytes:
+    """All of ``source`` (``whole``: a file, a response), refused past
+    :data:`MAX_RESPONSE_BYTES`, which no enrichlog endpoint or snapshot
+    comes near (``/dev/zero`` is a file too).
+
+    Raises:
+        EnrichlogError: ``source`` holds more.
+    """
+    data: bytes = source.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise EnrichlogError(
+            f"cannot read {what}: {whole} is larger than {MAX_RESPONSE_BYTES // 2**20} MiB, "
+            "which no enrichlog endpoint or snapshot is"
+        )
+    return data
 
 
 def _request(url: str) -> urllib.request.Request:

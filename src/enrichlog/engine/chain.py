@@ -32,6 +32,7 @@ from ..settings import LEVELS, LoggingSettings
 __all__ = [
     "LoggerLevels",
     "SafeRenderer",
+    "free_key",
     "last_resort_line",
     "make_renderer",
     "post_processors",
@@ -176,7 +177,7 @@ def _printable_event(
     else:
         safe = _unique_keys(((keys(k), values(v)) for k, v in event_dict.items()))
     if "render_error" in safe:  # the application's own: kept beside ours
-        safe[_free_key(safe, "render_error")] = safe.pop("render_error")
+        safe[free_key(safe, "render_error")] = safe.pop("render_error")
     safe["render_error"] = f"{type(exc).__name__}: {_repr(exc)[:200]}"
     return safe  # type: ignore[no-any-return]
 
@@ -186,11 +187,11 @@ def _unique_keys(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     (``a b`` and ``a_b``) gets a suffix instead of overwriting its value."""
     made: dict[str, Any] = {}
     for key, value in items:
-        made[_free_key(made, key) if key in made else key] = value
+        made[free_key(made, key) if key in made else key] = value
     return made
 
 
-def _free_key(taken: Mapping[str, Any], key: str) -> str:
+def free_key(taken: Mapping[str, Any], key: str) -> str:
     """``key`` with the first suffix ``_2``, ``_3``... that ``taken`` lacks."""
     number = 2
     while f"{key}_{number}" in taken:

@@ -29,7 +29,7 @@ from ..enricher import Enricher
 from ..uri.masking import mask_secrets
 from .plan import IN_ENRICHMENT
 
-__all__ = ["EnricherLifecycleManager"]
+__all__ = ["EnricherLifecycleManager", "retrieve_outcome"]
 
 _report = logging.getLogger("enrichlog")
 
@@ -91,7 +91,7 @@ class EnricherLifecycleManager:
         # Its outcome is read even when nobody waits for it any more (a
         # shutdown cancelled while the start-up ignored its cancellation):
         # asyncio would report an unread CancelledError.
-        startup.add_done_callback(_retrieve)
+        startup.add_done_callback(retrieve_outcome)
         self._startup = startup
         if self._interval is not None and self._checker is None:
             self._checker = loop.create_task(self._check_periodically())
@@ -159,7 +159,7 @@ class EnricherLifecycleManager:
             # Waited for, not awaited: its CancelledError is its own, and a
             # cancellation of this shutdown must not be taken for it.
             await asyncio.wait({task})
-            _retrieve(task)
+            retrieve_outcome(task)
         self._checker = self._startup = None
         self._retries.clear()
         for enricher in reversed(self._enrichers):
@@ -267,10 +267,10 @@ def _in_enricher() -> Iterator[None]:
         IN_ENRICHMENT.set(previous)
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Read the outcome of a finished task of its own: a cancelled gather()
-    ends with CancelledError as its exception, which asyncio reports if
-    nobody reads it."""
+def retrieve_outcome(task: asyncio.Future[Any]) -> None:
+    """Read the outcome of a finished task nobody awaits (any more): a
+    cancelled gather() ends with CancelledError as its exception, and a
+    failed task with its own, which asyncio reports if nobody reads it."""
     if not task.cancelled():
         task.exception()
 

@@ -43,6 +43,7 @@ from .masking import (
     password_cut_short,
     scrub,
     secrets_in,
+    split_authority,
 )
 from .params import (
     COMMON_KEYS,
@@ -142,7 +143,7 @@ class _Fail:
         if self._uri is None:
             return self
         head, sep, tail = self.masked.partition("://")
-        netloc, rest = _authority(tail)
+        netloc, rest = split_authority(tail)
         userinfo, at, hostport = netloc.rpartition("@")
         if part == "user" and at and ":" not in userinfo:
             netloc = f"{MASK}@{hostport}"  # no password: the user may be a token
@@ -157,13 +158,6 @@ class _Fail:
         if self._uri is None or not keys:
             return self
         return _Fail(mask_uri(self._uri, {*self._secret_keys, *keys}), self.secrets)
-
-
-def _authority(tail: str) -> tuple[str, str]:
-    """``tail`` (a masked URI after its ``://``) as its authority and the
-    rest."""
-    end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
-    return tail[:end], tail[end:]
 
 
 #: The most of a URI, or of a detail, an error shows (a 100,000-character

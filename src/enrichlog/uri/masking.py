@@ -31,6 +31,7 @@ __all__ = [
     "password_cut_short",
     "scrub",
     "secrets_in",
+    "split_authority",
 ]
 
 MASK: Final = "***"
@@ -254,7 +255,7 @@ def _mask_any(value: Any) -> Any:
     return value
 
 
-def _split_authority(tail: str) -> tuple[str, str]:
+def split_authority(tail: str) -> tuple[str, str]:
     """``tail`` (a URI after ``scheme://``) as (authority, rest)."""
     end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
     netloc, rest = tail[:end], tail[end:]
@@ -266,7 +267,7 @@ def _split_authority(tail: str) -> tuple[str, str]:
 
 def _password_of(uri: str) -> str | None:
     head, sep, tail = uri.partition("://")
-    netloc, _ = _split_authority(tail if sep else head)
+    netloc, _ = split_authority(tail if sep else head)
     userinfo, at, _ = netloc.rpartition("@")
     if at and ":" in userinfo:
         return userinfo.partition(":")[2]
@@ -291,7 +292,7 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     head, sep, tail = uri.partition("://")
     if not sep:
         head, tail = "", uri
-    netloc, rest = _split_authority(tail)
+    netloc, rest = split_authority(tail)
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
@@ -433,7 +434,7 @@ def _cut_by_hash(before: str, fragment: str) -> bool:
     starts = list(_URI_START.finditer(before))
     if not starts:
         return False
-    netloc, _ = _split_authority(before[starts[-1].end() :])
+    netloc, _ = split_authority(before[starts[-1].end() :])
     return password_cut_short(netloc, "#" + fragment)
 
 

@@ -76,7 +76,8 @@ the constructor typed. ``Params`` may not declare fields with these names."""
 
 
 MAX_NAME: Final = 100
-"""The longest enricher name (as :mod:`enrichlog.enricher` checks it)."""
+"""The longest enricher name (and name of a dependency): it is a metrics
+label, a key of every line's error field and a column of ``plan``."""
 
 
 def _split_commas(value: Any) -> Any:
