@@ -195,6 +195,12 @@ def test_mask_uri_leaves_a_uri_without_secrets_unchanged() -> None:
         ("see postgres%3A%2F%2Fapp%3As3cret%40db here", "see postgres://app:***@db here"),
         ("x://u:pa'ss@h/db", "x://u:***@h/db"),
         ("failed: {'token': b'SEKRET', 'n': 1}", "failed: {'token': b'***', 'n': 1}"),
+        # A pair inside another pair's value: the outer key is not a secret,
+        # the inner one is (a third-party message's shape).
+        ("connect failed: password=hunter2 host=x", "connect failed: password=*** host=x"),
+        ("error: password: hunter2", "error: password: ***"),
+        ("a=b=c=password=zz", "a=b=c=password=***"),
+        ("msg: 'password=x'", "msg: 'password=***'"),
     ],
 )
 def test_mask_secrets(text: str, masked: str) -> None:
@@ -234,6 +240,10 @@ def test_secrets_in_finds_passwords_and_secret_values_in_every_form() -> None:
     found = secrets_in("x://?upstream=postgres%3A%2F%2Fapp%3Ahunter22%40db&token=tk-1&a=b")
 
     assert {"hunter22", "tk-1"} <= set(found)
+
+
+def test_secrets_in_finds_a_pair_inside_another_pairs_value() -> None:
+    assert ["hunter2"] == secrets_in("connect failed: password=hunter2 host=x")
 
 
 def test_scrub_replaces_long_secrets_and_quoted_short_ones() -> None:
@@ -451,8 +461,19 @@ def test_no_output_shows_a_secret_of_the_configuration(case: tuple[str, str, boo
         lambda n: "a://" * (n // 4),
         lambda n: "@ " + "a://" * (n // 4),
         lambda n: "x%" * (n // 2),
+        lambda n: "a=" * (n // 2),
+        lambda n: "a: " * (n // 3),
     ],
-    ids=["letters", "uri-value", "hex-like", "schemes", "schemes-after-at", "percents"],
+    ids=[
+        "letters",
+        "uri-value",
+        "hex-like",
+        "schemes",
+        "schemes-after-at",
+        "percents",
+        "pairs-in-values",
+        "colon-pairs",
+    ],
 )
 def test_masking_takes_time_in_proportion_to_the_text(shape: Any) -> None:
     # Found by an outside tester: masking a 20,000-character value took

@@ -164,7 +164,7 @@ def test_a_keyword_of_none_keeps_the_class_attribute() -> None:
         ("retry_attempts", 101, "less than or equal to 100"),
         ("batch_window", -0.1, "greater than or equal to 0"),
         ("batch_size", 2.5, "valid integer"),
-        ("half_open_max_calls", True, "valid integer"),
+        ("half_open_max_calls", True, "a number is expected, not True"),
         ("retry_base_delay", "0.1", "valid number"),
     ],
 )

@@ -4,6 +4,7 @@ from ``ENRICHLOG_*`` environment variables."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -416,3 +417,35 @@ def test_the_json_of_the_settings_masks_a_transport_password_holding_a_space() -
 
     assert "Zq9" not in settings.model_dump_json()
     assert "nats://app:***@127.0.0.1:4222" in settings.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"queue_size": True},
+        {"enricher_timeout": True},
+        {"shutdown_timeout": True},
+        {"metrics_port": False},
+        {"max_enricher_threads": True},
+        {"enricher_options": {"user": {"timeout": True}}},
+        {"enricher_options": {"user": {"cache_max_size": True}}},
+    ],
+    ids=lambda settings: next(iter(settings)),
+)
+def test_a_bool_is_no_number(settings: dict[str, Any]) -> None:
+    # Python counts True as 1: timeout=True would have been one second and
+    # queue_size=True one event, silently.
+    with pytest.raises(EnricherConfigError) as raised:
+        configure_logging(output="stderr", **settings)
+
+    assert "a number is expected, not " in str(raised.value)
+    assert next(iter(settings)) in str(raised.value)
+
+
+def test_a_bool_in_the_environments_json_is_no_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENRICHLOG_ENRICHER_OPTIONS", '{"user": {"timeout": true}}')
+
+    with pytest.raises(EnricherConfigError) as raised:
+        configure_logging(output="stderr")
+
+    assert "enricher_options.user.timeout: a number is expected, not True" in str(raised.value)

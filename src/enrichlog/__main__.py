@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -52,18 +53,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(stats)
     _add_scale_out_commands(commands)
     args = parser.parse_args(argv)
+    if sys.stdout is None and args.command in _SHOWING:
+        # Started with its stdout closed (``>&-``): what it is for cannot be shown.
+        _complain(f"python -m enrichlog {args.command}: cannot write to stdout: it is closed")
+        return 1
 
     try:
         status = _run(args)
-        sys.stdout.flush()  # here, so that a closed pipe is reported here
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, so that a closed pipe is reported here
     except BrokenPipeError:
         # The reader is gone: nothing more can be shown, and Python would
         # complain again when it flushes stdout at exit.
+        _silence_stdout()
+        return _EXIT_BROKEN_PIPE
+    except OSError as exc:
+        # Its output failed (a full disk, /dev/full, an I/O error), or another
+        # system call no command expected: one line, as any command-line tool.
+        _silence_stdout()
+        _complain(f"python -m enrichlog {args.command}: {exc}")
+        return 1
+    return status
+
+
+#: The commands whose output on stdout is what they are run for.
+_SHOWING = frozenset({"demo", "plan", "check", "stats", "dlq"})
+
+
+def _complain(message: str) -> None:
+    """``message`` on stderr, if there is one to write it to."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            print(message, file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device: what it still buffers, and anything
+    written after, is dropped instead of failing again when Python flushes it
+    at exit."""
+    if sys.stdout is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-        return _EXIT_BROKEN_PIPE
-    return status
 
 
 def _add_scale_out_commands(commands: Any) -> None:

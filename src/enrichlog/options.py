@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .exceptions import EnricherConfigError
 
@@ -44,6 +44,7 @@ __all__ = [
     "Count",
     "EnricherOptions",
     "NonNegativeSeconds",
+    "NotABool",
     "Period",
     "PositiveSeconds",
     "ResolvedOptions",
@@ -67,19 +68,31 @@ MAX_COUNT: Final = 1_000_000
 MAX_RETRY_ATTEMPTS: Final = 100
 """The most attempts per event: retries all happen within one timeout."""
 
-PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+
+def _refuse_bool(value: Any) -> Any:
+    """A number setting's value as given, unless it is a bool: Python counts
+    ``True`` as 1, so ``timeout=True`` would be one second, silently."""
+    if isinstance(value, bool):
+        raise ValueError(f"a number is expected, not {value!r}")  # noqa: TRY004 - pydantic reports ValueErrors
+    return value
+
+
+NotABool: Final = BeforeValidator(_refuse_bool)
+"""Refuses ``True``/``False`` where a number is expected (in code, or JSON)."""
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT, allow_inf_nan=False), NotABool]
 """Seconds > 0 and at most :data:`MAX_TIMEOUT`: timeouts, waits, delays."""
 
-NonNegativeSeconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, Field(ge=0, le=MAX_TIMEOUT, allow_inf_nan=False), NotABool]
 """Seconds >= 0 and at most :data:`MAX_TIMEOUT` (0 = do not wait)."""
 
-Period = Annotated[float, Field(gt=0, le=MAX_PERIOD, allow_inf_nan=False)]
+Period = Annotated[float, Field(gt=0, le=MAX_PERIOD, allow_inf_nan=False), NotABool]
 """Seconds > 0 and at most :data:`MAX_PERIOD`: lifetimes and intervals."""
 
-Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT), NotABool]
 """An integer from 1 to :data:`MAX_COUNT`: sizes, counts, limits."""
 
-Attempts = Annotated[int, Field(ge=1, le=MAX_RETRY_ATTEMPTS)]
+Attempts = Annotated[int, Field(ge=1, le=MAX_RETRY_ATTEMPTS), NotABool]
 """An integer from 1 to :data:`MAX_RETRY_ATTEMPTS`."""
 
 

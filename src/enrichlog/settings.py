@@ -39,6 +39,7 @@ from .options import (
     Count,
     EnricherOptions,
     NonNegativeSeconds,
+    NotABool,
     Period,
     PositiveSeconds,
 )
@@ -245,7 +246,7 @@ class LoggingSettings(BaseSettings):
         "enrichment_errors",
         description="event key for {enricher: reason}; None disables",
     )
-    max_enricher_threads: Annotated[int, Field(ge=1, le=256)] = Field(
+    max_enricher_threads: Annotated[int, Field(ge=1, le=256), NotABool] = Field(
         4, description="worker threads for blocking sync enrichers"
     )
 
@@ -322,7 +323,7 @@ class LoggingSettings(BaseSettings):
     )
 
     # -- metrics endpoint (enrichlog.integrations.prometheus) -----------------
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+    metrics_port: Annotated[int, Field(ge=0, le=65535), NotABool] | None = Field(
         None,
         description="port serving Prometheus metrics at /metrics; 0 = a free port; None = off",
     )
@@ -382,10 +383,10 @@ class LoggingSettings(BaseSettings):
         description="directory of the producer's on-disk spool; None = "
         "~/.cache/enrichlog/spool/<stream>",
     )
-    spool_max_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = Field(
+    spool_max_bytes: Annotated[int, Field(ge=1024, le=1 << 40), NotABool] = Field(
         256 << 20, description="bytes the spool may hold; events past it are dropped and counted"
     )
-    max_deliver: Annotated[int, Field(ge=1, le=1000)] = Field(
+    max_deliver: Annotated[int, Field(ge=1, le=1000), NotABool] = Field(
         5, description="deliveries of an event before a worker dead-letters it"
     )
     ack_wait: PositiveSeconds = Field(

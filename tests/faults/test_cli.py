@@ -93,3 +93,40 @@ def test_version_prints_the_installed_version() -> None:
     assert 0 == run.returncode
     assert run.stdout.startswith("enrichlog ")
     assert "unknown" not in run.stdout
+
+
+@pytest.mark.parametrize("command", ["plan", "check", "demo", "plan --format json"])
+def test_a_full_disk_under_stdout_is_one_line_and_status_1(command: str) -> None:
+    """``> /dev/full`` (a full disk): the failure in one line, no traceback."""
+    shell = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog"])
+    proc = subprocess.run(
+        ["bash", "-c", f"{shell} {command} > /dev/full"],
+        env=script_env({"ENRICHLOG_ENRICHERS": "static://?region=eu"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 1 == proc.returncode
+    assert "Traceback" not in proc.stderr
+    assert "Exception ignored" not in proc.stderr
+    name = command.split()[0]
+    assert f"python -m enrichlog {name}: [Errno 28] No space left on device" in proc.stderr
+
+
+def test_a_closed_stdout_is_reported_not_ignored() -> None:
+    shell = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog"])
+    proc = subprocess.run(
+        ["bash", "-c", f"{shell} plan >&-"],
+        env=script_env({"ENRICHLOG_ENRICHERS": "hostname://"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (1, "python -m enrichlog plan: cannot write to stdout: it is closed\n") == (
+        proc.returncode,
+        proc.stderr,
+    )

@@ -27,6 +27,7 @@ from structlog.typing import EventDict
 
 from ..enricher import shortly_before
 from ..exceptions import EnricherConfigError
+from ..options import NotABool
 from ..uri.params import CommaSeparated
 from ._lookup import (
     DEFAULT_MAX_KEY_LENGTH,
@@ -49,7 +50,7 @@ _MISSING_STATUS = frozenset({404, 410})
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 _CLOSE_TIMEOUT = 5.0
 
-_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False), NotABool]
 
 
 class HttpLookupEnricher(LookupEnricher):
@@ -80,7 +81,7 @@ class HttpLookupEnricher(LookupEnricher):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         host: str
-        port: Annotated[int, Field(ge=1, le=65535)] | None = None
+        port: Annotated[int, Field(ge=1, le=65535), NotABool] | None = None
         path: str = "/"
         scheme: Literal["http", "https"] = "http"
         into: IntoField | None = None
@@ -90,9 +91,9 @@ class HttpLookupEnricher(LookupEnricher):
         auth_scheme: str = "Bearer"
         connect_timeout: _Seconds = 2.0
         read_timeout: _Seconds = 5.0
-        max_connections: Annotated[int, Field(ge=1)] = 10
+        max_connections: Annotated[int, Field(ge=1), NotABool] = 10
         health_path: str | None = None
-        max_key_length: Annotated[int, Field(ge=1)] = DEFAULT_MAX_KEY_LENGTH
+        max_key_length: Annotated[int, Field(ge=1), NotABool] = DEFAULT_MAX_KEY_LENGTH
 
         @field_validator("path")
         @classmethod

@@ -30,6 +30,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from structlog.typing import EventDict
 
+from ..options import NotABool
 from ..uri.params import CommaSeparated
 from ._lookup import (
     DEFAULT_MAX_KEY_LENGTH,
@@ -260,7 +261,7 @@ class PostgresLookupEnricher(LookupEnricher):
         )
 
         host: str = "127.0.0.1"
-        port: Annotated[int, Field(ge=1, le=65535)] = 5432
+        port: Annotated[int, Field(ge=1, le=65535), NotABool] = 5432
         user: str | None = None
         password: SecretStr | None = None
         path: str = "/"
@@ -269,14 +270,14 @@ class PostgresLookupEnricher(LookupEnricher):
         from_: FieldName | None = Field(None, alias="from")
         columns: Annotated[CommaSeparated, Field(min_length=1)]
         into: IntoField | None = None
-        min_size: Annotated[int, Field(ge=0)] = 1
-        max_size: Annotated[int, Field(ge=1)] = 10
-        connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+        min_size: Annotated[int, Field(ge=0), NotABool] = 1
+        max_size: Annotated[int, Field(ge=1), NotABool] = 10
+        connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False), NotABool] = 5.0
         ssl: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
             None
         )
         application_name: Annotated[str, Field(min_length=1, max_length=63)] = "enrichlog"
-        max_key_length: Annotated[int, Field(ge=1)] = DEFAULT_MAX_KEY_LENGTH
+        max_key_length: Annotated[int, Field(ge=1), NotABool] = DEFAULT_MAX_KEY_LENGTH
 
         @field_validator("table")
         @classmethod

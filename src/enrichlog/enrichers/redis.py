@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from structlog.typing import EventDict
 
+from ..options import NotABool
 from ..uri.params import CommaSeparated
 from ._lookup import (
     DEFAULT_MAX_KEY_LENGTH,
@@ -61,7 +62,7 @@ class RedisLookupEnricher(LookupEnricher):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         host: str = "127.0.0.1"
-        port: Annotated[int, Field(ge=1, le=65535)] = 6379
+        port: Annotated[int, Field(ge=1, le=65535), NotABool] = 6379
         user: str | None = None
         password: SecretStr | None = None
         path: str = "/0"
@@ -69,10 +70,10 @@ class RedisLookupEnricher(LookupEnricher):
         type: Literal["hash", "string", "json"] = "hash"
         into: IntoField | None = None
         fields: CommaSeparated = ()
-        max_connections: Annotated[int, Field(ge=1)] = 10
-        connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 2.0
+        max_connections: Annotated[int, Field(ge=1), NotABool] = 10
+        connect_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False), NotABool] = 2.0
         client_name: Annotated[str, Field(pattern=r"^[!-~]+$")] = "enrichlog"
-        max_key_length: Annotated[int, Field(ge=1)] = DEFAULT_MAX_KEY_LENGTH
+        max_key_length: Annotated[int, Field(ge=1), NotABool] = DEFAULT_MAX_KEY_LENGTH
 
         @field_validator("key")
         @classmethod

@@ -18,7 +18,7 @@ may lose its host in the message, never its password.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -91,17 +91,23 @@ _LOOSE_SEGMENT_END = re.compile(r"[/?#&=,;]")
 _DROPPED_BY_PARSER = str.maketrans("", "", "\t\r\n")
 # A bare 'Bearer <token>' ('Authorization: Bearer <token>' is a pair).
 _BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
-_PAIR = re.compile(
+# A pair's key and separator: 'password=', 'token: ', '"secret": '. Only
+# these are scanned for, so a value holding a pair ('failed: password=x') is
+# scanned too; a value is read only after a secret name (_secret_pairs).
+_PAIR_KEY = re.compile(
     r"""
     (?<![\w.\-%])                           # a whole name, not the tail of one
     (?P<key>[A-Za-z_][\w.\-]*)
     (?P<key_quote>['"]?)
     [ \t]*[=:][ \t]*
-    (?P<value>
+    """,
+    re.VERBOSE,
+)
+_PAIR_VALUE = re.compile(
+    r"""
         b?"(?:[^"\\]|\\.)*"                  # b: a bytes repr
       | b?'(?:[^'\\]|\\.)*'
       | (?:(?i:bearer|basic|digest|negotiate)[ \t]+)?[^\s&,;'"<>()\[\]{}]+
-    )
     """,
     re.VERBOSE,
 )
@@ -200,9 +206,7 @@ def secrets_in(text: str) -> list[str]:
                 found += [password, unquote(password)]
         for start, end in _loose_passwords(form):
             found += [form[start:end], unquote(form[start:end])]
-        for match in _PAIR.finditer(form):
-            if is_secret_name(match["key"]):
-                found.append(_unquoted(match["value"]))
+        found += [_unquoted(value.group()) for _, value in _secret_pairs(form)]
     return [secret for secret in dict.fromkeys(found) if secret and secret != MASK]
 
 
@@ -491,28 +495,50 @@ def _mask_text(text: str, depth: int) -> str:
     text = _mask_cut_passwords(text)
     text = _mask_loose_passwords(text)
     text = _BEARER.sub(f"Bearer {MASK}", text)
-    text = _PAIR.sub(_mask_pair, text)
+    text = _mask_pairs(text)
     if depth <= _MAX_DEPTH:
         text = _ENCODED_TOKEN.sub(lambda m: _mask_encoded(m.group(), depth), text)
     return text
 
 
-def _mask_pair(match: re.Match[str]) -> str:
-    if not is_secret_name(match["key"]):
-        return match.group()
-    value = match["value"]
+def _secret_pairs(text: str) -> Iterator[tuple[re.Match[str], re.Match[str]]]:
+    """The (key, value) matches of the pairs in ``text`` whose key is a secret
+    name, in order, in one pass: a masked value is not scanned again."""
+    position = 0
+    while (key := _PAIR_KEY.search(text, position)) is not None:
+        position = key.end()
+        if is_secret_name(key["key"]) and (value := _PAIR_VALUE.match(text, position)):
+            yield key, value
+            position = value.end()
+
+
+def _mask_pairs(text: str) -> str:
+    """``text`` with the values of its secret-named pairs masked."""
+    parts: list[str] = []
+    done = 0
+    for key, value in _secret_pairs(text):
+        shown = _masked_value(key, value)
+        if shown is not None:
+            parts += [text[done : value.start()], shown]
+            done = value.end()
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _masked_value(key: re.Match[str], match: re.Match[str]) -> str | None:
+    """What a secret pair's value is shown as; ``None`` when it is no pair."""
+    value = match.group()
     prefix = "b" if value[:2] in {"b'", 'b"'} else ""
     value = value[len(prefix) :]
     quoted = value[:1] in {"'", '"'}
-    if match["key_quote"] and not quoted:
+    if key["key_quote"] and not quoted:
         # "'token': Input should be ..." is a message about a key, not a
         # pair; a quoted key has a value in a dict or JSON object, where a
         # separator or the end follows it.
         after = match.string[match.end() :].lstrip()[:1]
         if after not in {"", ",", "}", "]", ")"}:
-            return match.group()
-    shown = f"{prefix}{value[0]}{MASK}{value[0]}" if quoted else MASK
-    return match.group()[: match.start("value") - match.start()] + shown
+            return None
+    return f"{prefix}{value[0]}{MASK}{value[0]}" if quoted else MASK
 
 
 def _mask_encoded(token: str, depth: int) -> str:
