@@ -48,6 +48,7 @@ from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
 from .options import MAX_TIMEOUT
+from .reporting import reporting_logger
 from .settings import LoggingSettings, require_settings, resolve_settings
 from .transport import transport_for
 
@@ -73,7 +74,7 @@ _REPORTED = ("written", "dropped", "pending", "write_failed", "abandoned", "filt
 #: out; with a transport, what was ``published``, ``spooled`` or lost.
 _DRAINED = ("salvaged", "published", "spooled", "spool_dropped", "rejected", "truncated")
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 # The container structlog is configured with, and every container that may
 # need a fresh runtime after fork(). Both mirror structlog's own global

@@ -438,6 +438,15 @@ class AsyncEnricher(Enricher):
     batch_size: int | None = None
     batch_window: float | None = None
 
+    #: ``True``: the fields this enricher adds never replace a field the
+    #: event already has (a value given at the call site, or by an earlier
+    #: level, wins). A cached or batched value is computed once per key and
+    #: served to every event of that key, so a ``setdefault`` in
+    #: ``enrich_async`` or ``apply`` would decide for all of them by the
+    #: first event's fields: set this instead, and let the runtime keep each
+    #: event's own values.
+    keep_existing: ClassVar[bool] = False
+
     def __init__(
         self,
         *,

@@ -30,7 +30,6 @@ import contextlib
 import errno
 import functools
 import json
-import logging
 import os
 import random
 import re
@@ -49,6 +48,7 @@ from .engine.chain import free_key
 from .engine.output import append_unbuffered, open_for_appending, reopen_files
 from .exceptions import EnricherConfigError, EnrichlogError
 from .metrics import WORKER_COUNTERS
+from .reporting import reporting_logger
 from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, ID_HEADER, TRANSPORT_ID, decode_event
 from .transport.config import TransportConfig, subject_matches
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OutputSink", "Worker", "WorkerMetrics", "redelivery_delay"]
 
-_report = logging.getLogger("enrichlog.worker")
+_report = reporting_logger("enrichlog.worker")
 
 #: Event ids a worker remembers having written (the oldest are forgotten).
 DEDUP_CAPACITY = 100_000

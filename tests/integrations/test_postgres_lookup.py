@@ -117,6 +117,45 @@ def test_without_into_columns_join_the_event_and_call_site_values_win(
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_call_site_values_win_over_cached_and_batched_rows(
+    pg_uri: str, pg_table: str, log_file: Path, delivery: str
+) -> None:
+    # Found by an outside tester: the row's changes were worked out on the
+    # first event of a key and cached, so that event's call-site value
+    # decided for every later event of its key: fields lost (first event had
+    # its own) or call-site values overwritten (first event had none).
+    container = configure(
+        log_file,
+        f"{pg_uri}?table={pg_table}&from=user_id&columns=name&into=user&name=u",
+        f"{pg_uri}?table={pg_table}&key=id&from=user_id&columns=tier&name=t",
+        delivery=delivery,
+    )
+    log = get_logger()
+
+    log.info("a1", user_id=1, user="call site", tier="call site")
+    container.flush()
+    log.info("a2", user_id=1)  # cache hits
+    log.info("b1", user_id=2)
+    container.flush()
+    log.info("b2", user_id=2, user="call site", tier="call site")  # cache hits
+    for n in range(3):  # one batch (background): the same key with and without
+        log.info(f"c{n}", user_id=3, **({"tier": "call site"} if n == 1 else {}))
+    container.shutdown()
+
+    lines = {line["event"]: (line.get("user"), line.get("tier")) for line in read_lines(log_file)}
+    assert {
+        "a1": ("call site", "call site"),
+        "a2": ({"name": "ann"}, "gold"),
+        "b1": ({"name": "bob"}, "free"),
+        "b2": ("call site", "call site"),
+        "c0": ({"name": "cid"}, "free"),
+        "c1": ({"name": "cid"}, "call site"),
+        "c2": ({"name": "cid"}, "free"),
+    } == lines
+
+
+@pytest.mark.services
 def test_two_lookups_of_one_scheme_coexist_by_name(
     pg_uri: str, pg_table: str, log_file: Path
 ) -> None:

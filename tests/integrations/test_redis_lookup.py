@@ -132,6 +132,32 @@ def test_strings_json_fields_and_top_level(users: str, log_file: Path) -> None:
 
 
 @pytest.mark.services
+def test_call_site_values_win_over_cached_values(users: str, log_file: Path) -> None:
+    # Found by an outside tester: the first event of a key decided for every
+    # later one (its call-site field blanked the key's lookup while cached).
+    container = configure(
+        log_file,
+        f"{BASE}?key={users}user:{{user_id}}&fields=name,tier",
+        delivery="inline",
+    )
+    log = get_logger()
+
+    log.info("a1", user_id=1, tier="call site")
+    log.info("a2", user_id=1)
+    log.info("b1", user_id=2)
+    log.info("b2", user_id=2, tier="call site")
+    container.shutdown()
+
+    lines = {line["event"]: (line.get("name"), line.get("tier")) for line in read_lines(log_file)}
+    assert {
+        "a1": ("ann", "call site"),
+        "a2": ("ann", "gold"),
+        "b1": ("bob", "free"),
+        "b2": ("bob", "call site"),
+    } == lines
+
+
+@pytest.mark.services
 async def test_json_values_and_failures(users: str) -> None:
     whole = EnricherFactory.build(f"{BASE}?key={users}doc:{{d}}&type=json&into=doc")
     merged = EnricherFactory.build(f"{BASE}?key={users}doc:{{d}}&type=json&name=merged")
@@ -154,7 +180,9 @@ async def test_json_values_and_failures(users: str) -> None:
     assert documents[(1,)] == mixed[(1,)]
     assert isinstance(mixed[("bad",)], json.JSONDecodeError)
     assert "under into=" in str(not_an_object[(2,)])
-    assert {"d": 1, "age": 7, "name": "ann", "tags": ["a"]} == event
+    # Called alone, the enricher gives its answer whole; the runtime keeps an
+    # event's own fields when it merges it (keep_existing, per event).
+    assert {"d": 1, "age": 41, "name": "ann", "tags": ["a"]} == event
 
 
 @pytest.mark.services

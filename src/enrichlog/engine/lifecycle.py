@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from ..enricher import Enricher
+from ..reporting import reporting_logger
 from ..uri.masking import mask_secrets
 from .plan import IN_ENRICHMENT
 
 __all__ = ["EnricherLifecycleManager", "retrieve_outcome"]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: Seconds before the first retry of a failed start-up, and the cap of its
 #: doubling backoff (when periodic health checks are off).

@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import errno
 import io
-import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -33,6 +33,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..exceptions import EnricherConfigError
+from ..reporting import reporting_logger
 from .chain import is_application_interrupt, last_resort_line
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "reopen_files",
 ]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 
 class TailWriter:
@@ -637,6 +638,9 @@ class LineWriter:
             self.gather_limit = other.gather_limit
             self._broken = self._torn = False
             self._usable = True
+            # Another output: its first failure is reported at once, not
+            # held back by the previous output's last report.
+            self._last_report = other._last_report
 
     def release(self, other: LineWriter, timeout: float = 5.0) -> bool:
         """Stop writing to ``other``'s stream (it is being closed); a later
@@ -710,10 +714,18 @@ class LineWriter:
             return False
         try:
             descriptor = self._stream.fileno()
-            fresh = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            # Without waiting: a named pipe whose reader is gone would hold
+            # the signal handler, and the application's main thread, until
+            # another reader came. Only a regular file is rotated.
+            fresh = os.open(
+                self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666
+            )
         except (AttributeError, OSError, ValueError):
             return False
         try:
+            if not stat.S_ISREG(os.fstat(fresh).st_mode):
+                return False  # a pipe, a socket, a device: nothing to rotate
+            os.set_blocking(fresh, True)
             os.dup2(fresh, descriptor)
         except OSError:
             return False

@@ -19,7 +19,6 @@ import contextlib
 import contextvars
 import enum
 import functools
-import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 from structlog.typing import EventDict, WrappedLogger
 
+from ..reporting import reporting_logger
 from .plan import Enrichment, EnrichmentPlan
 from .runtime import LoopRuntime, Runtime, resolver, set_result
 
@@ -42,7 +42,7 @@ __all__ = [
     "PipelineState",
 ]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: Seconds shutdown waits for events it gave up enriching to be written.
 _SALVAGE_SECONDS = 1.0

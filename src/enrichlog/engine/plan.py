@@ -23,7 +23,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -35,6 +34,7 @@ from ..enricher import AsyncEnricher, Enricher, SyncEnricher, _FunctionEnricher
 from ..exceptions import EnricherConfigError
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
+from ..reporting import reporting_logger
 from ..resilience.guard import EnricherGuard, lookup_all
 from ..resilience.outcome import (
     FILTERED,
@@ -44,8 +44,10 @@ from ..resilience.outcome import (
     INVALID_RETURN,
     TIMEOUT,
     UNAVAILABLE,
+    Fills,
     Outcome,
     changes_of,
+    fill,
     hook_failed,
     isolated_copy,
     take_interrupt,
@@ -61,7 +63,7 @@ __all__ = [
     "take_interrupt",
 ]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: The clock of an event's enrichment latency (bound once: read twice per
 #: event that awaits).
@@ -197,9 +199,37 @@ LevelSettler = Callable[[WrappedLogger, str, EventDict], list[Outcome | None]]
 
 def _level_settler(level: Sequence[Step]) -> LevelSettler:
     guards = tuple(step.guard for step in level if step.guard is not None)
+    settler: LevelSettler
     if len(guards) == len(level):  # every step an async enricher's guard.lookup
-        return functools.partial(lookup_all, guards)
-    return functools.partial(_settle_each, tuple(step.settle for step in level))
+        settler = functools.partial(lookup_all, guards)
+    else:
+        settler = functools.partial(_settle_each, tuple(step.settle for step in level))
+    if any(guard.keeps for guard in guards):
+        return functools.partial(_filling, settler)
+    return settler
+
+
+def _filling(
+    settler: LevelSettler, logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> list[Outcome | None]:
+    """``settler``'s outcomes, with the fields of keep_existing enrichers
+    (:class:`Fills`) already merged into a level that settled: the merge of
+    :meth:`EnrichmentPlan.settle` stays a plain ``update``, free of a check
+    per enricher for the levels without them. (Fills never replace, updates
+    always do: merged first, they end as if merged in their order.)"""
+    outcomes = settler(logger, method_name, event_dict)
+    if None in outcomes:
+        return outcomes  # the loop merges them (_merge)
+    filled: list[Outcome | None] = []
+    for outcome in outcomes:
+        assert outcome is not None
+        updated, removed, reason = outcome
+        if reason is None and updated.__class__ is Fills:
+            fill(event_dict, updated)
+            filled.append((None, removed, None))
+        else:
+            filled.append(outcome)
+    return filled
 
 
 def _settle_each(
@@ -361,7 +391,7 @@ class EnrichmentPlan(Generic[_R]):
                         for key in removed:
                             event_dict.pop(key, None)
                     if updated:
-                        event_dict.update(updated)
+                        event_dict.update(updated)  # Fills were merged by _filling
                 else:
                     failed = True
             if failed:
@@ -574,7 +604,10 @@ class EnrichmentPlan(Generic[_R]):
                     for key in removed:
                         event_dict.pop(key, None)
                 if updated:
-                    event_dict.update(updated)
+                    if updated.__class__ is dict:
+                        event_dict.update(updated)
+                    else:
+                        fill(event_dict, updated)  # keep_existing
             else:
                 failed = True
         if failed:

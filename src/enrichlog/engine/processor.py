@@ -17,7 +17,6 @@ import _thread
 import asyncio
 import contextvars
 import functools
-import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -26,13 +25,14 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
+from ..reporting import reporting_logger
 from .pipeline import CLOSED, DROPPED, QUEUED, REPORTING, EventPipeline, PendingEvent
 from .plan import IN_ENRICHMENT, INTERRUPTS, EnrichmentPlan, take_interrupt
 from .runtime import Runtime, resolver, set_result
 
 __all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor"]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: Set by the ``a*`` logger methods: a list the processor appends the
 #: event's completion future (and how long to wait for it) to, so the caller

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import queue
 import signal
 import threading
@@ -26,6 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..exceptions import EnricherConfigError
+from ..reporting import reporting_logger
 
 __all__ = [
     "DaemonThreadPool",
@@ -39,7 +39,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: Signals an application handles (or dies of) on its main thread.
 _PROCESS_SIGNALS = frozenset(

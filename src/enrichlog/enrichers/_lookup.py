@@ -228,8 +228,11 @@ class LookupEnricher(AsyncEnricher):
     ``None``.
 
     Neither way overwrites a key the event already has: a value given at the
-    call site wins, as with the built-in enrichers.
+    call site wins, as with the built-in enrichers (``keep_existing``: the
+    runtime keeps each event's own values, cached and batched values too).
     """
+
+    keep_existing = True
 
     def __init__(
         self,
@@ -248,11 +251,11 @@ class LookupEnricher(AsyncEnricher):
         self.into = into
 
     def apply(self, event_dict: EventDict, value: Any) -> EventDict:
-        """Put ``value`` under ``into``, or merge its items into the event;
-        keys the event already has are kept."""
+        """Put ``value`` under ``into``, or merge its items into the event.
+        (The same for every event of a key: the runtime keeps the keys an
+        event already has, ``keep_existing``.)"""
         if self.into is not None:
-            event_dict.setdefault(self.into, dict(value) if isinstance(value, Mapping) else value)
+            event_dict[self.into] = dict(value) if isinstance(value, Mapping) else value
         elif isinstance(value, Mapping):
-            for field, item in value.items():
-                event_dict.setdefault(field, item)
+            event_dict.update(value)
         return event_dict

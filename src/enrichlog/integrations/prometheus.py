@@ -26,7 +26,6 @@ extra, each entry point raises
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import threading
 import weakref
@@ -47,6 +46,7 @@ from ..metrics import (
     MetricsSnapshot,
 )
 from ..options import ResolvedOptions
+from ..reporting import reporting_logger
 from ..uri.masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ _MISSING_EXTRA = (
     "install the extra: pip install 'enrichlog[prometheus]'"
 )
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 # ASGI, as the specification types it (no framework needed).
 ASGIScope = MutableMapping[str, Any]

@@ -31,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 from ..exceptions import CircuitBreakerOpenError
+from ..reporting import reporting_logger
 
 __all__ = [
     "CircuitBreaker",
@@ -50,7 +50,7 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 
 class CircuitState(enum.Enum):

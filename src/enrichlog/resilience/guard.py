@@ -33,6 +33,7 @@ from ..enricher import BATCH_DEADLINE, AsyncEnricher, shortly_before
 from ..exceptions import CachedError
 from ..metrics import FAILURE_REASONS, EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
+from ..reporting import reporting_logger
 from .breaker import CircuitBreaker, CircuitState, Permit
 from .cache import EnricherCache
 from .outcome import (
@@ -43,6 +44,7 @@ from .outcome import (
     OVERLOADED,
     TIMEOUT,
     UNAVAILABLE,
+    Fills,
     Outcome,
     changes_of,
     error_outcome,
@@ -53,7 +55,7 @@ from .retry import RetryPolicy
 
 __all__ = ["ABANDON_GRACE", "NO_CHANGES", "EnricherGuard", "Sink"]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 
 #: Seconds a cancelled call may take to finish before it is abandoned.
 ABANDON_GRACE = 0.5
@@ -407,6 +409,9 @@ class EnricherGuard:
         #: Batching (an enricher with ``enrich_many``): keys waiting for the
         #: next batch, keys a dispatched batch is fetching, batches out.
         self.batches = enricher.batches
+        #: keep_existing: this enricher's changes are Fills, merged without
+        #: replacing a field the event has.
+        self.keeps = bool(getattr(enricher, "keep_existing", False))
         self._batch_size = options.batch_size
         #: What the plan calls to start one event's call: :meth:`start`, or
         #: for a batching enricher the collecting of its key (a frame less
@@ -1045,7 +1050,8 @@ class EnricherGuard:
                 result = copy
             elif result.__class__ is not dict and not isinstance(result, Mapping):
                 return self._failed(INVALID_RETURN)
-            return (*changes_of(snapshot, result, self._error_field), None)
+            updated, removed = changes_of(snapshot, result, self._error_field)
+            return (Fills(updated) if self.keeps and updated else updated, removed, None)
         except structlog.DropEvent:
             return FILTERED
         except BaseException as exc:  # user code on the loop: a reason, nothing more
@@ -1106,6 +1112,8 @@ class EnricherGuard:
             return self._failed(INVALID_RETURN)
         self.breaker.record_success(permit)
         self.successes += 1
+        if self.keeps and updated:
+            return (Fills(updated), removed, None)
         return (updated, removed, None)
 
     def _failure(

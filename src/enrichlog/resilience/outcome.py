@@ -9,7 +9,7 @@ between events. The reasons are the ones ``enrichment_errors`` shows.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 __all__ = [
@@ -22,9 +22,11 @@ __all__ = [
     "OVERLOADED",
     "TIMEOUT",
     "UNAVAILABLE",
+    "Fills",
     "Outcome",
     "changes_of",
     "error_outcome",
+    "fill",
     "hook_failed",
     "isolated_copy",
     "take_interrupt",
@@ -32,6 +34,26 @@ __all__ = [
 
 Outcome = tuple[dict[str, Any] | None, tuple[str, ...], str | None]
 """``(updated, removed, reason)``: what an enricher did to its copy of an event."""
+
+
+class Fills(dict[str, Any]):
+    """The fields an enricher adds without replacing any the event has
+    (``AsyncEnricher.keep_existing``): an outcome's ``updated`` of this
+    class is merged by :func:`fill`, where a plain dict is merged by
+    ``update``. The mark travels with the outcome, into the cache too."""
+
+    __slots__ = ()
+
+
+def fill(event_dict: MutableMapping[str, Any], fields: Mapping[str, Any]) -> None:
+    """Merge ``fields`` into ``event_dict``: a plain dict's replace the
+    event's, :class:`Fills` never do."""
+    if fields.__class__ is dict:
+        event_dict.update(fields)
+        return
+    for key, value in fields.items():
+        event_dict.setdefault(key, value)
+
 
 UNAVAILABLE: Outcome = (None, (), "unavailable")
 """Skipped: the enricher failed to start, failed its health check, or the

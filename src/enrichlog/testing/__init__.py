@@ -47,6 +47,7 @@ from ..resilience.outcome import (
     Outcome,
     changes_of,
     error_outcome,
+    fill,
     isolated_copy,
 )
 from ..settings import LoggingSettings
@@ -498,7 +499,7 @@ def _merged(
     for key in removed:
         event_dict.pop(key, None)
     if updated:
-        event_dict.update(updated)
+        fill(event_dict, updated)
     return EnrichmentResult(event_dict, {})
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import threading
 import time
@@ -44,6 +43,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..engine.runtime import leave_signals_to_the_main_thread
 from ..exceptions import EnricherConfigError
+from ..reporting import reporting_logger
 from ..uri.masking import mask_secrets
 from .codec import EVENT_ID, ID_HEADER, encode_event, fit_event, new_event_id
 from .config import TransportConfig, subject_matches
@@ -62,7 +62,7 @@ __all__ = [
     "import_nats",
 ]
 
-_report = logging.getLogger("enrichlog")
+_report = reporting_logger("enrichlog")
 _T = TypeVar("_T")
 
 #: Events published per round trip (one batch of acknowledgements awaited).

@@ -1,0 +1,234 @@
+"""Found by the eleventh outside attack round (testers with only the README
+and the docs: the docs as a contract; the testing helpers, OpenTelemetry and
+outputs), each kept as a test. (The others of that round are kept beside
+the behaviour they test: the lookups, masking, the command line.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import AsyncEnricher, configure_logging, get_logger
+from enrichlog.engine.output import reopen_files
+from enrichlog.testing import EnricherRunner, LineSink
+from tests.faults.runner import script_env
+
+
+def run_python(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a Python process of its own; the JSON object it
+    prints last on stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == proc.returncode, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+ROWS = {1: {"name": "ann", "tier": "gold"}, 2: {"name": "bob", "tier": "free"}}
+
+
+class BatchedTiers(AsyncEnricher):
+    """A batching lookup that keeps the event's own fields."""
+
+    keep_existing = True
+    cache_ttl = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[list[Hashable]] = []
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("user_id")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        self.keys.append(list(keys))
+        return {key: ROWS[key] for key in keys if key in ROWS}  # type: ignore[index]
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict.update(value)
+        return event_dict
+
+
+class Tiers(AsyncEnricher):
+    """The same, one event at a time."""
+
+    keep_existing = True
+    cache_ttl = 60.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("user_id")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict.update(ROWS.get(event_dict.get("user_id"), {}))  # type: ignore[arg-type]
+        return event_dict
+
+
+@pytest.mark.parametrize("enricher", [BatchedTiers, Tiers])
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_keep_existing_keeps_each_events_own_fields_through_the_cache(
+    enricher: type[AsyncEnricher], delivery: str
+) -> None:
+    # The changes of a key are worked out once and cached: with setdefault in
+    # apply, the first event's call-site field decided for every later event
+    # of its key. keep_existing leaves that to the runtime, per event.
+    sink = LineSink()
+    container = configure_logging(enrichers=[enricher()], output=sink, delivery=delivery)
+    log = get_logger()
+
+    log.info("a1", user_id=1, tier="call site")
+    container.flush()
+    log.info("a2", user_id=1)
+    log.info("b1", user_id=2)
+    container.flush()
+    log.info("b2", user_id=2, tier="call site")
+    container.shutdown()
+
+    assert {
+        "a1": ("ann", "call site"),
+        "a2": ("ann", "gold"),
+        "b1": ("bob", "free"),
+        "b2": ("bob", "call site"),
+    } == {e["event"]: (e.get("name"), e.get("tier")) for e in sink.events()}
+
+
+def test_without_keep_existing_an_enricher_still_replaces_fields() -> None:
+    class Replacing(Tiers):
+        keep_existing = False
+
+    sink = LineSink()
+    container = configure_logging(enrichers=[Replacing()], output=sink, delivery="inline")
+
+    get_logger().info("a", user_id=1, tier="call site")
+    container.shutdown()
+
+    assert "gold" == sink.events()[0]["tier"]
+
+
+def test_the_runner_keeps_the_events_own_fields_too() -> None:
+    with EnricherRunner(BatchedTiers()) as runner:
+        first = runner.run({"event": "a", "user_id": 1, "tier": "call site"})
+        second = runner.run({"event": "b", "user_id": 1})
+
+    assert ("ann", "call site") == (first.event["name"], first.event["tier"])
+    assert ("ann", "gold") == (second.event["name"], second.event["tier"])
+
+
+CLOSED_STDERR = """
+    import asyncio, json, sys
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+    class Awaiting(AsyncEnricher):
+        async def enrich_async(self, logger, method_name, event_dict):
+            await asyncio.sleep(0)
+            event_dict["awaited"] = True
+            return event_dict
+
+    output, delivery = sys.argv[1:]
+    container = configure_logging(
+        output=output,
+        enrichers=[Awaiting()] if delivery == "background" else [],
+        delivery=delivery,
+    )
+    log = get_logger()
+    raised = []
+    for i in range(200):
+        if i == 50:
+            sys.stderr.close()  # a daemonised process's
+        try:
+            log.info("e", i=i)
+        except BaseException as exc:
+            raised.append(repr(exc))
+    try:
+        report = dict(container.shutdown())
+    except BaseException as exc:
+        report = {"raised": repr(exc)}
+    print(json.dumps({"raised": raised, "report": report}))
+"""
+
+
+@pytest.mark.parametrize("output", ["/dev/full", "stderr"])
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_closed_stderr_raises_into_no_log_call_and_no_shutdown(
+    output: str, delivery: str
+) -> None:
+    # enrichlog's write-failure report went to logging's last resort, whose
+    # error path raised ValueError on the closed sys.stderr: into the log
+    # call (inline) and shutdown(), which then left the enrichers running.
+    result = run_python(CLOSED_STDERR, output, delivery)
+
+    assert [] == result["raised"]
+    report = result["report"]
+    assert 200 == report["written"] + report["write_failed"]
+    assert 0 == report["pending"]
+    if output == "/dev/full":
+        assert 200 == report["write_failed"]
+
+
+def test_sighup_with_a_named_pipe_whose_reader_is_gone_does_not_hang(tmp_path: Path) -> None:
+    # The reopen on SIGHUP opened the pipe waiting for a reader: the signal
+    # handler, and the application's main thread with it, hung for good.
+    fifo = tmp_path / "app.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def read_one_line() -> None:
+        with open(fifo, "rb") as reader:
+            got.append(reader.readline())
+
+    reader = threading.Thread(target=read_one_line)
+    reader.start()
+    container = configure_logging(output=str(fifo))  # opens once the reader is there
+    get_logger().info("first")
+    reader.join(10)
+    reopening = threading.Thread(target=reopen_files, daemon=True)
+    reopening.start()
+    reopening.join(5)
+
+    assert not reopening.is_alive()
+    assert 0 == reopen_files()  # a pipe is not rotated
+    get_logger().info("after the reader left")
+    report = container.shutdown()
+    assert b'"event":"first"' in got[0]
+    assert (1, 1) == (report["written"], report["write_failed"])
+
+
+class RefusingSink:
+    def write(self, text: str) -> None:
+        raise OSError("no room")
+
+
+def test_a_new_outputs_first_failure_is_reported_after_a_reconfiguration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The writer structlog holds is retargeted on reconfiguration; it kept the
+    # previous output's last report time, so a new output failing within
+    # drop_report_interval (10 s) of the old one's failure went unreported.
+    for output in ("/dev/full", RefusingSink()):
+        container = configure_logging(output=output)
+        get_logger().info("lost")
+        reported = [r.getMessage() for r in caplog.records if "could not write" in r.getMessage()]
+        caplog.clear()
+        container.shutdown()
+
+        # At once, as its own failure (not summed up with the other output's
+        # at shutdown, "since its last report (2 in all)").
+        assert 1 == len(reported)
+        assert "since its last report" not in reported[0]
