@@ -590,3 +590,20 @@ def test_builtin_scheme_whose_module_cannot_be_imported_is_a_config_error(
     assert "built-in enricher scheme 'test-missing'" in str(caught.value)
     assert "ModuleNotFoundError" in str(caught.value)
     assert "test-missing" in EnricherFactory.known_schemes()
+
+
+def test_the_list_of_accepted_keys_is_shown_whole() -> None:
+    # Found by an outside tester: the message was cut at 300 characters,
+    # mid-list ("..., failure_… (373 characters)").
+    with pytest.raises(EnricherConfigError) as raised:
+        EnricherFactory.build("redis-lookup://h?key=a:{b}&colour=x")
+
+    assert str(raised.value).endswith(", half_open_max_calls, batch_size, batch_window")
+
+
+def test_a_long_unknown_key_is_still_shortened() -> None:
+    with pytest.raises(EnricherConfigError) as raised:
+        EnricherFactory.build("redis-lookup://h?key=a:{b}&" + "c" * 10_000 + "=x")
+
+    assert len(str(raised.value)) < 1_500
+    assert "characters)" in str(raised.value)

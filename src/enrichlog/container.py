@@ -295,6 +295,10 @@ class LoggingContainer:
         #: Seconds the flush at interpreter exit waited: the exit's shutdown
         #: has the rest of one shutdown_timeout.
         self._exit_flush_took: float | None = None
+        #: Shut down by the interpreter's exit: the stdlib bridge stays, so a
+        #: library logging later at exit (closing its pools) is written as
+        #: structlog's own late calls are, on the calling thread.
+        self.exiting = False
         self._handover: tuple[LineWriter, int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
@@ -676,7 +680,7 @@ class LoggingContainer:
         drain's own, already spent when the drain waited for it), then left
         as it is."""
         try:
-            if self._stdlib_bridge is not None:
+            if self._stdlib_bridge is not None and not self.exiting:
                 remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None
             if self.output is not None:
@@ -826,6 +830,7 @@ class LoggingContainer:
             )
 
     def _at_exit(self) -> None:
+        self.exiting = True
         took = self._exit_flush_took
         if took is None:
             self.shutdown()

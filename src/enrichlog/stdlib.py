@@ -210,7 +210,7 @@ class EnrichlogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Log ``record`` through the container; never raises."""
         container = self._container or current_container()
-        if container is None or container.closed:
+        if container is None or (container.closed and not container.exiting):
             _last_resort(record)
             return
         depth = _depth.value

@@ -232,3 +232,114 @@ def test_a_new_outputs_first_failure_is_reported_after_a_reconfiguration(
         # at shutdown, "since its last report (2 in all)").
         assert 1 == len(reported)
         assert "since its last report" not in reported[0]
+
+
+LOGS_AT_EXIT = """
+    import asyncio, atexit, logging, sys
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+    class Awaiting(AsyncEnricher):
+        async def enrich_async(self, logger, method_name, event_dict):
+            await asyncio.sleep(0.001)
+            event_dict["awaited"] = True
+            return event_dict
+
+    path, delivery = sys.argv[1:]
+    library = logging.getLogger("thirdparty")
+
+    def closing_pools():  # registered first: runs after enrichlog's exit drain
+        library.info("late info")
+        library.warning("late warning")
+        get_logger("app").info("late structlog")
+
+    atexit.register(closing_pools)
+    enrichers = [Awaiting()] if delivery == "background" else []
+    configure_logging(output=path, stdlib=True, enrichers=enrichers)
+    for i in range(50):
+        library.info("main %d", i)
+    print("{}")
+"""
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_stdlib_records_logged_after_the_exit_drain_are_written(
+    tmp_path: Path, delivery: str
+) -> None:
+    # The bridge was removed by the exit drain: a library logging at exit
+    # (closing its pools) had its WARNING on stderr, its INFO dropped.
+    path = tmp_path / "app.log"
+    run_python(LOGS_AT_EXIT, str(path), delivery)
+
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    assert 53 == len(events)
+    assert ["late info", "late warning", "late structlog"] == events[-3:]
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_console_keeps_the_applications_traceback_when_a_field_cannot_be_shown(
+    delivery: str,
+) -> None:
+    # The fallback rendering ran while handling the renderer's failure, so
+    # exc_info=True read that one: enrichlog's frames in the line, the
+    # application's KeyError lost (background) or chained under it (inline).
+    sink = LineSink()
+    container = configure_logging(output=sink, format="console", delivery=delivery)
+    try:
+        raise KeyError("the-app-error")
+    except KeyError:
+        get_logger().exception("failed", bad=BadRepr())
+    container.shutdown()
+
+    text = "".join(sink.lines)
+    assert "the-app-error" in text
+    assert "enrichlog" not in text.replace("test_eleventh_attack_round", "")
+    assert "During handling" not in text
+    assert "render_error" in text
+
+
+LOOP_ENDS_WITH_CALLS_STARTING = """
+    import asyncio, gc, json
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+    from enrichlog.testing import LineSink
+
+    class UserLookup(AsyncEnricher):
+        async def enrich_async(self, logger, method_name, event_dict):
+            await asyncio.sleep(0.05)
+            event_dict["user_name"] = "alice"
+            return event_dict
+
+    sink = LineSink()
+
+    async def main():
+        configure_logging(enrichers=[UserLookup()], runtime="loop", output=sink)
+        await asyncio.sleep(0.1)
+        for i in range(20):  # their calls start as asyncio.run cancels what is left
+            get_logger().info("p", i=i)
+
+    asyncio.run(main())
+    configure_logging(output=LineSink())
+    gc.collect()
+    print(json.dumps({"written": len(sink.lines)}))
+"""
+
+
+def test_calls_started_as_the_loop_ends_are_not_destroyed_pending() -> None:
+    # asyncio.run awaits the tasks there were when it started cancelling:
+    # the calls started after (some not begun, so not cancelled by the
+    # exit hook) were "destroyed but pending" when the loop closed.
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LOOP_ENDS_WITH_CALLS_STARTING)],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert '{"written": 20}' == proc.stdout.strip()
+    assert "Task was destroyed" not in proc.stderr

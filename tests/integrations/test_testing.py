@@ -4,6 +4,8 @@ FakeClock, LineSink and the pytest plugin."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -17,6 +19,7 @@ from enrichlog import (
     CircuitBreaker,
     CircuitState,
     EnricherCache,
+    EnricherConfigError,
     EnrichlogError,
     LoggingContainer,
     LoggingSettings,
@@ -191,6 +194,36 @@ def test_capture_events_that_cannot_complete_its_list_says_so(raised: bool) -> N
         assert "still pending after 0.01 s, so the list is incomplete" in str(caught.value)
 
 
+@pytest.mark.parametrize("how", ["reset_logging", "shutdown", "configure_logging"])
+def test_capture_events_in_which_the_container_is_shut_down_keeps_its_events(how: str) -> None:
+    # Found by the eleventh round: a block in which the container was only
+    # shut down (reset_logging(), container.shutdown()) recorded both events
+    # and still raised "configure_logging() replaced the container... not
+    # recorded"; and its record went on after the block.
+    sink = LineSink()
+    container = configure_logging(output=sink, enrichers=[User(delay=0.01)])
+    log = get_logger("app")
+    with contextlib.ExitStack() as stack:
+        if how == "configure_logging":  # really replaced: "after" is the new one's
+            stack.enter_context(pytest.raises(EnrichlogError, match="replaced the container"))
+        events = stack.enter_context(capture_events())
+        log.info("before", user_id=1)
+        if how == "reset_logging":
+            reset_logging()
+        elif how == "shutdown":
+            container.shutdown()
+        else:
+            configure_logging(output=sink)
+        log.info("after", user_id=2)
+    log.info("after the block", user_id=3)
+
+    logged = ["before", "after", "after the block"]
+    assert logged == [json.loads(line)["event"] for line in sink.lines]
+    expected = ["before"] if how == "configure_logging" else ["before", "after"]
+    assert expected == [e["event"] for e in events]
+    assert "user-1" == events[0]["user_name"]
+
+
 def test_capture_events_without_a_container_says_what_to_do() -> None:
     with pytest.raises(EnrichlogError, match="call configure_logging"):
         with capture_events():
@@ -252,6 +285,26 @@ def test_run_enricher_runs_sync_enrichers_and_functions() -> None:
     assert run_enricher(Blocking(), {"event": "hi"}).event["slept"] is True
     assert {"event": "login"} == run_enricher(redact, {"event": "login", "password": "x"}).event
     assert run_enricher(drop, {"event": "x"}).filtered
+
+
+def test_run_enricher_and_the_runner_take_an_enricher_uri_as_configure_logging_does() -> None:
+    # Found by the eleventh round: run_enricher("static://?service=x", ...)
+    # raised "... is not an enricher", which configure_logging() accepts.
+    result = run_enricher("static://?service=checkout&name=svc", {"event": "e"})
+    with EnricherRunner("static://?env=prod") as runner:
+        ran = runner.run({"event": "f"})
+
+    assert ({"event": "e", "service": "checkout"}, {}) == (result.event, result.errors)
+    assert "svc" == EnricherRunner("static://?service=checkout&name=svc").enricher.name
+    assert {"event": "f", "env": "prod"} == ran.event
+    # A bad one is refused with configure_logging()'s own message (secrets masked).
+    bad = "http-lookup://user:hunter2@users.internal/{user_id}?nope=1"
+    with pytest.raises(EnricherConfigError) as configured:
+        configure_logging(enrichers=[bad], output=LineSink())
+    with pytest.raises(EnricherConfigError) as ran_alone:
+        run_enricher(bad, {"event": "e"})
+    assert str(configured.value) == str(ran_alone.value)
+    assert "hunter2" not in str(ran_alone.value)
 
 
 def test_run_enricher_leaves_the_callers_event_alone() -> None:
@@ -362,12 +415,34 @@ def test_fake_clock_with_the_cache_and_the_breaker_directly() -> None:
 def test_line_sink_keeps_lines_written_in_pieces() -> None:
     sink = LineSink()
     sink.write('{"a": 1}\n{"b"')
-    sink.write(": 2}\nplain text\n")
+    sink.write(": 2}\n")
+    assert [{"a": 1}, {"b": 2}] == sink.events()
+    sink.write("plain text\n")
 
     assert ['{"a": 1}', '{"b": 2}', "plain text"] == sink.lines
-    assert [{"a": 1}, {"b": 2}] == sink.events()
+    with pytest.raises(EnrichlogError, match="line 3 is not a JSON object: 'plain text'"):
+        sink.events()
     sink.clear()
     assert [] == sink.lines
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "console"])
+def test_line_sink_events_refuses_lines_that_are_not_json(fmt: str) -> None:
+    # Found by the eleventh round: events() skipped every logfmt or console
+    # line and returned [], so a test asserting over it could not fail.
+    sink = LineSink()
+    configure_logging(output=sink, format=fmt)
+    get_logger().info("checkout", user_id=1)
+    get_logger().info("refund", user_id=2)
+    reset_logging()
+
+    assert 2 == len(sink.lines)  # lines() reads any format
+    assert "checkout" in sink.lines[0]
+    with pytest.raises(EnrichlogError, match="reads JSON lines") as caught:
+        sink.events()
+    assert f"line 1 is not a JSON object: {sink.lines[0]!r}" in str(caught.value)
+    assert "format" in str(caught.value)
+    assert ".lines" in str(caught.value)
 
 
 def test_reset_logging_shuts_down_and_forgets_the_container() -> None:
@@ -476,6 +551,43 @@ def test_each_test_s_level_holds_for_a_module_level_logger(pytester: pytest.Pyte
         def test_c_at_info_again(enrichlog_container, enrichlog_output):
             log.debug("hidden")
             assert [] == enrichlog_output.events()
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+    result.assert_outcomes(passed=3)
+
+
+def test_the_markers_of_the_module_and_the_function_are_merged(pytester: pytest.Pytester) -> None:
+    # Found by the eleventh round: a function's marker replaced the module's
+    # whole, so the module's levels were lost. The closest keys win.
+    pytester.makeconftest('pytest_plugins = ["enrichlog.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        """
+        import pytest
+        from enrichlog import get_logger
+
+        pytestmark = pytest.mark.enrichlog(levels={"noisy": "error"}, level="warning")
+
+        @pytest.mark.enrichlog(level="debug")
+        def test_merged(enrichlog_container, enrichlog_output):
+            get_logger("noisy").warning("quiet")
+            get_logger("app").debug("shown")
+            assert ["shown"] == [e["event"] for e in enrichlog_output.events()]
+            assert "debug" == enrichlog_container.settings.level
+
+        class TestClass:
+            pytestmark = pytest.mark.enrichlog(level="debug")
+
+            @pytest.mark.enrichlog(levels={"noisy": "debug"})
+            def test_closest_wins(self, enrichlog_container, enrichlog_output):
+                get_logger("noisy").debug("loud")
+                get_logger("app").debug("shown")
+                assert ["loud", "shown"] == [e["event"] for e in enrichlog_output.events()]
+                assert "debug" == enrichlog_container.settings.level
+
+        def test_module_only(enrichlog_container):
+            assert "warning" == enrichlog_container.settings.level
         """
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")

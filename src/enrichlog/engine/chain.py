@@ -18,6 +18,7 @@ import math
 import re
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TextIO
@@ -66,6 +67,13 @@ class SafeRenderer:
         self.fallbacks = 0
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        exc_info = None
+        if "exc_info" in event_dict:
+            # The exception being handled now, while it is: once this call
+            # is handling the renderer's own failure, exc_info=True would
+            # read that one (the application's lost, or chained under it).
+            exc_info = _figure_out_exc_info(event_dict["exc_info"]) or None
+            event_dict = {**event_dict, "exc_info": exc_info}
         try:
             # A copy: the console renderer pops keys as it goes, and a
             # failure halfway must leave the event whole for the fallback.
@@ -75,17 +83,32 @@ class SafeRenderer:
             self.fallbacks += 1
             try:
                 safe = _printable_event(event_dict, exc, keys=_plain_key)
+                if exc_info is not None:
+                    safe["exc_info"] = exc_info  # the traceback formatter's
                 return self._render(logger, method_name, safe)
             except BaseException as again:
                 raise_if_interrupt(again)
             try:
                 # Every value as text: a field the renderer expects to be a
-                # string (the console's ``level``) may be anything.
-                safe = _printable_event(event_dict, exc, keys=_plain_key, values=_as_text)
+                # string (the console's ``level``) may be anything; the
+                # traceback too (its exception's text may be what failed).
+                plain = {k: v for k, v in event_dict.items() if k != "exc_info"}
+                safe = _printable_event(plain, exc, keys=_plain_key, values=_as_text)
+                if exc_info is not None:
+                    safe["exception"] = _traceback_text(exc_info)
                 return self._render(logger, method_name, safe)
             except BaseException as again:
                 raise_if_interrupt(again)
                 return last_resort_line(event_dict, exc)
+
+
+def _traceback_text(exc_info: Any) -> str:
+    """A traceback as plain text, whatever its exception's text does."""
+    try:
+        return "".join(traceback.format_exception(*exc_info))
+    except BaseException as exc:
+        raise_if_interrupt(exc)
+        return f"{getattr(exc_info[0], '__name__', '?')} (its traceback cannot be shown)"
 
 
 class _SafeJSONRenderer(structlog.processors.JSONRenderer):

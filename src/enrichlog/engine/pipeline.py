@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from structlog.typing import EventDict, WrappedLogger
 
 from ..reporting import reporting_logger
-from .plan import Enrichment, EnrichmentPlan
+from ..resilience.guard import ABANDON_GRACE
+from .plan import Enrichment, EnrichmentPlan, is_enrichment_call
 from .runtime import LoopRuntime, Runtime, resolver, set_result
 
 __all__ = [
@@ -214,6 +215,7 @@ class EventPipeline:
             # calls started since are cancelled too, while it still turns,
             # not left to be "destroyed but pending" when it closes.
             runtime.add_exit_hook(self._cancel_calls_at_exit)
+            runtime.add_closing_hook(self._await_cancelled_calls, first=True)
         self._queue_size = queue_size
         self._overflow = overflow
         self._block_timeout = block_timeout
@@ -822,6 +824,22 @@ class EventPipeline:
                 self._plan.cancel_calls()
             else:
                 self._runtime.loop.call_soon_threadsafe(self._plan.cancel_calls)
+
+    async def _await_cancelled_calls(self) -> None:
+        """Loop runtime closing hook: let the calls cancelled as the loop
+        ends take their cancellation (asyncio.run awaits only the tasks
+        that existed when it started cancelling: calls started after, some
+        not begun yet, would be reported "destroyed but pending" when it
+        closes the loop). One that ignores it is abandoned, as at any
+        shutdown, and not reported."""
+        tasks = [task for task in asyncio.all_tasks() if is_enrichment_call(task)]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        _, ignoring = await asyncio.wait(tasks, timeout=ABANDON_GRACE)
+        for task in ignoring:
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     def stop_accepting(self) -> None:
         """Refuse every new event (callers write their own): the runtime is

@@ -35,6 +35,7 @@ from ..exceptions import EnricherConfigError
 from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
 from ..reporting import reporting_logger
+from ..resilience.cache import EnricherCache
 from ..resilience.guard import EnricherGuard, lookup_all
 from ..resilience.outcome import (
     FILTERED,
@@ -773,3 +774,21 @@ def _call_in_worker(
 
 def _report_failure() -> None:
     _report.exception("enrichlog: enriching an event failed; writing it with what it has")
+
+
+def is_enrichment_call(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` runs an enricher call of enrichlog's (a guarded
+    call, a batch, a shared cache lookup, a blocking enricher's), found by
+    its coroutine's code."""
+    return not task.done() and getattr(task.get_coro(), "cr_code", None) in _CALL_CODES
+
+
+_CALL_CODES = frozenset(
+    {
+        EnricherGuard._called.__code__,
+        EnricherGuard._cached.__code__,
+        EnricherGuard._run_batch.__code__,
+        EnricherCache._compute.__code__,
+        EnrichmentPlan._run_blocking.__code__,
+    }
+)

@@ -584,10 +584,16 @@ class LoopRuntime:
         """Run ``hook()`` when the runtime stops or the loop ends."""
         self._exit_hooks.append(hook)
 
-    def add_closing_hook(self, hook: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    def add_closing_hook(
+        self, hook: Callable[[], Coroutine[Any, Any, object]], *, first: bool = False
+    ) -> None:
         """Await ``hook()`` on the loop when it ends as ``asyncio.run`` ends
-        it, without the runtime having been stopped, after the exit hooks."""
-        self._closing_hooks.append(hook)
+        it, without the runtime having been stopped, after the exit hooks
+        (``first``: before the hooks added so far)."""
+        if first:
+            self._closing_hooks.insert(0, hook)
+        else:
+            self._closing_hooks.append(hook)
 
     def run_exit_hooks(self) -> bool:
         """Run the exit hooks once (idempotent, from any thread); whether

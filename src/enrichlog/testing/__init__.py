@@ -27,9 +27,10 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ..container import LoggingContainer, current_container, reset_logging
+from .. import container as _container_module
+from ..container import LoggingContainer, _from_uri, current_container, reset_logging
 from ..engine.lifecycle import EnricherLifecycleManager
 from ..engine.plan import IN_ENRICHMENT
 from ..engine.runtime import EnrichmentRuntime
@@ -93,11 +94,20 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
             current one.
         timeout: seconds the end of the block waits for pending events.
 
+    A container shut down in the block (``reset_logging()``,
+    ``container.shutdown()``) is no error: what was logged before the
+    shutdown is drained and recorded, and what is logged after it through a
+    logger bound to its configuration is written, and recorded, on the
+    calling thread. A logger got after ``reset_logging()`` logs through
+    structlog's defaults, not enrichlog: neither written to the output nor
+    recorded.
+
     Raises:
         EnrichlogError: no container runs, events logged in the block were
-            still pending after ``timeout``, or (following the current
-            container) ``configure_logging()`` replaced it in the block, so
-            later events were not recorded. In async code with
+            still pending after ``timeout`` (or when a shutdown in the block
+            gave up on them), or (following the current container)
+            ``configure_logging()`` replaced it in the block, so later events
+            went to the new one and were not recorded. In async code with
             ``runtime="loop"``, use ``async with``: a plain ``with`` cannot
             wait on the loop it runs on.
     """
@@ -106,6 +116,8 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         self._container = container
         self._timeout = timeout
         self._active: LoggingContainer | None = None
+        # Bound once: the chain is searched for this very object.
+        self._recorder: Processor = self._tap
         #: The events recorded so far, in the order their lines are written.
         self.events: list[EventDict] = []
 
@@ -130,8 +142,20 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         return container
 
     def _start(self, container: LoggingContainer) -> None:
-        container.add_tap(self._tap)
+        container.add_tap(self._recorder)
         self._active = container
+
+    def _stop(self, container: LoggingContainer) -> None:
+        """Stop recording. A container shut down in the block no longer
+        updates the installed chain when a tap is removed, and loggers bound
+        to that chain still run it (writing on the calling thread): the tap
+        is taken out of it here, else it would record after the block."""
+        recorder = self._recorder
+        container.remove_tap(recorder)
+        chain = _container_module._installed_chain
+        with container._lock:  # the lock add_tap() and remove_tap() change the chain under
+            if any(processor is recorder for processor in chain):
+                chain[:] = [processor for processor in chain if processor is not recorder]
 
     def __enter__(self) -> list[EventDict]:
         container = self._running()
@@ -165,8 +189,8 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         try:
             flushed = container.flush(self._timeout)
         finally:
-            container.remove_tap(self._tap)
-        if not flushed and exc_type is None:
+            self._stop(container)
+        if not flushed and exc_type is None and not container.closed:
             _refuse_plain_with_on_the_loop(container, "in the block")
         self._check_complete(container, flushed, exc_type)
 
@@ -177,16 +201,27 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         test's assertions (unless the block raised already)."""
         if exc_type is not None:
             return
+        if not flushed and container.closed:
+            raise EnrichlogError(
+                "capture_events(): the container was shut down during the block and gave up "
+                "on events logged in it: they were neither written nor recorded, so the list "
+                "is incomplete"
+            )
         if not flushed:
             raise EnrichlogError(
                 f"capture_events(): events logged in the block were still pending after "
                 f"{self._timeout:g} s, so the list is incomplete; give a larger timeout"
             )
-        if self._container is None and current_container() is not container:
+        # Only shut down (reset_logging(), shutdown()): every event logged in
+        # the block was recorded (those after the shutdown on the calling
+        # thread). Replaced: those logged after went to the new container.
+        current = current_container()
+        if self._container is None and current is not None and current is not container:
             raise EnrichlogError(
                 "capture_events(): configure_logging() replaced the container during the "
-                "block, and events logged after it were not recorded; configure logging "
-                "before the block, or capture the new container in a block of its own"
+                "block, and events logged after it went to the new one and were not "
+                "recorded; configure logging before the block, or capture the new container "
+                "in a block of its own"
             )
 
     async def __aenter__(self) -> list[EventDict]:
@@ -207,7 +242,7 @@ class capture_events:  # noqa: N801 - used as a function: `with capture_events()
         try:
             flushed = await container.aflush(self._timeout)
         finally:
-            container.remove_tap(self._tap)
+            self._stop(container)
         self._check_complete(container, flushed, exc_type)
 
 
@@ -293,8 +328,9 @@ class EnricherRunner:
     down.
 
     Args:
-        enricher: an enricher instance, a structlog processor or an ``async
-            def`` processor.
+        enricher: an enricher instance, a structlog processor, an ``async
+            def`` processor or an enricher URI (``"static://?service=x"``),
+            built as ``configure_logging(enrichers=[...])`` builds one.
         settings: the defaults its options resolve against (timeouts, cache,
             breaker); default ``LoggingSettings()``.
         clock: the clock of its cache and breaker (a :class:`FakeClock`).
@@ -307,7 +343,9 @@ class EnricherRunner:
         settings: LoggingSettings | None = None,
         clock: FakeClock | None = None,
     ) -> None:
-        self.enricher: Enricher = as_enricher(enricher)
+        # A URI string is built as the container builds one (its errors
+        # mask the URI's secrets).
+        self.enricher: Enricher = as_enricher(_from_uri(enricher))
         self.settings = settings or LoggingSettings()
         #: The async enricher's guard (its ``cache``, ``breaker`` and
         #: ``metrics()``); ``None`` for a sync enricher.
@@ -569,15 +607,27 @@ class LineSink:
         return len(text)
 
     def events(self) -> list[dict[str, Any]]:
-        """The lines parsed as JSON (the ``json`` format); other lines are skipped."""
+        """The lines parsed as JSON objects (the ``json`` format).
+
+        Raises:
+            EnrichlogError: a line is not a JSON object (``logfmt`` or
+                ``console`` lines); the message names the first. Read
+                :attr:`lines` for those formats.
+        """
         parsed = []
-        for line in list(self.lines):
+        for number, line in enumerate(list(self.lines), 1):
             try:
                 value = json.loads(line)
             except ValueError:
-                continue
-            if isinstance(value, dict):
-                parsed.append(value)
+                value = None
+            if not isinstance(value, dict):
+                shown = line if len(line) <= 200 else line[:200] + "..."
+                raise EnrichlogError(
+                    f"LineSink.events() reads JSON lines, and line {number} is not a JSON "
+                    f"object: {shown!r}; read .lines for the logfmt and console formats, or "
+                    f"configure format='json'"
+                )
+            parsed.append(value)
         return parsed
 
     def clear(self) -> None:

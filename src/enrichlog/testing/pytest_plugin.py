@@ -74,13 +74,14 @@ def enrichlog_container(
     """A container configured for this test, shut down afterwards (and
     structlog reset, its context variables cleared). Its settings:
     ``output`` is ``enrichlog_output``, then ``enrichlog_settings``, then
-    the test's ``@pytest.mark.enrichlog(...)``."""
-    marker = request.node.get_closest_marker("enrichlog")
-    settings: dict[str, Any] = {
-        "output": enrichlog_output,
-        **enrichlog_settings,
-        **(marker.kwargs if marker is not None else {}),
-    }
+    the ``@pytest.mark.enrichlog(...)`` markers of the test's module, class
+    and function, in that order (the closest one's keys win, the others'
+    are kept)."""
+    settings: dict[str, Any] = {"output": enrichlog_output, **enrichlog_settings}
+    # The markers of the module, the class and the function, merged key by
+    # key: the closest one's keys win, the others' are kept.
+    for marker in reversed(list(request.node.iter_markers("enrichlog"))):
+        settings.update(marker.kwargs)
     reset_logging()
     container = configure_logging(**settings)
     # A logger is bound once, at its first use, with the level of that

@@ -117,9 +117,12 @@ class _Fail:
         self._uri = uri
         self._secret_keys = secret_keys
 
-    def __call__(self, detail: str) -> EnricherConfigError:
+    def __call__(self, detail: str, expected: str = "") -> EnricherConfigError:
+        """The error: ``detail`` (from the URI: shortened, masked) and
+        ``expected`` (what the scheme accepts: the project's own words,
+        shown whole)."""
         shown = _shortened(mask_secrets(scrub(detail, self.secrets)))
-        return EnricherConfigError(f"enricher URI {_shortened(self.masked)!r}: {shown}")
+        return EnricherConfigError(f"enricher URI {_shortened(self.masked)!r}: {shown}{expected}")
 
     def rejected(
         self, exc: ValidationError, names: Mapping[str, str] | None = None
@@ -406,8 +409,8 @@ def _validate_params(
             # misplaced password.
             shown = fail if part in ("host", "port") else fail.hiding(part)
             raise shown(
-                f"the {part} part is not accepted by scheme {parsed.scheme!r}"
-                + _accepted_parts(fields)
+                f"the {part} part is not accepted by scheme {parsed.scheme!r}",
+                _accepted_parts(fields),
             )
         data[part] = value
     for key, value in query:
@@ -419,8 +422,8 @@ def _validate_params(
             # secret name ('passwrod=...').
             raise fail.masking(unknown)(
                 f"unknown query key{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}; accepted keys: "
-                f"{_accepted_keys(fields, is_async)}"
+                f"{', '.join(map(repr, unknown))}",
+                f"; accepted keys: {_accepted_keys(fields, is_async)}",
             )
         if key in fields and accepts_many(fields[key].annotation):
             data.setdefault(key, []).append(value)
