@@ -449,3 +449,20 @@ def test_a_bool_in_the_environments_json_is_no_number(monkeypatch: pytest.Monkey
         configure_logging(output="stderr")
 
     assert "enricher_options.user.timeout: a number is expected, not True" in str(raised.value)
+
+
+def test_a_bool_of_another_library_is_no_number_either() -> None:
+    class bool_:
+        def __index__(self) -> int:
+            return 1
+
+        def __int__(self) -> int:
+            return 1
+
+        def __repr__(self) -> str:
+            return "np.True_"
+
+    with pytest.raises(EnricherConfigError) as raised:
+        configure_logging(output="stderr", queue_size=bool_())
+
+    assert "queue_size: a number is expected, not np.True_" in str(raised.value)

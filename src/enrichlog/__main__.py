@@ -52,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_arguments(stats)
     _add_scale_out_commands(commands)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:
+        if done.code not in (0, None):
+            raise  # a usage error: argparse said it on stderr
+        return _shown(parser.prog)  # --help, --version: was it?
     if sys.stdout is None and args.command in _SHOWING:
         # Started with its stdout closed (``>&-``): what it is for cannot be shown.
         _complain(f"python -m enrichlog {args.command}: cannot write to stdout: it is closed")
@@ -74,6 +79,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         _complain(f"python -m enrichlog {args.command}: {exc}")
         return 1
     return status
+
+
+def _shown(prog: str) -> int:
+    """The status of ``--help`` or ``--version``, once argparse printed it:
+    0 if it reached stdout."""
+    if sys.stdout is None:  # argparse wrote it to stderr instead
+        _complain(f"{prog}: cannot write to stdout: it is closed")
+        return 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return _EXIT_BROKEN_PIPE
+    except OSError as exc:
+        _silence_stdout()
+        _complain(f"{prog}: {exc}")
+        return 1
+    return 0
 
 
 #: The commands whose output on stdout is what they are run for.

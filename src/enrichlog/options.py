@@ -72,8 +72,9 @@ MAX_RETRY_ATTEMPTS: Final = 100
 def _refuse_bool(value: Any) -> Any:
     """A number setting's value as given, unless it is a bool: Python counts
     ``True`` as 1, so ``timeout=True`` would be one second, silently."""
-    if isinstance(value, bool):
-        raise ValueError(f"a number is expected, not {value!r}")  # noqa: TRY004 - pydantic reports ValueErrors
+    # numpy's bool (np.bool_, or np.bool in numpy 2) is no bool subclass.
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        raise ValueError(f"a number is expected, not {value!r}")
     return value
 
 

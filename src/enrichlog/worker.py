@@ -297,12 +297,15 @@ def _quiet_standard_stream(target: str) -> None:
     left in its buffer would otherwise fail again when the interpreter
     flushes it at exit, with a traceback."""
     stream = getattr(sys, target, None)
+    if stream is None:
+        # Started without it (``>&-``): nothing is buffered, and its number
+        # may be another file's now (the event loop's own): left alone.
+        return
     try:
+        descriptor = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(
-                null, stream.fileno() if stream is not None else (1 if target == "stdout" else 2)
-            )
+            os.dup2(null, descriptor)
         finally:
             os.close(null)
     except (OSError, ValueError, AttributeError):
@@ -1155,6 +1158,8 @@ class Worker:
 
     def _print_line(self, data: dict[str, Any]) -> None:
         out = self._stats_out or sys.stderr
+        if out is None:  # started without stderr (``2>&-``): nowhere to print
+            return
         with contextlib.suppress(OSError, ValueError):
             out.write(json.dumps(data) + "\n")
             out.flush()

@@ -130,3 +130,49 @@ def test_a_closed_stdout_is_reported_not_ignored() -> None:
         proc.returncode,
         proc.stderr,
     )
+
+
+@pytest.mark.parametrize("option", ["--version", "--help"])
+def test_version_and_help_say_when_they_cannot_be_shown(option: str) -> None:
+    shell = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog", option])
+    environment = script_env()
+    environment.pop("PYTHONUNBUFFERED")  # argparse itself hides an unbuffered write's failure
+    full = subprocess.run(
+        ["bash", "-c", f"{shell} > /dev/full"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    closed = subprocess.run(
+        ["bash", "-c", f"{shell} >&-"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (1, "python -m enrichlog: [Errno 28] No space left on device\n") == (
+        full.returncode,
+        full.stderr,
+    )
+    assert 1 == closed.returncode
+    assert closed.stderr.endswith("python -m enrichlog: cannot write to stdout: it is closed\n")
+
+
+def test_demo_into_a_pipe_closed_early_ends_quietly() -> None:
+    # Its events are its output: enrichlog's reports of each line it could
+    # not write came on top of the quiet 141.
+    command = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog"])
+    proc = subprocess.run(
+        ["bash", "-c", f"{command} demo --events 3 | head -0; echo status=${{PIPESTATUS[0]}} >&2"],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert ["status=141"] == proc.stderr.split()

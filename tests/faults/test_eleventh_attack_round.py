@@ -343,3 +343,40 @@ def test_calls_started_as_the_loop_ends_are_not_destroyed_pending() -> None:
 
     assert '{"written": 20}' == proc.stdout.strip()
     assert "Task was destroyed" not in proc.stderr
+
+
+def test_a_lookups_params_built_in_code_never_show_the_password_in_an_error() -> None:
+    # pydantic's own message quoted the whole input, password included.
+    from pydantic import ValidationError
+
+    from enrichlog.enrichers import (
+        HttpLookupEnricher,
+        PostgresLookupEnricher,
+        RedisLookupEnricher,
+    )
+
+    attempts = [
+        lambda: PostgresLookupEnricher.Params(
+            password="hunter2", table="users", from_="user_id", columns=("name",), pool_size=5
+        ),
+        lambda: RedisLookupEnricher.Params(password="hunter2", key="u:{id}", pool=1),
+        lambda: HttpLookupEnricher.Params(password="hunter2", host="h", path="/u/{id}", x=1),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValidationError) as raised:
+            attempt()
+        assert "hunter2" not in str(raised.value)
+
+
+def test_the_shutdown_summary_counts_its_own_outputs_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "(N in all)" added up the failures of every earlier container's output.
+    for _ in range(3):
+        container = configure_logging(output=RefusingSink(), delivery="inline")
+        get_logger().info("a")
+        get_logger().info("b")
+    container.shutdown()
+
+    summary = [r.getMessage() for r in caplog.records if "since its last report" in r.getMessage()]
+    assert summary[-1].endswith("(2 in all)")

@@ -5,6 +5,7 @@ environment like an application."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -87,7 +88,7 @@ def _run(
         in_code = load_enrichers(enrichers) if enrichers else []
         worker = Worker(resolve_settings(None, {}), in_code, stats_interval=stats_interval)
     except EnrichlogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return 1
     signals.stop(worker)
 
@@ -102,7 +103,7 @@ def _run(
     try:
         asyncio.run(main())
     except EnrichlogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return 1
     finally:
         # Closing the loop put the default handlers back (SIGTERM would kill
@@ -176,3 +177,11 @@ class _StopSignals:
         self._received = True
         if self._worker is not None:
             self._worker.request_stop()
+
+
+def _error(message: str) -> None:
+    """``message`` on stderr, if the worker has one (``print`` to a missing
+    stderr would write it to stdout, among the events)."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr)

@@ -242,6 +242,7 @@ class LineWriter:
         "_cut_in",
         "_deferred",
         "_due_report",
+        "_failed_before",
         "_flush",
         "_fragmenting",
         "_gathered",
@@ -309,6 +310,8 @@ class LineWriter:
         self.report_interval = 10.0
         self._unreported = 0
         self._last_report = -float("inf")
+        #: Failed writes counted before its current output (retarget).
+        self._failed_before = 0
 
     def __repr__(self) -> str:
         return f"<LineWriter {self.target}>"
@@ -622,7 +625,7 @@ class LineWriter:
                 "enrichlog could not write %d line(s) to %s since its last report (%d in all)",
                 count,
                 self.target,
-                self.write_failed,
+                self.write_failed - self._failed_before,
             )
 
     def retarget(self, other: LineWriter) -> None:
@@ -639,8 +642,10 @@ class LineWriter:
             self._broken = self._torn = False
             self._usable = True
             # Another output: its first failure is reported at once, not
-            # held back by the previous output's last report.
+            # held back by the previous output's last report, and its count
+            # is its own.
             self._last_report = other._last_report
+            self._failed_before = self.write_failed
 
     def release(self, other: LineWriter, timeout: float = 5.0) -> bool:
         """Stop writing to ``other``'s stream (it is being closed); a later

@@ -42,7 +42,7 @@ class HostnameEnricher(SyncEnricher):
     class Params(BaseModel):
         """Parameters of ``hostname://``."""
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
         field: FieldName = "hostname"
 
@@ -127,7 +127,7 @@ class StaticEnricher(SyncEnricher):
     class Params(BaseModel):
         """Parameters of ``static://``: any keys, each a field to add."""
 
-        model_config = ConfigDict(extra="allow", frozen=True)
+        model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
 
         @model_validator(mode="after")
         def _at_least_one_field(self) -> StaticEnricher.Params:
@@ -178,7 +178,7 @@ class EnvEnricher(SyncEnricher):
     class Params(BaseModel):
         """Parameters of ``env://``."""
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
         fields: Annotated[CommaSeparated, Field(min_length=1)]
         lower: bool = False

@@ -78,7 +78,7 @@ class HttpLookupEnricher(LookupEnricher):
     class Params(BaseModel):
         """Parameters of ``http-lookup://``."""
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
         host: str
         port: Annotated[int, Field(ge=1, le=65535), NotABool] | None = None

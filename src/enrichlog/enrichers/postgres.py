@@ -257,7 +257,11 @@ class PostgresLookupEnricher(LookupEnricher):
         # extra="allow" only so that the query key 'from' (a Python keyword,
         # hence the alias) gets past the factory; other keys are refused below.
         model_config = ConfigDict(
-            extra="allow", frozen=True, populate_by_name=True, serialize_by_alias=True
+            extra="allow",
+            frozen=True,
+            populate_by_name=True,
+            serialize_by_alias=True,
+            hide_input_in_errors=True,  # built in code, an error must not show the password
         )
 
         host: str = "127.0.0.1"

@@ -59,7 +59,7 @@ class RedisLookupEnricher(LookupEnricher):
     class Params(BaseModel):
         """Parameters of ``redis-lookup://``."""
 
-        model_config = ConfigDict(extra="forbid", frozen=True)
+        model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
         host: str = "127.0.0.1"
         port: Annotated[int, Field(ge=1, le=65535), NotABool] = 6379

@@ -100,7 +100,7 @@ Items are stripped of whitespace; empty items are dropped.
 class NoParams(BaseModel):
     """The parameters of an enricher class that declares no ``Params``: none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class CommonParams(EnricherOptions):
