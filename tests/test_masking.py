@@ -201,6 +201,20 @@ def test_mask_uri_leaves_a_uri_without_secrets_unchanged() -> None:
         ("error: password: hunter2", "error: password: ***"),
         ("a=b=c=password=zz", "a=b=c=password=***"),
         ("msg: 'password=x'", "msg: 'password=***'"),
+        # Found by the eleventh round's re-test.
+        ("mysql -u root --password=hunter2 db", "mysql -u root --password=*** db"),
+        ("-password=hunter2", "-password=***"),
+        ("PassWord=hunter2", "PassWord=***"),
+        ("passWORD: hunter2", "passWORD: ***"),
+        ("password='hunter2", "password='***'"),
+        ('error: password="hunter2 (cut)', 'error: password="***" (cut)'),
+        ('{"msg": "{\\"password\\": \\"hunter2\\"}"}', '{"msg": "{\\"password\\": \\"***\\"}"}'),
+        ("Driver={x};PWD={hunter2;x};UID=sa", "Driver={x};PWD={***};UID=sa"),
+        ("credentials={'user': 'a', 'pw': 'hunter2'}", "credentials={***}"),
+        ("token=['hunter2']", "token=[***]"),
+        ("[('password', 'hunter2')]", "[('password', '***')]"),
+        ('{"password":\n  "hunter2"}', '{"password":\n  "***"}'),
+        ("password\u00a0=hunter2", "password\u00a0=***"),
     ],
 )
 def test_mask_secrets(text: str, masked: str) -> None:
@@ -463,6 +477,8 @@ def test_no_output_shows_a_secret_of_the_configuration(case: tuple[str, str, boo
         lambda n: "x%" * (n // 2),
         lambda n: "a=" * (n // 2),
         lambda n: "a: " * (n // 3),
+        lambda n: "s://?u=s%3A%2F%2F%3Fu%3D" * (n // 24),
+        lambda n: "password={" * (n // 10),
     ],
     ids=[
         "letters",
@@ -473,6 +489,8 @@ def test_no_output_shows_a_secret_of_the_configuration(case: tuple[str, str, boo
         "percents",
         "pairs-in-values",
         "colon-pairs",
+        "nested-encoded-uris",
+        "open-brackets",
     ],
 )
 def test_masking_takes_time_in_proportion_to_the_text(shape: Any) -> None:

@@ -380,3 +380,124 @@ def test_the_shutdown_summary_counts_its_own_outputs_failures(
 
     summary = [r.getMessage() for r in caplog.records if "since its last report" in r.getMessage()]
     assert summary[-1].endswith("(2 in all)")
+
+
+LOOP_CLOSED_BY_HAND = """
+    import asyncio, json, sys, time
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+    class Slow(AsyncEnricher):
+        async def enrich_async(self, logger, method_name, event_dict):
+            await asyncio.sleep(0.1)
+            event_dict["slow"] = 1
+            return event_dict
+
+    path, delivery = sys.argv[1:]
+
+    async def main():
+        container = configure_logging(
+            enrichers=[Slow()], runtime="loop", delivery=delivery, output=path
+        )
+        await container.astartup()
+        for i in range(20):  # more than the loop takes up before it stops
+            get_logger().info("in the loop", i=i)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()  # by hand: no asyncio.run end, no exit hook
+    took = []
+    for i in range(5):
+        started = time.monotonic()
+        get_logger().info("after the close", i=i)
+        took.append(time.monotonic() - started)
+    lines = sum(1 for _ in open(path))
+    print(json.dumps({"longest": max(took), "lines": lines}))
+"""
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_loop_closed_by_hand_is_found_by_the_next_log_call(tmp_path: Path, delivery: str) -> None:
+    # With the loop awake when it was closed, no wake-up failed, so nothing
+    # found it out: each inline call waited 4.5 s and wrote nothing, and in
+    # background no line came until a flush or the exit; the calls left in
+    # the loop were then reported "destroyed but pending".
+    path = tmp_path / "app.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LOOP_CLOSED_BY_HAND), str(path), delivery],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert 25 == result["lines"]
+    assert result["longest"] < 2.0
+    assert "Task was destroyed" not in proc.stderr
+    assert "never awaited" not in proc.stderr
+
+
+PLAN = {"name": "pro"}
+
+
+class ConstantBatched(AsyncEnricher):
+    """Sets constants and an equal dict: the values a first event may hold."""
+
+    cache_ttl = 60.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("user_id")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        return dict.fromkeys(keys, True)
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict.update(tier="gold", seats=5, active=value)
+        event_dict["plan"] = dict(PLAN)
+        return event_dict
+
+
+class ConstantCached(AsyncEnricher):
+    cache_ttl = 60.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("user_id")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict.update(tier="gold", seats=5, active=True)
+        event_dict["plan"] = dict(PLAN)
+        return event_dict
+
+
+class KeptConstantBatched(ConstantBatched):
+    keep_existing = True
+
+
+@pytest.mark.parametrize("enricher", [ConstantBatched, ConstantCached, KeptConstantBatched])
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_first_event_holding_the_same_values_does_not_blank_its_key(
+    enricher: type[AsyncEnricher], delivery: str
+) -> None:
+    # Changes were worked out against the first event of a key: a field it
+    # already held with the very value (a constant, an equal dict) was "no
+    # change", and every later event of the key went without it, no reason
+    # given, while cached.
+    sink = LineSink()
+    container = configure_logging(enrichers=[enricher()], output=sink, delivery=delivery)
+    log = get_logger()
+
+    log.info("first", user_id=7, tier="gold", seats=5, active=True, plan={"name": "pro"})
+    container.flush()
+    log.info("second", user_id=7)
+    container.shutdown()
+
+    second = sink.events()[1]
+    assert ("gold", 5, True, {"name": "pro"}) == (
+        second.get("tier"),
+        second.get("seats"),
+        second.get("active"),
+        second.get("plan"),
+    )

@@ -144,7 +144,7 @@ class EnricherLifecycleManager:
                 "'unavailable' until a later start-up attempt succeeds",
                 enricher.name,
                 type(exc).__name__,
-                mask_secrets(str(exc)),
+                _shown(exc),
             )
             return False
         finally:
@@ -175,7 +175,7 @@ class EnricherLifecycleManager:
                     "enricher %r failed to shut down cleanly (%s: %s)",
                     enricher.name,
                     type(exc).__name__,
-                    mask_secrets(str(exc)),
+                    _shown(exc),
                 )
 
     def unfinished(self) -> int:
@@ -292,3 +292,16 @@ def _closing(exc: BaseException) -> bool:
         return asyncio.current_task() is None
     except RuntimeError:  # no loop runs here: finalised after it ended
         return True
+
+
+#: The most of an exception's text a report shows (masking a text costs in
+#: proportion to it: a 100 KB message held configure_logging for seconds).
+_SHOWN_CHARACTERS = 1_000
+
+
+def _shown(exc: BaseException) -> str:
+    """An enricher's exception's text for a report: cut short, masked."""
+    text = str(exc)
+    if len(text) > _SHOWN_CHARACTERS:
+        text = f"{text[:_SHOWN_CHARACTERS]}… ({len(text):,} characters)"
+    return mask_secrets(text)

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import enum
 import functools
+import inspect
 import threading
 import time
 from collections import deque
@@ -204,6 +205,7 @@ class EventPipeline:
         report_interval: float,
     ) -> None:
         self._runtime = runtime
+        self._loop_runtime = runtime if isinstance(runtime, LoopRuntime) else None
         self._plan = plan
         self.writer = writer
         #: Whether lines ready together may be written together (a writer
@@ -293,6 +295,13 @@ class EventPipeline:
         the wait. While the pipeline is closing, events are still queued (to
         keep each thread's order) but completed without enrichment.
         """
+        loop_runtime = self._loop_runtime
+        if loop_runtime is not None and loop_runtime.loop_closed:
+            # The application's loop was closed by hand (no asyncio.run end,
+            # so no exit hook ran): its pending events are written now, and
+            # this one by its caller. Checked on every call: with the loop
+            # awake when it closed, no wake-up would ever find it out.
+            self._ended_with_the_loop()
         if self.state is not _ACCEPTING:
             self._plan.finish_unenriched(item)
         normal, urgent = self._normal, self._urgent
@@ -819,11 +828,30 @@ class EventPipeline:
         the loop's thread (a stop that gave up waiting for the loop runs the
         hooks on its own), unless the loop has closed (nothing of it runs
         again)."""
+        if self._loop_closed():
+            self._forget_calls()
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed
             if self._runtime.in_runtime_thread():
                 self._plan.cancel_calls()
             else:
                 self._runtime.loop.call_soon_threadsafe(self._plan.cancel_calls)
+
+    def _forget_calls(self) -> None:
+        """The loop was closed by hand with enricher calls in it: none will
+        run again, nor can they be cancelled. Not reported as "destroyed but
+        pending" (nor, one not begun, "never awaited"): their events were
+        written without their fields, with the reason."""
+        runtime = self._loop_runtime
+        loop = runtime.bound_loop if runtime is not None else None
+        if loop is None:
+            return
+        for task in asyncio.all_tasks(loop):
+            if is_enrichment_call(task):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                coroutine = task.get_coro()
+                if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:  # type: ignore[arg-type]
+                    coroutine.close()
 
     async def _await_cancelled_calls(self) -> None:
         """Loop runtime closing hook: let the calls cancelled as the loop

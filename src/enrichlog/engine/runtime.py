@@ -500,6 +500,11 @@ class LoopRuntime:
         return loop is not None and not loop.is_closed() and loop.is_running()
 
     @property
+    def bound_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop it was started on, closed or not (``None`` before)."""
+        return self._loop
+
+    @property
     def loop_closed(self) -> bool:
         """Whether the loop it was started on is closed."""
         loop = self._loop

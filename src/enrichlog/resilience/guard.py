@@ -46,6 +46,7 @@ from .outcome import (
     UNAVAILABLE,
     Fills,
     Outcome,
+    Written,
     changes_of,
     error_outcome,
     hook_failed,
@@ -691,6 +692,8 @@ class EnricherGuard:
                     copy = dict(snapshot)  # a flat event's copy, without a frame
                     if not IMMUTABLE.issuperset(map(type, copy.values())):
                         copy = isolated_copy(snapshot)
+                    if self.cache is not None:  # its outcome is served to its key's events
+                        copy = Written(copy)
                     result = await self.enricher.enrich_async(logger, method_name, copy)
                     if result is None:
                         result = copy
@@ -1043,7 +1046,7 @@ class EnricherGuard:
             return NO_CHANGES  # a key the backend does not have adds nothing
         if isinstance(value, BaseException):
             return self._failed(error_outcome(value))  # this key failed alone
-        copy = isolated_copy(snapshot)
+        copy = Written(isolated_copy(snapshot))  # its changes go to every event of its key
         try:
             result = self.enricher.apply(copy, value)
             if result is None:
@@ -1149,6 +1152,8 @@ class EnricherGuard:
     ) -> EventDict | None:
         # A fresh copy per attempt: a failed attempt may have half-mutated it.
         copy = isolated_copy(snapshot)
+        if self.cache is not None:  # its outcome is served to its key's events
+            copy = Written(copy)
         result = await self.enricher.enrich_async(logger, method_name, copy)
         return copy if result is None else result
 

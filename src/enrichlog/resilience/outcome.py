@@ -24,6 +24,7 @@ __all__ = [
     "UNAVAILABLE",
     "Fills",
     "Outcome",
+    "Written",
     "changes_of",
     "error_outcome",
     "fill",
@@ -43,6 +44,38 @@ class Fills(dict[str, Any]):
     ``update``. The mark travels with the outcome, into the cache too."""
 
     __slots__ = ()
+
+
+class Written(dict[str, Any]):
+    """An enricher's copy of the event that records the keys it sets, for
+    an outcome served to other events (cached, or a batch's key): a field
+    set to the very value the event had (a call-site ``tier="gold"``, the
+    same row) is a change all the same, which those events need.
+    :func:`changes_of` reads :attr:`written`."""
+
+    __slots__ = ("written",)
+
+    def __init__(self, event: Mapping[str, Any]) -> None:
+        super().__init__(event)
+        self.written: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.written.add(key)
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        fields = dict(*args, **kwargs)
+        self.written.update(fields)
+        super().update(fields)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self.written.add(key)
+        return super().setdefault(key, default)
+
+    def __ior__(self, other: Any) -> Written:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
 
 def fill(event_dict: MutableMapping[str, Any], fields: Mapping[str, Any]) -> None:
@@ -129,6 +162,10 @@ def changes_of(
         removed: tuple[str, ...] = ()  # every key of before is still there
     else:
         removed = tuple(key for key in before if key not in after and key != reserved)
+    if after.__class__ is Written:
+        for key in after.written:
+            if key not in updated and key in after:
+                updated[key] = after[key]  # set to the value it had: a change all the same
     if reserved is not None:
         updated.pop(reserved, None)
     return updated, removed

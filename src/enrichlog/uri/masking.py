@@ -17,6 +17,7 @@ may lose its host in the message, never its password.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -59,6 +60,11 @@ _SECRET_NAMES: Final = frozenset(
 # x_auth_token, db_password, aws_secret_access_key, ssh_passphrase.
 _SECRET_SUFFIXES: Final = tuple(f"_{name}" for name in sorted(_SECRET_NAMES | {"key"}))
 
+# The secret names with nothing between their words: a name whose letters
+# spell one (PassWord, passWORD, API-KEY) is one, whatever its case.
+_SECRET_SQUASHED: Final = frozenset(name.replace("_", "") for name in _SECRET_NAMES)
+_NOT_LETTERS = re.compile(r"[^a-z]+")
+
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NAME_SEPARATORS = re.compile(r"[\s.\-]+")
 _TRAILING_NUMBER = re.compile(r"_*\d+\Z")
@@ -97,9 +103,12 @@ _BEARER = re.compile(r"\bBearer\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*")
 _PAIR_KEY = re.compile(
     r"""
     (?<![\w.\-%])                           # a whole name, not the tail of one
-    (?P<key>[A-Za-z_][\w.\-]*)
-    (?P<key_quote>['"]?)
-    [ \t]*[=:][ \t]*
+    # Only a name holding a word of the secret names (is_secret_name has the
+    # last word): the others are passed over here, in C, not one by one.
+    (?=-{0,2}[\w.\-]*?(?i:pass|pwd|secret|token|auth|key|credential))
+    (?P<key>-{0,2}[A-Za-z_][\w.\-]*)         # --password=: a command line's
+    (?P<key_quote>\\?['"]?)                  # \": JSON in a JSON string
+    [^\S\n]*[=:][^\S\n]*\n?[^\S\n]*           # any spaces; the value may be on the next line
     """,
     re.VERBOSE,
 )
@@ -107,10 +116,33 @@ _PAIR_VALUE = re.compile(
     r"""
         b?"(?:[^"\\]|\\.)*"                  # b: a bytes repr
       | b?'(?:[^'\\]|\\.)*'
+      | \\(?P<escaped>["']).*?\\(?P=escaped)  # \"...\": JSON in a JSON string
+      | b?["'][^\s"']*                       # a quote never closed (a message cut short)
       | (?:(?i:bearer|basic|digest|negotiate)[ \t]+)?[^\s&,;'"<>()\[\]{}]+
     """,
     re.VERBOSE,
 )
+# A (name, value) tuple: headers as a list of pairs, ("password", "x").
+_TUPLE_PAIR = re.compile(
+    r"""\(\s*(?P<quote>['"])(?P<key>[^'"\s]{1,100})(?P=quote)\s*,\s*"""
+    r"""(?P<value>b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*')"""
+)
+#: The words every secret name holds one of (is_secret_name decides).
+_SECRET_WORDS: Final = ("pass", "pwd", "secret", "token", "auth", "key", "credential")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Whether ``text`` holds a word of the secret names (a few fast
+    substring searches: most messages hold none)."""
+    lowered = text.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+#: Brackets a secret's value may open (a dict, a list, a tuple, ODBC's
+#: PWD={...}): masked up to the one that closes it.
+_CLOSERS: Final = {"{": "}", "[": "]", "(": ")"}
+#: The most of a bracketed value looked through for its closing bracket.
+_BRACKETED_MAX = 10_000
 # From the start of a token only (the same matches: a token matches from its
 # start if anywhere), not from each of its characters, which was quadratic.
 _ENCODED_TOKEN = re.compile(r"(?<![^\s'\"])[^\s'\"]*%[0-9A-Fa-f]{2}[^\s'\"]*")
@@ -119,6 +151,7 @@ _ENCODED_TOKEN = re.compile(r"(?<![^\s'\"])[^\s'\"]*%[0-9A-Fa-f]{2}[^\s'\"]*")
 _SHOWN = "*:/@,"
 
 
+@functools.lru_cache(maxsize=4096)  # a long message repeats its keys: each is judged once
 def is_secret_name(name: str) -> bool:
     """Whether a parameter called ``name`` holds a secret.
 
@@ -133,7 +166,11 @@ def is_secret_name(name: str) -> bool:
     """
     normal = _NAME_SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip())).lower()
     normal = _TRAILING_NUMBER.sub("", normal).strip("_")
-    return normal in _SECRET_NAMES or normal.endswith(_SECRET_SUFFIXES)
+    return (
+        normal in _SECRET_NAMES
+        or normal.endswith(_SECRET_SUFFIXES)
+        or _NOT_LETTERS.sub("", normal) in _SECRET_SQUASHED
+    )
 
 
 def mask_uri(uri: str, secret_keys: Collection[str] = ()) -> str:
@@ -206,7 +243,8 @@ def secrets_in(text: str) -> list[str]:
                 found += [password, unquote(password)]
         for start, end in _loose_passwords(form):
             found += [form[start:end], unquote(form[start:end])]
-        found += [_unquoted(value.group()) for _, value in _secret_pairs(form)]
+        if _may_hold_secret(form):
+            found += [_unquoted(value) for _, value, _, _ in _secret_pairs(form)]
     return [secret for secret in dict.fromkeys(found) if secret and secret != MASK]
 
 
@@ -501,41 +539,96 @@ def _mask_text(text: str, depth: int) -> str:
     return text
 
 
-def _secret_pairs(text: str) -> Iterator[tuple[re.Match[str], re.Match[str]]]:
-    """The (key, value) matches of the pairs in ``text`` whose key is a secret
-    name, in order, in one pass: a masked value is not scanned again."""
+def _secret_pairs(text: str) -> Iterator[tuple[re.Match[str] | None, str, int, int]]:
+    """The secret values of ``text``, in order, in one pass (a masked value
+    is not scanned again): ``(key match or None for a tuple pair, value,
+    start, end)``."""
     position = 0
+    tuples = _TUPLE_PAIR.finditer(text) if "(" in text else iter(())
+    pending = next(tuples, None)
     while (key := _PAIR_KEY.search(text, position)) is not None:
+        while pending is not None and pending.start("value") < key.start():
+            if pending.start() >= position and is_secret_name(pending["key"]):
+                yield None, pending["value"], pending.start("value"), pending.end("value")
+                position = pending.end("value")
+            pending = next(tuples, None)
+        if key.start() < position:
+            continue
         position = key.end()
-        if is_secret_name(key["key"]) and (value := _PAIR_VALUE.match(text, position)):
-            yield key, value
+        if not is_secret_name(key["key"]):
+            continue
+        end = _bracketed_end(text, position)
+        if end is not None:
+            yield key, text[position:end], position, end
+            position = end
+        elif (value := _PAIR_VALUE.match(text, position)) is not None:
+            yield key, value.group(), position, value.end()
             position = value.end()
+    while pending is not None:
+        if pending.start() >= position and is_secret_name(pending["key"]):
+            yield None, pending["value"], pending.start("value"), pending.end("value")
+            position = pending.end("value")
+        pending = next(tuples, None)
+
+
+def _bracketed_end(text: str, start: int) -> int | None:
+    """Where a value opening a bracket at ``start`` ends: after the bracket
+    that closes it (quoted text skipped), or at the end of what is looked
+    through; ``None`` when no bracket opens there."""
+    opener = text[start : start + 1]
+    if opener not in _CLOSERS:
+        return None
+    depth, quote, escaped = 0, "", False
+    limit = min(len(text), start + _BRACKETED_MAX)
+    for index in range(start, limit):
+        char = text[index]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in _CLOSERS:
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return limit
 
 
 def _mask_pairs(text: str) -> str:
     """``text`` with the values of its secret-named pairs masked."""
+    if not _may_hold_secret(text):
+        return text  # no name could be a secret's: the common message, in one C scan
     parts: list[str] = []
     done = 0
-    for key, value in _secret_pairs(text):
-        shown = _masked_value(key, value)
+    for key, value, start, end in _secret_pairs(text):
+        shown = _masked_value(key, value, text, end)
         if shown is not None:
-            parts += [text[done : value.start()], shown]
-            done = value.end()
+            parts += [text[done:start], shown]
+            done = end
     parts.append(text[done:])
     return "".join(parts)
 
 
-def _masked_value(key: re.Match[str], match: re.Match[str]) -> str | None:
+def _masked_value(key: re.Match[str] | None, value: str, text: str, end: int) -> str | None:
     """What a secret pair's value is shown as; ``None`` when it is no pair."""
-    value = match.group()
+    if value[:1] in _CLOSERS:
+        return f"{value[0]}{MASK}{value[-1] if value[-1] in ')]}' else ''}"
+    if value[:2] in {'\\"', "\\'"}:
+        return f"{value[:2]}{MASK}{value[:2]}"
     prefix = "b" if value[:2] in {"b'", 'b"'} else ""
     value = value[len(prefix) :]
     quoted = value[:1] in {"'", '"'}
-    if key["key_quote"] and not quoted:
+    if key is not None and key["key_quote"] and not quoted:
         # "'token': Input should be ..." is a message about a key, not a
         # pair; a quoted key has a value in a dict or JSON object, where a
         # separator or the end follows it.
-        after = match.string[match.end() :].lstrip()[:1]
+        after = text[end:].lstrip()[:1]
         if after not in {"", ",", "}", "]", ")"}:
             return None
     return f"{prefix}{value[0]}{MASK}{value[0]}" if quoted else MASK
