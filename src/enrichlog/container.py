@@ -197,6 +197,13 @@ class LoggingContainer:
         EnricherDependencyError: a cycle, missing dependency or duplicate.
     """
 
+    #: Shut down by the interpreter's exit: the stdlib bridge stays, so a
+    #: library logging later at exit (closing its pools) is written as
+    #: structlog's own late calls are, on the calling thread. (A class
+    #: attribute, set on the instance only then: one instance attribute
+    #: more costs every attribute read of the log call's path.)
+    exiting = False
+
     def __init__(
         self, settings: LoggingSettings | None = None, enrichers: Iterable[object] = ()
     ) -> None:
@@ -295,10 +302,6 @@ class LoggingContainer:
         #: Seconds the flush at interpreter exit waited: the exit's shutdown
         #: has the rest of one shutdown_timeout.
         self._exit_flush_took: float | None = None
-        #: Shut down by the interpreter's exit: the stdlib bridge stays, so a
-        #: library logging later at exit (closing its pools) is written as
-        #: structlog's own late calls are, on the calling thread.
-        self.exiting = False
         self._handover: tuple[LineWriter, int, int] | None = None
         #: The root logger's handler with ``stdlib=True``, while installed.
         self._stdlib_bridge: RootBridge | None = None
