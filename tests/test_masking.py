@@ -215,6 +215,13 @@ def test_mask_uri_leaves_a_uri_without_secrets_unchanged() -> None:
         ("[('password', 'hunter2')]", "[('password', '***')]"),
         ('{"password":\n  "hunter2"}', '{"password":\n  "***"}'),
         ("password\u00a0=hunter2", "password\u00a0=***"),
+        ("mysql --password hunter2 db", "mysql --password *** db"),
+        ("SESSIONTOKEN=abc", "SESSIONTOKEN=***"),
+        ("password := hunter2", "password := ***"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----",
+            "-----BEGIN RSA PRIVATE KEY-----\n***\n-----END RSA PRIVATE KEY-----",
+        ),
     ],
 )
 def test_mask_secrets(text: str, masked: str) -> None:
@@ -479,6 +486,9 @@ def test_no_output_shows_a_secret_of_the_configuration(case: tuple[str, str, boo
         lambda n: "a: " * (n // 3),
         lambda n: "s://?u=s%3A%2F%2F%3Fu%3D" * (n // 24),
         lambda n: "password={" * (n // 10),
+        lambda n: "_" * n + "key=x",
+        lambda n: "-----BEGIN PRIVATE KEY-----" * (n // 27),
+        lambda n: "--token " * (n // 8),
     ],
     ids=[
         "letters",
@@ -491,6 +501,9 @@ def test_no_output_shows_a_secret_of_the_configuration(case: tuple[str, str, boo
         "colon-pairs",
         "nested-encoded-uris",
         "open-brackets",
+        "underscores-before-a-name",
+        "private-key-headers",
+        "flags",
     ],
 )
 def test_masking_takes_time_in_proportion_to_the_text(shape: Any) -> None:

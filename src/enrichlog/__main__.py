@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command returns 141 when its output is a pipe whose reader stopped
     reading.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m enrichlog",
         description="structlog-compatible logging with asynchronous enrichers",
     )
@@ -58,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if done.code not in (0, None):
             raise  # a usage error: argparse said it on stderr
         return _shown(parser.prog)  # --help, --version: was it?
+    except BrokenPipeError:
+        _silence_stdout()
+        return _EXIT_BROKEN_PIPE
+    except OSError as exc:  # --help or --version could not be written
+        _silence_stdout()
+        _complain(f"{parser.prog}: {exc}")
+        return 1
     if sys.stdout is None and args.command in _SHOWING:
         # Started with its stdout closed (``>&-``): what it is for cannot be shown.
         _complain(f"python -m enrichlog {args.command}: cannot write to stdout: it is closed")
@@ -79,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _complain(f"python -m enrichlog {args.command}: {exc}")
         return 1
     return status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose ``--help`` and ``--version`` let a failed
+    write be known (argparse drops it: unbuffered, ``> /dev/full`` exited 0)."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        file = file or sys.stderr
+        if message and file is not None:
+            file.write(message)
 
 
 def _shown(prog: str) -> int:

@@ -132,11 +132,13 @@ def test_a_closed_stdout_is_reported_not_ignored() -> None:
     )
 
 
-@pytest.mark.parametrize("option", ["--version", "--help"])
-def test_version_and_help_say_when_they_cannot_be_shown(option: str) -> None:
-    shell = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog", option])
+@pytest.mark.parametrize("option", ["--version", "--help", "plan --help"])
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_version_and_help_say_when_they_cannot_be_shown(option: str, unbuffered: bool) -> None:
+    shell = " ".join(shlex.quote(p) for p in [sys.executable, "-m", "enrichlog"]) + " " + option
     environment = script_env()
-    environment.pop("PYTHONUNBUFFERED")  # argparse itself hides an unbuffered write's failure
+    if not unbuffered:  # argparse itself dropped an unbuffered write's failure
+        environment.pop("PYTHONUNBUFFERED")
     full = subprocess.run(
         ["bash", "-c", f"{shell} > /dev/full"],
         env=environment,

@@ -501,3 +501,99 @@ def test_a_first_event_holding_the_same_values_does_not_blank_its_key(
         second.get("active"),
         second.get("plan"),
     )
+
+
+class CachedRedaction(AsyncEnricher):
+    """Looks a user up (cached) and drops any password the event carries."""
+
+    cache_ttl = 60.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("user_id")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        event_dict.pop("password", None)
+        del event_dict["token"]  # every event of these tests has one
+        event_dict["tier"] = "gold"
+        return event_dict
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_a_cached_removal_applies_to_the_keys_later_events(delivery: str) -> None:
+    # A pop that found nothing on the key's first event was no change: later
+    # events of the key were written with their password in the clear.
+    sink = LineSink()
+    container = configure_logging(enrichers=[CachedRedaction()], output=sink, delivery=delivery)
+    log = get_logger()
+
+    log.info("first", user_id=1, token="t1")
+    container.flush()
+    log.info("second", user_id=1, token="t2", password="hunter2")
+    container.shutdown()
+
+    second = sink.events()[1]
+    assert ("gold", None, None) == (
+        second.get("tier"),
+        second.get("password"),
+        second.get("token"),
+    )
+
+
+PENDING_AINFO_AT_CLOSE = """
+    import asyncio, json, sys, time
+    from enrichlog import AsyncEnricher, configure_logging, get_logger
+
+    class Slow(AsyncEnricher):
+        timeout = 1.0
+
+        async def enrich_async(self, logger, method_name, event_dict):
+            await asyncio.sleep(0.3)
+            event_dict["slow"] = 1
+            return event_dict
+
+    path, delivery = sys.argv[1:]
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main():
+        container = configure_logging(
+            enrichers=[Slow()], output=path, delivery=delivery, runtime="loop"
+        )
+        await container.astartup()
+        asyncio.ensure_future(get_logger().ainfo("pending"))
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    loop.close()
+    took = []
+    for i in range(3):
+        started = time.monotonic()
+        get_logger().info("after", i=i)
+        took.append(time.monotonic() - started)
+    print(json.dumps({"longest": max(took), "lines": sum(1 for _ in open(path))}))
+"""
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_an_ainfo_pending_when_the_loop_is_closed_by_hand_breaks_nothing(
+    tmp_path: Path, delivery: str
+) -> None:
+    # Resolving the pending ainfo's waiter on the closed loop raised into the
+    # hook writing the events ("runtime exit hook failed"), and every later
+    # log call then waited the enricher's timeout.
+    path = tmp_path / "app.log"
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PENDING_AINFO_AT_CLOSE), str(path), delivery],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert 4 == result["lines"]
+    assert result["longest"] < 0.5
+    assert "exit hook failed" not in proc.stderr

@@ -86,7 +86,9 @@ def _run(
                     f"--import {module!r}: {mask_secrets(str(exc))}"
                 ) from None
         in_code = load_enrichers(enrichers) if enrichers else []
-        worker = Worker(resolve_settings(None, {}), in_code, stats_interval=stats_interval)
+        settings = resolve_settings(None, {})
+        _check_output(settings.output_name)
+        worker = Worker(settings, in_code, stats_interval=stats_interval)
     except EnrichlogError as exc:
         _error(f"error: {exc}")
         return 1
@@ -185,3 +187,18 @@ def _error(message: str) -> None:
     if sys.stderr is not None:
         with contextlib.suppress(OSError, ValueError):
             print(message, file=sys.stderr)
+
+
+def _check_output(output: str) -> None:
+    """Refuse a standard stream the worker was started without (``>&-``)
+    as its output, before it takes any event: each event taken would be
+    handed back unwritten, a delivery used up towards dead-lettering it.
+
+    Raises:
+        EnricherConfigError: naming the stream.
+    """
+    if output in ("stdout", "stderr") and getattr(sys, output) is None:
+        raise EnricherConfigError(
+            f"the output is {output}, and the worker was started without it (closed): "
+            "nothing could be written; no event was taken from the stream"
+        )

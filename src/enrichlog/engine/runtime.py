@@ -678,7 +678,11 @@ def set_result(future: asyncio.Future[None]) -> None:
     """Resolve ``future`` with ``None`` unless it is done (cancelled by its
     waiter's timeout, say). Call it on the future's loop."""
     if not future.done():
-        future.set_result(None)
+        # A loop closed by hand meanwhile: its waiter (an ainfo() task) will
+        # never run again, and resolving it would raise (scheduling its
+        # callbacks on a closed loop) into the hook writing the events.
+        with contextlib.suppress(RuntimeError):
+            future.set_result(None)
 
 
 def resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Callable[[], None]:

@@ -53,15 +53,35 @@ class Written(dict[str, Any]):
     same row) is a change all the same, which those events need.
     :func:`changes_of` reads :attr:`written`."""
 
-    __slots__ = ("written",)
+    __slots__ = ("deleted", "written")
 
     def __init__(self, event: Mapping[str, Any]) -> None:
         super().__init__(event)
         self.written: set[str] = set()
+        #: Keys it removed, or tried to (a pop of a key this event lacks
+        #: removes it from the other events of the key: a redaction).
+        self.deleted: set[str] = set()
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.written.add(key)
         super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.deleted.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.deleted.add(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        item = super().popitem()
+        self.deleted.add(item[0])
+        return item
+
+    def clear(self) -> None:
+        self.deleted.update(self)
+        super().clear()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         fields = dict(*args, **kwargs)
@@ -166,6 +186,9 @@ def changes_of(
         for key in after.written:
             if key not in updated and key in after:
                 updated[key] = after[key]  # set to the value it had: a change all the same
+        gone = [k for k in after.deleted if k not in after and k not in removed and k != reserved]
+        if gone:
+            removed = (*removed, *gone)  # removed where it was not: it is where it is
     if reserved is not None:
         updated.pop(reserved, None)
     return updated, removed

@@ -64,10 +64,22 @@ _SECRET_SUFFIXES: Final = tuple(f"_{name}" for name in sorted(_SECRET_NAMES | {"
 # spell one (PassWord, passWORD, API-KEY) is one, whatever its case.
 _SECRET_SQUASHED: Final = frozenset(name.replace("_", "") for name in _SECRET_NAMES)
 _NOT_LETTERS = re.compile(r"[^a-z]+")
+# Secret words long enough to end a run-together name (sessiontoken) without
+# catching common words (bypass, monkey, oauth).
+_SECRET_ENDINGS: Final = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "credentials",
+    "apikey",
+    "accesskey",
+    "privatekey",
+)
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NAME_SEPARATORS = re.compile(r"[\s.\-]+")
-_TRAILING_NUMBER = re.compile(r"_*\d+\Z")
 
 # How deep a URI nested in a URI's query is followed; deeper text is masked
 # by the patterns alone, which still hide every password.
@@ -108,7 +120,7 @@ _PAIR_KEY = re.compile(
     (?=-{0,2}[\w.\-]*?(?i:pass|pwd|secret|token|auth|key|credential))
     (?P<key>-{0,2}[A-Za-z_][\w.\-]*)         # --password=: a command line's
     (?P<key_quote>\\?['"]?)                  # \": JSON in a JSON string
-    [^\S\n]*[=:][^\S\n]*\n?[^\S\n]*           # any spaces; the value may be on the next line
+    [^\S\n]*(?::=|[=:])[^\S\n]*\n?[^\S\n]*    # any spaces; the value may be on the next line
     """,
     re.VERBOSE,
 )
@@ -127,6 +139,13 @@ _TUPLE_PAIR = re.compile(
     r"""\(\s*(?P<quote>['"])(?P<key>[^'"\s]{1,100})(?P=quote)\s*,\s*"""
     r"""(?P<value>b?"(?:[^"\\]|\\.)*"|b?'(?:[^'\\]|\\.)*')"""
 )
+# A command line's flag and its value: --password hunter2, -p is too short.
+_FLAG_PAIR = re.compile(
+    r"""(?<![\w\-])--?(?P<key>[A-Za-z][\w.\-]{2,100})[ \t]+"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s'"=-][^\s'"]*)"""
+)
+# A PEM private key: its body (masked up to its END line, or the text's end).
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
 #: The words every secret name holds one of (is_secret_name decides).
 _SECRET_WORDS: Final = ("pass", "pwd", "secret", "token", "auth", "key", "credential")
 
@@ -165,11 +184,14 @@ def is_secret_name(name: str) -> bool:
     is not.
     """
     normal = _NAME_SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip())).lower()
-    normal = _TRAILING_NUMBER.sub("", normal).strip("_")
+    # A trailing number and the '_' before it: token_2 (rstrip, not a regex
+    # anchored at the end, which tried every '_' of a long run: quadratic).
+    normal = normal.rstrip("0123456789").strip("_")
     return (
         normal in _SECRET_NAMES
         or normal.endswith(_SECRET_SUFFIXES)
-        or _NOT_LETTERS.sub("", normal) in _SECRET_SQUASHED
+        or (squashed := _NOT_LETTERS.sub("", normal)) in _SECRET_SQUASHED
+        or squashed.endswith(_SECRET_ENDINGS)  # SESSIONTOKEN, xauthtoken, mypassword
     )
 
 
@@ -534,6 +556,8 @@ def _mask_text(text: str, depth: int) -> str:
     text = _mask_loose_passwords(text)
     text = _BEARER.sub(f"Bearer {MASK}", text)
     text = _mask_pairs(text)
+    if "PRIVATE KEY-----" in text:
+        text = _mask_private_keys(text)
     if depth <= _MAX_DEPTH:
         text = _ENCODED_TOKEN.sub(lambda m: _mask_encoded(m.group(), depth), text)
     return text
@@ -541,17 +565,17 @@ def _mask_text(text: str, depth: int) -> str:
 
 def _secret_pairs(text: str) -> Iterator[tuple[re.Match[str] | None, str, int, int]]:
     """The secret values of ``text``, in order, in one pass (a masked value
-    is not scanned again): ``(key match or None for a tuple pair, value,
-    start, end)``."""
+    is not scanned again): ``(key match, or None for a tuple pair or a
+    command-line flag, value, start, end)``."""
     position = 0
-    tuples = _TUPLE_PAIR.finditer(text) if "(" in text else iter(())
-    pending = next(tuples, None)
+    others = iter(_other_pairs(text))
+    pending = next(others, None)
     while (key := _PAIR_KEY.search(text, position)) is not None:
-        while pending is not None and pending.start("value") < key.start():
-            if pending.start() >= position and is_secret_name(pending["key"]):
-                yield None, pending["value"], pending.start("value"), pending.end("value")
-                position = pending.end("value")
-            pending = next(tuples, None)
+        while pending is not None and pending[1] < key.start():
+            if pending[0] >= position:
+                yield None, text[pending[1] : pending[2]], pending[1], pending[2]
+                position = pending[2]
+            pending = next(others, None)
         if key.start() < position:
             continue
         position = key.end()
@@ -565,10 +589,30 @@ def _secret_pairs(text: str) -> Iterator[tuple[re.Match[str] | None, str, int, i
             yield key, value.group(), position, value.end()
             position = value.end()
     while pending is not None:
-        if pending.start() >= position and is_secret_name(pending["key"]):
-            yield None, pending["value"], pending.start("value"), pending.end("value")
-            position = pending.end("value")
-        pending = next(tuples, None)
+        if pending[0] >= position:
+            yield None, text[pending[1] : pending[2]], pending[1], pending[2]
+            position = pending[2]
+        pending = next(others, None)
+
+
+def _other_pairs(text: str) -> list[tuple[int, int, int]]:
+    """``(start, value start, value end)`` of the secret ``(name, value)``
+    tuples and command-line flags (``--password hunter2``) of ``text``, in
+    order."""
+    found = []
+    if "(" in text:
+        found += [
+            (m.start(), m.start("value"), m.end("value"))
+            for m in _TUPLE_PAIR.finditer(text)
+            if is_secret_name(m["key"])
+        ]
+    if "-" in text:
+        found += [
+            (m.start(), m.start("value"), m.end("value"))
+            for m in _FLAG_PAIR.finditer(text)
+            if is_secret_name(m["key"])
+        ]
+    return sorted(found)
 
 
 def _bracketed_end(text: str, start: int) -> int | None:
@@ -598,6 +642,22 @@ def _bracketed_end(text: str, start: int) -> int | None:
             if depth == 0:
                 return index + 1
     return limit
+
+
+def _mask_private_keys(text: str) -> str:
+    """``text`` with the body of each PEM private key masked (to its END
+    line, or to the end of a text cut short)."""
+    parts: list[str] = []
+    done = 0
+    for begin in _PEM_BEGIN.finditer(text):
+        if begin.start() < done:
+            continue
+        end = text.find("-----END", begin.end())
+        end = len(text) if end < 0 else end
+        parts += [text[done : begin.end()], f"\n{MASK}\n"]
+        done = end
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _mask_pairs(text: str) -> str:
