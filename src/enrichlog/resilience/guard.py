@@ -46,11 +46,11 @@ from .outcome import (
     UNAVAILABLE,
     Fills,
     Outcome,
-    Written,
     changes_of,
     error_outcome,
     hook_failed,
     isolated_copy,
+    written_copy,
 )
 from .retry import RetryPolicy
 
@@ -689,11 +689,12 @@ class EnricherGuard:
             result: object
             try:
                 if self.retry is None:
-                    copy = dict(snapshot)  # a flat event's copy, without a frame
-                    if not IMMUTABLE.issuperset(map(type, copy.values())):
-                        copy = isolated_copy(snapshot)
                     if self.cache is not None:  # its outcome is served to its key's events
-                        copy = Written(copy)
+                        copy: dict[str, Any] = written_copy(snapshot)
+                    else:
+                        copy = dict(snapshot)  # a flat event's copy, without a frame
+                        if not IMMUTABLE.issuperset(map(type, copy.values())):
+                            copy = isolated_copy(snapshot)
                     result = await self.enricher.enrich_async(logger, method_name, copy)
                     if result is None:
                         result = copy
@@ -1046,7 +1047,7 @@ class EnricherGuard:
             return NO_CHANGES  # a key the backend does not have adds nothing
         if isinstance(value, BaseException):
             return self._failed(error_outcome(value))  # this key failed alone
-        copy = Written(isolated_copy(snapshot))  # its changes go to every event of its key
+        copy = written_copy(snapshot)  # its changes go to every event of its key
         try:
             result = self.enricher.apply(copy, value)
             if result is None:
@@ -1151,9 +1152,7 @@ class EnricherGuard:
         self, logger: WrappedLogger, method_name: str, snapshot: EventDict
     ) -> EventDict | None:
         # A fresh copy per attempt: a failed attempt may have half-mutated it.
-        copy = isolated_copy(snapshot)
-        if self.cache is not None:  # its outcome is served to its key's events
-            copy = Written(copy)
+        copy = written_copy(snapshot) if self.cache is not None else isolated_copy(snapshot)
         result = await self.enricher.enrich_async(logger, method_name, copy)
         return copy if result is None else result
 
