@@ -24,17 +24,22 @@ from enrichlog.testing import EnricherRunner, LineSink
 from tests.faults.runner import script_env
 
 
-def run_python(code: str, *args: str) -> dict[str, Any]:
-    """Run ``code`` in a Python process of its own; the JSON object it
-    prints last on stdout."""
-    proc = subprocess.run(
+def run_code(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python process of its own."""
+    return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=script_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
+
+
+def run_python(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a Python process of its own; the JSON object it
+    prints last on stdout."""
+    proc = run_code(code, *args)
     assert 0 == proc.returncode, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
     return result
@@ -332,14 +337,7 @@ def test_calls_started_as_the_loop_ends_are_not_destroyed_pending() -> None:
     # asyncio.run awaits the tasks there were when it started cancelling:
     # the calls started after (some not begun, so not cancelled by the
     # exit hook) were "destroyed but pending" when the loop closed.
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(LOOP_ENDS_WITH_CALLS_STARTING)],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_code(LOOP_ENDS_WITH_CALLS_STARTING)
 
     assert '{"written": 20}' == proc.stdout.strip()
     assert "Task was destroyed" not in proc.stderr
@@ -422,14 +420,7 @@ def test_a_loop_closed_by_hand_is_found_by_the_next_log_call(tmp_path: Path, del
     # background no line came until a flush or the exit; the calls left in
     # the loop were then reported "destroyed but pending".
     path = tmp_path / "app.log"
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(LOOP_CLOSED_BY_HAND), str(path), delivery],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_code(LOOP_CLOSED_BY_HAND, str(path), delivery)
 
     result = json.loads(proc.stdout.splitlines()[-1])
     assert 25 == result["lines"]
@@ -584,14 +575,7 @@ def test_an_ainfo_pending_when_the_loop_is_closed_by_hand_breaks_nothing(
     # hook writing the events ("runtime exit hook failed"), and every later
     # log call then waited the enricher's timeout.
     path = tmp_path / "app.log"
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PENDING_AINFO_AT_CLOSE), str(path), delivery],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_code(PENDING_AINFO_AT_CLOSE, str(path), delivery)
 
     result = json.loads(proc.stdout.splitlines()[-1])
     assert 4 == result["lines"]

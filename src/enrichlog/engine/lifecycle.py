@@ -26,6 +26,7 @@ from typing import Any
 
 from ..enricher import Enricher
 from ..reporting import reporting_logger
+from ..uri.factory import shortened
 from ..uri.masking import mask_secrets
 from .plan import IN_ENRICHMENT
 
@@ -301,7 +302,4 @@ _SHOWN_CHARACTERS = 1_000
 
 def _shown(exc: BaseException) -> str:
     """An enricher's exception's text for a report: cut short, masked."""
-    text = str(exc)
-    if len(text) > _SHOWN_CHARACTERS:
-        text = f"{text[:_SHOWN_CHARACTERS]}… ({len(text):,} characters)"
-    return mask_secrets(text)
+    return mask_secrets(shortened(str(exc), _SHOWN_CHARACTERS))

@@ -121,8 +121,8 @@ class _Fail:
         """The error: ``detail`` (from the URI: shortened, masked) and
         ``expected`` (what the scheme accepts: the project's own words,
         shown whole)."""
-        shown = _shortened(mask_secrets(scrub(detail, self.secrets)))
-        return EnricherConfigError(f"enricher URI {_shortened(self.masked)!r}: {shown}{expected}")
+        shown = shortened(mask_secrets(scrub(detail, self.secrets)))
+        return EnricherConfigError(f"enricher URI {shortened(self.masked)!r}: {shown}{expected}")
 
     def rejected(
         self, exc: ValidationError, names: Mapping[str, str] | None = None
@@ -168,10 +168,11 @@ class _Fail:
 _SHOWN_CHARACTERS = 300
 
 
-def _shortened(text: str) -> str:
-    if len(text) <= _SHOWN_CHARACTERS:
+def shortened(text: str, limit: int = _SHOWN_CHARACTERS) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
         return text
-    return f"{text[: _SHOWN_CHARACTERS - 1]}… ({len(text):,} characters)"
+    return f"{text[: limit - 1]}… ({len(text):,} characters)"
 
 
 # -- parsing -----------------------------------------------------------------
