@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from enrichlog.resilience.outcome import changes_of, isolated_copy
+from enrichlog.resilience.outcome import changes_of, isolated_copy, written_copy
 
 
 def test_changes_of_reports_added_replaced_and_removed_keys() -> None:
@@ -45,3 +45,52 @@ def test_isolated_copy_never_shares_a_mutable_container() -> None:
     copy["user"]["meta"]["y"] = 2
 
     assert {"roles": ["admin"], "tags": {"a"}, "meta": OrderedDict(x=1)} == application_owned
+
+
+def test_a_flat_written_copy_counts_a_value_set_to_what_it_was_as_a_change() -> None:
+    before = {"event": "e", "tier": "gold", "seats": 5}
+    after = written_copy(before)
+    after["tier"] = "gold"
+    after.update(seats=5)
+
+    assert ({"tier": "gold", "seats": 5}, ()) == changes_of(before, after)
+
+
+def test_a_flat_written_copy_keeps_the_events_order_of_the_fields_it_set() -> None:
+    # Its changes are read from the keys it recorded (a set): the line still
+    # shows them in the order the event has them, whatever the hash seed.
+    before = {"event": "e"}
+    after = written_copy(before)
+    names = [f"field_{i}" for i in range(12)]
+    for name in names:
+        after[name] = 1
+
+    assert names == list(changes_of(before, after)[0])
+
+
+def test_a_flat_written_copy_records_removals_even_of_keys_it_lacks() -> None:
+    before = {"event": "e", "token": "t", "kept": 1}
+    after = written_copy(before)
+    del after["token"]
+    after.pop("password", None)
+    after["set_then_removed"] = 1
+    del after["set_then_removed"]
+    after.pop("kept")
+    after["kept"] = 2
+
+    updated, removed = changes_of(before, after)
+
+    assert {"kept": 2} == updated
+    assert {"token", "password", "set_then_removed"} == set(removed)
+
+
+def test_a_flat_written_copy_never_reports_the_reserved_field() -> None:
+    flat = {"event": "e", "enrichment_errors": "x"}
+    after = written_copy(flat)
+    after["enrichment_errors"] = "mine"
+    after["user"] = "u"
+    cleared = written_copy(flat)
+    cleared.clear()
+
+    assert ({"user": "u"}, ()) == changes_of(flat, after, "enrichment_errors")
+    assert ({}, ("event",)) == changes_of(flat, cleared, "enrichment_errors")

@@ -1052,7 +1052,7 @@ class EnricherGuard:
             result = self.enricher.apply(copy, value)
             if result is None:
                 result = copy
-            elif result.__class__ is not dict and not isinstance(result, Mapping):
+            elif result is not copy and not isinstance(result, Mapping):  # no ABC check for it
                 return self._failed(INVALID_RETURN)
             updated, removed = changes_of(snapshot, result, self._error_field)
             return (Fills(updated) if self.keeps and updated else updated, removed, None)
