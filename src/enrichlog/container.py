@@ -683,6 +683,7 @@ class LoggingContainer:
         drain's own, already spent when the drain waited for it), then left
         as it is."""
         try:
+            self._pipeline.report_drops_left()
             if self._stdlib_bridge is not None and not self.exiting:
                 remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None

@@ -760,14 +760,21 @@ class EventPipeline:
             self.flush(_SALVAGE_SECONDS)  # events that raced the close
         else:
             report["unresponsive"] = 1
-        if self._unreported_drops:
-            _report.warning(
-                "enrichlog dropped %d event(s) since its last report (overflow=%s)",
-                self._unreported_drops,
-                self._overflow,
-            )
-            self._unreported_drops = 0
         return report
+
+    def report_drops_left(self) -> None:
+        """At shutdown, however it came (``shutdown()``, ``ashutdown()``,
+        the loop or the interpreter ending): the drops the interval held
+        back, reported now."""
+        with self._lock:
+            count, self._unreported_drops = self._unreported_drops, 0
+        if count:
+            with REPORTING.reporting():
+                _report.warning(
+                    "enrichlog dropped %d event(s) since its last report (overflow=%s)",
+                    count,
+                    self._overflow,
+                )
 
     async def aclose(self, timeout: float) -> dict[str, int]:
         """:meth:`close` on the runtime's own loop (``runtime="loop"``):

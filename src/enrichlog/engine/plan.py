@@ -630,9 +630,10 @@ class EnrichmentPlan(Generic[_R]):
         if self._error_field is not None:
             existing = event_dict.get(self._error_field)
             if isinstance(existing, dict):
-                existing.update(errors)
-            else:
-                event_dict[self._error_field] = errors
+                # A copy: the application's own dict (passed to every call,
+                # or bound) must not carry this event's reasons to others.
+                errors = {**dict.copy(existing), **errors}
+            event_dict[self._error_field] = errors
 
     def _start_blocking(
         self,

@@ -529,10 +529,9 @@ def _merged(
         errors = {name: reason}
         if error_field is not None:
             existing = event_dict.get(error_field)
-            if isinstance(existing, dict):
-                existing.update(errors)
-            else:
-                event_dict[error_field] = dict(errors)
+            # A copy of an existing dict: the caller's own is never changed.
+            merged = {**dict.copy(existing), **errors} if isinstance(existing, dict) else errors
+            event_dict[error_field] = merged
         return EnrichmentResult(event_dict, errors)
     for key in removed:
         event_dict.pop(key, None)
