@@ -253,6 +253,15 @@ def test_run_enricher_records_failures_and_timeouts_as_the_pipeline_would() -> N
     assert {"user": "timeout"} == slow.errors
 
 
+def test_run_enricher_adds_reasons_to_a_copy_of_the_events_own_error_dict() -> None:
+    own = {"app": "quota"}
+
+    failed = run_enricher(User(fail=True), {"event": "e", "user_id": 1, "enrichment_errors": own})
+
+    assert {"app": "quota", "user": "error: ConnectionError"} == failed.event["enrichment_errors"]
+    assert {"app": "quota"} == own
+
+
 def test_run_enricher_runs_sync_enrichers_and_functions() -> None:
     class Upper(SyncEnricher):
         name = "upper"
