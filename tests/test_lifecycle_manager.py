@@ -137,3 +137,79 @@ def test_shutdown_stops_a_start_up_still_going_on() -> None:
     asyncio.run(start_then_stop())
 
     assert (False, 1, []) == (pool.is_started, pool.attempts, pool.events)
+
+
+class Checked(AsyncEnricher):
+    """A health check that answers ``healthy``, or hangs (``hang``), or
+    hangs ignoring its cancellation (``stubborn``); counts its checks."""
+
+    def __init__(self, name: str, *, hang: bool = False, stubborn: bool = False) -> None:
+        super().__init__(name=name)
+        self.hang, self.stubborn = hang, stubborn
+        self.healthy = True
+        self.checks = 0
+        self.stopped = False
+        self.release = asyncio.Event()
+
+    async def _health_check(self) -> bool:
+        self.checks += 1
+        if self.stubborn:
+            while not self.release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.release.wait()
+        elif self.hang:
+            await self.release.wait()
+        return self.healthy
+
+    async def _shutdown(self) -> None:
+        self.stopped = True
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        return event_dict
+
+
+def test_a_health_check_that_hangs_fails_and_never_holds_up_the_others() -> None:
+    # The round awaited every check: one that never answered stopped every
+    # later round, so another's failing check went unnoticed for good.
+    hung, failing = Checked("hung", hang=True), Checked("failing")
+
+    async def main() -> tuple[dict[str, bool], dict[str, bool], int]:
+        manager = EnricherLifecycleManager([hung, failing])
+        await manager.startup_all()
+        first = await manager.health_check_all(timeout=0.05)
+        failing.healthy = False
+        second = await manager.health_check_all(timeout=0.05)
+        checks = hung.checks
+        hung.release.set()
+        await manager.shutdown_all()
+        return first, second, checks
+
+    first, second, hung_checks = asyncio.run(main())
+
+    assert {"hung": False, "failing": True} == first
+    assert {"hung": False, "failing": False} == second
+    assert 1 == hung_checks  # not started again while the first still runs
+    assert "health check timed out" == hung.last_error
+
+
+def test_shutdown_stops_the_enrichers_past_a_check_that_ignores_its_cancellation() -> None:
+    stubborn = Checked("stubborn", stubborn=True)
+
+    async def main() -> int:
+        manager = EnricherLifecycleManager([stubborn])
+        await manager.startup_all()
+        await manager.health_check_all(timeout=0.05)
+        try:
+            await asyncio.wait_for(manager.shutdown_all(), 5.0)
+            return manager.unfinished()
+        finally:
+            stubborn.release.set()  # lets asyncio.run end
+            await asyncio.sleep(0)
+
+    unfinished = asyncio.run(main())
+
+    assert 1 == unfinished  # left to end on its own, and said
+    assert stubborn.stopped
+    assert not stubborn.is_started

@@ -251,3 +251,21 @@ def test_policy_is_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.attempts = 3  # type: ignore[misc]
+
+
+def test_an_is_transient_that_raises_means_no_retry_and_the_failure_shows_as_itself() -> None:
+    # Found by the twelfth round: the line showed the check's own exception.
+    def broken(exc: BaseException) -> bool:
+        raise RuntimeError("is_transient blew up")
+
+    policy = RetryPolicy(3, 0.001, 0.002, is_transient=broken)
+    attempts = 0
+
+    async def lookup() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise KeyError("user")
+
+    with pytest.raises(KeyError):
+        asyncio.run(policy.run(lookup))
+    assert 1 == attempts

@@ -4,6 +4,8 @@ metrics, health and Prometheus against what happened), each kept as a test."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -157,3 +159,148 @@ def test_drops_reported_add_up_to_the_drops_in_the_thread_runtime_too(
     assert report["dropped"] > 0
     assert 2_000 == report["written"] + report["dropped"]
     assert report["dropped"] == sum(reported)
+
+
+class Staller(AsyncEnricher):
+    """Blocks the runtime's loop for a second on the event marked ``stall``."""
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        if event_dict.get("stall"):
+            time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop is the fault under test
+        return event_dict
+
+
+class Polite(AsyncEnricher):
+    """Slow on events marked ``slow``; honours every cancellation at once."""
+
+    timeout = 0.05
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = 0
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        try:
+            await asyncio.sleep(5.0 if event_dict.get("slow") else 0.0)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        event_dict["polite"] = True
+        return event_dict
+
+
+def test_a_call_cancelled_late_by_a_blocked_loop_is_not_abandoned() -> None:
+    # Its grace was measured from the deadline, not from the cancellation:
+    # a loop blocked past deadline + grace abandoned calls the moment it
+    # cancelled them, which never had a chance to answer. They were reported
+    # as having ignored their cancellation, counted against the breaker,
+    # which opened on a healthy enricher.
+    polite = Polite()
+    sink = LineSink()
+    container = configure_logging(enrichers=[Staller(), polite], output=sink, delivery="background")
+    log = get_logger()
+    for i in range(4):
+        log.info("slow", i=i, slow=True)
+    log.info("stall", stall=True)
+    container.flush()
+    for i in range(10):
+        log.info("after", i=i)
+    container.shutdown()
+
+    polite_metrics = container.metrics()["enrichers"]["polite"]
+    assert 0 == polite_metrics["abandoned"]
+    assert 4 == polite.cancelled
+    assert "closed" == container.health()["polite"]["breaker"]
+    events = sink.events()
+    assert 15 == len(events)
+    assert all(event.get("polite") for event in events if event["event"] == "after")
+
+
+class CancelledInside(AsyncEnricher):
+    """A backend client whose inner task was cancelled: CancelledError
+    escapes, though nobody cancelled the enricher."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls = 0
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        self.calls += 1
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner
+        return event_dict
+
+
+def test_a_cancelled_error_the_enricher_raises_itself_opens_the_circuit() -> None:
+    # It was an error in the line and the metrics, and nothing for the
+    # breaker: a backend failing this way was called for every event.
+    enricher = CancelledInside(failure_threshold=3)
+    sink = LineSink()
+    container = configure_logging(enrichers=[enricher], output=sink, delivery="inline")
+    log = get_logger()
+    for i in range(20):
+        log.info("event", i=i)
+    container.shutdown()
+
+    reasons = [event["enrichment_errors"]["cancelled_inside"] for event in sink.events()]
+    assert 3 == enricher.calls
+    assert ["error: CancelledError"] * 3 + ["circuit_open"] * 17 == reasons
+    assert "open" == container.health()["cancelled_inside"]["breaker"]
+
+
+class FlakyKeys(AsyncEnricher):
+    """A batching lookup whose even keys fail once, transiently."""
+
+    retry_attempts = 3
+    retry_base_delay = 0.001
+    retry_max_delay = 0.002
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+        self.failed: set[Hashable] = set()
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict["k"]
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        self.asked.append(len(keys))
+        answers: dict[Hashable, Any] = {}
+        for key in keys:
+            if key % 2 == 0 and key not in self.failed:  # type: ignore[operator]
+                self.failed.add(key)
+                answers[key] = OSError("transient")
+            else:
+                answers[key] = key
+        return answers
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict["flaky"] = value
+        return event_dict
+
+
+def test_batch_counters_count_the_calls_that_retry_failed_keys() -> None:
+    # The enrich_many() calls asking the failed keys again were left out of
+    # batch_calls and batch_keys: the backend's load read low.
+    enricher = FlakyKeys()
+    sink = LineSink()
+    container = configure_logging(enrichers=[enricher], output=sink, batch_window=0.05)
+    log = get_logger()
+    for k in range(10):
+        log.info("event", k=k)
+    container.shutdown()
+
+    counted = container.metrics()["enrichers"]["flaky_keys"]
+    assert len(enricher.asked) >= 2  # the batch, then its failed keys again
+    assert (len(enricher.asked), sum(enricher.asked)) == (
+        counted["batch_calls"],
+        counted["batch_keys"],
+    )
+    assert list(range(10)) == [event["flaky"] for event in sink.events()]

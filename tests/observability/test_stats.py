@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,45 @@ def test_an_unreadable_url_is_named_without_its_secrets() -> None:
     assert "cannot read http://u:***@127.0.0.1:1/metrics?token=***" in message
     assert "hunter2pw" not in message
     assert "TOKSECRET" not in message
+
+
+def test_a_token_as_the_user_and_a_signature_are_not_shown_either() -> None:
+    # Found by the twelfth round: https://TOKEN@host and ?sig= in clear.
+    with pytest.raises(EnrichlogError) as caught:
+        read_stats(url="http://TOKENUSER@127.0.0.1:1/metrics?sig=SIGSECRET", timeout=2)
+
+    message = str(caught.value)
+    assert "cannot read http://***@127.0.0.1:1/metrics?sig=***" in message
+    assert "TOKENUSER" not in message
+    assert "SIGSECRET" not in message
+
+
+def test_an_endpoint_that_sends_its_answer_a_byte_at_a_time_is_given_up() -> None:
+    # Found by the twelfth round: each read had the timeout, the whole
+    # answer none, so a byte a second kept `stats --once` waiting for good.
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(4096)
+            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.wait(0.05):
+                try:
+                    peer.sendall(b"#")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(EnrichlogError, match="did not arrive in time"):
+            read_stats(url=f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout=0.5)
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
 
 
 def test_credentials_in_the_url_are_sent_as_basic_authentication() -> None:

@@ -112,23 +112,40 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
     if not url.startswith(("http://", "https://")):
         raise EnrichlogError(f"--url must be an http:// or https:// address, not {shown!r}")
     try:
+        deadline = time.monotonic() + timeout
         with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - checked above
-            text = _read_capped(response, shown, "the response").decode("utf-8")
+            text = _read_capped(response, shown, "the response", deadline).decode("utf-8")
     except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP at all, say
         raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
     snapshot, timeouts = parse_exposition(text)
     return Stats(snapshot, timeouts, taken=time.monotonic())
 
 
-def _read_capped(source: Any, what: str, whole: str) -> bytes:
+def _read_capped(source: Any, what: str, whole: str, deadline: float | None = None) -> bytes:
     """All of ``source`` (``whole``: a file, a response), refused past
     :data:`MAX_RESPONSE_BYTES`, which no enrichlog endpoint or snapshot
-    comes near (``/dev/zero`` is a file too).
+    comes near (``/dev/zero`` is a file too), and, given a ``deadline``
+    (``time.monotonic()``), unless it is all there by then: a socket's
+    timeout bounds each read, and a server sending a byte a second never
+    lets one time out.
 
     Raises:
-        EnrichlogError: ``source`` holds more.
+        EnrichlogError: ``source`` holds more, or took too long.
     """
-    data: bytes = source.read(MAX_RESPONSE_BYTES + 1)
+    if deadline is None:
+        data: bytes = source.read(MAX_RESPONSE_BYTES + 1)
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_RESPONSE_BYTES:
+            if time.monotonic() > deadline:
+                raise EnrichlogError(f"cannot read {what}: {whole} did not arrive in time")
+            chunk = source.read1(MAX_RESPONSE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     if len(data) > MAX_RESPONSE_BYTES:
         raise EnrichlogError(
             f"cannot read {what}: {whole} is larger than {MAX_RESPONSE_BYTES // 2**20} MiB, "

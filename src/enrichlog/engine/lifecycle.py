@@ -38,6 +38,10 @@ _report = reporting_logger("enrichlog")
 #: doubling backoff (when periodic health checks are off).
 _FIRST_RETRY = 1.0
 _LAST_RETRY = 60.0
+#: How long a health check may take without a health check interval.
+_CHECK_TIMEOUT = 30.0
+#: How long shutdown waits for a cancelled health check to end.
+_CHECK_GRACE = 0.5
 
 
 class EnricherLifecycleManager:
@@ -65,6 +69,8 @@ class EnricherLifecycleManager:
         self._startup: asyncio.Future[Any] | None = None
         #: Enrichers whose start-up is running (never two at once).
         self._starting: set[str] = set()
+        #: Health checks still running, by enricher (never two at once).
+        self._checks: dict[str, asyncio.Future[bool]] = {}
         for enricher in enrichers:
             self.register_enricher(enricher)
 
@@ -155,14 +161,20 @@ class EnricherLifecycleManager:
 
     async def shutdown_all(self) -> None:
         """Stop the health checks, then every enricher, dependants first."""
+        checks = set(self._checks.values())
         for task in self._own_tasks():
             task.cancel()
             # Waited for, not awaited: its CancelledError is its own, and a
-            # cancellation of this shutdown must not be taken for it.
-            await asyncio.wait({task})
-            retrieve_outcome(task)
+            # cancellation of this shutdown must not be taken for it. A
+            # health check that ignores its cancellation is left to end on
+            # its own (unfinished()): the enrichers are stopped all the same.
+            await asyncio.wait({task}, timeout=_CHECK_GRACE if task in checks else None)
+            if task.done():
+                retrieve_outcome(task)
         self._checker = self._startup = None
         self._retries.clear()
+        # Those that ignored their cancellation stay listed: unfinished().
+        self._checks = {name: check for name, check in self._checks.items() if not check.done()}
         for enricher in reversed(self._enrichers):
             try:
                 with _in_enricher():
@@ -187,16 +199,53 @@ class EnricherLifecycleManager:
 
     def _own_tasks(self) -> list[asyncio.Future[Any]]:
         """Its start-up, restarts and health checks, as far as they exist."""
-        tasks = [self._startup, *self._retries.values(), self._checker]
+        tasks = [self._startup, *self._retries.values(), *self._checks.values(), self._checker]
         return [task for task in tasks if task is not None]
 
-    async def health_check_all(self) -> dict[str, bool]:
+    async def health_check_all(self, timeout: float | None = None) -> dict[str, bool]:
         """Check every enricher; restart those that are not started.
 
-        Returns the health of each enricher by name.
+        Returns the health of each enricher by name. Each check (with the
+        start-up it may run) has ``timeout`` seconds (default: the health
+        check interval, else 30 s): one that has not answered by then has
+        failed, and the round goes on without it, so a check that hangs
+        never holds up the others' later rounds. It is cancelled, and until
+        it ends that enricher is not checked again.
         """
-        results = await asyncio.gather(*(self._check(e) for e in self._enrichers))
-        return {e.name: ok for e, ok in zip(self._enrichers, results, strict=True)}
+        if timeout is None:
+            timeout = self._interval if self._interval is not None else _CHECK_TIMEOUT
+        checks: dict[str, asyncio.Future[bool]] = {}
+        for enricher in self._enrichers:
+            running = self._checks.get(enricher.name)
+            if running is None:
+                running = asyncio.ensure_future(self._check(enricher))
+                running.add_done_callback(retrieve_outcome)
+                self._checks[enricher.name] = running
+            checks[enricher.name] = running
+        if checks:
+            await asyncio.wait(checks.values(), timeout=timeout)
+        health = {}
+        for enricher in self._enrichers:
+            check = checks[enricher.name]
+            if check.done():
+                del self._checks[enricher.name]
+                health[enricher.name] = (
+                    not check.cancelled() and check.exception() is None and (check.result())
+                )
+            else:
+                check.cancel()  # it stays listed until it ends
+                self._check_timed_out(enricher)
+                health[enricher.name] = False
+        return health
+
+    def _check_timed_out(self, enricher: Enricher) -> None:
+        was = enricher.available
+        enricher.available = False
+        enricher.last_error = "health check timed out"
+        if was:
+            _report.warning(
+                "enricher %r did not answer its health check; skipping it", enricher.name
+            )
 
     async def _check(self, enricher: Enricher) -> bool:
         if not enricher.is_started and not await self._try_start(enricher):
@@ -246,6 +295,7 @@ class EnricherLifecycleManager:
         self._checker = self._startup = None
         self._retries = {}
         self._starting = set()
+        self._checks = {}
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
 

@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -96,6 +96,7 @@ class _Call:
     __slots__ = (
         "abandon_only",
         "at",
+        "cancelled_at",
         "delivered",
         "finished",
         "key",
@@ -107,6 +108,9 @@ class _Call:
     )
 
     RUNNING, EXPIRED, ABANDONED = 0, 1, 2
+
+    #: When its deadline cancelled it: set then, read only after.
+    cancelled_at: float
 
     def __init__(
         self, sink: Sink | None, key: tuple[Any, ...], *, abandon_only: bool = False
@@ -203,8 +207,13 @@ class _Deadlines:
         self._handle = None
         now = loop.time()
         calls, grace = self._calls, self._grace
-        if not self._reprieved and calls and now - calls[0].at > _REPRIEVE_AFTER:
-            # A timer due now runs after the callbacks already ready.
+        if not self._reprieved and (
+            (calls and now - calls[0].at > _REPRIEVE_AFTER)
+            or (grace and now - grace[0].cancelled_at - ABANDON_GRACE > _REPRIEVE_AFTER)
+        ):
+            # Late (the loop was blocked): a timer due now runs after the
+            # callbacks already ready, a call's answer or its handling of
+            # the cancellation among them.
             self._reprieved = True
             self._handle = loop.call_at(now, self._fire, context=self._context)
             return
@@ -217,6 +226,10 @@ class _Deadlines:
                     break
                 call.state = _Call.EXPIRED
                 call.late = now - call.at > late_after
+                # Its grace runs from now: a loop blocked past the deadline
+                # (late) must not abandon a call that never saw its
+                # cancellation.
+                call.cancelled_at = now
                 assert call.task is not None
                 call.task.cancel()
                 grace.append(call)
@@ -224,14 +237,14 @@ class _Deadlines:
         while grace:
             call = grace[0]
             if not call.finished:
-                if call.at + ABANDON_GRACE > now:
+                if call.cancelled_at + ABANDON_GRACE > now:
                     break
                 call.state = _Call.ABANDONED
                 self._on_abandoned(call)
             grace.popleft()
-        upcoming = [
-            queue[0].at + extra for queue, extra in ((calls, 0.0), (grace, ABANDON_GRACE)) if queue
-        ]
+        upcoming = [calls[0].at] if calls else []
+        if grace:
+            upcoming.append(grace[0].cancelled_at + ABANDON_GRACE)
         if upcoming:
             self._handle = loop.call_at(min(upcoming), self._fire, context=self._context)
 
@@ -876,8 +889,6 @@ class EnricherGuard:
             return
         keys = list(batch.waiters)
         self.calls += 1
-        self.batch_calls += 1
-        self.batch_keys += len(keys)
         call.permit = permit
         task = call.task
         assert task is not None
@@ -887,7 +898,7 @@ class EnricherGuard:
         values: object
         try:
             if self.retry is None:
-                values = await self.enricher.enrich_many(keys)
+                values = await self._ask(keys)
             else:
                 values = await self._many_with_retries(keys, call.at)
         except BaseException as exc:
@@ -911,6 +922,13 @@ class EnricherGuard:
             call.delivered = True
             self._apply_batch(batch, values, seconds)  # type: ignore[arg-type]
 
+    def _ask(self, keys: list[Hashable]) -> Awaitable[Mapping[Hashable, Any]]:
+        """``enrich_many(keys)``, counted: every call the backend sees, the
+        calls that retry a batch or its failed keys included."""
+        self.batch_calls += 1
+        self.batch_keys += len(keys)
+        return self.enricher.enrich_many(keys)
+
     async def _many_with_retries(self, keys: list[Hashable], deadline: float) -> object:
         """``enrich_many(keys)``, retried as a whole while it raises a
         transient failure; then, with the attempts left, again for the keys
@@ -927,7 +945,7 @@ class EnricherGuard:
             self._on_retry(failed, exc, delay)
 
         values = await retry.run(
-            lambda: self.enricher.enrich_many(keys),
+            lambda: self._ask(keys),
             deadline=deadline,
             clock=clock,
             on_retry=on_retry,
@@ -937,7 +955,8 @@ class EnricherGuard:
                 failed = [
                     key
                     for key in keys
-                    if isinstance(value := values.get(key), Exception) and retry.is_transient(value)
+                    if isinstance(value := values.get(key), Exception)
+                    and retry.worth_retrying(value)
                 ]
             except Exception:  # a mapping that fails when read: _apply_batch says so
                 break
@@ -956,9 +975,9 @@ class EnricherGuard:
             scope = asyncio.timeout_at(ends)
             try:
                 async with scope:
-                    again = await self.enricher.enrich_many(failed)
+                    again = await self._ask(failed)
             except Exception as exc:
-                if scope.expired() or not retry.is_transient(exc):
+                if scope.expired() or not retry.worth_retrying(exc):
                     break  # out of time, or not worth it: the first answers stand
                 again = dict.fromkeys(failed, exc)
             if not isinstance(again, Mapping):
@@ -1135,10 +1154,12 @@ class EnricherGuard:
                 raise exc  # already reported and counted
             if call.state == _Call.EXPIRED and task.uncancel() <= cancelling:
                 return self._timed_out(call, permit)  # our own timeout
-            self.breaker.record_cancelled(permit)
             if task.cancelling():
+                self.breaker.record_cancelled(permit)
                 raise exc
-            # The enricher raised CancelledError of its own accord.
+            # The enricher raised CancelledError of its own accord (a
+            # client's inner task cancelled): a failure like any other.
+            self.breaker.record_failure(permit)
             return self._failed(error_outcome(exc))
         if call.state == _Call.ABANDONED:
             return TIMEOUT

@@ -92,6 +92,14 @@ class RetryPolicy:
         # uniform(a, b) may round to a hair above b; the bound is a promise.
         return min(uniform(0.0, ceiling), ceiling)
 
+    def worth_retrying(self, exc: BaseException) -> bool:
+        """``is_transient(exc)``; one that raises says no, so the failure
+        shows as itself (not as the check's own exception)."""
+        try:
+            return bool(self.is_transient(exc))
+        except Exception:
+            return False
+
     async def run(
         self,
         fn: Callable[[], Awaitable[_T]],
@@ -127,7 +135,7 @@ class RetryPolicy:
                 return await fn()
             # CancelledError is a BaseException, so it is never caught here.
             except Exception as exc:
-                if attempt >= self.attempts or not self.is_transient(exc):
+                if attempt >= self.attempts or not self.worth_retrying(exc):
                     raise
                 delay = self.backoff(attempt)
                 if deadline is not None and clock() + delay > deadline:

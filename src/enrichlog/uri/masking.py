@@ -54,6 +54,8 @@ _SECRET_NAMES: Final = frozenset(
         "private_key",
         "passphrase",
         "credentials",
+        "signature",  # a signed URL's: X-Amz-Signature, Azure's sig
+        "sig",
     }
 )
 # A name ending in '_' and one of these is a secret too: client_secret,
@@ -147,7 +149,7 @@ _FLAG_PAIR = re.compile(
 # A PEM private key: its body (masked up to its END line, or the text's end).
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
 #: The words every secret name holds one of (is_secret_name decides).
-_SECRET_WORDS: Final = ("pass", "pwd", "secret", "token", "auth", "key", "credential")
+_SECRET_WORDS: Final = ("pass", "pwd", "secret", "token", "auth", "key", "credential", "sig")
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -179,7 +181,7 @@ def is_secret_name(name: str) -> bool:
     names. The secret names are ``password``, ``passwd``, ``pwd``,
     ``pass``, ``secret``, ``token``, ``auth``, ``authorization``,
     ``api_key``, ``apikey``, ``access_key``, ``private_key``,
-    ``passphrase``, ``credentials``, and any name ending in ``_`` and one
+    ``passphrase``, ``credentials``, ``signature``, ``sig``, and any name ending in ``_`` and one
     of them or ``key`` (``client_secret``, ``signing_key``); plain ``key``
     is not.
     """
@@ -352,6 +354,10 @@ def _port_may_be_password(netloc: str) -> bool:
     return not (port.isascii() and port.isdigit()) or int(port) > 65535
 
 
+#: Schemes whose user part without a password is masked whole.
+_TOKEN_AS_USER: Final = frozenset({"http", "https", "ws", "wss"})
+
+
 def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     head, sep, tail = uri.partition("://")
     if not sep:
@@ -360,6 +366,10 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
+    elif at and head.lower() in _TOKEN_AS_USER:
+        # https://TOKEN@host: a web address's lone user part is a token as
+        # a rule (a database's, postgres://app@db, is a user name).
+        netloc = f"{MASK}@{hostport}"
     elif ":" in netloc and not netloc.startswith("[") and rest.startswith("#"):
         # 'user:pass#word' without '@host': the '#' cut a password that
         # reads as a port (a number, even), and the rest of it is the
