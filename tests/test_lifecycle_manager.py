@@ -213,3 +213,42 @@ def test_shutdown_stops_the_enrichers_past_a_check_that_ignores_its_cancellation
     assert 1 == unfinished  # left to end on its own, and said
     assert stubborn.stopped
     assert not stubborn.is_started
+
+
+class SlowStart(Checked):
+    """Fails its first start-up; the next takes longer than a check may."""
+
+    def __init__(self) -> None:
+        super().__init__("slow_start")
+        self.starts = 0
+
+    async def _startup(self) -> None:
+        self.starts += 1
+        if self.starts == 1:
+            raise ConnectionError("db down")
+        await asyncio.sleep(0.3)
+
+
+def test_a_start_up_slower_than_a_check_may_take_goes_on_and_ends() -> None:
+    # A restart run by a health round is not cut off by the round's limit:
+    # with a start-up longer than the interval, it would never start.
+    slow = SlowStart()
+
+    async def main() -> tuple[dict[str, bool], bool]:
+        manager = EnricherLifecycleManager([slow], health_check_interval=60.0)
+        await manager.startup_all()
+        first = await manager.health_check_all(timeout=0.05)
+        for _ in range(100):
+            if slow.is_started:
+                break
+            await asyncio.sleep(0.05)
+        started = slow.is_started
+        await manager.shutdown_all()
+        return first, started
+
+    first, started = asyncio.run(main())
+
+    assert {"slow_start": False} == first
+    assert started
+    assert 2 == slow.starts
+    assert slow.last_error != "health check timed out"

@@ -205,12 +205,14 @@ class EnricherLifecycleManager:
     async def health_check_all(self, timeout: float | None = None) -> dict[str, bool]:
         """Check every enricher; restart those that are not started.
 
-        Returns the health of each enricher by name. Each check (with the
-        start-up it may run) has ``timeout`` seconds (default: the health
-        check interval, else 30 s): one that has not answered by then has
-        failed, and the round goes on without it, so a check that hangs
-        never holds up the others' later rounds. It is cancelled, and until
-        it ends that enricher is not checked again.
+        Returns the health of each enricher by name. Each check has
+        ``timeout`` seconds (default: the health check interval, else 30 s):
+        one that has not answered by then has failed, and the round goes on
+        without it, so a check that hangs never holds up the others' later
+        rounds. It is cancelled, and until it ends that enricher is not
+        checked again. A start-up the check runs (the enricher was not
+        started) is not cancelled: it goes on, and the enricher is not
+        healthy until it ends.
         """
         if timeout is None:
             timeout = self._interval if self._interval is not None else _CHECK_TIMEOUT
@@ -233,9 +235,11 @@ class EnricherLifecycleManager:
                     not check.cancelled() and check.exception() is None and (check.result())
                 )
             else:
+                health[enricher.name] = False
+                if enricher.name in self._starting:
+                    continue  # a slow start-up is not a failed one: it goes on
                 check.cancel()  # it stays listed until it ends
                 self._check_timed_out(enricher)
-                health[enricher.name] = False
         return health
 
     def _check_timed_out(self, enricher: Enricher) -> None:
