@@ -252,3 +252,46 @@ def test_a_start_up_slower_than_a_check_may_take_goes_on_and_ends() -> None:
     assert started
     assert 2 == slow.starts
     assert slow.last_error != "health check timed out"
+
+
+def test_a_check_still_hanging_from_an_earlier_round_is_not_waited_for_again() -> None:
+    # Each round waited its whole limit for it again: with a hung check,
+    # the others were checked half as often.
+    hung, healthy = Checked("hung", stubborn=True), Checked("healthy")
+
+    async def main() -> tuple[dict[str, bool], float]:
+        manager = EnricherLifecycleManager([hung, healthy])
+        await manager.startup_all()
+        await manager.health_check_all(timeout=0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        second = await manager.health_check_all(timeout=30.0)
+        took = loop.time() - started
+        hung.release.set()
+        await manager.shutdown_all()
+        return second, took
+
+    second, took = asyncio.run(main())
+
+    assert {"hung": False, "healthy": True} == second
+    assert took < 10.0  # not the 30 s limit
+    assert 2 == healthy.checks
+
+
+def test_while_unavailable_last_error_keeps_saying_why() -> None:
+    # A call in flight when a health check failed overwrote the reason.
+    failing = Checked("failing")
+    failing.healthy = False
+
+    async def main() -> tuple[str | None, str | None]:
+        manager = EnricherLifecycleManager([failing])
+        await manager.startup_all()
+        await manager.health_check_all()
+        failing.record_failure("timeout")
+        while_down = failing.last_error
+        failing.healthy = True
+        await manager.health_check_all()
+        await manager.shutdown_all()
+        return while_down, failing.last_error
+
+    assert ("health check failed", "timeout") == asyncio.run(main())

@@ -380,8 +380,12 @@ class Enricher:
     def record_failure(self, reason: str) -> None:
         """A call failed for ``reason``: the most recent failure, kept after
         the enricher recovers (a passing health check or a new start-up
-        does not clear it)."""
-        self.last_error = self.last_call_error = reason
+        does not clear it). While the enricher is unavailable, ``last_error``
+        keeps saying why (a failed start-up or health check): a call that
+        was in flight when it became so does not replace that."""
+        self.last_call_error = reason
+        if self.available:
+            self.last_error = reason
 
     def after_fork_in_child(self) -> None:
         """Mark the enricher not started (after ``fork()``: its pools belong

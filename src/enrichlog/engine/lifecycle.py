@@ -217,15 +217,17 @@ class EnricherLifecycleManager:
         if timeout is None:
             timeout = self._interval if self._interval is not None else _CHECK_TIMEOUT
         checks: dict[str, asyncio.Future[bool]] = {}
+        new = []
         for enricher in self._enrichers:
             running = self._checks.get(enricher.name)
-            if running is None:
+            if running is None or running.done():  # done: ended after its round gave up
                 running = asyncio.ensure_future(self._check(enricher))
                 running.add_done_callback(retrieve_outcome)
                 self._checks[enricher.name] = running
+                new.append(running)
             checks[enricher.name] = running
-        if checks:
-            await asyncio.wait(checks.values(), timeout=timeout)
+        if new:  # one still running from an earlier round has had its time
+            await asyncio.wait(new, timeout=timeout)
         health = {}
         for enricher in self._enrichers:
             check = checks[enricher.name]
@@ -264,9 +266,15 @@ class EnricherLifecycleManager:
         return healthy
 
     async def _check_periodically(self) -> None:
-        assert self._interval is not None
+        interval = self._interval
+        assert interval is not None
+        clock = asyncio.get_running_loop().time
+        due = clock() + interval
         while True:
-            await asyncio.sleep(self._interval)
+            # Rounds are due every interval, however long the last took (a
+            # round waits for a check that hangs up to the next one's due).
+            await asyncio.sleep(max(0.0, due - clock()))
+            due = clock() + interval
             try:
                 await self.health_check_all()
             except Exception:
