@@ -94,3 +94,19 @@ def test_a_flat_written_copy_never_reports_the_reserved_field() -> None:
 
     assert ({"user": "u"}, ()) == changes_of(flat, after, "enrichment_errors")
     assert ({}, ("event",)) == changes_of(flat, cleared, "enrichment_errors")
+
+
+def test_a_flat_written_copy_changed_through_dicts_own_methods_is_compared() -> None:
+    # Found by the twelfth round's re-test: changes made with dict's own
+    # methods (as C or Cython code typed as dict makes them) are not
+    # recorded, and were lost.
+    before = {"event": "e", "password": "pw", "tier": "free"}
+    after = written_copy(before)
+    dict.__setitem__(after, "tier", "gold")
+    dict.pop(after, "password")
+    dict.update(after, {"user": "ann"})
+
+    updated, removed = changes_of(before, after)
+
+    assert {"tier": "gold", "user": "ann"} == updated
+    assert ("password",) == removed

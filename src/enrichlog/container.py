@@ -796,12 +796,14 @@ class LoggingContainer:
             _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
-            if not done or self._lifecycle.unfinished():
-                _report.warning(
-                    "enrichlog: an enricher's start-up or shutdown ignored its cancellation; "
-                    "it is left running on the loop"
-                )
-                self._closing = closing  # kept: a task nobody holds is collected
+        if not done or self._lifecycle.unfinished():
+            # On the application's loop, which asyncio.run() does not leave
+            # before it ends: said, since nothing else would say why.
+            _report.warning(
+                "enrichlog: an enricher's start-up, health check or shutdown ignored its "
+                "cancellation; it is left running on the loop"
+            )
+            self._closing = closing  # kept: a task nobody holds is collected
 
     def _stop_on_the_loop_now(self) -> dict[str, int]:
         """Stop without waiting: on the loop's own thread (waiting would

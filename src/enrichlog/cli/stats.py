@@ -21,6 +21,7 @@ import http.client
 import json
 import math
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -111,14 +112,45 @@ def read_stats(url: str | None = None, file: Path | None = None, timeout: float 
     shown = mask_uri(url)
     if not url.startswith(("http://", "https://")):
         raise EnrichlogError(f"--url must be an http:// or https:// address, not {shown!r}")
-    try:
-        deadline = time.monotonic() + timeout
-        with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - checked above
-            text = _read_capped(response, shown, "the response", deadline).decode("utf-8")
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # not HTTP at all, say
-        raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(exc))}") from None
+    text = _fetch(url, shown, timeout)
     snapshot, timeouts = parse_exposition(text)
     return Stats(snapshot, timeouts, taken=time.monotonic())
+
+
+def _fetch(url: str, shown: str, timeout: float) -> str:
+    """The answer at ``url``, all of it within ``timeout`` seconds: read on
+    a thread of its own, since the socket's timeout bounds each read only
+    (a server sending its headers a byte at a time never lets one time
+    out); one given up on is left to end, a daemon.
+
+    Raises:
+        EnrichlogError: no complete answer in time, or none that reads.
+    """
+    deadline = time.monotonic() + timeout
+    answer: list[str | BaseException] = []
+
+    def fetch() -> None:
+        try:
+            with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - http(s) checked by the caller
+                answer.append(
+                    _read_capped(response, shown, "the response", deadline).decode("utf-8")
+                )
+        except BaseException as exc:  # handed to the caller
+            answer.append(exc)
+
+    reader = threading.Thread(target=fetch, name="enrichlog-stats-fetch", daemon=True)
+    reader.start()
+    reader.join(timeout + 0.5)
+    if not answer:
+        raise EnrichlogError(f"cannot read {shown}: no complete answer within {timeout:g}s")
+    result = answer[0]
+    if isinstance(result, EnrichlogError):
+        raise result
+    if isinstance(result, (OSError, ValueError, http.client.HTTPException)):  # not HTTP, say
+        raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(result))}") from None
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _read_capped(source: Any, what: str, whole: str, deadline: float | None = None) -> bytes:

@@ -904,6 +904,7 @@ class EventPipeline:
         self._order.extend(leftovers)
         self._write_ready()
         self._leftovers_written.set()
+        self.report_drops_left()  # the loop may end (runtime="loop") long before shutdown
 
     def wait_for_leftovers(self) -> None:
         """For a caller refused after the runtime stopped: wait (briefly)

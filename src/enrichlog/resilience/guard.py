@@ -237,8 +237,17 @@ class _Deadlines:
         while grace:
             call = grace[0]
             if not call.finished:
-                if call.cancelled_at + ABANDON_GRACE > now:
+                due = call.cancelled_at + ABANDON_GRACE
+                if due > now:
                     break
+                if now - due > late_after:
+                    # The loop was blocked through its grace: a call whose
+                    # clean-up takes a few turns never had them. A grace
+                    # again, from now (at the end: the latest due).
+                    grace.popleft()
+                    call.cancelled_at = now
+                    grace.append(call)
+                    continue
                 call.state = _Call.ABANDONED
                 self._on_abandoned(call)
             grace.popleft()

@@ -201,7 +201,9 @@ def changes_of(
     fault: the caller turns it into ``invalid_return``).
     """
     if after.__class__ is _FlatWritten:
-        return _recorded_changes(after, reserved)
+        recorded = _recorded_changes(before, after, reserved)
+        if recorded is not None:
+            return recorded
     # Once per enricher call: a plain loop with bound lookups is about a
     # third cheaper than the equivalent comprehensions.
     updated = {}
@@ -233,20 +235,30 @@ def changes_of(
 
 
 def _recorded_changes(
-    after: _FlatWritten, reserved: str | None
-) -> tuple[dict[str, Any], tuple[str, ...]]:
+    before: Mapping[str, Any], after: _FlatWritten, reserved: str | None
+) -> tuple[dict[str, Any], tuple[str, ...]] | None:
     """:func:`changes_of` for the copy of a flat event the enricher
     returned: the keys it set that are still there, and the keys it removed
     (or tried to) that are gone. Its other values are the event's own
-    immutable objects, unchanged."""
-    written = after.written
+    immutable objects, unchanged: checked in C (one copy, one ``==``), and
+    ``None`` when they are not (a change made through ``dict``'s own
+    methods, which the copy cannot record: compared as any copy is)."""
+    written, deleted = after.written, after.deleted
+    expected = dict(before)
+    for key in deleted:
+        expected.pop(key, None)
+    for key in written:
+        if key in after:
+            expected[key] = dict.__getitem__(after, key)
+    if not dict.__eq__(expected, after):
+        return None
     if len(written) == 1:  # the common apply(): one field
         updated = {key: after[key] for key in written if key in after and key != reserved}
     else:  # in the event's order, as the line shows them
         updated = {key: value for key, value in after.items() if key in written and key != reserved}
-    if not after.deleted:
+    if not deleted:
         return updated, ()
-    return updated, tuple(key for key in after.deleted if key not in after and key != reserved)
+    return updated, tuple(key for key in deleted if key not in after and key != reserved)
 
 
 #: A key a mapping does not have.

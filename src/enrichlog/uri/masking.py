@@ -119,7 +119,7 @@ _PAIR_KEY = re.compile(
     (?<![\w.\-%])                           # a whole name, not the tail of one
     # Only a name holding a word of the secret names (is_secret_name has the
     # last word): the others are passed over here, in C, not one by one.
-    (?=-{0,2}[\w.\-]*?(?i:pass|pwd|secret|token|auth|key|credential))
+    (?=-{0,2}[\w.\-]*?(?i:pass|pwd|secret|token|auth|key|credential|sig))
     (?P<key>-{0,2}[A-Za-z_][\w.\-]*)         # --password=: a command line's
     (?P<key_quote>\\?['"]?)                  # \": JSON in a JSON string
     [^\S\n]*(?::=|[=:])[^\S\n]*\n?[^\S\n]*    # any spaces; the value may be on the next line
