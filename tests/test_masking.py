@@ -554,6 +554,8 @@ def test_a_password_whose_host_was_forgotten_is_masked(uri: str) -> None:
         'sig: SECRETA and {"signature": "SECRETB"}',
         "--sig=SECRETA /p?sig=SECRETB http://h/ok?a=1;sig=SECRETC",
         "https://SECRETA@github.com/org/repo",
+        "git+https://SECRETA@github.com/x ftp://SECRETB@h/f",
+        "http-lookup://SECRETC@api.example.com/users/{user_id}?into=u&ttl=-1",
     ],
 )
 def test_signatures_and_a_web_addresss_token_user_are_masked_in_messages(text: str) -> None:

@@ -110,3 +110,15 @@ def test_a_flat_written_copy_changed_through_dicts_own_methods_is_compared() -> 
 
     assert {"tier": "gold", "user": "ann"} == updated
     assert ("password",) == removed
+
+
+def test_a_flat_written_copy_changed_both_ways_keeps_what_it_recorded() -> None:
+    # Found by the twelfth round's second re-test: once a change made with
+    # dict's own methods sent the copy to the comparison, the removal it had
+    # recorded (of a key this event lacks) was forgotten.
+    before = {"event": "e"}
+    after = written_copy(before)
+    dict.__setitem__(after, "tier", "gold")
+    after.pop("password", None)
+
+    assert ({"tier": "gold"}, ("password",)) == changes_of(before, after)

@@ -236,6 +236,28 @@ def test_an_endpoint_that_sends_its_answer_a_byte_at_a_time_is_given_up(
         thread.join(5)
 
 
+def test_an_answer_cut_short_of_its_length_is_an_error_not_a_table() -> None:
+    # Found by the twelfth round's second re-test: half an exposition read
+    # as figures (an open breaker shown closed), exit status 0.
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def cut_short() -> None:
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(4096)
+            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+            peer.sendall(b"# TYPE enrichlog_events_total counter\n")
+
+    thread = threading.Thread(target=cut_short, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(EnrichlogError, match="cut short"):
+            read_stats(url=f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout=5)
+    finally:
+        server.close()
+        thread.join(5)
+
+
 def test_credentials_in_the_url_are_sent_as_basic_authentication() -> None:
     request = stats_module._request("http://ops:p%40ss@127.0.0.1:9100/metrics")
 

@@ -147,7 +147,8 @@ def _fetch(url: str, shown: str, timeout: float) -> str:
     if isinstance(result, EnrichlogError):
         raise result
     if isinstance(result, (OSError, ValueError, http.client.HTTPException)):  # not HTTP, say
-        raise EnrichlogError(f"cannot read {shown}: {mask_secrets(str(result))}") from None
+        reason = " ".join(mask_secrets(str(result)).split())  # one line (a redirect loop's)
+        raise EnrichlogError(f"cannot read {shown}: {reason}") from None
     if isinstance(result, BaseException):
         raise result
     return result
@@ -178,6 +179,10 @@ def _read_capped(source: Any, what: str, whole: str, deadline: float | None = No
             chunks.append(chunk)
             size += len(chunk)
         data = b"".join(chunks)
+        if size <= MAX_RESPONSE_BYTES and getattr(source, "length", None):
+            # Fewer bytes than its Content-Length said: the connection
+            # closed early, and half an exposition reads as wrong figures.
+            raise EnrichlogError(f"cannot read {what}: {whole} was cut short")
     if len(data) > MAX_RESPONSE_BYTES:
         raise EnrichlogError(
             f"cannot read {what}: {whole} is larger than {MAX_RESPONSE_BYTES // 2**20} MiB, "

@@ -240,7 +240,7 @@ class _Deadlines:
                 due = call.cancelled_at + ABANDON_GRACE
                 if due > now:
                     break
-                if now - due > late_after:
+                if now - due > _LATE_SECONDS:
                     # The loop was blocked through its grace: a call whose
                     # clean-up takes a few turns never had them. A grace
                     # again, from now (at the end: the latest due).

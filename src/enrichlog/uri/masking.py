@@ -355,7 +355,15 @@ def _port_may_be_password(netloc: str) -> bool:
 
 
 #: Schemes whose user part without a password is masked whole.
-_TOKEN_AS_USER: Final = frozenset({"http", "https", "ws", "wss"})
+_TOKEN_AS_USER: Final = frozenset({"http", "https", "ws", "wss", "ftp", "ftps", "sftp"})
+
+
+def _token_as_user(scheme: str) -> bool:
+    """Whether ``scheme`` is a web address's, whose lone user part is a
+    token as a rule: http(s), ws(s), ftp, and their variants
+    (``git+https``, enrichlog's ``http-lookup``)."""
+    scheme = scheme.lower()
+    return scheme in _TOKEN_AS_USER or "http" in scheme or scheme.endswith(("+ftp", "+ssh"))
 
 
 def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
@@ -366,7 +374,7 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     userinfo, at, hostport = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
-    elif at and head.lower() in _TOKEN_AS_USER:
+    elif at and _token_as_user(head):
         # https://TOKEN@host: a web address's lone user part is a token as
         # a rule (a database's, postgres://app@db, is a user name).
         netloc = f"{MASK}@{hostport}"
