@@ -3,6 +3,7 @@ snapshot, in plain mode (subprocess) and as a live table (in process)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,29 @@ def test_a_token_as_the_user_and_a_signature_are_not_shown_either() -> None:
     assert "SIGSECRET" not in message
 
 
+@contextlib.contextmanager
+def one_answer(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A server for one request, which ``answer(peer, stop)`` answers (on
+    a thread of its own, until ``stop`` is set); its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(4096)
+            answer(peer, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/metrics"
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+
+
 @pytest.mark.parametrize(
     ("head", "message"),
     [
@@ -211,51 +236,27 @@ def test_an_endpoint_that_sends_its_answer_a_byte_at_a_time_is_given_up(
     # Found by the twelfth round (and its re-test, for the headers): each
     # read had the timeout, the whole answer none, so a byte a second kept
     # `stats --once` waiting for good.
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    def trickle(peer: socket.socket, stop: threading.Event) -> None:
+        peer.sendall(head)
+        while not stop.wait(0.05):
+            try:
+                peer.sendall(b"#")
+            except OSError:
+                return
 
-    def trickle() -> None:
-        peer, _ = server.accept()
-        with peer:
-            peer.recv(4096)
-            peer.sendall(head)
-            while not stop.wait(0.05):
-                try:
-                    peer.sendall(b"#")
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(EnrichlogError, match=message):
-            read_stats(url=f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout=0.5)
-    finally:
-        stop.set()
-        server.close()
-        thread.join(5)
+    with one_answer(trickle) as url, pytest.raises(EnrichlogError, match=message):
+        read_stats(url=url, timeout=0.5)
 
 
 def test_an_answer_cut_short_of_its_length_is_an_error_not_a_table() -> None:
     # Found by the twelfth round's second re-test: half an exposition read
     # as figures (an open breaker shown closed), exit status 0.
-    server = socket.create_server(("127.0.0.1", 0))
+    def cut_short(peer: socket.socket, stop: threading.Event) -> None:
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+        peer.sendall(b"# TYPE enrichlog_events_total counter\n")
 
-    def cut_short() -> None:
-        peer, _ = server.accept()
-        with peer:
-            peer.recv(4096)
-            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
-            peer.sendall(b"# TYPE enrichlog_events_total counter\n")
-
-    thread = threading.Thread(target=cut_short, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(EnrichlogError, match="cut short"):
-            read_stats(url=f"http://127.0.0.1:{server.getsockname()[1]}/metrics", timeout=5)
-    finally:
-        server.close()
-        thread.join(5)
+    with one_answer(cut_short) as url, pytest.raises(EnrichlogError, match="cut short"):
+        read_stats(url=url, timeout=5)
 
 
 def test_credentials_in_the_url_are_sent_as_basic_authentication() -> None:
