@@ -234,7 +234,7 @@ class EnricherLifecycleManager:
             if check.done():
                 del self._checks[enricher.name]
                 health[enricher.name] = (
-                    not check.cancelled() and check.exception() is None and (check.result())
+                    not check.cancelled() and check.exception() is None and check.result()
                 )
             else:
                 health[enricher.name] = False

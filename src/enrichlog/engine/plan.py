@@ -52,6 +52,7 @@ from ..resilience.outcome import (
     hook_failed,
     isolated_copy,
     take_interrupt,
+    with_reasons,
 )
 from ..settings import LoggingSettings
 
@@ -628,12 +629,7 @@ class EnrichmentPlan(Generic[_R]):
                     # for health(); an async one's guard keeps it already.
                     step.enricher.record_failure(reason)
         if self._error_field is not None:
-            existing = event_dict.get(self._error_field)
-            if isinstance(existing, dict):
-                # A copy: the application's own dict (passed to every call,
-                # or bound) must not carry this event's reasons to others.
-                errors = {**dict.copy(existing), **errors}
-            event_dict[self._error_field] = errors
+            event_dict[self._error_field] = with_reasons(event_dict.get(self._error_field), errors)
 
     def _start_blocking(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "hook_failed",
     "isolated_copy",
     "take_interrupt",
+    "with_reasons",
     "written_copy",
 ]
 
@@ -117,10 +118,10 @@ class Written(dict[str, Any]):
 
 
 class _FlatWritten(Written):
-    """A :class:`Written` copy of a flat event (every value immutable): it
-    can change only through the methods that record the change, so its
-    :attr:`written` and :attr:`deleted` are its whole change, read without
-    comparing every field (:func:`changes_of`, once per batched key)."""
+    """A :class:`Written` copy of a flat event (every value immutable): its
+    :attr:`written` and :attr:`deleted` are its whole change unless it was
+    changed through ``dict``'s own methods, which :func:`changes_of` checks
+    with one C comparison instead of comparing every field."""
 
 
 def written_copy(event: Mapping[str, Any]) -> Written:
@@ -128,6 +129,14 @@ def written_copy(event: Mapping[str, Any]) -> Written:
     if IMMUTABLE.issuperset(map(type, event.values())):
         return _FlatWritten(event)  # the common, flat event
     return Written(isolated_copy(event))
+
+
+def with_reasons(existing: object, errors: dict[str, str]) -> dict[str, Any]:
+    """The error field's value once ``errors`` join ``existing``, its value
+    so far: a dict the application put there is copied, never changed (it
+    may be passed to every call, or bound, and would carry one event's
+    reasons to the others); anything else is replaced."""
+    return {**dict.copy(existing), **errors} if isinstance(existing, dict) else errors
 
 
 def fill(event_dict: MutableMapping[str, Any], fields: Mapping[str, Any]) -> None:

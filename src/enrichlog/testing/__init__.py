@@ -50,6 +50,7 @@ from ..resilience.outcome import (
     error_outcome,
     fill,
     isolated_copy,
+    with_reasons,
 )
 from ..settings import LoggingSettings
 
@@ -528,10 +529,7 @@ def _merged(
     if reason is not None:
         errors = {name: reason}
         if error_field is not None:
-            existing = event_dict.get(error_field)
-            # A copy of an existing dict: the caller's own is never changed.
-            merged = {**dict.copy(existing), **errors} if isinstance(existing, dict) else errors
-            event_dict[error_field] = merged
+            event_dict[error_field] = with_reasons(event_dict.get(error_field), errors)
         return EnrichmentResult(event_dict, errors)
     for key in removed:
         event_dict.pop(key, None)
