@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from enrichlog import configure_logging, get_logger
 from enrichlog.container import LoggingContainer
 from enrichlog.engine.processor import AsyncEnricherProcessor
 from enrichlog.enricher import AsyncEnricher, register_enricher
@@ -262,3 +265,49 @@ def test_blocking_sync_enricher_is_bounded_by_the_enricher_timeout(
         release.set()
 
     assert [{"event": "hello", "enrichment_errors": {"stuck": "timeout"}}] == (logger.lines)
+
+
+def test_process_ends_the_chain_by_returning_none_where_call_raises_drop_event(
+    make_processor: Any,
+) -> None:
+    """``process()`` is the processor without the exception: enrichlog's own
+    bound logger calls it; any other chain gets ``DropEvent`` from
+    ``__call__``."""
+    processor = make_processor([Tenant()])
+    logger = Lines()
+
+    returned = processor.process(logger, "info", {"event": "one"})
+    with pytest.raises(structlog.DropEvent):
+        processor(logger, "info", {"event": "two"})
+
+    assert None is returned
+    assert ["one", "two"] == [line["event"] for line in logger.lines]
+
+
+def test_the_installed_logger_hands_an_event_off_without_raising_an_exception(
+    log_file: Path,
+) -> None:
+    """No exception (and no traceback built and unwound) per handed-off
+    event on the caller's thread."""
+    container = configure_logging(enrichers=[Tenant()], output=str(log_file), delivery="background")
+    log = get_logger()
+    log.info("warm")
+    container.flush()
+    raised: list[str] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception":
+            raised.append(arg[0].__name__)
+        return trace
+
+    sys.settrace(trace)
+    try:
+        log.info("handed off", n=1)
+    finally:
+        sys.settrace(None)
+    container.shutdown()
+
+    assert "DropEvent" not in raised
+    assert ["warm", "handed off"] == [
+        json.loads(line)["event"] for line in log_file.read_text().splitlines()
+    ]

@@ -350,7 +350,7 @@ class LoggingContainer:
                     self._start_on_the_loop()
                 else:
                     self._start_in_the_thread()
-            self._lines = _install(self.chain(), self.output, self.settings)
+            self._lines = _install(self.chain(), self.output, self.settings, self.processor)
             handover, self._handover = self._handover, None
             if handover is None or handover[0] is not self._lines:
                 handover = (self._lines, self._lines.written, self._lines.write_failed)
@@ -1191,9 +1191,16 @@ def build_processor_chain(
     return LoggingContainer(settings, enrichers).chain()
 
 
-def _install(chain: list[Processor], output: LineWriter, settings: LoggingSettings) -> LineWriter:
+def _install(
+    chain: list[Processor],
+    output: LineWriter,
+    settings: LoggingSettings,
+    enrichment: AsyncEnricherProcessor | None,
+) -> LineWriter:
     """``structlog.configure`` with the shared chain list and writer; returns
-    the writer structlog calls."""
+    the writer structlog calls. ``enrichment``, the chain's enrichment
+    processor, hands events off to the bound logger class without raising
+    ``DropEvent``."""
     global _installed_writer  # noqa: PLW0603 - see the module globals above
     _installed_chain[:] = chain
     if _installed_writer is None:
@@ -1205,7 +1212,9 @@ def _install(chain: list[Processor], output: LineWriter, settings: LoggingSettin
     structlog.configure(
         processors=_installed_chain,
         wrapper_class=make_bound_logger_class(
-            settings.level_number, LoggerLevels(settings.level_number, settings.levels)
+            settings.level_number,
+            LoggerLevels(settings.level_number, settings.levels),
+            enrichment,
         ),
         logger_factory=logger_factory(writer),
         context_class=dict,

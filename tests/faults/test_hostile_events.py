@@ -250,3 +250,38 @@ def test_a_signal_handler_that_logs_while_the_main_thread_writes_does_not_deadlo
         summary["lines"],
         summary["report"]["written"],
     )
+
+
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_fields_named_like_the_logging_methods_parameters_are_written(
+    log_file: Path, delivery: str
+) -> None:
+    """``method_name=`` raised TypeError from structlog's _proxy_to_logger
+    into the caller, ``self=`` from the bound method, and the event was
+    lost."""
+    container = configure_logging(enrichers=[Tag()], output=str(log_file), delivery=delivery)
+    log = get_logger()
+
+    log.info("one", method_name="checkout")
+    log.warning("two", self="<Order 7>")
+    log.log(30, "three", self="x", method_name="y")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("four", self="z")
+    asyncio.run(log.ainfo("five", self="a", method_name="b"))
+    container.shutdown()
+
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [
+        ("one", None, "checkout"),
+        ("two", "<Order 7>", None),
+        ("three", "x", "y"),
+        ("four", "z", None),
+        ("five", "a", "b"),
+    ] == [(line["event"], line.get("self"), line.get("method_name")) for line in lines]
+    assert all(line["tag"] for line in lines)
+    assert ("ValueError", "boom") == (
+        lines[3]["exception"][0]["exc_type"],
+        lines[3]["exception"][0]["exc_value"],
+    )

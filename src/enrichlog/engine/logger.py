@@ -23,7 +23,7 @@ import structlog
 from structlog._log_levels import LEVEL_TO_NAME
 
 from .chain import LoggerLevels
-from .processor import ASYNC_WAITER
+from .processor import ASYNC_WAITER, AsyncEnricherProcessor
 
 __all__ = ["make_bound_logger_class"]
 
@@ -44,11 +44,65 @@ def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
         return event
 
 
-async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, Any]) -> None:
+#: What structlog accepts from the last processor as one positional argument.
+_TEXT = (str, bytes, bytearray)
+
+Emit = Callable[[Any, str, "str | None", dict[str, Any]], Any]
+
+
+def _unreachable(*_args: Any) -> None:  # pragma: no cover - no processor is the marker
+    raise AssertionError("the marker is no processor")
+
+
+def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
+    """structlog's ``_proxy_to_logger`` (which custom wrapper classes may
+    replace), except that ``enrichment``, the processor of the installed
+    container, tells the chain to stop by returning ``None`` where in any
+    other chain it raises ``DropEvent``: a handed-off event costs no
+    exception (its traceback, frames and unwinding) on the caller."""
+
+    # Without an enrichment processor, a marker no processor is.
+    marker: object = object() if enrichment is None else enrichment
+    process: Callable[[Any, str, Any], Any] = getattr(enrichment, "process", None) or _unreachable
+
+    def emit(self: Any, method_name: str, event: str | None, event_kw: dict[str, Any]) -> Any:
+        try:
+            event_dict: Any = self._context.copy()
+            event_dict.update(event_kw)
+            if event is not None:
+                event_dict["event"] = event
+            logger = self._logger
+            for proc in self._processors:
+                if proc is marker:
+                    event_dict = process(logger, method_name, event_dict)
+                    if event_dict is None:
+                        return None
+                else:
+                    event_dict = proc(logger, method_name, event_dict)
+            if isinstance(event_dict, _TEXT):
+                return getattr(logger, method_name)(event_dict)
+            if isinstance(event_dict, tuple):
+                args, kw = event_dict
+                return getattr(logger, method_name)(*args, **kw)
+            if isinstance(event_dict, dict):
+                return getattr(logger, method_name)(**event_dict)
+            raise ValueError(
+                "Last processor didn't return an appropriate value.  Valid return "
+                "values are a dict, a tuple of (args, kwargs), bytes, or a str."
+            )
+        except structlog.DropEvent:
+            return None
+
+    return emit
+
+
+async def _log_and_wait(
+    self: Any, name: str, event: str | None, kw: dict[str, Any], emit: Emit
+) -> None:
     waiters: list[tuple[asyncio.Future[None], float]] = []
     token = ASYNC_WAITER.set(waiters)
     try:
-        self._proxy_to_logger(name, event, **kw)
+        emit(self, name, event, kw)
     finally:
         ASYNC_WAITER.reset(token)
     if waiters and not waiters[0][0].done():
@@ -68,29 +122,33 @@ async def _log_and_wait(self: Any, name: str, event: str | None, kw: dict[str, A
         await asyncio.sleep(0)
 
 
-def _make_method(name: str) -> Callable[..., Any]:
-    def meth(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+def _make_method(name: str, emit: Emit) -> Callable[..., Any]:
+    def meth(self: Any, /, event: str, *args: Any, **kw: Any) -> Any:
         if args:
             event = _interpolate(event, args, kw)
-        return self._proxy_to_logger(name, event, **kw)
+        return emit(self, name, event, kw)
 
     meth.__name__ = name
     meth.__doc__ = f"Log at {name} level."
     return meth
 
 
-def _make_async_method(name: str) -> Callable[..., Coroutine[Any, Any, None]]:
-    async def ameth(self: Any, event: str, *args: Any, **kw: Any) -> None:
+def _make_async_method(name: str, emit: Emit) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def ameth(self: Any, /, event: str, *args: Any, **kw: Any) -> None:
         if args:
             event = _interpolate(event, args, kw)
-        await _log_and_wait(self, name, event, kw)
+        await _log_and_wait(self, name, event, kw, emit)
 
     ameth.__name__ = f"a{name}"
     ameth.__doc__ = f"Log at {name} level; await enrichment without blocking the loop."
     return ameth
 
 
-def make_bound_logger_class(min_level: int, levels: LoggerLevels | None = None) -> type[Any]:
+def make_bound_logger_class(
+    min_level: int,
+    levels: LoggerLevels | None = None,
+    enrichment: AsyncEnricherProcessor | None = None,
+) -> type[Any]:
     """A ``FilteringBoundLogger`` class for ``min_level`` with runtime-aware
     async methods.
 
@@ -99,12 +157,13 @@ def make_bound_logger_class(min_level: int, levels: LoggerLevels | None = None) 
     logger levels), the class returned picks, when a logger is bound, the
     class of that logger name's level.
     """
+    emit = _make_emit(enrichment)
     if levels:
-        return _per_logger_class(levels)
-    return _level_class(min_level)
+        return _per_logger_class(levels, emit)
+    return _level_class(min_level, emit)
 
 
-def _per_logger_class(levels: LoggerLevels) -> type[Any]:
+def _per_logger_class(levels: LoggerLevels, emit: Emit) -> type[Any]:
     """A class whose instances are of the level class of their logger's name."""
     classes: dict[int, type[Any]] = {}
 
@@ -115,35 +174,41 @@ def _per_logger_class(levels: LoggerLevels) -> type[Any]:
             level = levels.level_of(getattr(logger, "name", None))
             target = classes.get(level)
             if target is None:
-                target = classes[level] = _level_class(level)
+                target = classes[level] = _level_class(level, emit)
             return target(logger, processors, context)
 
     return EnrichlogPerLoggerLevels
 
 
-def _level_class(min_level: int) -> type[Any]:
+def _level_class(min_level: int, emit: Emit) -> type[Any]:
     base: type[Any] = structlog.make_filtering_bound_logger(min_level)
     methods: dict[str, Any] = {}
     for level, name in LEVEL_TO_NAME.items():
         if level >= min_level:  # below it, structlog's bare ``return None``s stay
-            methods[name] = _make_method(name)
-            methods[f"a{name}"] = _make_async_method(name)
+            methods[name] = _make_method(name, emit)
+            methods[f"a{name}"] = _make_async_method(name, emit)
 
-    def log(self: Any, level: int, event: str, *args: Any, **kw: Any) -> Any:
+    def log(self: Any, /, level: int, event: str, *args: Any, **kw: Any) -> Any:
         if level < min_level:
             return None
         if args:
             event = _interpolate(event, args, kw)
-        return self._proxy_to_logger(LEVEL_TO_NAME[level], event, **kw)
+        return emit(self, LEVEL_TO_NAME[level], event, kw)
 
-    async def alog(self: Any, level: int, event: str, *args: Any, **kw: Any) -> None:
+    async def alog(self: Any, /, level: int, event: str, *args: Any, **kw: Any) -> None:
         if level < min_level:
             return
         if args:
             event = _interpolate(event, args, kw)
-        await _log_and_wait(self, LEVEL_TO_NAME[level], event, kw)
+        await _log_and_wait(self, LEVEL_TO_NAME[level], event, kw, emit)
 
-    async def aexception(self: Any, event: str, *args: Any, **kw: Any) -> None:
+    def exception(self: Any, /, event: str, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        if methods.get("error") is not None:
+            return methods["error"](self, event, *args, **kw)
+        return None
+
+    async def aexception(self: Any, /, event: str, *args: Any, **kw: Any) -> None:
         kw.setdefault("exc_info", True)
         if methods.get("aerror") is not None:
             await methods["aerror"](self, event, *args, **kw)
@@ -158,6 +223,7 @@ def _level_class(min_level: int) -> type[Any]:
     methods["__init__"] = init
     methods["log"] = log
     methods["alog"] = alog
+    methods["exception"] = exception
     methods["aexception"] = aexception
     for alias, target in (("fatal", "critical"), ("warn", "warning"), ("msg", "info")):
         for prefix in ("", "a"):

@@ -140,6 +140,17 @@ class AsyncEnricherProcessor:
     # -- structlog processor: the logging thread ----------------------------
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        kept = self.process(logger, method_name, event_dict)
+        if kept is None:
+            raise structlog.DropEvent
+        return kept
+
+    def process(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict | None:
+        """The processor, telling structlog's chain to stop by returning
+        ``None`` rather than raising ``DropEvent``: the event was handed off
+        (or filtered out). enrichlog's bound logger calls it directly."""
         if _in_enrichment():
             # An event logged by an enricher (on the loop or in a worker
             # thread): enriching it could recurse without end. (Anything
@@ -166,11 +177,11 @@ class AsyncEnricherProcessor:
                 return event_dict
             enrichment = self._plan.complete_record(logger, method_name, event_dict)
         if self._hand_off(enrichment):
-            raise structlog.DropEvent
+            return None
         # Refused (shut down and drained): written here and now.
         self._plan.finish_unenriched(enrichment)
         if enrichment.filtered:
-            raise structlog.DropEvent
+            return None
         self._pipeline.wait_for_leftovers()
         return event_dict
 
