@@ -570,3 +570,31 @@ def test_words_that_only_hold_sig_are_not_masked() -> None:
     text = "design=blue signal=3 assign=4 postgres://app@db/test"
 
     assert text == mask_secrets(text)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "nats://SECRETA@127.0.0.1:14222?stream=orders",
+        "tls://SECRETB@nats.example.com:4222",
+        "nats://app:SECRETC@127.0.0.1:4222",
+    ],
+)
+def test_a_nats_token_written_as_the_user_part_is_masked(uri: str) -> None:
+    # Found by the thirteenth round: nats://TOKEN@host (NATS's token form)
+    # showed in the settings' repr, the worker's "started" line and the
+    # "unreachable" warnings.
+    from enrichlog.transport.config import TransportConfig  # noqa: PLC0415
+
+    settings = LoggingSettings(transport=uri)
+    shown = [
+        mask_secrets(f"the broker at {uri} is unreachable"),
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+    ]
+    if uri.startswith("nats"):
+        shown.append(TransportConfig.parse(uri).masked)
+
+    assert not [text for text in shown if "SECRET" in text], shown
+    assert "nats://127.0.0.1:4222" == mask_secrets("nats://127.0.0.1:4222")

@@ -354,14 +354,17 @@ def _port_may_be_password(netloc: str) -> bool:
     return not (port.isascii() and port.isdigit()) or int(port) > 65535
 
 
-#: Schemes whose user part without a password is masked whole.
-_TOKEN_AS_USER: Final = frozenset({"http", "https", "ws", "wss", "ftp", "ftps", "sftp"})
+#: Schemes whose user part without a password is masked whole: a NATS
+#: server's (``nats://TOKEN@host``, ``tls://``) is its token form.
+_TOKEN_AS_USER: Final = frozenset(
+    {"http", "https", "ws", "wss", "ftp", "ftps", "sftp", "nats", "tls"}
+)
 
 
 def _token_as_user(scheme: str) -> bool:
-    """Whether ``scheme`` is a web address's, whose lone user part is a
-    token as a rule: http(s), ws(s), ftp, and their variants
-    (``git+https``, enrichlog's ``http-lookup``)."""
+    """Whether ``scheme`` is a web address's or a NATS server's, whose lone
+    user part is a token as a rule: http(s), ws(s), ftp, nats, tls, and
+    their variants (``git+https``, enrichlog's ``http-lookup``)."""
     scheme = scheme.lower()
     return scheme in _TOKEN_AS_USER or "http" in scheme or scheme.endswith(("+ftp", "+ssh"))
 
@@ -375,8 +378,8 @@ def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
     elif at and _token_as_user(head):
-        # https://TOKEN@host: a web address's lone user part is a token as
-        # a rule (a database's, postgres://app@db, is a user name).
+        # https://TOKEN@host, nats://TOKEN@host: a lone user part is a
+        # token as a rule (a database's, postgres://app@db, is a user name).
         netloc = f"{MASK}@{hostport}"
     elif ":" in netloc and not netloc.startswith("[") and rest.startswith("#"):
         # 'user:pass#word' without '@host': the '#' cut a password that
