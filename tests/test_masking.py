@@ -584,7 +584,7 @@ def test_a_nats_token_written_as_the_user_part_is_masked(uri: str) -> None:
     # Found by the thirteenth round: nats://TOKEN@host (NATS's token form)
     # showed in the settings' repr, the worker's "started" line and the
     # "unreachable" warnings.
-    from enrichlog.transport.config import TransportConfig  # noqa: PLC0415
+    from enrichlog.transport.config import TransportConfig
 
     settings = LoggingSettings(transport=uri)
     shown = [

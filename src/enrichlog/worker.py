@@ -53,7 +53,7 @@ from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, ID_HEADER, TRANSPORT_ID, decode_event
 from .transport.config import TransportConfig, subject_matches
 from .transport.deadletter import dead_letter_body
-from .transport.nats import connect, ensure_stream, import_nats, unless_stopped
+from .transport.nats import connect, ensure_stream, import_nats, server_said, unless_stopped
 from .uri.masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -100,6 +100,14 @@ def _failure(exc: BaseException) -> str:
     the text is empty (a bare ``TimeoutError``), never ``Type: ``."""
     text = str(exc)
     return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _dead_letter_reason(exc: BaseException) -> str:
+    """Why a dead-letter publish failed: the server's answer when it gave
+    one (``maximum messages exceeded, error 10077``), not nats-py's repr."""
+    if getattr(exc, "description", None):
+        return server_said(exc)
+    return _failure(exc)
 
 
 def _unreachable(exc: BaseException, waited: float, errors: list[Exception]) -> str:
@@ -514,6 +522,10 @@ class Worker:
         self._counts = dict.fromkeys(WORKER_COUNTERS, 0)
         self._lag: int | None = None
         self._ack_pending: int | None = None
+        # Failed dead-letters: reported at most once per drop_report_interval.
+        self._dlq_failing = False
+        self._dlq_failures = 0
+        self._dlq_reported_at = -float("inf")
 
     # -- views and control -------------------------------------------------------
 
@@ -635,8 +647,11 @@ class Worker:
         helpers: list[asyncio.Task[Any]] = []
         try:
             js = self._js = client.jetstream()
-            await ensure_stream(js, self.config.stream, self.config.subject)
-            dlq_limit = await ensure_stream(js, self.config.dlq_stream, self.config.dlq_subject)
+            server = self.config.masked_server
+            await ensure_stream(js, self.config.stream, self.config.subject, server=server)
+            dlq_limit = await ensure_stream(
+                js, self.config.dlq_stream, self.config.dlq_subject, server=server
+            )
             # Room for the dead letters' headers (their Nats-Msg-Id).
             limits = [client.max_payload - _HEADERS_ROOM]
             if dlq_limit > 0:
@@ -826,7 +841,7 @@ class Worker:
         )
         old = self._subscription
         try:
-            await ensure_stream(js, config.stream, config.subject)
+            await ensure_stream(js, config.stream, config.subject, server=config.masked_server)
             self._subscription = await self._bind(js)
         except EnricherConfigError:
             raise
@@ -1102,17 +1117,48 @@ class Worker:
                 headers={"Nats-Msg-Id": f"{(event_id or str(sequence))[:200]}:dlq:{sequence}"},
             )
         except Exception as exc:  # cannot dead-letter now: try again later
-            _report.warning(
-                "enrichlog worker: dead-lettering failed (%s); retrying later",
-                _failure(exc),
+            self._dead_letter_failed(exc)
+            # Delivered again later, as a failed write is: the delay doubles
+            # per delivery up to redeliver_max_delay, so a dead-letter stream
+            # that refuses for long (full, discarding new messages) is not
+            # asked again every redeliver_delay.
+            delay = redelivery_delay(
+                deliveries, self.settings.redeliver_delay, self.settings.redeliver_max_delay
             )
             for message in messages:
-                await message.nak(delay=self.settings.redeliver_delay)
+                await message.nak(delay=delay)
             self._counts["nacked"] += len(messages)
             return
         for message in messages:
             await message.term()
         self._counts["dead_lettered"] += 1
+        if self._dlq_failing:
+            self._dlq_failing = False
+            _report.warning(
+                "enrichlog worker: dead-lettering works again (stream %r)", self.config.dlq_stream
+            )
+
+    def _dead_letter_failed(self, exc: BaseException) -> None:
+        """Report a failed dead-letter: the first at once, then at most once
+        per ``drop_report_interval`` with how many failed meanwhile (one
+        line per failed event would flood the log while the dead-letter
+        stream refuses)."""
+        self._dlq_failures += 1
+        now = time.monotonic()
+        if self._dlq_failing and now - self._dlq_reported_at < self.settings.drop_report_interval:
+            return
+        count, self._dlq_failures = self._dlq_failures, 0
+        self._dlq_failing = True
+        self._dlq_reported_at = now
+        _report.warning(
+            "enrichlog worker: dead-lettering failed%s (%s); the events stay in stream %r and "
+            "are delivered again later, the delay doubling per delivery up to "
+            "redeliver_max_delay (%gs)",
+            "" if count == 1 else f" {count} times since the last report",
+            _dead_letter_reason(exc),
+            self.config.stream,
+            self.settings.redeliver_max_delay,
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

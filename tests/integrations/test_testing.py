@@ -615,3 +615,93 @@ def test_capture_events_entered_while_earlier_events_are_pending_says_so() -> No
         with capture_events(timeout=0.01):
             get_logger().info("inside", user_id=2)
     container.shutdown()
+
+
+# -- found by the thirteenth attack round ------------------------------------------------
+
+
+def _raising(exc: type[BaseException], *, blocking: bool) -> SyncEnricher:
+    class Raising(SyncEnricher):
+        name = "raising"
+
+        def enrich(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+            raise exc(3) if exc is SystemExit else exc()
+
+    enricher = Raising()
+    enricher.blocking = blocking
+    return enricher
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_blocking_enrichers_interrupt_is_a_reason_in_run_enricher(
+    exc: type[BaseException],
+) -> None:
+    """It killed the runner's loop thread, and run_enricher() waited for good
+    (arun_enricher() let it tear the caller's loop down)."""
+    result = run_enricher(_raising(exc, blocking=True), {"event": "e"})
+    aresult = asyncio.run(arun_enricher(_raising(exc, blocking=True), {"event": "e"}))
+
+    assert {"raising": f"error: {exc.__name__}"} == result.errors == aresult.errors
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_a_sync_enrichers_interrupt_reaches_the_test_as_it_reaches_the_application(
+    exc: type[BaseException],
+) -> None:
+    """As a log call writes the line and then raises it. It raised
+    RuntimeError('Event loop is closed'), or, after an earlier runner, hung
+    10 s and raised TimeoutError."""
+    assert {} == run_enricher(lambda _l, _m, event: {**event, "x": 1}, {"event": "e"}).errors
+
+    with pytest.raises(exc):
+        run_enricher(_raising(exc, blocking=False), {"event": "e"})
+    with EnricherRunner(_raising(exc, blocking=False)) as runner, pytest.raises(exc):
+        runner.run({"event": "e"})
+
+    # Nothing of it is left behind: the next runner works.
+    assert 1 == run_enricher(lambda _l, _m, event: {**event, "x": 1}, {"event": "e"}).event["x"]
+
+
+def test_a_sync_enrichers_generator_exit_is_a_reason_in_run_enricher() -> None:
+    result = run_enricher(_raising(GeneratorExit, blocking=False), {"event": "e"})
+
+    assert {"raising": "error: GeneratorExit"} == result.errors
+
+
+def test_run_enricher_gives_a_result_when_start_up_or_shut_down_outlast_their_timeouts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As the container: an enricher still starting is 'unavailable', a
+    shut-down past shutdown_timeout is cut off. Both raised TimeoutError."""
+
+    class SlowStart(AsyncEnricher):
+        name = "slow_start"
+
+        async def _startup(self) -> None:
+            await asyncio.sleep(5)
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["x"] = 1
+            return event_dict
+
+    class StuckShutdown(SlowStart):
+        name = "stuck_shutdown"
+
+        async def _startup(self) -> None:
+            return None
+
+        async def _shutdown(self) -> None:
+            await asyncio.sleep(3600)
+
+    settings = LoggingSettings(startup_timeout=0.2, shutdown_timeout=0.2)
+
+    slow = run_enricher(SlowStart(), {"event": "e"}, settings=settings)
+    stuck = run_enricher(StuckShutdown(), {"event": "e"}, settings=settings)
+    astuck = asyncio.run(arun_enricher(StuckShutdown(), {"event": "e"}, settings=settings))
+
+    assert ({"slow_start": "unavailable"}, None) == (slow.errors, slow.event.get("x"))
+    assert ({}, 1) == (stuck.errors, stuck.event["x"])
+    assert ({}, 1) == (astuck.errors, astuck.event["x"])
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("still starting after 0.2s" in message for message in messages)
+    assert 2 == sum("did not shut down within 0.2s" in message for message in messages)

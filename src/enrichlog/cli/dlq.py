@@ -100,7 +100,7 @@ async def _run(
     client = await connect(config, name="enrichlog-dlq", reconnect=False)
     try:
         js = client.jetstream()
-        await ensure_stream(js, config.dlq_stream, config.dlq_subject)
+        await ensure_stream(js, config.dlq_stream, config.dlq_subject, server=config.masked_server)
         if action == "list":
             letters = await read_dead_letters(js, config, limit=limit)
             if fmt == "json":
@@ -116,7 +116,7 @@ async def _run(
             for letter in chosen:
                 print(json.dumps(letter.as_dict(), indent=2), file=out)
             return 0
-        await ensure_stream(js, config.stream, config.subject)
+        await ensure_stream(js, config.stream, config.subject, server=config.masked_server)
         done = await replay(js, config, chosen, keep=keep)
         print(_replayed_line(config, done), file=out)
         if done.already_replayed:

@@ -62,6 +62,8 @@ __all__ = [
     "Enrichment",
     "EnrichmentPlan",
     "Step",
+    "call_in_worker",
+    "call_sync",
     "take_interrupt",
 ]
 
@@ -314,7 +316,7 @@ class EnrichmentPlan(Generic[_R]):
                 self._sync_timeout,
             )
         settle: Settle = functools.partial(
-            _call_sync, _enrich_function(enricher), settings.error_field
+            call_sync, _enrich_function(enricher), settings.error_field
         )
         return Step(enricher, None, settle, None, 0.0)
 
@@ -665,7 +667,7 @@ class EnrichmentPlan(Generic[_R]):
             async with asyncio.timeout(self._sync_timeout):
                 outcome: Outcome = await self._run_blocking_fn(
                     context.run,
-                    _call_in_worker,
+                    call_in_worker,
                     enricher,
                     self._error_field,
                     logger,
@@ -706,7 +708,7 @@ def _not_settled(logger: WrappedLogger, method_name: str, snapshot: EventDict) -
     """Blocking sync enrichers always run in a worker thread."""
 
 
-def _call_sync(
+def call_sync(
     enrich: Callable[[WrappedLogger, str, EventDict], Any],
     error_field: str | None,
     logger: WrappedLogger,
@@ -755,15 +757,15 @@ def _enrich_function(enricher: SyncEnricher) -> Callable[[WrappedLogger, str, Ev
     return enricher.enrich
 
 
-def _call_in_worker(
+def call_in_worker(
     enricher: SyncEnricher,
     error_field: str | None,
     logger: WrappedLogger,
     method_name: str,
     snapshot: EventDict,
 ) -> Outcome:
-    """:func:`_call_sync` in a worker thread: an interrupt stays a reason."""
-    outcome = _call_sync(enricher.enrich, error_field, logger, method_name, snapshot)
+    """:func:`call_sync` in a worker thread: an interrupt stays a reason."""
+    outcome = call_sync(enricher.enrich, error_field, logger, method_name, snapshot)
     if INTERRUPTS:
         take_interrupt()
     return outcome

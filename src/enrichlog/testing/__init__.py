@@ -26,33 +26,33 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 
-import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .. import container as _container_module
 from ..container import LoggingContainer, _from_uri, current_container, reset_logging
 from ..engine.lifecycle import EnricherLifecycleManager
-from ..engine.plan import IN_ENRICHMENT
+from ..engine.plan import IN_ENRICHMENT, call_in_worker, call_sync
 from ..engine.runtime import EnrichmentRuntime
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
 from ..exceptions import EnrichlogError
 from ..options import ResolvedOptions
+from ..reporting import reporting_logger
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.cache import EnricherCache
 from ..resilience.guard import EnricherGuard
 from ..resilience.outcome import (
-    FILTERED,
     FILTERED_REASON,
-    INVALID_RETURN,
+    INTERRUPTS,
     TIMEOUT,
+    UNAVAILABLE,
     Outcome,
-    changes_of,
-    error_outcome,
     fill,
-    isolated_copy,
+    take_interrupt,
     with_reasons,
 )
 from ..settings import LoggingSettings
+
+_report = reporting_logger("enrichlog")
 
 __all__ = [
     "EnricherRunner",
@@ -370,24 +370,34 @@ class EnricherRunner:
             )
             runtime.start()
             self._runtime = runtime
-            runtime.run(self._lifecycle.startup_all(), self.settings.startup_timeout)
+            timeout = self.settings.startup_timeout
+            try:
+                runtime.run(self._lifecycle.startup_all(timeout), timeout)
+            except TimeoutError:
+                _still_starting(timeout)
         return self
 
     async def astart(self) -> EnricherRunner:
         """Start the enricher on the running loop."""
         if self._runtime is None and self._loop is None:
             self._loop = asyncio.get_running_loop()
-            await asyncio.wait_for(self._lifecycle.startup_all(), self.settings.startup_timeout)
+            try:
+                await self._lifecycle.startup_all(self.settings.startup_timeout)
+            except TimeoutError:
+                _still_starting(self.settings.startup_timeout)
         return self
 
     def close(self) -> None:
         """Shut the enricher down and stop the runner's loop (from ``with``)."""
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
+            timeout = self.settings.shutdown_timeout
             try:
-                runtime.run(self._lifecycle.shutdown_all(), self.settings.shutdown_timeout)
+                runtime.run(self._lifecycle.shutdown_all(), timeout)
+            except TimeoutError:
+                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
             finally:
-                runtime.stop()
+                runtime.stop(max(timeout, 1.0))
 
     async def aclose(self) -> None:
         """Shut the enricher down (from ``async with``, or after :meth:`start`)."""
@@ -396,7 +406,13 @@ class EnricherRunner:
             return
         if self._loop is not None:
             self._loop = None
-            await self._lifecycle.shutdown_all()
+            # Not wait_for(): past the timeout it would wait for the
+            # cancelled shutdown, forever if a _shutdown ignores it.
+            closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
+            timeout = self.settings.shutdown_timeout
+            if not (await asyncio.wait({closing}, timeout=timeout))[0]:
+                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+                closing.cancel()
 
     def __enter__(self) -> EnricherRunner:
         return self.start()
@@ -436,7 +452,7 @@ class EnricherRunner:
                 "EnricherRunner.run() needs a runner started with 'with' (or start()); "
                 "one started with 'async with' takes 'await runner.arun(...)'"
             )
-        return self._runtime.run(self._enrich(dict(event), method_name, logger))
+        return _delivered(self._runtime.run(self._enrich(dict(event), method_name, logger)))
 
     async def arun(
         self, event: Mapping[str, Any], method_name: str = "info", logger: WrappedLogger = None
@@ -448,35 +464,47 @@ class EnricherRunner:
         """
         coro = self._enrich(dict(event), method_name, logger)
         if self._runtime is not None:
-            return await self._runtime.arun(coro)
+            return _delivered(await self._runtime.arun(coro))
         if self._loop is None:
             coro.close()
             raise EnrichlogError("EnricherRunner.arun() needs a started runner ('async with')")
         # A task of its own: the guard's deadline cancels the task it runs in.
-        return await asyncio.get_running_loop().create_task(coro)
+        return _delivered(await asyncio.get_running_loop().create_task(coro))
 
     async def _enrich(
         self, event_dict: EventDict, method_name: str, logger: WrappedLogger
-    ) -> EnrichmentResult:
+    ) -> tuple[EnrichmentResult, BaseException | None]:
+        """The result, and the interrupt a sync enricher raised (taken here,
+        on the loop, which it would stop: raised by :func:`_delivered` in
+        the caller)."""
         IN_ENRICHMENT.set(True)  # as the plan marks its calls: a log call inside is not enriched
         enricher, guard = self.enricher, self.guard
+        error_field = self.settings.error_field
+        interrupt = None
         if guard is not None:
             outcome = guard.lookup(logger, method_name, event_dict)
             if outcome is None:
                 outcome = await guard.run(logger, method_name, event_dict)
         else:
             assert isinstance(enricher, SyncEnricher)
-            if enricher.blocking:
+            # As the plan runs it: every exception a reason; an interrupt
+            # from a blocking one (in a worker thread) a reason only.
+            if not enricher.available:
+                outcome = UNAVAILABLE
+            elif enricher.blocking:
                 try:
                     outcome = await asyncio.wait_for(
-                        asyncio.to_thread(_sync_outcome, enricher, logger, method_name, event_dict),
+                        asyncio.to_thread(
+                            call_in_worker, enricher, error_field, logger, method_name, event_dict
+                        ),
                         self.settings.enricher_timeout,
                     )
                 except TimeoutError:
                     outcome = TIMEOUT
             else:
-                outcome = _sync_outcome(enricher, logger, method_name, event_dict)
-        return _merged(event_dict, enricher.name, outcome, self.settings.error_field)
+                outcome = call_sync(enricher.enrich, error_field, logger, method_name, event_dict)
+                interrupt = take_interrupt() if INTERRUPTS else None
+        return _merged(event_dict, enricher.name, outcome, error_field), interrupt
 
 
 def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock) -> None:
@@ -500,24 +528,21 @@ def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock)
     )
 
 
-def _sync_outcome(
-    enricher: SyncEnricher, logger: WrappedLogger, method_name: str, snapshot: EventDict
-) -> Outcome:
-    """What the plan does with a sync enricher: a copy, every exception a reason."""
-    copy = isolated_copy(snapshot)
-    try:
-        result = enricher.enrich(logger, method_name, copy)
-    except structlog.DropEvent:
-        return FILTERED
-    except Exception as exc:
-        return error_outcome(exc)
-    if result is None:
-        result = copy
-    try:
-        updated, removed = changes_of(snapshot, result)
-    except Exception:
-        return INVALID_RETURN
-    return (updated, removed, None)
+def _still_starting(timeout: float) -> None:
+    _report.warning(
+        "enrichlog: enrichers still starting after %ss; they are skipped as "
+        "'unavailable' until they are up",
+        timeout,
+    )
+
+
+def _delivered(enriched: tuple[EnrichmentResult, BaseException | None]) -> EnrichmentResult:
+    """The result; or, as a log call raises it once its line is written,
+    the interrupt a sync enricher raised."""
+    result, interrupt = enriched
+    if interrupt is not None:
+        raise interrupt
+    return result
 
 
 def _merged(

@@ -26,8 +26,18 @@ DEFAULT_PORT = 4222
 _SCHEMES = ("nats", "tls")
 _KEYS = ("stream", "subject", "consumer", "enrich", "token")
 # Stream and consumer names: no subject separators, wildcards or spaces.
-_NAME = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+#: The longest stream or consumer name accepted. The server takes 255
+#: characters; 200 leaves room for the dead-letter stream's ``_DLQ`` and
+#: keeps the default spool directory (named after the stream) a legal
+#: file name.
+MAX_NAME = 200
 _SUBJECT_PART = re.compile(r"[^\s.*>]+")
+#: Subject prefixes the NATS server and its clients reserve: ``$`` for the
+#: server's own APIs (``$JS.``, ``$SYS.``, ``$KV.``...), ``_INBOX.`` for
+#: request replies. A stream cannot capture ``$JS.API`` (the server
+#: refuses it), and events on the others would reach the wrong listeners.
+_RESERVED = ("$", "_INBOX.")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class TransportConfig:
     def masked(self) -> str:
         """The URI with its secrets shown as ``***``."""
         return mask_uri(self.uri)
+
+    @property
+    def masked_server(self) -> str:
+        """The server's URL (no query) with its secrets shown as ``***``."""
+        return mask_uri(self.server)
 
     @classmethod
     def parse(cls, uri: str, *, dlq_subject: str | None = None) -> TransportConfig:
@@ -156,6 +171,17 @@ def _is_subject(text: str) -> bool:
     return all(_SUBJECT_PART.fullmatch(part) for part in text.split("."))
 
 
+def _is_reserved(subject: str) -> bool:
+    return subject.startswith(_RESERVED) or subject == "_INBOX"
+
+
+def _reserved_problem(what: str) -> str:
+    return (
+        f"{what}: subjects that start with '$' ($JS., $SYS., $KV. ...) or '_INBOX.' are "
+        "reserved for the NATS server and its clients; choose another, such as logs.app"
+    )
+
+
 def _check_names(
     stream: str, subject: str, consumer: str, dlq: str, enrich: str | None
 ) -> tuple[str | None, str] | None:
@@ -166,17 +192,31 @@ def _check_names(
             "query key 'stream': a stream name is letters, digits, '-' and '_' "
             "(no '.', '*', '>' or spaces)"
         )
+    if len(stream) > MAX_NAME:
+        return "stream", (
+            f"query key 'stream': a stream name is at most {MAX_NAME} characters "
+            f"(this one has {len(stream)})"
+        )
     if not _is_subject(subject):
         return "subject", (
             "query key 'subject': expected dot-separated tokens without spaces or "
             "wildcards, such as logs.app"
         )
+    if _is_reserved(subject):
+        return "subject", _reserved_problem("query key 'subject'")
     if not _NAME.fullmatch(consumer):
         return "consumer", "query key 'consumer': letters, digits, '-' and '_' only"
+    if len(consumer) > MAX_NAME:
+        return "consumer", (
+            f"query key 'consumer': a consumer name is at most {MAX_NAME} characters "
+            f"(this one has {len(consumer)})"
+        )
     if enrich not in (None, "local", "remote"):
         return "enrich", "query key 'enrich': expected 'local' or 'remote'"
     if not _is_subject(dlq):
         return None, f"dead-letter subject {dlq!r}: expected dot-separated tokens"
+    if _is_reserved(dlq):
+        return None, _reserved_problem(f"dead-letter subject {dlq!r} (dlq_subject)")
     if dlq == subject:
         return None, "the dead-letter subject must differ from the subject"
     return None

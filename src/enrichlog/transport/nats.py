@@ -71,6 +71,13 @@ _BATCH = 256
 #: subjects already captured by another stream.
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
+#: Server error codes: JetStream not enabled (on the server; for the account).
+_JETSTREAM_NOT_ENABLED = (10076, 10039)
+#: Seconds before a publish round that got nothing done is tried again (the
+#: stream refuses events: full, discarding new messages), doubled per such
+#: round up to the second figure.
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 5.0
 #: Seconds the server remembers a ``Nats-Msg-Id`` (the stream's duplicate
 #: window) when enrichlog creates the stream.
 DUPLICATE_WINDOW = 120.0
@@ -175,14 +182,22 @@ async def unless_stopped(coro: Coroutine[Any, Any, _T], stop: asyncio.Event) -> 
     return None
 
 
-async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> int:
+async def ensure_stream(
+    js: JetStreamContext, name: str, subject: str, *, server: str | None = None
+) -> int:
     """Create the stream ``name`` for ``subject`` unless it exists; an
     existing one must capture ``subject``. Returns the stream's maximum
     message size in bytes (headers and payload; -1: none).
 
+    Args:
+        js: the JetStream context of a connection.
+        name, subject: the stream and the subject it must capture.
+        server: the server's URL, secrets masked, for the messages.
+
     Raises:
-        EnricherConfigError: the stream exists without ``subject``, or the
-            subject belongs to another stream.
+        EnricherConfigError: the server has no JetStream; the stream exists
+            without ``subject``; the subject belongs to another stream; or
+            the server refuses to create the stream (its reason given).
     """
     from nats.js.api import RetentionPolicy, StorageType  # noqa: PLC0415
     from nats.js.errors import APIError, NotFoundError  # noqa: PLC0415
@@ -204,11 +219,24 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> int:
                     f"stream {name!r} cannot be created: subject {subject!r} is already "
                     "captured by another stream; choose another subject or stream"
                 ) from None
+            if no_jetstream(exc):
+                raise EnricherConfigError(no_jetstream_problem(server)) from None
             if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
+                if exc.code == 503:  # unavailable for now (a cluster electing a leader)
+                    raise
+                # The server refuses this stream whatever happens: its reason
+                # in one line, not nats-py's repr (or a traceback).
+                raise EnricherConfigError(
+                    f"stream {name!r} cannot be created: the server{_at(server)} refused "
+                    f"({server_said(exc)})"
+                ) from None
             info = await js.stream_info(name)  # another process created it meanwhile
         else:
             return -1
+    except APIError as exc:
+        if no_jetstream(exc):
+            raise EnricherConfigError(no_jetstream_problem(server)) from None
+        raise
     subjects = list(info.config.subjects or [])
     if not any(subject_matches(pattern, subject) for pattern in subjects):
         raise EnricherConfigError(
@@ -218,6 +246,58 @@ async def ensure_stream(js: JetStreamContext, name: str, subject: str) -> int:
         )
     limit = info.config.max_msg_size
     return limit if isinstance(limit, int) and limit > 0 else -1
+
+
+def no_jetstream(exc: BaseException) -> bool:
+    """Whether ``exc``, from a JetStream API request, says the server has no
+    JetStream: no one answered the request (nats-py raises a bare
+    ``ServiceUnavailableError`` for it, ``description='None'``), or the
+    server said JetStream is not enabled, for it or for the account."""
+    from nats.js.errors import APIError, ServiceUnavailableError  # noqa: PLC0415
+
+    if not isinstance(exc, APIError):
+        return False
+    if exc.err_code in _JETSTREAM_NOT_ENABLED:
+        return True
+    return isinstance(exc, ServiceUnavailableError) and exc.code is None and exc.err_code is None
+
+
+def no_jetstream_problem(server: str | None) -> str:
+    """The one-line reason for a server without JetStream."""
+    return (
+        f"the NATS server{_at(server)} has no JetStream enabled (start it with -js, or "
+        "enable JetStream for the account): the transport keeps events in a JetStream stream"
+    )
+
+
+def server_said(exc: BaseException) -> str:
+    """What the server answered, for a message: its description and error
+    code, never nats-py's ``description='None'``."""
+    description = getattr(exc, "description", None)
+    err_code = getattr(exc, "err_code", None)
+    if not description:
+        return _failure_text(exc)
+    return mask_secrets(f"{description}, error {err_code}" if err_code else str(description))
+
+
+def _failure_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _at(server: str | None) -> str:
+    return f" at {server}" if server else ""
+
+
+def _outcome(future: asyncio.Future[Any], failure: BaseException | None) -> Any:
+    """A publish's acknowledgement, or its error; ``failure`` (the round's)
+    for one not answered in time (cancelled then)."""
+    if not future.done():
+        future.cancel()
+        return failure
+    if future.cancelled():
+        return failure
+    return future.exception() or future.result()
 
 
 def message_size(payload: bytes, headers: dict[str, str]) -> int:
@@ -402,6 +482,14 @@ class NatsTransport:
         self._memory: deque[Record] = deque()
         self._held: list[Record] = []  # being published: older than anything else
         self._held_from_spool = False
+        # Indices of held records already published (or refused for good)
+        # while an older one is not yet: never sent again.
+        self._held_done: set[int] = set()
+        # Why the stream refuses events for now (full, discarding new
+        # messages), else None; reported once per such period.
+        self._full: str | None = None
+        self._full_reported = False
+        self._last_full_report = -float("inf")
         self._spool: Spool | None = None
         self._spool_left = 0  # bytes on disk when the spool was closed
         self._starting = False  # start() waits for the first attempt
@@ -470,6 +558,9 @@ class NatsTransport:
             try:
                 stored = spool.append(records)
             except OSError as exc:
+                # The disk filled up midway: those written whole are in the
+                # spool (and will be published), only the rest is lost.
+                stored = getattr(exc, "stored", 0)
                 self._spool_problem = f"{spool.path}: {exc.strerror or exc}"
         self._spooled += stored
         self._spool_records += stored
@@ -518,7 +609,9 @@ class NatsTransport:
                 return  # unreachable: checked once it answers
             try:
                 js = client.jetstream(timeout=self._publish_timeout)
-                await ensure_stream(js, self.config.stream, self.config.subject)
+                await ensure_stream(
+                    js, self.config.stream, self.config.subject, server=self.config.masked_server
+                )
             except EnricherConfigError as exc:
                 refused.append(exc)
             except Exception:  # noqa: S110 - the publisher meets it again, and reports it
@@ -636,19 +729,25 @@ class NatsTransport:
         """Everything not published goes to the spool, in order: the batch
         being published, then (after what is spooled) the memory queue."""
         spool = self._open_spool()
-        held = [] if self._held_from_spool else self._held
-        self._held, self._held_from_spool = [], False
+        # (Those published already, past one that is not, are left out.)
+        done = self._held_done
+        held = [r for i, r in enumerate(self._held) if i not in done]
+        if self._held_from_spool:
+            held = []  # in the spool still
+        self._held, self._held_from_spool, self._held_done = [], False, set()
         if held:
+            stored = 0
             if spool is not None:
                 try:
                     spool.prepend(held)
-                    self._spooled += len(held)
-                    self._spool_records += len(held)
+                    stored = len(held)
                 except OSError as exc:
+                    stored = getattr(exc, "stored", 0)  # into an empty spool: the first ones
                     self._spool_problem = f"{spool.path}: {exc.strerror or exc}"
-                    self._spool_dropped += len(held)
-            else:
-                self._spool_dropped += len(held)
+            self._spooled += stored
+            self._spool_records += stored
+            self._spool_dropped += len(held) - stored
+            self._unreported_drops += len(held) - stored
         if self._memory:
             records = list(self._memory)
             self._memory.clear()
@@ -669,12 +768,15 @@ class NatsTransport:
 
     async def _run(self) -> None:
         backoff = 0.1
+        retry = _RETRY_FIRST  # after a round that got nothing done
         while True:
             if self._stopping and (
                 time.monotonic() >= self._deadline
                 or not self._work()
-                # Known to be unreachable: no waiting, the spool keeps the rest.
+                # Known to be unreachable, or the stream refuses events: no
+                # waiting, the spool keeps the rest.
                 or (self._outage_reported and not self._connected())
+                or self._full is not None
             ):
                 break
             if not self._connected():
@@ -695,7 +797,15 @@ class NatsTransport:
                     break
                 await self._idle(1.0)
                 continue
-            await self._publish(batch)
+            if await self._publish(batch):
+                retry = _RETRY_FIRST
+                continue
+            # Nothing done (the stream refuses events, or the round failed):
+            # tried again after a pause that doubles, not at once: a full
+            # stream would otherwise be asked thousands of times a second.
+            self._report_problems()
+            await self._pause(retry)
+            retry = min(retry * 2, _RETRY_MAX)
         await self._disconnect()
 
     def _connected(self) -> bool:
@@ -739,7 +849,9 @@ class NatsTransport:
         self._js = client.jetstream(timeout=self._publish_timeout)
         settle_publish_errors(self._js)
         try:
-            self._max_msg_size = await ensure_stream(self._js, config.stream, config.subject)
+            self._max_msg_size = await ensure_stream(
+                self._js, config.stream, config.subject, server=config.masked_server
+            )
         except EnricherConfigError as exc:
             if self._config_error is None and not self._starting:
                 # (While start() waits for this attempt, it raises the error
@@ -875,68 +987,152 @@ class NatsTransport:
             f"{self.config.stream!r} ({limit} bytes)"
         )
 
-    async def _publish(self, batch: list[Record]) -> None:
+    async def _publish(self, batch: list[Record]) -> bool:
+        """Publish what ``batch`` (the held records) still needs; whether
+        any of it is done now (published, or refused for good).
+
+        Each record's outcome counts on its own: one the server
+        acknowledged is published (counted once, never sent again) even
+        when others of the round failed, so a stream that takes some and
+        refuses the rest (full, discarding new messages) leaves exact
+        counts. While the stream refuses events for now, a round sends only
+        the oldest one: it tells whether there is room again.
+        """
         from nats.js.errors import APIError  # noqa: PLC0415
 
         js = self._js
         assert js is not None
         subject = self.config.subject
-        futures: list[asyncio.Future[Any]] = []
+        todo = [index for index in range(len(batch)) if index not in self._held_done]
+        if self._full is not None:
+            todo = todo[:1]
+        sent: list[tuple[int, asyncio.Future[Any], bool]] = []
         rejected: set[int] = set()
-        truncated = 0
+        failure: BaseException | None = None
         try:
-            for index, record in enumerate(batch):
-                future, cut = await self._send(js, subject, record)
+            for index in todo:
+                future, cut = await self._send(js, subject, batch[index])
                 if future is None:
                     rejected.add(index)
                 else:
-                    futures.append(future)
-                    truncated += cut
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), self._publish_timeout
+                    sent.append((index, future, cut))
+            await asyncio.wait_for(
+                asyncio.gather(*(future for _, future, _ in sent), return_exceptions=True),
+                self._publish_timeout,
             )
         except Exception as exc:
-            for future in futures:
-                future.cancel()
-            self._failed_round(exc)
-            return
-        duplicates = 0
-        transient: BaseException | None = None
-        positions = [i for i in range(len(batch)) if i not in rejected]
-        for index, result in zip(positions, results, strict=True):
+            failure = exc  # those acknowledged before it are published all the same
+        published: set[int] = set()
+        truncated = duplicates = 0
+        refusal: BaseException | None = None
+        transient = failure
+        for index, future, cut in sent:
+            result = _outcome(future, failure)
             if isinstance(result, APIError) and result.code is not None and result.code < 500:
                 rejected.add(index)  # refused for good: retrying cannot help
                 self._rejection = mask_secrets(
                     f"the server refused it: {result.description or result}"
                 )
+            elif isinstance(result, APIError) and result.err_code is not None:
+                # Refused for now (a full stream that discards new messages,
+                # its storage exhausted): kept, and tried again with back-off.
+                refusal = result
             elif isinstance(result, BaseException):
                 transient = result
-            elif getattr(result, "duplicate", False):
-                duplicates += 1
+            else:
+                published.add(index)
+                truncated += cut
+                duplicates += bool(getattr(result, "duplicate", False))
+        self._settle(batch, published, rejected, truncated, duplicates)
+        self._after_round(transient, refusal, bool(published))
+        return bool(published or rejected)
+
+    def _after_round(
+        self, transient: BaseException | None, refusal: BaseException | None, published: bool
+    ) -> None:
+        """What a round says of the broker: a failure (retried), a stream
+        that refuses events for now, or one that takes them again."""
         if transient is not None:
             self._failed_round(transient)
-            return  # the whole batch again; the server drops what it has
-        self._count_published(batch, len(rejected), truncated, duplicates)
+        elif refusal is not None:
+            self._publish_errors += 1
+            self._refused_for_now(refusal)
+        elif self._full is not None and published:
+            self._room_again()
 
-    def _count_published(
-        self, batch: list[Record], rejected: int, truncated: int, duplicates: int
+    def _settle(
+        self,
+        batch: list[Record],
+        published: set[int],
+        rejected: set[int],
+        truncated: int,
+        duplicates: int,
     ) -> None:
-        """``batch`` is done: published but ``rejected`` of its events."""
+        """Count the records of ``batch`` (by index) that are done, and let go
+        of the oldest ones that are: the rest stay held, in order, and those
+        of them already published are not sent again."""
         with self._lock:
-            if self._held_from_spool and self._spool is not None:
-                try:
-                    self._spool.consume(batch)
-                except OSError as exc:
-                    self._spool_problem = f"{self._spool.path}: {exc.strerror or exc}"
-                self._spool_records -= len(batch)
-                self._replayed += len(batch) - rejected
-            self._held, self._held_from_spool = [], False
-            self._published += len(batch) - rejected
+            from_spool = self._held_from_spool
+            self._published += len(published)
+            if from_spool:
+                self._replayed += len(published)
             self._truncated += truncated
             self._duplicates += duplicates
-            self._rejected += rejected
-            self._unreported_rejected += rejected
+            self._rejected += len(rejected)
+            self._unreported_rejected += len(rejected)
             self._unreported_truncated += truncated
+            done = self._held_done | published | rejected
+            finished = 0
+            while finished < len(batch) and finished in done:
+                finished += 1
+            if from_spool and finished and self._spool is not None:
+                try:
+                    self._spool.consume(batch[:finished])
+                except OSError as exc:
+                    self._spool_problem = f"{self._spool.path}: {exc.strerror or exc}"
+                self._spool_records -= finished
+            self._held_done = {index - finished for index in done if index >= finished}
+            if finished == len(batch):
+                self._held, self._held_from_spool = [], False
+            elif finished:
+                self._held = batch[finished:]
+
+    def _refused_for_now(self, exc: BaseException) -> None:
+        """The stream refuses events for now: remember why (the next rounds
+        send one event until it takes it) and say so, at most once per
+        report interval."""
+        self._full = server_said(exc)
+        self._report_full()
+
+    def _report_full(self) -> None:
+        if self._full is None or self._full_reported:
+            return
+        now = time.monotonic()
+        if now - self._last_full_report < self._report_interval:
+            return  # it came back a moment ago: said again if it lasts
+        self._full_reported = True
+        self._last_full_report = now
+        spool = self._spool
+        kept = "in memory" if spool is None else f"in memory, then in the spool {spool.path}"
+        _report.warning(
+            "enrichlog: stream %r refuses new events (the server said: %s); they are kept "
+            "(%s) and published once it takes them again, tried every few seconds. A full "
+            "stream that discards new messages needs room: raise its limits (max_msgs, "
+            "max_bytes) or let max_age remove old events",
+            self.config.stream,
+            self._full,
+            kept,
+        )
+
+    def _room_again(self) -> None:
+        """The stream took an event again after refusing them."""
+        self._full = None
+        if self._full_reported:
+            self._full_reported = False
+            _report.warning(
+                "enrichlog: stream %r takes events again; publishing the events kept meanwhile",
+                self.config.stream,
+            )
 
     def _failed_round(self, exc: BaseException) -> None:
         from nats.errors import NoRespondersError  # noqa: PLC0415
@@ -951,6 +1147,7 @@ class NatsTransport:
             self._note_outage(exc, f"no acknowledgement within {self._publish_timeout:g}s")
 
     def _report_problems(self, *, force: bool = False) -> None:
+        self._report_full()
         now = time.monotonic()
         if not force and now - self._last_report < self._report_interval:
             return
@@ -994,7 +1191,8 @@ class NatsTransport:
             return TransportMetrics(
                 published=self._published,
                 duplicates=self._duplicates,
-                queued=len(self._memory) + (0 if self._held_from_spool else len(self._held)),
+                queued=len(self._memory)
+                + (0 if self._held_from_spool else len(self._held) - len(self._held_done)),
                 spooled=self._spooled,
                 replayed=self._replayed,
                 spool_bytes=spool.size if spool is not None else self._spool_left,

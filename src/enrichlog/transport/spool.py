@@ -21,11 +21,12 @@ the slot is opened again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Record", "Spool"]
+__all__ = ["Record", "Spool", "SpoolWriteError"]
 
 try:
     import fcntl
@@ -40,6 +41,16 @@ _MAX_SLOTS = 256
 _SEGMENT_SUFFIX = ".spool"
 # Segment numbers start high so that a segment can be put before the first.
 _FIRST_SEGMENT = 10**12
+
+
+class SpoolWriteError(OSError):
+    """A write to the spool failed after ``stored`` of its records were
+    written whole (a disk that filled up midway): those are in the spool,
+    the others are not, and no part of them is left on disk."""
+
+    def __init__(self, exc: OSError, stored: int) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.stored = stored
 
 
 class Spool:
@@ -172,7 +183,15 @@ class Spool:
 
     def append(self, records: list[Record]) -> int:
         """Append ``records`` in order; return how many fit under the cap
-        (the first ones: the rest are refused)."""
+        (the first ones: the rest are refused).
+
+        Raises:
+            SpoolWriteError: the disk refused the write (full): its
+                ``stored`` records, the first ones, were written whole; the
+                part of a record it took is cut off again, so that no
+                record is counted lost and published all the same, and no
+                later record is glued to a broken one.
+        """
         used = self.size
         lines: list[bytes] = []
         for event_id, payload in records:
@@ -183,11 +202,21 @@ class Spool:
             lines.append(line)
         if not lines:
             return 0
-        writer = self._tail_writer()
-        data = b"".join(lines)
-        writer.write(data)
-        writer.flush()
+        try:
+            writer = self._tail_writer()
+        except OSError as exc:
+            raise SpoolWriteError(exc, 0) from exc
         tail = self._segments[-1]
+        data = b"".join(lines)
+        done, failure = _write_all(writer, data)
+        if failure is not None:
+            whole = data.rfind(b"\n", 0, done) + 1  # the records written whole
+            with contextlib.suppress(OSError):
+                os.ftruncate(writer.fileno(), self._sizes[tail] + whole)
+                done = whole
+            self._sizes[tail] += done
+            self._close_writer()  # the next write starts after what is kept
+            raise SpoolWriteError(failure, data.count(b"\n", 0, whole)) from failure
         self._sizes[tail] += len(data)
         if self._sizes[tail] >= self._segment_bytes:
             self._close_writer()
@@ -207,10 +236,23 @@ class Spool:
             self._rewrite_head_segment()
             number = self._segments[0] - 1
         data = b"".join(b"%s\t%s\n" % (i.encode("ascii", "replace"), p) for i, p in records)
-        self._segment_path(number).write_bytes(data)
+        path = self._segment_path(number)
+        try:
+            path.write_bytes(data)
+        except OSError:
+            # All or nothing: a part of them left behind would be published
+            # by the next start while counted lost here.
+            path.unlink(missing_ok=True)
+            raise
         self._segments.insert(0, number)
         self._sizes[number] = len(data)
-        self._write_head()
+        try:
+            self._write_head()
+        except OSError:
+            self._segments.pop(0)
+            del self._sizes[number]
+            path.unlink(missing_ok=True)
+            raise
 
     def _rewrite_head_segment(self) -> None:
         head = self._segments[0]
@@ -221,18 +263,31 @@ class Spool:
         self._close_reader()
         if self._writer is not None and head == self._segments[-1]:
             self._close_writer()
-        path.write_bytes(rest)
+        # Written beside it first: a disk that fills up midway leaves the
+        # segment as it was (an unpublished record is never cut).
+        fresh = path.with_name(path.name + ".new")
+        try:
+            fresh.write_bytes(rest)
+            os.replace(fresh, path)
+        except OSError:
+            fresh.unlink(missing_ok=True)
+            raise
         self._sizes[head] = len(rest)
         self._head_offset = 0
         self._write_head()
 
     def _tail_writer(self) -> IO[bytes]:
+        """The tail segment, open for appending without a buffer: what a
+        write took is on disk, so a failed one can be cut back exactly."""
         if self._writer is None:
             if not self._segments or self._sizes[self._segments[-1]] >= self._segment_bytes:
                 number = self._segments[-1] + 1 if self._segments else _FIRST_SEGMENT
+                writer = self._segment_path(number).open("ab", buffering=0)
                 self._segments.append(number)
                 self._sizes[number] = 0
-            self._writer = self._segment_path(self._segments[-1]).open("ab")
+            else:
+                writer = self._segment_path(self._segments[-1]).open("ab", buffering=0)
+            self._writer = writer
         return self._writer
 
     def _close_writer(self) -> None:
@@ -304,6 +359,21 @@ class Spool:
         locked by the parent (a lock lives as long as any process holds it)
         and its contents stay the parent's to publish."""
         self.close()
+
+
+def _write_all(writer: IO[bytes], data: bytes) -> tuple[int, OSError | None]:
+    """Write ``data`` to an unbuffered file, again for what a write left
+    over; how many bytes it took, and the failure, if any."""
+    done = 0
+    try:
+        while done < len(data):
+            taken = writer.write(memoryview(data)[done:])
+            if not taken:  # nothing taken, and no error: the same as one
+                return done, OSError(errno.EIO, "the spool took only part of a write")
+            done += taken
+    except OSError as exc:
+        return done, exc
+    return done, None
 
 
 def _take_slot(root: Path) -> tuple[Path, IO[bytes]]:
