@@ -353,11 +353,14 @@ class TransportMetrics:
         spool_dropped: events lost because the spool was full (or could not
             be written); ``rejected``: events the server refused for good
             (larger than the stream's maximum message size, say): dropped,
-            and reported with the reason.
+            and reported with the reason. A stream that refuses events for
+            now (full, discarding new messages) rejects none: they are kept
+            and published once it takes them again.
         truncated: events larger than the server's maximum payload,
             published with their largest values cut (``truncated_fields``
             in the event lists them); counted in ``published`` too.
-        publish_errors: failed publish rounds (retried).
+        publish_errors: failed publish rounds (retried), refused ones
+            included.
         connected: whether the publisher is connected now.
     """
 
