@@ -598,3 +598,22 @@ def test_a_nats_token_written_as_the_user_part_is_masked(uri: str) -> None:
 
     assert not [text for text in shown if "SECRET" in text], shown
     assert "nats://127.0.0.1:4222" == mask_secrets("nats://127.0.0.1:4222")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "nats://SECRETA@b1:4222,nats://SECRETB@b2:4222",
+        "nats://app:SECRETA@b1:4222, nats://SECRETB@b2:4222/x?stream=s",
+        "nats://b1:4222,tls://app:SECRETB@b2:4222",
+    ],
+)
+def test_every_address_of_a_server_list_is_masked(uri: str) -> None:
+    # Found by the thirteenth round's re-test: the configuration error about
+    # nats://TOKEN@b1,nats://TOKEN@b2 masked the first address only.
+    with pytest.raises(EnricherConfigError) as caught:
+        LoggingSettings(transport=uri)
+
+    shown = [str(caught.value), mask_secrets(uri), mask_uri(uri)]
+    assert not [text for text in shown if "SECRET" in text], shown
+    assert "nats://b1:4222,nats://b2:4222" == mask_uri("nats://b1:4222,nats://b2:4222")

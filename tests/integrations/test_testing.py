@@ -705,3 +705,39 @@ def test_run_enricher_gives_a_result_when_start_up_or_shut_down_outlast_their_ti
     messages = [record.getMessage() for record in caplog.records]
     assert any("still starting after 0.2s" in message for message in messages)
     assert 2 == sum("did not shut down within 0.2s" in message for message in messages)
+
+
+def test_a_shutdown_that_ignores_its_cancellation_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Left behind with a warning, and not reported again by asyncio as
+    "Task was destroyed but it is pending!" when the closed loop's task is
+    collected (found by the thirteenth round's re-test)."""
+    import gc
+
+    class StubbornStop(AsyncEnricher):
+        name = "stubborn_stop"
+
+        async def _shutdown(self) -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                await asyncio.sleep(30)
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["x"] = 1
+            return event_dict
+
+    settings = LoggingSettings(shutdown_timeout=0.2)
+
+    result = run_enricher(StubbornStop(), {"event": "e"}, settings=settings)
+    for _ in range(30):  # until the runner's thread has let go of its loop
+        gc.collect()
+        if any("destroyed" in record.getMessage() for record in caplog.records):
+            break
+        time.sleep(0.1)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert 1 == result.event["x"]
+    assert 1 == sum("ignored their cancellation" in message for message in messages)
+    assert not [message for message in messages if "destroyed but it is pending" in message]

@@ -441,6 +441,10 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
             "behind (enricher calls, or an enricher's start-up or shutdown)",
             len(stubborn),
         )
+        for task in stubborn:
+            # Reported just now: not again, as "Task was destroyed but it is
+            # pending!", when the closed loop's task is collected.
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
     with contextlib.suppress(Exception):
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()

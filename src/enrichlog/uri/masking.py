@@ -322,8 +322,13 @@ def _mask_any(value: Any) -> Any:
 
 
 def split_authority(tail: str) -> tuple[str, str]:
-    """``tail`` (a URI after ``scheme://``) as (authority, rest)."""
+    """``tail`` (a URI after ``scheme://``) as (authority, rest). In a list
+    of servers (``nats://a@h1,nats://b@h2``) the authority ends where the
+    next address begins: its parse would run the first into the second."""
     end = min((i for i in (tail.find(c) for c in "/?#") if i >= 0), default=len(tail))
+    following = _NEXT_SERVER.search(tail, 0, end + 2)
+    if following:
+        end = following.start()
     netloc, rest = tail[:end], tail[end:]
     if password_cut_short(netloc, rest):
         later_at = rest.find("@")
@@ -367,6 +372,10 @@ def _token_as_user(scheme: str) -> bool:
     their variants (``git+https``, enrichlog's ``http-lookup``)."""
     scheme = scheme.lower()
     return scheme in _TOKEN_AS_USER or "http" in scheme or scheme.endswith(("+ftp", "+ssh"))
+
+
+# A second server's address in a list (``nats://a@h1,nats://b@h2``).
+_NEXT_SERVER = re.compile(r",\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def _mask_uri(uri: str, secret_keys: frozenset[str], depth: int) -> str:
