@@ -173,11 +173,7 @@ def server_without_jetstream() -> Iterator[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not _listening(port):
-            if time.monotonic() > deadline:
-                pytest.fail("the nats-server without JetStream did not start")
-            time.sleep(0.05)
+        wait_until(lambda: _listening(port), 20, "the nats-server without JetStream")
         yield port
     finally:
         server.terminate()
