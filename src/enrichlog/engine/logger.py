@@ -10,6 +10,10 @@ with ``get_logger("api")`` wraps a writer that carries the name, which the
 class puts into the logger's context (``logger: "api"``) when it is bound;
 with per-logger levels, binding picks the class of that name's level, so a
 filtered-out call is still a bare ``return None``.
+
+The level methods run the chain themselves (see :func:`_make_emit`):
+structlog's ``_proxy_to_logger`` re-packs the call's keyword arguments twice
+per call, and turns a field named ``method_name`` into a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -55,10 +59,11 @@ def _unreachable(*_args: Any) -> None:  # pragma: no cover - no processor is the
 
 
 def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
-    """structlog's ``_proxy_to_logger`` (which custom wrapper classes may
-    replace), except that ``enrichment``, the processor of the installed
-    container, tells the chain to stop by returning ``None`` where in any
-    other chain it raises ``DropEvent``: a handed-off event costs no
+    """structlog's ``_proxy_to_logger`` and ``_process_event`` in one frame
+    (custom wrapper classes may replace them), the event dict built from the
+    call's own keyword dict; and ``enrichment``, the processor of the
+    installed container, tells the chain to stop by returning ``None`` where
+    in any other chain it raises ``DropEvent``: a handed-off event costs no
     exception (its traceback, frames and unwinding) on the caller."""
 
     # Without an enrichment processor, a marker no processor is.

@@ -4,9 +4,10 @@ For each event it asks the :class:`~enrichlog.engine.plan.EnrichmentPlan`
 to settle, on the calling thread, what needs no await. When that completes
 the event and nothing logged earlier is still pending, structlog renders and
 writes it here and now: no hop. Otherwise the event is handed to the
-:class:`~enrichlog.engine.pipeline.EventPipeline` and structlog is told to
-drop its copy (``DropEvent``): the runtime writes the line, in order, once
-enriched. How the caller waits depends on where it runs: not at all
+:class:`~enrichlog.engine.pipeline.EventPipeline` and structlog's chain
+ends here (``process()`` returns ``None`` to enrichlog's bound logger; in any
+other chain ``__call__`` raises ``DropEvent``): the runtime writes the line,
+in order, once enriched. How the caller waits depends on where it runs: not at all
 (background delivery, or a thread that runs an event loop), until its line
 is written (inline delivery), or by awaiting a future (``ainfo()``).
 """
