@@ -1134,8 +1134,12 @@ class Worker:
         self._counts["dead_lettered"] += 1
         if self._dlq_failing:
             self._dlq_failing = False
+            # The failures since the last report are in no other line.
+            count, self._dlq_failures = self._dlq_failures, 0
             _report.warning(
-                "enrichlog worker: dead-lettering works again (stream %r)", self.config.dlq_stream
+                "enrichlog worker: dead-lettering works again (stream %r)%s",
+                self.config.dlq_stream,
+                f"; it failed {count} more time(s) since the last report" if count else "",
             )
 
     def _dead_letter_failed(self, exc: BaseException) -> None:

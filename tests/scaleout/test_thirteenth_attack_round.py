@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -386,6 +387,11 @@ def test_a_refused_dead_letter_is_retried_with_back_off_and_reported_once(
     assert 1 == log.count("dead-lettering failed")
     assert "maximum messages exceeded, error 10077" in log
     assert "dead-lettering works again" in log
+    # The failures after the last report are in the "works again" line (the
+    # re-test found them in no line).
+    again = re.search(r"works again \(stream '[^']+'\); it failed (\d+) more time", log)
+    assert again is not None, log
+    assert int(again.group(1)) >= 1
     assert 3 == metrics["dead_lettered"]
     # Delays of 0.1-0.2 s, doubling up to 2 s: about ten deliveries each in
     # those 8 s, where a fixed 0.2 s made forty.
@@ -404,3 +410,44 @@ def test_a_stream_name_too_long_is_refused_with_the_real_limit() -> None:
     assert "letters" not in str(caught.value)
     assert name not in str(caught.value)
     assert TransportConfig.parse(f"nats://127.0.0.1?stream={'x' * 200}").stream == "x" * 200
+
+
+@pytest.mark.services
+def test_dlq_replay_into_a_full_stream_says_what_it_replayed_and_what_it_kept(
+    t13: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the re-test: it printed only "error: ServiceUnavailableError:
+    # ... err_code=10077 ..." (having replayed 2 and kept 3).
+    _full_stream(t13, max_msgs=3)
+    config = TransportConfig.parse(t13.uri())
+
+    async def fill(js: Any) -> None:
+        await ensure_stream(js, config.dlq_stream, config.dlq_subject)
+        await js.publish(t13.subject, b'{"event": "there before"}')
+        for index in range(5):
+            letter = {
+                "reason": "error: OSError",
+                "deliveries": 5,
+                "event_id": f"t13-{index}",
+                "subject": t13.subject,
+                "stream_sequence": 100 + index,
+                "failed_at": "2026-12-07T00:00:00+00:00",
+                "worker": "host:1",
+                "event": {"event": "dead", "n": index, "event_id": f"t13-{index}"},
+            }
+            await js.publish(config.dlq_subject, json.dumps(letter).encode())
+
+    js_call(fill)
+    monkeypatch.setenv("ENRICHLOG_TRANSPORT", t13.uri())
+    out, err = io.StringIO(), io.StringIO()
+
+    status = run_dlq("replay", replay_all=True, out=out, err=err)
+
+    assert 1 == status
+    assert f"replayed 2 event(s) to {t13.subject}" == out.getvalue().strip()
+    assert err.getvalue().startswith(
+        f"error: stream {t13.stream!r} refused the replay (maximum messages exceeded, error "
+        f"10077): 3 dead letter(s) not replayed (kept in {t13.dlq_stream})"
+    )
+    assert "Traceback" not in err.getvalue()
+    assert 3 == len(_stream_payloads(t13.dlq_stream))

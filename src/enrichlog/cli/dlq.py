@@ -121,6 +121,13 @@ async def _run(
         print(_replayed_line(config, done), file=out)
         if done.already_replayed:
             print(await _not_again(js, config, done.already_replayed, keep), file=out)
+        if done.stopped_by is not None:
+            print(
+                f"error: stream {config.stream!r} refused the replay ({done.stopped_by}): "
+                f"{len(done.left)} dead letter(s) not replayed (kept in {config.dlq_stream}); "
+                "make room in the stream and replay them again",
+                file=err,
+            )
         if done.refused:
             reasons = "; ".join(
                 f"dead letter {letter.sequence}: {printable(letter.malformed or '')}"
@@ -131,8 +138,7 @@ async def _run(
                 f"{reasons}",
                 file=err,
             )
-            return 1
-        return 0
+        return 1 if done.refused or done.stopped_by is not None else 0
     finally:
         await client.close()
 

@@ -282,12 +282,17 @@ class Replayed:
             published, not deleted.
         subjects: the subject each dead letter (by sequence) was published
             on again.
+        left: those not replayed because the main stream refused a replay
+            (full, discarding new messages): kept, not deleted.
+        stopped_by: why it refused (the server's reason), when it did.
     """
 
     published: tuple[DeadLetter, ...] = ()
     already_replayed: tuple[DeadLetter, ...] = ()
     refused: tuple[DeadLetter, ...] = ()
     subjects: dict[int, str] = field(default_factory=dict)
+    left: tuple[DeadLetter, ...] = ()
+    stopped_by: str | None = None
 
 
 def _plain_subject(subject: str) -> bool:
@@ -324,16 +329,22 @@ async def replay(
     counted in ``already_replayed``, not ``published``, and deleted all the
     same unless ``keep`` (its event is in the stream, from that replay). A
     malformed dead letter is not published (it would publish whatever it
-    holds, not an event) and is kept: ``refused``.
+    holds, not an event) and is kept: ``refused``. When the main stream
+    refuses a replay (full, discarding new messages), the replay stops
+    there: that dead letter and the rest are kept (``left``), with the
+    server's reason (``stopped_by``).
     """
+    from nats.js.errors import APIError  # noqa: PLC0415
+
     from .config import subject_matches  # noqa: PLC0415
+    from .nats import server_said  # noqa: PLC0415
 
     patterns = list((await js.stream_info(config.stream)).config.subjects or [])
     published: list[DeadLetter] = []
     already: list[DeadLetter] = []
     refused: list[DeadLetter] = []
     subjects: dict[int, str] = {}
-    for letter in letters:
+    for index, letter in enumerate(letters):
         if letter.malformed is not None:
             refused.append(letter)
             continue
@@ -343,15 +354,24 @@ async def replay(
         ):
             subject = letter.subject
         event_id = replay_id(config, letter)
-        ack = await js.publish(
-            subject,
-            letter.original(),
-            headers={
-                "Nats-Msg-Id": f"{event_id}:replay:{letter.sequence}",
-                REPLAY_HEADER: str(letter.sequence),
-                ID_HEADER: event_id,
-            },
-        )
+        try:
+            ack = await js.publish(
+                subject,
+                letter.original(),
+                headers={
+                    "Nats-Msg-Id": f"{event_id}:replay:{letter.sequence}",
+                    REPLAY_HEADER: str(letter.sequence),
+                    ID_HEADER: event_id,
+                },
+            )
+        except APIError as exc:
+            if exc.err_code is None:
+                raise  # no answer from the stream: the command's error
+            left = tuple(rest for rest in letters[index:] if rest.malformed is None)
+            refused += [rest for rest in letters[index + 1 :] if rest.malformed is not None]
+            return Replayed(
+                tuple(published), tuple(already), tuple(refused), subjects, left, server_said(exc)
+            )
         subjects[letter.sequence] = subject
         (already if ack.duplicate else published).append(letter)
         if not keep:
