@@ -389,11 +389,7 @@ class LoggingContainer:
         try:
             self.start_enrichers(self.settings.startup_timeout)
         except TimeoutError:
-            _report.warning(
-                "enrichlog: enrichers still starting after %ss; they are skipped as "
-                "'unavailable' until they are up",
-                self.settings.startup_timeout,
-            )
+            report_still_starting(self.settings.startup_timeout)
 
     def _start_on_the_loop(self) -> None:
         """Bind to the running loop and start the enrichers there in the
@@ -762,7 +758,7 @@ class LoggingContainer:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
-                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+                report_slow_shutdown(timeout)
         # From here log calls write their own events; the runtime's exit hook
         # writes whatever raced the drain, on its own thread.
         self._pipeline.stop_accepting()
@@ -793,7 +789,7 @@ class LoggingContainer:
         closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
         done, _ = await asyncio.wait({closing}, timeout=timeout)
         if not done:
-            _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+            report_slow_shutdown(timeout)
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
         if not done or self._lifecycle.unfinished():
@@ -1172,6 +1168,21 @@ def _from_uri(enricher: object) -> object:
 
         return EnricherFactory.build(enricher)
     return enricher
+
+
+def report_still_starting(timeout: float) -> None:
+    """Say that enrichers outlasted ``startup_timeout`` (a start-up that goes
+    on in the background: they are skipped until they are up)."""
+    _report.warning(
+        "enrichlog: enrichers still starting after %ss; they are skipped as "
+        "'unavailable' until they are up",
+        timeout,
+    )
+
+
+def report_slow_shutdown(timeout: float) -> None:
+    """Say that enrichers outlasted ``shutdown_timeout`` (cut off)."""
+    _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
 
 
 def build_processor_chain(

@@ -53,8 +53,14 @@ from .settings import LoggingSettings
 from .transport.codec import EVENT_ID, ID_HEADER, TRANSPORT_ID, decode_event
 from .transport.config import TransportConfig, subject_matches
 from .transport.deadletter import dead_letter_body
-from .transport.nats import connect, ensure_stream, import_nats, server_said, unless_stopped
-from .uri.masking import mask_secrets
+from .transport.nats import (
+    connect,
+    ensure_stream,
+    failure_text,
+    import_nats,
+    server_said,
+    unless_stopped,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -95,28 +101,13 @@ def redelivery_delay(deliveries: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not secrecy
 
 
-def _failure(exc: BaseException) -> str:
-    """``Type: text`` for a report, secrets masked; the type alone when
-    the text is empty (a bare ``TimeoutError``), never ``Type: ``."""
-    text = str(exc)
-    return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-def _dead_letter_reason(exc: BaseException) -> str:
-    """Why a dead-letter publish failed: the server's answer when it gave
-    one (``maximum messages exceeded, error 10077``), not nats-py's repr."""
-    if getattr(exc, "description", None):
-        return server_said(exc)
-    return _failure(exc)
-
-
 def _unreachable(exc: BaseException, waited: float, errors: list[Exception]) -> str:
     """Why the first connection failed: ``exc``; for the client's bare
     TimeoutError, how long it tried and the last error its attempts met."""
     if not isinstance(exc, TimeoutError) or str(exc):
-        return _failure(exc)
+        return failure_text(exc)
     reason = f"TimeoutError: no connection within {round(waited, 1):g}s"
-    return f"{reason}; last error {_failure(errors[-1])}" if errors else reason
+    return f"{reason}; last error {failure_text(errors[-1])}" if errors else reason
 
 
 @dataclass(frozen=True)
@@ -849,7 +840,7 @@ class Worker:
             _report.warning(
                 "enrichlog worker: making consumer %r again failed (%s); retrying",
                 config.consumer,
-                _failure(exc),
+                failure_text(exc),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
@@ -893,7 +884,7 @@ class Worker:
             except Exception as exc:
                 _report.warning(
                     "enrichlog worker: fetch failed (%s); retrying",
-                    _failure(exc),
+                    failure_text(exc),
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 0.5)
@@ -1032,7 +1023,7 @@ class Worker:
             except Exception as exc:  # the answer is lost: the server redelivers
                 _report.warning(
                     "enrichlog worker: answering an event failed (%s)",
-                    _failure(exc),
+                    failure_text(exc),
                 )
             finally:
                 self._in_flight.pop(delivery.event_id, None)
@@ -1159,7 +1150,7 @@ class Worker:
             "are delivered again later, the delay doubling per delivery up to "
             "redeliver_max_delay (%gs)",
             "" if count == 1 else f" {count} times since the last report",
-            _dead_letter_reason(exc),
+            server_said(exc),  # the server's answer, not nats-py's repr
             self.config.stream,
             self.settings.redeliver_max_delay,
         )

@@ -66,9 +66,12 @@ def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
     in any other chain it raises ``DropEvent``: a handed-off event costs no
     exception (its traceback, frames and unwinding) on the caller."""
 
-    # Without an enrichment processor, a marker no processor is.
-    marker: object = object() if enrichment is None else enrichment
-    process: Callable[[Any, str, Any], Any] = getattr(enrichment, "process", None) or _unreachable
+    marker: object
+    process: Callable[[Any, str, Any], Any]
+    if enrichment is None:
+        marker, process = object(), _unreachable  # a marker no processor is
+    else:
+        marker, process = enrichment, enrichment.process
 
     def emit(self: Any, method_name: str, event: str | None, event_kw: dict[str, Any]) -> Any:
         try:

@@ -29,14 +29,20 @@ from typing import Any, NamedTuple
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .. import container as _container_module
-from ..container import LoggingContainer, _from_uri, current_container, reset_logging
+from ..container import (
+    LoggingContainer,
+    _from_uri,
+    current_container,
+    report_slow_shutdown,
+    report_still_starting,
+    reset_logging,
+)
 from ..engine.lifecycle import EnricherLifecycleManager
 from ..engine.plan import IN_ENRICHMENT, call_in_worker, call_sync
 from ..engine.runtime import EnrichmentRuntime
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
 from ..exceptions import EnrichlogError
 from ..options import ResolvedOptions
-from ..reporting import reporting_logger
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.cache import EnricherCache
 from ..resilience.guard import EnricherGuard
@@ -51,8 +57,6 @@ from ..resilience.outcome import (
     with_reasons,
 )
 from ..settings import LoggingSettings
-
-_report = reporting_logger("enrichlog")
 
 __all__ = [
     "EnricherRunner",
@@ -374,7 +378,7 @@ class EnricherRunner:
             try:
                 runtime.run(self._lifecycle.startup_all(timeout), timeout)
             except TimeoutError:
-                _still_starting(timeout)
+                report_still_starting(timeout)
         return self
 
     async def astart(self) -> EnricherRunner:
@@ -384,7 +388,7 @@ class EnricherRunner:
             try:
                 await self._lifecycle.startup_all(self.settings.startup_timeout)
             except TimeoutError:
-                _still_starting(self.settings.startup_timeout)
+                report_still_starting(self.settings.startup_timeout)
         return self
 
     def close(self) -> None:
@@ -395,7 +399,7 @@ class EnricherRunner:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
-                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+                report_slow_shutdown(timeout)
             finally:
                 runtime.stop(max(timeout, 1.0))
 
@@ -411,7 +415,7 @@ class EnricherRunner:
             closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
             timeout = self.settings.shutdown_timeout
             if not (await asyncio.wait({closing}, timeout=timeout))[0]:
-                _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+                report_slow_shutdown(timeout)
                 closing.cancel()
 
     def __enter__(self) -> EnricherRunner:
@@ -525,14 +529,6 @@ def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock)
         half_open_max_calls=options.half_open_max_calls,
         name=guard.name,
         clock=clock,
-    )
-
-
-def _still_starting(timeout: float) -> None:
-    _report.warning(
-        "enrichlog: enrichers still starting after %ss; they are skipped as "
-        "'unavailable' until they are up",
-        timeout,
     )
 
 

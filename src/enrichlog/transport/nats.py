@@ -276,12 +276,14 @@ def server_said(exc: BaseException) -> str:
     description = getattr(exc, "description", None)
     err_code = getattr(exc, "err_code", None)
     if not description:
-        return _failure_text(exc)
+        return failure_text(exc)
     return mask_secrets(f"{description}, error {err_code}" if err_code else str(description))
 
 
-def _failure_text(exc: BaseException) -> str:
-    text = str(exc).strip()
+def failure_text(exc: BaseException) -> str:
+    """``Type: text`` for a report, secrets masked; the type alone when
+    the text is empty (a bare ``TimeoutError``), never ``Type: ``."""
+    text = str(exc)
     return mask_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 

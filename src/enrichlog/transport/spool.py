@@ -280,13 +280,14 @@ class Spool:
         """The tail segment, open for appending without a buffer: what a
         write took is on disk, so a failed one can be cut back exactly."""
         if self._writer is None:
-            if not self._segments or self._sizes[self._segments[-1]] >= self._segment_bytes:
-                number = self._segments[-1] + 1 if self._segments else _FIRST_SEGMENT
-                writer = self._segment_path(number).open("ab", buffering=0)
-                self._segments.append(number)
+            segments = self._segments
+            new = not segments or self._sizes[segments[-1]] >= self._segment_bytes
+            number = (segments[-1] + 1 if segments else _FIRST_SEGMENT) if new else segments[-1]
+            # Opened before it is listed: a segment that cannot be opened is none.
+            writer = self._segment_path(number).open("ab", buffering=0)
+            if new:
+                segments.append(number)
                 self._sizes[number] = 0
-            else:
-                writer = self._segment_path(self._segments[-1]).open("ab", buffering=0)
             self._writer = writer
         return self._writer
 
