@@ -30,3 +30,11 @@ def _isolated_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def log_file(tmp_path: Path) -> Path:
     """A path for a container's output file."""
     return tmp_path / "out.log"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name any shared server the run found stopped and started again."""
+    from tests.services import RESTARTED
+
+    for line in RESTARTED:
+        terminalreporter.write_line(f"enrichlog tests: {line}", yellow=True)

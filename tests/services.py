@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,23 @@ PG_DATABASE = os.environ.get("ENRICHLOG_TEST_PG_DATABASE", "test")
 REDIS_HOST = os.environ.get("ENRICHLOG_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("ENRICHLOG_TEST_REDIS_PORT", "6379"))
 
-_reachable: dict[tuple[str, int], str | None] = {}
+#: How the machine starts each local server (its documented commands), for a
+#: server found stopped under ``ENRICHLOG_REQUIRE_SERVICES=1``: a shared
+#: server that something outside the run stopped would otherwise fail every
+#: test after it. Each start is reported at the end of the run.
+_START_COMMANDS: dict[tuple[str, int], str] = {
+    ("127.0.0.1", 4222): "start-stop-daemon --start --oknodo --background"
+    " --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js"
+    " -sd /var/lib/nats-server -l /var/log/nats-server.log",
+    ("127.0.0.1", 6379): 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save ""'
+    " --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+    ("127.0.0.1", 5432): "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+}
+
+#: The servers this run found stopped and started again, with what it saw.
+RESTARTED: list[str] = []
+
+_unreachable: dict[tuple[str, int], str] = {}
 
 
 def _probe(host: str, port: int) -> str | None:
@@ -51,15 +68,34 @@ def _probe(host: str, port: int) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _start_again(service: str, host: str, port: int, problem: str) -> str | None:
+    """Start a stopped local server with the machine's own command; ``None``
+    once it answers, else why not."""
+    command = _START_COMMANDS.get((host, port))
+    if command is None:
+        return problem
+    started = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    deadline = time.monotonic() + 30
+    while (again := _probe(host, port)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if again is None:
+        RESTARTED.append(f"{service} at {host}:{port} was down ({problem}); started it again")
+        return None
+    return f"{problem}; starting it again failed: {started.stderr.strip() or again}"
+
+
 def require_service(service: str, host: str, port: int) -> None:
     """Skip the calling test when ``host:port`` does not accept connections
-    (fail it under ``ENRICHLOG_REQUIRE_SERVICES=1``). Probed once per run."""
+    (fail it under ``ENRICHLOG_REQUIRE_SERVICES=1``, after starting a stopped
+    local server once with the machine's own command). Probed for each test:
+    a connect costs well under a millisecond."""
     key = (host, port)
-    if key not in _reachable:
-        _reachable[key] = _probe(host, port)
-    problem = _reachable[key]
+    problem = _unreachable.get(key) or _probe(host, port)
+    if problem is not None and REQUIRE_SERVICES and key not in _unreachable:
+        problem = _start_again(service, host, port, problem)
     if problem is None:
         return
+    _unreachable[key] = problem
     reason = f"{service} is not reachable at {host}:{port} ({problem})"
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason}; ENRICHLOG_REQUIRE_SERVICES=1 requires it")
