@@ -21,6 +21,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
@@ -770,9 +771,14 @@ class EnricherGuard:
             return
         try:
             lookup = self._cache_key(snapshot)
-            # Without a cache, _entry_of reads an empty mapping.
-            entry = None if lookup is None else self._entry_of(lookup)
-        except BaseException as exc:  # a failing or unhashable key: a reason only
+            if lookup is not None:
+                # Without a cache, _entry_of reads an empty mapping.
+                entry = self._entry_of(lookup)
+                # A key that cannot be compared would fail later, in the
+                # batch's own mappings, where another event's key with its
+                # hash meets it: it fails this event now, as a reason.
+                operator.eq(lookup, lookup)
+        except BaseException as exc:  # a failing, unhashable or incomparable key: a reason only
             if cache is not None:
                 cache.count_miss()
             sink(*key, self._failed(error_outcome(exc)), 0.0)
@@ -1055,13 +1061,15 @@ class EnricherGuard:
                 value = values.get(lookup, _MISSING)
             except BaseException as exc:  # a mapping that fails when read
                 outcome = self._failed(error_outcome(exc))
-                failed = True
             else:
                 outcome = applied(waiters[0][0], value)
-                if outcome[2] is not None:
-                    failed = True
-                    if cache is not None and isinstance(value, BaseException):
-                        self._remember_failure((lookup,), outcome)
+            if outcome[2] is not None:
+                # The key's value was an exception, could not be read or
+                # could not be applied: remembered as failed (error_ttl),
+                # as a failed call is, not asked again for the next event.
+                failed = True
+                if cache is not None:
+                    self._remember_failure((lookup,), outcome)
             outcomes.append(outcome)
         if cache is not None:
             answered = zip(waiters_of, outcomes, strict=True)
