@@ -42,7 +42,7 @@ from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
 from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
-from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime
+from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime, resolver
 from .enricher import Enricher
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
@@ -285,6 +285,8 @@ class LoggingContainer:
         self._drain_report: DrainReport | None = None
         self._shutting_down = False
         self._shut_down = threading.Event()
+        #: Called once shut down: the ashutdown() calls waiting on a loop.
+        self._on_shut_down: list[Callable[[], None]] = []
         self._previous_sigterm: Any = None
         # The writer structlog calls while this container is installed, and
         # its counts when it was: lines written by any thread are counted
@@ -375,6 +377,9 @@ class LoggingContainer:
         self.start()
         starting = self._starting
         if starting is not None and not starting.done():
+            if starting.get_loop() is not asyncio.get_running_loop():
+                await _wait_from_another_loop(starting, self.settings.startup_timeout + 1.0)
+                return self
             try:
                 await asyncio.shield(starting)
             except asyncio.CancelledError:
@@ -630,7 +635,7 @@ class LoggingContainer:
         if not (isinstance(runtime, LoopRuntime) and runtime.in_runtime_thread()):
             return await anyio.to_thread.run_sync(self.shutdown, seconds)
         if not self._claim_shutdown():
-            return await asyncio.to_thread(self._awaited_report)
+            return await self._await_report()
         # A task of its own, shielded: a cancelled caller (a wait_for around
         # it) stops waiting, not the drain (which used to stop half-way, its
         # report counting the events it had not written yet as pending).
@@ -639,13 +644,40 @@ class LoggingContainer:
         self._draining = draining
         return await asyncio.shield(draining)
 
+    async def _await_report(self) -> DrainReport:
+        """On the loop: the report of the shutdown another caller runs,
+        awaited without a thread. (Each caller that a ``wait_for`` cut used to
+        leave a thread of asyncio's default executor waiting for it; seven
+        took them all, and the drain's own hand-off to a thread queued behind
+        them until they gave up, at 3 x ``shutdown_timeout`` + 5 s.)"""
+        draining = self._draining
+        loop = asyncio.get_running_loop()
+        if draining is not None and draining.get_loop() is loop:
+            return await asyncio.shield(draining)
+        if not self._shut_down.is_set():
+            # Shut down by another thread (or loop): woken by its end.
+            done: asyncio.Future[None] = loop.create_future()
+            wake = resolver(loop, done)
+            with self._lock:
+                waiting = not self._shut_down.is_set()
+                if waiting:
+                    self._on_shut_down.append(wake)
+            if waiting:
+                try:
+                    await asyncio.wait({done}, timeout=self.settings.shutdown_timeout * 3 + 5)
+                finally:
+                    with self._lock, contextlib.suppress(ValueError):
+                        self._on_shut_down.remove(wake)
+        return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
+
     async def _ashutdown_on_the_loop(self, seconds: float) -> DrainReport:
         deadline = time.monotonic() + seconds
         drained: dict[str, int] = {}
         try:
             if self._engine_started:
                 drained = await self._astop_engine(seconds)
-            drained.update(await asyncio.to_thread(self._stop_transport, seconds))
+            if self.transport is not None:
+                drained.update(await asyncio.to_thread(self._stop_transport, seconds))
         finally:
             report = self._finish_shutdown(drained, deadline)
         return report
@@ -705,6 +737,10 @@ class LoggingContainer:
             _observability.container_stopped(self)
             self._drain_report = report
             self._shut_down.set()
+            with self._lock:
+                waiting, self._on_shut_down = self._on_shut_down, []
+            for wake in waiting:
+                wake()
         return report
 
     def _read_lines(self) -> tuple[LineWriter, int, int] | None:
@@ -759,11 +795,19 @@ class LoggingContainer:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
                 report_slow_shutdown(timeout)
+        elif stuck and isinstance(runtime, LoopRuntime):
+            self._stop_enrichers_when_the_loop_answers(timeout)
         # From here log calls write their own events; the runtime's exit hook
         # writes whatever raced the drain, on its own thread.
         self._pipeline.stop_accepting()
         if not runtime.in_runtime_thread():
+            written = self._pipeline.report()["written"]
             runtime.stop(0.1 if stuck else max(timeout, 1.0))
+            if stuck and isinstance(runtime, LoopRuntime):
+                # Written here, by the exit hooks, with what they have.
+                report["salvaged"] = report.get("salvaged", 0) + (
+                    self._pipeline.report()["written"] - written
+                )
             if runtime.lingering:
                 _report.warning(
                     "enrichlog: the runtime did not stop within %.1fs (an enricher, or the "
@@ -772,6 +816,28 @@ class LoggingContainer:
                     self._pipeline.pending,
                 )
         return report
+
+    def _stop_enrichers_when_the_loop_answers(self, timeout: float) -> None:
+        """The application's loop did not answer the drain (a handler, or an
+        enricher, blocking it): the pending events are written now, from
+        this thread, and the enrichers are shut down once the loop gets back
+        to them (their pools belong to it), which nothing else would do."""
+        runtime = self._runtime
+        assert isinstance(runtime, LoopRuntime)
+        _report.warning(
+            "enrichlog: the application's event loop did not answer within %.1fs (a call "
+            "that blocks it, in the application or an enricher?); %d pending event(s) are "
+            "written now with what they have, and the enrichers are shut down when the "
+            "loop gets back to them",
+            timeout,
+            self._pipeline.pending,
+        )
+
+        def stop_enrichers() -> None:
+            self._closing = runtime.loop.create_task(self._lifecycle.shutdown_all())
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            runtime.call_soon(stop_enrichers)
 
     async def _astop_engine(self, timeout: float) -> dict[str, int]:
         """:meth:`_stop_engine` on the application's loop: awaited."""
@@ -897,6 +963,7 @@ class LoggingContainer:
         self._lines_at_shutdown = (0, 0)
         self._drain_report = DrainReport(dict.fromkeys(_REPORTED, 0))
         self._shut_down = threading.Event()
+        self._on_shut_down = []
         self._shut_down.set()
         atexit.unregister(self._at_exit)
         _live.discard(self)
@@ -1135,7 +1202,14 @@ class LoggingContainer:
         self.shutdown()
 
     async def __aenter__(self) -> LoggingContainer:
-        return await self.astartup()
+        try:
+            return await self.astartup()
+        except BaseException:
+            # Cancelled (or failed) while starting: the body will not run,
+            # nor __aexit__, so nothing may stay installed.
+            if self.running:
+                await self.ashutdown()
+            raise
 
     async def __aexit__(
         self,
@@ -1144,6 +1218,19 @@ class LoggingContainer:
         _tb: TracebackType | None,
     ) -> None:
         await self.ashutdown()
+
+
+async def _wait_from_another_loop(task: asyncio.Task[Any], timeout: float) -> None:
+    """Wait, on this loop, for ``task`` of another loop to end (at most
+    ``timeout`` seconds: that loop may be blocked, or closed meanwhile)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    wake = resolver(loop, done)
+    try:
+        task.get_loop().call_soon_threadsafe(task.add_done_callback, lambda _task: wake())
+    except RuntimeError:  # that loop is closed: nothing to wait for
+        return
+    await asyncio.wait({done}, timeout=timeout)
 
 
 def _report_done(on_done: Callable[[bool], object], record: PendingEvent) -> None:

@@ -6,14 +6,31 @@ each kept as a test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import threading
+import time
+import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import pytest
 from structlog.typing import EventDict, WrappedLogger
 
-from enrichlog import AsyncEnricher, configure_logging, get_logger
+from enrichlog import (
+    AsyncEnricher,
+    LoggingContainer,
+    configure_logging,
+    current_container,
+    get_logger,
+)
+from enrichlog.engine import chain
 from enrichlog.testing import LineSink
+from enrichlog.transport import codec
 
 
 class Incomparable:
@@ -131,9 +148,7 @@ class _Unreadable(dict[Hashable, Any]):
         ("unreadable", "error: RuntimeError"),
     ],
 )
-def test_a_key_whose_value_cannot_be_applied_is_remembered_as_failed(
-    how: str, reason: str
-) -> None:
+def test_a_key_whose_value_cannot_be_applied_is_remembered_as_failed(how: str, reason: str) -> None:
     # The failure was not remembered: the backend was asked again for
     # every event (5 calls for 5 events of one key), while a failed call or
     # an exception as the key's value is asked once for cache_error_ttl.
@@ -150,3 +165,285 @@ def test_a_key_whose_value_cannot_be_applied_is_remembered_as_failed(
     assert [reason] * 5 == [event["enrichment_errors"]["u"] for event in sink.events()]
     metrics = container.metrics()["enrichers"]["u"]
     assert (1, 4) == (metrics["cache_misses"], metrics["cache_hits"])
+
+
+# -- values JSON has no type for: __structlog__() first, the same with or without orjson --
+
+
+@dataclasses.dataclass
+class User:
+    id: int
+    password: str
+
+    def __structlog__(self) -> str:
+        return f"User({self.id})"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: str
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+class Status(enum.Enum):
+    OK = "ok"
+
+    def __structlog__(self) -> str:
+        return f"status-{self.value}"
+
+
+class Unrepresentable:
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+@pytest.fixture(params=["orjson", "stdlib json"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The JSON renderer with orjson (the extra), or without it."""
+    if request.param == "stdlib json":
+        monkeypatch.setattr(chain, "orjson", None)
+    else:
+        pytest.importorskip("orjson")
+    return str(request.param)
+
+
+def test_a_dataclass_with_a_structlog_hook_is_written_by_the_hook(encoder: str) -> None:
+    # With orjson, a dataclass was written as its fields, the hook ignored:
+    # {"id": 7, "password": "hunter2"} where plain structlog writes "User(7)".
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    get_logger().info("login", user=User(7, "hunter2"), users=[User(8, "s3cret")])
+    container.shutdown()
+
+    (line,) = sink.lines
+    assert "hunter2" not in line
+    assert "s3cret" not in line
+    (event,) = sink.events()
+    assert ("User(7)", ["User(8)"]) == (event["user"], event["users"])
+
+
+def test_odd_values_are_written_alike_with_or_without_orjson(encoder: str) -> None:
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    when = datetime.datetime(2020, 1, 2, 3, 4, 5)
+    get_logger().info(
+        "x",
+        when=when,
+        day=when.date(),
+        color=Color.RED,
+        status_by_hook=Status.OK if encoder == "stdlib json" else "status-ok",
+        point=Point(1, "why"),
+        id=uuid.UUID(int=5),
+        amount=decimal.Decimal("1.10"),
+    )
+    container.shutdown()
+
+    (event,) = sink.events()
+    assert {
+        "when": "2020-01-02T03:04:05",
+        "day": "2020-01-02",
+        "color": 1,
+        "status_by_hook": "status-ok",
+        "point": {"x": 1, "y": "why"},
+        "id": "00000000-0000-0000-0000-000000000005",
+        "amount": "1.10",
+    }.items() <= event.items()
+
+
+def test_the_fallback_rendering_writes_odd_values_as_the_line_would_have(encoder: str) -> None:
+    # One field the encoder refuses (an int key for orjson, a repr that
+    # raises) sent the line to the fallback, which wrote every odd value by
+    # repr: the hook was ignored (Secretive(password='hunter2')), dates and
+    # UUIDs became reprs.
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    get_logger().info(
+        "x",
+        counts={404: 1},
+        refused=Unrepresentable(),
+        user=User(7, "hunter2"),
+        when=datetime.datetime(2020, 1, 2, 3, 4, 5),
+        id=uuid.UUID(int=5),
+        amount=decimal.Decimal("1.10"),
+        point=Point(1, "why"),
+        color=Color.RED,
+    )
+    container.shutdown()
+
+    (line,) = sink.lines
+    assert "hunter2" not in line
+    (event,) = sink.events()
+    assert "render_error" in event
+    assert {
+        "counts": {"404": 1},
+        "user": "User(7)",
+        "when": "2020-01-02T03:04:05",
+        "id": "00000000-0000-0000-0000-000000000005",
+        "amount": "1.10",
+        "point": {"x": 1, "y": "why"},
+        "color": 1,
+        "refused": "<unrepresentable Unrepresentable: ValueError>",
+    }.items() <= event.items()
+
+
+@pytest.mark.parametrize("with_orjson", [True, False])
+def test_an_event_sent_to_workers_carries_odd_values_as_the_line_would(
+    with_orjson: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The transport wrote a hooked object by its repr (or, with orjson, a
+    # dataclass by its fields): what the hook hides reached the wire.
+    if not with_orjson:
+        monkeypatch.setattr(codec, "orjson", None)
+    event = {"event": "login", "user": User(7, "hunter2"), "when": datetime.date(2020, 1, 2)}
+    data = codec.encode_event(event)
+    assert b"hunter2" not in data
+    assert {"event": "login", "user": "User(7)", "when": "2020-01-02"} == json.loads(data)
+
+
+# -- the loop runtime: shutdown and start-up across tasks, threads and loops -------------
+
+
+class Sleepy(AsyncEnricher):
+    """A 0.3 s lookup whose pool records that it was closed."""
+
+    name = "sleepy"
+
+    def __init__(self, startup_seconds: float = 0.0) -> None:
+        super().__init__()
+        self.startup_seconds = startup_seconds
+        self.closed = threading.Event()
+
+    async def _startup(self) -> None:
+        await asyncio.sleep(self.startup_seconds)
+
+    async def _shutdown(self) -> None:
+        self.closed.set()
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0.3)
+        event_dict["sleepy"] = 1
+        return event_dict
+
+
+def test_ashutdown_after_many_cut_waits_returns_once_the_drain_is_done() -> None:
+    # Each cut ashutdown() left a thread of asyncio's default executor
+    # waiting for the report; seven of them took every thread, and the
+    # drain's own hand-off to a thread queued behind them: the next
+    # ashutdown() returned only at 3 x shutdown_timeout + 5 s (11 s here).
+    sink = LineSink()
+
+    async def main() -> tuple[float, dict[str, int]]:
+        container = configure_logging(
+            enrichers=[Sleepy()], runtime="loop", output=sink, shutdown_timeout=2
+        )
+        await container.astartup()
+        log = get_logger()
+        for index in range(50):
+            log.info("e", index=index)
+        for _ in range(10):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(container.ashutdown(), 0.01)
+        started = time.monotonic()
+        report = await container.ashutdown()
+        return time.monotonic() - started, dict(report)
+
+    took, report = asyncio.run(main())
+    assert took < 5, took  # the drain needs about 0.3 s; 11 s before
+    assert 50 == report["written"] == len(sink.events())
+    assert all(event["sleepy"] == 1 for event in sink.events())
+
+
+def test_a_shutdown_from_another_thread_while_the_loop_is_busy_closes_the_pools_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The drain timed out and the events were written without their
+    # fields, but the report said salvaged=0, nothing was said, and the
+    # enricher's _shutdown never ran: not when the loop was free again,
+    # not when asyncio.run() ended (its pool leaked).
+    enricher = Sleepy()
+    sink = LineSink()
+    reports: list[dict[str, int]] = []
+
+    async def main() -> None:
+        container = configure_logging(
+            enrichers=[enricher], runtime="loop", output=sink, shutdown_timeout=0.5
+        )
+        await container.astartup()
+        for index in range(20):
+            get_logger().info("e", index=index)
+        await asyncio.sleep(0.05)
+        other = threading.Thread(target=lambda: reports.append(dict(container.shutdown())))
+        other.start()
+        time.sleep(2.5)  # noqa: ASYNC251 - the application's loop is busy (sync work)
+        other.join()
+        await asyncio.sleep(0.5)  # the loop is free again
+
+    asyncio.run(main())
+    assert enricher.closed.is_set()
+    assert 20 == len(sink.events())
+    (report,) = reports
+    assert 20 == report["salvaged"], report
+    assert "did not answer" in caplog.text
+
+
+def test_astartup_from_another_loop_waits_for_the_start_up() -> None:
+    # It raised asyncio's "got Future attached to a different loop" while
+    # the start-up ran on the application's loop.
+    enricher = Sleepy(startup_seconds=0.5)
+    sink = LineSink()
+    outcome: list[object] = []
+
+    async def main() -> None:
+        container = configure_logging(enrichers=[enricher], runtime="loop", output=sink)
+        get_logger().info("before the start-up ends")
+
+        def from_another_loop() -> None:
+            try:
+                outcome.append(asyncio.run(container.astartup()))
+            except BaseException as exc:  # the failure this test is about
+                outcome.append(exc)
+
+        await asyncio.to_thread(from_another_loop)
+        outcome.append(container.health()["sleepy"]["started"])
+        await container.ashutdown()
+
+    asyncio.run(main())
+    assert isinstance(outcome[0], LoggingContainer), outcome
+    assert outcome[1] is True
+    assert [1] == [event.get("sleepy") for event in sink.events()]
+
+
+def test_async_with_cancelled_during_the_start_up_leaves_nothing_installed() -> None:
+    # The task ended cancelled, but the container stayed installed and
+    # running until the loop ended: __aexit__ never runs when __aenter__
+    # does not return.
+    sink = LineSink()
+    containers: list[LoggingContainer] = []
+
+    async def service() -> None:
+        container = configure_logging(
+            enrichers=[Sleepy(startup_seconds=1.0)], runtime="loop", output=sink
+        )
+        containers.append(container)
+        async with container:
+            await asyncio.sleep(10)
+
+    async def main() -> object:
+        task = asyncio.create_task(service())
+        await asyncio.sleep(0.3)
+        get_logger().info("while starting")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return current_container()
+
+    assert asyncio.run(main()) is None
+    (container,) = containers
+    assert container.closed
+    assert ["while starting"] == [event["event"] for event in sink.events()]

@@ -12,6 +12,9 @@ written with its odd values shown by ``repr`` and a ``render_error`` field.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import importlib.util
 import json
 import math
@@ -25,7 +28,7 @@ from typing import Any, TextIO
 from uuid import UUID
 
 import structlog
-from structlog.processors import _figure_out_exc_info, _json_fallback_handler
+from structlog.processors import _figure_out_exc_info
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 from ..settings import LEVELS, LoggingSettings
@@ -34,8 +37,10 @@ __all__ = [
     "LoggerLevels",
     "SafeRenderer",
     "free_key",
+    "json_default",
     "last_resort_line",
     "make_renderer",
+    "plain_json_value",
     "post_processors",
     "pre_processors",
     "render_fallbacks",
@@ -144,7 +149,10 @@ class _SafeJSONRenderer(structlog.processors.JSONRenderer):
             raise_if_interrupt(exc)
             self.fallbacks += 1
             try:
-                return json.dumps(_printable_event(event_dict, exc, keys=_text), ensure_ascii=True)
+                return json.dumps(
+                    _printable_event(event_dict, exc, keys=_text, odd=plain_json_value),
+                    ensure_ascii=True,
+                )
             except BaseException as again:
                 raise_if_interrupt(again)
                 return last_resort_line(event_dict, exc)
@@ -192,11 +200,13 @@ def _printable_event(
     *,
     keys: Callable[[object], str],
     values: Callable[[Any], Any] | None = None,
+    odd: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """A copy of the event that a renderer can write: keys by ``keys``,
-    values made plain (or all turned by ``values``), and ``render_error``."""
+    values made plain (odd ones by ``odd``, else ``repr``; or all turned by
+    ``values``), and ``render_error``."""
     if values is None:
-        safe = _printable(event_dict, keys, 0)
+        safe = _printable(event_dict, keys, 0, odd)
     else:
         safe = _unique_keys(((keys(k), values(v)) for k, v in event_dict.items()))
     if "render_error" in safe:  # the application's own: kept beside ours
@@ -222,7 +232,13 @@ def free_key(taken: Mapping[str, Any], key: str) -> str:
     return f"{key}_{number}"
 
 
-def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
+def _printable(
+    value: Any, keys: Callable[[object], str], depth: int, odd: Callable[[Any], Any] | None
+) -> Any:
+    """``value`` made plain; any other value turned by ``odd`` (the JSON
+    renderer's :func:`plain_json_value`, so that the fallback writes what
+    the line would have: a ``__structlog__()``, an ISO date...), else shown
+    by ``repr``."""
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
@@ -232,9 +248,15 @@ def _printable(value: Any, keys: Callable[[object], str], depth: int) -> Any:
         return value if math.isfinite(value) else str(value)
     if depth < _MAX_DEPTH:
         if isinstance(value, dict):
-            return _unique_keys((keys(k), _printable(v, keys, depth + 1)) for k, v in value.items())
+            return _unique_keys(
+                (keys(k), _printable(v, keys, depth + 1, odd)) for k, v in value.items()
+            )
         if isinstance(value, list | tuple):
-            return [_printable(v, keys, depth + 1) for v in value]
+            return [_printable(v, keys, depth + 1, odd) for v in value]
+        if odd is not None:
+            plain = odd(value)
+            if plain is not value:
+                return _printable(plain, keys, depth + 1, odd)
     return _repr(value)
 
 
@@ -287,13 +309,45 @@ def raise_if_interrupt(exc: BaseException) -> None:
         raise exc
 
 
-def _json_default(value: Any) -> Any:
-    """A value JSON has no type for: UUIDs (also a database driver's own
-    UUID type) and decimals as their text, exactly; otherwise structlog's
-    way (``__structlog__()``, else ``repr``)."""
+def json_default(value: Any) -> Any:
+    """A value JSON has no type for, as it is written whichever encoder runs
+    (orjson, or the standard library's without the extra): by its
+    ``__structlog__()`` when it has one, as structlog does (a dataclass's
+    too: orjson would write its fields, passwords included); UUIDs (also a
+    database driver's own UUID type) and decimals as their text, exactly;
+    dates and times in ISO 8601 and an enum member by its value, as orjson
+    writes them; a dataclass as a mapping of its fields; anything else by
+    ``repr``. May raise what a hook or a ``__repr__`` raises."""
+    try:
+        hook = value.__structlog__
+    except AttributeError:
+        pass
+    else:
+        return hook()
     if isinstance(value, UUID | Decimal):
         return str(value)
-    return _json_fallback_handler(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    return repr(value)
+
+
+def plain_json_value(value: Any) -> Any:
+    """:func:`json_default`, or the value's ``repr`` (at worst its type) when
+    that raises: never raises, but for the application's interrupt."""
+    try:
+        return json_default(value)
+    except BaseException as exc:
+        raise_if_interrupt(exc)
+        return _repr(value)
+
+
+#: orjson's options for a line: a dataclass goes to :func:`json_default`
+#: (its ``__structlog__()``), as with the standard library's encoder.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS if orjson is not None else 0
 
 
 def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
@@ -307,7 +361,8 @@ def make_renderer(fmt: str, *, colors: bool = False) -> Processor:
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
             serializer=orjson.dumps if orjson is not None else json.dumps,
-            default=_json_default,
+            default=json_default,
+            **({"option": _ORJSON_OPTIONS} if orjson is not None else {}),
         )
     if fmt == "console":
         renderer = _escaping_controls(

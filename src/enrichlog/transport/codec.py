@@ -1,9 +1,10 @@
 """Events on the wire: one JSON object per message, the event's own fields
 at the top level plus ``event_id``.
 
-Encoding never raises: a value JSON cannot hold is written as its ``repr``
-(the way the renderer writes an odd value), a key that is not a string as
-its text. orjson is used when installed.
+Encoding never raises: a value JSON cannot hold is written the way the
+renderer writes it (its ``__structlog__()``, an ISO date, a UUID's text...,
+else its ``repr``: :func:`enrichlog.engine.chain.json_default`), a key that
+is not a string as its text. orjson is used when installed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from ..engine.chain import plain_json_value
 
 __all__ = [
     "EVENT_ID",
@@ -69,7 +72,11 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     """``event`` as compact JSON (UTF-8, no newline); never raises."""
     if orjson is not None:
         try:
-            return orjson.dumps(event, default=_repr, option=orjson.OPT_NON_STR_KEYS)
+            return orjson.dumps(
+                event,
+                default=plain_json_value,
+                option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS,
+            )
         except Exception:  # noqa: S110 - a lone surrogate, a huge integer: the stdlib below
             pass
     try:
@@ -81,8 +88,8 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
 
 
 def _printable(value: Any, depth: int) -> Any:
-    """A copy of ``value`` that the stdlib encoder accepts, odd values by
-    ``repr``."""
+    """A copy of ``value`` that the stdlib encoder accepts, odd values as
+    the renderer writes them."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):  # a lone surrogate is not UTF-8: shown escaped
@@ -100,6 +107,9 @@ def _printable(value: Any, depth: int) -> Any:
             }
         if isinstance(value, list | tuple):
             return [_printable(v, depth + 1) for v in value]
+        plain = plain_json_value(value)
+        if plain is not value:
+            return _printable(plain, depth + 1)
     return _printable(_repr(value), depth)  # a repr may hold a lone surrogate too
 
 
