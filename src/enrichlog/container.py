@@ -282,6 +282,8 @@ class LoggingContainer:
         self._starting: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._draining: asyncio.Task[DrainReport] | None = None
+        #: An ``async with`` cancelled while starting: shut down at once.
+        self._start_abandoned = False
         self._drain_report: DrainReport | None = None
         self._shutting_down = False
         self._shut_down = threading.Event()
@@ -552,6 +554,20 @@ class LoggingContainer:
         self._refuse_on_runtime_thread("shutdown()")
         seconds = self._timeout("shutdown()", timeout)
         if not self._claim_shutdown():
+            runtime = self._runtime
+            if (
+                isinstance(runtime, LoopRuntime)
+                and runtime.in_runtime_thread()
+                and not self._shut_down.is_set()
+            ):
+                # The drain runs on this very loop (an ashutdown() in
+                # progress): waiting for it would block the loop it needs
+                # (a configure_logging() here froze it for 3 x
+                # shutdown_timeout + 5 s). Its pending events are written
+                # now, with what they have; the drain ends on its own.
+                self._pipeline.abandon_enrichment()
+                counts = self._counts()
+                return DrainReport({key: counts[key] for key in _REPORTED})
             return self._awaited_report()
         deadline = time.monotonic() + seconds
         drained: dict[str, int] = {}
@@ -668,6 +684,10 @@ class LoggingContainer:
                 finally:
                     with self._lock, contextlib.suppress(ValueError):
                         self._on_shut_down.remove(wake)
+        closing = self._runtime.closing if isinstance(self._runtime, LoopRuntime) else None
+        if closing is not None and closing.get_loop() is loop and not closing.done():
+            # That shutdown found this loop blocked: the enrichers stop now.
+            await asyncio.wait({closing}, timeout=self.settings.shutdown_timeout + CANCEL_GRACE)
         return self._drain_report or DrainReport(written=0, dropped=0, pending=0)
 
     async def _ashutdown_on_the_loop(self, seconds: float) -> DrainReport:
@@ -832,12 +852,7 @@ class LoggingContainer:
             timeout,
             self._pipeline.pending,
         )
-
-        def stop_enrichers() -> None:
-            self._closing = runtime.loop.create_task(self._lifecycle.shutdown_all())
-
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            runtime.call_soon(stop_enrichers)
+        runtime.close_when_free()
 
     async def _astop_engine(self, timeout: float) -> dict[str, int]:
         """:meth:`_stop_engine` on the application's loop: awaited."""
@@ -871,20 +886,22 @@ class LoggingContainer:
         """Stop without waiting: on the loop's own thread (waiting would
         block the loop enrichment needs), or once the loop is gone."""
         runtime, pipeline = self._runtime, self._pipeline
+        assert isinstance(runtime, LoopRuntime)
         report = pipeline.report()
         if runtime.is_running:
             if pipeline.pending:
-                _report.warning(
-                    "enrichlog: shutdown() on the application's event loop cannot wait for "
-                    "enrichment without blocking it; %d pending event(s) are written now "
-                    "with what they have (await container.ashutdown() to drain them)",
-                    pipeline.pending,
-                )
+                if not self._start_abandoned:  # else no enricher is up to wait for
+                    _report.warning(
+                        "enrichlog: shutdown() on the application's event loop cannot wait "
+                        "for enrichment without blocking it; %d pending event(s) are written "
+                        "now with what they have (await container.ashutdown() to drain them)",
+                        pipeline.pending,
+                    )
                 written = self._pipeline.report()["written"]
                 pipeline.abandon_enrichment()
                 report["salvaged"] = pipeline.report()["written"] - written
-            # Pools close once the loop gets back to it.
-            self._closing = runtime.loop.create_task(self._lifecycle.shutdown_all())
+            # Pools close once the loop gets back to it (or as it ends).
+            runtime.close_when_free()
         pipeline.stop_accepting()
         runtime.stop()
         return report
@@ -1208,7 +1225,14 @@ class LoggingContainer:
             # Cancelled (or failed) while starting: the body will not run,
             # nor __aexit__, so nothing may stay installed.
             if self.running:
-                await self.ashutdown()
+                if self.enriches_on_this_thread():
+                    # On its loop, at once (a second cancellation cannot
+                    # cut it short): the enrichers are not up, so the events
+                    # logged meanwhile have nothing to wait for.
+                    self._start_abandoned = True
+                    self.shutdown()
+                else:
+                    await self.ashutdown()
             raise
 
     async def __aexit__(

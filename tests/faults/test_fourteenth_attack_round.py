@@ -447,3 +447,206 @@ def test_async_with_cancelled_during_the_start_up_leaves_nothing_installed() -> 
     (container,) = containers
     assert container.closed
     assert ["while starting"] == [event["event"] for event in sink.events()]
+
+
+# -- found by the outside re-test of the fixes above ------------------------------------
+
+
+class SameHashIncomparable:
+    """Equal only to itself; every key has one hash."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        raise ValueError("cannot compare")
+
+
+class SlowBatches(AsyncEnricher):
+    name = "b"
+    timeout = 5.0
+
+    def cache_key(self, event_dict: EventDict) -> Hashable:
+        return event_dict.get("k")
+
+    async def enrich_many(self, keys: Sequence[Hashable]) -> Mapping[Hashable, Any]:
+        await asyncio.sleep(1.0)
+        return dict.fromkeys(keys, "v")
+
+    def apply(self, event_dict: EventDict, value: Any) -> EventDict:
+        event_dict["f"] = value
+        return event_dict
+
+
+def test_a_key_that_cannot_be_compared_with_one_in_flight_fails_its_event_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The first fix tried the key against itself only: one equal to itself
+    # but not comparable with the key in flight (same hash) still broke the
+    # batch's bookkeeping: 19 of 20 events "unavailable", counted nowhere.
+    sink = LineSink()
+    container = configure_logging(enrichers=[SlowBatches()], output=sink)
+    log = get_logger()
+    log.info("e", n=0, k=SameHashIncomparable(0))
+    time.sleep(0.3)  # its enrich_many() is running
+    for n in range(1, 20):
+        log.info("e", n=n, k=SameHashIncomparable(n))
+    container.shutdown()
+
+    events = sorted(sink.events(), key=lambda event: event["n"])
+    assert list(range(20)) == [event["n"] for event in events]
+    assert "v" == events[0]["f"]
+    assert [{"b": "error: ValueError"}] * 19 == [event["enrichment_errors"] for event in events[1:]]
+    assert 19 == container.metrics()["enrichers"]["b"]["failures_by_reason"]["error"]
+    assert "enriching an event failed" not in caplog.text
+
+
+@pytest.mark.parametrize("then", ["return", "ashutdown", "shutdown", "log"])
+def test_enrichers_stop_even_when_the_loop_ends_as_soon_as_it_is_free(then: str) -> None:
+    # After a shutdown from another thread found the loop blocked, the
+    # enrichers' stop was a task started when the loop got back to it:
+    # asyncio.run() ending right then cancelled it before its first step,
+    # and _shutdown never ran.
+    enricher = Sleepy()
+    sink = LineSink()
+
+    async def main() -> None:
+        container = configure_logging(
+            enrichers=[enricher], runtime="loop", output=sink, shutdown_timeout=0.5
+        )
+        await container.astartup()
+        for n in range(10):
+            get_logger().info("e", n=n)
+        other = threading.Thread(target=container.shutdown)
+        other.start()
+        time.sleep(2.0)  # noqa: ASYNC251 - the application's loop is busy (sync work)
+        other.join()
+        if then == "ashutdown":
+            await container.ashutdown()
+        elif then == "shutdown":
+            container.shutdown()
+        elif then == "log":
+            await get_logger().ainfo("after")
+
+    asyncio.run(main())
+    assert enricher.closed.is_set()
+    assert 10 + (then == "log") == len(sink.events())
+
+
+def test_a_second_cancellation_of_async_with_during_start_up_is_no_reason_to_stay() -> None:
+    # Cancelled twice (a second Ctrl-C, an outer timeout), the clean-up was
+    # cut: the container stayed installed, and a configure_logging() on the
+    # loop right after froze it for 35 s waiting for that drain.
+    first, second = LineSink(), LineSink()
+    containers: list[LoggingContainer] = []
+
+    async def service() -> None:
+        container = configure_logging(
+            enrichers=[Sleepy(startup_seconds=1.0)], runtime="loop", output=first
+        )
+        containers.append(container)
+        async with container:
+            await asyncio.sleep(10)
+
+    async def main() -> float:
+        task = asyncio.create_task(service())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert current_container() is None
+        started = time.monotonic()
+        replacement = configure_logging(enrichers=[Sleepy()], runtime="loop", output=second)
+        took = time.monotonic() - started
+        await replacement.astartup()
+        get_logger().info("with the new one")
+        await replacement.ashutdown()
+        return took
+
+    assert asyncio.run(main()) < 1.0
+    assert containers[0].closed
+    assert [1] == [event.get("sleepy") for event in second.events()]
+
+
+def test_a_configure_logging_on_the_loop_while_an_ashutdown_drains_there_does_not_wait() -> None:
+    sink = LineSink()
+
+    async def main() -> float:
+        container = configure_logging(enrichers=[Sleepy()], runtime="loop", output=sink)
+        await container.astartup()
+        for n in range(5):
+            get_logger().info("e", n=n)
+        draining = asyncio.ensure_future(container.ashutdown())
+        await asyncio.sleep(0)  # the drain is under way, awaiting the lookups
+        started = time.monotonic()
+        configure_logging(output=sink)
+        took = time.monotonic() - started
+        await draining
+        return took
+
+    assert asyncio.run(main()) < 1.0
+    assert list(range(5)) == sorted(event["n"] for event in sink.events())
+
+
+class Fan:
+    """A hook that returns eight objects with the same hook."""
+
+    def __structlog__(self) -> list[Fan]:
+        return [Fan() for _ in range(8)]
+
+
+class HookFails:
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"HookFails({self.secret})"
+
+    def __structlog__(self) -> str:
+        raise RuntimeError("hook broke")
+
+
+class HookReturnsSelf(HookFails):
+    def __structlog__(self) -> HookReturnsSelf:  # type: ignore[override]
+        return self
+
+
+def test_a_hook_that_fans_out_is_bounded(encoder: str) -> None:
+    # The fallback followed every hook to its depth limit: 8 objects per
+    # level took 11.7 s and a 93 MB line (500 MB of memory) in the log call.
+    sink = LineSink()
+    container = configure_logging(output=sink, delivery="inline")
+    started = time.monotonic()
+    get_logger().info("fan", value=Fan())
+    took = time.monotonic() - started
+    container.shutdown()
+
+    assert took < 2.0, took
+    (line,) = sink.lines
+    assert len(line) < 200_000
+    assert "render_error" in sink.events()[0]
+
+
+@pytest.mark.parametrize("hooked", [HookFails, HookReturnsSelf])
+def test_a_hook_that_fails_does_not_fall_back_to_the_repr_it_hides(
+    encoder: str, hooked: type[HookFails]
+) -> None:
+    # A failing hook (or one that returns its object) fell back to repr:
+    # "HookFails(hunter2)", what the hook was written to keep out.
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    get_logger().info("x", value=hooked("hunter2"), values=[hooked("s3cret")])
+    container.shutdown()
+
+    (line,) = sink.lines
+    assert "hunter2" not in line
+    assert "s3cret" not in line
+    (event,) = sink.events()
+    assert event["value"].startswith(f"<{hooked.__name__}")

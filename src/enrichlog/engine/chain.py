@@ -36,6 +36,7 @@ from ..settings import LEVELS, LoggingSettings
 __all__ = [
     "LoggerLevels",
     "SafeRenderer",
+    "bounded_plain_json_value",
     "free_key",
     "json_default",
     "last_resort_line",
@@ -44,6 +45,7 @@ __all__ = [
     "post_processors",
     "pre_processors",
     "render_fallbacks",
+    "shown",
 ]
 
 try:  # optional extra: about twice as fast as the stdlib encoder here
@@ -150,7 +152,7 @@ class _SafeJSONRenderer(structlog.processors.JSONRenderer):
             self.fallbacks += 1
             try:
                 return json.dumps(
-                    _printable_event(event_dict, exc, keys=_text, odd=plain_json_value),
+                    _printable_event(event_dict, exc, keys=_text, odd=bounded_plain_json_value()),
                     ensure_ascii=True,
                 )
             except BaseException as again:
@@ -257,7 +259,7 @@ def _printable(
             plain = odd(value)
             if plain is not value:
                 return _printable(plain, keys, depth + 1, odd)
-    return _repr(value)
+    return shown(value)
 
 
 def _as_text(value: object) -> str:
@@ -336,13 +338,54 @@ def json_default(value: Any) -> Any:
 
 
 def plain_json_value(value: Any) -> Any:
-    """:func:`json_default`, or the value's ``repr`` (at worst its type) when
-    that raises: never raises, but for the application's interrupt."""
+    """:func:`json_default`, or, when that raises, the value shown without
+    its ``__structlog__()`` (:func:`shown`): never raises, but for the
+    application's interrupt."""
     try:
         return json_default(value)
     except BaseException as exc:
         raise_if_interrupt(exc)
+        if _has_hook(value):
+            return f"<{type(value).__name__}: __structlog__() failed ({type(exc).__name__})>"
         return _repr(value)
+
+
+#: Values a plain copy converts at most (by :func:`plain_json_value`): a
+#: ``__structlog__()`` that returns several hooked objects, each of which
+#: does too, would make the line grow exponentially with the depth.
+MAX_CONVERSIONS = 1_000
+
+
+def bounded_plain_json_value() -> Callable[[Any], Any]:
+    """:func:`plain_json_value` for one plain copy: past
+    :data:`MAX_CONVERSIONS` values, each is only :func:`shown`."""
+    left = MAX_CONVERSIONS
+
+    def convert(value: Any) -> Any:
+        nonlocal left
+        if left <= 0:
+            return shown(value)
+        left -= 1
+        return plain_json_value(value)
+
+    return convert
+
+
+def shown(value: object) -> str:
+    """A value given up on, as text: its ``repr``, unless it has a
+    ``__structlog__()``, whose author wrote it to keep the ``repr`` (a
+    password, say) out of the line: then its type only. A container (nested
+    too deep) shows its type and size: its ``repr`` would show its items',
+    hooks or not."""
+    if _has_hook(value):
+        return f"<{type(value).__name__}>"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        return f"<{type(value).__name__} of {len(value)}, nested too deep>"
+    return _repr(value)
+
+
+def _has_hook(value: object) -> bool:
+    return getattr(type(value), "__structlog__", None) is not None
 
 
 #: orjson's options for a line: a dataclass goes to :func:`json_default`

@@ -484,6 +484,12 @@ class LoopRuntime:
         self._hooks_ran = False
         self._hooks_lock = threading.Lock()
         self.lingering = False
+        #: Set by :meth:`close_when_free`: the closing hooks are still due.
+        self._closing_due = False
+        self._closing_done = False
+        #: The task running the closing hooks once the loop was free again.
+        self.closing: asyncio.Task[None] | None = None
+        self._late_guard: asyncio.Task[None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -547,7 +553,7 @@ class LoopRuntime:
         if loop is self._loop:
             return
         self._loop, self._thread_id = loop, threading.get_ident()
-        self._hooks_ran = False
+        self._hooks_ran = self._closing_due = self._closing_done = False
         self._guard = loop.create_task(self._watch(), name="enrichlog-loop-guard")
 
     async def _watch(self) -> None:
@@ -558,13 +564,38 @@ class LoopRuntime:
         try:
             await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
-            if self.run_exit_hooks():  # not run already by a stop
-                for hook in self._closing_hooks:
-                    try:
-                        await hook()
-                    except Exception:
-                        _report.exception("enrichlog: runtime closing hook failed")
+            # Not run already by a stop, or still due after one that found
+            # the loop blocked (close_when_free).
+            if self.run_exit_hooks() or self._closing_due:
+                await self._run_closing_hooks()
             raise
+
+    async def _run_closing_hooks(self) -> None:
+        """Await the closing hooks, unless a run of them completed already
+        (they are idempotent: a run the loop's end cut short is done again)."""
+        if self._closing_done:
+            return
+        for hook in self._closing_hooks:
+            try:
+                await hook()
+            except Exception:
+                _report.exception("enrichlog: runtime closing hook failed")
+        self._closing_done = True
+
+    def close_when_free(self) -> None:
+        """The loop does not answer (something blocks it) while the runtime
+        stops from another thread: its closing hooks (the enrichers'
+        shutdown, whose pools belong to the loop) run once the loop gets
+        back to them; if ``asyncio.run`` ends it first, as it ends (the
+        guard task stays for that: a task started then would be cancelled
+        before its first step)."""
+        self._closing_due = True
+
+        def start_closing() -> None:
+            self.closing = self.loop.create_task(self._run_closing_hooks())
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.call_soon(start_closing)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop using the loop: run the exit hooks (pending events are
@@ -582,7 +613,9 @@ class LoopRuntime:
                 done.wait(timeout)
         self.run_exit_hooks()
         guard, self._guard = self._guard, None
-        if guard is not None and not guard.done():
+        if self._closing_due:
+            self._late_guard = guard  # held: it runs the closing hooks if the loop ends first
+        elif guard is not None and not guard.done():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 self.call_soon(guard.cancel)
         if self._executor is not None:
@@ -675,6 +708,7 @@ class LoopRuntime:
         """The parent's loop does not run in the child: forget it (the
         child's application starts its own)."""
         self._loop = self._thread_id = self._guard = self._executor = None
+        self._late_guard = self.closing = None
         self._owned.clear()
 
 

@@ -804,8 +804,16 @@ class EnricherGuard:
         waiter = (snapshot, sink, key)
         # An event whose key is asked already causes no call: a hit, as
         # for the cache's single flight.
-        fetching = self._fetching.get(lookup)
-        waiting = fetching.waiters[lookup] if fetching is not None else self._waiting.get(lookup)
+        try:
+            fetching = self._fetching.get(lookup)
+            waiting = (
+                fetching.waiters[lookup] if fetching is not None else self._waiting.get(lookup)
+            )
+        except BaseException as exc:  # a key that cannot be compared with one in flight
+            if cache is not None:
+                cache.count_miss()
+            sink(*key, self._failed(error_outcome(exc)), 0.0)
+            return
         if waiting is not None:
             waiting.append(waiter)
             if cache is not None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..engine.chain import plain_json_value
+from ..engine.chain import bounded_plain_json_value, plain_json_value, shown
 
 __all__ = [
     "EVENT_ID",
@@ -81,13 +81,16 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
             pass
     try:
         return json.dumps(
-            _printable(event, 0), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            _printable(event, 0, bounded_plain_json_value()),
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
         ).encode("utf-8")
     except Exception as exc:  # pragma: no cover - _printable leaves nothing to refuse
         return json.dumps({"event": _repr(event), "encode_error": _repr(exc)}).encode("ascii")
 
 
-def _printable(value: Any, depth: int) -> Any:
+def _printable(value: Any, depth: int, plain: Callable[[Any], Any]) -> Any:
     """A copy of ``value`` that the stdlib encoder accepts, odd values as
     the renderer writes them."""
     if value is None or isinstance(value, bool):
@@ -102,15 +105,17 @@ def _printable(value: Any, depth: int) -> Any:
     if depth < _MAX_DEPTH:
         if isinstance(value, Mapping):
             return {
-                _printable(k if isinstance(k, str) else _repr(k), depth): _printable(v, depth + 1)
+                _printable(k if isinstance(k, str) else _repr(k), depth, plain): _printable(
+                    v, depth + 1, plain
+                )
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
-            return [_printable(v, depth + 1) for v in value]
-        plain = plain_json_value(value)
-        if plain is not value:
-            return _printable(plain, depth + 1)
-    return _printable(_repr(value), depth)  # a repr may hold a lone surrogate too
+            return [_printable(v, depth + 1, plain) for v in value]
+        made = plain(value)
+        if made is not value:
+            return _printable(made, depth + 1, plain)
+    return _printable(shown(value), depth, plain)  # a repr may hold a lone surrogate too
 
 
 def _int_text(value: int) -> str:
