@@ -716,6 +716,13 @@ _ASYNC_BLOCKING = (
 )
 
 
+_SYNC_KEEP_EXISTING = (
+    "enricher {name!r}: keep_existing applies to async enrichers only (whose values may "
+    "be cached or batched per key); a sync enricher sees the event itself: skip a field "
+    "it already has ('if \"tier\" not in event_dict')"
+)
+
+
 def as_enricher(obj: object) -> Enricher:
     """Turn what a user passed as an enricher into an :class:`Enricher`.
 
@@ -734,6 +741,8 @@ def as_enricher(obj: object) -> Enricher:
             )
         if isinstance(obj, AsyncEnricher) and getattr(obj, "blocking", False) is not False:
             raise EnricherConfigError(_ASYNC_BLOCKING.format(name=obj.name))
+        if not isinstance(obj, AsyncEnricher) and getattr(obj, "keep_existing", False):
+            raise EnricherConfigError(_SYNC_KEEP_EXISTING.format(name=obj.name))
         return obj
     if isinstance(obj, type):
         if issubclass(obj, Enricher):

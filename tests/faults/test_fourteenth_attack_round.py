@@ -23,10 +23,13 @@ from structlog.typing import EventDict, WrappedLogger
 
 from enrichlog import (
     AsyncEnricher,
+    EnricherConfigError,
     LoggingContainer,
+    SyncEnricher,
     configure_logging,
     current_container,
     get_logger,
+    register_enricher,
 )
 from enrichlog.engine import chain
 from enrichlog.testing import LineSink
@@ -650,3 +653,98 @@ def test_a_hook_that_fails_does_not_fall_back_to_the_repr_it_hides(
     assert "s3cret" not in line
     (event,) = sink.events()
     assert event["value"].startswith(f"<{hooked.__name__}")
+
+
+# -- found by the outside attack on dependency levels and sync enrichers ----------------
+
+
+def test_a_chain_replaced_while_a_call_runs_it_is_run_whole_by_that_call() -> None:
+    # configure_logging() replaces the shared chain in place; a log call
+    # looping over it at that moment (another thread) could run off its
+    # shortened end, skip the renderer, and raise TypeError from the
+    # writer into the application: the event was lost (3 to 10 in 500,000
+    # under 30 reconfigurations). Here the replacement lands mid-call.
+    from enrichlog import container as container_module
+
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    chain = container_module._installed_chain
+    original = list(chain)
+
+    def another_thread_reconfigures(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        chain[:] = original
+        return event_dict
+
+    chain[:] = [*original[:-1], another_thread_reconfigures, original[-1]]
+    get_logger().info("during the replacement")
+    get_logger().info("after it")
+    container.shutdown()
+
+    assert ["during the replacement", "after it"] == [event["event"] for event in sink.events()]
+
+
+class Quick(AsyncEnricher):
+    name = "sib"
+    dependencies = ("up",)
+    timeout = 0.5
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0.01)
+        event_dict["sib"] = 1
+        return event_dict
+
+
+class Up(AsyncEnricher):
+    name = "up"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0.01)
+        event_dict["up"] = 1
+        return event_dict
+
+
+def test_a_level_timer_the_loop_reaches_late_is_no_timeout_of_the_enrichers() -> None:
+    # A sync enricher blocking the loop (not blocking=True) made the level
+    # timer fire late: the quick sibling, which had no chance to run, was
+    # charged "timeout" for 7 of 8 events.
+    def sleeper(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        time.sleep(0.6)
+        event_dict["slept"] = 1
+        return event_dict
+
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[Up(), Quick(), register_enricher(sleeper, name="sleeper", dependencies=["up"])],
+        output=sink,
+        level_timeout=0.2,
+    )
+    for n in range(4):
+        get_logger().info("e", n=n)
+    assert container.flush(timeout=30)
+    metrics = container.metrics()["enrichers"]["sib"]
+    container.shutdown()
+
+    reasons = [event.get("enrichment_errors", {}).get("sib") for event in sink.events()]
+    assert 4 == len(reasons)
+    assert "timeout" not in reasons, reasons
+    assert 0 == metrics["failures_by_reason"]["timeout"]
+
+
+def test_keep_existing_on_a_sync_enricher_is_refused_naming_it() -> None:
+    # It was ignored: the call site's value was replaced, without a word.
+    class Tier(SyncEnricher):
+        name = "tier"
+        keep_existing = True
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            event_dict["tier"] = "gold"
+            return event_dict
+
+    with pytest.raises(EnricherConfigError, match="'tier': keep_existing applies to async"):
+        configure_logging(enrichers=[Tier()], output=LineSink())

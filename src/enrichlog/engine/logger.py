@@ -80,7 +80,11 @@ def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
             if event is not None:
                 event_dict["event"] = event
             logger = self._logger
-            for proc in self._processors:
+            # A snapshot (one C call): configure_logging() replaces the
+            # shared chain in place, and a loop over the list itself, caught
+            # as it changed length, could skip the renderer and hand the
+            # writer a dict (TypeError into the caller, the event lost).
+            for proc in tuple(self._processors):
                 if proc is marker:
                     event_dict = process(logger, method_name, event_dict)
                     if event_dict is None:

@@ -36,13 +36,20 @@ from ..metrics import EnricherMetrics, LatencyHistogram
 from ..options import ResolvedOptions
 from ..reporting import reporting_logger
 from ..resilience.cache import EnricherCache
-from ..resilience.guard import EnricherGuard, lookup_all
+from ..resilience.guard import (
+    LATE_FRACTION,
+    LATE_SECONDS,
+    REPRIEVE_AFTER,
+    EnricherGuard,
+    lookup_all,
+)
 from ..resilience.outcome import (
     FILTERED,
     FILTERED_REASON,
     IMMUTABLE,
     INTERRUPTS,
     INVALID_RETURN,
+    OVERLOADED,
     TIMEOUT,
     UNAVAILABLE,
     Fills,
@@ -582,10 +589,27 @@ class EnrichmentPlan(Generic[_R]):
             if enrichment.on_done is not None:
                 enrichment.on_done(enrichment)
 
-    def _level_expired(self, enrichment: Enrichment, index: int) -> None:
-        enrichment.level_timer = None
+    def _level_expired(self, enrichment: Enrichment, index: int, due: float | None = None) -> None:
+        timer, enrichment.level_timer = enrichment.level_timer, None
         if enrichment.level != index or enrichment.outcomes is None:
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if due is None:
+            due = now if timer is None else timer.when()
+            if now - due > REPRIEVE_AFTER:
+                # Late (the loop was held up): judged after the callbacks
+                # that became ready meanwhile, a call's answer among them,
+                # as a call's own deadline is.
+                enrichment.level_timer = loop.call_at(
+                    now, self._level_expired, enrichment, index, due, context=_TIMER_CONTEXT
+                )
+                return
+        assert self._level_timeout is not None
+        # Far later than due, the loop fell behind: the runtime's overload,
+        # not the enrichers' (as for a call's own late deadline).
+        late = now - due > max(self._level_timeout * LATE_FRACTION, LATE_SECONDS)
+        cut = OVERLOADED if late else TIMEOUT
         steps = self._levels[index]
         for position, outcome in enumerate(enrichment.outcomes):
             if outcome is None:
@@ -594,8 +618,11 @@ class EnrichmentPlan(Generic[_R]):
                     # Counted for the event (its call counts its own outcome
                     # when it ends): the fields it went without show in the
                     # enricher's failures, as in the line.
-                    guard.cut_off += 1
-                self._deliver(enrichment, index, position, TIMEOUT)
+                    if late:
+                        guard.overloaded += 1
+                    else:
+                        guard.cut_off += 1
+                self._deliver(enrichment, index, position, cut)
 
     def _merge(self, event_dict: EventDict, index: int, outcomes: Sequence[Outcome]) -> None:
         # Once per level of every event: the common case (no failure) is one

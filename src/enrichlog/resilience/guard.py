@@ -55,7 +55,15 @@ from .outcome import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["ABANDON_GRACE", "NO_CHANGES", "EnricherGuard", "Sink"]
+__all__ = [
+    "ABANDON_GRACE",
+    "LATE_FRACTION",
+    "LATE_SECONDS",
+    "NO_CHANGES",
+    "REPRIEVE_AFTER",
+    "EnricherGuard",
+    "Sink",
+]
 
 _report = reporting_logger("enrichlog")
 
@@ -63,16 +71,16 @@ _report = reporting_logger("enrichlog")
 ABANDON_GRACE = 0.5
 
 #: A deadline timer that fires later than this fraction of the timeout (or
-#: :data:`_LATE_SECONDS`, whichever is more) means the loop itself fell
+#: :data:`LATE_SECONDS`, whichever is more) means the loop itself fell
 #: behind: the timeout is the runtime's overload, not the enricher's.
-_LATE_FRACTION = 0.1
-_LATE_SECONDS = 0.05
+LATE_FRACTION = 0.1
+LATE_SECONDS = 0.05
 
 #: A deadline timer later than this found the loop held up: before any call
 #: is cancelled, the callbacks that became ready meanwhile (the calls' own
 #: wake-ups among them) run, so a call that finished its work while the loop
 #: was stalled completes instead of being charged with the stall.
-_REPRIEVE_AFTER = 0.002
+REPRIEVE_AFTER = 0.002
 
 #: Batches of one enricher fetching at once before new keys wait for one of
 #: them to return (a full batch goes at once, within the concurrency limit).
@@ -209,8 +217,8 @@ class _Deadlines:
         now = loop.time()
         calls, grace = self._calls, self._grace
         if not self._reprieved and (
-            (calls and now - calls[0].at > _REPRIEVE_AFTER)
-            or (grace and now - grace[0].cancelled_at - ABANDON_GRACE > _REPRIEVE_AFTER)
+            (calls and now - calls[0].at > REPRIEVE_AFTER)
+            or (grace and now - grace[0].cancelled_at - ABANDON_GRACE > REPRIEVE_AFTER)
         ):
             # Late (the loop was blocked): a timer due now runs after the
             # callbacks already ready, a call's answer or its handling of
@@ -219,7 +227,7 @@ class _Deadlines:
             self._handle = loop.call_at(now, self._fire, context=self._context)
             return
         self._reprieved = False
-        late_after = max(self._timeout * _LATE_FRACTION, _LATE_SECONDS)
+        late_after = max(self._timeout * LATE_FRACTION, LATE_SECONDS)
         while calls:
             call = calls[0]
             if not call.finished:
@@ -241,7 +249,7 @@ class _Deadlines:
                 due = call.cancelled_at + ABANDON_GRACE
                 if due > now:
                     break
-                if now - due > _LATE_SECONDS:
+                if now - due > LATE_SECONDS:
                     # The loop was blocked through its grace: a call whose
                     # clean-up takes a few turns never had them. A grace
                     # again, from now (at the end: the latest due).
