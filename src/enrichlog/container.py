@@ -567,6 +567,10 @@ class LoggingContainer:
                 # now, with what they have; the drain ends on its own.
                 self._pipeline.abandon_enrichment()
                 counts = self._counts()
+                # Its lines end here, as at any shutdown: a line logged from
+                # now on (by the application, or by the container replacing
+                # this one) counts for neither report.
+                self._lines_at_shutdown = (counts["written"], counts["write_failed"])
                 return DrainReport({key: counts[key] for key in _REPORTED})
             return self._awaited_report()
         deadline = time.monotonic() + seconds
@@ -684,8 +688,13 @@ class LoggingContainer:
                 finally:
                     with self._lock, contextlib.suppress(ValueError):
                         self._on_shut_down.remove(wake)
-        closing = self._runtime.closing if isinstance(self._runtime, LoopRuntime) else None
-        if closing is not None and closing.get_loop() is loop and not closing.done():
+        runtime = self._runtime
+        closing = (
+            runtime.ensure_closing()
+            if isinstance(runtime, LoopRuntime) and runtime.bound_loop is loop
+            else None
+        )
+        if closing is not None and not closing.done():
             # That shutdown found this loop blocked: the enrichers stop now.
             await asyncio.wait({closing}, timeout=self.settings.shutdown_timeout + CANCEL_GRACE)
         return self._drain_report or DrainReport(written=0, dropped=0, pending=0)

@@ -755,7 +755,10 @@ def as_enricher(obj: object) -> Enricher:
             "AsyncEnricher or SyncEnricher, or a processor function"
         )
     if callable(obj):
-        return _function_enricher(obj, {}, blocking=False)
+        enricher = _function_enricher(obj, {}, blocking=False)
+        if getattr(obj, "keep_existing", False):
+            raise EnricherConfigError(_SYNC_KEEP_EXISTING.format(name=enricher.name))
+        return enricher
     shown = mask_secrets(repr(obj))  # a URI-like string may hold a password
     raise EnricherConfigError(
         f"{shown} (of type {type(obj).__name__}) is not an enricher: expected "

@@ -6,6 +6,7 @@ each kept as a test."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -748,3 +749,99 @@ def test_keep_existing_on_a_sync_enricher_is_refused_naming_it() -> None:
 
     with pytest.raises(EnricherConfigError, match="'tier': keep_existing applies to async"):
         configure_logging(enrichers=[Tier()], output=LineSink())
+
+
+# -- found by the second outside re-test --------------------------------------------------
+
+
+def test_ashutdown_after_a_blocked_loop_waits_for_the_enrichers_to_stop() -> None:
+    # It returned at once: the enrichers' stop was a task the loop had not
+    # started yet, and with a loop closed by hand it never ran.
+    enricher = Sleepy()
+    stopped_when_ashutdown_returned: list[bool] = []
+
+    async def main() -> None:
+        container = configure_logging(
+            enrichers=[enricher], runtime="loop", output=LineSink(), shutdown_timeout=0.5
+        )
+        await container.astartup()
+        get_logger().info("pending")
+        await asyncio.sleep(0.05)
+        other = threading.Thread(target=container.shutdown)
+        other.start()
+        other.join()  # blocks the loop: that shutdown salvages the event
+        await container.ashutdown()
+        stopped_when_ashutdown_returned.append(enricher.closed.is_set())
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert [True] == stopped_when_ashutdown_returned
+
+
+def test_a_shutdown_on_the_loop_during_a_drain_there_ends_the_containers_lines() -> None:
+    # Its report said 5 lines and the drain's 6, counting a line the
+    # application logged after shutdown() had returned.
+    sink = LineSink()
+
+    async def main() -> tuple[int, int, int]:
+        container = configure_logging(enrichers=[Sleepy()], runtime="loop", output=sink)
+        await container.astartup()
+        for n in range(5):
+            get_logger().info("e", n=n)
+        draining = asyncio.ensure_future(container.ashutdown())
+        await asyncio.sleep(0.05)
+        report = container.shutdown()
+        get_logger().info("after the shutdown")
+        drained = await draining
+        return report["written"], drained["written"], container.metrics()["written"]
+
+    assert (5, 5, 5) == asyncio.run(main())
+    assert 6 == len(sink.lines)
+
+
+class Hidden:
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"Hidden({self.secret})"
+
+    def __structlog__(self) -> str:
+        return "***"
+
+
+class HiddenRaises(Hidden):
+    def __structlog__(self) -> str:
+        raise ValueError("no")
+
+
+def test_hooked_items_of_sets_and_keys_are_written_by_their_hooks(encoder: str) -> None:
+    # A set (or deque) was written by its repr, which shows its items'
+    # reprs: Hidden(hunter2). A hooked dict key, by its repr too.
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    log = get_logger()
+    log.info("in a set", value={Hidden("hunter2")})
+    log.info("in a deque", value=collections.deque([Hidden("hunter2")]))
+    log.info("a set of a raising hook", value=frozenset([HiddenRaises("hunter2")]))
+    log.info("as a key", value={Hidden("hunter2"): 1})
+    container.shutdown()
+
+    assert not [line for line in sink.lines if "hunter2" in line]
+    values = [event["value"] for event in sink.events()]
+    assert ["***"] == values[0] == values[1]
+    assert ["<HiddenRaises: __structlog__() failed (ValueError)>"] == values[2]
+    assert {"***": 1} == values[3]
+
+
+def test_keep_existing_on_a_plain_function_is_refused_naming_it() -> None:
+    def tier(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["tier"] = "gold"
+        return event_dict
+
+    tier.keep_existing = True  # type: ignore[attr-defined]
+    with pytest.raises(EnricherConfigError, match="'tier': keep_existing applies to async"):
+        configure_logging(enrichers=[tier], output=LineSink())

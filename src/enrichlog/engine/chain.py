@@ -12,6 +12,7 @@ written with its odd values shown by ``repr`` and a ``render_error`` field.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import enum
@@ -183,7 +184,14 @@ _INVALID_KEY_CHARS = str.maketrans({" ": "_", "=": "_", '"': "_", "\\": "_", "\n
 
 
 def _text(key: object) -> str:
-    return key if isinstance(key, str) else _repr(key)
+    """A key as text: a hooked one by its ``__structlog__()`` when that is
+    text, else by its type (:func:`shown`), not by the ``repr`` it hides."""
+    if isinstance(key, str):
+        return key
+    if _has_hook(key):
+        plain = plain_json_value(key)
+        return plain if isinstance(plain, str) else shown(key)
+    return _repr(key)
 
 
 def _plain_key(key: object) -> str:
@@ -318,8 +326,8 @@ def json_default(value: Any) -> Any:
     too: orjson would write its fields, passwords included); UUIDs (also a
     database driver's own UUID type) and decimals as their text, exactly;
     dates and times in ISO 8601 and an enum member by its value, as orjson
-    writes them; a dataclass as a mapping of its fields; anything else by
-    ``repr``. May raise what a hook or a ``__repr__`` raises."""
+    writes them; a set or a deque as a list; a dataclass as a mapping of its
+    fields; anything else by ``repr``. May raise what a hook or a ``__repr__`` raises."""
     try:
         hook = value.__structlog__
     except AttributeError:
@@ -332,6 +340,10 @@ def json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, set | frozenset | collections.deque):
+        # As a list, so that its items are written as items are (a hooked
+        # one by its hook), not inside the container's repr.
+        return list(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     return repr(value)

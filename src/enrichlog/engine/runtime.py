@@ -590,12 +590,19 @@ class LoopRuntime:
         guard task stays for that: a task started then would be cancelled
         before its first step)."""
         self._closing_due = True
-
-        def start_closing() -> None:
-            self.closing = self.loop.create_task(self._run_closing_hooks())
-
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            self.call_soon(start_closing)
+            self.call_soon(self.ensure_closing)
+
+    def ensure_closing(self) -> asyncio.Task[None] | None:
+        """On the loop: the task running the closing hooks that
+        :meth:`close_when_free` left due, started now if it was not yet
+        (an ``ashutdown()`` that runs before the loop got to it waits for
+        it); ``None`` when none is due."""
+        if not self._closing_due or self._closing_done:
+            return None
+        if self.closing is None:
+            self.closing = asyncio.get_running_loop().create_task(self._run_closing_hooks())
+        return self.closing
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop using the loop: run the exit hooks (pending events are
