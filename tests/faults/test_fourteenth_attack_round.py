@@ -384,7 +384,7 @@ def test_a_shutdown_from_another_thread_while_the_loop_is_busy_closes_the_pools_
         await asyncio.sleep(0.05)
         other = threading.Thread(target=lambda: reports.append(dict(container.shutdown())))
         other.start()
-        time.sleep(2.5)  # noqa: ASYNC251 - the application's loop is busy (sync work)
+        time.sleep(4.0)  # noqa: ASYNC251 - the application's loop is busy (sync work)
         other.join()
         await asyncio.sleep(0.5)  # the loop is free again
 
