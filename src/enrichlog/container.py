@@ -36,7 +36,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .engine.chain import LoggerLevels, post_processors, pre_processors, render_fallbacks
 from .engine.lifecycle import EnricherLifecycleManager, retrieve_outcome
-from .engine.logger import make_bound_logger_class
+from .engine.logger import SharedChain, make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, logger_factory, open_output
 from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
 from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
@@ -86,7 +86,7 @@ _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # reconfigurations and changed in place: structlog's cached loggers keep
 # references to both, so a module-level logger used before a reconfigure
 # follows the new configuration instead of a shut-down container.
-_installed_chain: list[Processor] = []
+_installed_chain = SharedChain()
 _installed_writer: LineWriter | None = None
 
 

@@ -66,11 +66,27 @@ async def _delete(names: list[str]) -> None:
         await client.close()
 
 
+#: Every stream name the fixtures handed out in this run.
+_HANDED_OUT: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stream_left() -> Iterator[None]:
+    """At the end of the run, delete every stream handed out once more: a
+    producer a test left running (its publisher re-creates its stream when
+    it reconnects) must not leave one behind on the shared server."""
+    yield
+    if _HANDED_OUT:
+        with contextlib.suppress(Exception):  # the server is gone: nothing to clean
+            run_async(_delete(sorted(_HANDED_OUT)))
+
+
 @pytest.fixture
 def streams(nats_server: None) -> Iterator[Streams]:
     """A stream and subject of this test's own, deleted afterwards."""
     suffix = uuid.uuid4().hex[:10]
     names = Streams(stream=f"T{suffix}", subject=f"test.{suffix}.logs")
+    _HANDED_OUT.update((names.stream, names.dlq_stream))
     yield names
     run_async(_delete([names.stream, names.dlq_stream]))
 
@@ -80,6 +96,7 @@ def other_streams(nats_server: None) -> Iterator[Streams]:
     """A second stream and subject of this test's own (another application)."""
     suffix = uuid.uuid4().hex[:10]
     names = Streams(stream=f"U{suffix}", subject=f"test.{suffix}.other")
+    _HANDED_OUT.update((names.stream, names.dlq_stream))
     yield names
     run_async(_delete([names.stream, names.dlq_stream]))
 

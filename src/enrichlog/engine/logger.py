@@ -29,7 +29,7 @@ from structlog._log_levels import LEVEL_TO_NAME
 from .chain import LoggerLevels
 from .processor import ASYNC_WAITER, AsyncEnricherProcessor
 
-__all__ = ["make_bound_logger_class"]
+__all__ = ["SharedChain", "make_bound_logger_class"]
 
 
 def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
@@ -52,6 +52,60 @@ def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
 _TEXT = (str, bytes, bytearray)
 
 Emit = Callable[[Any, str, "str | None", dict[str, Any]], Any]
+
+
+class SharedChain(list[Any]):
+    """The processor list that structlog's loggers share: changed in place
+    on reconfiguring (cached loggers keep a reference to it), and, beside
+    it, :attr:`snapshot`, a tuple of it replaced whole on every change.
+    enrichlog's bound logger runs the snapshot: a loop over the list while
+    ``configure_logging()`` (another thread) replaces it could run off its
+    shortened end, skip the renderer and hand the writer a dict (a
+    ``TypeError`` into the application, the event lost). A tuple made per
+    call instead costs an allocation per event, and with it young
+    collections on the caller's thread: its p99."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, processors: Any = ()) -> None:
+        super().__init__(processors)
+        self.snapshot: tuple[Any, ...] = tuple(self)
+
+    def _changed(self) -> None:
+        self.snapshot = tuple(self)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._changed()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._changed()
+
+    def append(self, value: Any) -> None:
+        super().append(value)
+        self._changed()
+
+    def extend(self, values: Any) -> None:
+        super().extend(values)
+        self._changed()
+
+    def insert(self, index: Any, value: Any) -> None:
+        super().insert(index, value)
+        self._changed()
+
+    def remove(self, value: Any) -> None:
+        super().remove(value)
+        self._changed()
+
+    def pop(self, index: Any = -1) -> Any:
+        value = super().pop(index)
+        self._changed()
+        return value
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
 
 
 def _unreachable(*_args: Any) -> None:  # pragma: no cover - no processor is the marker
@@ -80,11 +134,10 @@ def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
             if event is not None:
                 event_dict["event"] = event
             logger = self._logger
-            # A snapshot (one C call): configure_logging() replaces the
-            # shared chain in place, and a loop over the list itself, caught
-            # as it changed length, could skip the renderer and hand the
-            # writer a dict (TypeError into the caller, the event lost).
-            for proc in tuple(self._processors):
+            processors = self._processors
+            if type(processors) is SharedChain:
+                processors = processors.snapshot  # replaced whole: see SharedChain
+            for proc in processors:
                 if proc is marker:
                     event_dict = process(logger, method_name, event_dict)
                     if event_dict is None:
