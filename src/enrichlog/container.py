@@ -824,16 +824,18 @@ class LoggingContainer:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
                 report_slow_shutdown(timeout)
-        elif stuck and isinstance(runtime, LoopRuntime):
+        # The application's loop did not answer: the exit hooks write its
+        # pending events here, with what they have.
+        salvaging = bool(stuck) and isinstance(runtime, LoopRuntime)
+        if salvaging:
             self._stop_enrichers_when_the_loop_answers(timeout)
         # From here log calls write their own events; the runtime's exit hook
         # writes whatever raced the drain, on its own thread.
         self._pipeline.stop_accepting()
         if not runtime.in_runtime_thread():
-            written = self._pipeline.report()["written"]
+            written = self._pipeline.report()["written"] if salvaging else 0
             runtime.stop(0.1 if stuck else max(timeout, 1.0))
-            if stuck and isinstance(runtime, LoopRuntime):
-                # Written here, by the exit hooks, with what they have.
+            if salvaging:
                 report["salvaged"] = report.get("salvaged", 0) + (
                     self._pipeline.report()["written"] - written
                 )

@@ -423,6 +423,16 @@ def test_astartup_from_another_loop_waits_for_the_start_up() -> None:
     assert [1] == [event.get("sleepy") for event in sink.events()]
 
 
+async def _slow_starting_service(sink: LineSink, containers: list[LoggingContainer]) -> None:
+    """A service whose ``async with configure_logging(...)`` takes 1 s to start."""
+    container = configure_logging(
+        enrichers=[Sleepy(startup_seconds=1.0)], runtime="loop", output=sink
+    )
+    containers.append(container)
+    async with container:
+        await asyncio.sleep(10)
+
+
 def test_async_with_cancelled_during_the_start_up_leaves_nothing_installed() -> None:
     # The task ended cancelled, but the container stayed installed and
     # running until the loop ended: __aexit__ never runs when __aenter__
@@ -430,16 +440,8 @@ def test_async_with_cancelled_during_the_start_up_leaves_nothing_installed() -> 
     sink = LineSink()
     containers: list[LoggingContainer] = []
 
-    async def service() -> None:
-        container = configure_logging(
-            enrichers=[Sleepy(startup_seconds=1.0)], runtime="loop", output=sink
-        )
-        containers.append(container)
-        async with container:
-            await asyncio.sleep(10)
-
     async def main() -> object:
-        task = asyncio.create_task(service())
+        task = asyncio.create_task(_slow_starting_service(sink, containers))
         await asyncio.sleep(0.3)
         get_logger().info("while starting")
         task.cancel()
@@ -549,16 +551,8 @@ def test_a_second_cancellation_of_async_with_during_start_up_is_no_reason_to_sta
     first, second = LineSink(), LineSink()
     containers: list[LoggingContainer] = []
 
-    async def service() -> None:
-        container = configure_logging(
-            enrichers=[Sleepy(startup_seconds=1.0)], runtime="loop", output=first
-        )
-        containers.append(container)
-        async with container:
-            await asyncio.sleep(10)
-
     async def main() -> float:
-        task = asyncio.create_task(service())
+        task = asyncio.create_task(_slow_starting_service(first, containers))
         await asyncio.sleep(0.3)
         task.cancel()
         await asyncio.sleep(0)

@@ -71,41 +71,10 @@ class SharedChain(list[Any]):
         super().__init__(processors)
         self.snapshot: tuple[Any, ...] = tuple(self)
 
-    def _changed(self) -> None:
-        self.snapshot = tuple(self)
-
     def __setitem__(self, index: Any, value: Any) -> None:
+        # enrichlog changes the chain by slice assignment only (chain[:] = ...).
         super().__setitem__(index, value)
-        self._changed()
-
-    def __delitem__(self, index: Any) -> None:
-        super().__delitem__(index)
-        self._changed()
-
-    def append(self, value: Any) -> None:
-        super().append(value)
-        self._changed()
-
-    def extend(self, values: Any) -> None:
-        super().extend(values)
-        self._changed()
-
-    def insert(self, index: Any, value: Any) -> None:
-        super().insert(index, value)
-        self._changed()
-
-    def remove(self, value: Any) -> None:
-        super().remove(value)
-        self._changed()
-
-    def pop(self, index: Any = -1) -> Any:
-        value = super().pop(index)
-        self._changed()
-        return value
-
-    def clear(self) -> None:
-        super().clear()
-        self._changed()
+        self.snapshot = tuple(self)
 
 
 def _unreachable(*_args: Any) -> None:  # pragma: no cover - no processor is the marker

@@ -488,7 +488,7 @@ class LoopRuntime:
         self._closing_due = False
         self._closing_done = False
         #: The task running the closing hooks once the loop was free again.
-        self.closing: asyncio.Task[None] | None = None
+        self._closing_task: asyncio.Task[None] | None = None
         self._late_guard: asyncio.Task[None] | None = None
 
     @property
@@ -600,9 +600,9 @@ class LoopRuntime:
         it); ``None`` when none is due."""
         if not self._closing_due or self._closing_done:
             return None
-        if self.closing is None:
-            self.closing = asyncio.get_running_loop().create_task(self._run_closing_hooks())
-        return self.closing
+        if self._closing_task is None:
+            self._closing_task = asyncio.get_running_loop().create_task(self._run_closing_hooks())
+        return self._closing_task
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop using the loop: run the exit hooks (pending events are
@@ -715,7 +715,7 @@ class LoopRuntime:
         """The parent's loop does not run in the child: forget it (the
         child's application starts its own)."""
         self._loop = self._thread_id = self._guard = self._executor = None
-        self._late_guard = self.closing = None
+        self._late_guard = self._closing_task = None
         self._owned.clear()
 
 

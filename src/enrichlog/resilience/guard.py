@@ -21,7 +21,6 @@ import contextvars
 import functools
 import itertools
 import logging
-import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
@@ -779,13 +778,8 @@ class EnricherGuard:
             return
         try:
             lookup = self._cache_key(snapshot)
-            if lookup is not None:
-                # Without a cache, _entry_of reads an empty mapping.
-                entry = self._entry_of(lookup)
-                # A key that cannot be compared would fail later, in the
-                # batch's own mappings, where another event's key with its
-                # hash meets it: it fails this event now, as a reason.
-                operator.eq(lookup, lookup)
+            # Without a cache, _entry_of reads an empty mapping.
+            entry = None if lookup is None else self._entry_of(lookup)
         except BaseException as exc:  # a failing, unhashable or incomparable key: a reason only
             if cache is not None:
                 cache.count_miss()
