@@ -204,6 +204,48 @@ def test_a_call_that_ignores_cancellation_is_abandoned_and_holds_up_nothing() ->
     assert ({"stubborn": "timeout"}, {"stubborn": "timeout"}, 2, "closed") == result
 
 
+def test_an_abandoned_call_is_timed_before_it_is_counted_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CI failed once on ``calls == latency count`` read from another thread:
+    that thread saw the abandonment counted while the loop was still writing
+    its warning, before the call's latency was observed."""
+    from enrichlog.resilience import guard as guard_module
+
+    release = asyncio.Event()
+    seen_during_warning: list[tuple[int, int]] = []
+
+    class Stubborn(AsyncEnricher):
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue
+            return event_dict
+
+    plan = plan_for(Stubborn(name="stubborn", timeout=0.05))
+    warning = guard_module._report.warning
+
+    def reading_metrics(*args: Any, **kwargs: Any) -> None:
+        metrics = plan.enricher_metrics()["stubborn"]
+        seen_during_warning.append((metrics.abandoned, metrics.latency.count))
+        warning(*args, **kwargs)
+
+    monkeypatch.setattr(guard_module._report, "warning", reading_metrics)
+
+    async def scenario() -> None:
+        await enrich(plan, {"event": "x"})
+        release.set()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+    assert [(1, 1)] == seen_during_warning
+
+
 @pytest.mark.parametrize("level_timeout", [0.05])
 def test_level_timeout_shorter_than_an_enricher_timeout_bounds_the_level(
     level_timeout: float,

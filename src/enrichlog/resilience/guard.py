@@ -1215,9 +1215,16 @@ class EnricherGuard:
 
     def _abandoned(self, call: _Call) -> None:
         """A call ignored its cancellation past the grace: count it as a
-        failure, give its slot back, and tell its caller to stop waiting."""
-        self.abandoned += 1
+        failure, give its slot back, and tell its caller to stop waiting.
+
+        The latency is observed before ``abandoned`` is counted: a reader of
+        metrics() on another thread that sees the abandonment then also sees
+        the call among the calls timed."""
+        # Its duration so far, now: one that never ends must still count
+        # among the calls made (the histogram's count is the calls).
+        self.latency.observe(ABANDON_GRACE + self.timeout)
         self._reasons["timeout"] = self._reasons.get("timeout", 0) + 1
+        self.abandoned += 1
         self.enricher.record_failure("timeout (abandoned: ignored cancellation)")
         if call.permit is not None:
             self.breaker.record_failure(call.permit)
@@ -1233,9 +1240,6 @@ class EnricherGuard:
             self.name,
             ABANDON_GRACE,
         )
-        # Its duration so far, now: one that never ends must still count
-        # among the calls made (the histogram's count is the calls).
-        self.latency.observe(ABANDON_GRACE + self.timeout)
         call.deliver(TIMEOUT, ABANDON_GRACE + self.timeout, abandoned=True)
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
