@@ -43,7 +43,7 @@ from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime, resolver
-from .enricher import Enricher
+from .enricher import Enricher, call_site_processors
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
@@ -324,7 +324,8 @@ class LoggingContainer:
     def chain(self) -> list[Processor]:
         """The structlog processors this container installs."""
         enrichment = [] if self.processor is None else [self.processor]
-        return [*pre_processors(), *enrichment, *self._writer.tail]
+        call_site = call_site_processors(self.registry)
+        return [*pre_processors(), *call_site, *enrichment, *self._writer.tail]
 
     # -- start -------------------------------------------------------------
 

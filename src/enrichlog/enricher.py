@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import difflib
 import functools
 import inspect
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from typing import Any, ClassVar, TypeVar, overload
 
 import anyio
+import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from .exceptions import EnricherConfigError
@@ -660,6 +662,44 @@ class _AsyncFunctionEnricher(AsyncEnricher):
         return result
 
 
+class CallSite:
+    """structlog's ``CallsiteParameterAdder`` given as an enricher.
+
+    It reads the call site from the stack, which only the log call has: an
+    enricher runs later (after an async level, on the runtime's thread) or
+    below enrichlog's own frames, and would record those. So the container
+    runs :attr:`at_call`, a copy that also skips enrichlog's frames, with
+    the pre-processors on the logging thread; in the enrichment graph the
+    enricher keeps its name and place and adds nothing more, except for a
+    stdlib record brought by ``ProcessorFormatter`` (``_record``), whose
+    call site is the record's own wherever it is read."""
+
+    __slots__ = ("adder", "at_call")
+
+    def __init__(self, adder: structlog.processors.CallsiteParameterAdder) -> None:
+        self.adder = adder
+        at_call = copy.copy(adder)
+        ignores = getattr(adder, "_additional_ignores", None)
+        if isinstance(ignores, list):
+            at_call._additional_ignores = [*ignores, "enrichlog"]
+        self.at_call = at_call
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if "_record" in event_dict and not event_dict.get("_from_structlog", False):
+            return self.adder(logger, method_name, event_dict)
+        return event_dict  # added at the call
+
+
+def call_site_processors(enrichers: Iterable[Enricher]) -> list[ProcessorFunction]:
+    """What runs on the logging thread for the ``CallsiteParameterAdder``
+    instances among ``enrichers`` (see :class:`CallSite`)."""
+    return [
+        enricher.function.at_call
+        for enricher in enrichers
+        if isinstance(enricher, _FunctionEnricher) and isinstance(enricher.function, CallSite)
+    ]
+
+
 def _callable_name(obj: Callable[..., Any]) -> str:
     name = getattr(obj, "__name__", None)
     return name if isinstance(name, str) else _default_name(type(obj))
@@ -699,6 +739,8 @@ def _function_enricher(fn: Callable[..., Any], options: dict[str, Any], blocking
             f"enricher {options['name']!r}: an async generator function (async def with "
             "yield) cannot enrich an event; return the event dict from an async def"
         )
+    if isinstance(fn, structlog.processors.CallsiteParameterAdder):
+        return _FunctionEnricher(CallSite(fn), blocking=blocking, **options)
     if _is_async_callable(fn):
         if blocking:
             raise EnricherConfigError(

@@ -20,26 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
 from structlog._log_levels import LEVEL_TO_NAME
 
 from .chain import LoggerLevels
-from .processor import ASYNC_WAITER, AsyncEnricherProcessor
+from .processor import ASYNC_WAITER, AsyncEnricherProcessor, Waiter
 
 __all__ = ["SharedChain", "make_bound_logger_class"]
 
 
 def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
     """structlog's positional interpolation (``event % args``; one non-empty
-    dict is used by name), except that a message and arguments that do not
+    mapping is used by name), except that a message and arguments that do not
     fit (``log.info("%s %s", 1)``) never raise into the caller and lose the
     event: it keeps the message as written, the arguments in
     ``positional_args`` and the reason in ``format_error``."""
     try:
-        if len(args) == 1 and isinstance(args[0], dict) and args[0]:
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
             return event % args[0]
         return event % args
     except Exception as exc:  # a user's message: a field, never a raise
@@ -133,14 +133,18 @@ def _make_emit(enrichment: AsyncEnricherProcessor | None) -> Emit:
 async def _log_and_wait(
     self: Any, name: str, event: str | None, kw: dict[str, Any], emit: Emit
 ) -> None:
-    waiters: list[tuple[asyncio.Future[None], float]] = []
+    waiters: list[Waiter] = []
     token = ASYNC_WAITER.set(waiters)
     try:
         emit(self, name, event, kw)
     finally:
         ASYNC_WAITER.reset(token)
+    if waiters and waiters[0][2] is not None:
+        # The queue was full (overflow="block"): await room first, on this
+        # loop, where a sync call would have blocked.
+        await waiters[0][2]()
     if waiters and not waiters[0][0].done():
-        future, bound = waiters[0]
+        future, bound, _ = waiters[0]
         # Bounded like an inline caller's wait; past it the event stays
         # queued and is written later, and the caller moves on. Not
         # wait_for(): in Python 3.11 it returns, swallowing the caller's

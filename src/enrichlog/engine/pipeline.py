@@ -36,6 +36,7 @@ from .runtime import LoopRuntime, Runtime, resolver, set_result
 __all__ = [
     "CLOSED",
     "DROPPED",
+    "FULL",
     "QUEUED",
     "REPORTING",
     "EventPipeline",
@@ -105,6 +106,15 @@ REPORTING = _Reporting()
 QUEUED, DROPPED, CLOSED = 0, 1, 2
 #: submit()'s own: the application's loop was found closed; see _ended_with_the_loop.
 _LOOP_CLOSED = 3
+#: submit(..., await_room=True) found the queue full with overflow="block":
+#: nothing was done; the caller awaits room (see submit_when_room).
+FULL = 4
+
+
+def _room_made(future: asyncio.Future[None]) -> None:
+    """On an awaiting caller's loop: room was made for its event."""
+    if not future.done():
+        future.set_result(None)
 
 
 class PipelineState(enum.Enum):
@@ -238,7 +248,13 @@ class EventPipeline:
         self._held = False
         self.state = PipelineState.ACCEPTING
         self._leftovers_written = threading.Event()
+        #: Callers waiting for room in a full queue: threads (on _space)
+        #: and awaiting callers (in _room_waiters).
         self._blocked = 0
+        #: The loops and futures of callers awaiting room (ainfo() and
+        #: friends, overflow="block"), first come first woken; a future
+        #: done already (its wait ended) is passed over.
+        self._room_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
         self._next_seq = 0
         #: Events queued so far, less those evicted: changed by logging
         #: threads, under the lock.
@@ -285,15 +301,18 @@ class EventPipeline:
         """Every event submitted so far is written or dropped."""
         return self.queued == self.finished
 
-    def submit(self, item: PendingEvent, may_block: bool = True) -> int:
+    def submit(self, item: PendingEvent, may_block: bool = True, await_room: bool = False) -> int:
         """Queue ``item``; return :data:`QUEUED`, :data:`DROPPED` (by the
         overflow policy, counted) or :data:`CLOSED` (the caller writes it).
 
         Never raises. With ``overflow="block"`` a full queue makes the caller
         wait up to ``block_timeout``, then the new event is dropped and
         counted; ``may_block=False`` (a thread that runs an event loop) skips
-        the wait. While the pipeline is closing, events are still queued (to
-        keep each thread's order) but completed without enrichment.
+        the wait. With ``await_room`` (a caller that can await instead) a
+        full queue under ``overflow="block"`` returns :data:`FULL`, the event
+        not taken: see :meth:`submit_when_room`. While the pipeline is
+        closing, events are still queued (to keep each thread's order) but
+        completed without enrichment.
         """
         loop_runtime = self._loop_runtime
         if loop_runtime is not None and loop_runtime.loop_closed:
@@ -319,7 +338,7 @@ class EventPipeline:
                 elif self.state is _ACCEPTING and self._loop_closed():
                     result = _LOOP_CLOSED  # a full queue nothing drains
                 else:
-                    result = self._admit(item, may_block)
+                    result = self._admit(item, may_block, await_room)
                 if result == QUEUED:
                     item.seq = seq = self._next_seq
                     self._next_seq = seq + 1
@@ -341,6 +360,69 @@ class EventPipeline:
             self._ended_with_the_loop()
             return self.submit(item, may_block)  # refused now: the caller writes it
         return result
+
+    async def submit_when_room(self, item: PendingEvent) -> int:
+        """:meth:`submit` for a caller that can await (``ainfo()`` and
+        friends) and found the queue full under ``overflow="block"``: awaits
+        room on the caller's loop, which goes on running meanwhile, up to
+        ``block_timeout``; then the event is queued, or dropped and counted
+        as ``drop_new`` drops it. Returns what :meth:`submit` returns.
+
+        Cancelled while it awaits, it queues nothing: the caller submits
+        the event without waiting (see the processor).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._block_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            future: asyncio.Future[None] | None = loop.create_future()
+            with self._lock:
+                # As a blocked thread: through a drain too, until the
+                # pipeline refuses (the caller then writes its event).
+                if self._is_full() and not self._refuses():
+                    self._room_waiters.append((loop, future))  # type: ignore[arg-type]
+                    self._blocked += 1
+                else:
+                    future = None
+            if future is not None:
+                try:
+                    async with asyncio.timeout(remaining):
+                        await future
+                except TimeoutError:
+                    pass
+                finally:
+                    future.cancel()  # passed over by a later wake
+                    with self._lock:
+                        self._blocked -= 1
+            result = self.submit(item, False, True)
+            if result != FULL:
+                return result
+        return self.submit(item, False)
+
+    def _is_full(self) -> bool:
+        return len(self._normal) + len(self._urgent) >= self._queue_size
+
+    def _notify_space(self) -> None:
+        """With the lock held: room was made, or the pipeline stopped
+        accepting. Wakes the threads waiting for room, and as many awaiting
+        callers as there is room for (all of them once it stopped
+        accepting), each on its own loop."""
+        self._space.notify_all()
+        waiters = self._room_waiters
+        if not waiters:
+            return
+        if self.state is _ACCEPTING:
+            room = self._queue_size - len(self._normal) - len(self._urgent)
+        else:
+            room = len(waiters)
+        while waiters and room > 0:
+            loop, future = waiters.popleft()
+            if future.done():  # its wait ended: timed out or cancelled
+                continue
+            room -= 1
+            try:
+                loop.call_soon_threadsafe(_room_made, future)
+            except RuntimeError:  # its loop is closed: nobody awaits it
+                room += 1
 
     def _loop_closed(self) -> bool:
         """Whether enrichment ran on an application's loop that is closed."""
@@ -381,13 +463,17 @@ class EventPipeline:
         if interrupt is not None:
             raise interrupt
 
-    def _admit(self, item: PendingEvent, may_block: bool) -> int:
+    def _admit(self, item: PendingEvent, may_block: bool, await_room: bool) -> int:
         """With the lock held, when the pipeline is not accepting or the
         queue is full: :data:`QUEUED` if ``item`` may go in now (room was
-        made), else :data:`CLOSED` or :data:`DROPPED` (counted)."""
+        made), else :data:`CLOSED`, :data:`DROPPED` (counted) or, for a
+        caller that awaits room, :data:`FULL`."""
         if self.state is not PipelineState.ACCEPTING and self._refuses():
             return CLOSED
-        if len(self._normal) + len(self._urgent) >= self._queue_size:
+        if self._is_full():
+            if await_room and self._overflow == "block":
+                self._filled = True
+                return FULL
             room = self._make_room(item, may_block)
             if self._refuses():
                 return CLOSED
@@ -546,7 +632,7 @@ class EventPipeline:
             room -= 1
         if self._blocked:
             with self._lock:
-                self._space.notify_all()
+                self._notify_space()
         return batch, self._sleeping
 
     def _start(self, item: PendingEvent) -> bool:
@@ -605,7 +691,7 @@ class EventPipeline:
                 item.on_written()
         if finished and self._blocked:
             with self._lock:
-                self._space.notify_all()
+                self._notify_space()
         if self._flush_waiters:
             self._release_flush_waiters()
 
@@ -755,7 +841,7 @@ class EventPipeline:
             report["salvaged"] = self._written - written
         with self._lock:
             self.state = PipelineState.CLOSED
-            self._space.notify_all()  # blocked callers write their own events
+            self._notify_space()  # blocked callers write their own events
         if responsive:
             self.flush(_SALVAGE_SECONDS)  # events that raced the close
         else:
@@ -791,7 +877,7 @@ class EventPipeline:
             report["salvaged"] = self._written - written
         with self._lock:
             self.state = PipelineState.CLOSED
-            self._space.notify_all()
+            self._notify_space()
         return report
 
     def report(self) -> dict[str, int]:
@@ -882,7 +968,7 @@ class EventPipeline:
         the runtime gone with its event queued."""
         with self._lock:
             self.state = PipelineState.STOPPED
-            self._space.notify_all()
+            self._notify_space()
 
     def _write_leftovers(self) -> None:
         """Runtime exit hook, on the loop thread after its last task: write,
@@ -897,7 +983,7 @@ class EventPipeline:
             self._order.clear()
             self._normal.clear()
             self._urgent.clear()
-            self._space.notify_all()
+            self._notify_space()
         for item in leftovers:
             if not item.done:
                 self._finish_unenriched(item)

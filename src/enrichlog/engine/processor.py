@@ -19,7 +19,7 @@ import asyncio
 import contextvars
 import functools
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -27,19 +27,23 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..enricher import Enricher
 from ..reporting import reporting_logger
-from .pipeline import CLOSED, DROPPED, QUEUED, REPORTING, EventPipeline, PendingEvent
+from .pipeline import CLOSED, DROPPED, FULL, QUEUED, REPORTING, EventPipeline, PendingEvent
 from .plan import IN_ENRICHMENT, INTERRUPTS, EnrichmentPlan, take_interrupt
 from .runtime import Runtime, resolver, set_result
 
-__all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor"]
+__all__ = ["ASYNC_WAITER", "AsyncEnricherProcessor", "Waiter"]
 
 _report = reporting_logger("enrichlog")
 
+#: What the processor hands an ``a*`` logger method to await: the event's
+#: completion future, how long to wait for it, and, when the queue was full
+#: under ``overflow="block"``, what queues the event once there is room.
+Waiter = tuple["asyncio.Future[None]", float, "Callable[[], Coroutine[Any, Any, None]] | None"]
+
 #: Set by the ``a*`` logger methods: a list the processor appends the
-#: event's completion future (and how long to wait for it) to, so the caller
-#: can await it.
-ASYNC_WAITER: contextvars.ContextVar[list[tuple[asyncio.Future[None], float]] | None] = (
-    contextvars.ContextVar("enrichlog_async_waiter", default=None)
+#: event's :data:`Waiter` to, so the caller can await it.
+ASYNC_WAITER: contextvars.ContextVar[list[Waiter] | None] = contextvars.ContextVar(
+    "enrichlog_async_waiter", default=None
 )
 
 
@@ -198,6 +202,32 @@ class AsyncEnricherProcessor:
                 )
         raise interrupt
 
+    async def _queue_when_room(self, item: PendingEvent, future: asyncio.Future[None]) -> None:
+        """Queue the event of an ``a*`` call that found the queue full: once
+        there is room, or as ``drop_new`` once ``overflow_block_timeout``
+        passed (see :meth:`EventPipeline.submit_when_room`). Cancelled while
+        it awaits room, it queues the event without waiting, then lets the
+        cancellation go on."""
+        try:
+            result = await self._pipeline.submit_when_room(item)
+        except BaseException:
+            self._submitted(self._pipeline.submit(item, False), item, future)
+            raise
+        self._submitted(result, item, future)
+
+    def _submitted(self, result: int, item: PendingEvent, future: asyncio.Future[None]) -> None:
+        """After an awaited submit: nothing more to wait for unless queued;
+        refused (shut down meanwhile), the event is written here."""
+        if result == QUEUED:
+            return
+        if not future.done():
+            future.set_result(None)
+        if result == CLOSED:
+            self._plan.finish_unenriched(item)
+            if not item.filtered:
+                self._pipeline.wait_for_leftovers()
+                self._pipeline.writer.write(item.logger, item.method_name, item.event)
+
     def _hand_off(self, item: PendingEvent) -> bool:
         """Queue the event for the runtime and wait as the caller must;
         False if the pipeline refused it (the caller writes it)."""
@@ -240,7 +270,7 @@ class AsyncEnricherProcessor:
             # ainfo() and friends: the caller awaits this future on its loop.
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            waiters.append((future, self._inline_wait))
+            waiters.append((future, self._inline_wait, None))
             on_written = (
                 functools.partial(set_result, future)  # written on this very loop
                 if self._runtime.in_runtime_thread()
@@ -253,7 +283,16 @@ class AsyncEnricherProcessor:
             written.acquire()
             on_written = written.release
         item.on_written = on_written
-        result = self._pipeline.submit(item, not on_loop)
+        result = self._pipeline.submit(item, not on_loop, future is not None)
+        if result == FULL and waiters is not None and future is not None:
+            # ainfo() at a full queue under overflow="block": the caller
+            # awaits room (its loop runs on), then the event is queued.
+            waiters[-1] = (
+                future,
+                self._inline_wait,
+                functools.partial(self._queue_when_room, item, future),
+            )
+            return True
         if result != QUEUED:
             if future is not None and not future.done():
                 future.set_result(None)

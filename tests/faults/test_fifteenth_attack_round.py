@@ -1,0 +1,309 @@
+"""Found by the fifteenth outside attack round (testers with only the README
+and the docs: what a user switching from structlog gets, line for line; the
+enricher contract over time), each kept as a test."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import logging
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from enrichlog import AsyncEnricher, configure_logging, get_logger, register_enricher
+from enrichlog.testing import LineSink
+
+CallsiteParameter = structlog.processors.CallsiteParameter
+CALL_SITE = [
+    CallsiteParameter.FILENAME,
+    CallsiteParameter.FUNC_NAME,
+    CallsiteParameter.LINENO,
+    CallsiteParameter.THREAD_NAME,
+]
+
+
+class Lookup(AsyncEnricher):
+    name = "lookup"
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(0.001)
+        event_dict["user"] = "alice"
+        return event_dict
+
+
+def _call_site(event: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(event.get(parameter.value) for parameter in CALL_SITE)
+
+
+def _log_here(log: Any) -> int:
+    """Logs one event; the line number of the call."""
+    log.info("checkout")
+    return _log_here.__code__.co_firstlineno + 2
+
+
+async def _alog_here(log: Any) -> int:
+    await log.ainfo("checkout")
+    return _alog_here.__code__.co_firstlineno + 1
+
+
+# -- CallsiteParameterAdder given as an enricher ----------------------------
+
+
+@pytest.mark.parametrize("after_an_async_enricher", [False, True], ids=["alone", "after-lookup"])
+def test_a_callsite_adder_records_the_application_call_not_enrichlogs_frames(
+    after_an_async_enricher: bool,
+) -> None:
+    """It recorded ``plan.py``/``call_sync`` (and, after an async enricher,
+    the runtime's thread) instead of the caller: wrong data, silently."""
+    adder = structlog.processors.CallsiteParameterAdder(CALL_SITE)
+    enrichers: list[Any] = (
+        [Lookup(), register_enricher(adder, name="callsite", dependencies="lookup")]
+        if after_an_async_enricher
+        else [adder]
+    )
+    sink = LineSink()
+    container = configure_logging(enrichers=enrichers, output=sink)
+    try:
+        line = _log_here(get_logger())
+        aline = asyncio.run(_alog_here(get_logger()))
+    finally:
+        container.shutdown()
+
+    expected = [
+        ("test_fifteenth_attack_round.py", "_log_here", line, "MainThread"),
+        ("test_fifteenth_attack_round.py", "_alog_here", aline, "MainThread"),
+    ]
+    assert expected == [_call_site(event) for event in sink.events()]
+    if after_an_async_enricher:
+        assert ["alice", "alice"] == [event["user"] for event in sink.events()]
+
+
+def test_a_callsite_adder_on_a_thread_records_that_thread() -> None:
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[Lookup(), structlog.processors.CallsiteParameterAdder(CALL_SITE)], output=sink
+    )
+    lines: list[int] = []
+    try:
+        thread = threading.Thread(target=lambda: lines.append(_log_here(get_logger())), name="t1")
+        thread.start()
+        thread.join()
+    finally:
+        container.shutdown()
+
+    assert [("test_fifteenth_attack_round.py", "_log_here", lines[0], "t1")] == [
+        _call_site(event) for event in sink.events()
+    ]
+
+
+def test_a_callsite_adder_through_the_stdlib_bridge_records_the_logging_call() -> None:
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[Lookup(), structlog.processors.CallsiteParameterAdder(CALL_SITE)],
+        output=sink,
+        stdlib=True,
+    )
+    try:
+
+        def stdlib_call() -> int:
+            logging.getLogger("app.stdlib").warning("from stdlib")
+            return stdlib_call.__code__.co_firstlineno + 1
+
+        line = stdlib_call()
+    finally:
+        container.shutdown()
+
+    events = [event for event in sink.events() if event["event"] == "from stdlib"]
+    assert [("test_fifteenth_attack_round.py", "stdlib_call", line, "MainThread")] == [
+        _call_site(event) for event in events
+    ]
+
+
+def test_the_users_callsite_adder_is_left_as_it_was() -> None:
+    """enrichlog runs a copy that also skips its own frames: the object the
+    user passed still behaves as structlog's (used in a plain chain too)."""
+    adder = structlog.processors.CallsiteParameterAdder(CALL_SITE)
+    container = configure_logging(enrichers=[adder], output=LineSink())
+    container.shutdown()
+
+    assert ["logging"] == adder._additional_ignores
+
+
+# -- "%(name)s" with a mapping that is not a dict -----------------------------
+
+
+class ReadOnly(collections.abc.Mapping[str, Any]):
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [types.MappingProxyType({"user": "alice"}), ReadOnly(user="alice")],
+    ids=["mappingproxy", "custom-mapping"],
+)
+def test_a_single_mapping_argument_is_interpolated_by_name_as_structlog_does(
+    mapping: Any,
+) -> None:
+    """structlog interpolates ``"%(user)s"`` with any non-empty mapping;
+    enrichlog did only with a dict, and wrote the message unformatted with
+    ``format_error``."""
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    try:
+        get_logger().info("user %(user)s", mapping)
+    finally:
+        container.shutdown()
+
+    [event] = sink.events()
+    assert ("user alice", None) == (event["event"], event.get("format_error"))
+
+
+# -- ainfo() at a full queue under overflow="block" --------------------------
+
+
+class Slow(AsyncEnricher):
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(timeout=30.0)
+        self.seconds = seconds
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(self.seconds)
+        event_dict["slow"] = True
+        return event_dict
+
+
+@pytest.mark.parametrize("runtime", ["thread", "loop"])
+def test_ainfo_at_a_full_queue_awaits_room_instead_of_dropping(runtime: str) -> None:
+    """``overflow="block"`` (the default) waits for room; ``ainfo()`` did not
+    (it "behaved as drop_new"), so concurrent tasks awaiting their log calls
+    lost most of a burst although each could wait without blocking its loop:
+    12,530 of 20,000 written."""
+    events = 200
+    sink = LineSink()
+
+    async def scenario() -> dict[str, Any]:
+        container = configure_logging(
+            enrichers=[Slow(0.002)],
+            output=sink,
+            runtime=runtime,
+            queue_size=5,
+            max_in_flight=4,
+            overflow_block_timeout=60.0,
+        )
+        await container.astartup()
+        log = get_logger()
+        await asyncio.gather(*(log.ainfo("e", i=i) for i in range(events)))
+        report = await container.ashutdown()
+        return dict(report)
+
+    report = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    written = sink.events()
+    assert (events, 0) == (report["written"], report["dropped"])
+    assert sorted(range(events)) == sorted(event["i"] for event in written)
+    assert {True} == {event.get("slow") for event in written}
+
+
+def test_ainfo_that_waited_its_block_timeout_drops_its_event_counted() -> None:
+    events = 20
+    sink = LineSink()
+
+    async def scenario() -> dict[str, Any]:
+        container = configure_logging(
+            enrichers=[Slow(0.5)],
+            output=sink,
+            queue_size=2,
+            max_in_flight=1,
+            overflow_block_timeout=0.05,
+        )
+        log = get_logger()
+        await asyncio.wait_for(asyncio.gather(*(log.ainfo("e", i=i) for i in range(events))), 30)
+        metrics = container.metrics()
+        report = await container.ashutdown(30)
+        return {**dict(report), "overflow": metrics["dropped_by_kind"]["overflow"]}
+
+    report = asyncio.run(scenario())
+
+    assert report["dropped"] > 0
+    assert report["dropped"] == report["overflow"]
+    assert events == report["written"] + report["dropped"]
+    assert report["written"] == len(sink.events())
+
+
+def test_ainfo_cancelled_while_it_awaits_room_still_hands_its_event_over() -> None:
+    """Cancelled while waiting for room, the call queues its event if there
+    is room by then, or drops it counted: never lost uncounted."""
+    events = 30
+    sink = LineSink()
+
+    async def scenario() -> dict[str, Any]:
+        container = configure_logging(
+            enrichers=[Slow(0.05)],
+            output=sink,
+            queue_size=2,
+            max_in_flight=1,
+            overflow_block_timeout=60.0,
+        )
+        log = get_logger()
+        tasks = [asyncio.ensure_future(log.ainfo("e", i=i)) for i in range(events)]
+        await asyncio.sleep(0.1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        report = await container.ashutdown(30)
+        return dict(report)
+
+    report = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    assert events == report["written"] + report["dropped"]
+    assert report["written"] == len(sink.events())
+
+
+def test_ainfo_awaiting_room_when_the_container_shuts_down_writes_its_event() -> None:
+    events = 30
+    sink = LineSink()
+
+    async def scenario() -> dict[str, Any]:
+        container = configure_logging(
+            enrichers=[Slow(0.2)],
+            output=sink,
+            queue_size=2,
+            max_in_flight=1,
+            overflow_block_timeout=60.0,
+            shutdown_timeout=0.5,
+        )
+        log = get_logger()
+        tasks = [asyncio.ensure_future(log.ainfo("e", i=i)) for i in range(events)]
+        await asyncio.sleep(0.1)  # the queue is full, the rest await room
+        shutting_down = asyncio.ensure_future(asyncio.to_thread(container.shutdown))
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        report = await shutting_down
+        return dict(report)
+
+    report = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    written = sink.events()
+    assert 0 == report["dropped"]
+    assert sorted(range(events)) == sorted(event["i"] for event in written)
