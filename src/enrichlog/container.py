@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
+import difflib
 import functools
 import logging
 import logging.handlers
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ from .engine.plan import IN_ENRICHMENT, EnrichmentPlan
 from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime, resolver
-from .enricher import Enricher, call_site_processors
+from .enricher import AsyncEnricher, Enricher, call_site_processors
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
@@ -222,6 +223,8 @@ class LoggingContainer:
         self._worker_lines: Any = None
         if self.transport is not None and not self.transport.enrich_locally:
             levels = ()  # the workers enrich
+        else:
+            _check_enricher_options(settings, self.registry)
         # -- end scale-out ---------------------------------------------------
         self._runtime: Runtime = (
             LoopRuntime(max_threads=settings.max_enricher_threads)
@@ -824,7 +827,7 @@ class LoggingContainer:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
-                report_slow_shutdown(timeout)
+                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
         # The application's loop did not answer: the exit hooks write its
         # pending events here, with what they have.
         salvaging = bool(stuck) and isinstance(runtime, LoopRuntime)
@@ -882,7 +885,7 @@ class LoggingContainer:
         closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
         done, _ = await asyncio.wait({closing}, timeout=timeout)
         if not done:
-            report_slow_shutdown(timeout)
+            report_slow_shutdown(timeout, self._lifecycle.not_stopped())
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
         if not done or self._lifecycle.unfinished():
@@ -1303,9 +1306,18 @@ def report_still_starting(timeout: float) -> None:
     )
 
 
-def report_slow_shutdown(timeout: float) -> None:
-    """Say that enrichers outlasted ``shutdown_timeout`` (cut off)."""
-    _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+def report_slow_shutdown(timeout: float, not_stopped: Sequence[str] = ()) -> None:
+    """Say that enrichers outlasted ``shutdown_timeout`` (cut off), and
+    which: their ``_shutdown`` was cut off or never ran (a pool they hold
+    may be left open)."""
+    if not not_stopped:
+        _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
+        return
+    _report.warning(
+        "enrichlog: enrichers did not shut down within %.3gs; not stopped: %s",
+        timeout,
+        ", ".join(map(repr, not_stopped)),
+    )
 
 
 def build_processor_chain(
@@ -1355,6 +1367,30 @@ def _install(
         cache_logger_on_first_use=True,
     )
     return writer
+
+
+def _check_enricher_options(settings: LoggingSettings, registry: EnricherRegistry) -> None:
+    """Every name in ``enricher_options`` is an async enricher's: a typo in
+    a name, or options for a sync enricher (which has none), would be
+    ignored without a word.
+
+    Raises:
+        EnricherConfigError: naming the entry.
+    """
+    for name in settings.enricher_options:
+        if name not in registry:
+            known = sorted(enricher.name for enricher in registry)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise EnricherConfigError(
+                f"enricher_options names {name!r}, which no configured enricher is "
+                f"called{hint}; the enrichers: {', '.join(known) or 'none'}"
+            )
+        if not isinstance(registry.get(name), AsyncEnricher):
+            raise EnricherConfigError(
+                f"enricher_options[{name!r}]: {name!r} is a sync enricher, and the options "
+                "(timeout, cache, retries, circuit breaker...) apply to async enrichers only"
+            )
 
 
 def _enricher_list(enrichers: object) -> Iterable[object]:

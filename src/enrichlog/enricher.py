@@ -765,6 +765,29 @@ _SYNC_KEEP_EXISTING = (
 )
 
 
+#: What an async enricher's own code may add to it (besides the options):
+#: on a sync enricher, nothing reads them.
+_ASYNC_ONLY_METHODS = ("cache_key", "enrich_many", "enrich_async")
+
+
+def _refuse_async_attributes(enricher: Enricher) -> None:
+    """A sync enricher given a resilience option or a cache key as an
+    attribute (``timeout = 0.1``, ``def cache_key``), which only async
+    enrichers read: refused rather than ignored without a word.
+
+    Raises:
+        EnricherConfigError: naming the enricher and the attribute.
+    """
+    for attribute in (*EnricherOptions.model_fields, *_ASYNC_ONLY_METHODS):
+        if getattr(enricher, attribute, None) is not None:
+            raise EnricherConfigError(
+                f"enricher {enricher.name!r}: {attribute!r} applies to async enrichers only, "
+                "and a SyncEnricher ignores it (it runs inline, or with blocking=True in a "
+                "worker thread bounded by the enricher_timeout setting); make it an "
+                "AsyncEnricher, or rename the attribute if it is your own"
+            )
+
+
 def as_enricher(obj: object) -> Enricher:
     """Turn what a user passed as an enricher into an :class:`Enricher`.
 
@@ -783,8 +806,15 @@ def as_enricher(obj: object) -> Enricher:
             )
         if isinstance(obj, AsyncEnricher) and getattr(obj, "blocking", False) is not False:
             raise EnricherConfigError(_ASYNC_BLOCKING.format(name=obj.name))
-        if not isinstance(obj, AsyncEnricher) and getattr(obj, "keep_existing", False):
-            raise EnricherConfigError(_SYNC_KEEP_EXISTING.format(name=obj.name))
+        keep_existing = getattr(obj, "keep_existing", False)
+        if not isinstance(keep_existing, bool):  # "no" would read as True
+            raise EnricherConfigError(
+                f"enricher {obj.name!r}: keep_existing must be True or False, got {keep_existing!r}"
+            )
+        if not isinstance(obj, AsyncEnricher):
+            if getattr(obj, "keep_existing", False):
+                raise EnricherConfigError(_SYNC_KEEP_EXISTING.format(name=obj.name))
+            _refuse_async_attributes(obj)
         return obj
     if isinstance(obj, type):
         if issubclass(obj, Enricher):

@@ -216,7 +216,8 @@ class ResolvedOptions(EnricherOptions):
                 after construction), or the combination cannot work: a
                 batching enricher whose ``batch_window`` is not shorter than
                 its ``timeout`` would time out every event of a batch that
-                waits for the whole window.
+                waits for the whole window; a ``retry_base_delay`` longer
+                than the ``retry_max_delay`` that caps it.
         """
         layers = (settings.options_for(enricher.name), enricher.options)
         values: dict[str, Any] = {}
@@ -235,6 +236,13 @@ class ResolvedOptions(EnricherOptions):
                 f"enricher {enricher.name!r}: batch_window ({resolved.batch_window:g}s) "
                 f"must be shorter than timeout ({resolved.timeout:g}s); a batch that "
                 "waits for its whole window would time out every event in it"
+            )
+        if resolved.retry_attempts > 1 and resolved.retry_base_delay > resolved.retry_max_delay:
+            raise EnricherConfigError(
+                f"enricher {enricher.name!r}: retry_base_delay ({resolved.retry_base_delay:g}s) "
+                f"is longer than retry_max_delay ({resolved.retry_max_delay:g}s), which caps "
+                "every backoff: the base delay would never be waited; lower it, or raise "
+                "retry_max_delay"
             )
         return resolved
 

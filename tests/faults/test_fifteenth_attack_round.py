@@ -307,3 +307,234 @@ def test_ainfo_awaiting_room_when_the_container_shuts_down_writes_its_event() ->
     written = sink.events()
     assert 0 == report["dropped"]
     assert sorted(range(events)) == sorted(event["i"] for event in written)
+
+
+# -- sync enrichers that are unavailable ------------------------------------
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def _geoip(calls: Calls, *, fails_startup: bool, healthy: bool, blocking: bool) -> Any:
+    from enrichlog import SyncEnricher
+
+    class GeoIP(SyncEnricher):
+        name = "geoip"
+
+        async def _startup(self) -> None:
+            if fails_startup:
+                raise FileNotFoundError("GeoLite2.mmdb missing")
+            self.db = {"1.2.3.4": "DE"}
+
+        async def _health_check(self) -> bool:
+            return healthy
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            calls.count += 1
+            event_dict["country"] = self.db["1.2.3.4"]
+            return event_dict
+
+    return GeoIP(blocking=blocking)
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["inline", "blocking"])
+@pytest.mark.parametrize("with_async", [False, True], ids=["alone", "with-async"])
+def test_a_sync_enricher_whose_startup_failed_is_skipped_as_unavailable(
+    blocking: bool, with_async: bool
+) -> None:
+    """health() said unavailable, yet it was called for every event (and
+    failed with AttributeError on what its _startup never set)."""
+    calls = Calls()
+    sink = LineSink()
+    enrichers = [_geoip(calls, fails_startup=True, healthy=True, blocking=blocking)]
+    container = configure_logging(
+        enrichers=[*enrichers, *([Lookup()] if with_async else [])], output=sink
+    )
+    try:
+        for i in range(5):
+            get_logger().info("e", i=i)
+        container.flush(10)
+        health = container.health()["geoip"]
+    finally:
+        container.shutdown()
+
+    assert (False, 0) == (health["available"], calls.count)
+    assert [{"geoip": "unavailable"}] * 5 == [event["enrichment_errors"] for event in sink.events()]
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["inline", "blocking"])
+def test_a_sync_enricher_failing_its_health_check_is_skipped_until_it_passes(
+    blocking: bool,
+) -> None:
+    calls = Calls()
+    sink = LineSink()
+    geoip = _geoip(calls, fails_startup=False, healthy=False, blocking=blocking)
+    container = configure_logging(enrichers=[geoip], output=sink, health_check_interval=0.05)
+    try:
+        for _ in range(500):
+            if not container.health()["geoip"]["available"]:
+                break
+            threading.Event().wait(0.01)
+        for i in range(5):
+            get_logger().info("e", i=i)
+        container.flush(10)
+    finally:
+        container.shutdown()
+
+    assert 0 == calls.count
+    assert [{"geoip": "unavailable"}] * 5 == [event["enrichment_errors"] for event in sink.events()]
+
+
+def test_a_healthy_sync_enricher_with_a_startup_is_called() -> None:
+    calls = Calls()
+    sink = LineSink()
+    geoip = _geoip(calls, fails_startup=False, healthy=True, blocking=False)
+    container = configure_logging(enrichers=[geoip], output=sink)
+    try:
+        get_logger().info("e")
+    finally:
+        container.shutdown()
+
+    assert (1, "DE") == (calls.count, sink.events()[0]["country"])
+
+
+# -- enrichers stopped together ---------------------------------------------
+
+
+class Stops(AsyncEnricher):
+    def __init__(self, name: str, seconds: float, log: list[str], **kw: Any) -> None:
+        super().__init__(name=name, **kw)
+        self.seconds, self.log = seconds, log
+
+    async def _shutdown(self) -> None:
+        self.log.append(f"{self.name} begins")
+        await asyncio.sleep(self.seconds)
+        self.log.append(f"{self.name} ends")
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        return event_dict
+
+
+def test_independent_enrichers_are_stopped_together_within_the_shutdown_timeout() -> None:
+    """Three independent 0.4 s _shutdown hooks were run one after another
+    within one shutdown_timeout (1 s): the third was cut off."""
+    log: list[str] = []
+    enrichers = [Stops(name, 0.4, log) for name in ("a", "b", "c")]
+    container = configure_logging(enrichers=enrichers, output=LineSink(), shutdown_timeout=3.0)
+    container.shutdown()
+
+    assert {"a ends", "b ends", "c ends"} <= set(log)
+    # All three began before any ended.
+    assert {"a begins", "b begins", "c begins"} == set(log[:3])
+
+
+def test_a_slow_shutdown_leaves_no_other_enricher_unstopped_and_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One slow _shutdown meant another enricher's _shutdown (closing its
+    pool) never ran, and the warning did not say which were not stopped."""
+    log: list[str] = []
+    pool, slow = Stops("pool", 0.0, log), Stops("slow", 60.0, log)
+    container = configure_logging(enrichers=[pool, slow], output=LineSink(), shutdown_timeout=0.5)
+    with caplog.at_level(logging.WARNING, logger="enrichlog"):
+        container.shutdown()
+
+    assert "pool ends" in log
+    assert "not stopped: 'slow'" in caplog.text
+
+
+def test_dependants_are_still_stopped_before_what_they_depend_on() -> None:
+    log: list[str] = []
+    base = Stops("base", 0.05, log)
+    user = Stops("user", 0.05, log, dependencies="base")
+    other = Stops("other", 0.05, log)
+    container = configure_logging(enrichers=[base, user, other], output=LineSink())
+    container.shutdown()
+
+    assert log.index("user ends") < log.index("base begins")
+    # 'other' depends on nothing and nothing on it: stopped with 'base'.
+    assert log.index("other begins") < log.index("base ends")
+
+
+# -- configure-time refusals -----------------------------------------------
+
+
+def test_a_resilience_attribute_on_a_sync_enricher_is_refused_naming_it() -> None:
+    """``timeout = 0.1`` (and a cache_ttl and cache_key) on a blocking
+    SyncEnricher were accepted and ignored: each event waited the whole
+    call, and nothing was cached."""
+    from enrichlog import EnricherConfigError, SyncEnricher
+
+    class Rdns(SyncEnricher):
+        name = "rdns"
+        blocking = True
+        timeout = 0.1
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    class Cached(SyncEnricher):
+        name = "cached"
+
+        def cache_key(self, event_dict: EventDict) -> Any:
+            return event_dict.get("user_id")
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    with pytest.raises(EnricherConfigError, match=r"'rdns': 'timeout' applies to async"):
+        configure_logging(enrichers=[Rdns()], output=LineSink())
+    with pytest.raises(EnricherConfigError, match=r"'cached': 'cache_key' applies to async"):
+        configure_logging(enrichers=[Cached()], output=LineSink())
+
+
+def test_enricher_options_for_no_enricher_or_a_sync_one_are_refused() -> None:
+    from enrichlog import EnricherConfigError
+
+    def rdns(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        return event_dict
+
+    with pytest.raises(EnricherConfigError, match=r"'lokup'.*did you mean 'lookup'"):
+        configure_logging(
+            enrichers=[Lookup()], enricher_options={"lokup": {"timeout": 1}}, output=LineSink()
+        )
+    with pytest.raises(EnricherConfigError, match=r"enricher_options\['rdns'\].*sync enricher"):
+        configure_logging(
+            enrichers=[Lookup(), rdns],
+            enricher_options={"rdns": {"timeout": 1}},
+            output=LineSink(),
+        )
+
+
+def test_keep_existing_must_be_a_bool() -> None:
+    from enrichlog import EnricherConfigError
+
+    class Keeps(Lookup):
+        keep_existing = "no"  # type: ignore[assignment]
+
+    with pytest.raises(EnricherConfigError, match="keep_existing must be True or False"):
+        configure_logging(enrichers=[Keeps()], output=LineSink())
+
+
+def test_a_retry_base_delay_above_its_cap_is_refused_when_retrying() -> None:
+    from enrichlog import EnricherConfigError
+
+    with pytest.raises(EnricherConfigError, match=r"retry_base_delay .* retry_max_delay"):
+        configure_logging(
+            enrichers=[Lookup(retry_attempts=3, retry_base_delay=5.0, retry_max_delay=0.1)],
+            output=LineSink(),
+        )
+    # Without retries the delays are never used: accepted.
+    configure_logging(
+        enrichers=[Lookup(retry_base_delay=5.0, retry_max_delay=0.1)], output=LineSink()
+    ).shutdown()

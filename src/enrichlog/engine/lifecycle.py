@@ -71,6 +71,10 @@ class EnricherLifecycleManager:
         self._starting: set[str] = set()
         #: Health checks still running, by enricher (never two at once).
         self._checks: dict[str, asyncio.Future[bool]] = {}
+        #: The shutdowns of one level's enrichers, stopped together.
+        self._stopping: set[asyncio.Task[None]] = set()
+        #: The names of the enrichers whose shutdown has ended.
+        self._stopped: set[str] = set()
         for enricher in enrichers:
             self.register_enricher(enricher)
 
@@ -161,35 +165,77 @@ class EnricherLifecycleManager:
 
     async def shutdown_all(self) -> None:
         """Stop the health checks, then every enricher, dependants first."""
-        checks = set(self._checks.values())
         for task in self._own_tasks():
             task.cancel()
             # Waited for, not awaited: its CancelledError is its own, and a
             # cancellation of this shutdown must not be taken for it. A
-            # health check that ignores its cancellation is left to end on
-            # its own (unfinished()): the enrichers are stopped all the same.
-            await asyncio.wait({task}, timeout=_CHECK_GRACE if task in checks else None)
+            # start-up, health check or earlier shutdown that ignores its
+            # cancellation is left to end on its own (unfinished()): the
+            # enrichers are stopped all the same (one still starting, once
+            # its start-up lets go of it).
+            await asyncio.wait({task}, timeout=None if task is self._checker else _CHECK_GRACE)
             if task.done():
                 retrieve_outcome(task)
         self._checker = self._startup = None
         self._retries.clear()
         # Those that ignored their cancellation stay listed: unfinished().
         self._checks = {name: check for name, check in self._checks.items() if not check.done()}
-        for enricher in reversed(self._enrichers):
+        self._stopped = set()
+        for wave in self._shutdown_waves():
+            if len(wave) == 1:
+                await self._stop(wave[0])
+                continue
+            # Independent of each other: stopped together, so that a slow
+            # _shutdown (cut off by shutdown_timeout) leaves no other one
+            # unrun, and its pool open.
+            loop = asyncio.get_running_loop()
+            stopping = {loop.create_task(self._stop(enricher)) for enricher in wave}
+            self._stopping |= stopping
             try:
-                with _in_enricher():
-                    await enricher.shutdown()
+                await asyncio.wait(stopping)
             except asyncio.CancelledError:
+                for task in stopping:
+                    task.cancel()
                 raise
-            except BaseException as exc:  # one enricher must not stop the others
-                if _closing(exc):
-                    raise GeneratorExit from None
-                _report.warning(
-                    "enricher %r failed to shut down cleanly (%s: %s)",
-                    enricher.name,
-                    type(exc).__name__,
-                    _shown(exc),
-                )
+            for task in stopping:
+                retrieve_outcome(task)
+            self._stopping -= stopping
+
+    def _shutdown_waves(self) -> list[list[Enricher]]:
+        """The enrichers in the order they stop: by dependency level, the
+        last level first, each level's enrichers together (none depends on
+        another of its level)."""
+        depth: dict[str, int] = {}
+        for enricher in self._enrichers:  # registered dependencies first
+            depth[enricher.name] = 1 + max(
+                (depth.get(name, -1) for name in enricher.dependencies), default=-1
+            )
+        waves: dict[int, list[Enricher]] = {}
+        for enricher in reversed(self._enrichers):
+            waves.setdefault(depth[enricher.name], []).append(enricher)
+        return [waves[level] for level in sorted(waves, reverse=True)]
+
+    async def _stop(self, enricher: Enricher) -> None:
+        try:
+            with _in_enricher():
+                await enricher.shutdown()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # one enricher must not stop the others
+            if _closing(exc):
+                raise GeneratorExit from None
+            _report.warning(
+                "enricher %r failed to shut down cleanly (%s: %s)",
+                enricher.name,
+                type(exc).__name__,
+                _shown(exc),
+            )
+        self._stopped.add(enricher.name)
+
+    def not_stopped(self) -> list[str]:
+        """The enrichers whose shutdown has not ended (not begun, or still
+        running), once :meth:`shutdown_all` began."""
+        return [e.name for e in self._enrichers if e.name not in self._stopped]
 
     def unfinished(self) -> int:
         """How many of its own tasks (start-up, restarts, health checks)
@@ -199,7 +245,13 @@ class EnricherLifecycleManager:
 
     def _own_tasks(self) -> list[asyncio.Future[Any]]:
         """Its start-up, restarts and health checks, as far as they exist."""
-        tasks = [self._startup, *self._retries.values(), *self._checks.values(), self._checker]
+        tasks = [
+            self._startup,
+            *self._retries.values(),
+            *self._checks.values(),
+            self._checker,
+            *self._stopping,
+        ]
         return [task for task in tasks if task is not None]
 
     async def health_check_all(self, timeout: float | None = None) -> dict[str, bool]:
@@ -308,6 +360,8 @@ class EnricherLifecycleManager:
         self._retries = {}
         self._starting = set()
         self._checks = {}
+        self._stopping = set()
+        self._stopped = set()
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
 

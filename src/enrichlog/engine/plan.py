@@ -325,6 +325,10 @@ class EnrichmentPlan(Generic[_R]):
         settle: Settle = functools.partial(
             call_sync, _enrich_function(enricher), settings.error_field
         )
+        if has_lifecycle(enricher):
+            # One that can be unavailable (its start-up or health check
+            # failed) is skipped then, as an async one is: not called.
+            settle = functools.partial(_when_available, enricher, settle)
         return Step(enricher, None, settle, None, 0.0)
 
     # -- views -----------------------------------------------------------------
@@ -685,6 +689,9 @@ class EnrichmentPlan(Generic[_R]):
         sink: Callable[..., object],
         key: tuple[Any, ...],
     ) -> None:
+        if not enricher.available:  # its start-up or health check failed
+            sink(*key, UNAVAILABLE, 0.0)
+            return
         # A worker thread, bounded by the default timeout (the thread itself
         # cannot be cancelled; we stop waiting).
         context = contextvars.copy_context()
@@ -773,6 +780,27 @@ def call_sync(
             result.close()
         return INVALID_RETURN
     return (updated, removed, None)
+
+
+def has_lifecycle(enricher: SyncEnricher) -> bool:
+    """Whether a sync enricher has a start-up or health check of its own,
+    and so can be unavailable (a plain processor never is)."""
+    kind = type(enricher)
+    return kind._startup is not SyncEnricher._startup or (
+        kind._health_check is not SyncEnricher._health_check
+    )
+
+
+def _when_available(
+    enricher: SyncEnricher,
+    settle: Settle,
+    logger: WrappedLogger,
+    method_name: str,
+    snapshot: EventDict,
+) -> Outcome | None:
+    if not enricher.available:
+        return UNAVAILABLE
+    return settle(logger, method_name, snapshot)
 
 
 def _enrich_function(enricher: SyncEnricher) -> Callable[[WrappedLogger, str, EventDict], Any]:

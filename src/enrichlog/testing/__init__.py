@@ -399,7 +399,7 @@ class EnricherRunner:
             try:
                 runtime.run(self._lifecycle.shutdown_all(), timeout)
             except TimeoutError:
-                report_slow_shutdown(timeout)
+                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
             finally:
                 runtime.stop(max(timeout, 1.0))
 
@@ -415,7 +415,7 @@ class EnricherRunner:
             closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
             timeout = self.settings.shutdown_timeout
             if not (await asyncio.wait({closing}, timeout=timeout))[0]:
-                report_slow_shutdown(timeout)
+                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
                 closing.cancel()
 
     def __enter__(self) -> EnricherRunner:
