@@ -36,7 +36,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .engine.chain import LoggerLevels, post_processors, pre_processors, render_fallbacks
-from .engine.lifecycle import EnricherLifecycleManager, retrieve_outcome
+from .engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager, retrieve_outcome
 from .engine.logger import SharedChain, make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, logger_factory, open_output
 from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
@@ -48,7 +48,7 @@ from .enricher import AsyncEnricher, Enricher, call_site_processors
 from .exceptions import EnricherConfigError, EnrichlogError
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
-from .options import MAX_TIMEOUT
+from .options import MAX_TIMEOUT, sync_enricher_options_error
 from .reporting import reporting_logger
 from .settings import LoggingSettings, require_settings, resolve_settings
 from .transport import transport_for
@@ -283,7 +283,7 @@ class LoggingContainer:
         self._engine_started = False
         # runtime="loop": the enrichers' start-up, running on the loop.
         self._starting: asyncio.Task[None] | None = None
-        self._closing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[Any] | None = None
         self._draining: asyncio.Task[DrainReport] | None = None
         #: An ``async with`` cancelled while starting: shut down at once.
         self._start_abandoned = False
@@ -825,9 +825,13 @@ class LoggingContainer:
         stuck = report.pop("unresponsive", 0)  # its thread would not answer either
         if runtime.is_running and not runtime.in_runtime_thread() and not stuck:
             try:
-                runtime.run(self._lifecycle.shutdown_all(), timeout)
+                not_stopped = runtime.run(
+                    self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK
+                )
             except TimeoutError:
-                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
+                not_stopped = self._lifecycle.not_stopped()
+            if not_stopped:
+                report_slow_shutdown(timeout, not_stopped)
         # The application's loop did not answer: the exit hooks write its
         # pending events here, with what they have.
         salvaging = bool(stuck) and isinstance(runtime, LoopRuntime)
@@ -882,12 +886,14 @@ class LoggingContainer:
         seconds, then cancelling them."""
         # Not wait_for(): past the timeout it waits for the cancelled
         # shutdown to end, forever if an enricher's hook ignores it.
-        closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
-        done, _ = await asyncio.wait({closing}, timeout=timeout)
+        closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all(timeout))
+        done, _ = await asyncio.wait({closing}, timeout=timeout + SHUTDOWN_SLACK)
         if not done:
             report_slow_shutdown(timeout, self._lifecycle.not_stopped())
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
+        elif not closing.cancelled() and closing.exception() is None and closing.result():
+            report_slow_shutdown(timeout, closing.result())
         if not done or self._lifecycle.unfinished():
             # On the application's loop, which asyncio.run() does not leave
             # before it ends: said, since nothing else would say why.
@@ -1387,10 +1393,7 @@ def _check_enricher_options(settings: LoggingSettings, registry: EnricherRegistr
                 f"called{hint}; the enrichers: {', '.join(known) or 'none'}"
             )
         if not isinstance(registry.get(name), AsyncEnricher):
-            raise EnricherConfigError(
-                f"enricher_options[{name!r}]: {name!r} is a sync enricher, and the options "
-                "(timeout, cache, retries, circuit breaker...) apply to async enrichers only"
-            )
+            raise sync_enricher_options_error(name)
 
 
 def _enricher_list(enrichers: object) -> Iterable[object]:

@@ -22,6 +22,7 @@ import difflib
 import functools
 import inspect
 import re
+import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -662,6 +663,18 @@ class _AsyncFunctionEnricher(AsyncEnricher):
         return result
 
 
+class _BridgedRecord(threading.local):
+    """The stdlib record the bridge is logging, on its thread, while it logs
+    it (``record``). Thread-local, not a context variable: the event's copy
+    of the caller's context must not hold it (nor lose the shared empty
+    context of events logged where no variable is set)."""
+
+    record: Any = None
+
+
+BRIDGED = _BridgedRecord()
+
+
 class CallSite:
     """structlog's ``CallsiteParameterAdder`` given as an enricher.
 
@@ -674,15 +687,29 @@ class CallSite:
     stdlib record brought by ``ProcessorFormatter`` (``_record``), whose
     call site is the record's own wherever it is read."""
 
-    __slots__ = ("adder", "at_call")
+    __slots__ = ("_from_stack", "adder")
 
     def __init__(self, adder: structlog.processors.CallsiteParameterAdder) -> None:
         self.adder = adder
-        at_call = copy.copy(adder)
+        from_stack = copy.copy(adder)
         ignores = getattr(adder, "_additional_ignores", None)
         if isinstance(ignores, list):
-            at_call._additional_ignores = [*ignores, "enrichlog"]
-        self.at_call = at_call
+            from_stack._additional_ignores = [*ignores, "enrichlog"]
+        self._from_stack = from_stack
+
+    def at_call(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        """The pre-processor: the call site from the stack, or, for a record
+        the stdlib bridge brings, from the record (a record handed over by a
+        ``QueueListener``, or logged with ``stacklevel``, was made elsewhere
+        than the handler's stack shows), as structlog reads a record."""
+        record = BRIDGED.record
+        if record is None:
+            return self._from_stack(logger, method_name, event_dict)
+        event_dict["_record"] = record
+        try:
+            return self.adder(logger, method_name, event_dict)
+        finally:
+            event_dict.pop("_record", None)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if "_record" in event_dict and not event_dict.get("_from_structlog", False):

@@ -261,3 +261,11 @@ def _describe_errors(owner: str, exc: ValidationError) -> str:
         else:
             problems.append(f"{knob}={error['input']!r} is not valid: {error['msg']}")
     return f"enricher {owner!r}: " + "; ".join(problems)
+
+
+def sync_enricher_options_error(name: str) -> EnricherConfigError:
+    """The error for an ``enricher_options`` entry naming a sync enricher."""
+    return EnricherConfigError(
+        f"enricher_options[{name!r}]: {name!r} is a sync enricher, and the options "
+        "(timeout, cache, retries, circuit breaker...) apply to async enrichers only"
+    )

@@ -41,6 +41,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 from .engine.chain import is_application_interrupt
 from .engine.plan import IN_ENRICHMENT
+from .enricher import BRIDGED
 from .settings import LEVELS
 
 if TYPE_CHECKING:
@@ -231,7 +232,11 @@ class EnrichlogHandler(logging.Handler):
                 # event's context, whose request id it would carry.
                 contextvars.Context().run(_unenriched, log, message, fields)
             else:
-                log(message, **fields)
+                outer, BRIDGED.record = BRIDGED.record, record  # for a call-site adder
+                try:
+                    log(message, **fields)
+                finally:
+                    BRIDGED.record = outer
         except Exception:
             self.handleError(record)
         except BaseException:

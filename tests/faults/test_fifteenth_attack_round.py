@@ -538,3 +538,129 @@ def test_a_retry_base_delay_above_its_cap_is_refused_when_retrying() -> None:
     configure_logging(
         enrichers=[Lookup(retry_base_delay=5.0, retry_max_delay=0.1)], output=LineSink()
     ).shutdown()
+
+
+# -- found by the re-test of the fifteenth round ------------------------------
+
+
+def test_a_callsite_adder_reads_a_bridged_records_own_call_site() -> None:
+    """Through the stdlib bridge the adder read the handler's stack: a
+    record handed over by a QueueListener was written with the listener's
+    thread and function, and one logged with ``stacklevel=2`` with the
+    wrapper's line, where structlog's ProcessorFormatter reads the record."""
+    import logging.handlers
+    import queue
+
+    from enrichlog.stdlib import EnrichlogHandler
+
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[structlog.processors.CallsiteParameterAdder(CALL_SITE)], output=sink
+    )
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    queued = logging.getLogger("fifteenth.queued")
+    queued.propagate, queued.level = False, logging.INFO
+    queue_handler = logging.handlers.QueueHandler(records)
+    queued.addHandler(queue_handler)
+    listener = logging.handlers.QueueListener(records, EnrichlogHandler())
+    listener.start()
+    try:
+
+        def producer() -> None:
+            queued.info("queued")
+
+        def helper() -> None:
+            queued.info("via helper", stacklevel=2)
+
+        def app_code() -> int:
+            helper()
+            return app_code.__code__.co_firstlineno + 1
+
+        thread = threading.Thread(target=producer, name="producer")
+        thread.start()
+        thread.join()
+        line = app_code()
+    finally:
+        listener.stop()
+        queued.removeHandler(queue_handler)
+        container.shutdown()
+
+    by_event = {event["event"]: _call_site(event) for event in sink.events()}
+    producer_line = producer.__code__.co_firstlineno + 1
+    assert ("test_fifteenth_attack_round.py", "producer", producer_line, "producer") == by_event[
+        "queued"
+    ]
+    assert ("test_fifteenth_attack_round.py", "app_code", line, "MainThread") == by_event[
+        "via helper"
+    ]
+
+
+def test_a_hung_dependant_shutdown_leaves_its_dependencies_stopped_all_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dependant's hung _shutdown took the whole shutdown_timeout, and
+    what it depended on was never stopped (its pool left open)."""
+    log: list[str] = []
+    base = Stops("base", 0.0, log)
+    top = Stops("top", 60.0, log, dependencies="base")
+    container = configure_logging(enrichers=[base, top], output=LineSink(), shutdown_timeout=0.5)
+    with caplog.at_level(logging.WARNING, logger="enrichlog"):
+        container.shutdown()
+
+    assert ["top begins", "base begins", "base ends"] == log
+    assert "not stopped: 'top'" in caplog.text
+
+
+def test_a_startup_ignoring_its_cancellation_holds_up_no_dependencys_stop() -> None:
+    log: list[str] = []
+    release = threading.Event()
+
+    class Stubborn(Stops):
+        async def _startup(self) -> None:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    continue
+
+    base = Stops("base", 0.0, log)
+    slow = Stubborn("slow", 0.0, log, dependencies="base")
+    container = configure_logging(
+        enrichers=[base, slow], output=LineSink(), startup_timeout=0.1, shutdown_timeout=1.0
+    )
+    try:
+        container.shutdown()
+    finally:
+        release.set()
+
+    assert "base ends" in log
+    assert "slow begins" not in log  # it never started: nothing to stop
+
+
+def test_check_flags_options_for_a_sync_uri_enricher(tmp_path: Any) -> None:
+    """``check`` passed what configure_logging() then refused."""
+    from tests.helpers import run_cli
+
+    result = run_cli(
+        tmp_path,
+        "check",
+        env={
+            "ENRICHLOG_ENRICHERS": "hostname://",
+            "ENRICHLOG_ENRICHER_OPTIONS__HOSTNAME__TIMEOUT": "0.25",
+        },
+    )
+
+    assert 1 == result.returncode
+    assert "enricher_options['hostname']: 'hostname' is a sync enricher" in result.stderr
+
+
+def test_a_mapping_that_does_not_fit_is_kept_as_the_mapping_as_the_bridge_keeps_it() -> None:
+    sink = LineSink()
+    container = configure_logging(output=sink)
+    try:
+        get_logger().info("user %(user)s", {"other": 1})
+    finally:
+        container.shutdown()
+
+    [event] = sink.events()
+    assert ({"other": 1}, "KeyError") == (event["positional_args"], event["format_error"])

@@ -18,7 +18,7 @@ from ..engine.plan import check_provides
 from ..engine.registry import EnricherRegistry
 from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError
-from ..options import ResolvedOptions
+from ..options import ResolvedOptions, sync_enricher_options_error
 from ..settings import LoggingSettings, resolve_settings, validation_problem
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets, mask_uri
@@ -58,6 +58,9 @@ def _problems_and_levels(
                 ResolvedOptions.for_enricher(enricher, settings)
             except EnrichlogError as exc:
                 problems.append(str(exc))
+        elif enricher.name in settings.enricher_options:
+            # (A name no URI enricher has may be an enricher defined in code.)
+            problems.append(str(sync_enricher_options_error(enricher.name)))
     return problems, enrichers, levels
 
 

@@ -42,6 +42,12 @@ _LAST_RETRY = 60.0
 _CHECK_TIMEOUT = 30.0
 #: How long shutdown waits for a cancelled health check to end.
 _CHECK_GRACE = 0.5
+#: How long shutdown gives the enrichers left when its timeout passed (those
+#: a cut-off dependant depended on) to stop, together.
+LAST_GRACE = 0.5
+#: What shutdown_all(timeout) may take past its timeout: the health
+#: checks' grace, the last grace, and slack for a loaded machine.
+SHUTDOWN_SLACK = _CHECK_GRACE + LAST_GRACE + 1.0
 
 
 class EnricherLifecycleManager:
@@ -163,43 +169,85 @@ class EnricherLifecycleManager:
         self._reported.discard(enricher.name)
         return True
 
-    async def shutdown_all(self) -> None:
-        """Stop the health checks, then every enricher, dependants first."""
-        for task in self._own_tasks():
+    async def shutdown_all(self, timeout: float | None = None) -> list[str]:
+        """Stop the health checks, then every enricher, dependants first:
+        level by level, each level's enrichers together. Returns the names
+        of those not stopped (cut off, or never begun).
+
+        With ``timeout``: a level still stopping when it has passed is cut
+        off (cancelled) and the levels it depends on are stopped all the
+        same, together, within :data:`LAST_GRACE` more seconds: a
+        dependant's hung ``_shutdown`` must not leave its dependencies'
+        pools open. The whole takes at most ``timeout`` plus
+        :data:`SHUTDOWN_SLACK`, however its enrichers behave.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        own = self._own_tasks()
+        for task in own:
             task.cancel()
-            # Waited for, not awaited: its CancelledError is its own, and a
-            # cancellation of this shutdown must not be taken for it. A
-            # start-up, health check or earlier shutdown that ignores its
-            # cancellation is left to end on its own (unfinished()): the
-            # enrichers are stopped all the same (one still starting, once
-            # its start-up lets go of it).
-            await asyncio.wait({task}, timeout=None if task is self._checker else _CHECK_GRACE)
+        # Waited for, not awaited: their CancelledError is their own, and a
+        # cancellation of this shutdown must not be taken for it. A
+        # start-up, health check or earlier shutdown that ignores its
+        # cancellation is left to end on its own (unfinished()): the
+        # enrichers are stopped all the same (one still starting, once its
+        # start-up lets go of it).
+        if self._checker is not None:
+            await asyncio.wait({self._checker})
+        others = [task for task in own if task is not self._checker]
+        if others:
+            await asyncio.wait(others, timeout=_CHECK_GRACE)
+        for task in own:
             if task.done():
                 retrieve_outcome(task)
-        self._checker = self._startup = None
-        self._retries.clear()
         # Those that ignored their cancellation stay listed: unfinished().
+        self._checker = None
+        if self._startup is not None and self._startup.done():
+            self._startup = None
+        self._retries = {name: retry for name, retry in self._retries.items() if not retry.done()}
         self._checks = {name: check for name, check in self._checks.items() if not check.done()}
+        # A start-up still running holds its enricher's lock, so that
+        # enricher's stop waits for it; nothing else waits for that stop
+        # (it never started: it uses nothing it depends on).
+        starting = set(self._starting)
         self._stopped = set()
-        for wave in self._shutdown_waves():
-            if len(wave) == 1:
-                await self._stop(wave[0])
-                continue
-            # Independent of each other: stopped together, so that a slow
-            # _shutdown (cut off by shutdown_timeout) leaves no other one
-            # unrun, and its pool open.
-            loop = asyncio.get_running_loop()
-            stopping = {loop.create_task(self._stop(enricher)) for enricher in wave}
-            self._stopping |= stopping
-            try:
-                await asyncio.wait(stopping)
-            except asyncio.CancelledError:
-                for task in stopping:
-                    task.cancel()
-                raise
-            for task in stopping:
-                retrieve_outcome(task)
-            self._stopping -= stopping
+        waves = self._shutdown_waves()
+        while waves:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            wave = waves.pop(0)
+            tasks = self._start_stopping(wave)
+            waited = [task for task, e in zip(tasks, wave, strict=True) if e.name not in starting]
+            if waited and not await self._wait_stopping(waited, remaining):
+                break
+        if waves:  # cut off: what the rest depended on is stopped all the same
+            tasks = self._start_stopping([e for wave in waves for e in wave])
+            await self._wait_stopping(tasks, LAST_GRACE)
+        return self.not_stopped()
+
+    def _start_stopping(self, enrichers: list[Enricher]) -> list[asyncio.Task[None]]:
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._stop(enricher)) for enricher in enrichers]
+        for task in tasks:
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            task.add_done_callback(retrieve_outcome)
+        return tasks
+
+    async def _wait_stopping(self, tasks: list[asyncio.Task[None]], timeout: float | None) -> bool:
+        """Wait for ``tasks`` at most ``timeout`` seconds; cancel those still
+        running then (their hooks cut off), and those of a cancelled wait.
+        Whether all ended in time."""
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        for task in pending:
+            task.cancel()
+        return not pending
 
     def _shutdown_waves(self) -> list[list[Enricher]]:
         """The enrichers in the order they stop: by dependency level, the

@@ -38,12 +38,14 @@ def _interpolate(event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
     fit (``log.info("%s %s", 1)``) never raise into the caller and lose the
     event: it keeps the message as written, the arguments in
     ``positional_args`` and the reason in ``format_error``."""
+    given: Any = args
     try:
         if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            given = args[0]  # kept as the mapping, as the stdlib bridge keeps it
             return event % args[0]
         return event % args
     except Exception as exc:  # a user's message: a field, never a raise
-        kw.setdefault("positional_args", args)
+        kw.setdefault("positional_args", given)
         kw.setdefault("format_error", type(exc).__name__)
         return event
 

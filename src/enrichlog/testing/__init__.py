@@ -37,7 +37,7 @@ from ..container import (
     report_still_starting,
     reset_logging,
 )
-from ..engine.lifecycle import EnricherLifecycleManager
+from ..engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager
 from ..engine.plan import IN_ENRICHMENT, call_in_worker, call_sync
 from ..engine.runtime import EnrichmentRuntime
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
@@ -397,9 +397,14 @@ class EnricherRunner:
         if runtime is not None:
             timeout = self.settings.shutdown_timeout
             try:
-                runtime.run(self._lifecycle.shutdown_all(), timeout)
-            except TimeoutError:
-                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
+                try:
+                    not_stopped = runtime.run(
+                        self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK
+                    )
+                except TimeoutError:
+                    not_stopped = self._lifecycle.not_stopped()
+                if not_stopped:
+                    report_slow_shutdown(timeout, not_stopped)
             finally:
                 runtime.stop(max(timeout, 1.0))
 
@@ -412,11 +417,13 @@ class EnricherRunner:
             self._loop = None
             # Not wait_for(): past the timeout it would wait for the
             # cancelled shutdown, forever if a _shutdown ignores it.
-            closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all())
             timeout = self.settings.shutdown_timeout
-            if not (await asyncio.wait({closing}, timeout=timeout))[0]:
+            closing = asyncio.get_running_loop().create_task(self._lifecycle.shutdown_all(timeout))
+            if not (await asyncio.wait({closing}, timeout=timeout + SHUTDOWN_SLACK))[0]:
                 report_slow_shutdown(timeout, self._lifecycle.not_stopped())
                 closing.cancel()
+            elif not closing.cancelled() and closing.exception() is None and closing.result():
+                report_slow_shutdown(timeout, closing.result())
 
     def __enter__(self) -> EnricherRunner:
         return self.start()
