@@ -5,7 +5,9 @@ enricher contract over time), each kept as a test."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import collections.abc
+import json
 import logging
 import threading
 import types
@@ -664,3 +666,175 @@ def test_a_mapping_that_does_not_fit_is_kept_as_the_mapping_as_the_bridge_keeps_
 
     [event] = sink.events()
     assert ({"other": 1}, "KeyError") == (event["positional_args"], event["format_error"])
+
+
+# -- found by the attack on awaiting room ------------------------------------
+
+
+class Paced(AsyncEnricher):
+    name = "paced"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(timeout=5.0)
+        self.seconds = seconds
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        await asyncio.sleep(self.seconds)
+        return event_dict
+
+
+def test_ainfo_waiters_are_not_starved_by_threads_blocked_on_the_same_queue() -> None:
+    """Threads woken by the pipeline took every slot before a woken
+    coroutine was scheduled on its loop: 75 % of the ainfo events dropped
+    against 1.5 % of the threads' (overflow_block_timeout 0.3 s)."""
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[Paced(0.01)],
+        output=sink,
+        queue_size=10,
+        max_in_flight=2,
+        overflow_block_timeout=0.3,
+    )
+    stop = threading.Event()
+    logged = {"sync": 0, "async": 0}
+
+    def thread_logs() -> None:
+        while not stop.is_set():
+            get_logger().info("e", kind="sync")
+            logged["sync"] += 1
+
+    async def tasks_log() -> None:
+        async def one() -> None:
+            while not stop.is_set():
+                await get_logger().ainfo("e", kind="async")
+                logged["async"] += 1
+
+        await asyncio.gather(*(one() for _ in range(5)))
+
+    threads = [threading.Thread(target=thread_logs) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    threading.Timer(1.5, stop.set).start()
+    asyncio.run(tasks_log())
+    for thread in threads:
+        thread.join()
+    report = container.shutdown()
+
+    written = collections.Counter(event["kind"] for event in sink.events())
+    assert sum(logged.values()) == report["written"] + report["dropped"]
+    async_dropped = 1 - written["async"] / logged["async"]
+    assert async_dropped < 0.5, (logged, dict(written))
+
+
+def test_events_awaiting_room_at_a_loop_shutdown_are_written_and_counted() -> None:
+    """runtime="loop", a sync shutdown() on the loop while 50 tasks awaited
+    room: all 50 lines were written, but the report counted 9."""
+    sink = LineSink()
+
+    async def scenario() -> tuple[dict[str, int], dict[str, Any]]:
+        container = configure_logging(
+            enrichers=[Paced(0.05)],
+            output=sink,
+            queue_size=5,
+            max_in_flight=2,
+            overflow_block_timeout=30,
+            runtime="loop",
+        )
+        await container.astartup()
+        tasks = [asyncio.ensure_future(get_logger().ainfo("a", i=i)) for i in range(50)]
+        await asyncio.sleep(0.1)
+        report = container.shutdown()
+        await asyncio.gather(*tasks)
+        return dict(report), dict(container.metrics())
+
+    report, metrics = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    assert (50, 50, 0) == (len(sink.events()), report["written"], report["dropped"])
+    assert 50 == metrics["written"]
+
+
+def test_events_awaiting_room_on_a_loop_left_stopped_are_written_by_shutdown() -> None:
+    """The waiters' loop stopped (Ctrl-C out of run_until_complete) and
+    was never closed: shutdown() wrote 7 of 20 and counted nothing else."""
+    sink = LineSink()
+    container = configure_logging(
+        enrichers=[Paced(0.05)],
+        output=sink,
+        queue_size=5,
+        max_in_flight=2,
+        overflow_block_timeout=30,
+    )
+    pending: list[asyncio.Future[None]] = []
+
+    class Interrupted(Exception):
+        pass
+
+    async def main() -> None:
+        pending.extend(asyncio.ensure_future(get_logger().ainfo("a", i=i)) for i in range(20))
+        await asyncio.sleep(0.05)
+        raise Interrupted
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(Interrupted):
+            loop.run_until_complete(main())
+        report = container.shutdown()
+        lines = len(sink.events())
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+        loop.close()
+
+    assert (20, 20, 0) == (lines, report["written"], report["dropped"])
+
+
+def test_ctrl_c_during_a_blocked_log_call_counts_its_event_as_dropped(tmp_path: Any) -> None:
+    """The interrupt reached the application (as it should), and the event
+    vanished: neither written nor counted."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, json, os, signal, threading, time
+        from enrichlog import AsyncEnricher, configure_logging, get_logger
+        from enrichlog.testing import LineSink
+
+        GATE = threading.Event()
+        class Gate(AsyncEnricher):
+            name = "gate"
+            timeout = 60.0
+            async def enrich_async(self, logger, m, ed):
+                while not GATE.is_set():
+                    await asyncio.sleep(0.005)
+                return ed
+
+        sink = LineSink()
+        c = configure_logging(enrichers=[Gate()], output=sink, queue_size=3, max_in_flight=1,
+                              overflow_block_timeout=30)
+        log = get_logger()
+        for n in range(4):
+            log.info("fill", n=n)
+        time.sleep(0.2)
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        interrupted = False
+        try:
+            log.info("the blocked one")
+        except KeyboardInterrupt:
+            interrupted = True
+        GATE.set()
+        r = c.shutdown()
+        print(json.dumps({"interrupted": interrupted, "lines": len(sink.events()),
+                          "written": r["written"], "dropped": r["dropped"]}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert 0 == result.returncode, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"interrupted": True, "lines": 4, "written": 4, "dropped": 1} == summary

@@ -111,10 +111,26 @@ _LOOP_CLOSED = 3
 FULL = 4
 
 
-def _room_made(future: asyncio.Future[None]) -> None:
-    """On an awaiting caller's loop: room was made for its event."""
+class _Waiting:
+    """An event whose caller awaits room in the full queue (``ainfo()`` and
+    friends, ``overflow="block"``): the pipeline holds it, and queues it
+    itself when room is made, or when the pipeline stops accepting."""
+
+    __slots__ = ("future", "item", "loop", "state")
+
+    WAITING, QUEUED, WITHDRAWN = 0, 1, 2
+
+    def __init__(
+        self, item: PendingEvent, loop: asyncio.AbstractEventLoop, future: asyncio.Future[int]
+    ) -> None:
+        self.item, self.loop, self.future = item, loop, future
+        self.state = _Waiting.WAITING
+
+
+def _resolve(future: asyncio.Future[int], result: int) -> None:
+    """On an awaiting caller's loop: what became of its event."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(result)
 
 
 class PipelineState(enum.Enum):
@@ -248,13 +264,14 @@ class EventPipeline:
         self._held = False
         self.state = PipelineState.ACCEPTING
         self._leftovers_written = threading.Event()
-        #: Callers waiting for room in a full queue: threads (on _space)
-        #: and awaiting callers (in _room_waiters).
+        #: Threads waiting for room in a full queue (on _space).
         self._blocked = 0
-        #: The loops and futures of callers awaiting room (ainfo() and
-        #: friends, overflow="block"), first come first woken; a future
-        #: done already (its wait ended) is passed over.
-        self._room_waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        #: The events of callers awaiting room (ainfo() and friends,
+        #: overflow="block"), first come first queued; queued before the
+        #: blocked threads are woken (they would win every race: a woken
+        #: coroutine must first be scheduled on its loop). One whose wait
+        #: ended is withdrawn, and passed over.
+        self._waiting: deque[_Waiting] = deque()
         self._next_seq = 0
         #: Events queued so far, less those evicted: changed by logging
         #: threads, under the lock.
@@ -361,68 +378,87 @@ class EventPipeline:
             return self.submit(item, may_block)  # refused now: the caller writes it
         return result
 
-    async def submit_when_room(self, item: PendingEvent) -> int:
+    async def submit_when_room(self, item: PendingEvent, done: Callable[[int], object]) -> None:
         """:meth:`submit` for a caller that can await (``ainfo()`` and
-        friends) and found the queue full under ``overflow="block"``: awaits
-        room on the caller's loop, which goes on running meanwhile, up to
-        ``block_timeout``; then the event is queued, or dropped and counted
-        as ``drop_new`` drops it. Returns what :meth:`submit` returns.
+        friends) and found the queue full under ``overflow="block"``: the
+        pipeline holds the event and queues it as soon as there is room (or
+        once it stops accepting), while the caller's loop runs on; after
+        ``block_timeout`` it is taken back and submitted as ``drop_new``
+        would (queued if there is room by then, else dropped, counted).
+        ``done`` gets what :meth:`submit` would return.
 
-        Cancelled while it awaits, it queues nothing: the caller submits
-        the event without waiting (see the processor).
+        Cancelled (or closed) while it waits, the event is submitted so
+        too, then the cancellation goes on: never lost, never twice.
         """
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self._block_timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            future: asyncio.Future[None] | None = loop.create_future()
+        while True:
             with self._lock:
-                # As a blocked thread: through a drain too, until the
-                # pipeline refuses (the caller then writes its event).
+                waiting: _Waiting | None = None
                 if self._is_full() and not self._refuses():
-                    self._room_waiters.append((loop, future))  # type: ignore[arg-type]
-                    self._blocked += 1
-                else:
-                    future = None
-            if future is not None:
-                try:
-                    async with asyncio.timeout(remaining):
-                        await future
-                except TimeoutError:
-                    pass
-                finally:
-                    future.cancel()  # passed over by a later wake
-                    with self._lock:
-                        self._blocked -= 1
+                    waiting = _Waiting(item, loop, loop.create_future())
+                    self._waiting.append(waiting)
+            if waiting is not None:
+                break
             result = self.submit(item, False, True)
-            if result != FULL:
-                return result
-        return self.submit(item, False)
+            if result != FULL:  # room was made meanwhile, or it stopped accepting
+                done(result)
+                return
+        try:
+            async with asyncio.timeout(self._block_timeout):
+                result = await waiting.future
+        except TimeoutError:
+            result = self.submit(item, False) if self._withdraw(waiting) else QUEUED
+        except BaseException:
+            done(self.submit(item, False) if self._withdraw(waiting) else QUEUED)
+            raise
+        done(result)
+
+    def _withdraw(self, waiting: _Waiting) -> bool:
+        """Take back an event whose caller stopped waiting; False if it was
+        queued already."""
+        with self._lock:
+            if waiting.state is not _Waiting.WAITING:
+                return False
+            waiting.state = _Waiting.WITHDRAWN
+            return True
+
+    def _queue_waiting(self) -> None:
+        """With the lock held: queue the events awaiting room, as many as
+        there is room for, or all of them once the pipeline stops accepting
+        (completed without enrichment then, as submit() queues them), and
+        tell their callers."""
+        waiting, accepting = self._waiting, self.state is _ACCEPTING
+        normal, urgent = self._normal, self._urgent
+        queued = False
+        while waiting and not (accepting and self._is_full()):
+            entry = waiting.popleft()
+            if entry.state is not _Waiting.WAITING:
+                continue  # taken back: its caller submitted it itself
+            entry.state = _Waiting.QUEUED
+            item = entry.item
+            if not accepting:
+                self._plan.finish_unenriched(item)
+            item.seq = self._next_seq
+            self._next_seq += 1
+            self.queued += 1
+            (urgent if item.urgent else normal).append(item)
+            queued = True
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody awaits it
+                entry.loop.call_soon_threadsafe(_resolve, entry.future, QUEUED)
+        if queued and self._sleeping:
+            self._sleeping = False
+            self._wake()
 
     def _is_full(self) -> bool:
         return len(self._normal) + len(self._urgent) >= self._queue_size
 
     def _notify_space(self) -> None:
         """With the lock held: room was made, or the pipeline stopped
-        accepting. Wakes the threads waiting for room, and as many awaiting
-        callers as there is room for (all of them once it stopped
-        accepting), each on its own loop."""
+        accepting. Queues the events awaiting room first, then wakes the
+        threads waiting for what room is left."""
+        if self._waiting:
+            self._queue_waiting()
         self._space.notify_all()
-        waiters = self._room_waiters
-        if not waiters:
-            return
-        if self.state is _ACCEPTING:
-            room = self._queue_size - len(self._normal) - len(self._urgent)
-        else:
-            room = len(waiters)
-        while waiters and room > 0:
-            loop, future = waiters.popleft()
-            if future.done():  # its wait ended: timed out or cancelled
-                continue
-            room -= 1
-            try:
-                loop.call_soon_threadsafe(_room_made, future)
-            except RuntimeError:  # its loop is closed: nobody awaits it
-                room += 1
 
     def _loop_closed(self) -> bool:
         """Whether enrichment ran on an application's loop that is closed."""
@@ -471,7 +507,7 @@ class EventPipeline:
         if self.state is not PipelineState.ACCEPTING and self._refuses():
             return CLOSED
         if self._is_full():
-            if await_room and self._overflow == "block":
+            if await_room and self._overflow == "block" and self.state is _ACCEPTING:
                 self._filled = True
                 return FULL
             room = self._make_room(item, may_block)
@@ -505,6 +541,12 @@ class EventPipeline:
                     if remaining <= 0 or self._refuses():
                         break
                     self._space.wait(remaining)
+            except BaseException:
+                # Ctrl-C (a signal handler's exception) during the wait: it
+                # reaches the application, and the event counts as dropped,
+                # as after a wait that ran out (it used to vanish uncounted).
+                self._count_drop("overflow", item)
+                raise
             finally:
                 self._blocked -= 1
             if len(self._normal) + len(self._urgent) < self._queue_size:
@@ -630,7 +672,7 @@ class EventPipeline:
                 self._sleeping = False
                 continue
             room -= 1
-        if self._blocked:
+        if self._blocked or self._waiting:
             with self._lock:
                 self._notify_space()
         return batch, self._sleeping
@@ -829,6 +871,8 @@ class EventPipeline:
         """
         with self._lock:
             self.state = PipelineState.CLOSING
+            if self._waiting:  # logged before the drain: part of it
+                self._queue_waiting()
         flushed = self.flush(timeout)
         report = self.report()
         responsive = True
@@ -867,6 +911,8 @@ class EventPipeline:
         awaits the drain instead of blocking the loop it needs."""
         with self._lock:
             self.state = PipelineState.CLOSING
+            if self._waiting:  # logged before the drain: part of it
+                self._queue_waiting()
         self.release()
         flushed = await self.aflush(timeout)
         report = self.report()
@@ -977,6 +1023,8 @@ class EventPipeline:
         with self._lock:
             self.state = PipelineState.STOPPED
             self._note_depth()
+            if self._waiting:  # their callers' loops may never run again
+                self._queue_waiting()
             leftovers = sorted(
                 [*self._order, *self._normal, *self._urgent], key=lambda item: item.seq
             )

@@ -205,17 +205,12 @@ class AsyncEnricherProcessor:
     async def _queue_when_room(self, item: PendingEvent, future: asyncio.Future[None]) -> None:
         """Queue the event of an ``a*`` call that found the queue full: once
         there is room, or as ``drop_new`` once ``overflow_block_timeout``
-        passed (see :meth:`EventPipeline.submit_when_room`). Cancelled while
-        it awaits room, it queues the event without waiting, then lets the
-        cancellation go on."""
-        try:
-            result = await self._pipeline.submit_when_room(item)
-        except BaseException:
-            self._submitted(self._pipeline.submit(item, False), item, future)
-            raise
-        self._submitted(result, item, future)
+        passed (see :meth:`EventPipeline.submit_when_room`)."""
+        await self._pipeline.submit_when_room(
+            item, functools.partial(self._submitted, item=item, future=future)
+        )
 
-    def _submitted(self, result: int, item: PendingEvent, future: asyncio.Future[None]) -> None:
+    def _submitted(self, result: int, *, item: PendingEvent, future: asyncio.Future[None]) -> None:
         """After an awaited submit: nothing more to wait for unless queued;
         refused (shut down meanwhile), the event is written here."""
         if result == QUEUED:
