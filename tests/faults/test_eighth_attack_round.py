@@ -104,7 +104,7 @@ def test_a_message_whose_arguments_do_not_fit_is_written_not_raised(delivery: st
     assert [
         ("%s %s", [1], "TypeError"),
         ("%d items", ["many"], "TypeError"),
-        ("%(missing)s", [{"other": 1}], "KeyError"),
+        ("%(missing)s", {"other": 1}, "KeyError"),  # the mapping, as the bridge keeps it
         ("1 and 2", None, None),
         ("%s %s", [9], "TypeError"),
     ] == [(ln["event"], ln.get("positional_args"), ln.get("format_error")) for ln in lines]
