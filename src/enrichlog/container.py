@@ -849,8 +849,9 @@ class LoggingContainer:
                 )
             if runtime.lingering:
                 _report.warning(
-                    "enrichlog: the runtime did not stop within %.1fs (an enricher, or the "
-                    "output, blocks its thread); %d event(s) will be written when it does",
+                    "enrichlog: the runtime did not stop within %.1fs (an enricher or the "
+                    "output blocks its thread, or a task ignores its cancellation); %d "
+                    "event(s) will be written when it does",
                     max(timeout, 1.0),
                     self._pipeline.pending,
                 )
@@ -908,6 +909,7 @@ class LoggingContainer:
         block the loop enrichment needs), or once the loop is gone."""
         runtime, pipeline = self._runtime, self._pipeline
         assert isinstance(runtime, LoopRuntime)
+        pipeline.take_in_waiting()  # logged before this call: written with the others
         report = pipeline.report()
         if runtime.is_running:
             if pipeline.pending:

@@ -42,6 +42,8 @@ _LAST_RETRY = 60.0
 _CHECK_TIMEOUT = 30.0
 #: How long shutdown waits for a cancelled health check to end.
 _CHECK_GRACE = 0.5
+#: How long shutdown waits for a cancelled start-up (or restart) to end.
+_START_GRACE = 0.1
 #: How long shutdown gives the enrichers left when its timeout passed (those
 #: a cut-off dependant depended on) to stop, together.
 LAST_GRACE = 0.5
@@ -194,9 +196,14 @@ class EnricherLifecycleManager:
         # start-up lets go of it).
         if self._checker is not None:
             await asyncio.wait({self._checker})
-        others = [task for task in own if task is not self._checker]
-        if others:
-            await asyncio.wait(others, timeout=_CHECK_GRACE)
+        checks = [task for task in own if task in self._checks.values()]
+        if checks:
+            await asyncio.wait(checks, timeout=_CHECK_GRACE)
+        starts = [task for task in own if task is not self._checker and task not in checks]
+        if starts:
+            # A start-up ignoring its cancellation holds only its own
+            # enricher (its lock): the others are not kept waiting for it.
+            await asyncio.wait(starts, timeout=_START_GRACE)
         for task in own:
             if task.done():
                 retrieve_outcome(task)

@@ -422,7 +422,14 @@ class EventPipeline:
             waiting.state = _Waiting.WITHDRAWN
             return True
 
-    def _queue_waiting(self) -> None:
+    def take_in_waiting(self) -> None:
+        """Queue every event awaiting room now, however full the queue: a
+        shutdown on the loop's own thread writes them with the others."""
+        with self._lock:
+            if self._waiting:
+                self._queue_waiting(everything=True)
+
+    def _queue_waiting(self, *, everything: bool = False) -> None:
         """With the lock held: queue the events awaiting room, as many as
         there is room for, or all of them once the pipeline stops accepting
         (completed without enrichment then, as submit() queues them), and
@@ -430,7 +437,7 @@ class EventPipeline:
         waiting, accepting = self._waiting, self.state is _ACCEPTING
         normal, urgent = self._normal, self._urgent
         queued = False
-        while waiting and not (accepting and self._is_full()):
+        while waiting and (everything or not (accepting and self._is_full())):
             entry = waiting.popleft()
             if entry.state is not _Waiting.WAITING:
                 continue  # taken back: its caller submitted it itself
