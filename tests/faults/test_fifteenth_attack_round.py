@@ -841,3 +841,119 @@ def test_ctrl_c_during_a_blocked_log_call_counts_its_event_as_dropped(tmp_path: 
     assert 0 == result.returncode, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"interrupted": True, "lines": 4, "written": 4, "dropped": 1} == summary
+
+
+# -- found by the attack on the testing helpers --------------------------------
+
+
+def test_run_enricher_does_not_wait_for_an_abandoned_call() -> None:
+    """The helpers waited until a call that ignored its cancellation ended
+    by itself (a 30 s tail held the test 30 s); a container writes the
+    event as abandoned 0.5 s after the timeout and goes on."""
+    import time
+
+    from enrichlog.testing import arun_enricher, run_enricher
+
+    release = threading.Event()
+
+    class Stubborn(AsyncEnricher):
+        name = "stubborn"
+        timeout = 0.1
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            while not release.is_set():
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    continue
+            return event_dict
+
+    results: list[Any] = []
+    finished = threading.Event()
+
+    async def arun() -> None:
+        results.append((await arun_enricher(Stubborn(), {"event": "x"})).errors)
+        # (asyncio.run() itself then waits for the call, as it waits for any
+        # task that ignores its cancellation: asyncio's own behaviour.)
+        finished.set()
+
+    def use_the_helpers() -> None:
+        results.append(run_enricher(Stubborn(), {"event": "x"}).errors)
+        asyncio.run(arun())
+
+    helper = threading.Thread(target=use_the_helpers, daemon=True)
+    started = time.monotonic()
+    helper.start()
+    try:
+        # Released only after a generous wait: the helpers must return first.
+        assert finished.wait(30)
+    finally:
+        release.set()
+        helper.join(10)
+
+    assert [{"stubborn": "timeout"}] * 2 == results
+    assert time.monotonic() - started < 30
+
+
+def test_arun_enricher_runs_a_blocking_enricher_in_daemon_threads() -> None:
+    """It used the caller loop's default executor, whose end asyncio.run()
+    waits for: a stuck 6 s call held asyncio.run() 6 s after the 0.2 s
+    timeout."""
+    from enrichlog import SyncEnricher
+    from enrichlog.settings import LoggingSettings
+    from enrichlog.testing import arun_enricher
+
+    release = threading.Event()
+    threads: list[str] = []
+
+    class Rdns(SyncEnricher):
+        name = "rdns"
+        blocking = True
+
+        def enrich(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            threads.append(threading.current_thread().name)
+            release.wait(30)
+            return event_dict
+
+    settings = LoggingSettings(enricher_timeout=0.2)
+    try:
+        result = asyncio.run(arun_enricher(Rdns(), {"event": "x"}, settings=settings))
+    finally:
+        release.set()
+
+    assert {"rdns": "timeout"} == result.errors
+    assert threads
+    assert threads[0].startswith("enrichlog-")
+
+
+def test_the_runner_runs_health_checks_at_the_settings_interval() -> None:
+    """EnricherRunner took ``settings`` but ran no health check: an
+    enricher failing its check was never skipped in a test."""
+    import time
+
+    from enrichlog.settings import LoggingSettings
+    from enrichlog.testing import EnricherRunner
+
+    class Down(AsyncEnricher):
+        name = "down"
+
+        async def _health_check(self) -> bool:
+            return False
+
+        async def enrich_async(
+            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+        ) -> EventDict:
+            return event_dict
+
+    settings = LoggingSettings(health_check_interval=0.05)
+    with EnricherRunner(Down(), settings=settings) as runner:
+        deadline = time.monotonic() + 20
+        while runner.enricher.available and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = runner.run({"event": "x"})
+
+    assert {"down": "unavailable"} == result.errors

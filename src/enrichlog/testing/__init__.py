@@ -19,6 +19,8 @@ The pytest plugin :mod:`enrichlog.testing.pytest_plugin` (opt-in:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import sys
 import threading
@@ -39,7 +41,7 @@ from ..container import (
 )
 from ..engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager
 from ..engine.plan import IN_ENRICHMENT, call_in_worker, call_sync
-from ..engine.runtime import EnrichmentRuntime
+from ..engine.runtime import DaemonThreadPool, EnrichmentRuntime
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
 from ..exceptions import EnrichlogError
 from ..options import ResolvedOptions
@@ -360,9 +362,18 @@ class EnricherRunner:
             self.guard = EnricherGuard(self.enricher, options)
             if clock is not None:
                 _use_clock(self.guard, options, clock)
-        self._lifecycle = EnricherLifecycleManager([self.enricher])
+        self._lifecycle = EnricherLifecycleManager(
+            [self.enricher], health_check_interval=self.settings.health_check_interval
+        )
         self._runtime: EnrichmentRuntime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The worker threads of a blocking sync enricher on the caller's
+        #: loop (``async with``): daemon threads, as a container's, so that a
+        #: call stuck past its timeout does not hold up the loop's end.
+        self._pool: DaemonThreadPool | None = None
+        #: Calls given up as abandoned (they ignored their cancellation): kept
+        #: while they run, as a container keeps them.
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     # -- life ------------------------------------------------------------------------
 
@@ -407,6 +418,12 @@ class EnricherRunner:
                     report_slow_shutdown(timeout, not_stopped)
             finally:
                 runtime.stop(max(timeout, 1.0))
+        self._close_pool()
+
+    def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # daemon threads: one stuck ends with the process
 
     async def aclose(self) -> None:
         """Shut the enricher down (from ``async with``, or after :meth:`start`)."""
@@ -424,6 +441,7 @@ class EnricherRunner:
                 closing.cancel()
             elif not closing.cancelled() and closing.exception() is None and closing.result():
                 report_slow_shutdown(timeout, closing.result())
+            self._close_pool()
 
     def __enter__(self) -> EnricherRunner:
         return self.start()
@@ -482,6 +500,11 @@ class EnricherRunner:
         # A task of its own: the guard's deadline cancels the task it runs in.
         return _delivered(await asyncio.get_running_loop().create_task(coro))
 
+    async def _unless_abandoned(
+        self, guard: EnricherGuard, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> Outcome:
+        return await _abandonable(guard, logger, method_name, event_dict, self._abandoned)
+
     async def _enrich(
         self, event_dict: EventDict, method_name: str, logger: WrappedLogger
     ) -> tuple[EnrichmentResult, BaseException | None]:
@@ -495,7 +518,7 @@ class EnricherRunner:
         if guard is not None:
             outcome = guard.lookup(logger, method_name, event_dict)
             if outcome is None:
-                outcome = await guard.run(logger, method_name, event_dict)
+                outcome = await self._unless_abandoned(guard, logger, method_name, event_dict)
         else:
             assert isinstance(enricher, SyncEnricher)
             # As the plan runs it: every exception a reason; an interrupt
@@ -503,10 +526,25 @@ class EnricherRunner:
             if not enricher.available:
                 outcome = UNAVAILABLE
             elif enricher.blocking:
+                loop = asyncio.get_running_loop()
+                if self._pool is None:
+                    self._pool = DaemonThreadPool(
+                        self.settings.max_enricher_threads, "enrichlog-test-runner-blocking"
+                    )
+                context = contextvars.copy_context()
                 try:
                     outcome = await asyncio.wait_for(
-                        asyncio.to_thread(
-                            call_in_worker, enricher, error_field, logger, method_name, event_dict
+                        loop.run_in_executor(
+                            self._pool,
+                            functools.partial(
+                                context.run,
+                                call_in_worker,
+                                enricher,
+                                error_field,
+                                logger,
+                                method_name,
+                                event_dict,
+                            ),
                         ),
                         self.settings.enricher_timeout,
                     )
@@ -516,6 +554,37 @@ class EnricherRunner:
                 outcome = call_sync(enricher.enrich, error_field, logger, method_name, event_dict)
                 interrupt = take_interrupt() if INTERRUPTS else None
         return _merged(event_dict, enricher.name, outcome, error_field), interrupt
+
+
+async def _abandonable(
+    guard: EnricherGuard,
+    logger: WrappedLogger,
+    method_name: str,
+    event_dict: EventDict,
+    abandoned: set[asyncio.Task[Any]],
+) -> Outcome:
+    """``guard.run()`` in a task of its own (the guard's deadline cancels
+    the task it runs in), waited for until it ends or is abandoned (it
+    ignored its cancellation past the grace): then its outcome is the
+    abandonment's, as in a container, which does not wait for it either."""
+    loop = asyncio.get_running_loop()
+    given_up: asyncio.Future[Outcome] = loop.create_future()
+
+    def abandon(outcome: Outcome) -> None:
+        if not given_up.done():
+            given_up.set_result(outcome)
+
+    call = loop.create_task(guard.run(logger, method_name, event_dict, abandon))
+    try:
+        await asyncio.wait({call, given_up}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    if call.done():
+        return call.result()
+    abandoned.add(call)
+    call.add_done_callback(abandoned.discard)
+    return given_up.result()
 
 
 def _use_clock(guard: EnricherGuard, options: ResolvedOptions, clock: FakeClock) -> None:
