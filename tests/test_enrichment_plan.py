@@ -33,6 +33,24 @@ class Adds(AsyncEnricher):
         return event_dict
 
 
+class Swallows(AsyncEnricher):
+    """Swallows its cancellation: keeps waiting until ``release`` is set."""
+
+    def __init__(self, release: asyncio.Event, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.release = release
+
+    async def enrich_async(
+        self, logger: WrappedLogger, method_name: str, event_dict: EventDict
+    ) -> EventDict:
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                continue  # swallowed: keeps waiting
+        return event_dict
+
+
 def plan_for(*enrichers: object, **settings: Any) -> EnrichmentPlan[Enrichment]:
     levels = EnricherRegistry(enrichers).levels()
 
@@ -171,18 +189,7 @@ def test_drop_event_from_an_enricher_filters_the_event() -> None:
 def test_a_call_that_ignores_cancellation_is_abandoned_and_holds_up_nothing() -> None:
     release = asyncio.Event()
 
-    class Stubborn(AsyncEnricher):
-        async def enrich_async(
-            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
-        ) -> EventDict:
-            while not release.is_set():
-                try:
-                    await release.wait()
-                except asyncio.CancelledError:
-                    continue  # swallowed: keeps waiting
-            return event_dict
-
-    plan = plan_for(Stubborn(name="stubborn", timeout=0.05))
+    plan = plan_for(Swallows(release, name="stubborn", timeout=0.05))
 
     async def scenario() -> tuple[Any, ...]:
         first: EventDict = {"event": "first"}
@@ -215,18 +222,7 @@ def test_an_abandoned_call_is_timed_before_it_is_counted_abandoned(
     release = asyncio.Event()
     seen_during_warning: list[tuple[int, int]] = []
 
-    class Stubborn(AsyncEnricher):
-        async def enrich_async(
-            self, logger: WrappedLogger, method_name: str, event_dict: EventDict
-        ) -> EventDict:
-            while not release.is_set():
-                try:
-                    await release.wait()
-                except asyncio.CancelledError:
-                    continue
-            return event_dict
-
-    plan = plan_for(Stubborn(name="stubborn", timeout=0.05))
+    plan = plan_for(Swallows(release, name="stubborn", timeout=0.05))
     warning = guard_module._report.warning
 
     def reading_metrics(*args: Any, **kwargs: Any) -> None:

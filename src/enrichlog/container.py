@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,12 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .engine.chain import LoggerLevels, post_processors, pre_processors, render_fallbacks
-from .engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager, retrieve_outcome
+from .engine.lifecycle import (
+    SHUTDOWN_SLACK,
+    EnricherLifecycleManager,
+    report_slow_shutdown,
+    retrieve_outcome,
+)
 from .engine.logger import SharedChain, make_bound_logger_class
 from .engine.output import LineWriter, TailWriter, logger_factory, open_output
 from .engine.pipeline import CLOSED, EventPipeline, PendingEvent
@@ -825,13 +830,9 @@ class LoggingContainer:
         stuck = report.pop("unresponsive", 0)  # its thread would not answer either
         if runtime.is_running and not runtime.in_runtime_thread() and not stuck:
             try:
-                not_stopped = runtime.run(
-                    self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK
-                )
+                runtime.run(self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK)
             except TimeoutError:
-                not_stopped = self._lifecycle.not_stopped()
-            if not_stopped:
-                report_slow_shutdown(timeout, not_stopped)
+                report_slow_shutdown(timeout, self._lifecycle.not_stopped())
         # The application's loop did not answer: the exit hooks write its
         # pending events here, with what they have.
         salvaging = bool(stuck) and isinstance(runtime, LoopRuntime)
@@ -893,8 +894,6 @@ class LoggingContainer:
             report_slow_shutdown(timeout, self._lifecycle.not_stopped())
             closing.cancel()
             done, _ = await asyncio.wait({closing}, timeout=CANCEL_GRACE)
-        elif not closing.cancelled() and closing.exception() is None and closing.result():
-            report_slow_shutdown(timeout, closing.result())
         if not done or self._lifecycle.unfinished():
             # On the application's loop, which asyncio.run() does not leave
             # before it ends: said, since nothing else would say why.
@@ -1311,20 +1310,6 @@ def report_still_starting(timeout: float) -> None:
         "enrichlog: enrichers still starting after %ss; they are skipped as "
         "'unavailable' until they are up",
         timeout,
-    )
-
-
-def report_slow_shutdown(timeout: float, not_stopped: Sequence[str] = ()) -> None:
-    """Say that enrichers outlasted ``shutdown_timeout`` (cut off), and
-    which: their ``_shutdown`` was cut off or never ran (a pool they hold
-    may be left open)."""
-    if not not_stopped:
-        _report.warning("enrichlog: enrichers did not shut down within %.3gs", timeout)
-        return
-    _report.warning(
-        "enrichlog: enrichers did not shut down within %.3gs; not stopped: %s",
-        timeout,
-        ", ".join(map(repr, not_stopped)),
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..enricher import Enricher
@@ -171,17 +171,17 @@ class EnricherLifecycleManager:
         self._reported.discard(enricher.name)
         return True
 
-    async def shutdown_all(self, timeout: float | None = None) -> list[str]:
+    async def shutdown_all(self, timeout: float | None = None) -> None:
         """Stop the health checks, then every enricher, dependants first:
-        level by level, each level's enrichers together. Returns the names
-        of those not stopped (cut off, or never begun).
+        level by level, each level's enrichers together.
 
         With ``timeout``: a level still stopping when it has passed is cut
         off (cancelled) and the levels it depends on are stopped all the
         same, together, within :data:`LAST_GRACE` more seconds: a
         dependant's hung ``_shutdown`` must not leave its dependencies'
         pools open. The whole takes at most ``timeout`` plus
-        :data:`SHUTDOWN_SLACK`, however its enrichers behave.
+        :data:`SHUTDOWN_SLACK`, however its enrichers behave, and the
+        enrichers not stopped (cut off, or never begun) are reported.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -231,7 +231,9 @@ class EnricherLifecycleManager:
         if waves:  # cut off: what the rest depended on is stopped all the same
             tasks = self._start_stopping([e for wave in waves for e in wave])
             await self._wait_stopping(tasks, LAST_GRACE)
-        return self.not_stopped()
+        not_stopped = self.not_stopped()
+        if timeout is not None and not_stopped:
+            report_slow_shutdown(timeout, not_stopped)
 
     def _start_stopping(self, enrichers: list[Enricher]) -> list[asyncio.Task[None]]:
         loop = asyncio.get_running_loop()
@@ -419,6 +421,17 @@ class EnricherLifecycleManager:
         self._stopped = set()
         for enricher in self._enrichers:
             enricher.after_fork_in_child()
+
+
+def report_slow_shutdown(timeout: float, not_stopped: Sequence[str]) -> None:
+    """Say that enrichers outlasted ``shutdown_timeout`` (cut off), and
+    which: their ``_shutdown`` was cut off or never ran (a pool they hold
+    may be left open)."""
+    _report.warning(
+        "enrichlog: enrichers did not shut down within %.3gs; not stopped: %s",
+        timeout,
+        ", ".join(map(repr, not_stopped)),
+    )
 
 
 @contextlib.contextmanager

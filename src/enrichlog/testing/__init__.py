@@ -35,11 +35,10 @@ from ..container import (
     LoggingContainer,
     _from_uri,
     current_container,
-    report_slow_shutdown,
     report_still_starting,
     reset_logging,
 )
-from ..engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager
+from ..engine.lifecycle import SHUTDOWN_SLACK, EnricherLifecycleManager, report_slow_shutdown
 from ..engine.plan import IN_ENRICHMENT, call_in_worker, call_sync
 from ..engine.runtime import DaemonThreadPool, EnrichmentRuntime
 from ..enricher import AsyncEnricher, Enricher, SyncEnricher, as_enricher
@@ -409,13 +408,9 @@ class EnricherRunner:
             timeout = self.settings.shutdown_timeout
             try:
                 try:
-                    not_stopped = runtime.run(
-                        self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK
-                    )
+                    runtime.run(self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK)
                 except TimeoutError:
-                    not_stopped = self._lifecycle.not_stopped()
-                if not_stopped:
-                    report_slow_shutdown(timeout, not_stopped)
+                    report_slow_shutdown(timeout, self._lifecycle.not_stopped())
             finally:
                 runtime.stop(max(timeout, 1.0))
         self._close_pool()
@@ -439,8 +434,6 @@ class EnricherRunner:
             if not (await asyncio.wait({closing}, timeout=timeout + SHUTDOWN_SLACK))[0]:
                 report_slow_shutdown(timeout, self._lifecycle.not_stopped())
                 closing.cancel()
-            elif not closing.cancelled() and closing.exception() is None and closing.result():
-                report_slow_shutdown(timeout, closing.result())
             self._close_pool()
 
     def __enter__(self) -> EnricherRunner:
