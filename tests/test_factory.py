@@ -290,6 +290,23 @@ def test_constructor_failing_with_any_exception_is_a_config_error_naming_the_uri
                 "accepted keys: field, name, dependencies, priority",
             ],
         ),
+        (
+            "test-lookup://db/?timout=1&retires=2",
+            [
+                "unknown query keys 'retires' (did you mean 'retries'?), 'timout' "
+                "(did you mean 'timeout'?)"
+            ],
+        ),
+        (
+            # A mistyped key is named with its missing twin: the user used to
+            # hear only that 'table' and 'columns' were missing.
+            "postgres-lookup://127.0.0.1/test?tabel=users&colums=plan",
+            [
+                "unknown query keys 'colums' (did you mean 'columns'?), 'tabel' "
+                "(did you mean 'table'?) for postgres-lookup://",
+                "accepted keys: table, key, from, columns",
+            ],
+        ),
         ("hostname://?timeout=1", ["'timeout' applies to async enrichers only"]),
         ("static://?ttl=60&a=b", ["'ttl' applies to async enrichers only"]),
         ("hostname://somehost", ["the host part is not accepted"]),

@@ -14,7 +14,6 @@ import asyncio
 import atexit
 import contextlib
 import contextvars
-import difflib
 import functools
 import logging
 import logging.handlers
@@ -50,7 +49,7 @@ from .engine.processor import AsyncEnricherProcessor
 from .engine.registry import EnricherRegistry
 from .engine.runtime import CANCEL_GRACE, EnrichmentRuntime, LoopRuntime, Runtime, resolver
 from .enricher import AsyncEnricher, Enricher, call_site_processors
-from .exceptions import EnricherConfigError, EnrichlogError
+from .exceptions import EnricherConfigError, EnrichlogError, did_you_mean
 from .integrations import prometheus as _observability
 from .metrics import MetricsSnapshot
 from .options import MAX_TIMEOUT, sync_enricher_options_error
@@ -1373,11 +1372,9 @@ def _check_enricher_options(settings: LoggingSettings, registry: EnricherRegistr
     for name in settings.enricher_options:
         if name not in registry:
             known = sorted(enricher.name for enricher in registry)
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise EnricherConfigError(
                 f"enricher_options names {name!r}, which no configured enricher is "
-                f"called{hint}; the enrichers: {', '.join(known) or 'none'}"
+                f"called{did_you_mean(name, known)}; the enrichers: {', '.join(known) or 'none'}"
             )
         if not isinstance(registry.get(name), AsyncEnricher):
             raise sync_enricher_options_error(name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
-import difflib
 import functools
 import inspect
 import re
@@ -30,7 +29,7 @@ import anyio
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .exceptions import EnricherConfigError
+from .exceptions import EnricherConfigError, did_you_mean
 from .options import EnricherOptions
 from .resilience.retry import is_transient_error
 from .uri import schemes
@@ -985,8 +984,7 @@ def _unknown_sync_keyword(name: str, keyword: str) -> EnricherConfigError:
             "has no resilience attributes: it runs inline, or with blocking=True in a worker "
             "thread bounded by the enricher_timeout setting)"
         )
-    close = difflib.get_close_matches(keyword, _SYNC_KEYWORDS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(keyword, _SYNC_KEYWORDS)
     return EnricherConfigError(
         f"enricher {name!r}: unknown keyword {keyword!r}{hint}; a SyncEnricher takes "
         f"{', '.join(_SYNC_KEYWORDS)}"

@@ -1,10 +1,14 @@
 """Every error class enrichlog raises, in one place.
 
 Modules import their exceptions from here so that no module has to import
-another one just to raise or catch its errors.
+another one just to raise or catch its errors; and the "did you mean" hint
+their configure-time messages share.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 __all__ = [
     "CachedError",
@@ -12,7 +16,15 @@ __all__ = [
     "EnricherConfigError",
     "EnricherDependencyError",
     "EnrichlogError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped
+    ``word``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class EnrichlogError(Exception):

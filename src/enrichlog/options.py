@@ -20,7 +20,6 @@ settings, so a default and an override accept the same values.
 
 from __future__ import annotations
 
-import difflib
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .exceptions import EnricherConfigError
+from .exceptions import EnricherConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from .enricher import AsyncEnricher
@@ -252,11 +251,10 @@ def _describe_errors(owner: str, exc: ValidationError) -> str:
     for error in exc.errors(include_url=False, include_context=False):
         knob = str(error["loc"][0]) if error["loc"] else "options"
         if error["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(knob, EnricherOptions.model_fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            knobs = EnricherOptions.model_fields
             problems.append(
-                f"unknown option {knob!r}{hint}; the options are "
-                f"{', '.join(EnricherOptions.model_fields)}"
+                f"unknown option {knob!r}{did_you_mean(knob, knobs)}; the options are "
+                f"{', '.join(knobs)}"
             )
         else:
             problems.append(f"{knob}={error['input']!r} is not valid: {error['msg']}")

@@ -11,7 +11,6 @@ The per-enricher knobs and their types are defined in :mod:`enrichlog.options`;
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import logging
@@ -33,7 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from .exceptions import EnricherConfigError
+from .exceptions import EnricherConfigError, did_you_mean
 from .options import (
     Attempts,
     Count,
@@ -632,12 +631,7 @@ def unknown_settings(values: Mapping[str, Any]) -> None:
     """Raise :class:`EnricherConfigError` naming keys that are not settings."""
     unknown = sorted(set(values) - set(LoggingSettings.model_fields))
     if unknown:
-        close = {
-            name: difflib.get_close_matches(name, LoggingSettings.model_fields, n=1)
-            for name in unknown
-        }
         hints = ", ".join(
-            f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "")
-            for name in unknown
+            f"{name!r}{did_you_mean(name, LoggingSettings.model_fields)}" for name in unknown
         )
         raise EnricherConfigError(f"unknown logging setting(s): {hints}")

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from structlog.typing import EventDict
 
 from ..enricher import AsyncEnricher
-from ..exceptions import EnricherConfigError
+from ..exceptions import EnricherConfigError, did_you_mean
 
 __all__ = [
     "DEFAULT_MAX_KEY_LENGTH",
@@ -199,26 +199,34 @@ class KeyTemplate:
         return "".join(parts)
 
 
-def reject_extra_keys(model: BaseModel, scheme: str) -> None:
-    """Refuse the query keys a ``Params`` model with ``extra="allow"`` did not
-    declare (``extra="allow"`` only serves to let an aliased key such as
-    ``from`` past the factory, which checks keys against field names).
+def reject_extra_keys(model: type[BaseModel], data: Any, scheme: str) -> None:
+    """Refuse the keys of ``data`` (a ``Params`` model's input) that the
+    model does not declare by name or alias. Called as a ``mode="before"``
+    validator of a model with ``extra="allow"`` (there only to let an
+    aliased key such as ``from`` past the factory, which checks keys against
+    field names), so that a mistyped key is named before the required keys
+    it leaves missing.
 
     Raises:
-        ValueError: naming the unknown keys and the accepted ones.
+        ValueError: naming the unknown keys, the closest accepted key of
+            each, and the accepted ones.
     """
-    unknown = sorted(model.model_extra or {})
-    if not unknown:
+    if not isinstance(data, Mapping):
         return
+    fields = model.model_fields
     accepted = [
         info.alias or name
-        for name, info in type(model).model_fields.items()
+        for name, info in fields.items()
         if name not in ("host", "port", "user", "password", "path")
     ]
+    known = {*fields, *(info.alias for info in fields.values() if info.alias)}
+    unknown = sorted(str(key) for key in data if key not in known)
+    if not unknown:
+        return
+    listed = ", ".join(f"{key!r}{did_you_mean(key, accepted)}" for key in unknown)
     raise ValueError(
-        f"unknown query key{'s' if len(unknown) > 1 else ''} "
-        f"{', '.join(map(repr, unknown))} for {scheme}://; accepted keys: "
-        f"{', '.join(accepted)}, and the common keys"
+        f"unknown query key{'s' if len(unknown) > 1 else ''} {listed} for {scheme}://; "
+        f"accepted keys: {', '.join(accepted)}, and the common keys"
     )
 
 

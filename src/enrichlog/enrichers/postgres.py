@@ -316,9 +316,14 @@ class PostgresLookupEnricher(LookupEnricher):
                 raise ValueError(f"path {value!r} must be '/' and the database name, e.g. '/app'")
             return value
 
+        @model_validator(mode="before")
+        @classmethod
+        def _known_keys(cls, data: Any) -> Any:
+            reject_extra_keys(cls, data, "postgres-lookup")
+            return data
+
         @model_validator(mode="after")
         def _consistent(self) -> PostgresLookupEnricher.Params:
-            reject_extra_keys(self, "postgres-lookup")
             if self.min_size > self.max_size:
                 raise ValueError(
                     f"min_size ({self.min_size}) is larger than max_size ({self.max_size})"

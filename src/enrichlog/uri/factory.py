@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlencode, url
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from ..enricher import AsyncEnricher, Enricher
-from ..exceptions import EnricherConfigError
+from ..exceptions import EnricherConfigError, did_you_mean
 from . import schemes
 from .masking import (
     MASK,
@@ -46,6 +46,7 @@ from .masking import (
     split_authority,
 )
 from .params import (
+    ASYNC_ONLY_KEYS,
     COMMON_KEYS,
     IDENTITY_KEYS,
     KEY_ALIASES,
@@ -418,12 +419,12 @@ def _validate_params(
         if key in URI_PARTS and key in fields:
             raise fail(f"{key} belongs in the URI's {key} part, not in its query")
         if key not in fields and not allows_extra(model):
-            unknown = sorted({_shown_key(k) for k, _ in query if k not in fields})
+            unknown = sorted({k for k, _ in query if k not in fields})
             # Their values not echoed: a mistyped key may be a mistyped
             # secret name ('passwrod=...').
             raise fail.masking(unknown)(
                 f"unknown query key{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))}",
+                f"{_with_hints(unknown, _key_names(fields, is_async))}",
                 f"; accepted keys: {_accepted_keys(fields, is_async)}",
             )
         if key in fields and accepts_many(fields[key].annotation):
@@ -502,6 +503,23 @@ def _shown_key(key: str) -> str:
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][\w.\-\[\]]{0,63}")
+
+
+def _with_hints(unknown: list[str], known: list[str]) -> str:
+    """The unknown keys as an error lists them, each with the accepted key
+    it is closest to (a key that is no plain name: neither shown nor
+    hinted)."""
+    listed = {
+        _shown_key(key): did_you_mean(key, known) if _shown_key(key) == key else ""
+        for key in unknown
+    }
+    return ", ".join(f"{shown!r}{hint}" for shown, hint in listed.items())
+
+
+def _key_names(fields: Mapping[str, Any], is_async: bool) -> list[str]:
+    """Every query key a scheme accepts."""
+    names = [*(key for key in fields if key not in URI_PARTS), *IDENTITY_KEYS]
+    return [*names, *ASYNC_ONLY_KEYS] if is_async else names
 
 
 def _accepted_keys(fields: Mapping[str, Any], is_async: bool) -> str:
