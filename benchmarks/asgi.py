@@ -13,6 +13,8 @@ that two 1 ms lookups enrich. Variants, alternated round by round:
   lookups written with ``enrich_many`` (one 1 ms await per backend call, whatever the
   number of keys), as the built-in PostgreSQL, Redis and HTTP lookups are.
 * ``task_per_lookup`` (for the record): the floor of enriching after the log call.
+* ``driven_per_lookup`` (for the record): lower still, each lookup's coroutine driven
+  by hand, without a task.
 
 Figures: the duration of the log call inside the handler (p50/p99/max) and the process's
 CPU time per request (``time.process_time()``, every thread, until every line is
@@ -217,6 +219,72 @@ async def _run_task_per_lookup(requests: int) -> dict[str, Any]:
     return _figures(requests, cpu, wall, log_call_ns)
 
 
+class _DrivenPerLookup:
+    """Less still: ``info()`` drives each lookup's coroutine itself, with no task (no
+    task object, no registration, no first step scheduled: the coroutine runs at once
+    up to its first await, and is resumed by a callback on the future it awaits). When
+    the last lookup ends, the event is logged with plain structlog. No guards, no
+    cancellation: the floor of enriching after the log call, with any scheduler."""
+
+    def __init__(self, lookups: list[Lookup]) -> None:
+        self._log = plain_structlog()
+        self._lookups = lookups
+        self._loop = asyncio.get_running_loop()
+        self.pending = 0
+        self._idle: asyncio.Future[None] | None = None
+
+    def info(self, event: str, **fields: Any) -> None:
+        added: dict[str, Any] = {}
+        left = len(self._lookups)
+        self.pending += 1
+
+        def finish(value: dict[str, Any]) -> None:
+            nonlocal left
+            added.update(value)
+            left -= 1
+            if not left:
+                self._log.info(event, **fields, **added)
+                self.pending -= 1
+                if not self.pending and self._idle is not None:
+                    self._idle.set_result(None)
+
+        for lookup in self._lookups:
+            coroutine = lookup(fields)
+
+            def step(awaited: Any = None, coroutine: Any = coroutine) -> None:
+                try:
+                    if awaited is not None:
+                        awaited.result()
+                    future = coroutine.send(None)
+                except StopIteration as stop:
+                    finish(stop.value)
+                    return
+                future._asyncio_future_blocking = False
+                future.add_done_callback(step)
+
+            step()
+
+    async def idle(self) -> None:
+        """Return once every event is logged."""
+        if self.pending:
+            self._idle = self._loop.create_future()
+            await self._idle
+
+
+async def _run_driven_per_lookup(requests: int) -> dict[str, Any]:
+    backend = Backend()
+    log_call_ns: list[int] = []
+    log = _DrivenPerLookup([sleep_lookup(name, LOOKUP_SECONDS, backend) for name in NAMES])
+    app = make_app(log, log_call_ns, [])
+    await _request(app, -1)  # warm-up
+    log_call_ns.clear()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await _serve(app, requests)
+    await log.idle()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return _figures(requests, cpu, wall, log_call_ns)
+
+
 def _figures(requests: int, cpu: float, wall: float, log_call_ns: list[int]) -> dict:
     return {
         "requests": requests,
@@ -236,6 +304,7 @@ def bench_asgi(ctx: Context) -> None:
         "enrichlog": _run_enrichlog,
         "enrichlog_batched": _run_enrichlog_batched,
         "task_per_lookup": _run_task_per_lookup,
+        "driven_per_lookup": _run_driven_per_lookup,
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for round_number in range(ctx.pick(1, 3)):
@@ -323,5 +392,22 @@ def _checks(ctx: Context, summary: dict[str, Any], runtime: str) -> None:
             0.0,
             note="the least that enriching after the log call costs: info() starts a task per "
             f"lookup and returns; enrichlog is {cpu_ratio / floor_ratio:.2f}x this",
+        )
+    )
+    driven = summary["driven_per_lookup"]
+    driven_ratio = paired_ratio(driven, plain, "cpu_us_per_request")
+    ctx.results.add(
+        Check(
+            "asgi",
+            "CPU per request, each lookup's coroutine driven without a task, vs lookups "
+            "awaited inline",
+            f"structlog {us(plain['cpu_us_per_request'])}",
+            us(driven["cpu_us_per_request"]),
+            driven_ratio,
+            driven_ratio,
+            "info",
+            0.0,
+            note="lower still: no task at all, the coroutine run at once and resumed by a "
+            "callback on the future it awaits; no guards, no cancellation",
         )
     )
