@@ -56,6 +56,7 @@ from .options import MAX_TIMEOUT, sync_enricher_options_error
 from .reporting import reporting_logger
 from .settings import LoggingSettings, require_settings, resolve_settings
 from .transport import transport_for
+from .uri.masking import mask_secrets
 
 if TYPE_CHECKING:
     from .transport.nats import PublishingWriter
@@ -1373,7 +1374,7 @@ def _check_enricher_options(settings: LoggingSettings, registry: EnricherRegistr
         if name not in registry:
             known = sorted(enricher.name for enricher in registry)
             raise EnricherConfigError(
-                f"enricher_options names {name!r}, which no configured enricher is "
+                f"enricher_options names {mask_secrets(name)!r}, which no configured enricher is "
                 f"called{did_you_mean(name, known)}; the enrichers: {', '.join(known) or 'none'}"
             )
         if not isinstance(registry.get(name), AsyncEnricher):

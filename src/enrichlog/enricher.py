@@ -23,7 +23,7 @@ import inspect
 import re
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, Final, TypeVar, overload
 
 import anyio
 import structlog
@@ -94,6 +94,10 @@ def _as_names(
         if not isinstance(dep, str) or not dep:
             raise EnricherConfigError(
                 f"enricher {owner!r}: {what} must be non-empty strings, got {dep!r}"
+            )
+        if mask_secrets(dep) != dep:  # (a URI pasted for a name)
+            raise EnricherConfigError(
+                f"enricher {owner!r}: {what} entry {mask_secrets(dep)!r} {_UNSHOWABLE}"
             )
     return names  # type: ignore[return-value]
 
@@ -202,7 +206,16 @@ def _name_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "is not valid text (a lone surrogate)"
+    if mask_secrets(name) != name:
+        return _UNSHOWABLE
     return None
+
+
+#: Why a name that holds a secret is refused: a name is shown unmasked.
+_UNSHOWABLE: Final = (
+    "holds what reads as a secret (a URI's password, a value given for a key such as "
+    "'password'); names are shown as they are, in lines, metrics, health() and plan"
+)
 
 
 @functools.cache
@@ -275,7 +288,8 @@ class Enricher:
         problem = _name_problem(resolved)
         if problem is not None:
             raise EnricherConfigError(
-                f"enricher of type {type(self).__name__}: name {resolved[:80]!r} {problem}"
+                f"enricher of type {type(self).__name__}: name "
+                f"{mask_secrets(resolved[:80])!r} {problem}"
             )
         _check_methods(type(self), resolved)
         self.name = resolved

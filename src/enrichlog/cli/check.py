@@ -17,9 +17,10 @@ from ..engine.output import appending_problem
 from ..engine.plan import check_provides
 from ..engine.registry import EnricherRegistry
 from ..enricher import AsyncEnricher, Enricher
-from ..exceptions import EnrichlogError
+from ..exceptions import EnrichlogError, did_you_mean
 from ..options import ResolvedOptions, sync_enricher_options_error
 from ..settings import LoggingSettings, resolve_settings, validation_problem
+from ..transport import spool_dir_problem
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets, mask_uri
 from .plan import PlanFormat, describe_plan, render_plan
@@ -169,27 +170,50 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         settings = LoggingSettings.model_construct(enrichers=_uris_alone(problems))
     more, enrichers, _ = _problems_and_levels(settings)
     problems.extend(more)
+    # (Not while a URI is refused: its enricher's name is not known.)
+    notes = [] if problems else _options_for_others(settings, enrichers)
     output = settings.output
-    note = None
     if isinstance(output, str) and output not in ("stdout", "stderr"):
         # configure_logging refuses an output it cannot open: so does check.
         problem, note = _output_problem(output)
+        if problem is not None:
+            problems.append(mask_secrets(problem))
+        if note is not None:
+            notes.append(note)
+    if settings.transport and settings.spool_dir is not None:
+        # configure_logging refuses a spool that cannot be written: so does check.
+        problem = spool_dir_problem(settings.spool_dir)
         if problem is not None:
             problems.append(mask_secrets(problem))
     for problem in problems:
         print(f"error: {problem}", file=err)
     if problems:
         print(f"{len(problems)} problem(s) found", file=err)
-        return 1
-    print(
-        f"ok: {len(enrichers)} enricher(s) from URIs, level={settings.level}, "
-        f"format={settings.format}, delivery={settings.delivery}, "
-        f"output={mask_secrets(settings.output_name)}",
-        file=out,
-    )
-    if note is not None:
-        print(f"note: {mask_secrets(note)}", file=out)
-    return 0
+    else:
+        print(
+            f"ok: {len(enrichers)} enricher(s) from URIs, level={settings.level}, "
+            f"format={settings.format}, delivery={settings.delivery}, "
+            f"output={mask_secrets(settings.output_name)}",
+            file=out,
+        )
+    for note in notes:
+        print(f"note: {mask_secrets(note)}", file=err if problems else out)
+    return 1 if problems else 0
+
+
+def _options_for_others(settings: LoggingSettings, enrichers: Sequence[Enricher]) -> list[str]:
+    """A note for each ``enricher_options`` entry that names no enricher of
+    the URIs: ``configure_logging`` refuses it unless an enricher defined in
+    code has that name, which ``check`` cannot see (so: a note, not an
+    error; a mistyped name used to pass unremarked)."""
+    names = sorted(enricher.name for enricher in enrichers)
+    return [
+        f"enricher_options names {name!r}, which no enricher of ENRICHLOG_ENRICHERS is "
+        f"called{did_you_mean(name, names)}; configure_logging refuses it unless an "
+        "enricher defined in code has that name"
+        for name in settings.enricher_options
+        if name not in names
+    ]
 
 
 def _output_problem(target: str) -> tuple[str | None, str | None]:

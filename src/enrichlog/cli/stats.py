@@ -39,7 +39,7 @@ from ..metrics import (
     LatencySummary,
     MetricsSnapshot,
 )
-from ..uri.masking import mask_secrets, mask_uri
+from ..uri.masking import mask_secrets, mask_uri, masked_parts, scrub
 from . import positive_seconds, printable
 
 if TYPE_CHECKING:
@@ -147,7 +147,10 @@ def _fetch(url: str, shown: str, timeout: float) -> str:
     if isinstance(result, EnrichlogError):
         raise result
     if isinstance(result, (OSError, ValueError, http.client.HTTPException)):  # not HTTP, say
-        reason = " ".join(mask_secrets(str(result)).split())  # one line (a redirect loop's)
+        # What urllib says quotes the address as it parsed it: a password cut
+        # short by an unescaped '/' or '#' reads as a port ('nonnumeric port').
+        reason = scrub(mask_secrets(str(result)), masked_parts(url, shown))
+        reason = " ".join(reason.split())  # one line (a redirect loop's)
         raise EnrichlogError(f"cannot read {shown}: {reason}") from None
     if isinstance(result, BaseException):
         raise result

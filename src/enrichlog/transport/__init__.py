@@ -11,15 +11,18 @@ naming the ``nats`` extra.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..exceptions import EnricherConfigError
 from .config import TransportConfig
 
 if TYPE_CHECKING:
     from ..settings import LoggingSettings
     from .nats import NatsTransport
 
-__all__ = ["TransportConfig", "default_spool_dir", "transport_for"]
+__all__ = ["TransportConfig", "default_spool_dir", "spool_dir_problem", "transport_for"]
 
 
 def default_spool_dir(stream: str) -> str:
@@ -27,6 +30,27 @@ def default_spool_dir(stream: str) -> str:
     ``$XDG_CACHE_HOME/enrichlog/spool/<stream>`` (``~/.cache`` by default)."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "enrichlog", "spool", stream)
+
+
+def spool_dir_problem(spool_dir: str) -> str | None:
+    """Why the spool could never be written in ``spool_dir`` (``None``: it
+    can, as far as a probe can tell): it, or the nearest folder above it
+    that exists, is no directory or refuses a new file. Probed with a file
+    created and removed again; nothing else is left behind (the spool
+    creates its folders when it first needs them)."""
+    path = Path(spool_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"spool_dir {spool_dir!r}: {str(existing)!r} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".enrichlog-probe-"):
+            pass
+    except OSError as exc:
+        where = "" if existing == path else f" (in {str(existing)!r}, where it would be created)"
+        return f"spool_dir {spool_dir!r} cannot be written{where}: {exc.strerror or exc}"
+    return None
 
 
 def transport_for(settings: LoggingSettings) -> NatsTransport | None:
@@ -42,6 +66,14 @@ def transport_for(settings: LoggingSettings) -> NatsTransport | None:
 
     config = TransportConfig.parse(settings.transport, dlq_subject=settings.dlq_subject)
     import_nats()
+    if settings.spool_dir is not None:
+        # Else every event past the memory buffer is lost while the broker
+        # is away, counted ('spool_dropped') but found out too late. (The
+        # default folder is not probed: a home that cannot be written does
+        # not stop an application that never needs its spool.)
+        problem = spool_dir_problem(settings.spool_dir)
+        if problem is not None:
+            raise EnricherConfigError(problem)
     return NatsTransport(
         config,
         enrich_locally=(config.enrich or settings.enrich) == "local",

@@ -17,6 +17,7 @@ may lose its host in the message, never its password.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "mask_mapping",
     "mask_secrets",
     "mask_uri",
+    "masked_parts",
     "password_cut_short",
     "scrub",
     "secrets_in",
@@ -270,6 +272,24 @@ def secrets_in(text: str) -> list[str]:
         if _may_hold_secret(form):
             found += [_unquoted(value) for _, value, _, _ in _secret_pairs(form)]
     return [secret for secret in dict.fromkeys(found) if secret and secret != MASK]
+
+
+def masked_parts(text: str, shown: str) -> list[str]:
+    """What masking ``text`` as ``shown`` hid, and the pieces of it between
+    the characters that split a URI (``/ ? # @ :``): for :func:`scrub`, on
+    a message someone else wrote about ``text``. A parser that stopped at an
+    unescaped ``/`` or ``#`` in a password quotes only the piece before it
+    (``nonnumeric port: 'pa55'``)."""
+    hidden: list[str] = []
+    matcher = difflib.SequenceMatcher(None, text, shown, autojunk=False)
+    for tag, start, end, _, _ in matcher.get_opcodes():
+        if tag in ("replace", "delete"):
+            part = text[start:end]
+            hidden += [part, *_URI_SPLIT.split(part)]
+    return [part for part in dict.fromkeys(hidden) if part]
+
+
+_URI_SPLIT: Final = re.compile(r"[/?#@:]")
 
 
 def scrub(text: str, secrets: Iterable[str], *, quoted_only: bool = False) -> str:

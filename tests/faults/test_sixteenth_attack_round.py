@@ -1,0 +1,142 @@
+"""Found by the sixteenth outside attack round (testers with only the README
+and the docs: settings, URIs, the command line and secrets; scale-out;
+process lifetime and long runs), each kept as a test."""
+
+from __future__ import annotations
+
+import io
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enrichlog import AsyncEnricher, configure_logging
+from enrichlog.cli.stats import read_stats
+from enrichlog.exceptions import EnricherConfigError, EnrichlogError
+from enrichlog.transport import spool_dir_problem
+from tests.helpers import run_cli
+
+SECRET = "S3cr3t-XYZ"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://bob:{SECRET}/metrics",  # @host forgotten: the password reads as a port
+        f"http://bob:{SECRET}/word@127.0.0.1:9464/metrics",  # an unescaped '/'
+        f"http://bob:{SECRET}#XYZ@127.0.0.1:9464/metrics",  # an unescaped '#'
+        f"http://bob:{SECRET}?x@127.0.0.1:9464/metrics",  # an unescaped '?'
+    ],
+)
+def test_stats_url_error_does_not_quote_a_password_urllib_read_as_a_port(url: str) -> None:
+    # The address was masked, but urllib's reason after it quoted the
+    # password, or its part before the '/', '#' or '?': "nonnumeric port:
+    # 'S3cr3t-XYZ'".
+    with pytest.raises(EnrichlogError) as caught:
+        read_stats(url=url, timeout=2.0)
+
+    message = str(caught.value)
+    assert "S3cr3t" not in message, message
+    assert "nonnumeric port: '***'" in message
+
+
+def test_check_notes_an_enricher_options_name_that_no_uri_enricher_has(tmp_path: Path) -> None:
+    # check said "ok" and nothing more; configure_logging() then refused the
+    # same environment ("enricher_options names 'user', which no configured
+    # enricher is called"). check cannot see enrichers defined in code, so
+    # it notes the name rather than failing.
+    env = {
+        "ENRICHLOG_ENRICHERS": "static://?plan=pro&name=users",
+        "ENRICHLOG_ENRICHER_OPTIONS__USER__TIMEOUT": "0.2",
+    }
+    result = run_cli(tmp_path, "check", env=env)
+
+    assert 0 == result.returncode, result.stderr
+    assert (
+        "note: enricher_options names 'user', which no enricher of ENRICHLOG_ENRICHERS is "
+        "called (did you mean 'users'?)" in result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "culprit"),
+    [
+        (f"static://?a=1&name=app:{SECRET}@db", "name 'app:***@db'"),
+        (f"static://?a=1&name=password={SECRET}", "name 'password=***'"),
+        (
+            f"static://?a=1&dependencies=postgres-lookup://app:{SECRET}@db/app",
+            "dependencies entry 'postgres-lookup://app:***@db/app'",
+        ),
+    ],
+)
+def test_a_name_holding_a_secret_is_refused_without_showing_it(
+    uri: str, culprit: str, tmp_path: Path
+) -> None:
+    # A URI pasted where a name goes was masked in the URI column of plan but
+    # shown in clear in its name column, in health(), the container's repr,
+    # Prometheus labels and the missing-dependency error.
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(enrichers=[uri], output=io.StringIO())
+    message = "".join(traceback.format_exception(caught.value))
+    assert SECRET not in message
+    assert culprit in str(caught.value)
+    assert "holds what reads as a secret" in str(caught.value)
+
+    result = run_cli(tmp_path, "plan", env={"ENRICHLOG_ENRICHERS": uri})
+    assert 1 == result.returncode
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_name_holding_a_secret_is_refused_in_code_too() -> None:
+    class Lookup(AsyncEnricher):
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            return event_dict
+
+    with pytest.raises(EnricherConfigError, match=r"name 'db:\*\*\*@host' holds") as caught:
+        Lookup(name=f"db:{SECRET}@host")
+    assert SECRET not in str(caught.value)
+    with pytest.raises(EnricherConfigError, match="dependencies entry") as caught:
+        Lookup(dependencies=[f"redis-lookup://:{SECRET}@cache/0"])
+    assert SECRET not in str(caught.value)
+
+
+def test_an_enricher_options_name_holding_a_secret_is_masked() -> None:
+    key = f"postgres-lookup://app:{SECRET}@db/app"
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(
+            enrichers=["static://?a=1"],
+            enricher_options={key: {"timeout": 0.2}},
+            output=io.StringIO(),
+        )
+    assert SECRET not in str(caught.value)
+    assert "enricher_options names 'postgres-lookup://app:***@db/app'" in str(caught.value)
+
+
+@pytest.mark.parametrize("inside_a_file", [False, True])
+def test_a_spool_dir_that_cannot_be_written_is_refused_at_configure_time(
+    tmp_path: Path, inside_a_file: bool
+) -> None:
+    # It passed check and configure_logging; while the broker was away every
+    # event was then dropped ('spool_dropped': 100 of 100, 0 written).
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    spool_dir = str(a_file / "spool" if inside_a_file else a_file)
+    transport = "nats://127.0.0.1:1?stream=t16_spool&subject=t16.spool"
+
+    with pytest.raises(EnricherConfigError) as caught:
+        configure_logging(transport=transport, spool_dir=spool_dir, output=io.StringIO())
+    assert f"spool_dir {spool_dir!r}: {str(a_file)!r} is not a directory" in str(caught.value)
+
+    env = {"ENRICHLOG_TRANSPORT": transport, "ENRICHLOG_SPOOL_DIR": spool_dir}
+    result = run_cli(tmp_path, "check", env=env)
+    assert 1 == result.returncode
+    assert f"error: spool_dir {spool_dir!r}" in result.stderr
+
+
+def test_a_spool_dir_still_to_be_created_is_accepted_and_not_created(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "not" / "yet"
+    problem = spool_dir_problem(str(spool_dir))
+
+    assert problem is None
+    assert [] == list(tmp_path.iterdir())  # the probe's file is gone, nothing created
