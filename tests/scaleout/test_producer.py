@@ -142,7 +142,7 @@ def test_a_conflict_met_after_start_stopped_waiting_is_reported(
     assert transport is not None
     transport.start(wait=0.0)
     try:
-        wait_until(lambda: "spooled until it is fixed" in caplog.text, 10, "the report")
+        wait_until(lambda: "spooled until it is fixed" in caplog.text, 30, "the report")
     finally:
         transport.stop(1.0)
 
