@@ -623,7 +623,11 @@ class Worker:
             # Followed for Prometheus; /metrics served when metrics_port is set.
             self.container.observe()
             try:
-                await asyncio.to_thread(self.container.start_enrichers, 30.0)
+                # The startup_timeout setting, as for an application (a fixed
+                # 30 s held every worker's start behind a stuck _startup).
+                await asyncio.to_thread(
+                    self.container.start_enrichers, self.container.settings.startup_timeout
+                )
             except TimeoutError:
                 _report.warning(
                     "enrichlog worker: enrichers still starting; skipped until they are up"
@@ -774,8 +778,27 @@ class Worker:
 
     def _filter_refusal(self, info: Any) -> EnricherConfigError | None:
         """The error that refuses the consumer ``info`` describes, unless it
-        is filtered on this worker's subject (``None`` then)."""
+        is a pull consumer with explicit acknowledgements filtered on this
+        worker's subject (``None`` then)."""
         config = self.config
+        # Made by someone else: bound as it is, a push consumer gave the
+        # worker nothing, for good and silently; one without explicit
+        # acknowledgements lost what a killed worker had in flight. (The
+        # policy reads as the server's text, or nats-py's enum of it.)
+        policy = getattr(info.config.ack_policy, "value", info.config.ack_policy)
+        if info.config.deliver_subject:
+            shape = f"is a push consumer (deliver_subject {info.config.deliver_subject!r})"
+        elif policy not in (None, "explicit"):
+            shape = f"acknowledges with ack_policy {policy!r}"
+        else:
+            shape = None
+        if shape is not None:
+            return EnricherConfigError(
+                f"consumer {config.consumer!r} of stream {config.stream!r} {shape}; a worker "
+                "needs a durable pull consumer with explicit acknowledgements (a worker "
+                "killed mid-batch would otherwise lose its events): delete it, or give the "
+                "workers another one with ?consumer=<name> in ENRICHLOG_TRANSPORT"
+            )
         filters = [info.config.filter_subject] if info.config.filter_subject else []
         filters += list(getattr(info.config, "filter_subjects", None) or [])
         if filters == [config.subject]:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from enrichlog import AsyncEnricher, configure_logging
+from enrichlog import AsyncEnricher, configure_logging, get_logger
 from enrichlog.cli.stats import read_stats
 from enrichlog.exceptions import EnricherConfigError, EnrichlogError
 from enrichlog.transport import spool_dir_problem
+from enrichlog.transport.nats import spool_folder
 from tests.helpers import run_cli
 
 SECRET = "S3cr3t-XYZ"
@@ -140,3 +141,37 @@ def test_a_spool_dir_still_to_be_created_is_accepted_and_not_created(tmp_path: P
 
     assert problem is None
     assert [] == list(tmp_path.iterdir())  # the probe's file is gone, nothing created
+
+
+@pytest.mark.parametrize("subject", ["t16.x%00y", "t16.x%01y", "t16.x%7Fy"])
+def test_a_subject_with_a_control_character_is_refused(subject: str, tmp_path: Path) -> None:
+    # A NUL passed check, made the stream, then failed configure_logging
+    # with a bare "ValueError: embedded null byte" from the spool's mkdir.
+    transport = f"nats://127.0.0.1:1?stream=t16_nul&subject={subject}"
+    with pytest.raises(EnricherConfigError, match="query key 'subject'"):
+        configure_logging(transport=transport, spool_dir=str(tmp_path), output=io.StringIO())
+
+    result = run_cli(tmp_path, "check", env={"ENRICHLOG_TRANSPORT": transport})
+    assert 1 == result.returncode
+    assert "query key 'subject'" in result.stderr
+
+
+def test_a_subject_that_reads_as_a_path_is_spooled_inside_spool_dir(tmp_path: Path) -> None:
+    # Spooled in <spool_dir>/<subject>: a subject '/tmp/.../outside' put the
+    # spool outside spool_dir, at that path; 'a/b' nested inside 'a''s.
+    outside = tmp_path / "outside"
+    spool_dir = tmp_path / "spool"
+    container = configure_logging(
+        transport=f"nats://127.0.0.1:1?stream=t16_path&subject={outside}",
+        spool_dir=str(spool_dir),
+        shutdown_timeout=1.0,
+        output=io.StringIO(),
+    )
+    get_logger().info("spooled")
+    report = container.shutdown()
+
+    assert 1 == report.spooled
+    assert not outside.exists()
+    assert [spool_folder(str(outside))] == [path.name for path in spool_dir.iterdir()]
+    assert "/" not in spool_folder("a/b")
+    assert "logs.app" == spool_folder("logs.app")  # a plain subject, as before

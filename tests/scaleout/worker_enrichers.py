@@ -37,3 +37,21 @@ class SlowLookup(AsyncEnricher):
 def slow() -> list[Any]:
     """``--enrichers tests.scaleout.worker_enrichers:slow``."""
     return [SlowLookup()]
+
+
+class StuckStartup(AsyncEnricher):
+    """An enricher whose ``_startup`` never ends."""
+
+    name = "stuck"
+
+    async def _startup(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict["stuck"] = True
+        return event_dict
+
+
+def stuck() -> list[Any]:
+    """``--enrichers tests.scaleout.worker_enrichers:stuck``."""
+    return [StuckStartup()]

@@ -32,7 +32,9 @@ _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 #: keeps the default spool directory (named after the stream) a legal
 #: file name.
 MAX_NAME = 200
-_SUBJECT_PART = re.compile(r"[^\s.*>]+")
+# (No control character either: a NUL passed, then failed the spool's
+# mkdir with a bare ValueError after the stream was made.)
+_SUBJECT_PART = re.compile(r"[^\s.*>\x00-\x1f\x7f]+")
 #: Subject prefixes the NATS server and its clients reserve: ``$`` for the
 #: server's own APIs (``$JS.``, ``$SYS.``, ``$KV.``...), ``_INBOX.`` for
 #: request replies. A stream cannot capture ``$JS.API`` (the server
@@ -199,8 +201,8 @@ def _check_names(
         )
     if not _is_subject(subject):
         return "subject", (
-            "query key 'subject': expected dot-separated tokens without spaces or "
-            "wildcards, such as logs.app"
+            "query key 'subject': expected dot-separated tokens without spaces, control "
+            "characters or wildcards, such as logs.app"
         )
     if _is_reserved(subject):
         return "subject", _reserved_problem("query key 'subject'")

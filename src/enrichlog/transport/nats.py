@@ -31,6 +31,7 @@ import functools
 import os
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Coroutine
@@ -300,6 +301,14 @@ def _outcome(future: asyncio.Future[Any], failure: BaseException | None) -> Any:
     if future.cancelled():
         return failure
     return future.exception() or future.result()
+
+
+def spool_folder(subject: str) -> str:
+    """The folder of ``subject``'s spool, inside ``spool_dir``: the subject
+    itself, with ``/`` (which a path would read) and whatever is not plain
+    ASCII percent-encoded. (A subject ``/tmp/x`` put the spool
+    at ``/tmp/x``, outside ``spool_dir``; ``a/b`` nested in ``a``'s.)"""
+    return urllib.parse.quote(subject, safe=".-_")
 
 
 def message_size(payload: bytes, headers: dict[str, str]) -> int:
@@ -580,7 +589,7 @@ class NatsTransport:
                 # One directory per subject: a process publishes only the
                 # events spooled for its own subject (applications sharing
                 # a directory, or a stream, never publish each other's).
-                directory = Path(self._spool_dir).expanduser() / self.config.subject
+                directory = Path(self._spool_dir).expanduser() / spool_folder(self.config.subject)
                 self._spool = Spool(directory, self._spool_max_bytes)
             except OSError as exc:
                 self._spool_problem = f"{self._spool_dir}: {exc.strerror or exc}"
