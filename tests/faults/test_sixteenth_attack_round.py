@@ -15,6 +15,7 @@ from enrichlog import AsyncEnricher, configure_logging, get_logger
 from enrichlog.cli.stats import read_stats
 from enrichlog.exceptions import EnricherConfigError, EnrichlogError
 from enrichlog.transport import spool_dir_problem
+from enrichlog.transport.codec import decode_event, encode_event, fit_event
 from enrichlog.transport.nats import spool_folder
 from tests.helpers import run_cli
 
@@ -175,3 +176,21 @@ def test_a_subject_that_reads_as_a_path_is_spooled_inside_spool_dir(tmp_path: Pa
     assert [spool_folder(str(outside))] == [path.name for path in spool_dir.iterdir()]
     assert "/" not in spool_folder("a/b")
     assert "logs.app" == spool_folder("logs.app")  # a plain subject, as before
+
+
+@pytest.mark.parametrize(
+    "event_id", ["E" * 1_100_000, {"nested": "E" * 1_100_000}], ids=["text", "nested"]
+)
+def test_an_applications_own_large_event_id_is_cut_to_fit_not_dropped(event_id: Any) -> None:
+    # The docs: an event larger than the server's maximum payload is "not
+    # dropped", its largest values cut. An application's own event_id (its
+    # data, written unchanged) was kept whole: the event could not fit and
+    # was dropped, counted as rejected.
+    payload = encode_event({"event": "ev", "level": "info", "seq": 7, "event_id": event_id})
+    fitted = fit_event(payload, 1_000_000)
+    fields = decode_event(fitted)
+
+    assert len(fitted) <= 1_000_000
+    assert (fields["event"], fields["seq"]) == ("ev", 7)
+    assert fields["event_id"].endswith("…")
+    assert ["event_id"] == list(fields["truncated_fields"])

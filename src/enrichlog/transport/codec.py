@@ -49,9 +49,6 @@ ID_HEADER = "Enrichlog-Event-Id"
 #: The field that lists the fields :func:`fit_event` cut, with their sizes.
 TRUNCATED = "truncated_fields"
 
-#: Kept whole by :func:`fit_event` whatever their size (the id is short).
-_KEPT = (EVENT_ID,)
-
 #: How deep :func:`_printable` goes before it shows a value by ``repr``.
 _MAX_DEPTH = 16
 
@@ -153,7 +150,11 @@ def fit_event(payload: bytes, limit: int) -> bytes:
     except ValueError:
         event = {"event": payload.decode("utf-8", "replace")}
     event.pop(TRUNCATED, None)
-    essentials = {key: event[key] for key in ("event", "level", "timestamp") if key in event}
+    # event_id as well: enrichlog's own is short, and never cut (values of
+    # 256 bytes and more are); an application's own may be of any size.
+    essentials = {
+        key: event[key] for key in ("event", "level", "timestamp", EVENT_ID) if key in event
+    }
     cut: dict[str, int] = {}
     for _ in range(3):  # a second pass when escapes made a cut fall short
         if _cut_largest(event, cut, len(encode_event(event)) - limit + 512):
@@ -166,8 +167,6 @@ def fit_event(payload: bytes, limit: int) -> bytes:
         key: value if len(text := str(value)) < 256 else _head(text, (limit - 512) // 4) + "…"
         for key, value in essentials.items()
     }
-    if EVENT_ID in event:
-        minimal[EVENT_ID] = event[EVENT_ID]
     minimal[TRUNCATED] = {"*": len(payload)}
     return encode_event(minimal)
 
@@ -183,8 +182,6 @@ def _cut_largest(event: dict[str, Any], cut: dict[str, int], excess: int) -> boo
     for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
         if excess <= 0 or sizes[key] < 256:
             break
-        if key in _KEPT:
-            continue
         value = event[key]
         text = value if isinstance(value, str) else encode_event({"": value})[4:-1].decode()
         # Bytes of JSON per byte of text: quotes, line feeds and control
