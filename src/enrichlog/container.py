@@ -87,6 +87,15 @@ _report = reporting_logger("enrichlog")
 # configuration; nothing else in enrichlog is process-wide.
 _current: LoggingContainer | None = None
 _current_lock = threading.Lock()
+
+#: Seconds after a SIGTERM during which another one is taken for the same
+#: signal sent twice (to the process, then to its group), not a second.
+SIGTERM_REPEAT_WINDOW = 0.25
+
+#: Seconds the drain thread gives the main thread to end the process by
+#: SIGTERM, once drained, before it ends it itself (a main thread held in
+#: C code never runs the Python handler that does it).
+_SIGTERM_END_GRACE = 2.0
 _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # The processor list and the writer handed to structlog, reused across
 # reconfigurations and changed in place: structlog's cached loggers keep
@@ -501,11 +510,29 @@ class LoggingContainer:
     def _on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
         # Runs on the main thread, possibly inside a log call holding a lock:
         # drain from another thread, then die the way SIGTERM would have.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        received = time.monotonic()
+        drained = False
+
+        def again(_signum: int, _frame: FrameType | None) -> None:
+            # A second SIGTERM ends the process at once (a process manager
+            # insisting), unless it is the first one sent twice: coreutils'
+            # timeout signals the process, then its process group, a few
+            # microseconds apart, and that used to lose the whole queue.
+            if drained or time.monotonic() - received >= SIGTERM_REPEAT_WINDOW:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, again)
 
         def drain_then_terminate() -> None:
-            self.shutdown()
-            os.kill(os.getpid(), signal.SIGTERM)
+            nonlocal drained
+            try:
+                self.shutdown()
+            finally:
+                drained = True
+                os.kill(os.getpid(), signal.SIGTERM)  # handled by again(), on the main thread
+                time.sleep(_SIGTERM_END_GRACE)
+                os._exit(128 + signal.SIGTERM)  # the status a shell shows for SIGTERM
 
         threading.Thread(target=drain_then_terminate, name="enrichlog-sigterm").start()
 

@@ -5,6 +5,9 @@ process lifetime and long runs), each kept as a test."""
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from enrichlog.exceptions import EnricherConfigError, EnrichlogError
 from enrichlog.transport import spool_dir_problem
 from enrichlog.transport.codec import decode_event, encode_event, fit_event
 from enrichlog.transport.nats import spool_folder
+from tests.faults.runner import run_script
 from tests.helpers import run_cli
 
 SECRET = "S3cr3t-XYZ"
@@ -194,3 +198,62 @@ def test_an_applications_own_large_event_id_is_cut_to_fit_not_dropped(event_id: 
     assert (fields["event"], fields["seq"]) == ("ev", 7)
     assert fields["event_id"].endswith("…")
     assert ["event_id"] == list(fields["truncated_fields"])
+
+
+def test_the_same_sigterm_sent_twice_still_drains_every_event(tmp_path: Path) -> None:
+    # coreutils' timeout signals the process, then its process group, a few
+    # microseconds apart: the second SIGTERM was taken for a process manager
+    # insisting, and ended the process with its queue (64 of 677 written).
+    out = tmp_path / "out.log"
+
+    run = run_script("sigterm.py", out, "twice", env={"DELAY": "0.01"})
+
+    assert -signal.SIGTERM == run.returncode, run.stderr
+    assert run.summary["pending"] > 0
+    assert run.summary["logged"] == len(out.read_bytes().splitlines())
+
+
+def test_a_second_sigterm_after_the_window_still_ends_the_process_at_once(
+    tmp_path: Path,
+) -> None:
+    # The way to insist is kept: a drain of about 3 s cut short at 0.6 s.
+    out = tmp_path / "out.log"
+
+    run = run_script("sigterm.py", out, "insist", env={"DELAY": "0.05", "INSIST": "0.6"})
+
+    assert -signal.SIGTERM == run.returncode, run.stderr
+    assert run.seconds < 2.5
+    assert len(out.read_bytes().splitlines()) < run.summary["logged"]
+
+
+def test_a_line_logged_by_a_finaliser_at_exit_is_written_to_a_file(tmp_path: Path) -> None:
+    # An object's __del__ that logs as the interpreter exits: the file,
+    # closed by the exit drain, was reopened with the bare name open(),
+    # which the interpreter had removed (NameError): 1 line of 51 written,
+    # and 1 failure reported.
+    out = tmp_path / "out.log"
+    script = tmp_path / "finaliser.py"
+    script.write_text(
+        "import sys\n"
+        "from enrichlog import configure_logging, get_logger\n"
+        "configure_logging(output=sys.argv[1])\n"
+        "log = get_logger()\n"
+        "class Connection:\n"
+        "    def __init__(self, i, log=log):\n"
+        "        self.i, self.log = i, log\n"
+        "    def __del__(self):\n"
+        "        self.log.info('connection closed', i=self.i)\n"
+        "POOL = [Connection(i) for i in range(50)]\n"
+        "log.info('main done')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert 0 == run.returncode, run.stderr
+    assert "" == run.stderr
+    assert 51 == len(out.read_bytes().splitlines())

@@ -151,12 +151,18 @@ def _as_failure(exc: BaseException) -> BaseException:
     return failure
 
 
-def append_unbuffered(path: str) -> IO[bytes]:
+def append_unbuffered(path: str, _open: Callable[..., Any] = open) -> IO[bytes]:
     """``path`` opened for appending without a buffer: each line is written
     by the call that writes it, so a failed write (a full disk) leaves no
     bytes behind that a later write would put into the file, and what the
-    counters say was written is what the file holds."""
-    return open(path, "ab", buffering=0)
+    counters say was written is what the file holds.
+
+    ``open`` is the one there was when this module was imported: the
+    interpreter removes it from the builtins as it exits, and a file closed
+    by the exit drain is reopened for a line logged later (an object's
+    ``__del__``); the bare name then raised ``NameError``, as the standard
+    library's ``FileHandler`` found (it keeps ``open`` the same way)."""
+    return _open(path, "ab", buffering=0)  # type: ignore[no-any-return]
 
 
 def open_for_appending(target: str) -> IO[bytes]:

@@ -2,9 +2,11 @@
 every queued event before the process dies.
 
 argv: output path, mode (``self``: log EVENTS events, print the summary,
-then send itself SIGTERM; ``stream``: log continuously, numbering the
-events, and say ``ready`` once EVENTS are logged; the parent's SIGTERM ends
-the process).
+then send itself SIGTERM; ``twice``: the same, SIGTERM sent twice at once,
+as coreutils' timeout sends it; ``insist``: SIGTERM, then another one
+INSIST seconds later; ``stream``: log continuously, numbering the events,
+and say ``ready`` once EVENTS are logged; the parent's SIGTERM ends the
+process).
 env: EVENTS (2000), DELAY (0.002 s per enricher call).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from _harness import Tag, arg, env_float, env_int, summary
 
@@ -29,12 +32,18 @@ container = configure_logging(
 )
 log = get_logger()
 
-if mode == "self":
+if mode in ("self", "twice", "insist"):
     for i in range(events):
         log.info("e", i=i)
     summary(logged=events, pending=container.metrics()["pending"])
     os.kill(os.getpid(), signal.SIGTERM)
-    signal.pause()
+    if mode == "twice":
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif mode == "insist":
+        time.sleep(env_float("INSIST", 0.6))
+        os.kill(os.getpid(), signal.SIGTERM)
+    while True:
+        signal.pause()
 else:
     i = 0
     while True:
