@@ -612,6 +612,10 @@ def validation_problem(error: Mapping[str, Any]) -> str:
     ``enricher_options`` name that is a URI with its password)."""
     location = ".".join(str(part) for part in error["loc"]) or "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden" and len(loc) == 3 and loc[0] == "enricher_options":
+        # A mistyped knob ('tiemout'): the closest knob, as everywhere else.
+        message += did_you_mean(str(loc[2]), EnricherOptions.model_fields)
     return f"{mask_secrets(location)}: {mask_secrets(message)}"
 
 

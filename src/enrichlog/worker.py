@@ -624,10 +624,12 @@ class Worker:
             self.container.observe()
             try:
                 # The startup_timeout setting, as for an application (a fixed
-                # 30 s held every worker's start behind a stuck _startup).
-                await asyncio.to_thread(
+                # 30 s held every worker's start behind a stuck _startup); a
+                # stop (SIGTERM) cuts the wait short, as it cuts connecting.
+                starting = asyncio.to_thread(
                     self.container.start_enrichers, self.container.settings.startup_timeout
                 )
+                await unless_stopped(starting, self._stop)
             except TimeoutError:
                 _report.warning(
                     "enrichlog worker: enrichers still starting; skipped until they are up"
@@ -783,20 +785,25 @@ class Worker:
         config = self.config
         # Made by someone else: bound as it is, a push consumer gave the
         # worker nothing, for good and silently; one without explicit
-        # acknowledgements lost what a killed worker had in flight. (The
+        # acknowledgements lost what a killed worker had in flight; and so
+        # on below. (The
         # policy reads as the server's text, or nats-py's enum of it.)
         policy = getattr(info.config.ack_policy, "value", info.config.ack_policy)
         if info.config.deliver_subject:
             shape = f"is a push consumer (deliver_subject {info.config.deliver_subject!r})"
         elif policy not in (None, "explicit"):
             shape = f"acknowledges with ack_policy {policy!r}"
+        elif info.config.headers_only:
+            # Every event read as an empty payload, dead-lettered without it.
+            shape = "delivers headers only (headers_only)"
         else:
             shape = None
         if shape is not None:
             return EnricherConfigError(
                 f"consumer {config.consumer!r} of stream {config.stream!r} {shape}; a worker "
-                "needs a durable pull consumer with explicit acknowledgements (a worker "
-                "killed mid-batch would otherwise lose its events): delete it, or give the "
+                "needs a durable pull consumer with explicit acknowledgements and whole "
+                "messages (it would otherwise consume nothing, dead-letter every event, or "
+                "lose the events of a worker killed mid-batch): delete it, or give the "
                 "workers another one with ?consumer=<name> in ENRICHLOG_TRANSPORT"
             )
         filters = [info.config.filter_subject] if info.config.filter_subject else []

@@ -33,10 +33,12 @@ def test_a_worker_honours_startup_timeout(
     [
         ({"deliver_subject": "t16.inbox"}, "is a push consumer (deliver_subject 't16.inbox')"),
         ({"ack_policy": "none"}, "acknowledges with ack_policy 'none'"),
+        # Found by the re-test: every event dead-lettered without its payload.
+        ({"headers_only": True}, "delivers headers only (headers_only)"),
     ],
 )
 def test_a_worker_refuses_a_consumer_it_could_not_work_with(
-    streams: Streams, tmp_path: Path, start_worker: Any, shape: dict[str, str], said: str
+    streams: Streams, tmp_path: Path, start_worker: Any, shape: dict[str, Any], said: str
 ) -> None:
     # Made by someone else with the workers' name: a push consumer gave the
     # worker nothing, for good and silently ("consumed: 0"); one without
@@ -51,6 +53,7 @@ def test_a_worker_refuses_a_consumer_it_could_not_work_with(
             filter_subject=streams.subject,
             deliver_subject=shape.get("deliver_subject"),
             ack_policy=AckPolicy(shape.get("ack_policy", "explicit")),
+            headers_only=shape.get("headers_only"),
         )
         await js.add_consumer(streams.stream, config)
 
@@ -60,3 +63,18 @@ def test_a_worker_refuses_a_consumer_it_could_not_work_with(
     text = worker.log.read_text()
     assert f"consumer 'enrichlog' of stream {streams.stream!r} {said}" in text
     assert "?consumer=" in text
+
+
+def test_a_worker_stops_at_once_on_sigterm_while_its_enrichers_start(
+    streams: Streams, tmp_path: Path, start_worker: Any
+) -> None:
+    # Found by the re-test: a worker waiting startup_timeout (60 s) for a
+    # stuck _startup ignored SIGTERM until the wait ran out (56.6 s).
+    env = worker_env(streams, tmp_path / "out.jsonl", startup_timeout="60")
+    worker = start_worker(env, "--enrichers", "tests.scaleout.worker_enrichers:stuck")
+    time.sleep(2.0)  # starting: the stuck start-up holds it
+    assert "started" not in worker.log.read_text()
+    stopped = time.monotonic()
+
+    assert 0 == worker.stop(timeout=30)
+    assert time.monotonic() - stopped < 20

@@ -20,7 +20,7 @@ from ..enricher import AsyncEnricher, Enricher
 from ..exceptions import EnrichlogError, did_you_mean
 from ..options import ResolvedOptions, sync_enricher_options_error
 from ..settings import LoggingSettings, resolve_settings, validation_problem
-from ..transport import spool_dir_problem
+from ..transport import TransportConfig, spool_dir_problem
 from ..uri.factory import EnricherFactory
 from ..uri.masking import mask_secrets, mask_uri
 from .plan import PlanFormat, describe_plan, render_plan
@@ -170,8 +170,13 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
         settings = LoggingSettings.model_construct(enrichers=_uris_alone(problems))
     more, enrichers, _ = _problems_and_levels(settings)
     problems.extend(more)
-    # (Not while a URI is refused: its enricher's name is not known.)
-    notes = [] if problems else _options_for_others(settings, enrichers)
+    # (Not while a URI is refused: its enricher's name is not known; nor for
+    # a producer whose workers enrich, which configure_logging does not check.)
+    remote = (
+        bool(settings.transport)
+        and (TransportConfig.parse(settings.transport).enrich or settings.enrich) == "remote"
+    )
+    notes = [] if problems or remote else _options_for_others(settings, enrichers)
     output = settings.output
     if isinstance(output, str) and output not in ("stdout", "stderr"):
         # configure_logging refuses an output it cannot open: so does check.
@@ -182,7 +187,8 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
             notes.append(note)
     if settings.transport and settings.spool_dir is not None:
         # configure_logging refuses a spool that cannot be written: so does check.
-        problem = spool_dir_problem(settings.spool_dir)
+        subject = TransportConfig.parse(settings.transport).subject
+        problem = spool_dir_problem(settings.spool_dir, subject)
         if problem is not None:
             problems.append(mask_secrets(problem))
     for problem in problems:

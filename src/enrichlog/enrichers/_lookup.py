@@ -23,6 +23,7 @@ from structlog.typing import EventDict
 
 from ..enricher import AsyncEnricher
 from ..exceptions import EnricherConfigError, did_you_mean
+from ..uri.params import COMMON_KEYS
 
 __all__ = [
     "DEFAULT_MAX_KEY_LENGTH",
@@ -223,7 +224,8 @@ def reject_extra_keys(model: type[BaseModel], data: Any, scheme: str) -> None:
     unknown = sorted(str(key) for key in data if key not in known)
     if not unknown:
         return
-    listed = ", ".join(f"{key!r}{did_you_mean(key, accepted)}" for key in unknown)
+    hinted = [*accepted, *COMMON_KEYS]
+    listed = ", ".join(f"{key!r}{did_you_mean(key, hinted)}" for key in unknown)
     raise ValueError(
         f"unknown query key{'s' if len(unknown) > 1 else ''} {listed} for {scheme}://; "
         f"accepted keys: {', '.join(accepted)}, and the common keys"

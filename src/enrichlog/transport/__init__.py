@@ -32,19 +32,39 @@ def default_spool_dir(stream: str) -> str:
     return os.path.join(cache, "enrichlog", "spool", stream)
 
 
-def spool_dir_problem(spool_dir: str) -> str | None:
+def spool_dir_problem(spool_dir: str, subject: str | None = None) -> str | None:
     """Why the spool could never be written in ``spool_dir`` (``None``: it
     can, as far as a probe can tell): it, or the nearest folder above it
-    that exists, is no directory or refuses a new file. Probed with a file
+    that exists, is no directory (a file, a dangling or looping symbolic
+    link), refuses a new file, or is no path at all (too long, a NUL); or
+    the folder of ``subject``'s spool in it is not a directory. Probed with a file
     created and removed again; nothing else is left behind (the spool
     creates its folders when it first needs them)."""
-    path = Path(spool_dir).expanduser()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"spool_dir {spool_dir!r}: {str(existing)!r} is not a directory"
+    from .nats import spool_folder  # noqa: PLC0415 - nats-py is not imported by it
+
+    if "\x00" in spool_dir:
+        return f"spool_dir {spool_dir!r} holds a NUL character"
+    path = existing = Path(spool_dir).expanduser()
     try:
+        os.lstat(path)  # a name too long, a loop...: said as the system says it
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # (a folder above that is a file: named below)
+    except OSError as exc:
+        return f"spool_dir {spool_dir!r} cannot be written: {exc.strerror or exc}"
+    try:
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_symlink() and not existing.exists():
+            return (
+                f"spool_dir {spool_dir!r}: {str(existing)!r} is a symbolic link to nothing "
+                "(or a loop)"
+            )
+        if not existing.is_dir():
+            return f"spool_dir {spool_dir!r}: {str(existing)!r} is not a directory"
+        if subject is not None and existing == path:
+            folder = path / spool_folder(subject)
+            if os.path.lexists(folder) and not folder.is_dir():
+                return f"spool_dir {spool_dir!r}: {str(folder)!r} is not a directory"
         with tempfile.TemporaryFile(dir=existing, prefix=".enrichlog-probe-"):
             pass
     except OSError as exc:
@@ -71,7 +91,7 @@ def transport_for(settings: LoggingSettings) -> NatsTransport | None:
         # is away, counted ('spool_dropped') but found out too late. (The
         # default folder is not probed: a home that cannot be written does
         # not stop an application that never needs its spool.)
-        problem = spool_dir_problem(settings.spool_dir)
+        problem = spool_dir_problem(settings.spool_dir, config.subject)
         if problem is not None:
             raise EnricherConfigError(problem)
     return NatsTransport(

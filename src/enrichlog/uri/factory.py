@@ -281,7 +281,11 @@ def _parse(uri: str) -> _ParsedURI:
     fail.rest = rest[len(split.netloc) :]
     parts = _parse_netloc(split.netloc, fail)
     if split.fragment or rest.endswith("#"):
-        raise fail("a fragment ('#...') is not accepted; write '#' as %23")
+        # Every query value masked: the '#' may be in a secret whose key is
+        # mistyped ('passwrod=S3cr#t'), which the masking does not know.
+        keys = [field.partition("=")[0] for field in split.query.split("&") if "=" in field]
+        shown = _Fail(mask_uri(uri, keys), fail.secrets)
+        raise shown("a fragment ('#...') is not accepted; write '#' as %23")
     if split.path:
         parts["path"] = unquote(split.path)
     return _ParsedURI(normalised, parts, _parse_query(split.query, fail))

@@ -286,7 +286,8 @@ def masked_parts(text: str, shown: str) -> list[str]:
         if tag in ("replace", "delete"):
             part = text[start:end]
             hidden += [part, *_URI_SPLIT.split(part)]
-    return [part for part in dict.fromkeys(hidden) if part]
+    # As written and percent-decoded: a parser may quote either.
+    return [part for part in dict.fromkeys([*hidden, *map(unquote, hidden)]) if part]
 
 
 _URI_SPLIT: Final = re.compile(r"[/?#@:]")
