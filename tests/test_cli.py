@@ -279,8 +279,8 @@ def test_check_good_settings_exits_0_with_a_summary(tmp_path: Path) -> None:
         ),
         (
             {"ENRICHLOG_ENRICHERS": "env://?fieldz=GIT_SHA"},
-            "enricher URI 'env://?fieldz=***': unknown query key 'fieldz' (did you mean 'fields'?); "
-            "accepted keys: fields, lower, name, dependencies, priority",
+            "enricher URI 'env://?fieldz=***': unknown query key 'fieldz' "
+            "(did you mean 'fields'?); accepted keys: fields, lower, name, dependencies, priority",
         ),
         (
             {"ENRICHLOG_ENRICHERS": "hostname://?timeout=1"},

@@ -172,9 +172,10 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
     problems.extend(more)
     # (Not while a URI is refused: its enricher's name is not known; nor for
     # a producer whose workers enrich, which configure_logging does not check.)
+    transport = settings.transport
     remote = (
-        bool(settings.transport)
-        and (TransportConfig.parse(settings.transport).enrich or settings.enrich) == "remote"
+        transport is not None
+        and (TransportConfig.parse(transport).enrich or settings.enrich) == "remote"
     )
     notes = [] if problems or remote else _options_for_others(settings, enrichers)
     output = settings.output
