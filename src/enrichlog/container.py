@@ -82,12 +82,6 @@ _DRAINED = ("salvaged", "published", "spooled", "spool_dropped", "rejected", "tr
 
 _report = reporting_logger("enrichlog")
 
-# The container structlog is configured with, and every container that may
-# need a fresh runtime after fork(). Both mirror structlog's own global
-# configuration; nothing else in enrichlog is process-wide.
-_current: LoggingContainer | None = None
-_current_lock = threading.Lock()
-
 #: Seconds after a SIGTERM during which another one is taken for the same
 #: signal sent twice (to the process, then to its group), not a second.
 SIGTERM_REPEAT_WINDOW = 0.25
@@ -96,6 +90,12 @@ SIGTERM_REPEAT_WINDOW = 0.25
 #: SIGTERM, once drained, before it ends it itself (a main thread held in
 #: C code never runs the Python handler that does it).
 _SIGTERM_END_GRACE = 2.0
+
+# The container structlog is configured with, and every container that may
+# need a fresh runtime after fork(). Both mirror structlog's own global
+# configuration; nothing else in enrichlog is process-wide.
+_current: LoggingContainer | None = None
+_current_lock = threading.Lock()
 _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # The processor list and the writer handed to structlog, reused across
 # reconfigurations and changed in place: structlog's cached loggers keep

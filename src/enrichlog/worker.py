@@ -785,8 +785,7 @@ class Worker:
         config = self.config
         # Made by someone else: bound as it is, a push consumer gave the
         # worker nothing, for good and silently; one without explicit
-        # acknowledgements lost what a killed worker had in flight; and so
-        # on below. (The
+        # acknowledgements lost what a killed worker had in flight. (The
         # policy reads as the server's text, or nats-py's enum of it.)
         policy = getattr(info.config.ack_policy, "value", info.config.ack_policy)
         if info.config.deliver_subject:

@@ -172,11 +172,8 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
     problems.extend(more)
     # (Not while a URI is refused: its enricher's name is not known; nor for
     # a producer whose workers enrich, which configure_logging does not check.)
-    transport = settings.transport
-    remote = (
-        transport is not None
-        and (TransportConfig.parse(transport).enrich or settings.enrich) == "remote"
-    )
+    transport = None if settings.transport is None else TransportConfig.parse(settings.transport)
+    remote = transport is not None and (transport.enrich or settings.enrich) == "remote"
     notes = [] if problems or remote else _options_for_others(settings, enrichers)
     output = settings.output
     if isinstance(output, str) and output not in ("stdout", "stderr"):
@@ -186,10 +183,9 @@ def check(out: TextIO | None = None, err: TextIO | None = None) -> int:
             problems.append(mask_secrets(problem))
         if note is not None:
             notes.append(note)
-    if settings.transport and settings.spool_dir is not None:
+    if transport is not None and settings.spool_dir is not None:
         # configure_logging refuses a spool that cannot be written: so does check.
-        subject = TransportConfig.parse(settings.transport).subject
-        problem = spool_dir_problem(settings.spool_dir, subject)
+        problem = spool_dir_problem(settings.spool_dir, transport.subject)
         if problem is not None:
             problems.append(mask_secrets(problem))
     for problem in problems:

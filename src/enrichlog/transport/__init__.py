@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import EnricherConfigError
 from .config import TransportConfig
+from .spool import spool_folder
 
 if TYPE_CHECKING:
     from ..settings import LoggingSettings
@@ -40,8 +41,6 @@ def spool_dir_problem(spool_dir: str, subject: str | None = None) -> str | None:
     the folder of ``subject``'s spool in it is not a directory. Probed with a file
     created and removed again; nothing else is left behind (the spool
     creates its folders when it first needs them)."""
-    from .nats import spool_folder  # noqa: PLC0415 - nats-py is not imported by it
-
     if "\x00" in spool_dir:
         return f"spool_dir {spool_dir!r} holds a NUL character"
     path = existing = Path(spool_dir).expanduser()

@@ -31,7 +31,6 @@ import functools
 import os
 import threading
 import time
-import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Coroutine
@@ -48,7 +47,7 @@ from ..reporting import reporting_logger
 from ..uri.masking import mask_secrets
 from .codec import EVENT_ID, ID_HEADER, encode_event, fit_event, new_event_id
 from .config import TransportConfig, subject_matches
-from .spool import Record, Spool
+from .spool import Record, Spool, spool_folder
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -301,14 +300,6 @@ def _outcome(future: asyncio.Future[Any], failure: BaseException | None) -> Any:
     if future.cancelled():
         return failure
     return future.exception() or future.result()
-
-
-def spool_folder(subject: str) -> str:
-    """The folder of ``subject``'s spool, inside ``spool_dir``: the subject
-    itself, with ``/`` (which a path would read) and whatever is not plain
-    ASCII percent-encoded. (A subject ``/tmp/x`` put the spool
-    at ``/tmp/x``, outside ``spool_dir``; ``a/b`` nested in ``a``'s.)"""
-    return urllib.parse.quote(subject, safe=".-_")
 
 
 def message_size(payload: bytes, headers: dict[str, str]) -> int:

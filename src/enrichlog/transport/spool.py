@@ -23,15 +23,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import urllib.parse
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Record", "Spool", "SpoolWriteError"]
+__all__ = ["Record", "Spool", "SpoolWriteError", "spool_folder"]
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: one process per directory
     fcntl = None  # type: ignore[assignment]
+
+
+def spool_folder(subject: str) -> str:
+    """The folder of ``subject``'s spool, inside ``spool_dir``: the subject
+    itself, with ``/`` (which a path would read) and whatever is not plain
+    ASCII percent-encoded. (A subject ``/tmp/x`` put the spool at
+    ``/tmp/x``, outside ``spool_dir``; ``a/b`` nested in ``a``'s.)"""
+    return urllib.parse.quote(subject, safe=".-_")
+
 
 #: An event ready to publish: its id (the ``Nats-Msg-Id``) and its JSON.
 Record = tuple[str, bytes]

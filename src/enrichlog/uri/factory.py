@@ -260,7 +260,7 @@ def _query_error(query: str, fail: _Fail) -> EnricherConfigError:
 
 
 def _parse(uri: str) -> _ParsedURI:
-    fail = _Fail(mask_uri(uri))
+    fail = _Fail(mask_uri(uri), uri=uri)
     text = uri.strip()
     if not text:
         raise EnricherConfigError(
@@ -284,8 +284,7 @@ def _parse(uri: str) -> _ParsedURI:
         # Every query value masked: the '#' may be in a secret whose key is
         # mistyped ('passwrod=S3cr#t'), which the masking does not know.
         keys = [field.partition("=")[0] for field in split.query.split("&") if "=" in field]
-        shown = _Fail(mask_uri(uri, keys), fail.secrets)
-        raise shown("a fragment ('#...') is not accepted; write '#' as %23")
+        raise fail.masking(keys)("a fragment ('#...') is not accepted; write '#' as %23")
     if split.path:
         parts["path"] = unquote(split.path)
     return _ParsedURI(normalised, parts, _parse_query(split.query, fail))
@@ -513,21 +512,25 @@ def _with_hints(unknown: list[str], known: list[str]) -> str:
     """The unknown keys as an error lists them, each with the accepted key
     it is closest to (a key that is no plain name: neither shown nor
     hinted)."""
-    listed = {
-        _shown_key(key): did_you_mean(key, known) if _shown_key(key) == key else ""
-        for key in unknown
-    }
+    listed: dict[str, str] = {}
+    for key in unknown:
+        shown = _shown_key(key)
+        listed[shown] = did_you_mean(key, known) if shown == key else ""
     return ", ".join(f"{shown!r}{hint}" for shown, hint in listed.items())
+
+
+def _scheme_keys(fields: Mapping[str, Any]) -> list[str]:
+    """The query keys of a scheme's own parameters, and the identity keys."""
+    return [*(key for key in fields if key not in URI_PARTS), *IDENTITY_KEYS]
 
 
 def _key_names(fields: Mapping[str, Any], is_async: bool) -> list[str]:
     """Every query key a scheme accepts."""
-    names = [*(key for key in fields if key not in URI_PARTS), *IDENTITY_KEYS]
-    return [*names, *ASYNC_ONLY_KEYS] if is_async else names
+    return [*_scheme_keys(fields), *ASYNC_ONLY_KEYS] if is_async else _scheme_keys(fields)
 
 
 def _accepted_keys(fields: Mapping[str, Any], is_async: bool) -> str:
-    keys = [*(key for key in fields if key not in URI_PARTS), *IDENTITY_KEYS]
+    keys = _scheme_keys(fields)
     if is_async:
         alias_of = {knob: alias for alias, knob in KEY_ALIASES.items()}
         keys += [
