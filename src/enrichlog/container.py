@@ -363,6 +363,15 @@ class LoggingContainer:
         with self._lock:
             if self._running:
                 return self
+            other = _running_container()
+            if other is not None:
+                # structlog's configuration, the writer it calls and the
+                # exit hooks are the process's: two containers would write
+                # each other's lines and count them twice.
+                raise EnrichlogError(
+                    f"another logging container is running ({other!r}); shut it down first, "
+                    "or call configure_logging(), which replaces it. This one was not started"
+                )
             if self.transport is not None:  # scale-out: raises on a conflicting stream
                 self.transport.start()
             if self.output is None:
@@ -1464,7 +1473,8 @@ def configure_logging(
         container.output.close()
         raise
     with _current_lock:
-        previous = _current
+        # The last one configured, or one started by LoggingContainer.start().
+        previous = _current if _current is not None else _running_container()
         if previous is not None:
             # Lines written while this call hands over count for the new
             # container; those written after a shutdown of the application's
@@ -1587,6 +1597,11 @@ def _drain_before_interpreter_exit() -> None:
     except RuntimeError:  # the interpreter is already shutting down
         return
     _exit_hook_registered = True
+
+
+def _running_container() -> LoggingContainer | None:
+    """The container running in this process, if any (at most one does)."""
+    return next((container for container in list(_live) if container.running), None)
 
 
 def _flush_live_containers() -> None:

@@ -425,17 +425,22 @@ class EnrichmentPlan(Generic[_R]):
         on the calling thread, but must queue behind earlier events)."""
         return self._record(logger, method_name, event_dict, self.depth, None)
 
-    def finish_unenriched(self, enrichment: Enrichment, outcome: Outcome = UNAVAILABLE) -> None:
+    def finish_unenriched(self, enrichment: Enrichment) -> None:
         """Complete ``enrichment`` without awaiting: what it has, every
-        outcome still missing set to ``outcome``. Never raises: an enricher's
-        ``DropEvent`` sets ``filtered``."""
+        outcome still missing ``unavailable`` (counted, as the loop counts
+        the events it skips). Never raises: an enricher's ``DropEvent`` sets
+        ``filtered``."""
         try:
             while enrichment.level < self.depth:
                 index = enrichment.level
-                outcomes = enrichment.outcomes or [None] * len(self._levels[index])
+                steps = self._levels[index]
+                outcomes = enrichment.outcomes or [None] * len(steps)
                 enrichment.outcomes = None
                 enrichment.level = index + 1
-                self._merge(enrichment.event, index, [o or outcome for o in outcomes])
+                for step, given in zip(steps, outcomes, strict=True):
+                    if given is None and step.guard is not None:
+                        step.guard.skipped_unavailable += 1
+                self._merge(enrichment.event, index, [o or UNAVAILABLE for o in outcomes])
         except structlog.DropEvent:
             enrichment.filtered = True
         enrichment.level = self.depth

@@ -298,14 +298,24 @@ def container_started(container: LoggingContainer) -> None:
     when its ``metrics_port`` is set, register the process-wide collector
     in ``prometheus_client.REGISTRY`` and serve it at ``/metrics``.
 
-    A port that cannot be listened on is reported through the stdlib logger
-    ``enrichlog``; logging goes on without the endpoint.
+    A port that cannot be listened on, or a default registry that refuses
+    enrichlog's metrics (the application registered its own under one of
+    their names), is reported through the stdlib logger ``enrichlog``;
+    logging goes on without the endpoint.
     """
     _TRACKER.follow(container)
     settings = container.settings
     if settings.metrics_port is None:
         return
-    register()
+    try:
+        register()
+    except ValueError as exc:  # prometheus_client: "Duplicated timeseries in CollectorRegistry"
+        _report.warning(
+            "enrichlog: cannot register its metrics in prometheus_client's default registry "
+            "(%s); the metrics endpoint is off",
+            mask_secrets(str(exc)),
+        )
+        return
     from ._endpoint import MetricsEndpoint  # noqa: PLC0415 - http.server only when used
 
     try:

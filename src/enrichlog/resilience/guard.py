@@ -1182,7 +1182,10 @@ class EnricherGuard:
             if call.state == _Call.EXPIRED and task.uncancel() <= cancelling:
                 return self._timed_out(call, permit)  # our own timeout
             if task.cancelling():
+                # Shutdown gave up on it: no outcome (its event is written
+                # ``unavailable``, counted there), but a call made is timed.
                 self.breaker.record_cancelled(permit)
+                self.latency.observe(self._deadlines.clock() - call.at + self.timeout)
                 raise exc
             # The enricher raised CancelledError of its own accord (a
             # client's inner task cancelled): a failure like any other.
@@ -1191,7 +1194,9 @@ class EnricherGuard:
         if call.state == _Call.ABANDONED:
             return TIMEOUT
         if isinstance(exc, structlog.DropEvent):
+            # The enricher decided, on purpose: a successful call.
             self.breaker.record_success(permit)
+            self.successes += 1
             return FILTERED
         self.breaker.record_failure(permit)
         return self._failed(error_outcome(exc))

@@ -1,0 +1,224 @@
+"""Found by the seventeenth outside attack round (testers with only the README
+and the docs: the library's own metrics, health and commands; the built-in
+lookups and batching; ASGI, the stdlib bridge, the testing helpers and
+OpenTelemetry), each kept as a test."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+
+from enrichlog import (
+    AsyncEnricher,
+    LoggingContainer,
+    LoggingSettings,
+    configure_logging,
+    current_container,
+    get_logger,
+)
+from enrichlog.exceptions import EnrichlogError
+from enrichlog.integrations.prometheus import register
+from tests.faults.runner import script_env
+
+
+def _lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+class _Held(AsyncEnricher):
+    """Counts the calls it entered; each waits until ``release`` is set
+    (forever if it never is: until shutdown cancels it)."""
+
+    name = "held"
+    timeout = 30.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = 0
+        self.release = threading.Event()
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        self.entered += 1
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        event_dict["held"] = 1
+        return event_dict
+
+
+def test_events_written_unenriched_during_the_drain_count_as_unavailable() -> None:
+    # The lines said {"held": "unavailable"}, failures_by_reason["unavailable"]
+    # stayed 0 (resilience.md: "unavailable ... or the container was
+    # shutting down" is an event skipped, and counted).
+    enricher = _Held()
+    out = io.StringIO()
+    container = configure_logging(enrichers=[enricher], output=out)
+    log = get_logger()
+    log.info("before")
+    _wait_for(lambda: enricher.entered == 1)
+    closing = threading.Thread(target=container.shutdown, args=(30.0,))
+    closing.start()
+    _wait_for(lambda: not container.running)
+    for index in range(3):
+        log.info("during", i=index)
+    enricher.release.set()
+    closing.join(30.0)
+
+    lines = _lines(out)
+    during = [line for line in lines if line["event"] == "during"]
+    metrics = container.metrics()["enrichers"]["held"]
+    assert (len(lines), len(during)) == (4, 3)
+    assert all(line["enrichment_errors"] == {"held": "unavailable"} for line in during)
+    assert (metrics["calls"], metrics["successes"]) == (1, 1)
+    assert metrics["failures_by_reason"]["unavailable"] == 3
+
+
+def test_calls_shutdown_cancels_are_timed_and_their_events_counted_unavailable() -> None:
+    # The report said salvaged: 10, the snapshot calls 10, but the latency
+    # histogram (Prometheus' calls) 0 and no outcome at all: stats --file
+    # and stats --url disagreed on the same state.
+    enricher = _Held()
+    out = io.StringIO()
+    container = configure_logging(enrichers=[enricher], output=out)
+    registry = CollectorRegistry()
+    register(container, registry)
+    log = get_logger()
+    for _ in range(4):
+        log.info("x")
+    _wait_for(lambda: enricher.entered == 4)
+    report = container.shutdown(timeout=0.3)
+
+    metrics = container.metrics()["enrichers"]["held"]
+    scrape = generate_latest(registry).decode()
+    assert report["salvaged"] == 4
+    assert [line["enrichment_errors"] for line in _lines(out)] == [{"held": "unavailable"}] * 4
+    assert (metrics["calls"], metrics["latency"]["count"]) == (4, 4)
+    assert metrics["failures_by_reason"]["unavailable"] == 4
+    assert 'enrichlog_enricher_duration_seconds_count{enricher="held"} 4.0' in scrape
+    assert 'enrichlog_enricher_calls_total{enricher="held",outcome="unavailable"} 4.0' in scrape
+
+
+def test_a_call_that_raises_drop_event_counts_as_a_success() -> None:
+    # Four calls, two successes, no failure: the outcomes did not add up to
+    # the calls (resilience.md: DropEvent is a success for the breaker).
+    class Dropper(AsyncEnricher):
+        name = "dropper"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            if event_dict.get("drop"):
+                raise structlog.DropEvent
+            event_dict["d"] = 1
+            return event_dict
+
+    out = io.StringIO()
+    container = configure_logging(enrichers=[Dropper()], output=out)
+    log = get_logger()
+    for drop in (False, False, True, True):
+        log.info("e", drop=drop)
+    container.flush(10.0)
+    metrics = container.metrics()
+
+    assert len(_lines(out)) == 2
+    assert metrics["filtered"] == 2
+    dropper = metrics["enrichers"]["dropper"]
+    assert (dropper["calls"], dropper["successes"], dropper["failures"]) == (4, 4, 0)
+
+
+_CLASH = """
+import json, sys, time
+from prometheus_client import Counter
+from enrichlog import AsyncEnricher, configure_logging, current_container, get_logger
+
+class E(AsyncEnricher):
+    name = "e"
+    async def enrich_async(self, logger, method_name, event_dict):
+        event_dict["e"] = 1
+        return event_dict
+
+first = configure_logging(enrichers=[E()], output=sys.argv[1])
+log = get_logger()
+log.info("before")
+Counter("enrichlog_events_handed_off", "the application's own metric of that name")
+second = configure_logging(enrichers=[E()], output=sys.argv[1], metrics_port=0)
+for index in range(3):
+    log.info("after", i=index)
+second.shutdown()
+print(json.dumps({"current_was_second": current_container() is None and second.closed,
+                  "port": second.metrics_port}))
+"""
+
+
+def test_a_metric_name_clash_with_metrics_port_does_not_stop_logging(tmp_path: Any) -> None:
+    # configure_logging(metrics_port=...) raised prometheus_client's
+    # DuplicateTimeseries after the running container was shut down:
+    # structlog kept a closed output, and every later event was lost.
+    out = tmp_path / "out.log"
+    run = subprocess.run(
+        [sys.executable, "-c", _CLASH, str(out)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line)["event"] for line in out.read_text().splitlines()]
+    assert events == ["before", "after", "after", "after"]
+    assert "cannot register its metrics in prometheus_client's default registry" in run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == {"current_was_second": True, "port": None}
+
+
+def test_a_second_container_is_refused_while_one_runs() -> None:
+    # LoggingContainer(...).start() took structlog over while the first ran:
+    # its lines went to the second's output, and both counted them.
+    class E(AsyncEnricher):
+        name = "e"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["e"] = 1
+            return event_dict
+
+    first_out, second_out = io.StringIO(), io.StringIO()
+    first = configure_logging(enrichers=[E()], output=first_out)
+    second = LoggingContainer(LoggingSettings(output=second_out), [E()])
+    with pytest.raises(EnrichlogError, match="another logging container is running"):
+        second.start()
+    log = get_logger()
+    for _ in range(3):
+        log.info("first")
+    first.flush(10.0)
+
+    assert not second.running
+    assert (len(_lines(first_out)), second_out.getvalue()) == (3, "")
+    assert first.metrics()["written"] == 3
+
+
+def test_configure_logging_replaces_a_container_started_directly() -> None:
+    out_direct, out_configured = io.StringIO(), io.StringIO()
+    direct = LoggingContainer(LoggingSettings(output=out_direct), []).start()
+    get_logger().info("direct")
+    configured = configure_logging(output=out_configured)
+    get_logger().info("configured")
+    configured.flush(10.0)
+
+    assert (direct.closed, current_container() is configured) == (True, True)
+    assert [line["event"] for line in _lines(out_direct)] == ["direct"]
+    assert [line["event"] for line in _lines(out_configured)] == ["configured"]
+    assert (direct.metrics()["written"], configured.metrics()["written"]) == (1, 1)
