@@ -222,3 +222,58 @@ def test_configure_logging_replaces_a_container_started_directly() -> None:
     assert [line["event"] for line in _lines(out_direct)] == ["direct"]
     assert [line["event"] for line in _lines(out_configured)] == ["configured"]
     assert (direct.metrics()["written"], configured.metrics()["written"]) == (1, 1)
+
+
+class _OddStr(str):
+    """A str whose comparison raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no compare")
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_key_that_cannot_be_compared_fails_its_own_event_only(batching: bool) -> None:
+    # The odd key was cached as a success; every later event with the equal
+    # plain key "1" then failed with error: RuntimeError for the whole
+    # cache_ttl (enrichers.md: such a key "fails its event").
+    class Many(AsyncEnricher):
+        name = "b"
+
+        def cache_key(self, event_dict: Any) -> Any:
+            return event_dict.get("uid")
+
+        async def enrich_many(self, keys: Any) -> Any:
+            return {key: f"v{key}" for key in keys}
+
+        def apply(self, event_dict: Any, value: Any) -> Any:
+            event_dict["v"] = value
+            return event_dict
+
+    class One(AsyncEnricher):
+        name = "b"
+        cache_ttl = 300.0
+
+        def cache_key(self, event_dict: Any) -> Any:
+            return event_dict.get("uid")
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["v"] = f"v{event_dict['uid']}"
+            return event_dict
+
+    out = io.StringIO()
+    container = configure_logging(enrichers=[Many() if batching else One()], output=out)
+    log = get_logger()
+    log.info("odd", uid=_OddStr("1"))
+    container.flush(10.0)
+    for _ in range(3):
+        log.info("plain", uid="1")
+        container.flush(10.0)
+    container.shutdown()
+
+    lines = _lines(out)
+    assert lines[0]["enrichment_errors"] == {"b": "error: RuntimeError"}
+    assert [(line["event"], line.get("v"), line.get("enrichment_errors")) for line in lines[1:]] == [
+        ("plain", "v1", None)
+    ] * 3

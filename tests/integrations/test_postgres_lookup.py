@@ -797,3 +797,117 @@ def test_a_query_cut_short_over_a_stalled_network_is_not_abandoned(
     assert "timeout" == lines[1][ERRORS]["postgres_lookup"]
     assert (0, 1) == (metrics["abandoned"], metrics["failures_by_reason"]["timeout"])
     assert 0 == report["abandoned"]
+
+
+class _OddStr(str):
+    """A str whose comparison raises (found by an outside tester)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no compare")
+
+    __hash__ = str.__hash__
+
+
+class _OddInt(int):
+    """An int whose conversions raise."""
+
+    def __index__(self) -> int:
+        raise RuntimeError("no index")
+
+    def __int__(self) -> int:
+        raise RuntimeError("no int")
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("runtime", ["thread", "loop"])
+@pytest.mark.parametrize(
+    ("column", "odd", "plain"),
+    [("text", _OddStr("1"), "1"), ("int", _OddInt(1), 1)],
+    ids=["str-with-raising-eq", "int-with-raising-int"],
+)
+def test_an_odd_key_value_does_not_fail_the_other_keys_of_its_batch(
+    pg_uri: str,
+    pg_scratch: Callable[[str], str],
+    log_file: Path,
+    runtime: str,
+    column: str,
+    odd: object,
+    plain: object,
+) -> None:
+    # Such a value failed every key of its batch with error: RuntimeError,
+    # and that failure was then remembered for the plain keys.
+    table = pg_scratch(f"id {column} PRIMARY KEY, name text")
+    pg_fetch(f"INSERT INTO {table} VALUES ('1', 'one'), ('2', 'two')")
+    uri = f"{pg_uri}?table={table}&from=k&columns=name&into=r&batch_window=0.05"
+
+    async def log_on_the_loop() -> None:
+        container = configure(log_file, uri, runtime="loop")
+        await container.astartup()
+        for value in (odd, plain, 2):
+            get_logger().info("batch", k=value)
+        await container.aflush(10)
+        get_logger().info("later", k=plain)
+        await container.ashutdown()
+
+    if runtime == "loop":
+        asyncio.run(log_on_the_loop())
+    else:
+        container = configure(log_file, uri)
+        for value in (odd, plain, 2):
+            get_logger().info("batch", k=value)
+        container.flush(10)
+        get_logger().info("later", k=plain)
+        container.shutdown()
+
+    lines = read_lines(log_file)
+    assert [(line["event"], line.get("r")) for line in lines[1:]] == [
+        ("batch", {"name": "one"}),
+        ("batch", {"name": "two"}),
+        ("later", {"name": "one"}),
+    ]
+    assert all(ERRORS not in line for line in lines[1:])
+    assert len(lines) == 4  # the odd value's own event is written, whatever it got
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [
+        ("postgres-lookup://127.0.0.1/test?application_name=x%00y&", "application_name"),
+        ("postgres-lookup://us%00er@127.0.0.1/test?", "user"),
+        ("postgres-lookup://127.0.0.1/te%00st?", "path"),
+    ],
+)
+def test_a_nul_in_a_connection_name_is_a_configure_time_error(
+    part: str, field: str, log_file: Path
+) -> None:
+    # Accepted, then every connection was refused ("invalid startup packet
+    # layout"): the enricher stayed unavailable for as long as the process ran.
+    with pytest.raises(EnricherConfigError, match=rf"{field}.*NUL"):
+        configure(log_file, f"{part}table=t&columns=name")
+
+
+def test_a_nul_in_the_password_is_refused_without_showing_it(log_file: Path) -> None:
+    with pytest.raises(EnricherConfigError, match="password.*NUL") as caught:
+        configure(log_file, "postgres-lookup://app:s3cr%00et@127.0.0.1/test?table=t&columns=name")
+    assert "s3cr" not in str(caught.value)
+
+
+@pytest.mark.services
+def test_an_array_key_column_fails_the_start_up_saying_why(
+    pg_uri: str,
+    pg_scratch: Callable[[str], str],
+    log_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = pg_scratch("id int[], name text")
+    with caplog.at_level(logging.ERROR, logger="enrichlog"):
+        container = configure(
+            log_file, f"{pg_uri}?table={table}&from=k&columns=name", delivery="inline"
+        )
+    get_logger().info("still written", k="{1}")
+    container.shutdown()
+
+    (line,) = read_lines(log_file)
+    assert {"postgres_lookup": "unavailable"} == line[ERRORS]
+    assert "key column 'id'" in caplog.text
+    assert "a column holding arrays cannot be a lookup key" in caplog.text

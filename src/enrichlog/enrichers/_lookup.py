@@ -33,6 +33,7 @@ __all__ = [
     "KeyValue",
     "LookupEnricher",
     "key_value",
+    "plain_value",
     "reject_extra_keys",
     "require_module",
 ]
@@ -114,6 +115,23 @@ def key_value(value: object, max_length: int) -> KeyValue | None:
     if isinstance(value, UUID):
         return value
     return None
+
+
+def plain_value(value: KeyValue) -> KeyValue:
+    """``value`` as the built-in type it derives from: a subclass of
+    ``str``, ``int`` or ``float`` (an Enum member, or one whose ``__eq__``,
+    ``__int__`` or ``__str__`` raises) read through the built-in type's own
+    code, which none of its methods can change."""
+    kind = value.__class__
+    if kind is str or kind is int or kind is float:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from ._lookup import (
     IntoField,
     LookupEnricher,
     key_value,
+    plain_value,
     reject_extra_keys,
     require_module,
 )
@@ -300,6 +301,22 @@ class PostgresLookupEnricher(LookupEnricher):
         def _key_name(cls, value: str) -> str:
             return _sql_name(value, "key column")
 
+        @field_validator("host", "user", "path", "application_name")
+        @classmethod
+        def _no_nul(cls, value: str | None) -> str | None:
+            # The start-up packet ends each name at a NUL: the server would
+            # refuse every connection, for as long as the process runs.
+            if value is not None and "\x00" in value:
+                raise ValueError("must not contain NUL (\\x00)")
+            return value
+
+        @field_validator("password")
+        @classmethod
+        def _no_nul_in_password(cls, value: SecretStr | None) -> SecretStr | None:
+            if value is not None and "\x00" in value.get_secret_value():
+                raise ValueError("must not contain NUL (\\x00)")
+            return value
+
         @field_validator("columns")
         @classmethod
         def _column_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -398,6 +415,16 @@ class PostgresLookupEnricher(LookupEnricher):
             async with pool.acquire() as connection:
                 statement = await connection.prepare(self.query)
                 (parameter,) = statement.get_parameters()
+        except self._asyncpg.exceptions.UndefinedObjectError as exc:
+            pool.terminate()
+            if "could not find array type" not in str(exc):
+                raise
+            # "= ANY($1)" sends the keys as an array of the column's type.
+            raise RuntimeError(
+                f"key column {params.key!r} of table {params.table!r} cannot be looked up: "
+                f"its type has no array type ({exc}); a column holding arrays cannot be a "
+                "lookup key"
+            ) from exc
         except BaseException:
             pool.terminate()
             raise
@@ -459,15 +486,21 @@ class PostgresLookupEnricher(LookupEnricher):
         """One query for all ``keys``: ``{key: {column: value}}`` for the
         keys that have a row."""
         wanted: dict[Any, list[Hashable]] = {}
+        found: dict[Hashable, Any] = {}
         for key in keys:
             # cache_key() made each key a tuple of the value (and, for a
             # float, its text); anything else matches nothing.
-            value = self._convert(key[0]) if isinstance(key, tuple) and 0 < len(key) < 3 else None
+            if not (isinstance(key, tuple) and 0 < len(key) < 3):
+                continue
+            try:
+                value = self._convert(plain_value(key[0]))
+            except Exception as exc:  # a value whose own code raises fails its key alone
+                found[key] = exc
+                continue
             if value is not None:
                 wanted.setdefault(value, []).append(key)
         if not wanted:
-            return {}
-        found: dict[Hashable, Any] = {}
+            return found
         try:
             rows = await self.fetch(list(wanted))
         except self._asyncpg.exceptions.DataError:

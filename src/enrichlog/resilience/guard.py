@@ -618,6 +618,8 @@ class EnricherGuard:
         else:
             try:
                 key = self.enricher.cache_key(snapshot)
+                if key is not None:
+                    _compares(key)
             except Exception as exc:
                 cache.count_miss()
                 outcome = self._failed(error_outcome(exc))
@@ -778,6 +780,8 @@ class EnricherGuard:
             return
         try:
             lookup = self._cache_key(snapshot)
+            if lookup is not None:
+                _compares(lookup)
             # Without a cache, _entry_of reads an empty mapping.
             entry = None if lookup is None else self._entry_of(lookup)
         except BaseException as exc:  # a failing, unhashable or incomparable key: a reason only
@@ -1316,6 +1320,14 @@ class EnricherGuard:
             breaker_seconds=self.breaker.seconds_in_state(),
             cache=cache,
         )
+
+
+def _compares(key: Hashable) -> None:
+    """Raise if ``key`` cannot be compared, before the cache or a batch
+    holds it: there it would fail every later event whose key hashes the
+    same (``"1"`` beside a ``str`` subclass whose ``__eq__`` raises), for
+    as long as it stayed. Compared to itself, it fails its own event only."""
+    key == key  # noqa: B015, PLR0124 - the comparison is the check
 
 
 def _abandon_sink(abandon: Callable[[Outcome], object]) -> Sink:
