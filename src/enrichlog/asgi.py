@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import (
@@ -38,7 +39,8 @@ from typing import Any
 import structlog
 
 from .container import LoggingContainer, _enricher_list, configure_logging, current_container
-from .settings import LoggingSettings, resolve_settings, unknown_settings
+from .exceptions import EnricherConfigError
+from .settings import LoggingSettings, require_settings, resolve_settings, unknown_settings
 
 __all__ = ["HealthApp", "RequestContextMiddleware", "health_app", "lifespan"]
 
@@ -116,7 +118,13 @@ class RequestContextMiddleware:
         logger_name: str = "access",
     ) -> None:
         self.app = app
-        self.header = header.lower()
+        self.header = _header_name(header).lower()
+        for option, value in (("event", event), ("logger_name", logger_name)):
+            if not isinstance(value, str) or not value:
+                raise EnricherConfigError(
+                    f"RequestContextMiddleware: {option} must be a non-empty string, not "
+                    f"{_shown(value)}"
+                )
         self._header_bytes = self.header.encode("latin-1")
         self.access_log = access_log
         self.event = event
@@ -201,6 +209,28 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000.0, 3)
 
 
+def _shown(value: object) -> str:
+    return (
+        f"{value!r}"
+        if isinstance(value, str | bytes) and len(value) <= 60
+        else type(value).__name__
+    )
+
+
+#: An HTTP field name (RFC 9110's token): anything else is refused by the
+#: server when the middleware echoes it, and every response fails.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _header_name(header: object) -> str:
+    if not isinstance(header, str) or not _TOKEN.match(header):
+        raise EnricherConfigError(
+            f"RequestContextMiddleware: header must be an HTTP header name (letters, digits "
+            f"and !#$%&'*+-.^_`|~, no spaces), not {_shown(header)}"
+        )
+    return header
+
+
 def lifespan(
     enrichers: Iterable[object] | None = None,
     *,
@@ -235,6 +265,7 @@ def lifespan(
             application starts.
     """
     unknown_settings(overrides)
+    require_settings(settings)
     # As configure_logging() checks it, but at once: a lone URI string would
     # otherwise be listed as one "URI" per character, and fail at start-up.
     listed = None if enrichers is None else list(_enricher_list(enrichers))

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .engine.chain import is_application_interrupt
+from .engine.chain import free_key, is_application_interrupt
 from .engine.plan import IN_ENRICHMENT
 from .enricher import BRIDGED
 from .settings import LEVELS
@@ -115,11 +115,19 @@ def _event_of(
     except BaseException as exc:  # an argument's __str__ may raise anything, as in rendering
         failure = exc
         message = _printable(record.msg)
-    fields = {
-        key: value
-        for key, value in record.__dict__.items()
-        if key not in _RECORD_ATTRIBUTES and key not in _RESERVED and not key.startswith("_")
-    }
+    fields: dict[str, Any] = {}
+    odd: list[tuple[object, Any]] = []
+    for key, value in record.__dict__.items():
+        if not isinstance(key, str):
+            odd.append((key, value))
+        elif key not in _RECORD_ATTRIBUTES and key not in _RESERVED and not key.startswith("_"):
+            fields[key] = value
+    for key, value in odd:
+        # extra={1: "x"}: a keyword must be text, as a JSON key is; "1" (or
+        # "1_2" beside an extra "1" of its own, or for a name taken).
+        name = _printable(key)
+        taken = name in fields or name in _RESERVED or name in _RECORD_ATTRIBUTES
+        fields[free_key(fields, name) if taken else name] = value
     if failure is not None:
         # As the logger methods' own (engine/logger.py): the arguments as
         # given (a tuple, or the mapping of a "%(name)s" message), and the

@@ -596,3 +596,36 @@ async def test_fastapi_app_with_the_middleware_lifespan_and_health_route() -> No
         assert {"user viewed", "request"} == {line["event"] for line in lines}
         assert all(line["user_name"] == f"user-{i % 5}" for line in lines), lines
         assert all("enrichment_errors" not in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "culprit"),
+    [
+        ({"header": "x request id"}, "header"),
+        ({"header": ""}, "header"),
+        ({"header": "X-R\u00e9"}, "header"),
+        ({"header": None}, "header"),
+        ({"header": b"x-request-id"}, "header"),
+        ({"event": ""}, "event"),
+        ({"logger_name": 3}, "logger_name"),
+    ],
+)
+def test_the_middleware_refuses_a_header_name_no_server_would_send(
+    arguments: dict[str, Any], culprit: str
+) -> None:
+    # Found by the seventeenth round: "x request id" was accepted, and under
+    # uvicorn every response then failed (h11: Illegal header name); None
+    # and bytes failed with an AttributeError that named nothing.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        del scope, receive, send
+
+    with pytest.raises(EnricherConfigError, match=rf"RequestContextMiddleware: {culprit} must"):
+        RequestContextMiddleware(app, **arguments)
+
+
+@pytest.mark.parametrize("settings", ["level=debug", {"level": "debug"}])
+def test_lifespan_refuses_settings_that_are_not_logging_settings_at_once(settings: Any) -> None:
+    # Found by the seventeenth round: AttributeError ('str' object has no
+    # attribute 'model_fields_set') when the application started.
+    with pytest.raises(EnricherConfigError, match="settings: expected a LoggingSettings"):
+        lifespan(settings=settings)

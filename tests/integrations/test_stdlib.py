@@ -117,6 +117,29 @@ def test_extra_fields_cannot_replace_the_event_keys() -> None:
     assert ("warning", "msg x", {"user_id": 7}) == record_to_event(record)
 
 
+def test_an_extra_field_whose_key_is_not_a_string_is_written_under_its_text() -> None:
+    # Found by the seventeenth round: extra={1: "x"} made the handler raise
+    # (AttributeError: 'int' object has no attribute 'startswith'); the
+    # record was lost, without a word when logging.raiseExceptions is off.
+    sink = LineSink()
+    container = configure_logging(output=sink, stdlib=True)
+    logging.getLogger("app").warning("order placed", extra={1: "x", "order": 7, "1": "y"})
+    logging.getLogger("app").warning("named", extra={("event",): "t"})
+    logging.getLogger("app").warning("next")
+    report = container.shutdown()
+
+    first, second, third = sink.events()
+    assert (first["event"], first["order"], first["1"], first["1_2"]) == (
+        "order placed",
+        7,
+        "y",
+        "x",
+    )
+    assert (second["event"], second["('event',)"]) == ("named", "t")
+    assert third["event"] == "next"
+    assert report["written"] == 3
+
+
 def test_a_message_that_cannot_be_formatted_keeps_its_arguments() -> None:
     # Found by an outside tester: logging.info("user %s paid %d", "alice")
     # became "user %s paid %d (not formattable with its arguments)" and

@@ -750,3 +750,22 @@ def test_a_shutdown_that_ignores_its_cancellation_is_reported_once(
         if "destroyed but it is pending" in message
         and ("src/enrichlog" in message or "test_testing" in message)
     ]
+
+
+def test_a_positional_marker_argument_is_an_error_not_ignored(pytester: pytest.Pytester) -> None:
+    # Found by the seventeenth round: @pytest.mark.enrichlog("debug") was
+    # ignored, and the test ran at the default level.
+    pytester.makeconftest('pytest_plugins = ["enrichlog.testing.pytest_plugin"]')
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.enrichlog("debug")
+        def test_positional(enrichlog_container):
+            pass
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*takes settings as keywords*not 1 positional argument*"])

@@ -32,6 +32,7 @@ import pytest
 import structlog
 
 from ..container import LoggingContainer, configure_logging, reset_logging
+from ..exceptions import EnricherConfigError
 from . import FakeClock, LineSink
 
 __all__ = [
@@ -81,6 +82,14 @@ def enrichlog_container(
     # The markers of the module, the class and the function, merged key by
     # key: the closest one's keys win, the others' are kept.
     for marker in reversed(list(request.node.iter_markers("enrichlog"))):
+        if marker.args:
+            # Ignored without a word, @pytest.mark.enrichlog("debug") would
+            # leave the test on the default level.
+            raise EnricherConfigError(
+                f"@pytest.mark.enrichlog takes settings as keywords "
+                f"(@pytest.mark.enrichlog(level='debug')), not {len(marker.args)} positional "
+                "argument(s)"
+            )
         settings.update(marker.kwargs)
     reset_logging()
     container = configure_logging(**settings)
