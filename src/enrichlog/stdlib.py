@@ -122,10 +122,10 @@ def _event_of(
             odd.append((key, value))
         elif key not in _RECORD_ATTRIBUTES and key not in _RESERVED and not key.startswith("_"):
             fields[key] = value
-    for key, value in odd:
+    for odd_key, value in odd:
         # extra={1: "x"}: a keyword must be text, as a JSON key is; "1" (or
         # "1_2" beside an extra "1" of its own, or for a name taken).
-        name = _printable(key)
+        name = _printable(odd_key)
         taken = name in fields or name in _RESERVED or name in _RECORD_ATTRIBUTES
         fields[free_key(fields, name) if taken else name] = value
     if failure is not None:
