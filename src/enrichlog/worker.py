@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
+from structlog.typing import EventDict
+
 from .container import LoggingContainer
 from .engine.chain import free_key
 from .engine.output import append_unbuffered, open_for_appending, reopen_files
@@ -381,6 +383,29 @@ def _place_ids(event: dict[str, Any], event_id: str) -> None:
         event[TRANSPORT_ID] = event_id
 
 
+def _keep_ids(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """After enrichment, before rendering: the line still carries the id
+    the worker deduplicates by, whatever a worker-side enricher did to
+    ``event_id`` or ``enrichlog_id`` (replaced or removed them). An
+    enricher's own ``event_id`` is kept, as an application's is, with the id
+    in ``enrichlog_id`` beside it; its ``enrichlog_id`` becomes
+    ``enrichlog_id_2``."""
+    del method_name
+    if logger.__class__ is not _Delivery:
+        return event_dict
+    event_id = logger.event_id
+    carried = event_dict[TRANSPORT_ID] if TRANSPORT_ID in event_dict else event_dict.get(EVENT_ID)
+    if carried.__class__ is str and carried == event_id:
+        return event_dict
+    if TRANSPORT_ID in event_dict:
+        event_dict[free_key(event_dict, TRANSPORT_ID)] = event_dict.pop(TRANSPORT_ID)
+    if EVENT_ID in event_dict:
+        event_dict[TRANSPORT_ID] = event_id
+    else:
+        event_dict[EVENT_ID] = event_id
+    return event_dict
+
+
 def _nothing() -> None:
     """Nothing to give back."""
 
@@ -476,6 +501,7 @@ class Worker:
         self.container = LoggingContainer(
             settings.model_copy(update={"transport": None}), enrichers
         )
+        self.container.add_tap(_keep_ids)
         if not isinstance(settings.output, str):
             raise EnricherConfigError(
                 "a worker writes to 'stdout', 'stderr' or a path (with {field} "

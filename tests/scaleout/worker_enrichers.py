@@ -55,3 +55,25 @@ class StuckStartup(AsyncEnricher):
 def stuck() -> list[Any]:
     """``--enrichers tests.scaleout.worker_enrichers:stuck``."""
     return [StuckStartup()]
+
+
+class IdRewriter(AsyncEnricher):
+    """Replaces or removes the ids the worker put on the event, by ``how``."""
+
+    name = "ids"
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        how = event_dict.get("how")
+        if how == "replace":
+            event_dict["event_id"] = "from-the-enricher"
+        elif how == "remove":
+            event_dict.pop("event_id", None)
+            event_dict.pop("enrichlog_id", None)
+        elif how == "own":
+            event_dict["enrichlog_id"] = "enricher-own"
+        return event_dict
+
+
+def ids() -> list[Any]:
+    """``--enrichers tests.scaleout.worker_enrichers:ids``."""
+    return [IdRewriter()]
