@@ -95,7 +95,8 @@ _SIGTERM_END_GRACE = 2.0
 # need a fresh runtime after fork(). Both mirror structlog's own global
 # configuration; nothing else in enrichlog is process-wide.
 _current: LoggingContainer | None = None
-_current_lock = threading.Lock()
+#: Held while a container is replaced or started: one runs at a time.
+_current_lock = threading.RLock()
 _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # The processor list and the writer handed to structlog, reused across
 # reconfigurations and changed in place: structlog's cached loggers keep
@@ -177,9 +178,11 @@ def get_logger(*args: Any, **initial_values: Any) -> Any:
 
 def current_container() -> LoggingContainer | None:
     """The container :func:`configure_logging` installed last, until its
-    shutdown completes; ``None`` before the first one and after that."""
+    shutdown completes, or the one started directly
+    (``LoggingContainer(...).start()``) that runs; ``None`` when there is
+    none."""
     current = _current
-    return current if current is not None and not current.closed else None
+    return current if current is not None and not current.closed else _running_container()
 
 
 def reset_logging() -> None:
@@ -193,7 +196,7 @@ def reset_logging() -> None:
     global _current
     _refuse_in_enricher("reset_logging()")
     with _current_lock:
-        current, _current = _current, None
+        current, _current = current_container(), None
     if current is not None:
         current.shutdown()
     structlog.reset_defaults()
@@ -257,6 +260,10 @@ class LoggingContainer:
             # enrichers' pools are closed while it still turns.
             self._runtime.add_closing_hook(lambda: self._stop_enrichers(settings.shutdown_timeout))
         self._plan = EnrichmentPlan(levels, settings, self._runtime.run_blocking, PendingEvent)
+        if isinstance(self._runtime, EnrichmentRuntime):
+            # Its loop closed: the calls that ignored shutdown's cancellation
+            # to the end never finish, and are counted then.
+            self._runtime.add_exit_hook(self._plan.count_left_behind)
         self._writer: TailWriter | PublishingWriter = (
             TailWriter(post_processors(settings))
             if self.transport is None
@@ -360,10 +367,14 @@ class LoggingContainer:
             EnricherConfigError: the output cannot be opened, or
                 ``runtime="loop"`` and no event loop runs here.
         """
-        with self._lock:
+        with _current_lock, self._lock:
             if self._running:
                 return self
             other = _running_container()
+            if other is not None and other.loop_ended:
+                # Its loop ended without a shutdown: nothing of it runs.
+                other.shutdown()
+                other = None
             if other is not None:
                 # structlog's configuration, the writer it calls and the
                 # exit hooks are the process's: two containers would write
@@ -611,6 +622,7 @@ class LoggingContainer:
                 # shutdown_timeout + 5 s). Its pending events are written
                 # now, with what they have; the drain ends on its own.
                 self._pipeline.abandon_enrichment()
+                self._plan.stop_counting()
                 counts = self._counts()
                 # Its lines end here, as at any shutdown: a line logged from
                 # now on (by the application, or by the container replacing
@@ -802,6 +814,7 @@ class LoggingContainer:
             self._restore_sigterm_handler()
             _live.discard(self)
         finally:
+            self._plan.stop_counting()  # from here, events count for no container
             self._lines_mark = self._read_lines()
             counts = self._counts(self._lines_mark)
             self._lines_at_shutdown = (counts["written"], counts["write_failed"])
@@ -1248,6 +1261,13 @@ class LoggingContainer:
         """Whether the container is started and not shut down."""
         return self._running
 
+    @property
+    def loop_ended(self) -> bool:
+        """With ``runtime="loop"``: whether the application's loop it ran
+        on is closed (it ended without a shutdown)."""
+        runtime = self._runtime
+        return isinstance(runtime, LoopRuntime) and runtime.loop_closed
+
     # -- metrics endpoint (enrichlog.integrations.prometheus) -------------------
 
     @property
@@ -1474,7 +1494,7 @@ def configure_logging(
         raise
     with _current_lock:
         # The last one configured, or one started by LoggingContainer.start().
-        previous = _current if _current is not None else _running_container()
+        previous = current_container() or _current
         if previous is not None:
             # Lines written while this call hands over count for the new
             # container; those written after a shutdown of the application's
@@ -1613,6 +1633,8 @@ def _flush_live_containers() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _current_lock  # noqa: PLW0603 - a lock another thread held is not the child's
+    _current_lock = threading.RLock()
     if _installed_writer is not None:
         _installed_writer.after_fork_in_child()
     for container in list(_live):

@@ -6,6 +6,7 @@ OpenTelemetry), each kept as a test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import subprocess
@@ -276,3 +277,168 @@ def test_a_key_that_cannot_be_compared_fails_its_own_event_only(batching: bool) 
     assert lines[0]["enrichment_errors"] == {"b": "error: RuntimeError"}
     later = [(line["event"], line.get("v"), line.get("enrichment_errors")) for line in lines[1:]]
     assert later == [("plain", "v1", None)] * 3
+
+
+# -- found by the re-test of the round ------------------------------------------
+
+
+def test_a_container_started_directly_is_current_captured_reset_and_replaced() -> None:
+    # configure_logging() raised "another logging container is running ...
+    # call configure_logging(), which replaces it" once an earlier container
+    # of its own had been shut down; capture_events() found no container;
+    # reset_logging() left the direct one running.
+    from enrichlog.testing import capture_events, reset_logging
+
+    earlier = configure_logging(output=io.StringIO())
+    earlier.shutdown()
+    direct = LoggingContainer(LoggingSettings(output=io.StringIO()), []).start()
+    assert current_container() is direct
+    with capture_events() as events:
+        get_logger().info("one")
+    assert [event["event"] for event in events] == ["one"]
+    reset_logging()
+    assert direct.closed
+
+    again = LoggingContainer(LoggingSettings(output=io.StringIO()), []).start()
+    replacing = configure_logging(output=io.StringIO())
+    assert again.closed
+    assert current_container() is replacing
+
+
+def test_configure_logging_never_loses_a_race_with_a_direct_start() -> None:
+    # A start() on another thread slipped in between the old container's
+    # shutdown and the new one's start: configure_logging() raised.
+    configure_logging(output=io.StringIO(), handle_sigterm=False)
+    raised: list[BaseException] = []
+    stop = threading.Event()
+
+    def reconfigure() -> None:
+        for _ in range(15):
+            try:
+                configure_logging(output=io.StringIO(), handle_sigterm=False)
+            except BaseException as exc:  # the test reports it
+                raised.append(exc)
+
+    def start_directly() -> None:
+        while not stop.is_set():
+            candidate = LoggingContainer(
+                LoggingSettings(output=io.StringIO(), handle_sigterm=False), []
+            )
+            with contextlib.suppress(EnrichlogError):
+                candidate.start()
+
+    racer = threading.Thread(target=start_directly)
+    racer.start()
+    try:
+        reconfigure()
+    finally:
+        stop.set()
+        racer.join(30)
+    assert raised == []
+
+
+class _Stubborn(AsyncEnricher):
+    """Ignores cancellation until ``seconds`` passed, then answers."""
+
+    name = "stubborn"
+    timeout = 30.0
+    seconds = 1.6
+
+    async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(end - time.monotonic())
+        event_dict["stubborn"] = 1
+        return event_dict
+
+
+@pytest.mark.parametrize("runtime", ["thread", "loop"])
+def test_a_call_that_ignores_shutdowns_cancellation_is_abandoned_once(runtime: str) -> None:
+    # Thread runtime: the call was never timed (calls 1, latency 0) and not
+    # counted abandoned though a warning said it was left behind. Loop
+    # runtime: the same call counted as a success, its event unavailable.
+    out = io.StringIO()
+    held: dict[str, Any] = {}
+
+    async def on_the_loop() -> None:
+        container = configure_logging(
+            enrichers=[_Stubborn()], output=out, runtime="loop", shutdown_timeout=0.2
+        )
+        await container.astartup()
+        held["container"] = container
+        get_logger().info("x")
+        await asyncio.sleep(0.1)
+        await container.ashutdown()
+        await asyncio.sleep(_Stubborn.seconds + 0.3)  # the call ends, late
+
+    if runtime == "loop":
+        asyncio.run(on_the_loop())
+        container = held["container"]
+    else:
+        container = configure_logging(enrichers=[_Stubborn()], output=out, shutdown_timeout=0.2)
+        get_logger().info("x")
+        time.sleep(0.1)
+        container.shutdown()
+
+    def stubborn() -> Any:
+        return container.metrics()["enrichers"]["stubborn"]
+
+    _wait_for(lambda: stubborn()["abandoned"] == 1)
+    metrics = stubborn()
+    assert _lines(out)[0]["enrichment_errors"] == {"stubborn": "unavailable"}
+    assert (metrics["calls"], metrics["latency"]["count"], metrics["successes"]) == (1, 1, 0)
+    assert metrics["failures_by_reason"]["unavailable"] == 1
+    assert metrics["failures"] == 1
+
+
+def test_events_logged_after_shutdown_count_for_no_container() -> None:
+    # The shut-down container's unavailable counter kept rising (0 -> 10)
+    # while its written and events_in stayed, and /metrics kept the value of
+    # the shutdown.
+    class Slow(AsyncEnricher):
+        name = "slow"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            await asyncio.sleep(0.01)
+            event_dict["slow"] = 1
+            return event_dict
+
+    out = io.StringIO()
+    container = configure_logging(enrichers=[Slow()], output=out)
+    log = get_logger()
+    for _ in range(5):
+        log.info("before")
+    container.shutdown()
+    for _ in range(5):
+        log.info("after")
+
+    metrics = container.metrics()
+    assert len(_lines(out)) == 10
+    assert (metrics["written"], metrics["events_in"]) == (5, 5)
+    assert metrics["enrichers"]["slow"]["failures_by_reason"]["unavailable"] == 0
+
+
+def test_a_container_whose_loop_ended_without_a_shutdown_does_not_block_a_new_start() -> None:
+    out = io.StringIO()
+    held: dict[str, Any] = {}
+
+    class Adds(AsyncEnricher):
+        name = "adds"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            event_dict["added"] = 1
+            return event_dict
+
+    async def main() -> None:
+        held["old"] = configure_logging(enrichers=[Adds()], output=out, runtime="loop")
+        await held["old"].astartup()
+        get_logger().info("on the loop")
+
+    asyncio.run(main())
+    new = LoggingContainer(LoggingSettings(output=out), []).start()
+    get_logger().info("after")
+    new.shutdown()
+
+    assert held["old"].closed
+    assert [line["event"] for line in _lines(out)] == ["on the loop", "after"]

@@ -428,8 +428,8 @@ class EnrichmentPlan(Generic[_R]):
     def finish_unenriched(self, enrichment: Enrichment) -> None:
         """Complete ``enrichment`` without awaiting: what it has, every
         outcome still missing ``unavailable`` (counted, as the loop counts
-        the events it skips). Never raises: an enricher's ``DropEvent`` sets
-        ``filtered``."""
+        the events it skips, until the container's counts are final). Never
+        raises: an enricher's ``DropEvent`` sets ``filtered``."""
         try:
             while enrichment.level < self.depth:
                 index = enrichment.level
@@ -438,7 +438,7 @@ class EnrichmentPlan(Generic[_R]):
                 enrichment.outcomes = None
                 enrichment.level = index + 1
                 for step, given in zip(steps, outcomes, strict=True):
-                    if given is None and step.guard is not None:
+                    if given is None and step.guard is not None and step.guard.counting:
                         step.guard.skipped_unavailable += 1
                 self._merge(enrichment.event, index, [o or UNAVAILABLE for o in outcomes])
         except structlog.DropEvent:
@@ -488,6 +488,18 @@ class EnrichmentPlan(Generic[_R]):
             guard.cancel_calls()
         for task in list(self._blocking):
             task.cancel()
+
+    def stop_counting(self) -> None:
+        """The container's counts are final (it is shut down): events
+        logged from now on, written by their callers, count for none."""
+        for guard in self._guards.values():
+            guard.counting = False
+
+    def count_left_behind(self) -> None:
+        """Once the runtime's own loop closed: the calls it left behind
+        (they ignored shutdown's cancellation) are counted abandoned."""
+        for guard in self._guards.values():
+            guard.count_left_behind()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh locks, timers and slots for every guard."""

@@ -310,13 +310,6 @@ class PostgresLookupEnricher(LookupEnricher):
                 raise ValueError("must not contain NUL (\\x00)")
             return value
 
-        @field_validator("password")
-        @classmethod
-        def _no_nul_in_password(cls, value: SecretStr | None) -> SecretStr | None:
-            if value is not None and "\x00" in value.get_secret_value():
-                raise ValueError("must not contain NUL (\\x00)")
-            return value
-
         @field_validator("columns")
         @classmethod
         def _column_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -341,6 +334,10 @@ class PostgresLookupEnricher(LookupEnricher):
 
         @model_validator(mode="after")
         def _consistent(self) -> PostgresLookupEnricher.Params:
+            if self.password is not None and "\x00" in self.password.get_secret_value():
+                # Said here, not as the field's error: a masked message would
+                # hide the word after "password:".
+                raise ValueError("a NUL (\\x00) in the password is refused (no server accepts it)")
             if self.min_size > self.max_size:
                 raise ValueError(
                     f"min_size ({self.min_size}) is larger than max_size ({self.max_size})"

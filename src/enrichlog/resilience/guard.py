@@ -115,7 +115,9 @@ class _Call:
         "task",
     )
 
-    RUNNING, EXPIRED, ABANDONED = 0, 1, 2
+    #: GIVEN_UP: shutdown cancelled it while it ran; its event was written
+    #: without it (``unavailable``), whatever it does now.
+    RUNNING, EXPIRED, ABANDONED, GIVEN_UP = 0, 1, 2, 3
 
     #: When its deadline cancelled it: set then, read only after.
     cancelled_at: float
@@ -160,6 +162,7 @@ class _Deadlines:
     __slots__ = (
         "_calls",
         "_context",
+        "_given_up",
         "_grace",
         "_handle",
         "_loop",
@@ -181,6 +184,8 @@ class _Deadlines:
         self._context = context
         self._calls: deque[_Call] = deque()
         self._grace: deque[_Call] = deque()
+        #: The calls :meth:`cancel_all` gave up (out of the deadlines' reach).
+        self._given_up: list[_Call] = []
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reprieved = False
@@ -196,7 +201,7 @@ class _Deadlines:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new runtime (after fork or restart)
             self._loop, self._handle, self._reprieved = loop, None, False
-            self._calls, self._grace = deque(), deque()
+            self._calls, self._grace, self._given_up = deque(), deque(), []
         calls = self._calls
         while calls and calls[0].finished:  # keep the FIFO short
             calls.popleft()
@@ -229,7 +234,7 @@ class _Deadlines:
         late_after = max(self._timeout * LATE_FRACTION, LATE_SECONDS)
         while calls:
             call = calls[0]
-            if not call.finished:
+            if not call.finished and call.state == _Call.RUNNING:
                 if call.at > now:
                     break
                 call.state = _Call.EXPIRED
@@ -266,10 +271,20 @@ class _Deadlines:
             self._handle = loop.call_at(min(upcoming), self._fire, context=self._context)
 
     def cancel_all(self) -> None:
-        """Cancel every call in progress (the runtime is giving up)."""
+        """Cancel every call in progress (the runtime is giving up): those
+        still within their deadline are given up, out of its reach."""
         for call in (*self._calls, *self._grace):
             if not call.finished and call.task is not None:
+                if call.state == _Call.RUNNING:
+                    call.state = _Call.GIVEN_UP
+                    self._given_up.append(call)
                 call.task.cancel()
+
+    def left_behind(self) -> list[_Call]:
+        """The calls given up that never ended (their loop closed first)."""
+        left = [call for call in self._given_up if not call.finished]
+        self._given_up = []
+        return left
 
 
 class _Limiter:
@@ -467,6 +482,10 @@ class EnricherGuard:
         #: concurrency slot still waits for it (the plan's rule: an event a
         #: ``level_timeout`` cut off does not, and its call is not made).
         self.still_wanted = still_wanted
+        #: Whether events skipped as ``unavailable`` are counted: not once its
+        #: container is shut down (its counts are final; later events, written
+        #: by their callers, count for none).
+        self.counting = True
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -1046,6 +1065,8 @@ class EnricherGuard:
         fails each request)."""
         if call.state == _Call.ABANDONED:
             return TIMEOUT
+        if call.state == _Call.GIVEN_UP:
+            return self._given_up(permit)
         if call.state == _Call.EXPIRED:
             task.uncancel()
             return self._timed_out(call, permit)
@@ -1151,6 +1172,8 @@ class EnricherGuard:
         """The outcome of a call that returned ``result``."""
         if call.state == _Call.ABANDONED:
             return TIMEOUT  # already reported and counted
+        if call.state == _Call.GIVEN_UP:
+            return self._given_up(permit)
         if call.state == _Call.EXPIRED:
             # The enricher swallowed our cancellation and finished late
             # (within the grace): its answer is still a timeout.
@@ -1197,6 +1220,8 @@ class EnricherGuard:
             return self._failed(error_outcome(exc))
         if call.state == _Call.ABANDONED:
             return TIMEOUT
+        if call.state == _Call.GIVEN_UP:
+            return self._given_up(permit)
         if isinstance(exc, structlog.DropEvent):
             # The enricher decided, on purpose: a successful call.
             self.breaker.record_success(permit)
@@ -1212,6 +1237,23 @@ class EnricherGuard:
         copy = written_copy(snapshot) if self.cache is not None else isolated_copy(snapshot)
         result = await self.enricher.enrich_async(logger, method_name, copy)
         return copy if result is None else result
+
+    def _given_up(self, permit: Permit) -> Outcome:
+        """A call shutdown cancelled ended anyway (it ignored the
+        cancellation): abandoned, neither a success nor a failure (its events
+        were written without it, counted ``unavailable``)."""
+        self.breaker.record_cancelled(permit)
+        self.abandoned += 1
+        return UNAVAILABLE
+
+    def count_left_behind(self) -> None:
+        """Once the runtime's loop closed: the calls shutdown gave up that
+        ignored it to the end, counted abandoned and timed until now."""
+        now = self._deadlines.clock()
+        for call in self._deadlines.left_behind():
+            call.finished = True
+            self.latency.observe(now - call.at + self.timeout)
+            self.abandoned += 1
 
     def _timed_out(self, call: _Call, permit: Permit) -> Outcome:
         if call.late:
@@ -1371,7 +1413,8 @@ def lookup_all(  # noqa: PLR0912 - once per level of every event: one frame on p
     now = 0.0
     for guard in guards:
         if not guard.enricher.available:
-            guard.skipped_unavailable += 1
+            if guard.counting:  # not once its container is shut down
+                guard.skipped_unavailable += 1
             outcomes.append(UNAVAILABLE)
             continue
         cache = guard.cache
