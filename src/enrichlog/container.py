@@ -97,6 +97,11 @@ _SIGTERM_END_GRACE = 2.0
 _current: LoggingContainer | None = None
 #: Held while a container is replaced or started: one runs at a time.
 _current_lock = threading.RLock()
+#: Set while configure_logging() replaces one container by another; the
+#: stdlib bridge of the outgoing one, left on the root logger for the
+#: incoming one meanwhile.
+_replacing = False
+_bridge_handed_over: RootBridge | None = None
 _live: weakref.WeakSet[LoggingContainer] = weakref.WeakSet()
 # The processor list and the writer handed to structlog, reused across
 # reconfigurations and changed in place: structlog's cached loggers keep
@@ -406,7 +411,7 @@ class LoggingContainer:
             self._install_sigterm_handler()
             # Metrics: followed for Prometheus; /metrics served if metrics_port is set.
             self.observe()
-            self._stdlib_bridge = install_root_handler(self)
+            self._stdlib_bridge = install_root_handler(self, _take_bridge())
         return self
 
     async def astartup(self) -> LoggingContainer:
@@ -799,7 +804,10 @@ class LoggingContainer:
         try:
             self._pipeline.report_drops_left()
             if self._stdlib_bridge is not None and not self.exiting:
-                remove_root_handler(self._stdlib_bridge)
+                if _replacing:  # the next container takes it over
+                    _hand_over_bridge(self._stdlib_bridge)
+                else:
+                    remove_root_handler(self._stdlib_bridge)
                 self._stdlib_bridge = None
             if self.output is not None:
                 released = _installed_writer is None or _installed_writer.release(
@@ -882,6 +890,9 @@ class LoggingContainer:
                 runtime.run(self._lifecycle.shutdown_all(timeout), timeout + SHUTDOWN_SLACK)
             except TimeoutError:
                 report_slow_shutdown(timeout, self._lifecycle.not_stopped())
+            if isinstance(runtime, LoopRuntime):  # (the thread's: as its loop closes)
+                with contextlib.suppress(TimeoutError, RuntimeError):  # the loop is gone
+                    runtime.run(self._count_left_behind(), CANCEL_GRACE)
         # The application's loop did not answer: the exit hooks write its
         # pending events here, with what they have.
         salvaging = bool(stuck) and isinstance(runtime, LoopRuntime)
@@ -892,7 +903,10 @@ class LoggingContainer:
         self._pipeline.stop_accepting()
         if not runtime.in_runtime_thread():
             written = self._pipeline.report()["written"] if salvaging else 0
-            runtime.stop(0.1 if stuck else max(timeout, 1.0))
+            # Long enough for the loop's last cancellation round: calls that
+            # ignore it are counted (abandoned) as it closes, before the
+            # counts are final.
+            runtime.stop(0.1 if stuck else max(timeout, CANCEL_GRACE + 0.5))
             if salvaging:
                 report["salvaged"] = report.get("salvaged", 0) + (
                     self._pipeline.report()["written"] - written
@@ -930,7 +944,13 @@ class LoggingContainer:
         await self._stop_enrichers(timeout)
         self._pipeline.stop_accepting()
         self._runtime.stop(timeout)
+        await self._count_left_behind()
         return report
+
+    async def _count_left_behind(self) -> None:
+        """On the loop, once shutdown is over: the calls that still ignore
+        its cancellation (they had the drain's turns to end) are abandoned."""
+        self._plan.count_left_behind()
 
     async def _stop_enrichers(self, timeout: float) -> None:
         """Stop the enrichers on this loop, waiting at most ``timeout``
@@ -1495,6 +1515,23 @@ def configure_logging(
     with _current_lock:
         # The last one configured, or one started by LoggingContainer.start().
         previous = current_container() or _current
+        try:
+            _replace(previous, container)
+        finally:
+            leftover = _take_bridge()  # the new one did not start: nobody takes it
+            if leftover is not None:
+                remove_root_handler(leftover)
+        _current = container
+    return container
+
+
+def _replace(previous: LoggingContainer | None, container: LoggingContainer) -> None:
+    """Shut ``previous`` down and start ``container`` (under the lock)."""
+    global _current, _replacing  # noqa: PLW0603 - see the module globals above
+    output = container.output
+    assert output is not None  # opened by configure_logging
+    _replacing = True
+    try:
         if previous is not None:
             # Lines written while this call hands over count for the new
             # container; those written after a shutdown of the application's
@@ -1506,7 +1543,7 @@ def configure_logging(
                 # installed.
                 previous.shutdown()
             except BaseException:
-                container.output.close()
+                output.close()
                 raise
             if handing_over:
                 container._handover = previous._lines_mark
@@ -1514,10 +1551,28 @@ def configure_logging(
         try:
             container.start()
         except BaseException:
-            container.output.close()  # (a conflict the probe could not see)
+            output.close()  # (a conflict the probe could not see)
             raise
-        _current = container
-    return container
+    finally:
+        _replacing = False
+
+
+def replacing() -> bool:
+    """Whether :func:`configure_logging` is replacing one container by
+    another right now (the stdlib bridge writes as structlog does then)."""
+    return _replacing
+
+
+def _hand_over_bridge(bridge: RootBridge) -> None:
+    global _bridge_handed_over  # noqa: PLW0603 - see the module globals above
+    _bridge_handed_over = bridge
+
+
+def _take_bridge() -> RootBridge | None:
+    """The bridge the outgoing container left for this one, if any."""
+    global _bridge_handed_over
+    bridge, _bridge_handed_over = _bridge_handed_over, None
+    return bridge
 
 
 def _refuse_in_enricher(what: str) -> None:

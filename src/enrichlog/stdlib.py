@@ -167,6 +167,13 @@ def current_container() -> LoggingContainer | None:
     return current
 
 
+def _replacing() -> bool:
+    """Whether ``configure_logging()`` is replacing one container by another
+    (looked up as :func:`current_container` is)."""
+    container_module = sys.modules.get("enrichlog.container")
+    return container_module is not None and bool(container_module.replacing())
+
+
 def _last_resort(record: logging.LogRecord) -> None:
     """Standard error, for warnings and above: where the stdlib sends a
     record nobody handles."""
@@ -220,8 +227,13 @@ class EnrichlogHandler(logging.Handler):
         """Log ``record`` through the container; never raises."""
         container = self._container or current_container()
         if container is None or (container.closed and not container.exiting):
-            _last_resort(record)
-            return
+            if not _replacing():
+                _last_resort(record)
+                return
+            # A configure_logging() switch: written as structlog's own calls
+            # are meanwhile, by the chain installed (the outgoing container
+            # writes its own, without its enrichers).
+            container = current_container()
         depth = _depth.value
         if depth >= 2:
             _last_resort(record)
@@ -262,9 +274,11 @@ class EnrichlogHandler(logging.Handler):
         if interrupt is not None:  # Ctrl-C while formatting: written, then raised
             raise interrupt
 
-    def _logger(self, container: LoggingContainer, name: str) -> Any:
+    def _logger(self, container: LoggingContainer | None, name: str) -> Any:
         """The bound logger of ``name`` (its level class and its name in
-        the context), kept per container."""
+        the context), kept per container (not kept between two)."""
+        if container is None:
+            return structlog.get_logger(name).bind()
         if self._loggers_for is not container:
             self._loggers = {}
             self._loggers_for = container
@@ -288,30 +302,75 @@ class RootBridge:
         self.levels: dict[str, tuple[int, int]] = {}
 
 
-def install_root_handler(container: LoggingContainer) -> RootBridge | None:
+def install_root_handler(
+    container: LoggingContainer, handed_over: RootBridge | None = None
+) -> RootBridge | None:
     """With ``stdlib=True``: an :class:`EnrichlogHandler` for ``container``
     on the root logger, the root logger's level set to the ``level``
     setting and each logger of ``levels`` to its level. ``None`` (and
-    nothing changed) otherwise."""
+    nothing changed) otherwise.
+
+    ``handed_over``: the bridge of the container this one replaces, left on
+    the root logger through the switch (so that no record logged meanwhile
+    found no handler): its handler is this container's now, or removed."""
     settings = container.settings
+    root = logging.getLogger()
+    if handed_over is not None and not settings.stdlib:
+        remove_root_handler(handed_over)
+        return None
     if not settings.stdlib:
         return None
-    root = logging.getLogger()
-    bridge = RootBridge(EnrichlogHandler(container=container), root.level)
+    # The levels the application had before enrichlog set any (the outgoing
+    # container's "before" where it still holds its level): restored at the
+    # end. Never restored in between, where a record would meet them.
+    before: dict[str | None, int] = {None: root.level}
+    if handed_over is not None:
+        before = _levels_before(handed_over)
+        handler = handed_over.handler
+        handler._container = container  # on the root logger all along
+    else:
+        handler = EnrichlogHandler(container=container)
+    bridge = RootBridge(handler, before[None])
     root.setLevel(settings.level_number)
     for name, level in settings.levels.items():
         logger = logging.getLogger(name)
-        bridge.levels[name] = (logger.level, LEVELS[level])
+        bridge.levels[name] = (before.pop(name, logger.level), LEVELS[level])
         logger.setLevel(LEVELS[level])
-    root.addHandler(bridge.handler)
+    for other, level_before in before.items():  # the outgoing container's, not this one's
+        if other is not None:
+            logging.getLogger(other).setLevel(level_before)
+    if handed_over is None:
+        root.addHandler(handler)
     return bridge
+
+
+def _levels_before(bridge: RootBridge) -> dict[str | None, int]:
+    """The levels the loggers ``bridge`` set had before it (``None``: the
+    root's), for those the application did not change since."""
+    root = logging.getLogger()
+    container = bridge.handler._container
+    levels: dict[str | None, int] = {
+        None: bridge.root_level
+        if container is not None and root.level == container.settings.level_number
+        else root.level
+    }
+    for name, (level_before, ours) in bridge.levels.items():
+        if logging.getLogger(name).level == ours:
+            levels[name] = level_before
+    return levels
 
 
 def remove_root_handler(bridge: RootBridge) -> None:
     """Undo :func:`install_root_handler`: remove the handler and give the
     loggers their levels back (those the application did not change since)."""
+    logging.getLogger().removeHandler(bridge.handler)
+    _restore_levels(bridge)
+
+
+def _restore_levels(bridge: RootBridge) -> None:
+    """Give the loggers the levels they had before ``bridge`` was installed
+    (those the application did not change since)."""
     root = logging.getLogger()
-    root.removeHandler(bridge.handler)
     container = bridge.handler._container
     if container is not None and root.level == container.settings.level_number:
         root.setLevel(bridge.root_level)

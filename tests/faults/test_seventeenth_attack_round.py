@@ -442,3 +442,169 @@ def test_a_container_whose_loop_ended_without_a_shutdown_does_not_block_a_new_st
 
     assert held["old"].closed
     assert [line["event"] for line in _lines(out)] == ["on the loop", "after"]
+
+
+def test_stdlib_records_logged_while_configure_logging_replaces_the_container_are_kept() -> None:
+    # Each replacement left 5-16 ms without a handler on the root logger:
+    # INFO records vanished, WARNING ones went to logging.lastResort; and a
+    # logger of the application's own with an EnrichlogHandler lost records
+    # while the root's level was put back in between.
+    import logging
+
+    from enrichlog.stdlib import EnrichlogHandler
+    from enrichlog.testing import LineSink, reset_logging
+
+    class Adds(AsyncEnricher):
+        name = "adds"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            await asyncio.sleep(0.0005)
+            event_dict["added"] = 1
+            return event_dict
+
+    sinks = [LineSink()]
+    configure_logging(enrichers=[Adds()], output=sinks[-1], stdlib=True, level="info")
+    app = logging.getLogger("t17.app")  # propagates to the root's handler
+    audit = logging.getLogger("t17.audit")
+    own = EnrichlogHandler()
+    audit.addHandler(own)
+    audit.propagate = False
+    stop = threading.Event()
+    sent = [0]
+
+    def log() -> None:
+        while not stop.is_set():
+            app.info("app %d", sent[0])
+            audit.info("audit %d", sent[0])
+            sent[0] += 1
+
+    logging_thread = threading.Thread(target=log)
+    logging_thread.start()
+    try:
+        for _ in range(5):
+            time.sleep(0.03)
+            sinks.append(LineSink())
+            configure_logging(enrichers=[Adds()], output=sinks[-1], stdlib=True, level="info")
+        time.sleep(0.03)
+    finally:
+        stop.set()
+        logging_thread.join(30)
+        audit.removeHandler(own)
+        reset_logging()
+
+    seen = {json.loads(line)["event"] for sink in sinks for line in sink.lines}
+    for name in ("app", "audit"):
+        missing = [i for i in range(sent[0]) if f"{name} {i}" not in seen]
+        assert missing == [], (name, len(missing), sent[0])
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, EnrichlogHandler)]
+    assert handlers == []
+
+
+def test_levels_across_a_replacement_of_stdlib_containers_are_set_and_restored() -> None:
+    import logging
+
+    from enrichlog.stdlib import EnrichlogHandler
+
+    root, noisy, chatty = (logging.getLogger(n) for n in ("", "t17.noisy", "t17.chatty"))
+    levels_before = (root.level, noisy.level, chatty.level)
+    root.setLevel(logging.WARNING)
+    try:
+        configure_logging(
+            output=io.StringIO(),
+            stdlib=True,
+            level="info",
+            levels={"t17.noisy": "error", "t17.chatty": "debug"},
+        )
+        assert (root.level, noisy.level, chatty.level) == (
+            logging.INFO,
+            logging.ERROR,
+            logging.DEBUG,
+        )
+        second = configure_logging(
+            output=io.StringIO(), stdlib=True, level="debug", levels={"t17.noisy": "warning"}
+        )
+        assert (root.level, noisy.level, chatty.level) == (
+            logging.DEBUG,
+            logging.WARNING,
+            logging.NOTSET,
+        )
+        ours = [h for h in root.handlers if isinstance(h, EnrichlogHandler)]
+        assert len(ours) == 1
+        third = configure_logging(output=io.StringIO(), stdlib=False)
+        assert (root.level, noisy.level) == (logging.WARNING, logging.NOTSET)
+        assert not [h for h in root.handlers if isinstance(h, EnrichlogHandler)]
+        assert second.closed
+        third.shutdown()
+    finally:
+        root.setLevel(levels_before[0])
+        noisy.setLevel(levels_before[1])
+        chatty.setLevel(levels_before[2])
+
+
+@pytest.mark.parametrize("runtime", ["thread", "loop"])
+def test_calls_abandoned_at_shutdown_reach_the_scrape(runtime: str) -> None:
+    # metrics() said abandoned 4 and 4 calls timed; both collectors kept 0
+    # and 0, frozen at the shutdown, so stats --url and --file disagreed.
+    out = io.StringIO()
+    registry = CollectorRegistry()
+    held: dict[str, Any] = {}
+
+    async def on_the_loop() -> None:
+        container = configure_logging(
+            enrichers=[_Stubborn()], output=out, runtime="loop", shutdown_timeout=0.2
+        )
+        await container.astartup()
+        register(container, registry)
+        held["container"] = container
+        for _ in range(2):
+            get_logger().info("x")
+        await asyncio.sleep(0.1)
+        await container.ashutdown()
+        await asyncio.sleep(_Stubborn.seconds + 0.3)
+
+    if runtime == "loop":
+        asyncio.run(on_the_loop())
+        container = held["container"]
+    else:
+        container = configure_logging(enrichers=[_Stubborn()], output=out, shutdown_timeout=0.2)
+        register(container, registry)
+        for _ in range(2):
+            get_logger().info("x")
+        time.sleep(0.1)
+        container.shutdown()
+
+    scrape = generate_latest(registry).decode()
+    metrics = container.metrics()["enrichers"]["stubborn"]
+    assert (metrics["calls"], metrics["latency"]["count"], metrics["abandoned"]) == (2, 2, 2)
+    assert 'enrichlog_enricher_duration_seconds_count{enricher="stubborn"} 2.0' in scrape
+    assert 'enrichlog_enricher_abandoned_total{enricher="stubborn"} 2.0' in scrape
+
+
+def test_a_cached_call_that_ignores_cancellation_is_not_reported_by_asyncio_run() -> None:
+    # asyncio.run() reported "unhandled exception during asyncio.run()
+    # shutdown" for enrichlog's cache task, _EnrichmentFailedError, once
+    # per key.
+    class Cached(_Stubborn):
+        cache_ttl = 60.0
+
+        def cache_key(self, event_dict: Any) -> Any:
+            return event_dict["k"]
+
+    reported: list[dict[str, Any]] = []
+    out = io.StringIO()
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        container = configure_logging(
+            enrichers=[Cached()], output=out, runtime="loop", shutdown_timeout=0.2
+        )
+        await container.astartup()
+        for index in range(4):
+            get_logger().info("x", k=index % 2)
+        await asyncio.sleep(0.1)
+        await container.ashutdown()
+
+    asyncio.run(main())
+
+    assert [context.get("message") for context in reported] == []
+    assert len(_lines(out)) == 4

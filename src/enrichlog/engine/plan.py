@@ -496,8 +496,8 @@ class EnrichmentPlan(Generic[_R]):
             guard.counting = False
 
     def count_left_behind(self) -> None:
-        """Once the runtime's own loop closed: the calls it left behind
-        (they ignored shutdown's cancellation) are counted abandoned."""
+        """Once shutdown is over: the calls that still ignore its
+        cancellation are counted abandoned."""
         for guard in self._guards.values():
             guard.count_left_behind()
 

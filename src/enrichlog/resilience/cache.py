@@ -334,6 +334,12 @@ class EnricherCache:
             if self._error_ttl is not None and self._in_flight.get(key) is flight:
                 now = self._clock()
                 self._store(key, _Entry(None, now + self._error_ttl, exc), now)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled (shutdown, or asyncio.run ending) and ended with a
+                # failure anyway: cancelled it is, or asyncio.run would report
+                # the failure as unhandled.
+                raise asyncio.CancelledError from exc
             raise
         else:
             if self._in_flight.get(key) is flight:

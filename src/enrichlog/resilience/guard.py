@@ -281,7 +281,7 @@ class _Deadlines:
                 call.task.cancel()
 
     def left_behind(self) -> list[_Call]:
-        """The calls given up that never ended (their loop closed first)."""
+        """The calls given up that have not ended (yet: they ignore it)."""
         left = [call for call in self._given_up if not call.finished]
         self._given_up = []
         return left
@@ -1247,11 +1247,12 @@ class EnricherGuard:
         return UNAVAILABLE
 
     def count_left_behind(self) -> None:
-        """Once the runtime's loop closed: the calls shutdown gave up that
-        ignored it to the end, counted abandoned and timed until now."""
+        """Once shutdown is over: the calls it gave up that still ignore
+        it, counted abandoned and timed until now (not again if they end
+        later: they are abandoned)."""
         now = self._deadlines.clock()
         for call in self._deadlines.left_behind():
-            call.finished = True
+            call.state = _Call.ABANDONED
             self.latency.observe(now - call.at + self.timeout)
             self.abandoned += 1
 
