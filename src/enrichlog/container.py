@@ -1530,7 +1530,9 @@ def _replace(previous: LoggingContainer | None, container: LoggingContainer) -> 
     global _current, _replacing  # noqa: PLW0603 - see the module globals above
     output = container.output
     assert output is not None  # opened by configure_logging
-    _replacing = True
+    # Only a running container is replaced: with none (the first call, or
+    # after reset_logging()), structlog has no chain of ours to write through.
+    _replacing = previous is not None and not previous.closed
     try:
         if previous is not None:
             # Lines written while this call hands over count for the new

@@ -339,7 +339,7 @@ def install_root_handler(
     for other, level_before in before.items():  # the outgoing container's, not this one's
         if other is not None:
             logging.getLogger(other).setLevel(level_before)
-    if handed_over is None:
+    if handler not in root.handlers:  # new, or the application removed it (dictConfig...)
         root.addHandler(handler)
     return bridge
 

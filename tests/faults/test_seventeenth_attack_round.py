@@ -608,3 +608,118 @@ def test_a_cached_call_that_ignores_cancellation_is_not_reported_by_asyncio_run(
 
     assert [context.get("message") for context in reported] == []
     assert len(_lines(out)) == 4
+
+
+def test_a_replacement_re_adds_the_root_handler_the_application_removed() -> None:
+    # Found by the third re-test: the hand-over assumed the outgoing
+    # container's handler was still on the root; after dictConfig (or any
+    # clean-up of the application's) the new container had no bridge.
+    import logging
+
+    from enrichlog.stdlib import EnrichlogHandler
+
+    root = logging.getLogger()
+    configure_logging(stdlib=True, level="info", output=io.StringIO())
+    ours = [h for h in root.handlers if isinstance(h, EnrichlogHandler)]
+    for handler in ours:
+        root.removeHandler(handler)
+    out = io.StringIO()
+    container = configure_logging(stdlib=True, level="info", output=out)
+    logging.getLogger("t17.app").info("after the replacement")
+    container.shutdown()
+
+    assert [line["event"] for line in _lines(out)] == ["after the replacement"]
+    assert not [h for h in root.handlers if isinstance(h, EnrichlogHandler)]
+
+
+def test_a_call_in_its_grace_when_the_drain_times_out_is_counted_before_ashutdown_returns() -> None:
+    # runtime="loop": the call had timed out and was within its abandonment
+    # grace; it was counted after the counts were final, so the scrape kept
+    # 0 abandoned and 0 calls timed for good.
+    class Stubborn(AsyncEnricher):
+        name = "stub"
+        timeout = 0.2
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.sleep(end - time.monotonic())
+            return event_dict
+
+    registry = CollectorRegistry()
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        container = configure_logging(
+            runtime="loop", enrichers=[Stubborn()], output=io.StringIO(), shutdown_timeout=0.3
+        )
+        await container.astartup()
+        register(container, registry)
+        get_logger().info("one")
+        await asyncio.sleep(0.35)  # past its timeout, within its grace
+        await container.ashutdown()
+        seen["metrics"] = container.metrics()["enrichers"]["stub"]
+        seen["scrape"] = generate_latest(registry).decode()
+        await asyncio.sleep(1.2)  # the call ends meanwhile: nothing counted again
+        seen["later"] = container.metrics()["enrichers"]["stub"]
+
+    asyncio.run(main())
+
+    metrics, later = seen["metrics"], seen["later"]
+    assert (metrics["calls"], metrics["latency"]["count"], metrics["abandoned"]) == (1, 1, 1)
+    assert (later["latency"]["count"], later["abandoned"]) == (1, 1)
+    assert 'enrichlog_enricher_abandoned_total{enricher="stub"} 1.0' in seen["scrape"]
+    assert 'enrichlog_enricher_duration_seconds_count{enricher="stub"} 1.0' in seen["scrape"]
+
+
+def test_stdlib_records_during_the_first_configurations_start_never_reach_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Found by the third re-test: records of an EnrichlogHandler logged while
+    # the first configure_logging() started its enrichers went to structlog's
+    # default renderer, on standard output.
+    import logging
+
+    from enrichlog.stdlib import EnrichlogHandler
+    from enrichlog.testing import reset_logging
+
+    class SlowStart(AsyncEnricher):
+        name = "slowstart"
+
+        async def _startup(self) -> None:
+            await asyncio.sleep(0.3)
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            return event_dict
+
+    reset_logging()
+    audit = logging.getLogger("t17.audit.start")
+    handler = EnrichlogHandler()
+    audit.addHandler(handler)
+    audit.propagate = False
+    stop = threading.Event()
+
+    def log() -> None:
+        index = 0
+        while not stop.is_set():
+            audit.warning("r-%d", index)
+            index += 1
+            time.sleep(0.005)
+
+    logging_thread = threading.Thread(target=log)
+    logging_thread.start()
+    try:
+        time.sleep(0.05)
+        container = configure_logging(enrichers=[SlowStart()], output=io.StringIO())
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        logging_thread.join(30)
+        audit.removeHandler(handler)
+    container.shutdown()
+
+    assert "r-" not in capsys.readouterr().out

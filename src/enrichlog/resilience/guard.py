@@ -249,7 +249,7 @@ class _Deadlines:
             calls.popleft()
         while grace:
             call = grace[0]
-            if not call.finished:
+            if not call.finished and call.state == _Call.EXPIRED:
                 due = call.cancelled_at + ABANDON_GRACE
                 if due > now:
                     break
@@ -278,6 +278,8 @@ class _Deadlines:
                 if call.state == _Call.RUNNING:
                     call.state = _Call.GIVEN_UP
                     self._given_up.append(call)
+                elif call.state == _Call.EXPIRED and call not in self._given_up:
+                    self._given_up.append(call)  # timed out, in its grace
                 call.task.cancel()
 
     def left_behind(self) -> list[_Call]:
@@ -1252,6 +1254,12 @@ class EnricherGuard:
         later: they are abandoned)."""
         now = self._deadlines.clock()
         for call in self._deadlines.left_behind():
+            if call.state == _Call.ABANDONED:  # its grace ran out meanwhile: counted
+                continue
+            if call.state == _Call.EXPIRED:  # timed out, in its grace: abandoned now
+                call.state = _Call.ABANDONED
+                self._abandoned(call)
+                continue
             call.state = _Call.ABANDONED
             self.latency.observe(now - call.at + self.timeout)
             self.abandoned += 1
