@@ -319,6 +319,8 @@ class LoggingContainer:
         #: Called once shut down: the ashutdown() calls waiting on a loop.
         self._on_shut_down: list[Callable[[], None]] = []
         self._previous_sigterm: Any = None
+        #: Set while astartup() runs start() on a worker thread.
+        self._signals_by_caller = False
         # The writer structlog calls while this container is installed, and
         # its counts when it was: lines written by any thread are counted
         # there.
@@ -418,7 +420,16 @@ class LoggingContainer:
         """:meth:`start`, then wait until the enrichers have started (at most
         ``startup_timeout``), without blocking the caller's event loop."""
         if not isinstance(self._runtime, LoopRuntime):
-            return await anyio.to_thread.run_sync(self.start)
+            # Started on a worker thread (it blocks while the enrichers
+            # start); the SIGTERM handler is installed from here, which may
+            # be the main thread, where only it can be.
+            self._signals_by_caller = True
+            try:
+                await anyio.to_thread.run_sync(self.start)
+            finally:
+                self._signals_by_caller = False
+            self._install_sigterm_handler()
+            return self
         self.start()
         starting = self._starting
         if starting is not None and not starting.done():
@@ -490,6 +501,8 @@ class LoggingContainer:
 
     def _install_sigterm_handler(self) -> None:
         if not self.settings.handle_sigterm or (self.processor is None and self.transport is None):
+            return
+        if self._signals_by_caller:  # astartup() installs it from its own thread
             return
         if threading.current_thread() is not threading.main_thread():
             if self._plan.needs_runtime:

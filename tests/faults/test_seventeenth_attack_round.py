@@ -723,3 +723,72 @@ def test_stdlib_records_during_the_first_configurations_start_never_reach_stdout
     container.shutdown()
 
     assert "r-" not in capsys.readouterr().out
+
+
+_ASYNC_WITH_SIGTERM = """
+import asyncio, os, signal, sys
+from enrichlog import AsyncEnricher, LoggingContainer, LoggingSettings, get_logger
+
+class Slow(AsyncEnricher):
+    name = "slow"
+    async def enrich_async(self, logger, method_name, event_dict):
+        await asyncio.sleep(0.05)
+        event_dict["slow"] = 1
+        return event_dict
+
+async def main():
+    async with LoggingContainer(LoggingSettings(output=sys.argv[1]), [Slow()]):
+        for i in range(200):
+            get_logger().info("x", i=i)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(10)
+
+asyncio.run(main())
+"""
+
+
+def test_async_with_a_container_on_the_main_thread_drains_on_sigterm(tmp_path: Any) -> None:
+    # Found by the fourth re-test: the container started on an AnyIO worker
+    # thread, so no SIGTERM handler was installed: 0 of 200 lines.
+    out = tmp_path / "out.log"
+    run = subprocess.run(
+        [sys.executable, "-c", _ASYNC_WITH_SIGTERM, str(out)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode in (-15, 143), run.stderr
+    assert "no SIGTERM handler was installed" not in run.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 200
+    assert all(line.get("slow") == 1 for line in lines)
+
+
+def test_an_event_a_sibling_filtered_is_not_counted_unavailable_at_shutdown() -> None:
+    # Found by the fourth re-test: the event was filtered (no line), yet the
+    # sibling that shutdown cancelled counted it unavailable.
+    class Dropper(AsyncEnricher):
+        name = "dropper"
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            await asyncio.sleep(0.01)
+            raise structlog.DropEvent
+
+    class Long(AsyncEnricher):
+        name = "long"
+        timeout = 5.0
+
+        async def enrich_async(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+            await asyncio.sleep(3)
+            return event_dict
+
+    out = io.StringIO()
+    container = configure_logging(enrichers=[Dropper(), Long()], output=out, shutdown_timeout=0.3)
+    get_logger().info("e")
+    report = container.shutdown()
+
+    assert (report["written"], report["filtered"], out.getvalue()) == (0, 1, "")
+    assert container.metrics()["enrichers"]["long"]["failures_by_reason"]["unavailable"] == 0

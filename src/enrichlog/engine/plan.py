@@ -437,10 +437,12 @@ class EnrichmentPlan(Generic[_R]):
                 outcomes = enrichment.outcomes or [None] * len(steps)
                 enrichment.outcomes = None
                 enrichment.level = index + 1
+                self._merge(enrichment.event, index, [o or UNAVAILABLE for o in outcomes])
+                # Counted once merged: an event a sibling filtered out
+                # (DropEvent) is not written, and skipped by nobody.
                 for step, given in zip(steps, outcomes, strict=True):
                     if given is None and step.guard is not None and step.guard.counting:
                         step.guard.skipped_unavailable += 1
-                self._merge(enrichment.event, index, [o or UNAVAILABLE for o in outcomes])
         except structlog.DropEvent:
             enrichment.filtered = True
         enrichment.level = self.depth
