@@ -538,6 +538,16 @@ class LoggingContainer:
             current = signal.getsignal(signal.SIGTERM)
             if current == self._on_sigterm:
                 return True
+            owner = getattr(current, "__self__", None)
+            if isinstance(owner, LoggingContainer) and not owner.running:
+                # A shut-down container's, left by a shutdown on another
+                # thread: not the application's. Taken over, with what it
+                # replaced.
+                previous = owner._previous_sigterm
+                owner._previous_sigterm = None
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+                self._previous_sigterm = signal.SIG_DFL if previous is None else previous
+                return True
             if current is not signal.SIG_DFL:
                 return False  # the application handles SIGTERM itself
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -575,14 +585,18 @@ class LoggingContainer:
         threading.Thread(target=drain_then_terminate, name="enrichlog-sigterm").start()
 
     def _restore_sigterm_handler(self) -> None:
+        """Put SIGTERM's handler back, from the main thread (elsewhere it
+        is kept for a later call from there: ashutdown()'s, or the next
+        container's taking over, see :meth:`install_signal_handlers`)."""
         if self._previous_sigterm is None:
             return
-        if threading.current_thread() is threading.main_thread():
-            try:
-                if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                    signal.signal(signal.SIGTERM, self._previous_sigterm)
-            except (ValueError, OSError):
-                pass
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+        except (ValueError, OSError):
+            pass
         self._previous_sigterm = None
 
     # -- flush and shutdown --------------------------------------------------
@@ -728,7 +742,13 @@ class LoggingContainer:
         seconds = self._timeout("ashutdown()", timeout)
         runtime = self._runtime
         if not (isinstance(runtime, LoopRuntime) and runtime.in_runtime_thread()):
-            return await anyio.to_thread.run_sync(self.shutdown, seconds)
+            try:
+                return await anyio.to_thread.run_sync(self.shutdown, seconds)
+            finally:
+                # Shut down on a worker thread, which cannot touch signal
+                # handlers: the awaiting thread (the main one, maybe) puts
+                # SIGTERM's back.
+                self._restore_sigterm_handler()
         if not self._claim_shutdown():
             return await self._await_report()
         # A task of its own, shielded: a cancelled caller (a wait_for around

@@ -792,3 +792,69 @@ def test_an_event_a_sibling_filtered_is_not_counted_unavailable_at_shutdown() ->
 
     assert (report["written"], report["filtered"], out.getvalue()) == (0, 1, "")
     assert container.metrics()["enrichers"]["long"]["failures_by_reason"]["unavailable"] == 0
+
+
+_ASYNC_WITH_THEN_CONFIGURE = """
+import asyncio, os, signal, sys
+from enrichlog import AsyncEnricher, LoggingContainer, LoggingSettings
+from enrichlog import configure_logging, get_logger
+
+class Slow(AsyncEnricher):
+    name = "slow"
+    async def enrich_async(self, logger, method_name, event_dict):
+        await asyncio.sleep(0.02)
+        event_dict["slow"] = 1
+        return event_dict
+
+async def first():
+    async with LoggingContainer(LoggingSettings(output=sys.argv[1]), [Slow()]):
+        get_logger().info("first")
+
+asyncio.run(first())
+print("between:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, file=sys.stderr)
+configure_logging(enrichers=[Slow()], output=sys.argv[1], max_in_flight=1)
+for i in range(50):
+    get_logger().info("ev", i=i)
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_after_an_async_with_container_still_drains_the_next_one(tmp_path: Any) -> None:
+    # Found by the fifth re-test: ashutdown() on the thread runtime ran on a
+    # worker thread, which cannot restore SIGTERM's handler; the stopped
+    # container's stayed, the next one installed none, and SIGTERM lost its
+    # queue (1 of 201 lines).
+    out = tmp_path / "out.log"
+    run = subprocess.run(
+        [sys.executable, "-c", _ASYNC_WITH_THEN_CONFIGURE, str(out)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode in (-15, 143), run.stderr
+    assert "between: True" in run.stderr
+    assert len(out.read_text().splitlines()) == 51
+
+
+def test_a_handler_left_by_a_shutdown_on_another_thread_is_taken_over() -> None:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    before = signal.getsignal(signal.SIGTERM)
+    if before is not signal.SIG_DFL:
+        pytest.skip("the test runner handles SIGTERM itself")
+    first = configure_logging(enrichers=[_Held()], output=io.StringIO())
+    assert signal.getsignal(signal.SIGTERM) == first._on_sigterm
+    closing = threading.Thread(target=first.shutdown, args=(0.1,))
+    closing.start()
+    closing.join(30)
+    second = configure_logging(enrichers=[_Held()], output=io.StringIO())
+    try:
+        assert signal.getsignal(signal.SIGTERM) == second._on_sigterm
+    finally:
+        second.shutdown(0.1)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
