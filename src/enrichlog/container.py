@@ -319,8 +319,6 @@ class LoggingContainer:
         #: Called once shut down: the ashutdown() calls waiting on a loop.
         self._on_shut_down: list[Callable[[], None]] = []
         self._previous_sigterm: Any = None
-        #: Set while astartup() runs start() on a worker thread.
-        self._signals_by_caller = False
         # The writer structlog calls while this container is installed, and
         # its counts when it was: lines written by any thread are counted
         # there.
@@ -374,6 +372,12 @@ class LoggingContainer:
             EnricherConfigError: the output cannot be opened, or
                 ``runtime="loop"`` and no event loop runs here.
         """
+        return self._start(signals=True)
+
+    def _start(self, *, signals: bool) -> LoggingContainer:
+        """:meth:`start`; ``signals``: install the SIGTERM handler (from
+        this thread: :meth:`astartup` starts on a worker thread, and installs
+        it from its own)."""
         with _current_lock, self._lock:
             if self._running:
                 return self
@@ -410,7 +414,8 @@ class LoggingContainer:
             atexit.register(self._at_exit)
             _drain_before_interpreter_exit()
             _finalize_in_multiprocessing_child(self)
-            self._install_sigterm_handler()
+            if signals:
+                self._install_sigterm_handler()
             # Metrics: followed for Prometheus; /metrics served if metrics_port is set.
             self.observe()
             self._stdlib_bridge = install_root_handler(self, _take_bridge())
@@ -423,11 +428,7 @@ class LoggingContainer:
             # Started on a worker thread (it blocks while the enrichers
             # start); the SIGTERM handler is installed from here, which may
             # be the main thread, where only it can be.
-            self._signals_by_caller = True
-            try:
-                await anyio.to_thread.run_sync(self.start)
-            finally:
-                self._signals_by_caller = False
+            await anyio.to_thread.run_sync(functools.partial(self._start, signals=False))
             self._install_sigterm_handler()
             return self
         self.start()
@@ -501,8 +502,6 @@ class LoggingContainer:
 
     def _install_sigterm_handler(self) -> None:
         if not self.settings.handle_sigterm or (self.processor is None and self.transport is None):
-            return
-        if self._signals_by_caller:  # astartup() installs it from its own thread
             return
         if threading.current_thread() is not threading.main_thread():
             if self._plan.needs_runtime:
@@ -977,7 +976,7 @@ class LoggingContainer:
         await self._stop_enrichers(timeout)
         self._pipeline.stop_accepting()
         self._runtime.stop(timeout)
-        await self._count_left_behind()
+        self._plan.count_left_behind()
         return report
 
     async def _count_left_behind(self) -> None:

@@ -315,10 +315,9 @@ def install_root_handler(
     found no handler): its handler is this container's now, or removed."""
     settings = container.settings
     root = logging.getLogger()
-    if handed_over is not None and not settings.stdlib:
-        remove_root_handler(handed_over)
-        return None
     if not settings.stdlib:
+        if handed_over is not None:
+            remove_root_handler(handed_over)
         return None
     # The levels the application had before enrichlog set any (the outgoing
     # container's "before" where it still holds its level): restored at the
@@ -364,20 +363,8 @@ def remove_root_handler(bridge: RootBridge) -> None:
     """Undo :func:`install_root_handler`: remove the handler and give the
     loggers their levels back (those the application did not change since)."""
     logging.getLogger().removeHandler(bridge.handler)
-    _restore_levels(bridge)
-
-
-def _restore_levels(bridge: RootBridge) -> None:
-    """Give the loggers the levels they had before ``bridge`` was installed
-    (those the application did not change since)."""
-    root = logging.getLogger()
-    container = bridge.handler._container
-    if container is not None and root.level == container.settings.level_number:
-        root.setLevel(bridge.root_level)
-    for name, (before, ours) in bridge.levels.items():
-        logger = logging.getLogger(name)
-        if logger.level == ours:
-            logger.setLevel(before)
+    for name, level in _levels_before(bridge).items():
+        logging.getLogger(name).setLevel(level)
 
 
 class FormatterEnrichment:

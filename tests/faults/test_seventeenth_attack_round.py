@@ -36,6 +36,18 @@ def _lines(out: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
+def _run_python(code: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with ``args``; its output."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
+
+
 def _wait_for(condition: Any, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -170,14 +182,7 @@ def test_a_metric_name_clash_with_metrics_port_does_not_stop_logging(tmp_path: A
     # DuplicateTimeseries after the running container was shut down:
     # structlog kept a closed output, and every later event was lost.
     out = tmp_path / "out.log"
-    run = subprocess.run(
-        [sys.executable, "-c", _CLASH, str(out)],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=60,
-        check=False,
-    )
+    run = _run_python(_CLASH, out)
 
     assert run.returncode == 0, run.stderr
     events = [json.loads(line)["event"] for line in out.read_text().splitlines()]
@@ -751,14 +756,7 @@ def test_async_with_a_container_on_the_main_thread_drains_on_sigterm(tmp_path: A
     # Found by the fourth re-test: the container started on an AnyIO worker
     # thread, so no SIGTERM handler was installed: 0 of 200 lines.
     out = tmp_path / "out.log"
-    run = subprocess.run(
-        [sys.executable, "-c", _ASYNC_WITH_SIGTERM, str(out)],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=60,
-        check=False,
-    )
+    run = _run_python(_ASYNC_WITH_SIGTERM, out)
 
     assert run.returncode in (-15, 143), run.stderr
     assert "no SIGTERM handler was installed" not in run.stderr
@@ -825,14 +823,7 @@ def test_sigterm_after_an_async_with_container_still_drains_the_next_one(tmp_pat
     # container's stayed, the next one installed none, and SIGTERM lost its
     # queue (1 of 201 lines).
     out = tmp_path / "out.log"
-    run = subprocess.run(
-        [sys.executable, "-c", _ASYNC_WITH_THEN_CONFIGURE, str(out)],
-        capture_output=True,
-        text=True,
-        env=script_env(),
-        timeout=60,
-        check=False,
-    )
+    run = _run_python(_ASYNC_WITH_THEN_CONFIGURE, out)
 
     assert run.returncode in (-15, 143), run.stderr
     assert "between: True" in run.stderr

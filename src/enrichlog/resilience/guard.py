@@ -1256,13 +1256,12 @@ class EnricherGuard:
         for call in self._deadlines.left_behind():
             if call.state == _Call.ABANDONED:  # its grace ran out meanwhile: counted
                 continue
-            if call.state == _Call.EXPIRED:  # timed out, in its grace: abandoned now
-                call.state = _Call.ABANDONED
+            expired, call.state = call.state == _Call.EXPIRED, _Call.ABANDONED
+            if expired:  # timed out, in its grace: abandoned now, as the grace would
                 self._abandoned(call)
-                continue
-            call.state = _Call.ABANDONED
-            self.latency.observe(now - call.at + self.timeout)
-            self.abandoned += 1
+            else:
+                self.latency.observe(now - call.at + self.timeout)
+                self.abandoned += 1
 
     def _timed_out(self, call: _Call, permit: Permit) -> Outcome:
         if call.late:
